@@ -1,0 +1,17 @@
+//! Shared pieces of pixart-rs.
+//!
+//! - [`error`]: the library error type ([`Error`]), used by every pixart crate.
+//! - [`weights`]: reading weight files (safetensors, sharded safetensors, PyTorch `.pth`) into
+//!   named tensors, and [`weights::CheckedWeights`], a `VarBuilder` backend that checks a file
+//!   against what a model asks for and reports every missing, mis-shaped and unexpected tensor
+//!   at once.
+//! - [`config`]: reading JSON config files with errors that name the file.
+//! - [`mem`]: peak resident memory, for benchmarks.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;
+pub mod error;
+pub mod mem;
+pub mod weights;
+
+pub use error::{Error, Result};

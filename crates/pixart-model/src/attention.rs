@@ -1,0 +1,235 @@
+//! Self- and cross-attention (diffusers `Attention` with `AttnProcessor2_0`), with optional
+//! KV token compression in self-attention.
+use candle_core::{DType, Module, Tensor};
+use candle_nn::{linear_b, Linear, VarBuilder};
+
+use crate::config::KvSampling;
+use crate::ops::{chunked_attention, layer_norm_no_affine};
+
+/// Score elements one attention call may hold at once (f32: 128 MiB).
+pub const MAX_SCORE_ELEMENTS: usize = 1 << 25;
+
+/// KV token compression (`AttentionKVCompress.downsample_2d`, PixArt-alpha/PixArt-sigma@1ce521af
+/// `diffusion/model/nets/PixArt_blocks.py`). Keys and values, after their projections, are
+/// reduced from an (h, w) grid to (h/R, w/R). Odd grids are floored: a trailing row or column
+/// that does not fill an R×R window is dropped, as the original conv does.
+#[derive(Debug, Clone)]
+pub struct KvCompress {
+    sampling: KvSampling,
+    ratio: usize,
+    /// conv mode: depthwise weight as (1, 1, R, 1, R, c) and bias (c).
+    conv: Option<(Tensor, Tensor)>,
+    /// conv mode: LayerNorm(c, eps 1e-5) weight and bias.
+    norm: Option<(Tensor, Tensor)>,
+}
+
+/// Whether a conv-mode compression module was read from the weights or initialised to
+/// averaging (a checkpoint trained without it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvInit {
+    Loaded,
+    Averaging,
+    ParameterFree,
+}
+
+impl KvCompress {
+    /// `vb` points at `attn1.kv_compress`.
+    pub fn new(sampling: KvSampling, ratio: usize, dim: usize, vb: VarBuilder) -> candle_core::Result<(Self, KvInit)> {
+        if sampling != KvSampling::Conv {
+            return Ok((
+                Self {
+                    sampling,
+                    ratio,
+                    conv: None,
+                    norm: None,
+                },
+                KvInit::ParameterFree,
+            ));
+        }
+        let names = ["conv.weight", "conv.bias", "norm.weight", "norm.bias"];
+        let any_present = names.iter().any(|n| vb.contains_tensor(n));
+        let (w, b, nw, nb, init) = if any_present {
+            (
+                vb.get((dim, 1, ratio, ratio), "conv.weight")?,
+                vb.get(dim, "conv.bias")?,
+                vb.get(dim, "norm.weight")?,
+                vb.get(dim, "norm.bias")?,
+                KvInit::Loaded,
+            )
+        } else {
+            // "Conv Avg Init": the conv starts as R×R average pooling, the norm as identity affine.
+            let (dev, dt) = (vb.device(), vb.dtype());
+            (
+                (Tensor::ones((dim, 1, ratio, ratio), dt, dev)? / (ratio * ratio) as f64)?,
+                Tensor::zeros(dim, dt, dev)?,
+                Tensor::ones(dim, dt, dev)?,
+                Tensor::zeros(dim, dt, dev)?,
+                KvInit::Averaging,
+            )
+        };
+        let w = w
+            .reshape((dim, ratio, ratio))? // (c, ky, kx)
+            .permute((1, 2, 0))? // (ky, kx, c)
+            .reshape((1, 1, ratio, 1, ratio, dim))? // (1, 1, ky, 1, kx, c)
+            .contiguous()?;
+        Ok((
+            Self {
+                sampling,
+                ratio,
+                conv: Some((w, b)),
+                norm: Some((nw, nb)),
+            },
+            init,
+        ))
+    }
+
+    /// The sampling mode.
+    pub fn sampling(&self) -> KvSampling {
+        self.sampling
+    }
+
+    /// The compressed grid for an (h, w) token grid.
+    pub fn out_grid(&self, h: usize, w: usize) -> (usize, usize) {
+        (h / self.ratio, w / self.ratio)
+    }
+
+    /// x: (b, h*w, c) -> (b, (h/R)*(w/R), c).
+    pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        if n != h * w {
+            candle_core::bail!("kv compression: {n} tokens do not form a {h}x{w} grid");
+        }
+        let r = self.ratio;
+        let (h2, w2) = self.out_grid(h, w);
+        if h2 == 0 || w2 == 0 {
+            candle_core::bail!("kv compression: a {h}x{w} token grid is smaller than the ratio {r}");
+        }
+        let mut g = x.reshape((b, h, w, c))?; // (b, h, w, c)
+        if h2 * r != h {
+            g = g.narrow(1, 0, h2 * r)?;
+        }
+        if w2 * r != w {
+            g = g.narrow(2, 0, w2 * r)?;
+        }
+        let g = g.reshape((b, h2, r, w2, r, c))?; // (b, h2, ky, w2, kx, c)
+        match (&self.conv, &self.norm) {
+            (Some((cw, cb)), Some((nw, nb))) => {
+                let y = g
+                    .broadcast_mul(cw)?
+                    .sum(4)? // (b, h2, ky, w2, c)
+                    .sum(2)? // (b, h2, w2, c)
+                    .broadcast_add(cb)?
+                    .reshape((b, h2 * w2, c))?; // (b, n', c)
+                let y = layer_norm_no_affine(&y, 1e-5)?;
+                y.broadcast_mul(nw)?.broadcast_add(nb)
+            }
+            _ => g
+                .narrow(2, 0, 1)?
+                .narrow(4, 0, 1)? // (b, h2, 1, w2, 1, c)
+                .reshape((b, h2 * w2, c)), // (b, n', c)
+        }
+    }
+}
+
+/// Multi-head attention with separate q/k/v projections (`to_q`, `to_k`, `to_v`, `to_out.0`).
+#[derive(Debug, Clone)]
+pub struct Attention {
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    to_out: Linear,
+    heads: usize,
+    head_dim: usize,
+    kv_compress: Option<KvCompress>,
+}
+
+/// Keys and values of a cross-attention, projected and split into heads:
+/// each (b, heads, l, d). Computed once per prompt and reused at every step.
+#[derive(Debug, Clone)]
+pub struct CrossKv {
+    pub k: Tensor,
+    pub v: Tensor,
+}
+
+impl Attention {
+    pub fn new(dim: usize, heads: usize, head_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Self {
+            to_q: linear_b(dim, inner, bias, vb.pp("to_q"))?,
+            to_k: linear_b(dim, inner, bias, vb.pp("to_k"))?,
+            to_v: linear_b(dim, inner, bias, vb.pp("to_v"))?,
+            to_out: linear_b(inner, dim, true, vb.pp("to_out").pp("0"))?,
+            heads,
+            head_dim,
+            kv_compress: None,
+        })
+    }
+
+    /// Adds KV compression to this (self-)attention.
+    pub fn with_kv_compress(mut self, kv: KvCompress) -> Self {
+        self.kv_compress = Some(kv);
+        self
+    }
+
+    /// Whether keys and values are compressed.
+    pub fn kv_compress(&self) -> Option<&KvCompress> {
+        self.kv_compress.as_ref()
+    }
+
+    /// (b, n, h*d) -> (b, h, n, d)
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        x.reshape((b, n, self.heads, self.head_dim))? // (b, n, h, d)
+            .transpose(1, 2)? // (b, h, n, d)
+            .contiguous()
+    }
+
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let (b, n, _) = q.dims3()?;
+        let q = self.split_heads(q)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let o = chunked_attention(&q, k, v, bias, scale, MAX_SCORE_ELEMENTS)?; // (b, h, n, d)
+        let o = o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?; // (b, n, h*d)
+        self.to_out.forward(&o)
+    }
+
+    /// Self-attention over an (h, w) token grid. x: (b, h*w, c) -> (b, h*w, c).
+    pub fn forward_self(&self, x: &Tensor, grid: (usize, usize)) -> candle_core::Result<Tensor> {
+        let q = self.to_q.forward(x)?;
+        let mut k = self.to_k.forward(x)?;
+        let mut v = self.to_v.forward(x)?;
+        if let Some(kv) = &self.kv_compress {
+            k = kv.forward(&k, grid.0, grid.1)?;
+            v = kv.forward(&v, grid.0, grid.1)?;
+        }
+        let (k, v) = (self.split_heads(&k)?, self.split_heads(&v)?);
+        self.attend(&q, &k, &v, None)
+    }
+
+    /// Projects context tokens to keys and values. y: (b, l, c).
+    pub fn cross_kv(&self, y: &Tensor) -> candle_core::Result<CrossKv> {
+        Ok(CrossKv {
+            k: self.split_heads(&self.to_k.forward(y)?)?,
+            v: self.split_heads(&self.to_v.forward(y)?)?,
+        })
+    }
+
+    /// Cross-attention from x (b, n, c) to precomputed keys/values; `bias` (b, 1, 1, l) is
+    /// added to the scores (0 keep, -10000 drop, as diffusers).
+    pub fn forward_cross(&self, x: &Tensor, kv: &CrossKv, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+        let q = self.to_q.forward(x)?;
+        let bias = match bias {
+            Some(b) => Some(b.to_dtype(q.dtype())?),
+            None => None,
+        };
+        self.attend(&q, &kv.k, &kv.v, bias.as_ref())
+    }
+}
+
+/// The additive cross-attention bias from a caption mask: (b, l) with 1 = keep ->
+/// (b, 1, 1, l) with 0 / -10000 (diffusers `PixArtTransformer2DModel.forward`).
+pub fn mask_to_bias(mask: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, l) = mask.dims2()?;
+    let m = mask.to_dtype(DType::F32)?;
+    ((1.0 - m)? * -10000.0)?.reshape((b, 1, 1, l)) // (b, 1, 1, l)
+}

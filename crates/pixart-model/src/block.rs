@@ -1,0 +1,83 @@
+//! One PixArt transformer block (diffusers `BasicTransformerBlock` with
+//! `norm_type="ada_norm_single"`, `models/attention.py` v0.42.1).
+use candle_core::{Module, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+
+use crate::attention::{Attention, CrossKv};
+use crate::ops::{layer_norm_no_affine, modulate};
+
+/// `ff`: Linear -> GELU(tanh) -> Linear (`ff.net.0.proj`, `ff.net.2`).
+#[derive(Debug, Clone)]
+pub struct FeedForward {
+    proj_in: Linear,
+    proj_out: Linear,
+}
+
+impl FeedForward {
+    pub fn new(dim: usize, inner: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let net = vb.pp("net");
+        Ok(Self {
+            proj_in: linear(dim, inner, net.pp("0").pp("proj"))?,
+            proj_out: linear(inner, dim, net.pp("2"))?,
+        })
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.proj_out.forward(&self.proj_in.forward(x)?.gelu()?)
+    }
+}
+
+/// A transformer block: modulated self-attention, plain cross-attention, modulated MLP.
+#[derive(Debug, Clone)]
+pub struct TransformerBlock {
+    pub attn1: Attention,
+    pub attn2: Attention,
+    ff: FeedForward,
+    /// (6, c): shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp offsets.
+    scale_shift_table: Tensor,
+    eps: f64,
+}
+
+impl TransformerBlock {
+    pub fn new(dim: usize, heads: usize, head_dim: usize, bias: bool, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            attn1: Attention::new(dim, heads, head_dim, bias, vb.pp("attn1"))?,
+            attn2: Attention::new(dim, heads, head_dim, bias, vb.pp("attn2"))?,
+            ff: FeedForward::new(dim, 4 * dim, vb.pp("ff"))?,
+            scale_shift_table: vb.get((6, dim), "scale_shift_table")?,
+            eps,
+        })
+    }
+
+    /// x: (b, n, c) on an (h, w) grid; t0: (b, 6*c); cross: this block's caption keys/values;
+    /// bias: caption mask bias (b, 1, 1, l). Returns (b, n, c).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        grid: (usize, usize),
+        t0: &Tensor,
+        cross: &CrossKv,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, _, c) = x.dims3()?;
+        let mods = self
+            .scale_shift_table
+            .unsqueeze(0)?
+            .broadcast_add(&t0.reshape((b, 6, c))?)?; // (b, 6, c)
+        let m = |i: usize| mods.narrow(1, i, 1); // (b, 1, c)
+        let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
+        let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
+
+        let a = modulate(&layer_norm_no_affine(x, self.eps)?, &shift_msa, &scale_msa)?;
+        let a = self.attn1.forward_self(&a, grid)?;
+        let x = (x + a.broadcast_mul(&gate_msa)?)?;
+
+        let x = (&x + self.attn2.forward_cross(&x, cross, bias)?)?;
+
+        let f = modulate(&layer_norm_no_affine(&x, self.eps)?, &shift_mlp, &scale_mlp)?;
+        let f = self.ff.forward(&f)?;
+        x + f.broadcast_mul(&gate_mlp)?
+    }
+}

@@ -1,0 +1,304 @@
+//! The PixArt-Σ transformer (diffusers `PixArtTransformer2DModel`,
+//! `models/transformers/pixart_transformer_2d.py` v0.42.1).
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::{linear, Linear, VarBuilder};
+use pixart_core::{Error, Result};
+
+use crate::attention::{mask_to_bias, CrossKv, KvCompress, KvInit};
+use crate::block::TransformerBlock;
+use crate::config::TransformerConfig;
+use crate::embeddings::{sincos_pos_embed, AdaLayerNormSingle, AddedCond, CaptionProjection, PatchEmbed};
+use crate::ops::{layer_norm_no_affine, modulate};
+
+/// Weight name of the first micro-condition tensor; its presence turns micro-conditions on.
+pub const MICRO_COND_PROBE: &str = "adaln_single.emb.resolution_embedder.linear_1.weight";
+
+/// The denoiser.
+#[derive(Debug, Clone)]
+pub struct PixArtTransformer {
+    pos_embed: PatchEmbed,
+    caption_projection: Option<CaptionProjection>,
+    adaln_single: AdaLayerNormSingle,
+    transformer_blocks: Vec<TransformerBlock>,
+    /// (2, c): shift and scale offsets of the final layer.
+    scale_shift_table: Tensor,
+    proj_out: Linear,
+    config: TransformerConfig,
+    interpolation_scale: f64,
+    dtype: DType,
+    device: Device,
+}
+
+/// What building the model decided from the weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildReport {
+    /// PixArt-α micro-conditions are on (their weights are present).
+    pub micro_conditions: bool,
+    /// Layers whose conv KV compression was initialised to averaging because the checkpoint
+    /// has no weights for it (a weak-to-strong step).
+    pub kv_averaging_init: Vec<usize>,
+}
+
+/// Text context prepared once per prompt batch: the caption projected and turned into every
+/// block's cross-attention keys and values, plus the mask bias.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub cross: Vec<CrossKv>,
+    pub bias: Option<Tensor>,
+    pub batch: usize,
+}
+
+/// Named intermediate tensors recorded by [`PixArtTransformer::forward_traced`].
+pub type Trace = Vec<(String, Tensor)>;
+
+fn shape_err(msg: String) -> Error {
+    Error::Shape(msg)
+}
+
+impl PixArtTransformer {
+    /// Builds the model from `vb` (diffusers names). Micro-conditions are used when the
+    /// weights have them (or the config demands them, which then makes missing weights an
+    /// error); conv KV compression without weights starts from averaging.
+    pub fn new(config: &TransformerConfig, vb: VarBuilder) -> Result<(Self, BuildReport)> {
+        config
+            .validate()
+            .map_err(|m| Error::InvalidInput(format!("transformer config: {m}")))?;
+        let c = config.inner_dim();
+        let micro = vb.contains_tensor(MICRO_COND_PROBE) || config.use_additional_conditions == Some(true);
+        let pos_embed = PatchEmbed::new(config.in_channels, c, config.patch_size, vb.pp("pos_embed"))?;
+        let caption_projection = match config.caption_channels {
+            Some(cc) => Some(CaptionProjection::new(cc, c, vb.pp("caption_projection"))?),
+            None => None,
+        };
+        let adaln_single = AdaLayerNormSingle::new(c, micro, vb.pp("adaln_single"))?;
+        let mut transformer_blocks = Vec::with_capacity(config.num_layers);
+        let mut kv_averaging_init = Vec::new();
+        let vb_blocks = vb.pp("transformer_blocks");
+        for i in 0..config.num_layers {
+            let vbi = vb_blocks.pp(i);
+            let mut block = TransformerBlock::new(
+                c,
+                config.num_attention_heads,
+                config.attention_head_dim,
+                config.attention_bias,
+                config.norm_eps,
+                vbi.clone(),
+            )?;
+            if let Some(kv) = config.kv_compress.as_ref().filter(|kv| kv.applies_to(i)) {
+                let (module, init) =
+                    KvCompress::new(kv.sampling, kv.scale_factor, c, vbi.pp("attn1").pp("kv_compress"))?;
+                if init == KvInit::Averaging {
+                    kv_averaging_init.push(i);
+                }
+                block.attn1 = block.attn1.with_kv_compress(module);
+            }
+            transformer_blocks.push(block);
+        }
+        let model = Self {
+            pos_embed,
+            caption_projection,
+            adaln_single,
+            transformer_blocks,
+            scale_shift_table: vb.get((2, c), "scale_shift_table")?,
+            proj_out: linear(
+                c,
+                config.patch_size * config.patch_size * config.out_channels(),
+                vb.pp("proj_out"),
+            )?,
+            config: config.clone(),
+            interpolation_scale: config.interpolation_scale(),
+            dtype: vb.dtype(),
+            device: vb.device().clone(),
+        };
+        let report = BuildReport {
+            micro_conditions: micro,
+            kv_averaging_init,
+        };
+        Ok((model, report))
+    }
+
+    pub fn config(&self) -> &TransformerConfig {
+        &self.config
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Whether the PixArt-α resolution / aspect-ratio embedders are in use.
+    pub fn has_micro_conditions(&self) -> bool {
+        self.adaln_single.has_micro_conditions()
+    }
+
+    /// Overrides the PE interpolation scale (e.g. to run a checkpoint at another resolution).
+    pub fn set_interpolation_scale(&mut self, s: f64) -> Result<()> {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "interpolation scale must be a positive number, got {s}"
+            )));
+        }
+        self.interpolation_scale = s;
+        Ok(())
+    }
+
+    pub fn interpolation_scale(&self) -> f64 {
+        self.interpolation_scale
+    }
+
+    /// The caption projection alone: y (b, l, caption_channels) -> (b, l, c).
+    pub fn project_caption(&self, y: &Tensor) -> Result<Tensor> {
+        let y = y.to_device(&self.device)?.to_dtype(self.dtype)?;
+        Ok(match &self.caption_projection {
+            Some(p) => p.forward(&y)?,
+            None => y,
+        })
+    }
+
+    /// Projects the caption and computes every block's cross-attention keys and values.
+    /// y: (b, l, caption_channels); mask: (b, l), 1 = keep (any numeric dtype).
+    pub fn encode_context(&self, y: &Tensor, mask: Option<&Tensor>) -> Result<Context> {
+        let (b, l, d) = y
+            .dims3()
+            .map_err(|_| shape_err(format!("encoder_hidden_states must be [B,L,D], got {:?}", y.dims())))?;
+        let expect_d = self.config.caption_channels.unwrap_or(self.config.inner_dim());
+        if d != expect_d {
+            return Err(shape_err(format!(
+                "encoder_hidden_states has {d} features, the model expects {expect_d}"
+            )));
+        }
+        if l == 0 {
+            return Err(shape_err("encoder_hidden_states has no tokens".into()));
+        }
+        let bias = match mask {
+            Some(m) => {
+                if m.dims() != [b, l] {
+                    return Err(shape_err(format!(
+                        "encoder_attention_mask must be [{b},{l}], got {:?}",
+                        m.dims()
+                    )));
+                }
+                Some(mask_to_bias(&m.to_device(&self.device)?)?.to_dtype(self.dtype)?)
+            }
+            None => None,
+        };
+        let y = self.project_caption(y)?;
+        let cross = self
+            .transformer_blocks
+            .iter()
+            .map(|blk| blk.attn2.cross_kv(&y))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Context { cross, bias, batch: b })
+    }
+
+    fn check_latents(&self, x: &Tensor, t: &Tensor, ctx: &Context) -> Result<(usize, usize, usize)> {
+        let (b, ch, hh, ww) = x
+            .dims4()
+            .map_err(|_| shape_err(format!("hidden_states must be [B,C,H,W], got {:?}", x.dims())))?;
+        if ch != self.config.in_channels {
+            return Err(shape_err(format!(
+                "hidden_states has {ch} channels, the model expects {}",
+                self.config.in_channels
+            )));
+        }
+        let p = self.config.patch_size;
+        if hh % p != 0 || ww % p != 0 || hh == 0 || ww == 0 {
+            return Err(shape_err(format!(
+                "latent size {hh}x{ww} is not a non-zero multiple of the patch size {p}"
+            )));
+        }
+        if t.dims() != [b] {
+            return Err(shape_err(format!("timestep must be [{b}], got {:?}", t.dims())));
+        }
+        if ctx.batch != b {
+            return Err(shape_err(format!(
+                "encoder_hidden_states has batch {}, hidden_states has batch {b}",
+                ctx.batch
+            )));
+        }
+        Ok((b, hh / p, ww / p))
+    }
+
+    /// The full forward: x (b, in, H, W), t (b), y (b, l, caption_channels), mask (b, l)
+    /// -> (b, out, H, W) in the model dtype.
+    pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let ctx = self.encode_context(y, mask)?;
+        self.forward_with_context(x, t, &ctx, None)
+    }
+
+    /// The forward with a prepared [`Context`] (reused across denoising steps).
+    pub fn forward_with_context(&self, x: &Tensor, t: &Tensor, ctx: &Context, cond: Option<&AddedCond>) -> Result<Tensor> {
+        self.run(x, t, ctx, cond, None)
+    }
+
+    /// The forward, recording intermediates (`pos_embed`, `x_embed`, `temb`, `t0`,
+    /// `block.{i}`, `final_norm`, `proj_out`) for layer-by-layer comparisons.
+    pub fn forward_traced(&self, x: &Tensor, t: &Tensor, ctx: &Context, cond: Option<&AddedCond>, trace: &mut Trace) -> Result<Tensor> {
+        self.run(x, t, ctx, cond, Some(trace))
+    }
+
+    fn run(&self, x: &Tensor, t: &Tensor, ctx: &Context, cond: Option<&AddedCond>, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+        let mut record = |name: &str, v: &Tensor| {
+            if let Some(tr) = trace.as_deref_mut() {
+                tr.push((name.to_string(), v.clone()));
+            }
+        };
+        let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
+        let t = t.to_device(&self.device)?;
+        let (b, h, w) = self.check_latents(&x, &t, ctx)?;
+        let c = self.config.inner_dim();
+        let p = self.config.patch_size;
+
+        // 1. Patches + positions (table computed in f32, added in f32 as diffusers does).
+        let pe = sincos_pos_embed(c, h, w, self.config.base_size(), self.interpolation_scale, &self.device)?;
+        record("pos_embed", &pe);
+        let tokens = self.pos_embed.forward(&x)?; // (b, n, c)
+        let mut hs = tokens
+            .to_dtype(DType::F32)?
+            .broadcast_add(&pe.unsqueeze(0)?)?
+            .to_dtype(self.dtype)?;
+        record("x_embed", &hs);
+
+        // 2. Timestep (and micro-conditions).
+        let derived;
+        let cond = match (self.has_micro_conditions(), cond) {
+            (true, None) => {
+                let (hh, ww) = ((h * p * 8) as f32, (w * p * 8) as f32);
+                derived = AddedCond {
+                    resolution: Tensor::from_vec([hh, ww].repeat(b), (b, 2), &self.device)?,
+                    aspect_ratio: Tensor::from_vec(vec![hh / ww; b], (b, 1), &self.device)?,
+                };
+                Some(&derived)
+            }
+            (_, c) => c,
+        };
+        let (t0, temb) = self.adaln_single.forward(&t, cond, self.dtype)?;
+        record("temb", &temb);
+        record("t0", &t0);
+
+        // 3. Blocks.
+        for (i, (blk, kv)) in self.transformer_blocks.iter().zip(&ctx.cross).enumerate() {
+            hs = blk.forward(&hs, (h, w), &t0, kv, ctx.bias.as_ref())?;
+            record(&format!("block.{i}"), &hs);
+        }
+
+        // 4. Final layer: shift/scale from the table plus the embedded timestep.
+        let ss = self.scale_shift_table.unsqueeze(0)?.broadcast_add(&temb.unsqueeze(1)?)?; // (b, 2, c)
+        let (shift, scale) = (ss.narrow(1, 0, 1)?, ss.narrow(1, 1, 1)?);
+        let hs = modulate(&layer_norm_no_affine(&hs, 1e-6)?, &shift, &scale)?;
+        record("final_norm", &hs);
+        let hs = self.proj_out.forward(&hs)?; // (b, n, p*p*out)
+        record("proj_out", &hs);
+
+        // 5. Unpatchify: per token (py, px, c) with c fastest.
+        let oc = self.config.out_channels();
+        let out = hs
+            .reshape((b, h, w, p, p, oc))? // (b, h, w, py, px, c)
+            .permute((0, 5, 1, 3, 2, 4))? // (b, c, h, py, w, px)
+            .reshape((b, oc, h * p, w * p))?; // (b, c, H, W)
+        Ok(out)
+    }
+}
