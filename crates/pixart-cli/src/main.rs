@@ -1,1 +1,60 @@
-fn main(){}
+//! `pixart`: the PixArt-Σ engine's command line. Argument parsing and printing only; the
+//! libraries do the work.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// PixArt-Σ text-to-image in Rust.
+#[derive(Debug, Parser)]
+#[command(name = "pixart", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one component on tensors from a safetensors file (for exact comparisons).
+    Run(commands::run::RunArgs),
+    /// Write a diffusers-layout transformer folder from an original PixArt checkpoint.
+    Convert(commands::convert::ConvertArgs),
+    /// Benchmarks with random weights (no files needed); prints JSON lines.
+    Bench(commands::bench::BenchArgs),
+}
+
+/// An error in what the user asked for (exit code 2), as opposed to a failure while running
+/// (exit code 1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => commands::run::run(a),
+        Command::Convert(a) => commands::convert::run(a),
+        Command::Bench(a) => commands::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, with the whole cause chain.
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

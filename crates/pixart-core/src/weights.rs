@@ -61,10 +61,7 @@ impl FileKind {
             Some(Self::ShardIndex)
         } else if name.ends_with(".safetensors") {
             Some(Self::Safetensors)
-        } else if [".pth", ".pt", ".bin", ".ckpt"]
-            .iter()
-            .any(|ext| name.ends_with(ext))
-        {
+        } else if [".pth", ".pt", ".bin", ".ckpt"].iter().any(|ext| name.ends_with(ext)) {
             Some(Self::Pth)
         } else {
             None
@@ -96,9 +93,8 @@ impl WeightFile {
                 .tensors()
                 .into_iter()
                 .map(|(name, view)| {
-                    let dtype = DType::try_from(view.dtype()).map_err(|e| {
-                        Error::weights(path, format!("tensor `{name}`: unsupported dtype: {e}"))
-                    })?;
+                    let dtype = DType::try_from(view.dtype())
+                        .map_err(|e| Error::weights(path, format!("tensor `{name}`: unsupported dtype: {e}")))?;
                     Ok((
                         name,
                         TensorInfo {
@@ -503,14 +499,7 @@ impl<B: SimpleBackend> Recording<B> {
 }
 
 impl<B: SimpleBackend> SimpleBackend for Recording<B> {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let t = self.inner.get(s, name, h, dtype, dev)?;
         if let Ok(mut seen) = self.seen.lock() {
             seen.insert(name.to_string(), t.clone());
@@ -538,14 +527,7 @@ impl<B> Clone for Shared<B> {
 }
 
 impl<B: SimpleBackend> SimpleBackend for Shared<B> {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        h: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
+    fn get(&self, s: Shape, name: &str, h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         self.0.get(s, name, h, dtype, dev)
     }
 

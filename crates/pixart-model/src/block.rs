@@ -41,7 +41,14 @@ pub struct TransformerBlock {
 }
 
 impl TransformerBlock {
-    pub fn new(dim: usize, heads: usize, head_dim: usize, bias: bool, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        head_dim: usize,
+        bias: bool,
+        eps: f64,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             attn1: Attention::new(dim, heads, head_dim, bias, vb.pp("attn1"))?,
             attn2: Attention::new(dim, heads, head_dim, bias, vb.pp("attn2"))?,

@@ -135,7 +135,8 @@ pub struct KvCompressConfig {
 
 impl KvCompressConfig {
     /// Parses the CLI form `SAMPLING[:R[:LAYERS]]`, e.g. `conv`, `conv:2`, `uniform:2:14-27`,
-    /// `conv:2:0,3,10-12`. R defaults to 2 and the layers to the deeper half of `num_layers`.
+    /// `conv:2:0,3,10-12`. R defaults to 2 and the layers to the deeper half of `num_layers`;
+    /// the result is checked against a model of `num_layers` blocks.
     /// `none` or `off` gives `None`.
     pub fn parse_spec(spec: &str, num_layers: usize) -> std::result::Result<Option<Self>, String> {
         let spec = spec.trim();
@@ -157,11 +158,13 @@ impl KvCompressConfig {
             None => (num_layers / 2..num_layers).collect(),
             Some(list) => parse_layer_list(list)?,
         };
-        Ok(Some(Self {
+        let kv = Self {
             sampling,
             scale_factor,
             layers,
-        }))
+        };
+        kv.check(num_layers)?;
+        Ok(Some(kv))
     }
 
     /// Checks the values against a model with `num_layers` blocks.
@@ -301,8 +304,10 @@ impl TransformerConfig {
                 return Err("`interpolation_scale` must be a positive number".into());
             }
         }
-        if self.inner_dim() % 4 != 0 {
-            return Err("the hidden size (heads × head dim) must be a multiple of 4 for the 2-D position embedding".into());
+        if !self.inner_dim().is_multiple_of(4) {
+            return Err(
+                "the hidden size (heads × head dim) must be a multiple of 4 for the 2-D position embedding".into(),
+            );
         }
         if let Some(kv) = &self.kv_compress {
             kv.check(self.num_layers)?;

@@ -92,7 +92,10 @@ pub fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
     files.sort();
     match files.len() {
         1 => Ok((files.remove(0), cfg)),
-        0 => Err(Error::weights(&dir, "no weight file (diffusion_pytorch_model.safetensors, *.safetensors or *.pth)")),
+        0 => Err(Error::weights(
+            &dir,
+            "no weight file (diffusion_pytorch_model.safetensors, *.safetensors or *.pth)",
+        )),
         _ => Err(Error::weights(&dir, "several weight files; name the one to use")),
     }
 }
@@ -174,7 +177,13 @@ pub fn load_transformer(path: &Path, opts: &LoadOptions) -> Result<LoadedTransfo
 
 /// Reads a checkpoint (either layout) and returns its tensors under the diffusers names,
 /// checked against its config, plus that config: what `pixart convert` writes.
-pub fn to_diffusers(path: &Path, opts: &LoadOptions) -> Result<(std::collections::BTreeMap<String, candle_core::Tensor>, TransformerConfig)> {
+pub fn to_diffusers(
+    path: &Path,
+    opts: &LoadOptions,
+) -> Result<(
+    std::collections::BTreeMap<String, candle_core::Tensor>,
+    TransformerConfig,
+)> {
     let (file, config, layout) = open_checkpoint(path, opts)?;
     let rec = Shared(Arc::new(Recording::new(checked(file, layout, &config))));
     let vb = VarBuilder::from_backend(Box::new(rec.clone()), opts.dtype, opts.device.clone());

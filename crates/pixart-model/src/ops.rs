@@ -35,24 +35,22 @@ where
     T: Copy + Send + Sync + Default + num_like::ToF32 + num_like::FromF32,
 {
     let mut dst = vec![T::default(); src.len()];
-    dst.par_chunks_mut(dim)
-        .zip(src.par_chunks(dim))
-        .for_each(|(d, s)| {
-            let n = dim as f32;
-            let mean = s.iter().map(|v| v.to_f32()).sum::<f32>() / n;
-            let var = s
-                .iter()
-                .map(|v| {
-                    let c = v.to_f32() - mean;
-                    c * c
-                })
-                .sum::<f32>()
-                / n;
-            let inv = 1.0 / (var + eps).sqrt();
-            for (o, v) in d.iter_mut().zip(s) {
-                *o = T::from_f32((v.to_f32() - mean) * inv);
-            }
-        });
+    dst.par_chunks_mut(dim).zip(src.par_chunks(dim)).for_each(|(d, s)| {
+        let n = dim as f32;
+        let mean = s.iter().map(|v| v.to_f32()).sum::<f32>() / n;
+        let var = s
+            .iter()
+            .map(|v| {
+                let c = v.to_f32() - mean;
+                c * c
+            })
+            .sum::<f32>()
+            / n;
+        let inv = 1.0 / (var + eps).sqrt();
+        for (o, v) in d.iter_mut().zip(s) {
+            *o = T::from_f32((v.to_f32() - mean) * inv);
+        }
+    });
     dst
 }
 
@@ -72,7 +70,10 @@ impl CustomOp1 for LayerNormNoAffine {
             CpuStorage::F16(v) => CpuStorage::F16(ln_rows(&v[start..end], dim, self.eps)),
             other => {
                 use candle_core::backend::BackendStorage;
-                return Err(candle_core::Error::UnsupportedDTypeForOp(other.dtype(), "layer_norm_no_affine"));
+                return Err(candle_core::Error::UnsupportedDTypeForOp(
+                    other.dtype(),
+                    "layer_norm_no_affine",
+                ));
             }
         };
         Ok((out, layout.shape().clone()))

@@ -81,7 +81,10 @@ pub fn kv_compress_from_weights(infos: &BTreeMap<String, TensorInfo>) -> Option<
         let layer = name
             .strip_prefix("transformer_blocks.")
             .and_then(|r| r.strip_suffix(".attn1.kv_compress.conv.weight"))
-            .or_else(|| name.strip_prefix("blocks.").and_then(|r| r.strip_suffix(".attn.sr.weight")));
+            .or_else(|| {
+                name.strip_prefix("blocks.")
+                    .and_then(|r| r.strip_suffix(".attn.sr.weight"))
+            });
         if let Some(i) = layer.and_then(|l| l.parse::<usize>().ok()) {
             layers.push(i);
             ratio = info.shape.last().copied().unwrap_or(0);
@@ -115,7 +118,9 @@ pub fn infer_config(
     };
     let xe = shape("x_embedder.proj.weight")?;
     let [c, in_ch, p, _] = xe[..] else {
-        return Err(format!("tensor `x_embedder.proj.weight` has shape {xe:?}, expected 4 dims"));
+        return Err(format!(
+            "tensor `x_embedder.proj.weight` has shape {xe:?}, expected 4 dims"
+        ));
     };
     let num_layers = infos
         .keys()
@@ -129,7 +134,11 @@ pub fn infer_config(
     let heads = match heads {
         Some(h) => h,
         None if c % 72 == 0 => c / 72,
-        None => return Err(format!("hidden size {c} is not a multiple of 72: give the number of heads")),
+        None => {
+            return Err(format!(
+                "hidden size {c} is not a multiple of 72: give the number of heads"
+            ))
+        }
     };
     if heads == 0 || c % heads != 0 {
         return Err(format!("hidden size {c} is not divisible by {heads} heads"));
@@ -175,10 +184,15 @@ mod tests {
         let s = source_for("transformer_blocks.0.attn2.to_v.bias").unwrap();
         assert_eq!(s.name, "blocks.0.cross_attn.kv_linear.bias");
         assert_eq!(s.rows, Some((1, 2)));
-        assert_eq!(source_for("scale_shift_table").unwrap().name, "final_layer.scale_shift_table");
+        assert_eq!(
+            source_for("scale_shift_table").unwrap().name,
+            "final_layer.scale_shift_table"
+        );
         assert_eq!(source_for("proj_out.weight").unwrap().name, "final_layer.linear.weight");
         assert_eq!(
-            source_for("transformer_blocks.27.attn1.kv_compress.norm.weight").unwrap().name,
+            source_for("transformer_blocks.27.attn1.kv_compress.norm.weight")
+                .unwrap()
+                .name,
             "blocks.27.attn.norm.weight"
         );
         assert!(source_for("nonsense.weight").is_none());

@@ -230,17 +230,37 @@ impl PixArtTransformer {
     }
 
     /// The forward with a prepared [`Context`] (reused across denoising steps).
-    pub fn forward_with_context(&self, x: &Tensor, t: &Tensor, ctx: &Context, cond: Option<&AddedCond>) -> Result<Tensor> {
+    pub fn forward_with_context(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ctx: &Context,
+        cond: Option<&AddedCond>,
+    ) -> Result<Tensor> {
         self.run(x, t, ctx, cond, None)
     }
 
     /// The forward, recording intermediates (`pos_embed`, `x_embed`, `temb`, `t0`,
     /// `block.{i}`, `final_norm`, `proj_out`) for layer-by-layer comparisons.
-    pub fn forward_traced(&self, x: &Tensor, t: &Tensor, ctx: &Context, cond: Option<&AddedCond>, trace: &mut Trace) -> Result<Tensor> {
+    pub fn forward_traced(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ctx: &Context,
+        cond: Option<&AddedCond>,
+        trace: &mut Trace,
+    ) -> Result<Tensor> {
         self.run(x, t, ctx, cond, Some(trace))
     }
 
-    fn run(&self, x: &Tensor, t: &Tensor, ctx: &Context, cond: Option<&AddedCond>, mut trace: Option<&mut Trace>) -> Result<Tensor> {
+    fn run(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ctx: &Context,
+        cond: Option<&AddedCond>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor> {
         let mut record = |name: &str, v: &Tensor| {
             if let Some(tr) = trace.as_deref_mut() {
                 tr.push((name.to_string(), v.clone()));
@@ -286,7 +306,10 @@ impl PixArtTransformer {
         }
 
         // 4. Final layer: shift/scale from the table plus the embedded timestep.
-        let ss = self.scale_shift_table.unsqueeze(0)?.broadcast_add(&temb.unsqueeze(1)?)?; // (b, 2, c)
+        let ss = self
+            .scale_shift_table
+            .unsqueeze(0)?
+            .broadcast_add(&temb.unsqueeze(1)?)?; // (b, 2, c)
         let (shift, scale) = (ss.narrow(1, 0, 1)?, ss.narrow(1, 1, 1)?);
         let hs = modulate(&layer_norm_no_affine(&hs, 1e-6)?, &shift, &scale)?;
         record("final_norm", &hs);

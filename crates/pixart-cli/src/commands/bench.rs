@@ -1,0 +1,122 @@
+//! `pixart bench <what>`: benchmarks with random weights; one JSON object per line.
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use pixart_model::bench::{bench_transformer, BenchSpec};
+use pixart_model::{KvCompressConfig, TransformerConfig};
+use serde_json::json;
+
+use super::{device, dtype};
+use crate::UsageError;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, Subcommand)]
+enum What {
+    /// Forward of the full PixArt-Σ XL/2 transformer (0.6B) at batch 2 with 300 caption tokens.
+    Transformer(TransformerBench),
+}
+
+#[derive(Debug, Args)]
+struct TransformerBench {
+    /// Image size in pixels (square): 256, 512, 1024, 2048 or 4096.
+    #[arg(long, default_value_t = 256)]
+    size: usize,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// KV token compression: SAMPLING[:R[:LAYERS]] (e.g. conv:2:14-27) or none.
+    #[arg(long)]
+    kv_compress: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    batch: usize,
+    #[arg(long, default_value_t = 300)]
+    tokens: usize,
+    /// Untimed forwards first.
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Timed forwards.
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    match a.what {
+        What::Transformer(b) => transformer(b),
+    }
+}
+
+fn transformer(b: TransformerBench) -> Result<()> {
+    if b.size == 0 || !b.size.is_multiple_of(16) {
+        bail!(UsageError(format!(
+            "--size must be a positive multiple of 16, got {}",
+            b.size
+        )));
+    }
+    if b.iters == 0 || b.batch == 0 || b.tokens == 0 {
+        bail!(UsageError("--iters, --batch and --tokens must be positive".into()));
+    }
+    let mut config = TransformerConfig::sigma_xl2(match b.size {
+        s if s <= 256 => 32,
+        s if s <= 512 => 64,
+        s if s <= 1024 => 128,
+        _ => 256,
+    });
+    if let Some(spec) = &b.kv_compress {
+        config.kv_compress = KvCompressConfig::parse_spec(spec, config.num_layers)
+            .map_err(|m| UsageError(format!("--kv-compress: {m}")))?;
+    }
+    let spec = BenchSpec {
+        config,
+        size: b.size,
+        batch: b.batch,
+        tokens: b.tokens,
+        dtype: dtype(&b.dtype)?,
+        device: device(&b.device)?,
+        warmup: b.warmup,
+        iters: b.iters,
+    };
+    let kv_name = spec.config.kv_compress.as_ref().map(|kv| {
+        format!(
+            "{:?}:{}:{}-{}",
+            kv.sampling,
+            kv.scale_factor,
+            kv.layers.first().unwrap_or(&0),
+            kv.layers.last().unwrap_or(&0)
+        )
+        .to_lowercase()
+    });
+    let res = bench_transformer(&spec, |i, s| {
+        println!("{}", json!({"bench": "transformer", "iter": i, "seconds": s}));
+    })?;
+    let mut sorted = res.seconds.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    println!(
+        "{}",
+        json!({
+            "bench": "transformer",
+            "size": b.size,
+            "dtype": b.dtype,
+            "device": b.device,
+            "batch": b.batch,
+            "tokens": b.tokens,
+            "kv_compress": kv_name,
+            "iters": b.iters,
+            "seconds_per_forward": median,
+            "seconds_min": sorted[0],
+            "gflop_per_forward": res.flops / 1e9,
+            "gflops": res.flops / 1e9 / median,
+            "build_seconds": res.build_seconds,
+            "threads": candle_core::utils::get_num_threads(),
+            "peak_rss_bytes": pixart_core::mem::peak_rss_bytes(),
+        })
+    );
+    Ok(())
+}

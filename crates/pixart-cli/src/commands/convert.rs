@@ -1,0 +1,72 @@
+//! `pixart convert`: an original PixArt checkpoint (or any transformer checkpoint we load) to
+//! a diffusers-layout folder (config.json + diffusion_pytorch_model.safetensors).
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use pixart_model::loading::{to_diffusers, LoadOptions};
+use pixart_model::KvCompressConfig;
+
+use super::dtype;
+use crate::UsageError;
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The checkpoint: an original `.pth` / `.safetensors`, or a folder.
+    #[arg(long)]
+    input: PathBuf,
+    /// Output folder (created; its config.json and weights are replaced atomically).
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of attention heads, when the checkpoint has no config (default: hidden / 72).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Latent sample size when the checkpoint has neither config nor `pos_embed` buffer.
+    #[arg(long, default_value_t = 128)]
+    sample_size: usize,
+    /// PE interpolation scale to record (default: from the config, or sample_size / 64).
+    #[arg(long)]
+    interpolation_scale: Option<f64>,
+    /// KV token compression to record: SAMPLING[:R[:LAYERS]] or none (default: from the weights).
+    #[arg(long)]
+    kv_compress: Option<String>,
+    /// Weight dtype to write: f32 (as released), bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+}
+
+pub fn run(a: ConvertArgs) -> Result<()> {
+    let dtype = dtype(&a.dtype)?;
+    let mut opts = LoadOptions {
+        dtype,
+        heads: a.heads,
+        default_sample_size: a.sample_size,
+        interpolation_scale: a.interpolation_scale,
+        ..LoadOptions::default()
+    };
+    if let Some(spec) = &a.kv_compress {
+        let (_, cfg, _) = pixart_model::loading::open_checkpoint(&a.input, &opts)?;
+        let kv = KvCompressConfig::parse_spec(spec, cfg.num_layers)
+            .map_err(|m| UsageError(format!("--kv-compress: {m}")))?;
+        opts.kv_compress = Some(kv);
+    }
+    let (tensors, config) = to_diffusers(&a.input, &opts)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
+    let tensors: HashMap<_, _> = tensors.into_iter().collect();
+    pixart_core::weights::save_safetensors(&tensors, &a.out.join("diffusion_pytorch_model.safetensors"))?;
+    let mut json = serde_json::to_value(&config)?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("_class_name".into(), "PixArtTransformer2DModel".into());
+    }
+    pixart_core::config::write_json(&a.out.join("config.json"), &json)?;
+    eprintln!(
+        "wrote {} tensors to {} ({} layers, sample_size {}, interpolation_scale {})",
+        tensors.len(),
+        a.out.display(),
+        config.num_layers,
+        config.sample_size,
+        config.interpolation_scale()
+    );
+    Ok(())
+}

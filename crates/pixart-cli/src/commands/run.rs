@@ -1,0 +1,107 @@
+//! `pixart run <component>`: one component on tensors from a file, for exact comparisons.
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use candle_core::DType;
+use clap::{Args, Subcommand};
+use pixart_model::loading::{load_transformer, LoadOptions};
+use pixart_model::{AddedCond, KvCompressConfig};
+
+use super::{device, dtype, read_inputs, take, write_outputs};
+use crate::UsageError;
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(subcommand)]
+    component: Component,
+}
+
+#[derive(Debug, Subcommand)]
+enum Component {
+    /// The denoising transformer: `hidden_states`, `timestep`, `encoder_hidden_states`
+    /// [, `encoder_attention_mask`] -> `sample`.
+    Transformer(TransformerArgs),
+}
+
+#[derive(Debug, Args)]
+struct TransformerArgs {
+    /// Folder with config.json and the weights (diffusers or original layout), a pipeline
+    /// folder with transformer/, or a weight file.
+    #[arg(long)]
+    model: PathBuf,
+    /// safetensors file with the inputs.
+    #[arg(long)]
+    inputs: PathBuf,
+    /// safetensors file to write `sample` to.
+    #[arg(long)]
+    out: PathBuf,
+    /// Override the PE interpolation scale.
+    #[arg(long)]
+    interpolation_scale: Option<f64>,
+    /// KV token compression: SAMPLING[:R[:LAYERS]] (conv, uniform, ave) or none.
+    #[arg(long)]
+    kv_compress: Option<String>,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    match args.component {
+        Component::Transformer(a) => transformer(a),
+    }
+}
+
+fn transformer(a: TransformerArgs) -> Result<()> {
+    let dtype = dtype(&a.dtype)?;
+    let device = device(&a.device)?;
+    if let Some(s) = a.interpolation_scale {
+        if !(s.is_finite() && s > 0.0) {
+            bail!(UsageError(format!(
+                "--interpolation-scale must be a positive number, got {s}"
+            )));
+        }
+    }
+    let inputs = read_inputs(&a.inputs)?;
+    // Validate the kv spec against the model's depth after reading its config.
+    let kv = match &a.kv_compress {
+        Some(spec) => {
+            let (_, cfg, _) = pixart_model::loading::open_checkpoint(&a.model, &LoadOptions::default())?;
+            Some(
+                KvCompressConfig::parse_spec(spec, cfg.num_layers)
+                    .map_err(|m| UsageError(format!("--kv-compress: {m}")))?,
+            )
+        }
+        None => None,
+    };
+    let opts = LoadOptions {
+        dtype,
+        device,
+        kv_compress: kv,
+        interpolation_scale: a.interpolation_scale,
+        ..LoadOptions::default()
+    };
+    let loaded = load_transformer(&a.model, &opts)?;
+    let model = &loaded.model;
+    let x = take(&inputs, &a.inputs, "hidden_states")?;
+    let t = take(&inputs, &a.inputs, "timestep")?.to_dtype(DType::F32)?;
+    let y = take(&inputs, &a.inputs, "encoder_hidden_states")?;
+    let mask = inputs.get("encoder_attention_mask");
+    let cond = match (inputs.get("resolution"), inputs.get("aspect_ratio")) {
+        (Some(r), Some(ar)) => Some(AddedCond {
+            resolution: r.to_dtype(DType::F32)?.to_device(model.device())?,
+            aspect_ratio: ar.to_dtype(DType::F32)?.to_device(model.device())?,
+        }),
+        _ => None,
+    };
+    let ctx = model
+        .encode_context(y, mask)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.inputs.display()))?;
+    let out = model
+        .forward_with_context(x, &t, &ctx, cond.as_ref())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.inputs.display()))?;
+    write_outputs(&a.out, &[("sample", &out)])
+}

@@ -1,0 +1,94 @@
+//! The transformer benchmark: the full architecture with random weights (no files), timed
+//! forwards at a given image size, batch and caption length.
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use pixart_core::weights::RandomWeights;
+use pixart_core::Result;
+
+use crate::config::TransformerConfig;
+use crate::transformer::PixArtTransformer;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    pub config: TransformerConfig,
+    /// Image size in pixels (latent = size / 8), square.
+    pub size: usize,
+    pub batch: usize,
+    pub tokens: usize,
+    pub dtype: DType,
+    pub device: Device,
+    pub warmup: usize,
+    pub iters: usize,
+}
+
+/// Floating-point operations of one forward (multiply-add = 2), counting the linear layers,
+/// the attention products and the caption projection; elementwise work is left out.
+pub fn forward_flops(cfg: &TransformerConfig, batch: usize, latent_h: usize, latent_w: usize, tokens: usize) -> f64 {
+    let p = cfg.patch_size;
+    let (h, w) = (latent_h / p, latent_w / p);
+    let n = (h * w) as f64;
+    let c = cfg.inner_dim() as f64;
+    let b = batch as f64;
+    let l = tokens as f64;
+    let cap = cfg.caption_channels.unwrap_or(cfg.inner_dim()) as f64;
+    let mut total = 2.0 * b * l * (cap * c + c * c); // caption projection
+    for i in 0..cfg.num_layers {
+        let nk = match &cfg.kv_compress {
+            Some(kv) if kv.applies_to(i) => ((h / kv.scale_factor) * (w / kv.scale_factor)) as f64,
+            _ => n,
+        };
+        total += 2.0 * b * n * c * c * 4.0; // q, k, v, out of self-attention
+        total += 2.0 * b * n * c * c * 2.0; // q, out of cross-attention
+        total += 2.0 * b * l * c * c * 2.0; // k, v of cross-attention
+        total += 2.0 * b * n * c * 4.0 * c * 2.0; // MLP
+        total += 2.0 * 2.0 * b * n * nk * c; // self-attention scores and values
+        total += 2.0 * 2.0 * b * n * l * c; // cross-attention scores and values
+    }
+    total += 2.0 * b * n * c * (p * p * cfg.out_channels()) as f64; // proj_out
+    total
+}
+
+/// Timings of a benchmark run.
+#[derive(Debug, Clone)]
+pub struct BenchResult {
+    pub seconds: Vec<f64>,
+    pub flops: f64,
+    pub build_seconds: f64,
+}
+
+/// Builds the model with random weights and times `iters` forwards after `warmup` ones.
+/// `on_iter(i, seconds)` is called after every timed forward.
+pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) -> Result<BenchResult> {
+    let t0 = Instant::now();
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), spec.dtype, spec.device.clone());
+    let (model, _) = PixArtTransformer::new(&spec.config, vb)?;
+    let build_seconds = t0.elapsed().as_secs_f64();
+    let lat = spec.size / 8;
+    let dev = &spec.device;
+    let x = Tensor::randn(0f32, 1.0, (spec.batch, spec.config.in_channels, lat, lat), dev)?;
+    let t = Tensor::from_vec(vec![500f32; spec.batch], spec.batch, dev)?;
+    let cap = spec.config.caption_channels.unwrap_or(spec.config.inner_dim());
+    let y = Tensor::randn(0f32, 1.0, (spec.batch, spec.tokens, cap), dev)?;
+    let mask = Tensor::ones((spec.batch, spec.tokens), DType::F32, dev)?;
+    let mut seconds = Vec::with_capacity(spec.iters);
+    for i in 0..spec.warmup + spec.iters {
+        dev.synchronize()?;
+        let start = Instant::now();
+        let out = model.forward(&x, &t, &y, Some(&mask))?;
+        dev.synchronize()?;
+        drop(out);
+        let s = start.elapsed().as_secs_f64();
+        if i >= spec.warmup {
+            seconds.push(s);
+            on_iter(i - spec.warmup, s);
+        }
+    }
+    Ok(BenchResult {
+        seconds,
+        flops: forward_flops(&spec.config, spec.batch, lat, lat, spec.tokens),
+        build_seconds,
+    })
+}
