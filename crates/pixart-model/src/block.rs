@@ -25,7 +25,7 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.proj_out.forward(&self.proj_in.forward(x)?.gelu()?)
+        self.proj_out.forward(&crate::kernels::gelu(&self.proj_in.forward(x)?)?)
     }
 }
 

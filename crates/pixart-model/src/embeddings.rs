@@ -198,6 +198,7 @@ impl CaptionProjection {
 impl Module for CaptionProjection {
     /// y: (b, l, caption_channels) -> (b, l, c)
     fn forward(&self, y: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(y)?.gelu()?)
+        self.linear_2
+            .forward(&crate::kernels::gelu(&self.linear_1.forward(y)?)?)
     }
 }

@@ -14,6 +14,7 @@ pub mod bench;
 pub mod block;
 pub mod config;
 pub mod embeddings;
+pub mod kernels;
 pub mod loading;
 pub mod ops;
 pub mod original;

@@ -80,7 +80,7 @@ impl CustomOp1 for LayerNormNoAffine {
     }
 }
 
-mod num_like {
+pub(crate) mod num_like {
     pub trait ToF32 {
         fn to_f32(self) -> f32;
     }
@@ -153,7 +153,7 @@ pub fn chunked_attention(
         if let Some(bias) = bias {
             s = s.broadcast_add(bias)?;
         }
-        let p = candle_nn::ops::softmax_last_dim(&s)?;
+        let p = crate::kernels::softmax_last_dim(&s)?;
         outs.push(p.matmul(v)?); // (b, h, len, d)
         start += len;
     }

@@ -293,7 +293,14 @@ impl PixArtTransformer {
                 };
                 Some(&derived)
             }
-            (_, c) => c,
+            (_, Some(c)) => {
+                derived = AddedCond {
+                    resolution: c.resolution.to_device(&self.device)?.to_dtype(DType::F32)?,
+                    aspect_ratio: c.aspect_ratio.to_device(&self.device)?.to_dtype(DType::F32)?,
+                };
+                Some(&derived)
+            }
+            (_, None) => None,
         };
         let (t0, temb) = self.adaln_single.forward(&t, cond, self.dtype)?;
         record("temb", &temb);

@@ -10,6 +10,23 @@ use pixart_model::AddedCond;
 /// Absolute tolerance of every comparison (f32 model against the f32 reference).
 const ATOL: f32 = 1e-5;
 
+/// The device under test: `PIXART_TEST_DEVICE=cuda` reruns these tests on the GPU
+/// (tools/device/gpu-check.sh); the CPU otherwise.
+fn device() -> Device {
+    match std::env::var("PIXART_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("PIXART_TEST_DEVICE=cuda but no CUDA device"),
+        _ => Device::Cpu,
+    }
+}
+
+/// Load options on the device under test.
+fn opts() -> LoadOptions {
+    LoadOptions {
+        device: device(),
+        ..LoadOptions::default()
+    }
+}
+
 fn case_dir(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../fixtures/golden/transformer")
@@ -54,7 +71,7 @@ fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f32) {
 
 /// Loads `case`, runs the traced forward and compares the output and every intermediate.
 fn check_case(case: &str) {
-    check_model(case, &case_dir(case), &LoadOptions::default(), Layout::Diffusers);
+    check_model(case, &case_dir(case), &opts(), Layout::Diffusers);
 }
 
 fn check_model(case: &str, path: &std::path::Path, opts: &LoadOptions, layout: Layout) {
@@ -89,7 +106,7 @@ fn base_forward_and_intermediates() {
 #[test]
 fn caption_projection() {
     let t = io("base");
-    let loaded = load_transformer(&case_dir("base"), &LoadOptions::default()).unwrap();
+    let loaded = load_transformer(&case_dir("base"), &opts()).unwrap();
     let y = loaded.model.project_caption(&t["encoder_hidden_states"]).unwrap();
     assert_close("base/caption", &y, &t["trace.caption"], ATOL);
 }
@@ -109,9 +126,9 @@ fn fractional_timesteps_and_default_interpolation_scale() {
 #[test]
 fn micro_conditions_from_weights() {
     check_case("micro");
-    let loaded = load_transformer(&case_dir("micro"), &LoadOptions::default()).unwrap();
+    let loaded = load_transformer(&case_dir("micro"), &opts()).unwrap();
     assert!(loaded.report.micro_conditions);
-    let base = load_transformer(&case_dir("base"), &LoadOptions::default()).unwrap();
+    let base = load_transformer(&case_dir("base"), &opts()).unwrap();
     assert!(!base.report.micro_conditions);
 }
 
@@ -119,7 +136,7 @@ fn micro_conditions_from_weights() {
 fn micro_conditions_derived_from_latent_size() {
     // The fixture's micro-conditions are the defaults for a 64x64 px image (8x8 latent).
     let t = io("micro");
-    let loaded = load_transformer(&case_dir("micro"), &LoadOptions::default()).unwrap();
+    let loaded = load_transformer(&case_dir("micro"), &opts()).unwrap();
     let out = loaded
         .model
         .forward(
@@ -152,17 +169,12 @@ fn kv_compress_parameter_free_modes() {
 #[test]
 fn original_layout_twin_gives_the_same_output() {
     for file in ["original.pth", "original.safetensors"] {
-        check_model(
-            "base",
-            &case_dir("base").join(file),
-            &LoadOptions::default(),
-            Layout::Original,
-        );
+        check_model("base", &case_dir("base").join(file), &opts(), Layout::Original);
     }
     check_model(
         "kv_conv",
         &case_dir("kv_conv").join("original.safetensors"),
-        &LoadOptions::default(),
+        &opts(),
         Layout::Original,
     );
 }
@@ -174,7 +186,7 @@ fn original_layout_without_config_is_inferred() {
     let opts = LoadOptions {
         heads: Some(2),
         interpolation_scale: Some(1.0),
-        ..LoadOptions::default()
+        ..opts()
     };
     check_model("kv_conv", &dir.join("model.pth"), &opts, Layout::Original);
     let loaded = load_transformer(&dir.join("model.pth"), &opts).unwrap();
@@ -190,7 +202,7 @@ fn kv_compress_added_to_a_checkpoint_without_it_starts_from_averaging() {
     let kv = pixart_model::KvCompressConfig::parse_spec("conv:2:1", 2).unwrap();
     let opts = LoadOptions {
         kv_compress: Some(kv),
-        ..LoadOptions::default()
+        ..opts()
     };
     let loaded = load_transformer(&case_dir("base"), &opts).unwrap();
     assert_eq!(loaded.report.kv_averaging_init, vec![1]);
@@ -220,7 +232,7 @@ fn kv_compress_added_to_a_checkpoint_without_it_starts_from_averaging() {
 fn kv_compress_can_be_turned_off_on_a_compressed_checkpoint() {
     let opts = LoadOptions {
         kv_compress: Some(None),
-        ..LoadOptions::default()
+        ..opts()
     };
     let loaded = load_transformer(&case_dir("kv_conv"), &opts).unwrap();
     assert!(loaded.config.kv_compress.is_none());
@@ -231,7 +243,7 @@ fn bf16_is_close_to_f32() {
     let t = io("base");
     let opts = LoadOptions {
         dtype: DType::BF16,
-        ..LoadOptions::default()
+        ..opts()
     };
     let loaded = load_transformer(&case_dir("base"), &opts).unwrap();
     let out = loaded
@@ -270,7 +282,7 @@ fn bf16_is_close_to_f32() {
 fn padding_tokens_do_not_matter() {
     // Changing the features of masked caption tokens must not change the output.
     let t = io("base");
-    let loaded = load_transformer(&case_dir("base"), &LoadOptions::default()).unwrap();
+    let loaded = load_transformer(&case_dir("base"), &opts()).unwrap();
     let y = &t["encoder_hidden_states"];
     let mask = &t["encoder_attention_mask"];
     let noise = Tensor::randn(0f32, 5.0, y.dims(), &Device::Cpu).unwrap();

@@ -1,0 +1,275 @@
+//! CPU kernels for the element-wise work candle runs on one core with scalar libm calls:
+//! softmax over the last dim and tanh-GELU, parallel over rows with rayon and written so that
+//! the compiler vectorises them (AVX2+FMA when the CPU has it, chosen at run time).
+//!
+//! Forward only: training uses the composed candle ops, which have a backward.
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::ops::num_like::{FromF32, ToF32};
+
+/// e^x for f32 with a relative error of about 1e-7 (range reduction to |r| <= ln2/2 and a
+/// degree-7 polynomial). Inputs below -87.3 give ~1e-38 instead of 0, which is immaterial for
+/// softmax and GELU.
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
+    let x = x.clamp(-87.3, 88.7);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    // Eight independent lanes for the reductions so that they vectorise.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            if *v > *m {
+                *m = *v;
+            }
+        }
+    }
+    let mut max = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max = lanes.iter().copied().fold(max, f32::max);
+    for v in row.iter_mut() {
+        *v = exp_f32(*v - max);
+    }
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *s += *v;
+        }
+    }
+    let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline(always)]
+fn gelu_slice(xs: &mut [f32]) {
+    // 0.5·x·(1 + tanh(u)) = x · sigmoid(2u), u = √(2/π)·(x + 0.044715·x³)
+    const K: f32 = 0.797_884_6; // √(2/π)
+    for v in xs.iter_mut() {
+        let x = *v;
+        let u = K * (x + 0.044_715 * x * x * x);
+        *v = x / (1.0 + exp_f32(-2.0 * u));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn softmax_row_avx2(row: &mut [f32]) {
+    softmax_row(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn gelu_slice_avx2(xs: &mut [f32]) {
+    gelu_slice(xs)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn softmax_dispatch(row: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: only called when the CPU reports AVX2 and FMA.
+        unsafe { softmax_row_avx2(row) };
+        return;
+    }
+    let _ = avx2;
+    softmax_row(row)
+}
+
+fn gelu_dispatch(xs: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 {
+        // SAFETY: only called when the CPU reports AVX2 and FMA.
+        unsafe { gelu_slice_avx2(xs) };
+        return;
+    }
+    let _ = avx2;
+    gelu_slice(xs)
+}
+
+/// Applies `f` to f32 copies of `dim`-long rows of `src` in parallel and converts back.
+fn map_rows<T>(src: &[T], dim: usize, f: impl Fn(&mut [f32]) + Sync) -> Vec<T>
+where
+    T: Copy + Send + Sync + Default + ToF32 + FromF32,
+{
+    let mut dst = vec![T::default(); src.len()];
+    // Work in blocks of whole rows of about 16 K elements so rayon has pieces to share.
+    let rows_per_block = (16_384 / dim.max(1)).max(1);
+    dst.par_chunks_mut(rows_per_block * dim)
+        .zip(src.par_chunks(rows_per_block * dim))
+        .for_each_init(Vec::new, |buf: &mut Vec<f32>, (d, s)| {
+            buf.clear();
+            buf.extend(s.iter().map(|v| v.to_f32()));
+            for row in buf.chunks_mut(dim) {
+                f(row);
+            }
+            for (o, v) in d.iter_mut().zip(buf.iter()) {
+                *o = T::from_f32(*v);
+            }
+        });
+    dst
+}
+
+fn map_f32_rows(src: &[f32], dim: usize, f: impl Fn(&mut [f32]) + Sync) -> Vec<f32> {
+    let mut dst = src.to_vec();
+    let rows_per_block = (16_384 / dim.max(1)).max(1);
+    dst.par_chunks_mut(rows_per_block * dim).for_each(|block| {
+        for row in block.chunks_mut(dim) {
+            f(row);
+        }
+    });
+    dst
+}
+
+struct RowOp {
+    name: &'static str,
+    /// Rows are the last dim (softmax) or fixed blocks (element-wise ops).
+    whole_last_dim: bool,
+    f: fn(&mut [f32], bool),
+}
+
+impl CustomOp1 for RowOp {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{}: input not contiguous", self.name)))?;
+        let dim = if self.whole_last_dim {
+            layout.dims().last().copied().unwrap_or(1).max(1)
+        } else {
+            4096
+        };
+        let avx2 = has_avx2();
+        let f = self.f;
+        let g = move |row: &mut [f32]| f(row, avx2);
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(map_f32_rows(&v[start..end], dim, g)),
+            CpuStorage::BF16(v) => CpuStorage::BF16(map_rows(&v[start..end], dim, g)),
+            CpuStorage::F16(v) => CpuStorage::F16(map_rows(&v[start..end], dim, g)),
+            other => {
+                use candle_core::backend::BackendStorage;
+                return Err(candle_core::Error::UnsupportedDTypeForOp(other.dtype(), self.name));
+            }
+        };
+        Ok((out, layout.shape().clone()))
+    }
+}
+
+/// Softmax over the last dim; the parallel kernel on the CPU, candle's op elsewhere.
+pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1_no_bwd(&RowOp {
+            name: "pixart-softmax",
+            whole_last_dim: true,
+            f: softmax_dispatch,
+        })
+    } else {
+        candle_nn::ops::softmax_last_dim(x)
+    }
+}
+
+/// GELU with the tanh approximation; the parallel kernel on the CPU, candle's op elsewhere.
+pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op1_no_bwd(&RowOp {
+            name: "pixart-gelu",
+            whole_last_dim: false,
+            f: gelu_dispatch,
+        })
+    } else {
+        x.gelu()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, D};
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((exp_f32(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn kernels_match_candle() {
+        let dev = Device::Cpu;
+        let x = (Tensor::randn(0f32, 3.0, (3, 5, 333), &dev).unwrap() - 1.0).unwrap();
+        let a = softmax_last_dim(&x).unwrap();
+        let b = candle_nn::ops::softmax(&x, D::Minus1).unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-6, "softmax {d}");
+        let a = gelu(&x).unwrap();
+        let b = x.gelu().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 2e-6, "gelu {d}");
+        let xb = x.to_dtype(candle_core::DType::BF16).unwrap();
+        let a = gelu(&xb).unwrap().to_dtype(candle_core::DType::F32).unwrap();
+        let b = xb.to_dtype(candle_core::DType::F32).unwrap().gelu().unwrap();
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 5e-2, "gelu bf16 {d}");
+    }
+}
