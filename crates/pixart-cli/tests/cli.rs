@@ -10,9 +10,7 @@ fn bin() -> Command {
 }
 
 fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/golden/transformer")
-        .join(case)
+    fixtures_root().join("golden/transformer").join(case)
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -171,4 +169,13 @@ fn bad_input_gives_one_line_errors() {
         .output()
         .unwrap();
     assert_one_line_error(&o, 1, "trunc.pth");
+}
+
+/// The fixtures folder: `PIXART_FIXTURES` when set (test binaries run from another checkout,
+/// e.g. on the GPU machine), else the repository's.
+fn fixtures_root() -> PathBuf {
+    match std::env::var_os("PIXART_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
+    }
 }

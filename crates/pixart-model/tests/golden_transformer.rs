@@ -28,9 +28,7 @@ fn opts() -> LoadOptions {
 }
 
 fn case_dir(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/golden/transformer")
-        .join(case)
+    fixtures_root().join("golden/transformer").join(case)
 }
 
 fn io(case: &str) -> HashMap<String, Tensor> {
@@ -305,4 +303,13 @@ fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// The fixtures folder: `PIXART_FIXTURES` when set (test binaries run from another checkout,
+/// e.g. on the GPU machine), else the repository's.
+fn fixtures_root() -> PathBuf {
+    match std::env::var_os("PIXART_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
+    }
 }

@@ -6,9 +6,7 @@ use candle_core::{Device, Tensor};
 use pixart_model::loading::{load_transformer, LoadOptions};
 
 fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/golden/transformer")
-        .join(case)
+    fixtures_root().join("golden/transformer").join(case)
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -219,4 +217,13 @@ fn bad_forward_inputs_are_errors() {
         .unwrap_err()
         .to_string()
         .contains("encoder_attention_mask"));
+}
+
+/// The fixtures folder: `PIXART_FIXTURES` when set (test binaries run from another checkout,
+/// e.g. on the GPU machine), else the repository's.
+fn fixtures_root() -> PathBuf {
+    match std::env::var_os("PIXART_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
+    }
 }
