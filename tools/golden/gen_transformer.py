@@ -213,6 +213,7 @@ def run_case(name, cfg, latent_hw, mask_rows, timesteps, kv=None, seed=0, added=
         o["pos_embed"] = torch.randn(1, n_tok, model.inner_dim)  # stale buffer, must be ignored
         o["y_embedder.y_embedding"] = torch.randn(L, cfg["caption_channels"])  # null caption
         torch.save({"state_dict": o, "epoch": 3}, os.path.join(d, "original.pth"))
+        torch.save(o, os.path.join(d, "original_plain.pth"))  # no `state_dict` key
         save_file(o, os.path.join(d, "original.safetensors"))
     print(f"{name}: sample {tuple(out.shape)} |max| {out.abs().max():.3f}")
 

@@ -166,7 +166,7 @@ fn kv_compress_parameter_free_modes() {
 
 #[test]
 fn original_layout_twin_gives_the_same_output() {
-    for file in ["original.pth", "original.safetensors"] {
+    for file in ["original.pth", "original_plain.pth", "original.safetensors"] {
         check_model("base", &case_dir("base").join(file), &opts(), Layout::Original);
     }
     check_model(
@@ -237,43 +237,42 @@ fn kv_compress_can_be_turned_off_on_a_compressed_checkpoint() {
 }
 
 #[test]
-fn bf16_is_close_to_f32() {
+fn bf16_and_f16_are_close_to_f32() {
     let t = io("base");
-    let opts = LoadOptions {
-        dtype: DType::BF16,
-        ..opts()
-    };
-    let loaded = load_transformer(&case_dir("base"), &opts).unwrap();
-    let out = loaded
-        .model
-        .forward(
-            &t["hidden_states"],
-            &t["timestep"],
-            &t["encoder_hidden_states"],
-            Some(&t["encoder_attention_mask"]),
-        )
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap();
-    let want = &t["sample"];
-    let err = (&out - want)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt();
-    let norm = want
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .sqrt();
-    assert!(err / norm < 3e-2, "bf16 relative error {}", err / norm);
+    for dtype in [DType::BF16, DType::F16] {
+        let opts = LoadOptions { dtype, ..opts() };
+        let loaded = load_transformer(&case_dir("base"), &opts).unwrap();
+        let out = loaded
+            .model
+            .forward(
+                &t["hidden_states"],
+                &t["timestep"],
+                &t["encoder_hidden_states"],
+                Some(&t["encoder_attention_mask"]),
+            )
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let want = &t["sample"];
+        let err = (&out - want)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        let norm = want
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt();
+        assert!(err / norm < 3e-2, "{dtype:?} relative error {}", err / norm);
+    }
 }
 
 #[test]
