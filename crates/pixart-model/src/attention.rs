@@ -6,8 +6,10 @@ use candle_nn::{linear_b, Linear, VarBuilder};
 use crate::config::KvSampling;
 use crate::ops::{chunked_attention, layer_norm_no_affine};
 
-/// Score elements one attention call may hold at once (f32: 128 MiB).
+/// Score elements one attention chunk may hold at once on the CPU (f32: 128 MiB).
 pub const MAX_SCORE_ELEMENTS: usize = 1 << 25;
+/// The same on a GPU, where fewer, larger chunks keep kernel launches few (f32: 1 GiB).
+pub const MAX_SCORE_ELEMENTS_GPU: usize = 1 << 28;
 
 /// KV token compression (`AttentionKVCompress.downsample_2d`, PixArt-alpha/PixArt-sigma@1ce521af
 /// `diffusion/model/nets/PixArt_blocks.py`). Keys and values, after their projections, are
@@ -188,7 +190,12 @@ impl Attention {
         let (b, n, _) = q.dims3()?;
         let q = self.split_heads(q)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let o = chunked_attention(&q, k, v, bias, scale, MAX_SCORE_ELEMENTS)?; // (b, h, n, d)
+        let budget = if q.device().is_cpu() {
+            MAX_SCORE_ELEMENTS
+        } else {
+            MAX_SCORE_ELEMENTS_GPU
+        };
+        let o = chunked_attention(&q, k, v, bias, scale, budget)?; // (b, h, n, d)
         let o = o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?; // (b, n, h*d)
         self.to_out.forward(&o)
     }

@@ -1,5 +1,7 @@
 //! The PixArt-Σ transformer (diffusers `PixArtTransformer2DModel`,
 //! `models/transformers/pixart_transformer_2d.py` v0.42.1).
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 use pixart_core::{Error, Result};
@@ -27,6 +29,9 @@ pub struct PixArtTransformer {
     interpolation_scale: f64,
     dtype: DType,
     device: Device,
+    /// The last position table, keyed by (h, w, interpolation scale bits): denoising calls the
+    /// model many times at one size, and at 2K/4K the table is costly to build.
+    pos_cache: Arc<Mutex<Option<((usize, usize, u64), Tensor)>>>,
 }
 
 /// What building the model decided from the weights.
@@ -109,6 +114,7 @@ impl PixArtTransformer {
             interpolation_scale: config.interpolation_scale(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            pos_cache: Arc::new(Mutex::new(None)),
         };
         let report = BuildReport {
             micro_conditions: micro,
@@ -194,6 +200,24 @@ impl PixArtTransformer {
         Ok(Context { cross, bias, batch: b })
     }
 
+    /// The (h*w, c) f32 position table for an (h, w) token grid, cached for the last grid.
+    fn pos_embed_table(&self, h: usize, w: usize) -> Result<Tensor> {
+        let key = (h, w, self.interpolation_scale.to_bits());
+        if let Ok(cache) = self.pos_cache.lock() {
+            if let Some((k, t)) = cache.as_ref() {
+                if *k == key {
+                    return Ok(t.clone());
+                }
+            }
+        }
+        let c = self.config.inner_dim();
+        let pe = sincos_pos_embed(c, h, w, self.config.base_size(), self.interpolation_scale, &self.device)?;
+        if let Ok(mut cache) = self.pos_cache.lock() {
+            *cache = Some((key, pe.clone()));
+        }
+        Ok(pe)
+    }
+
     fn check_latents(&self, x: &Tensor, t: &Tensor, ctx: &Context) -> Result<(usize, usize, usize)> {
         let (b, ch, hh, ww) = x
             .dims4()
@@ -273,7 +297,7 @@ impl PixArtTransformer {
         let p = self.config.patch_size;
 
         // 1. Patches + positions (table computed in f32, added in f32 as diffusers does).
-        let pe = sincos_pos_embed(c, h, w, self.config.base_size(), self.interpolation_scale, &self.device)?;
+        let pe = self.pos_embed_table(h, w)?;
         record("pos_embed", &pe);
         let tokens = self.pos_embed.forward(&x)?; // (b, n, c)
         let mut hs = tokens
