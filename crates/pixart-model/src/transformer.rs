@@ -31,7 +31,7 @@ pub struct PixArtTransformer {
     device: Device,
     /// The last position table, keyed by (h, w, interpolation scale bits): denoising calls the
     /// model many times at one size, and at 2K/4K the table is costly to build.
-    pos_cache: Arc<Mutex<Option<((usize, usize, u64), Tensor)>>>,
+    pos_cache: Arc<Mutex<Option<(PosKey, Tensor)>>>,
 }
 
 /// What building the model decided from the weights.
@@ -52,6 +52,9 @@ pub struct Context {
     pub bias: Option<Tensor>,
     pub batch: usize,
 }
+
+/// Key of the cached position table: token grid (h, w) and the interpolation scale's bits.
+type PosKey = (usize, usize, u64);
 
 /// Named intermediate tensors recorded by [`PixArtTransformer::forward_traced`].
 pub type Trace = Vec<(String, Tensor)>;
@@ -293,7 +296,6 @@ impl PixArtTransformer {
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
         let t = t.to_device(&self.device)?;
         let (b, h, w) = self.check_latents(&x, &t, ctx)?;
-        let c = self.config.inner_dim();
         let p = self.config.patch_size;
 
         // 1. Patches + positions (table computed in f32, added in f32 as diffusers does).
