@@ -154,10 +154,10 @@ impl T5Config {
                 return Err(format!("{name} must be positive"));
             }
         }
-        // Bidirectional buckets: half per direction, half of those exact.
-        if self.relative_attention_num_buckets < 4 || self.relative_attention_num_buckets % 4 != 0 {
+        // Bidirectional buckets: half per direction, half of those exact; at least one exact.
+        if self.relative_attention_num_buckets < 4 {
             return Err(format!(
-                "relative_attention_num_buckets must be a positive multiple of 4, got {}",
+                "relative_attention_num_buckets must be at least 4, got {}",
                 self.relative_attention_num_buckets
             ));
         }
