@@ -21,4 +21,6 @@ pub use loading::{
     run_text_encoder, BenchResult,
 };
 pub use t5::T5Encoder;
-pub use tokenizer::{preprocess_caption, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH};
+pub use tokenizer::{
+    preprocess_caption, to_tensors, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH,
+};

@@ -360,6 +360,35 @@ impl T5Tokenizer {
     }
 }
 
+/// Stacks encodings of one length into `(input_ids, attention_mask)`, both (b, l) i64, the
+/// inputs of [`crate::T5Encoder::forward`] and of `run_text_encoder`.
+pub fn to_tensors(
+    encodings: &[Encoded],
+    device: &candle_core::Device,
+) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+    let b = encodings.len();
+    let l = encodings.first().map(|e| e.ids.len()).unwrap_or(0);
+    if b == 0
+        || l == 0
+        || encodings
+            .iter()
+            .any(|e| e.ids.len() != l || e.attention_mask.len() != l)
+    {
+        return Err(Error::InvalidInput(
+            "to_tensors needs at least one encoding, all of the same non-zero length".into(),
+        ));
+    }
+    let flat = |f: fn(&Encoded) -> &Vec<u32>| -> Vec<i64> {
+        encodings
+            .iter()
+            .flat_map(|e| f(e).iter().map(|&v| i64::from(v)))
+            .collect()
+    };
+    let ids = candle_core::Tensor::from_vec(flat(|e| &e.ids), (b, l), device)?;
+    let mask = candle_core::Tensor::from_vec(flat(|e| &e.attention_mask), (b, l), device)?;
+    Ok((ids, mask))
+}
+
 fn find_precompiled(node: &serde_json::Value) -> Option<&serde_json::Value> {
     match node.get("type").and_then(|t| t.as_str()) {
         Some("Precompiled") => Some(node),

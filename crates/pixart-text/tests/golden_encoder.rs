@@ -316,6 +316,25 @@ fn bad_config_is_reported() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// Tokenizer and encoder together: the golden prompts through `to_tensors` give the golden
+/// rows' hidden states (row 1 is the empty prompt padded to 140).
+#[test]
+fn tokenizer_to_encoder() {
+    let t = io();
+    let tok = pixart_text::T5Tokenizer::from_dir(&golden_dir().join("tokenizer")).unwrap();
+    let enc = tok.encode("", 140).unwrap();
+    let (ids, mask) = pixart_text::to_tensors(&[enc], &Device::Cpu).unwrap();
+    assert_eq!(ids.dtype(), DType::I64);
+    assert_eq!(
+        ids.to_vec2::<i64>().unwrap()[0],
+        t["input_ids"].to_vec2::<i64>().unwrap()[1]
+    );
+    let model = load_text_encoder(&encoder_dir(), DType::F32, &Device::Cpu).unwrap();
+    let out = model.forward(&ids, Some(&mask)).unwrap();
+    let want = t["last_hidden_state"].narrow(0, 1, 1).unwrap();
+    assert_close("empty prompt", &out, &want, ATOL);
+}
+
 #[test]
 fn mask_shape_mismatch_is_an_error() {
     let t = io();
