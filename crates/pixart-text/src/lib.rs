@@ -1,0 +1,26 @@
+//! The text side of PixArt-Σ: the T5 v1.1 encoder and its SentencePiece tokenizer.
+//!
+//! - [`config`]: `text_encoder/config.json` ([`T5Config`], with [`T5Config::xxl`]).
+//! - [`t5`]: the encoder ([`T5Encoder`]), one struct per transformers module, with the
+//!   padding mask applied to the attention scores.
+//! - [`loading`]: building it from a folder (single or sharded safetensors, every tensor
+//!   checked), with random weights, and the calls the CLI makes ([`run_text_encoder`],
+//!   [`bench_text_encoder`]).
+//! - [`tokenizer`]: [`T5Tokenizer`] from `spiece.model` or `tokenizer.json`, [`tokenize`] and
+//!   [`preprocess_caption`].
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod config;
+pub mod loading;
+pub mod t5;
+pub mod tokenizer;
+
+pub use config::T5Config;
+pub use loading::{
+    bench_text_encoder, bench_text_encoder_on, load_text_encoder, random_text_encoder, random_xxl,
+    run_text_encoder, BenchResult,
+};
+pub use t5::T5Encoder;
+pub use tokenizer::{
+    preprocess_caption, to_tensors, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH,
+};
