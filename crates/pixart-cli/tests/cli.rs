@@ -179,3 +179,54 @@ fn fixtures_root() -> PathBuf {
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
     }
 }
+
+#[test]
+fn run_text_encoder_matches_golden() {
+    let dir = tempdir("t5");
+    let text = fixtures_root().join("golden/text");
+    let out = dir.join("o.safetensors");
+    let o = bin()
+        .args(["run", "text-encoder", "--model"])
+        .arg(text.join("text_encoder"))
+        .arg("--inputs")
+        .arg(text.join("io.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(text.join("io.safetensors"), &Device::Cpu).unwrap();
+    let d = (&got["last_hidden_state"] - &want["last_hidden_state"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d <= 1e-5, "max diff {d}");
+}
+
+#[test]
+fn run_tokenize_prints_ids_and_mask() {
+    let tok = fixtures_root().join("golden/text/tokenizer");
+    let o = bin()
+        .args(["run", "tokenize", "--model"])
+        .arg(&tok)
+        .args(["--prompt", "", "--max-length", "5"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The empty prompt is one `</s>` then padding.
+    assert_eq!(v["input_ids"], serde_json::json!([1, 0, 0, 0, 0]));
+    assert_eq!(v["attention_mask"], serde_json::json!([1, 0, 0, 0, 0]));
+    let o = bin()
+        .args(["run", "tokenize", "--model"])
+        .arg(std::env::temp_dir())
+        .args(["--prompt", "x"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 1, "spiece.model");
+}

@@ -127,11 +127,7 @@ impl T5Config {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "relu" => Activation::Relu,
             "silu" | "swish" => Activation::Silu,
-            other => {
-                return Err(format!(
-                    "unsupported FFN activation `{other}` in feed_forward_proj"
-                ))
-            }
+            other => return Err(format!("unsupported FFN activation `{other}` in feed_forward_proj")),
         };
         Ok(FeedForward { gated, activation })
     }
@@ -145,10 +141,7 @@ impl T5Config {
             ("d_ff", self.d_ff),
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),
-            (
-                "relative_attention_max_distance",
-                self.relative_attention_max_distance,
-            ),
+            ("relative_attention_max_distance", self.relative_attention_max_distance),
         ] {
             if v == 0 {
                 return Err(format!("{name} must be positive"));

@@ -17,10 +17,8 @@ pub mod tokenizer;
 
 pub use config::T5Config;
 pub use loading::{
-    bench_text_encoder, bench_text_encoder_on, load_text_encoder, random_text_encoder, random_xxl,
-    run_text_encoder, BenchResult,
+    bench_text_encoder, bench_text_encoder_on, load_text_encoder, random_text_encoder, random_xxl, run_text_encoder,
+    BenchResult,
 };
 pub use t5::T5Encoder;
-pub use tokenizer::{
-    preprocess_caption, to_tensors, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH,
-};
+pub use tokenizer::{preprocess_caption, to_tensors, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH};

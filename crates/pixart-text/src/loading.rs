@@ -74,12 +74,7 @@ pub fn load_text_encoder(path: &Path, dtype: DType, device: &Device) -> Result<T
 }
 
 /// Loads the encoder described by `config` from one weight file or shard index.
-pub fn load_with_config(
-    config: &T5Config,
-    weights: &Path,
-    dtype: DType,
-    device: &Device,
-) -> Result<T5Encoder> {
+pub fn load_with_config(config: &T5Config, weights: &Path, dtype: DType, device: &Device) -> Result<T5Encoder> {
     check_dtype(dtype)?;
     let file = WeightFile::open(weights)?;
     let ignored = ignorable(&file);
@@ -144,12 +139,7 @@ pub struct BenchResult {
 
 /// Builds `config` with random weights on the CPU and times one forward of `batch` × `tokens`
 /// random ids (all valid). See [`bench_text_encoder_on`] for other devices.
-pub fn bench_text_encoder(
-    config: T5Config,
-    dtype: DType,
-    tokens: usize,
-    batch: usize,
-) -> Result<BenchResult> {
+pub fn bench_text_encoder(config: T5Config, dtype: DType, tokens: usize, batch: usize) -> Result<BenchResult> {
     bench_text_encoder_on(config, dtype, tokens, batch, &Device::Cpu)
 }
 
@@ -162,9 +152,7 @@ pub fn bench_text_encoder_on(
     device: &Device,
 ) -> Result<BenchResult> {
     if tokens == 0 || batch == 0 {
-        return Err(Error::InvalidInput(
-            "tokens and batch must be positive".into(),
-        ));
+        return Err(Error::InvalidInput("tokens and batch must be positive".into()));
     }
     let t0 = Instant::now();
     let model = random_text_encoder(&config, dtype, device)?;

@@ -32,9 +32,7 @@ impl T5LayerNorm {
         let xf = x.to_dtype(DType::F32)?;
         let variance = xf.sqr()?.mean_keepdim(D::Minus1)?; // (b, l, 1)
         let normed = xf.broadcast_mul(&(variance + self.eps)?.sqrt()?.recip()?)?;
-        normed
-            .to_dtype(self.weight.dtype())?
-            .broadcast_mul(&self.weight)
+        normed.to_dtype(self.weight.dtype())?.broadcast_mul(&self.weight)
     }
 }
 
@@ -104,9 +102,7 @@ impl T5LayerFF {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x + self
-            .dense_relu_dense
-            .forward(&self.layer_norm.forward(x)?)?
+        x + self.dense_relu_dense.forward(&self.layer_norm.forward(x)?)?
     }
 }
 
@@ -158,17 +154,12 @@ pub struct T5Attention {
 }
 
 impl T5Attention {
-    pub fn new(
-        cfg: &T5Config,
-        has_relative_attention_bias: bool,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
+    pub fn new(cfg: &T5Config, has_relative_attention_bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
         let relative_attention_bias = if has_relative_attention_bias {
-            let w = vb.pp("relative_attention_bias").get(
-                (cfg.relative_attention_num_buckets, cfg.num_heads),
-                "weight",
-            )?;
+            let w = vb
+                .pp("relative_attention_bias")
+                .get((cfg.relative_attention_num_buckets, cfg.num_heads), "weight")?;
             Some(Embedding::new(w, cfg.num_heads))
         } else {
             None
@@ -188,18 +179,14 @@ impl T5Attention {
 
     /// `compute_bias` for an encoder (bidirectional): (1, heads, l, l) in f32.
     pub fn compute_bias(&self, len: usize, device: &Device) -> Result<Tensor> {
-        let emb = self.relative_attention_bias.as_ref().ok_or_else(|| {
-            Error::InvalidInput("this attention layer holds no relative position bias".into())
-        })?;
+        let emb = self
+            .relative_attention_bias
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("this attention layer holds no relative position bias".into()))?;
         let mut idx = Vec::with_capacity(len * len);
         for query in 0..len as i64 {
             for memory in 0..len as i64 {
-                idx.push(relative_position_bucket(
-                    memory - query,
-                    true,
-                    self.num_buckets,
-                    self.max_distance,
-                ) as u32);
+                idx.push(relative_position_bucket(memory - query, true, self.num_buckets, self.max_distance) as u32);
             }
         }
         let idx = Tensor::from_vec(idx, (len, len), device)?; // (l_q, l_k)
@@ -244,25 +231,15 @@ pub struct T5LayerSelfAttention {
 }
 
 impl T5LayerSelfAttention {
-    pub fn new(
-        cfg: &T5Config,
-        has_relative_attention_bias: bool,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
+    pub fn new(cfg: &T5Config, has_relative_attention_bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            self_attention: T5Attention::new(
-                cfg,
-                has_relative_attention_bias,
-                vb.pp("SelfAttention"),
-            )?,
+            self_attention: T5Attention::new(cfg, has_relative_attention_bias, vb.pp("SelfAttention"))?,
             layer_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, vb.pp("layer_norm"))?,
         })
     }
 
     pub fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
-        x + self
-            .self_attention
-            .forward(&self.layer_norm.forward(x)?, bias)?
+        x + self.self_attention.forward(&self.layer_norm.forward(x)?, bias)?
     }
 }
 
@@ -274,12 +251,7 @@ pub struct T5Block {
 }
 
 impl T5Block {
-    pub fn new(
-        cfg: &T5Config,
-        ff: FeedForward,
-        first: bool,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
+    pub fn new(cfg: &T5Config, ff: FeedForward, first: bool, vb: VarBuilder) -> candle_core::Result<Self> {
         let layer = vb.pp("layer");
         Ok(Self {
             self_attention: T5LayerSelfAttention::new(cfg, first, layer.pp("0"))?,
@@ -312,31 +284,21 @@ impl T5Encoder {
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
         if vb.dtype() == DType::F16 {
             return Err(Error::InvalidInput(
-                "the T5 encoder cannot run in f16 (its activations overflow); use bf16 or f32"
-                    .into(),
+                "the T5 encoder cannot run in f16 (its activations overflow); use bf16 or f32".into(),
             ));
         }
         let ff = cfg.feed_forward().map_err(Error::InvalidInput)?;
-        let emb_vb = if !vb.contains_tensor("shared.weight")
-            && vb.contains_tensor("encoder.embed_tokens.weight")
-        {
+        let emb_vb = if !vb.contains_tensor("shared.weight") && vb.contains_tensor("encoder.embed_tokens.weight") {
             vb.pp("encoder").pp("embed_tokens")
         } else {
             vb.pp("shared")
         };
-        let shared = Embedding::new(
-            emb_vb.get((cfg.vocab_size, cfg.d_model), "weight")?,
-            cfg.d_model,
-        );
+        let shared = Embedding::new(emb_vb.get((cfg.vocab_size, cfg.d_model), "weight")?, cfg.d_model);
         let enc = vb.pp("encoder");
         let block = (0..cfg.num_layers)
             .map(|i| T5Block::new(cfg, ff, i == 0, enc.pp("block").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let final_layer_norm = T5LayerNorm::new(
-            cfg.d_model,
-            cfg.layer_norm_epsilon,
-            enc.pp("final_layer_norm"),
-        )?;
+        let final_layer_norm = T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, enc.pp("final_layer_norm"))?;
         Ok(Self {
             shared,
             block,
@@ -381,27 +343,17 @@ impl T5Encoder {
         attention_mask: Option<&Tensor>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
-        let (b, l) = input_ids.dims2().map_err(|_| {
-            Error::Shape(format!(
-                "input_ids must be (batch, length), got {:?}",
-                input_ids.dims()
-            ))
-        })?;
+        let (b, l) = input_ids
+            .dims2()
+            .map_err(|_| Error::Shape(format!("input_ids must be (batch, length), got {:?}", input_ids.dims())))?;
         if b == 0 || l == 0 {
-            return Err(Error::Shape(format!(
-                "input_ids is empty: {:?}",
-                input_ids.dims()
-            )));
+            return Err(Error::Shape(format!("input_ids is empty: {:?}", input_ids.dims())));
         }
         let ids = self.checked_ids(input_ids)?;
         let dev = self.device().clone();
         let ids = ids.to_device(&dev)?;
 
-        let mut bias = match self
-            .block
-            .first()
-            .map(|blk| &blk.self_attention.self_attention)
-        {
+        let mut bias = match self.block.first().map(|blk| &blk.self_attention.self_attention) {
             Some(attn) => attn.compute_bias(l, &dev)?, // (1, h, l, l)
             None => Tensor::zeros((1, self.config.num_heads, l, l), DType::F32, &dev)?,
         };
@@ -442,9 +394,7 @@ impl T5Encoder {
                 let as_i64 = input_ids.to_dtype(DType::I64)?;
                 let min = as_i64.flatten_all()?.min(0)?.to_scalar::<i64>()?;
                 if min < 0 {
-                    return Err(Error::InvalidInput(format!(
-                        "input_ids holds a negative id ({min})"
-                    )));
+                    return Err(Error::InvalidInput(format!("input_ids holds a negative id ({min})")));
                 }
                 input_ids.to_dtype(DType::U32)?
             }

@@ -169,8 +169,8 @@ impl T5Tokenizer {
         use prost::Message;
         let bad = |m: String| Error::config(path, m);
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let model = proto::ModelProto::decode(bytes.as_slice())
-            .map_err(|e| bad(format!("not a SentencePiece model: {e}")))?;
+        let model =
+            proto::ModelProto::decode(bytes.as_slice()).map_err(|e| bad(format!("not a SentencePiece model: {e}")))?;
         if model.pieces.is_empty() {
             return Err(bad("not a SentencePiece model: it holds no pieces".into()));
         }
@@ -198,9 +198,7 @@ impl T5Tokenizer {
             }
             match p.r#type.unwrap_or(1) {
                 PIECE_CONTROL | PIECE_UNKNOWN => added.push(AddedToken::from(piece.clone(), true)),
-                PIECE_USER_DEFINED => {
-                    added.push(AddedToken::from(piece.clone(), false).normalized(false))
-                }
+                PIECE_USER_DEFINED => added.push(AddedToken::from(piece.clone(), false).normalized(false)),
                 _ => {}
             }
             vocab.push((piece, f64::from(p.score.unwrap_or(0.0))));
@@ -210,16 +208,15 @@ impl T5Tokenizer {
             added.push(AddedToken::from(tok.clone(), true));
             vocab.push((tok, 0.0));
         }
-        let unigram = Unigram::from(vocab, Some(unk_id), false)
-            .map_err(|e| bad(format!("invalid Unigram vocabulary: {e}")))?;
+        let unigram =
+            Unigram::from(vocab, Some(unk_id), false).map_err(|e| bad(format!("invalid Unigram vocabulary: {e}")))?;
         let charsmap = model
             .normalizer_spec
             .and_then(|n| n.precompiled_charsmap)
             .filter(|c| !c.is_empty());
         let normalizer = match charsmap {
             Some(c) => Some(NormalizerWrapper::Precompiled(
-                Precompiled::from(&c)
-                    .map_err(|e| bad(format!("invalid precompiled_charsmap: {e}")))?,
+                Precompiled::from(&c).map_err(|e| bad(format!("invalid precompiled_charsmap: {e}")))?,
             )),
             None => None,
         };
@@ -234,11 +231,8 @@ impl T5Tokenizer {
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
         let bad = |m: String| Error::config(path, m);
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
-        let mut inner: Tokenizer = text
-            .parse()
-            .map_err(|e| bad(format!("not a tokenizers file: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        let mut inner: Tokenizer = text.parse().map_err(|e| bad(format!("not a tokenizers file: {e}")))?;
         if !matches!(inner.get_model(), ModelWrapper::Unigram(_)) {
             return Err(bad(
                 "the tokenizer model is not Unigram (T5 uses a SentencePiece Unigram)".into(),
@@ -282,9 +276,10 @@ impl T5Tokenizer {
 
     fn new(inner: Tokenizer, pad: Option<u32>, eos: Option<u32>, source: &Path) -> Result<Self> {
         let id = |tok: &str, fallback: Option<u32>| {
-            inner.token_to_id(tok).or(fallback).ok_or_else(|| {
-                Error::config(source, format!("the vocabulary has no `{tok}` token"))
-            })
+            inner
+                .token_to_id(tok)
+                .or(fallback)
+                .ok_or_else(|| Error::config(source, format!("the vocabulary has no `{tok}` token")))
         };
         let eos_id = id("</s>", eos)?;
         let pad_id = id("<pad>", pad)?;
@@ -402,11 +397,7 @@ fn find_precompiled(node: &serde_json::Value) -> Option<&serde_json::Value> {
 
 /// Tokenises `text` with the tokenizer in `tokenizer_dir` (see [`T5Tokenizer::from_dir`]),
 /// padded to `max_length`: `(ids, attention_mask)`. No lower-casing or stripping.
-pub fn tokenize(
-    tokenizer_dir: &Path,
-    text: &str,
-    max_length: usize,
-) -> Result<(Vec<u32>, Vec<u32>)> {
+pub fn tokenize(tokenizer_dir: &Path, text: &str, max_length: usize) -> Result<(Vec<u32>, Vec<u32>)> {
     let enc = T5Tokenizer::from_dir(tokenizer_dir)?.encode(text, max_length)?;
     Ok((enc.ids, enc.attention_mask))
 }

@@ -100,15 +100,8 @@ fn padding_does_not_change_valid_positions() {
     let valid = mask.sum_all().unwrap().to_scalar::<i64>().unwrap() as usize;
     let padded = model.forward(&ids, Some(&mask)).unwrap();
     // The valid tokens alone, with no padding at all.
-    let alone = model
-        .forward(&ids.narrow(1, 0, valid).unwrap(), None)
-        .unwrap();
-    assert_close(
-        "valid prefix",
-        &padded.narrow(1, 0, valid).unwrap(),
-        &alone,
-        ATOL,
-    );
+    let alone = model.forward(&ids.narrow(1, 0, valid).unwrap(), None).unwrap();
+    assert_close("valid prefix", &padded.narrow(1, 0, valid).unwrap(), &alone, ATOL);
     // Different pad ids under the mask change nothing either.
     let other_pads = Tensor::cat(
         &[
@@ -119,12 +112,7 @@ fn padding_does_not_change_valid_positions() {
     )
     .unwrap();
     let out2 = model.forward(&other_pads, Some(&mask)).unwrap();
-    assert_close(
-        "other pad ids",
-        &out2.narrow(1, 0, valid).unwrap(),
-        &alone,
-        ATOL,
-    );
+    assert_close("other pad ids", &out2.narrow(1, 0, valid).unwrap(), &alone, ATOL);
     // Without the mask the padding does leak into the valid positions.
     let unmasked = model.forward(&ids, None).unwrap();
     assert!(max_diff(&unmasked.narrow(1, 0, valid).unwrap(), &alone) > 1e-3);
@@ -135,16 +123,9 @@ fn bf16_is_close_to_f32() {
     let t = io();
     let model = load_text_encoder(&encoder_dir(), DType::BF16, &Device::Cpu).unwrap();
     assert_eq!(model.dtype(), DType::BF16);
-    let out = model
-        .forward(&t["input_ids"], Some(&t["attention_mask"]))
-        .unwrap();
+    let out = model.forward(&t["input_ids"], Some(&t["attention_mask"])).unwrap();
     assert_eq!(out.dtype(), DType::BF16);
-    assert_close(
-        "bf16 last_hidden_state",
-        &out,
-        &t["last_hidden_state"],
-        BF16_ATOL,
-    );
+    assert_close("bf16 last_hidden_state", &out, &t["last_hidden_state"], BF16_ATOL);
 }
 
 #[test]
@@ -195,10 +176,7 @@ fn sharded_index_loads() {
     let mut weight_map = serde_json::Map::new();
     for (i, part) in [&names[..half], &names[half..]].iter().enumerate() {
         let file = format!("model-{:05}-of-00002.safetensors", i + 1);
-        let shard: HashMap<String, Tensor> = part
-            .iter()
-            .map(|n| ((*n).clone(), all[*n].clone()))
-            .collect();
+        let shard: HashMap<String, Tensor> = part.iter().map(|n| ((*n).clone(), all[*n].clone())).collect();
         candle_core::safetensors::save(&shard, d.join(&file)).unwrap();
         for n in part.iter() {
             weight_map.insert((*n).clone(), serde_json::Value::String(file.clone()));
@@ -209,9 +187,7 @@ fn sharded_index_loads() {
 
     let t = io();
     let model = load_text_encoder(&d, DType::F32, &Device::Cpu).unwrap();
-    let out = model
-        .forward(&t["input_ids"], Some(&t["attention_mask"]))
-        .unwrap();
+    let out = model.forward(&t["input_ids"], Some(&t["attention_mask"])).unwrap();
     assert_close("sharded", &out, &t["last_hidden_state"], ATOL);
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -253,9 +229,7 @@ fn bad_weights_report_every_problem() {
         Tensor::ones(3, DType::F32, &Device::Cpu).unwrap(),
     );
     candle_core::safetensors::save(&all, d.join("model.safetensors")).unwrap();
-    let msg = load_text_encoder(&d, DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let msg = load_text_encoder(&d, DType::F32, &Device::Cpu).unwrap_err().to_string();
     for needle in [
         "missing tensor `encoder.block.1.layer.1.DenseReluDense.wi_1.weight`",
         "tensor `encoder.final_layer_norm.weight` has shape [31], expected [32]",
@@ -271,47 +245,30 @@ fn bad_weights_report_every_problem() {
 #[test]
 fn bad_config_is_reported() {
     let d = temp_dir("badconfig");
-    std::fs::copy(
-        encoder_dir().join("model.safetensors"),
-        d.join("model.safetensors"),
-    )
-    .unwrap();
+    std::fs::copy(encoder_dir().join("model.safetensors"), d.join("model.safetensors")).unwrap();
     let cases = [
         ("{\"d_model\": 32,", "invalid config"),
         ("{\"d_model\": \"wide\"}", "\"wide\", expected usize"),
         ("{\"num_heads\": 0}", "num_heads must be positive"),
-        (
-            "{\"feed_forward_proj\": \"gated-tanhshrink\"}",
-            "tanhshrink",
-        ),
+        ("{\"feed_forward_proj\": \"gated-tanhshrink\"}", "tanhshrink"),
     ];
     for (text, needle) in cases {
         std::fs::write(d.join("config.json"), text).unwrap();
-        let msg = load_text_encoder(&d, DType::F32, &Device::Cpu)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains(needle) && msg.contains("config.json"),
-            "{text}: {msg}"
-        );
+        let msg = load_text_encoder(&d, DType::F32, &Device::Cpu).unwrap_err().to_string();
+        assert!(msg.contains(needle) && msg.contains("config.json"), "{text}: {msg}");
     }
     // A config that disagrees with the weights is reported as shape problems.
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(encoder_dir().join("config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(encoder_dir().join("config.json")).unwrap()).unwrap();
     cfg["d_ff"] = 64.into();
     std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
-    let msg = load_text_encoder(&d, DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let msg = load_text_encoder(&d, DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(
         msg.contains("wi_0.weight` has shape [48, 32], expected [64, 32]"),
         "{msg}"
     );
     std::fs::remove_file(d.join("config.json")).unwrap();
-    let msg = load_text_encoder(&d, DType::F32, &Device::Cpu)
-        .unwrap_err()
-        .to_string();
+    let msg = load_text_encoder(&d, DType::F32, &Device::Cpu).unwrap_err().to_string();
     assert!(msg.contains("config.json"), "{msg}");
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -340,18 +297,14 @@ fn mask_shape_mismatch_is_an_error() {
     let t = io();
     let model = load_text_encoder(&encoder_dir(), DType::F32, &Device::Cpu).unwrap();
     let mask = t["attention_mask"].narrow(1, 0, 10).unwrap();
-    let err = model
-        .forward(&t["input_ids"], Some(&mask))
-        .unwrap_err()
-        .to_string();
+    let err = model.forward(&t["input_ids"], Some(&mask)).unwrap_err().to_string();
     assert!(err.contains("attention_mask"), "{err}");
 }
 
 #[test]
 fn random_tiny_model_and_bench() {
     let cfg: T5Config =
-        serde_json::from_str(&std::fs::read_to_string(encoder_dir().join("config.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(encoder_dir().join("config.json")).unwrap()).unwrap();
     let m = random_text_encoder(&cfg, DType::BF16, &Device::Cpu).unwrap();
     let ids = Tensor::new(&[[3u32, 4, 5, 1]], &Device::Cpu).unwrap();
     assert_eq!(m.forward(&ids, None).unwrap().dims(), [1, 4, 32]);
@@ -382,9 +335,7 @@ fn bench_xxl_bf16() {
         gib(pixart_core::mem::peak_rss_bytes())
     );
     for batch in [1usize, 2] {
-        let ids: Vec<u32> = (0..batch * 300)
-            .map(|i| (i * 7919 % 32000) as u32 + 3)
-            .collect();
+        let ids: Vec<u32> = (0..batch * 300).map(|i| (i * 7919 % 32000) as u32 + 3).collect();
         let ids = Tensor::from_vec(ids, (batch, 300), &Device::Cpu).unwrap();
         let mask = Tensor::ones((batch, 300), DType::U32, &Device::Cpu).unwrap();
         let t1 = std::time::Instant::now();

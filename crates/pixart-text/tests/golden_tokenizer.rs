@@ -54,10 +54,7 @@ fn check_parity(tok: &T5Tokenizer, label: &str) {
         if enc.truncated > 0 {
             truncated_cases += 1;
         }
-        if enc.ids != want_padded
-            || enc.attention_mask != want_mask
-            || enc.truncated != want_truncated
-        {
+        if enc.ids != want_padded || enc.attention_mask != want_mask || enc.truncated != want_truncated {
             failures.push(format!(
                 "{text:?}: got {:?} (truncated {}), want {:?} (truncated {want_truncated})",
                 &enc.ids[..enc.len().min(24)],
@@ -72,10 +69,7 @@ fn check_parity(tok: &T5Tokenizer, label: &str) {
         let want = ids_of(&case["ids"]);
         let enc = tok.encode(text, ml).unwrap();
         if enc.ids[..want.len()] != want[..] || enc.len() != want.len() {
-            failures.push(format!(
-                "{text:?} (max_length {ml}): got {:?}, want {want:?}",
-                enc.ids
-            ));
+            failures.push(format!("{text:?} (max_length {ml}): got {:?}, want {want:?}", enc.ids));
         }
     }
     assert!(
@@ -96,18 +90,12 @@ fn spiece_model_matches_transformers() {
     let tok = T5Tokenizer::from_dir(&golden_dir().join("tokenizer")).unwrap();
     check_parity(&tok, "spiece.model");
     let g = tokens_json();
-    assert_eq!(
-        tok.token_to_id("<extra_id_0>").map(u64::from),
-        g["extra_id_0"].as_u64()
-    );
+    assert_eq!(tok.token_to_id("<extra_id_0>").map(u64::from), g["extra_id_0"].as_u64());
     assert_eq!(
         tok.token_to_id("<extra_id_99>").map(u64::from),
         g["extra_id_99"].as_u64()
     );
-    assert_eq!(
-        (tok.pad_id(), tok.eos_id(), tok.token_to_id("<unk>")),
-        (0, 1, Some(2))
-    );
+    assert_eq!((tok.pad_id(), tok.eos_id(), tok.token_to_id("<unk>")), (0, 1, Some(2)));
 }
 
 #[test]
@@ -138,10 +126,7 @@ fn tokenize_does_no_preprocessing() {
     let dir = golden_dir().join("tokenizer");
     let (upper, _) = tokenize(&dir, "A Cat", 16).unwrap();
     let (lower, _) = tokenize(&dir, "a cat", 16).unwrap();
-    assert_ne!(
-        upper, lower,
-        "the tokenizer is case-sensitive and must not lower-case"
-    );
+    assert_ne!(upper, lower, "the tokenizer is case-sensitive and must not lower-case");
     let (pre, _) = tokenize(&dir, &preprocess_caption("  A Cat \n", false), 16).unwrap();
     assert_eq!(pre, lower);
 }
@@ -213,10 +198,7 @@ fn corrupt_spiece_model_is_a_clear_error() {
         std::fs::write(&file, bytes).unwrap();
         let msg = err_of(&d);
         assert!(msg.contains(&file.display().to_string()), "{name}: {msg}");
-        assert!(
-            msg.contains("SentencePiece") || msg.contains("piece"),
-            "{name}: {msg}"
-        );
+        assert!(msg.contains("SentencePiece") || msg.contains("piece"), "{name}: {msg}");
         assert_eq!(msg.lines().count(), 1, "{name}: {msg}");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -18,6 +18,24 @@ pub struct BenchArgs {
 enum What {
     /// Forward of the full PixArt-Σ XL/2 transformer (0.6B) at batch 2 with 300 caption tokens.
     Transformer(TransformerBench),
+    /// The T5 encoder with random weights.
+    TextEncoder(TextEncoderBench),
+}
+
+#[derive(Debug, Args)]
+struct TextEncoderBench {
+    /// `xxl` (T5 v1.1 XXL, 4.76B) or the path of a config.json.
+    #[arg(long, default_value = "xxl")]
+    config: String,
+    /// f32 or bf16.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+    #[arg(long, default_value_t = 300)]
+    tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Debug, Args)]
@@ -49,7 +67,35 @@ struct TransformerBench {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
         What::Transformer(b) => transformer(b),
+        What::TextEncoder(b) => text_encoder(b),
     }
+}
+
+fn text_encoder(b: TextEncoderBench) -> Result<()> {
+    if b.tokens == 0 || b.batch == 0 {
+        bail!(UsageError("--tokens and --batch must be positive".into()));
+    }
+    let config = match b.config.as_str() {
+        "xxl" => pixart_text::T5Config::xxl(),
+        path => pixart_text::T5Config::from_file(std::path::Path::new(path))?,
+    };
+    let r = pixart_text::bench_text_encoder_on(config, dtype(&b.dtype)?, b.tokens, b.batch, &device(&b.device)?)?;
+    println!(
+        "{}",
+        json!({
+            "bench": "text-encoder",
+            "config": b.config,
+            "dtype": b.dtype,
+            "device": b.device,
+            "batch": b.batch,
+            "tokens": b.tokens,
+            "seconds_per_forward": r.seconds,
+            "build_seconds": r.build_seconds,
+            "threads": candle_core::utils::get_num_threads(),
+            "peak_rss_bytes": r.peak_rss_bytes,
+        })
+    );
+    Ok(())
 }
 
 fn transformer(b: TransformerBench) -> Result<()> {

@@ -21,6 +21,40 @@ enum Component {
     /// The denoising transformer: `hidden_states`, `timestep`, `encoder_hidden_states`
     /// [, `encoder_attention_mask`] -> `sample`.
     Transformer(TransformerArgs),
+    /// The T5 text encoder: `input_ids` [B,L] i64, `attention_mask` [B,L] i64 ->
+    /// `last_hidden_state` [B,L,D] f32.
+    TextEncoder(TextEncoderArgs),
+    /// Tokenize TEXT exactly as given (no lower-casing or stripping); prints
+    /// {"input_ids": [...], "attention_mask": [...]} on stdout.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Debug, Args)]
+struct TextEncoderArgs {
+    /// A transformers `text_encoder/` folder (config.json + model.safetensors or shards), or a
+    /// pipeline folder holding one.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    inputs: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// f32 or bf16 (f16 overflows in T5's feed-forward and is refused).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+#[derive(Debug, Args)]
+struct TokenizeArgs {
+    /// A tokenizer folder (spiece.model, or tokenizer.json), or a pipeline folder holding one.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    prompt: String,
+    #[arg(long, default_value_t = pixart_text::DEFAULT_MAX_LENGTH)]
+    max_length: usize,
 }
 
 #[derive(Debug, Args)]
@@ -52,7 +86,39 @@ struct TransformerArgs {
 pub fn run(args: RunArgs) -> Result<()> {
     match args.component {
         Component::Transformer(a) => transformer(a),
+        Component::TextEncoder(a) => text_encoder(a),
+        Component::Tokenize(a) => tokenize(a),
     }
+}
+
+fn text_encoder(a: TextEncoderArgs) -> Result<()> {
+    let dtype = dtype(&a.dtype)?;
+    let device = device(&a.device)?;
+    let inputs = read_inputs(&a.inputs)?;
+    let out = pixart_text::run_text_encoder(&a.model, &inputs, dtype, &device).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let h = out
+        .get("last_hidden_state")
+        .ok_or_else(|| anyhow::anyhow!("text encoder produced no last_hidden_state"))?;
+    write_outputs(&a.out, &[("last_hidden_state", h)])
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    if a.max_length < 1 {
+        bail!(UsageError("--max-length must be at least 1".into()));
+    }
+    let tok = pixart_text::T5Tokenizer::from_dir(&a.model)?;
+    let enc = tok.encode(&a.prompt, a.max_length)?;
+    if enc.truncated > 0 {
+        eprintln!(
+            "warning: the prompt was truncated to {} tokens ({} tokens dropped)",
+            a.max_length, enc.truncated
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"input_ids": enc.ids, "attention_mask": enc.attention_mask})
+    );
+    Ok(())
 }
 
 fn transformer(a: TransformerArgs) -> Result<()> {
