@@ -69,6 +69,7 @@ def main():
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "gpu_peak_bytes": torch.cuda.max_memory_allocated() if a.device.startswith("cuda") else 0,
     }), flush=True)
 
 

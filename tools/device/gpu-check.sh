@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# GPU checks for pixart-rs, run ON the GPU machine from the repository root (issue 8).
+# Expects, carried from the build machine (see docs/cuda.md):
+#   .cuda-bin/pixart.xz, .cuda-bin/cuda_smoke.xz   the CUDA build (tools/cuda/build.sh), xz-compressed
+#   .whl/                                          diffusers 0.42.1 + importlib_metadata wheels
+# Writes logs and outputs under $OUT and prints a summary table last.
+# Stages (all by default): smoke golden bench. E.g. `tools/device/gpu-check.sh golden bench`.
+set -uo pipefail
+OUT="${OUT:-/tmp/pixart-gpu}"
+mkdir -p "$OUT"
+stages="${*:-smoke golden bench}"
+summary="$OUT/summary.txt"
+: > "$summary"
+note() { echo "$*" | tee -a "$summary"; }
+has() { [[ " $stages " == *" $1 "* ]]; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+# CUDA 13 user-space libraries: the system toolkit if any, plus PyTorch's nvidia wheels.
+libdirs=$(python3 - <<'PY'
+import os, glob
+dirs = set()
+try:
+    import nvidia
+    for base in nvidia.__path__:
+        for lib in glob.glob(os.path.join(base, "**", "lib*.so*"), recursive=True):
+            dirs.add(os.path.dirname(lib))
+except Exception:
+    pass
+print(":".join(sorted(dirs)))
+PY
+)
+export LD_LIBRARY_PATH="${libdirs}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+mkdir -p /tmp/pixart-bin
+for b in pixart cuda_smoke; do
+  [ -f ".cuda-bin/$b.xz" ] && xz -dc ".cuda-bin/$b.xz" > "/tmp/pixart-bin/$b" && chmod +x "/tmp/pixart-bin/$b"
+done
+PIX=/tmp/pixart-bin/pixart
+ldd "$PIX" > "$OUT/ldd.txt" 2>&1; grep -E "not found" "$OUT/ldd.txt" && note "MISSING LIBRARIES (see ldd.txt)"
+
+if has smoke && [ -x /tmp/pixart-bin/cuda_smoke ]; then
+  echo "== smoke"
+  timeout 120 /tmp/pixart-bin/cuda_smoke > "$OUT/smoke.txt" 2>&1; note "cuda_smoke rc=$? ($(tail -n 1 "$OUT/smoke.txt"))"
+fi
+
+if has golden; then
+  echo "== golden transformer cases on CUDA"
+  for dt in f32 bf16; do
+    mkdir -p "$OUT/golden-$dt"
+    for d in fixtures/golden/transformer/*/; do
+      case=$(basename "$d")
+      timeout 120 "$PIX" run transformer --device cuda --dtype "$dt" --model "$d" \
+        --inputs "$d/io.safetensors" --out "$OUT/golden-$dt/$case.safetensors" >> "$OUT/golden-$dt.log" 2>&1 \
+        || echo "$case failed" >> "$OUT/golden-$dt.log"
+    done
+    python3 tools/device/compare_golden.py "$OUT/golden-$dt" "$dt" > "$OUT/golden-$dt.txt" 2>&1
+    note "golden $dt: $(tail -n 1 "$OUT/golden-$dt.txt")"
+  done
+  timeout 120 "$PIX" run text-encoder --device cuda --model fixtures/golden/text/text_encoder \
+    --inputs fixtures/golden/text/io.safetensors --out "$OUT/t5.safetensors" > "$OUT/t5.log" 2>&1
+  python3 - "$OUT/t5.safetensors" >> "$summary" 2>&1 <<'PY'
+import sys
+from safetensors.torch import load_file
+g = load_file(sys.argv[1])["last_hidden_state"].double()
+w = load_file("fixtures/golden/text/io.safetensors")["last_hidden_state"].double()
+print(f"golden t5 f32 on CUDA: max|diff| {(g - w).abs().max().item():.3e} (tolerance 1e-5)")
+PY
+fi
+
+if has bench; then
+  echo "== benchmarks (bf16, batch 2, 300 tokens): Rust vs diffusers, alternating"
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1
+  export PYTHONPATH=/tmp/site
+  # GPU memory of the Rust runs: nvidia-smi sampled every 100 ms (candle has no allocator stats).
+  run_rust() {
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/mem.txt" 2>/dev/null &
+    local smi=$!
+    local line
+    line=$(timeout "$1" "$PIX" bench transformer --device cuda --dtype bf16 --size "$2" --warmup "$3" --iters "$4" ${5:+--kv-compress $5} 2>>"$OUT/bench.err" | tail -n 1)
+    kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
+    local mib
+    mib=$(sort -n "$OUT/mem.txt" | tail -n 1)
+    [ -n "$line" ] && python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['gpu_peak_bytes']=int(sys.argv[2] or 0)*2**20; print(json.dumps(r))" "$line" "${mib:-0}"
+  }
+  run_torch() { timeout "$1" python3 tools/bench/transformer.py --device cuda --dtype bf16 --size "$2" --warmup "$3" --iters "$4" 2>>"$OUT/bench.err" | tail -n 1; }
+  {
+    run_torch 120 1024 3 10; run_rust 120 1024 3 10
+    run_torch 150 2048 2 5;  run_rust 150 2048 2 5
+    run_rust 150 2048 2 5 conv:2:14-27
+    run_torch 240 4096 1 2;  run_rust 240 4096 1 2
+    run_rust 240 4096 1 2 conv:2:14-27
+  } | tee "$OUT/bench.jsonl"
+  python3 - "$OUT/bench.jsonl" >> "$summary" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
+print(f"{'impl':18} {'size':>5} {'kv':>14} {'s/forward':>10} {'GPU peak GiB':>13} {'host RSS GiB':>13}")
+for r in rows:
+    impl = "diffusers (SDPA)" if r["bench"].endswith("pytorch") else "pixart-rs"
+    print(f"{impl:18} {r['size']:>5} {str(r.get('kv_compress')):>14} {r['seconds_per_forward']:>10.4f} "
+          f"{r.get('gpu_peak_bytes', 0)/2**30:>13.2f} {r['peak_rss_bytes']/2**30:>13.2f}")
+PY
+fi
+echo "================ summary"
+cat "$summary"
