@@ -39,9 +39,14 @@ echo "CUDA_HOME=$CUDA_HOME"
 echo "CUDA_COMPUTE_CAP=$CUDA_COMPUTE_CAP CUDARC_CUDA_VERSION=$CUDARC_CUDA_VERSION CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 start=$(date +%s)
 cargo build --locked --release --features cuda
-cargo build --locked --release -p pixart-core --features cuda --example cuda_smoke
+# The example and the tests are built with the same package selection and features as the binary
+# (the whole workspace, all `cuda` features). Building `-p pixart-core` alone would unify
+# features differently (syn without "full"), rebuild the proc macros, and with them rerun
+# candle-kernels' nvcc build (~15 min here).
+feats=pixart-cli/cuda,pixart-model/cuda,pixart-core/cuda
+cargo build --locked --release --workspace --features "$feats" --examples
 if [[ $TESTS == 1 ]]; then
-  cargo test --locked --release --workspace --features pixart-cli/cuda,pixart-model/cuda,pixart-core/cuda --no-run
+  cargo test --locked --release --workspace --features "$feats" --no-run
 fi
 echo "build time: $(( $(date +%s) - start )) s"
 

@@ -1,8 +1,8 @@
 //! CUDA smoke test for the first run on a GPU machine: runs the candle ops the PixArt-Σ
 //! pipeline relies on, on `Device::new_cuda(0)` and on the CPU, and compares the results.
 //!
-//! Build (no GPU needed): `tools/cuda/build.sh`, or
-//! `cargo build --release -p pixart-core --features cuda --example cuda_smoke`.
+//! Build (no GPU needed): `tools/cuda/build.sh`. Without the `cuda` feature it still compiles
+//! (so CI lints it) but exits at once.
 //! Run on the GPU machine: `cuda_smoke` (exit status 0 when every check passes).
 //! It also times a bf16 and an f32 matmul as a sanity check of cuBLAS speed.
 
@@ -59,6 +59,10 @@ fn time_matmul(dev: &Device, dtype: DType, n: usize) -> candle_core::Result<f64>
 }
 
 fn main() -> candle_core::Result<()> {
+    if !candle_core::utils::cuda_is_available() {
+        eprintln!("cuda_smoke: built without the `cuda` feature (use tools/cuda/build.sh)");
+        std::process::exit(2);
+    }
     let t0 = Instant::now();
     let gpu = Device::new_cuda(0)?;
     println!("Device::new_cuda(0) ok in {:.2} s", t0.elapsed().as_secs_f64());
@@ -93,14 +97,24 @@ fn main() -> candle_core::Result<()> {
     let s = (Tensor::randn(0f32, 1.0, (2, 16, 64, 300), &cpu)? * 4.0)?;
     let sg = s.to_device(&gpu)?;
     let sm_cpu = candle_nn::ops::softmax_last_dim(&s)?;
-    c.check("softmax_last_dim f32", &candle_nn::ops::softmax_last_dim(&sg)?, &sm_cpu, 1e-5)?;
+    c.check(
+        "softmax_last_dim f32",
+        &candle_nn::ops::softmax_last_dim(&sg)?,
+        &sm_cpu,
+        1e-5,
+    )?;
     c.check(
         "softmax_last_dim bf16",
         &candle_nn::ops::softmax_last_dim(&sg.to_dtype(DType::BF16)?)?,
         &sm_cpu,
         2e-2,
     )?;
-    c.check("softmax (generic, D::Minus1)", &candle_nn::ops::softmax(&sg, D::Minus1)?, &sm_cpu, 1e-5)?;
+    c.check(
+        "softmax (generic, D::Minus1)",
+        &candle_nn::ops::softmax(&sg, D::Minus1)?,
+        &sm_cpu,
+        1e-5,
+    )?;
 
     // conv2d: patch embedding (k=2, s=2), a VAE-style 3x3 conv, and the depthwise strided conv
     // of PixArt-Σ's KV token compression (groups = channels).
@@ -115,11 +129,16 @@ fn main() -> candle_core::Result<()> {
     let x3 = Tensor::randn(0f32, 1.0, (1, 64, 48, 40), &cpu)?;
     let k3 = Tensor::randn(0f32, 0.1, (128, 64, 3, 3), &cpu)?;
     let ref3 = x3.conv2d(&k3, 1, 1, 1, 1)?;
-    c.check("conv2d 3x3 pad1 f32", &x3.to_device(&gpu)?.conv2d(&k3.to_device(&gpu)?, 1, 1, 1, 1)?, &ref3, 5e-3)?;
-    let g3 = x3
-        .to_device(&gpu)?
-        .to_dtype(DType::BF16)?
-        .conv2d(&k3.to_device(&gpu)?.to_dtype(DType::BF16)?, 1, 1, 1, 1)?;
+    c.check(
+        "conv2d 3x3 pad1 f32",
+        &x3.to_device(&gpu)?.conv2d(&k3.to_device(&gpu)?, 1, 1, 1, 1)?,
+        &ref3,
+        5e-3,
+    )?;
+    let g3 =
+        x3.to_device(&gpu)?
+            .to_dtype(DType::BF16)?
+            .conv2d(&k3.to_device(&gpu)?.to_dtype(DType::BF16)?, 1, 1, 1, 1)?;
     c.check("conv2d 3x3 pad1 bf16", &g3, &ref3, 3e-2)?;
     let xd = Tensor::randn(0f32, 1.0, (1, 1152, 32, 32), &cpu)?;
     let kd = Tensor::randn(0f32, 0.3, (1152, 1, 2, 2), &cpu)?;
@@ -154,16 +173,46 @@ fn main() -> candle_core::Result<()> {
     c.check("gelu (tanh)", &hg.gelu()?, &h.gelu()?, 1e-5)?;
     c.check("gelu_erf", &hg.gelu_erf()?, &h.gelu_erf()?, 1e-5)?;
     c.check("silu", &hg.silu()?, &h.silu()?, 1e-5)?;
-    c.check("exp/tanh/sqrt mix", &(hg.tanh()? + hg.abs()?.sqrt()?)?.exp()?, &(h.tanh()? + h.abs()?.sqrt()?)?.exp()?, 1e-5)?;
+    c.check(
+        "exp/tanh/sqrt mix",
+        &(hg.tanh()? + hg.abs()?.sqrt()?)?.exp()?,
+        &(h.tanh()? + h.abs()?.sqrt()?)?.exp()?,
+        1e-5,
+    )?;
     let m = h.i((.., 0..1, ..))?;
     let mg = hg.i((.., 0..1, ..))?;
-    c.check("broadcast mul/add (modulate)", &hg.broadcast_mul(&(&mg + 1.0)?)?.broadcast_add(&mg)?, &h.broadcast_mul(&(&m + 1.0)?)?.broadcast_add(&m)?, 1e-5)?;
+    c.check(
+        "broadcast mul/add (modulate)",
+        &hg.broadcast_mul(&(&mg + 1.0)?)?.broadcast_add(&mg)?,
+        &h.broadcast_mul(&(&m + 1.0)?)?.broadcast_add(&m)?,
+        1e-5,
+    )?;
     c.check("sum_keepdim / mean", &hg.sum_keepdim(2)?, &h.sum_keepdim(2)?, 1e-5)?;
-    c.check("max_keepdim", &hg.max_keepdim(D::Minus1)?, &h.max_keepdim(D::Minus1)?, 0.0)?;
-    c.check("transpose+contiguous", &hg.transpose(1, 2)?.contiguous()?, &h.transpose(1, 2)?.contiguous()?, 0.0)?;
-    c.check("cat dim 1", &Tensor::cat(&[&hg, &hg], 1)?, &Tensor::cat(&[&h, &h], 1)?, 0.0)?;
+    c.check(
+        "max_keepdim",
+        &hg.max_keepdim(D::Minus1)?,
+        &h.max_keepdim(D::Minus1)?,
+        0.0,
+    )?;
+    c.check(
+        "transpose+contiguous",
+        &hg.transpose(1, 2)?.contiguous()?,
+        &h.transpose(1, 2)?.contiguous()?,
+        0.0,
+    )?;
+    c.check(
+        "cat dim 1",
+        &Tensor::cat(&[&hg, &hg], 1)?,
+        &Tensor::cat(&[&h, &h], 1)?,
+        0.0,
+    )?;
     let ids = Tensor::new(&[3u32, 0, 255, 7], &cpu)?;
-    c.check("index_select", &hg.index_select(&ids.to_device(&gpu)?, 1)?, &h.index_select(&ids, 1)?, 0.0)?;
+    c.check(
+        "index_select",
+        &hg.index_select(&ids.to_device(&gpu)?, 1)?,
+        &h.index_select(&ids, 1)?,
+        0.0,
+    )?;
     let mask = Tensor::new(&[1u8, 0, 1, 1], &cpu)?.reshape((1, 4))?;
     let on = Tensor::zeros((3, 4), DType::F32, &cpu)?;
     let off = Tensor::full(f32::NEG_INFINITY, (3, 4), &cpu)?;
@@ -173,16 +222,37 @@ fn main() -> candle_core::Result<()> {
         .broadcast_as((3, 4))?
         .where_cond(&on.to_device(&gpu)?, &off.to_device(&gpu)?)?;
     let same = wg.to_device(&cpu)?.flatten_all()?.to_vec1::<f32>()? == wc.flatten_all()?.to_vec1::<f32>()?;
-    println!("{:<40} {:>18} {}", "where_cond (attention mask)", "[3, 4]", if same { "ok" } else { "FAIL" });
+    println!(
+        "{:<40} {:>18} {}",
+        "where_cond (attention mask)",
+        "[3, 4]",
+        if same { "ok" } else { "FAIL" }
+    );
     if !same {
         c.failed += 1;
     }
-    c.check("cast f32->bf16->f16->f32", &hg.to_dtype(DType::BF16)?.to_dtype(DType::F16)?.to_dtype(DType::F32)?, &h, 1e-2)?;
-    c.check("upsample_nearest2d", &x3.to_device(&gpu)?.upsample_nearest2d(96, 80)?, &x3.upsample_nearest2d(96, 80)?, 0.0)?;
+    c.check(
+        "cast f32->bf16->f16->f32",
+        &hg.to_dtype(DType::BF16)?.to_dtype(DType::F16)?.to_dtype(DType::F32)?,
+        &h,
+        1e-2,
+    )?;
+    c.check(
+        "upsample_nearest2d",
+        &x3.to_device(&gpu)?.upsample_nearest2d(96, 80)?,
+        &x3.upsample_nearest2d(96, 80)?,
+        0.0,
+    )?;
     let rnd = Tensor::randn(0f32, 1.0, (1 << 20,), &gpu)?;
     let mean = rnd.mean_all()?.to_scalar::<f32>()?;
     let ok = mean.abs() < 0.01;
-    println!("{:<40} {:>18} mean {:+.4}  {}", "randn on device (cuRAND)", "[1048576]", mean, if ok { "ok" } else { "FAIL" });
+    println!(
+        "{:<40} {:>18} mean {:+.4}  {}",
+        "randn on device (cuRAND)",
+        "[1048576]",
+        mean,
+        if ok { "ok" } else { "FAIL" }
+    );
     if !ok {
         c.failed += 1;
     }
