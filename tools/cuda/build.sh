@@ -31,6 +31,8 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 # cudarc reads "<major>0<minor>0"; this also stops it from parsing `nvcc --version`.
 export CUDARC_CUDA_VERSION=13000
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target/cuda}"
+# cudaforge runs nvcc on half the cores by default; use them all (not a rebuild trigger).
+export CUDAFORGE_THREADS="${CUDAFORGE_THREADS:-$(nproc)}"
 
 cargo fetch --locked >/dev/null
 "$here/make-libcuda-stub.sh" "$CUDA_HOME"
