@@ -286,7 +286,9 @@ fn quote_non_finite(text: &str) -> String {
         } else if c == '"' {
             in_string = true;
         } else {
-            let token = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t));
+            let token = ["-Infinity", "Infinity", "NaN"]
+                .into_iter()
+                .find(|t| rest.starts_with(t));
             if let Some(t) = token {
                 out.push('"');
                 out.push_str(t);
@@ -329,7 +331,11 @@ fn de_f64<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D
 fn de_f64_vec<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Vec<f64>>, D::Error> {
     match Option::<Vec<JsonF64>>::deserialize(d)? {
         None => Ok(None),
-        Some(v) => v.into_iter().map(JsonF64::value).collect::<std::result::Result<_, _>>().map(Some),
+        Some(v) => v
+            .into_iter()
+            .map(JsonF64::value)
+            .collect::<std::result::Result<_, _>>()
+            .map(Some),
     }
 }
 
@@ -356,15 +362,21 @@ mod tests {
 
     #[test]
     fn rejects_non_finite_and_bad_enums() {
-        let e = SchedulerConfig::from_json(r#"{"beta_end": NaN}"#).unwrap_err().to_string();
+        let e = SchedulerConfig::from_json(r#"{"beta_end": NaN}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("beta_end") && e.contains("finite"), "{e}");
-        let e = SchedulerConfig::from_json(r#"{"beta_start": Infinity}"#).unwrap_err().to_string();
+        let e = SchedulerConfig::from_json(r#"{"beta_start": Infinity}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("beta_start"), "{e}");
         let e = SchedulerConfig::from_json(r#"{"lambda_min_clipped": Infinity}"#)
             .unwrap_err()
             .to_string();
         assert!(e.contains("lambda_min_clipped"), "{e}");
-        let e = SchedulerConfig::from_json(r#"{"trained_betas": [0.1, NaN]}"#).unwrap_err().to_string();
+        let e = SchedulerConfig::from_json(r#"{"trained_betas": [0.1, NaN]}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trained_betas[1]"), "{e}");
         let e = SchedulerConfig::from_json(r#"{"timestep_spacing": "sideways"}"#)
             .unwrap_err()

@@ -79,11 +79,24 @@ impl Ddim {
     /// Builds the sampler (call [`Scheduler::set_timesteps`] next).
     pub fn new(config: DdimConfig) -> Result<Self> {
         if !config.eta.is_finite() || config.eta < 0.0 {
-            return Err(Error::InvalidInput(format!("DDIM: eta must be >= 0, got {}", config.eta)));
+            return Err(Error::InvalidInput(format!(
+                "DDIM: eta must be >= 0, got {}",
+                config.eta
+            )));
         }
         let alphas_cumprod = config.betas.alphas_cumprod()?;
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { at(&alphas_cumprod, 0, "alphas_cumprod")? };
-        Ok(Self { config, alphas_cumprod, final_alpha_cumprod, timesteps: Vec::new(), counter: StepCounter::default() })
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            at(&alphas_cumprod, 0, "alphas_cumprod")?
+        };
+        Ok(Self {
+            config,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            timesteps: Vec::new(),
+            counter: StepCounter::default(),
+        })
     }
 
     /// Sets η (0: deterministic).
@@ -115,7 +128,11 @@ impl Scheduler for Ddim {
         schedule::check_steps(n, cfg.betas.num_train_timesteps)?;
         self.timesteps =
             schedule::single_step_timesteps(cfg.timestep_spacing, n, cfg.betas.num_train_timesteps, cfg.steps_offset);
-        if let Some(t) = self.timesteps.iter().find(|&&t| t < 0.0 || t >= cfg.betas.num_train_timesteps as f64) {
+        if let Some(t) = self
+            .timesteps
+            .iter()
+            .find(|&&t| t < 0.0 || t >= cfg.betas.num_train_timesteps as f64)
+        {
             return Err(Error::InvalidInput(format!(
                 "DDIM: timestep {t} (steps_offset {}) is outside the training schedule",
                 cfg.steps_offset
@@ -182,7 +199,8 @@ impl Scheduler for Ddim {
         let direction = mul_s(&eps, (1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt())?;
         let mut prev = (mul_s(&x0, alpha_prod_t_prev.sqrt())? + direction)?;
         if cfg.eta > 0.0 {
-            let noise = noise.ok_or_else(|| Error::InvalidInput("DDIM with eta > 0 needs noise at every step".into()))?;
+            let noise =
+                noise.ok_or_else(|| Error::InvalidInput("DDIM with eta > 0 needs noise at every step".into()))?;
             same_shape("noise", &sample, noise)?;
             prev = (prev + mul_s(&f32(noise)?, std_dev_t)?)?;
         }

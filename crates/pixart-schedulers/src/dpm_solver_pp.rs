@@ -113,10 +113,14 @@ pub(crate) fn unsupported_common(cfg: &SchedulerConfig, who: &str) -> Result<()>
         }
     }
     if let Some(v) = &cfg.variance_type {
-        return Err(Error::InvalidInput(format!("{who}: variance_type {v:?} is not supported")));
+        return Err(Error::InvalidInput(format!(
+            "{who}: variance_type {v:?} is not supported"
+        )));
     }
     if cfg.prediction_type == Some(PredictionType::FlowPrediction) {
-        return Err(Error::InvalidInput(format!("{who}: prediction_type flow_prediction is not supported")));
+        return Err(Error::InvalidInput(format!(
+            "{who}: prediction_type flow_prediction is not supported"
+        )));
     }
     Ok(())
 }
@@ -160,7 +164,9 @@ impl DpmSolverPp {
             )));
         }
         if config.lambda_min_clipped.is_nan() || config.lambda_min_clipped == f64::INFINITY {
-            return Err(Error::InvalidInput("DPM-Solver++: lambda_min_clipped must be a number or -inf".into()));
+            return Err(Error::InvalidInput(
+                "DPM-Solver++: lambda_min_clipped must be a number or -inf".into(),
+            ));
         }
         let alphas_cumprod = config.betas.alphas_cumprod()?;
         Ok(Self {
@@ -246,8 +252,7 @@ impl Scheduler for DpmSolverPp {
         let t_train = cfg.betas.num_train_timesteps;
         schedule::check_steps(n, t_train)?;
         let last = schedule::last_timestep(&self.alphas_cumprod, cfg.lambda_min_clipped);
-        let mut timesteps =
-            schedule::multistep_timesteps(cfg.timestep_spacing, n, t_train, last, cfg.steps_offset);
+        let mut timesteps = schedule::multistep_timesteps(cfg.timestep_spacing, n, t_train, last, cfg.steps_offset);
         let train_sigmas = schedule::train_sigmas(&self.alphas_cumprod);
         let mut sigmas: Vec<f64> = if cfg.use_karras_sigmas {
             let (Some(&lo), Some(&hi)) = (train_sigmas.first(), train_sigmas.last()) else {
@@ -261,7 +266,11 @@ impl Scheduler for DpmSolverPp {
                 .map(|&s| {
                     let t = schedule::sigma_to_t(s, &log_sigmas);
                     // `.round()` unless cosine, then `.to(int64)` (truncation).
-                    if round { t.round_ties_even() } else { t.trunc() }
+                    if round {
+                        t.round_ties_even()
+                    } else {
+                        t.trunc()
+                    }
                 })
                 .collect();
             sig

@@ -59,14 +59,21 @@ pub struct EulerAncestral {
 impl EulerAncestral {
     /// Builds the sampler (call [`Scheduler::set_timesteps`] next).
     pub fn new(config: EulerAncestralConfig) -> Result<Self> {
-        if config.prediction_type == PredictionType::Sample || config.prediction_type == PredictionType::FlowPrediction {
+        if config.prediction_type == PredictionType::Sample || config.prediction_type == PredictionType::FlowPrediction
+        {
             return Err(Error::InvalidInput(format!(
                 "Euler ancestral: prediction_type {:?} is not supported (epsilon or v_prediction)",
                 config.prediction_type
             )));
         }
         let alphas_cumprod = config.betas.alphas_cumprod()?;
-        Ok(Self { config, alphas_cumprod, timesteps: Vec::new(), sigmas: Vec::new(), counter: StepCounter::default() })
+        Ok(Self {
+            config,
+            alphas_cumprod,
+            timesteps: Vec::new(),
+            sigmas: Vec::new(),
+            counter: StepCounter::default(),
+        })
     }
 
     /// The resolved options.
@@ -76,7 +83,11 @@ impl EulerAncestral {
 
     fn max_sigma(&self) -> f32 {
         // Before set_timesteps diffusers holds the full training sigmas.
-        let s = if self.sigmas.is_empty() { schedule::train_sigmas(&self.alphas_cumprod) } else { self.sigmas.clone() };
+        let s = if self.sigmas.is_empty() {
+            schedule::train_sigmas(&self.alphas_cumprod)
+        } else {
+            self.sigmas.clone()
+        };
         s.into_iter().fold(0f32, f32::max)
     }
 }
@@ -89,8 +100,10 @@ impl Scheduler for EulerAncestral {
         // Timesteps are float32 here.
         let timesteps: Vec<f32> = match cfg.timestep_spacing {
             TimestepSpacing::Linspace => {
-                let mut v: Vec<f32> =
-                    schedule::np_linspace(0.0, (t_train - 1) as f64, n).into_iter().map(|t| t as f32).collect();
+                let mut v: Vec<f32> = schedule::np_linspace(0.0, (t_train - 1) as f64, n)
+                    .into_iter()
+                    .map(|t| t as f32)
+                    .collect();
                 v.reverse();
                 v
             }
@@ -100,16 +113,16 @@ impl Scheduler for EulerAncestral {
                 v.reverse();
                 v
             }
-            TimestepSpacing::Trailing => {
-                schedule::np_arange(t_train as f64, 0.0, -(t_train as f64 / n as f64))
-                    .into_iter()
-                    .map(|t| t.round_ties_even() as f32 - 1.0)
-                    .collect()
-            }
+            TimestepSpacing::Trailing => schedule::np_arange(t_train as f64, 0.0, -(t_train as f64 / n as f64))
+                .into_iter()
+                .map(|t| t.round_ties_even() as f32 - 1.0)
+                .collect(),
         };
         let train_sigmas = schedule::train_sigmas(&self.alphas_cumprod);
-        let mut sigmas: Vec<f32> =
-            timesteps.iter().map(|&t| schedule::interp(t as f64, &train_sigmas) as f32).collect();
+        let mut sigmas: Vec<f32> = timesteps
+            .iter()
+            .map(|&t| schedule::interp(t as f64, &train_sigmas) as f32)
+            .collect();
         sigmas.push(0.0);
         self.sigmas = sigmas;
         self.timesteps = timesteps.into_iter().map(|t| t as f64).collect();
@@ -156,11 +169,16 @@ impl Scheduler for EulerAncestral {
             PredictionType::VPrediction => {
                 (mul_s(&mo, -sigma / (sigma * sigma + 1.0).sqrt())? + div_s(&sample, sigma * sigma + 1.0)?)?
             }
-            other => return Err(Error::InvalidInput(format!("Euler ancestral: {other:?} is not supported"))),
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "Euler ancestral: {other:?} is not supported"
+                )))
+            }
         };
         let sigma_from = sigma;
-        let sigma_up =
-            ((sigma_to * sigma_to) * (sigma_from * sigma_from - sigma_to * sigma_to) / (sigma_from * sigma_from)).sqrt();
+        let sigma_up = ((sigma_to * sigma_to) * (sigma_from * sigma_from - sigma_to * sigma_to)
+            / (sigma_from * sigma_from))
+            .sqrt();
         let sigma_down = (sigma_to * sigma_to - sigma_up * sigma_up).sqrt();
         let derivative = div_s(&(&sample - x0)?, sigma)?;
         let dt = sigma_down - sigma;

@@ -121,7 +121,13 @@ impl Scheduler for Sampler {
     fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
         self.inner().scale_model_input(sample, step_index)
     }
-    fn step(&mut self, model_output: &Tensor, step_index: usize, sample: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
         self.inner_mut().step(model_output, step_index, sample, noise)
     }
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
@@ -147,13 +153,16 @@ pub fn from_config(cfg: &SchedulerConfig, kind_override: Option<SamplerKind>) ->
                 Some(name) => format!(
                     "scheduler class {name:?} is not supported; choose a sampler (dpm++, sa-solver, ddim, euler-a)"
                 ),
-                None => "scheduler config has no `_class_name`; choose a sampler (dpm++, sa-solver, ddim, euler-a)"
-                    .into(),
+                None => {
+                    "scheduler config has no `_class_name`; choose a sampler (dpm++, sa-solver, ddim, euler-a)".into()
+                }
             }))
         }
     };
     Ok(match kind {
-        SamplerKind::DpmSolverPp => Sampler::DpmSolverPp(DpmSolverPp::new(DpmSolverConfig::from_scheduler_config(cfg)?)?),
+        SamplerKind::DpmSolverPp => {
+            Sampler::DpmSolverPp(DpmSolverPp::new(DpmSolverConfig::from_scheduler_config(cfg)?)?)
+        }
         SamplerKind::SaSolver => Sampler::SaSolver(SaSolver::new(SaSolverConfig::from_scheduler_config(cfg)?)?),
         SamplerKind::Ddim => Sampler::Ddim(Ddim::new(DdimConfig::from_scheduler_config(cfg)?)?),
         SamplerKind::EulerAncestral => {

@@ -7,10 +7,10 @@
 //! ([`Scheduler::needs_noise`]) take it as an argument, so a run is reproducible and golden tests
 //! can feed the exact noise diffusers used.
 //!
-//! - [`DpmSolverPp`]: `DPMSolverMultistepScheduler` (PixArt-Σ's default, orders 1–3).
-//! - [`SaSolver`]: `SASolverScheduler` (data prediction, PixArt's demo option).
-//! - [`Ddim`]: `DDIMScheduler`.
-//! - [`EulerAncestral`]: `EulerAncestralDiscreteScheduler`.
+//! - [`DpmSolverPp`], `DPMSolverMultistepScheduler` (PixArt-Σ's default, orders 1–3).
+//! - [`SaSolver`], `SASolverScheduler` (data prediction, PixArt's demo option).
+//! - [`Ddim`], `DDIMScheduler`.
+//! - [`EulerAncestral`], `EulerAncestralDiscreteScheduler`.
 //!
 //! [`SchedulerConfig`] reads diffusers' `scheduler/scheduler_config.json`; [`from_config`] builds
 //! the sampler that file (or a [`SamplerKind`] override) names. The update arithmetic is done in

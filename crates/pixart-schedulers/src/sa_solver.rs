@@ -28,7 +28,11 @@ pub struct Tau {
 impl Default for Tau {
     /// diffusers' default `tau_func` and PixArt's demo: 1 on [200, 800].
     fn default() -> Self {
-        Self { value: 1.0, t_min: 200.0, t_max: 800.0 }
+        Self {
+            value: 1.0,
+            t_min: 200.0,
+            t_max: 800.0,
+        }
     }
 }
 
@@ -131,7 +135,10 @@ pub struct SaSolver {
 impl SaSolver {
     /// Builds the sampler (call [`Scheduler::set_timesteps`] next).
     pub fn new(config: SaSolverConfig) -> Result<Self> {
-        for (what, o) in [("predictor_order", config.predictor_order), ("corrector_order", config.corrector_order)] {
+        for (what, o) in [
+            ("predictor_order", config.predictor_order),
+            ("corrector_order", config.corrector_order),
+        ] {
             if !(1..=4).contains(&o) {
                 return Err(Error::InvalidInput(format!("SA-Solver: {what} must be 1..=4, got {o}")));
             }
@@ -239,7 +246,10 @@ fn exp_positive(order: usize, start: f32, end: f32, tau: f32) -> Result<f32> {
 fn lagrange(l: &[f32]) -> Result<Vec<Vec<f32>>> {
     Ok(match *l {
         [_] => vec![vec![1.0]],
-        [l0, l1] => vec![vec![1.0 / (l0 - l1), -l1 / (l0 - l1)], vec![1.0 / (l1 - l0), -l0 / (l1 - l0)]],
+        [l0, l1] => vec![
+            vec![1.0 / (l0 - l1), -l1 / (l0 - l1)],
+            vec![1.0 / (l1 - l0), -l0 / (l1 - l0)],
+        ],
         [l0, l1, l2] => {
             let d1 = (l0 - l1) * (l0 - l2);
             let d2 = (l1 - l0) * (l1 - l2);
@@ -256,10 +266,30 @@ fn lagrange(l: &[f32]) -> Result<Vec<Vec<f32>>> {
             let d3 = (l2 - l0) * (l2 - l1) * (l2 - l3);
             let d4 = (l3 - l0) * (l3 - l1) * (l3 - l2);
             vec![
-                vec![1.0 / d1, (-l1 - l2 - l3) / d1, (l1 * l2 + l1 * l3 + l2 * l3) / d1, (-l1 * l2 * l3) / d1],
-                vec![1.0 / d2, (-l0 - l2 - l3) / d2, (l0 * l2 + l0 * l3 + l2 * l3) / d2, (-l0 * l2 * l3) / d2],
-                vec![1.0 / d3, (-l0 - l1 - l3) / d3, (l0 * l1 + l0 * l3 + l1 * l3) / d3, (-l0 * l1 * l3) / d3],
-                vec![1.0 / d4, (-l0 - l1 - l2) / d4, (l0 * l1 + l0 * l2 + l1 * l2) / d4, (-l0 * l1 * l2) / d4],
+                vec![
+                    1.0 / d1,
+                    (-l1 - l2 - l3) / d1,
+                    (l1 * l2 + l1 * l3 + l2 * l3) / d1,
+                    (-l1 * l2 * l3) / d1,
+                ],
+                vec![
+                    1.0 / d2,
+                    (-l0 - l2 - l3) / d2,
+                    (l0 * l2 + l0 * l3 + l2 * l3) / d2,
+                    (-l0 * l2 * l3) / d2,
+                ],
+                vec![
+                    1.0 / d3,
+                    (-l0 - l1 - l3) / d3,
+                    (l0 * l1 + l0 * l3 + l1 * l3) / d3,
+                    (-l0 * l1 * l3) / d3,
+                ],
+                vec![
+                    1.0 / d4,
+                    (-l0 - l1 - l2) / d4,
+                    (l0 * l1 + l0 * l2 + l1 * l2) / d4,
+                    (-l0 * l1 * l2) / d4,
+                ],
             ]
         }
         _ => return Err(Error::InvalidInput(format!("SA-Solver: order {} unsupported", l.len()))),
@@ -295,7 +325,10 @@ impl Scheduler for SaSolver {
             };
             let mut sig = schedule::karras_sigmas(lo as f64, hi as f64, n);
             let log_sigmas: Vec<f32> = train_sigmas.iter().map(|s| s.ln()).collect();
-            timesteps = sig.iter().map(|&s| schedule::sigma_to_t(s, &log_sigmas).round_ties_even()).collect();
+            timesteps = sig
+                .iter()
+                .map(|&s| schedule::sigma_to_t(s, &log_sigmas).round_ties_even())
+                .collect();
             let last = sig.last().copied().unwrap_or(lo as f64);
             sig.push(last);
             sig
@@ -349,7 +382,12 @@ impl Scheduler for SaSolver {
         let cfg = self.config.clone();
         let out_dtype = model_output.dtype();
         let mut sample = f32(sample)?;
-        let x0 = data_prediction(cfg.prediction_type, &f32(model_output)?, &sample, at(&self.sigmas, i, "sigma")?)?;
+        let x0 = data_prediction(
+            cfg.prediction_type,
+            &f32(model_output)?,
+            &sample,
+            at(&self.sigmas, i, "sigma")?,
+        )?;
 
         // Corrector: refine this step's sample with the new data prediction.
         if let (true, Some((last_sample, last_noise))) = (i > 0, self.last.as_ref()) {
@@ -373,9 +411,22 @@ impl Scheduler for SaSolver {
             // model_prev_list = model_outputs + [this], newest first.
             let mut outputs: Vec<&Tensor> = vec![&x0];
             for slot in self.model_outputs.iter().rev().take(order.saturating_sub(1)) {
-                outputs.push(slot.as_ref().ok_or_else(|| Error::InvalidInput("SA-Solver: missing history".into()))?);
+                outputs.push(
+                    slot.as_ref()
+                        .ok_or_else(|| Error::InvalidInput("SA-Solver: missing history".into()))?,
+                );
             }
-            sample = Self::update(last_sample, &outputs, &c, last_noise.as_ref(), st, ss0, lambda_t, h, tau)?;
+            sample = Self::update(
+                last_sample,
+                &outputs,
+                &c,
+                last_noise.as_ref(),
+                st,
+                ss0,
+                lambda_t,
+                h,
+                tau,
+            )?;
         }
 
         let t = at(&self.timesteps, i, "timestep")?;
@@ -418,7 +469,10 @@ impl Scheduler for SaSolver {
         }
         let mut outputs: Vec<&Tensor> = Vec::with_capacity(predictor_order);
         for slot in self.model_outputs.iter().rev().take(predictor_order) {
-            outputs.push(slot.as_ref().ok_or_else(|| Error::InvalidInput("SA-Solver: missing history".into()))?);
+            outputs.push(
+                slot.as_ref()
+                    .ok_or_else(|| Error::InvalidInput("SA-Solver: missing history".into()))?,
+            );
         }
         let prev = Self::update(&sample, &outputs, &coeffs, noise.as_ref(), st, ss0, lambda_t, h, tau)?;
 

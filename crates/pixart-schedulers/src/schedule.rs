@@ -53,17 +53,17 @@ impl BetaConfig {
             }
             None => match self.beta_schedule {
                 BetaSchedule::Linear => torch_linspace_f32(self.beta_start, self.beta_end, n),
-                BetaSchedule::ScaledLinear => {
-                    torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
-                        .into_iter()
-                        .map(|x| x * x)
-                        .collect()
-                }
+                BetaSchedule::ScaledLinear => torch_linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                    .into_iter()
+                    .map(|x| x * x)
+                    .collect(),
                 BetaSchedule::SquaredcosCapV2 => betas_for_alpha_bar(n, 0.999),
             },
         };
         if let Some((i, b)) = betas.iter().enumerate().find(|(_, b)| !(0.0..1.0).contains(*b)) {
-            return Err(Error::InvalidInput(format!("beta {i} is {b}; every beta must be in [0, 1)")));
+            return Err(Error::InvalidInput(format!(
+                "beta {i} is {b}; every beta must be in [0, 1)"
+            )));
         }
         Ok(betas)
     }
@@ -152,7 +152,9 @@ pub(crate) fn np_arange(start: f64, stop: f64, step: f64) -> Vec<f64> {
 /// Checks a requested number of inference steps against the training schedule.
 pub(crate) fn check_steps(n: usize, num_train_timesteps: usize) -> Result<()> {
     if n == 0 {
-        return Err(Error::InvalidInput("the number of sampling steps must be at least 1".into()));
+        return Err(Error::InvalidInput(
+            "the number of sampling steps must be at least 1".into(),
+        ));
     }
     if n > num_train_timesteps {
         return Err(Error::InvalidInput(format!(
@@ -336,8 +338,8 @@ mod tests {
     fn pixart_timesteps() {
         let t20 = multistep_timesteps(TimestepSpacing::Linspace, 20, 1000, 1000, 0);
         let want: Vec<f64> = vec![
-            999., 949., 899., 849., 799., 749., 699., 649., 599., 549., 500., 450., 400., 350., 300., 250., 200.,
-            150., 100., 50.,
+            999., 949., 899., 849., 799., 749., 699., 649., 599., 549., 500., 450., 400., 350., 300., 250., 200., 150.,
+            100., 50.,
         ];
         assert_eq!(t20, want);
         let t14 = multistep_timesteps(TimestepSpacing::Linspace, 14, 1000, 1000, 0);
@@ -351,10 +353,14 @@ mod tests {
     fn cosine_betas_are_not_zero() {
         let b = betas_for_alpha_bar(10, 0.999);
         assert!(b.iter().all(|&x| x > 0.0), "{b:?}");
-        assert!((b[0] as f64 - (1.0 - (0.108_f64 / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2)
-            / (0.008_f64 / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2)))
-        .abs()
-            < 1e-7);
+        assert!(
+            (b[0] as f64
+                - (1.0
+                    - (0.108_f64 / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2)
+                        / (0.008_f64 / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2)))
+            .abs()
+                < 1e-7
+        );
         assert_eq!(b[9], 0.999);
     }
 }

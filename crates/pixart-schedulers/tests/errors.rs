@@ -10,7 +10,10 @@ fn one_line(e: impl std::fmt::Display) -> String {
 
 fn all_samplers() -> Vec<Sampler> {
     let cfg = SchedulerConfig::pixart_sigma();
-    SamplerKind::ALL.into_iter().map(|k| from_config(&cfg, Some(k)).unwrap()).collect()
+    SamplerKind::ALL
+        .into_iter()
+        .map(|k| from_config(&cfg, Some(k)).unwrap())
+        .collect()
 }
 
 #[test]
@@ -28,7 +31,10 @@ fn zero_and_too_many_steps() {
 #[test]
 fn unknown_sampler_name() {
     let e = one_line("heun".parse::<SamplerKind>().unwrap_err());
-    assert!(e.contains("\"heun\"") && e.contains("dpm++, sa-solver, ddim, euler-a"), "{e}");
+    assert!(
+        e.contains("\"heun\"") && e.contains("dpm++, sa-solver, ddim, euler-a"),
+        "{e}"
+    );
     for k in SamplerKind::ALL {
         assert_eq!(k.name().parse::<SamplerKind>().unwrap(), k);
     }
@@ -57,7 +63,11 @@ fn config_file_errors_name_the_file() {
     let dir = std::env::temp_dir().join(format!("pixart-sched-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("scheduler_config.json");
-    std::fs::write(&p, r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_type": "rk4"}"#).unwrap();
+    std::fs::write(
+        &p,
+        r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_type": "rk4"}"#,
+    )
+    .unwrap();
     let e = one_line(SchedulerConfig::from_file(&p).unwrap_err());
     assert!(e.contains("scheduler_config.json") && e.contains("solver_type"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
@@ -68,15 +78,18 @@ fn unsupported_class_and_options() {
     let cfg = SchedulerConfig::from_json(r#"{"_class_name": "UniPCMultistepScheduler"}"#).unwrap();
     let e = one_line(from_config(&cfg, None).unwrap_err());
     assert!(e.contains("UniPCMultistepScheduler"), "{e}");
-    assert_eq!(from_config(&cfg, Some(SamplerKind::Ddim)).unwrap().kind(), SamplerKind::Ddim);
-    let cfg = SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 4}"#).unwrap();
+    assert_eq!(
+        from_config(&cfg, Some(SamplerKind::Ddim)).unwrap().kind(),
+        SamplerKind::Ddim
+    );
+    let cfg =
+        SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "solver_order": 4}"#).unwrap();
     let e = one_line(from_config(&cfg, None).unwrap_err());
     assert!(e.contains("solver_order"), "{e}");
-    let cfg = SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "thresholding": true}"#)
-        .unwrap();
-    assert!(one_line(from_config(&cfg, None).unwrap_err()).contains("thresholding"));
     let cfg =
-        SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "beta_end": 1.5}"#).unwrap();
+        SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "thresholding": true}"#).unwrap();
+    assert!(one_line(from_config(&cfg, None).unwrap_err()).contains("thresholding"));
+    let cfg = SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "beta_end": 1.5}"#).unwrap();
     assert!(one_line(from_config(&cfg, None).unwrap_err()).contains("[0, 1)"));
 }
 
@@ -123,6 +136,12 @@ fn pixart_defaults_and_add_noise() {
     let x0 = Tensor::ones((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
     let n = Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
     // Zero noise: √ᾱ_t · x0 at t = 999 (ᾱ_999 ≈ 4.04e-5 for PixArt's betas).
-    let v: Vec<f32> = s.add_noise(&x0, &n, 0).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let v: Vec<f32> = s
+        .add_noise(&x0, &n, 0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert!((v[0] - 4.035e-5f32.sqrt()).abs() < 1e-4, "{v:?}");
 }

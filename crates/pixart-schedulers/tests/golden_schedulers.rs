@@ -34,7 +34,12 @@ fn load(file: &str) -> HashMap<String, Tensor> {
 }
 
 fn vec_f32(t: &Tensor) -> Vec<f32> {
-    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Max |diff| / (1 + |want|); panics past the bound.
@@ -44,7 +49,10 @@ fn compare(name: &str, got: &Tensor, want: &Tensor) -> f32 {
     let mut worst = 0f32;
     for (i, (a, b)) in g.iter().zip(&w).enumerate() {
         let d = (a - b).abs();
-        assert!(d <= ATOL + RTOL * b.abs(), "{name}: |diff| {d:e} at flat index {i} (got {a}, want {b})");
+        assert!(
+            d <= ATOL + RTOL * b.abs(),
+            "{name}: |diff| {d:e} at flat index {i} (got {a}, want {b})"
+        );
         worst = worst.max(d / (1.0 + b.abs()));
     }
     worst
@@ -64,7 +72,10 @@ fn fake_model(x: &Tensor, t: f64, r: &Tensor) -> Tensor {
     let a = x.affine(0.9, 0.0).unwrap();
     let b = r.affine(0.1, 0.0).unwrap();
     let c = (t / 1000.0 * 0.05) as f32;
-    (a + b).unwrap().broadcast_add(&Tensor::new(c, x.device()).unwrap()).unwrap()
+    (a + b)
+        .unwrap()
+        .broadcast_add(&Tensor::new(c, x.device()).unwrap())
+        .unwrap()
 }
 
 /// Runs one case; returns the worst scaled difference of the trajectory.
@@ -98,12 +109,20 @@ fn run_case(case: &Case) -> f32 {
     for i in 0..case.steps {
         let t = s.timesteps()[i];
         let inp = s.scale_model_input(&x, i).unwrap();
-        worst = worst.max(compare(&format!("{name}: model_input[{i}]"), &inp, &f["model_input"].i(i).unwrap()));
+        worst = worst.max(compare(
+            &format!("{name}: model_input[{i}]"),
+            &inp,
+            &f["model_input"].i(i).unwrap(),
+        ));
         let out = fake_model(&inp, t, &f["r"].i(i).unwrap());
         let noise = f["noise"].i(i).unwrap();
         let noise = s.needs_noise().then_some(&noise);
         x = s.step(&out, i, &x, noise).unwrap();
-        worst = worst.max(compare(&format!("{name}: prev_sample[{i}] (t = {t})"), &x, &f["prev_sample"].i(i).unwrap()));
+        worst = worst.max(compare(
+            &format!("{name}: prev_sample[{i}] (t = {t})"),
+            &x,
+            &f["prev_sample"].i(i).unwrap(),
+        ));
     }
     worst
 }
@@ -187,18 +206,30 @@ fn beta_schedules_match_diffusers() {
             BetaSchedule::SquaredcosCapV2 => "squaredcos_cap_v2",
         };
         let f = load(&format!("schedule_{name}.safetensors"));
-        let cfg = BetaConfig { beta_start: start, beta_end: end, beta_schedule: beta, ..BetaConfig::default() };
+        let cfg = BetaConfig {
+            beta_start: start,
+            beta_end: end,
+            beta_schedule: beta,
+            ..BetaConfig::default()
+        };
         let betas: Vec<f32> = f["betas"].to_vec1().unwrap();
         let acp: Vec<f32> = f["alphas_cumprod"].to_vec1().unwrap();
         let got_b = cfg.betas().unwrap();
         let got_a = cfg.alphas_cumprod().unwrap();
         let nb = got_b.iter().zip(&betas).filter(|(a, b)| a != b).count();
         let na = got_a.iter().zip(&acp).filter(|(a, b)| a != b).count();
-        let max_rel = got_a.iter().zip(&acp).map(|(a, b)| ((a - b) / b).abs()).fold(0f32, f32::max);
+        let max_rel = got_a
+            .iter()
+            .zip(&acp)
+            .map(|(a, b)| ((a - b) / b).abs())
+            .fold(0f32, f32::max);
         eprintln!("{name}: {nb} betas and {na} alphas_cumprod differ in the last bit; max rel {max_rel:e}");
         assert!(max_rel <= 1e-6, "{name}: alphas_cumprod max rel diff {max_rel:e}");
-        let max_b = got_b.iter().zip(&betas).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max_b = got_b
+            .iter()
+            .zip(&betas)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max_b <= 1e-9, "{name}: betas max diff {max_b:e}");
     }
 }
-
