@@ -1,0 +1,172 @@
+//! Choosing and building a sampler from a config file and an optional `--sampler` override.
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Tensor;
+use pixart_core::{Error, Result};
+
+use crate::config::{SchedulerClass, SchedulerConfig};
+use crate::{
+    Ddim, DdimConfig, DpmSolverConfig, DpmSolverPp, EulerAncestral, EulerAncestralConfig, SaSolver, SaSolverConfig,
+    Scheduler,
+};
+
+/// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// `dpm++`: DPM-Solver++ multistep.
+    DpmSolverPp,
+    /// `sa-solver`: SA-Solver (data prediction, PixArt's demo settings).
+    SaSolver,
+    /// `ddim`: DDIM.
+    Ddim,
+    /// `euler-a`: Euler ancestral.
+    EulerAncestral,
+}
+
+impl SamplerKind {
+    /// All kinds, in CLI order.
+    pub const ALL: [SamplerKind; 4] = [Self::DpmSolverPp, Self::SaSolver, Self::Ddim, Self::EulerAncestral];
+
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DpmSolverPp => "dpm++",
+            Self::SaSolver => "sa-solver",
+            Self::Ddim => "ddim",
+            Self::EulerAncestral => "euler-a",
+        }
+    }
+
+    /// The kind a diffusers scheduler class maps to.
+    pub fn of_class(class: SchedulerClass) -> Self {
+        match class {
+            SchedulerClass::DpmSolverMultistep => Self::DpmSolverPp,
+            SchedulerClass::Ddim => Self::Ddim,
+            SchedulerClass::EulerAncestralDiscrete => Self::EulerAncestral,
+            SchedulerClass::SaSolver => Self::SaSolver,
+        }
+    }
+}
+
+impl fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for SamplerKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+            Error::InvalidInput(format!("unknown sampler {s:?}; expected one of: {}", names.join(", ")))
+        })
+    }
+}
+
+/// A sampler of any kind; implements [`Scheduler`] by delegation.
+#[derive(Debug, Clone)]
+pub enum Sampler {
+    DpmSolverPp(DpmSolverPp),
+    SaSolver(SaSolver),
+    Ddim(Ddim),
+    EulerAncestral(EulerAncestral),
+}
+
+impl Sampler {
+    /// Which kind this is.
+    pub fn kind(&self) -> SamplerKind {
+        match self {
+            Self::DpmSolverPp(_) => SamplerKind::DpmSolverPp,
+            Self::SaSolver(_) => SamplerKind::SaSolver,
+            Self::Ddim(_) => SamplerKind::Ddim,
+            Self::EulerAncestral(_) => SamplerKind::EulerAncestral,
+        }
+    }
+
+    fn inner(&self) -> &dyn Scheduler {
+        match self {
+            Self::DpmSolverPp(s) => s,
+            Self::SaSolver(s) => s,
+            Self::Ddim(s) => s,
+            Self::EulerAncestral(s) => s,
+        }
+    }
+
+    fn inner_mut(&mut self) -> &mut dyn Scheduler {
+        match self {
+            Self::DpmSolverPp(s) => s,
+            Self::SaSolver(s) => s,
+            Self::Ddim(s) => s,
+            Self::EulerAncestral(s) => s,
+        }
+    }
+}
+
+impl Scheduler for Sampler {
+    fn set_timesteps(&mut self, n: usize) -> Result<()> {
+        self.inner_mut().set_timesteps(n)
+    }
+    fn timesteps(&self) -> &[f64] {
+        self.inner().timesteps()
+    }
+    fn sigmas(&self) -> &[f32] {
+        self.inner().sigmas()
+    }
+    fn init_noise_sigma(&self) -> f64 {
+        self.inner().init_noise_sigma()
+    }
+    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor> {
+        self.inner().scale_model_input(sample, step_index)
+    }
+    fn step(
+        &mut self,
+        model_output: &Tensor,
+        step_index: usize,
+        sample: &Tensor,
+        noise: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.inner_mut().step(model_output, step_index, sample, noise)
+    }
+    fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
+        self.inner().add_noise(original, noise, step_index)
+    }
+    fn needs_noise(&self) -> bool {
+        self.inner().needs_noise()
+    }
+    fn num_train_timesteps(&self) -> usize {
+        self.inner().num_train_timesteps()
+    }
+}
+
+/// Builds the sampler `cfg`'s `_class_name` names, or `kind_override` from the same training
+/// schedule (missing keys take the built class's diffusers defaults, like
+/// `Class.from_config(cfg)`). DDIM starts with η = 0 (set it with [`Ddim::set_eta`]).
+pub fn from_config(cfg: &SchedulerConfig, kind_override: Option<SamplerKind>) -> Result<Sampler> {
+    let kind = match (kind_override, cfg.class()) {
+        (Some(k), _) => k,
+        (None, Some(c)) => SamplerKind::of_class(c),
+        (None, None) => {
+            return Err(Error::InvalidInput(match &cfg.class_name {
+                Some(name) => format!(
+                    "scheduler class {name:?} is not supported; choose a sampler (dpm++, sa-solver, ddim, euler-a)"
+                ),
+                None => {
+                    "scheduler config has no `_class_name`; choose a sampler (dpm++, sa-solver, ddim, euler-a)".into()
+                }
+            }))
+        }
+    };
+    Ok(match kind {
+        SamplerKind::DpmSolverPp => {
+            Sampler::DpmSolverPp(DpmSolverPp::new(DpmSolverConfig::from_scheduler_config(cfg)?)?)
+        }
+        SamplerKind::SaSolver => Sampler::SaSolver(SaSolver::new(SaSolverConfig::from_scheduler_config(cfg)?)?),
+        SamplerKind::Ddim => Sampler::Ddim(Ddim::new(DdimConfig::from_scheduler_config(cfg)?)?),
+        SamplerKind::EulerAncestral => {
+            Sampler::EulerAncestral(EulerAncestral::new(EulerAncestralConfig::from_scheduler_config(cfg)?)?)
+        }
+    })
+}
