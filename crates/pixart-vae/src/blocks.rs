@@ -5,6 +5,8 @@
 //! `models/attention_processor.py` (`Attention` with `AttnProcessor2_0`, as built by
 //! `UNetMidBlock2D` with `_from_deprecated_attn_block=True`), and `models/unets/unet_2d_blocks.py`
 //! (`UNetMidBlock2D`, `DownEncoderBlock2D`, `UpDecoderBlock2D`).
+use std::cell::{Cell, RefCell};
+
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -61,6 +63,40 @@ impl Conv2d {
     }
 }
 
+/// Where the GroupNorms take their statistics from.
+///
+/// Tiled decoding normalises every tile with the same statistics, recorded on a downscaled
+/// "guide" pass over the whole latent, so that the tiles agree (no seams from per-tile
+/// normalisation). The GroupNorms are visited in the same order in every pass.
+#[derive(Debug, Default)]
+pub enum NormStats {
+    /// Each GroupNorm uses the statistics of its own input (the normal forward).
+    #[default]
+    Local,
+    /// Like `Local`, and every GroupNorm appends its statistics (b, groups, 2).
+    Record(RefCell<Vec<Tensor>>),
+    /// The i-th GroupNorm visited uses `stats[i]`.
+    Replay { stats: Vec<Tensor>, next: Cell<usize> },
+}
+
+impl NormStats {
+    /// A replay of `stats` from the first GroupNorm.
+    pub fn replay(stats: Vec<Tensor>) -> Self {
+        NormStats::Replay {
+            stats,
+            next: Cell::new(0),
+        }
+    }
+
+    /// The recorded statistics (empty unless `Record`).
+    pub fn into_recorded(self) -> Vec<Tensor> {
+        match self {
+            NormStats::Record(v) => v.into_inner(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// `nn.GroupNorm(groups, channels, eps=1e-6, affine=True)`.
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
@@ -78,9 +114,25 @@ impl GroupNorm {
         })
     }
 
-    /// GroupNorm of x (b, c, h, w), followed by SiLU when `silu`.
-    pub fn forward(&self, x: &Tensor, silu: bool) -> candle_core::Result<Tensor> {
-        ops::group_norm(x, self.groups, &self.weight, &self.bias, NORM_EPS, silu)
+    /// GroupNorm of x (b, c, h, w), followed by SiLU when `silu`, with statistics as `ns` says.
+    pub fn forward(&self, x: &Tensor, silu: bool, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let stats = match ns {
+            NormStats::Local => ops::group_stats(x, self.groups, NORM_EPS)?,
+            NormStats::Record(rec) => {
+                let st = ops::group_stats(x, self.groups, NORM_EPS)?;
+                rec.borrow_mut().push(st.clone());
+                st
+            }
+            NormStats::Replay { stats, next } => {
+                let i = next.get();
+                next.set(i + 1);
+                stats
+                    .get(i)
+                    .cloned()
+                    .ok_or_else(|| candle_core::Error::Msg(format!("group_norm: no recorded statistics for norm #{i}")))?
+            }
+        };
+        ops::group_norm_with_stats(x, &stats, &self.weight, &self.bias, silu)
     }
 }
 
@@ -112,10 +164,10 @@ impl ResnetBlock2D {
     }
 
     /// x: (b, c_in, h, w) -> (b, c_out, h, w).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x, true)?;
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let h = self.norm1.forward(x, true, ns)?;
         let h = self.conv1.forward(&h)?;
-        let h = self.norm2.forward(&h, true)?;
+        let h = self.norm2.forward(&h, true, ns)?;
         // Dropout is the identity at inference.
         let h = self.conv2.forward(&h)?;
         match &self.conv_shortcut {
@@ -195,9 +247,9 @@ impl Attention {
     }
 
     /// x: (b, c, h, w) -> (b, c, h, w).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let hs = self.group_norm.forward(x, false)?;
+        let hs = self.group_norm.forward(x, false, ns)?;
         // (b, c, h, w) -> (b, h*w, c)
         let hs = hs.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
         let q = self.to_q.forward(&hs)?;
@@ -234,15 +286,15 @@ impl UNetMidBlock2D {
     }
 
     /// x: (b, c, h, w) -> (b, c, h, w).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             if i > 0 {
                 if let Some(attn) = self.attentions.get(i - 1) {
-                    h = attn.forward(&h)?;
+                    h = attn.forward(&h, ns)?;
                 }
             }
-            h = resnet.forward(&h)?;
+            h = resnet.forward(&h, ns)?;
         }
         Ok(h)
     }
@@ -279,10 +331,10 @@ impl DownEncoderBlock2D {
     }
 
     /// x: (b, c_in, h, w) -> (b, c_out, h/2, w/2) (or (h, w) for the last block).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = r.forward(&h, ns)?;
         }
         match &self.downsamplers {
             Some(d) => d.forward(&h),
@@ -323,10 +375,10 @@ impl UpDecoderBlock2D {
     }
 
     /// x: (b, c_in, h, w) -> (b, c_out, 2h, 2w) (or (h, w) for the last block).
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for r in &self.resnets {
-            h = r.forward(&h)?;
+            h = r.forward(&h, ns)?;
         }
         match &self.upsamplers {
             Some(u) => u.forward(&h),

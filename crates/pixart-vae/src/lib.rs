@@ -28,7 +28,7 @@ use pixart_core::{Error, Result};
 
 pub use config::AutoencoderKlConfig;
 pub use loading::{load_vae, random_vae};
-pub use model::{AutoencoderKl, DiagonalGaussian};
+pub use model::{AutoencoderKl, DiagonalGaussian, TileNorm};
 pub use tiling::{TileConfig, Tiling, AUTO_TILE_THRESHOLD_LATENT};
 
 fn input<'a>(inputs: &'a HashMap<String, Tensor>, name: &str) -> Result<&'a Tensor> {

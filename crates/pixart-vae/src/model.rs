@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use pixart_core::{Error, Result};
 
-use crate::blocks::{Conv2d, DownEncoderBlock2D, GroupNorm, UNetMidBlock2D, UpDecoderBlock2D};
+use crate::blocks::{Conv2d, DownEncoderBlock2D, GroupNorm, NormStats, UNetMidBlock2D, UpDecoderBlock2D};
 use crate::config::AutoencoderKlConfig;
 use crate::tiling::{axis_weights, tile_starts, Blender, TileConfig, Tiling};
 
@@ -51,13 +51,24 @@ impl Encoder {
         })
     }
 
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let h = self.forward_head(x, ns)?;
+        self.forward_tail(&h, ns)
+    }
+
+    /// The image-resolution part: `conv_in` and the down blocks.
+    pub fn forward_head(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
         let mut h = self.conv_in.forward(x)?;
         for b in &self.down_blocks {
-            h = b.forward(&h)?;
+            h = b.forward(&h, ns)?;
         }
-        h = self.mid_block.forward(&h)?;
-        h = self.conv_norm_out.forward(&h, true)?;
+        Ok(h)
+    }
+
+    /// The latent-resolution part after [`Self::forward_head`]: mid block and output layers.
+    pub fn forward_tail(&self, h: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let mut h = self.mid_block.forward(h, ns)?;
+        h = self.conv_norm_out.forward(&h, true, ns)?;
         self.conv_out.forward(&h)
     }
 }
@@ -103,13 +114,24 @@ impl Decoder {
         })
     }
 
-    pub fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.conv_in.forward(z)?;
-        h = self.mid_block.forward(&h)?;
+    pub fn forward(&self, z: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let h = self.forward_head(z, ns)?;
+        self.forward_tail(&h, ns)
+    }
+
+    /// The latent-resolution part: `conv_in` and the mid block.
+    pub fn forward_head(&self, z: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let h = self.conv_in.forward(z)?;
+        self.mid_block.forward(&h, ns)
+    }
+
+    /// The up blocks and the output layers, after [`Self::forward_head`].
+    pub fn forward_tail(&self, h: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let mut h = h.clone();
         for b in &self.up_blocks {
-            h = b.forward(&h)?;
+            h = b.forward(&h, ns)?;
         }
-        h = self.conv_norm_out.forward(&h, true)?;
+        h = self.conv_norm_out.forward(&h, true, ns)?;
         self.conv_out.forward(&h)
     }
 }
@@ -149,6 +171,26 @@ impl DiagonalGaussian {
     }
 }
 
+/// Tiled decoding runs the latent-resolution part of the decoder (conv_in, mid block with
+/// attention), and tiled encoding that of the encoder (mid block, output layers), on the whole
+/// latent when it has at most this many pixels (256 × 256 = 2048² px with SDXL): it is cheap in
+/// memory at latent resolution, and the attention then sees the whole image as untiled. Larger
+/// latents run it per tile (the attention cost grows with the square of the pixel count).
+pub const GLOBAL_MID_MAX_TOKENS: usize = 256 * 256;
+
+/// How tiles are normalised in tiled decoding and encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TileNorm {
+    /// Every GroupNorm of every tile uses the statistics recorded on a "guide" pass over the
+    /// whole input, downscaled (nearest) to fit one tile. All tiles are normalised alike, so
+    /// normalisation causes no seams; what remains per tile is the mid-block attention's
+    /// context and the conv borders, which the overlap blend hides.
+    #[default]
+    Guide,
+    /// Each tile normalises with its own statistics, as diffusers' `tiled_decode` does.
+    PerTile,
+}
+
 /// diffusers' `AutoencoderKL`: encoder, `quant_conv`, `post_quant_conv`, decoder.
 #[derive(Debug, Clone)]
 pub struct AutoencoderKl {
@@ -159,6 +201,7 @@ pub struct AutoencoderKl {
     config: AutoencoderKlConfig,
     dtype: DType,
     device: Device,
+    tile_norm: TileNorm,
 }
 
 impl AutoencoderKl {
@@ -186,7 +229,13 @@ impl AutoencoderKl {
             config: config.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            tile_norm: TileNorm::default(),
         })
+    }
+
+    /// Chooses how tiles are normalised (default [`TileNorm::Guide`]).
+    pub fn set_tile_norm(&mut self, tile_norm: TileNorm) {
+        self.tile_norm = tile_norm;
     }
 
     pub fn config(&self) -> &AutoencoderKlConfig {
@@ -285,38 +334,89 @@ impl AutoencoderKl {
                 self.decode_tiled(&z, &cfg, progress)
             }
             _ => {
-                let out = self.decode_tile(&z)?;
+                let out = self.decode_tile(&z, &NormStats::Local)?;
                 progress(1, 1);
                 Ok(out)
             }
         }
     }
 
-    fn decode_tile(&self, z: &Tensor) -> Result<Tensor> {
+    fn decode_tile(&self, z: &Tensor, ns: &NormStats) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
             Some(c) => c.forward(z)?,
             None => z.clone(),
         };
-        Ok(self.decoder.forward(&z)?)
+        Ok(self.decoder.forward(&z, ns)?)
+    }
+
+    /// The GroupNorm statistics of a pass over `x` downscaled (nearest) so that its larger side
+    /// is `side`, made by `run`.
+    fn guide_stats(
+        &self,
+        x: &Tensor,
+        side: usize,
+        multiple: usize,
+        run: impl Fn(&Tensor, &NormStats) -> Result<Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        let (_, _, h, w) = x.dims4()?;
+        let scale = side as f64 / h.max(w) as f64;
+        let fit = |n: usize| (((n as f64 * scale) / multiple as f64).round() as usize).max(1) * multiple;
+        // (b, c, h, w) -> (b, c, fit(h), fit(w))
+        let small = x.upsample_nearest2d(fit(h), fit(w))?;
+        let rec = NormStats::Record(Default::default());
+        run(&small, &rec)?;
+        Ok(rec.into_recorded())
+    }
+
+    /// The GroupNorm statistics source for one tile.
+    fn tile_norm_stats(guide: &Option<Vec<Tensor>>) -> NormStats {
+        match guide {
+            Some(stats) => NormStats::replay(stats.clone()),
+            None => NormStats::Local,
+        }
     }
 
     fn decode_tiled(&self, z: &Tensor, cfg: &TileConfig, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
         let (b, _, h, w) = z.dims4()?;
         let f = self.downsample_factor();
         let c_out = self.config.out_channels;
+        // Up to GLOBAL_MID_MAX_TOKENS latent pixels, the latent-resolution part (conv_in and
+        // the mid block with its attention) runs on the whole latent, so the attention sees
+        // all of it as in the untiled decode; only the up blocks are tiled.
+        let global_head = h * w <= GLOBAL_MID_MAX_TOKENS;
+        let run = |t: &Tensor, ns: &NormStats| -> Result<Tensor> {
+            if global_head {
+                Ok(self.decoder.forward_tail(t, ns)?)
+            } else {
+                self.decode_tile(t, ns)
+            }
+        };
+        let src = if global_head {
+            let z = match &self.post_quant_conv {
+                Some(c) => c.forward(z)?,
+                None => z.clone(),
+            };
+            self.decoder.forward_head(&z, &NormStats::Local)?
+        } else {
+            z.clone()
+        };
         let (ys, xs) = (tile_starts(h, cfg), tile_starts(w, cfg));
         let (wys, wxs) = (
             axis_weights(h, &ys, cfg.tile_latent, f),
             axis_weights(w, &xs, cfg.tile_latent, f),
         );
         let (th, tw) = (cfg.tile_latent.min(h), cfg.tile_latent.min(w));
+        let guide = match self.tile_norm {
+            TileNorm::Guide => Some(self.guide_stats(&src, cfg.tile_latent, 1, run)?),
+            TileNorm::PerTile => None,
+        };
         let mut out = Blender::new(b, c_out, h * f, w * f);
         let total = ys.len() * xs.len();
         for (i, (&y0, wy)) in ys.iter().zip(&wys).enumerate() {
             for (j, (&x0, wx)) in xs.iter().zip(&wxs).enumerate() {
                 // (b, c, th, tw) -> (b, c_out, th·f, tw·f)
-                let tile = z.narrow(2, y0, th)?.narrow(3, x0, tw)?;
-                let img = self.decode_tile(&tile)?;
+                let tile = src.narrow(2, y0, th)?.narrow(3, x0, tw)?;
+                let img = run(&tile, &Self::tile_norm_stats(&guide))?;
                 let img = img.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 out.add(&img, th * f, tw * f, y0 * f, x0 * f, wy, wx);
                 progress(i * xs.len() + j + 1, total);
@@ -338,13 +438,13 @@ impl AutoencoderKl {
                 cfg.validate()?;
                 self.encode_tiled(&x, &cfg)?
             }
-            _ => self.encode_tile(&x)?,
+            _ => self.encode_tile(&x, &NormStats::Local)?,
         };
         DiagonalGaussian::from_moments(&moments)
     }
 
-    fn encode_tile(&self, x: &Tensor) -> Result<Tensor> {
-        let m = self.encoder.forward(x)?;
+    fn encode_tile(&self, x: &Tensor, ns: &NormStats) -> Result<Tensor> {
+        let m = self.encoder.forward(x, ns)?;
         Ok(match &self.quant_conv {
             Some(c) => c.forward(&m)?,
             None => m,
@@ -355,24 +455,50 @@ impl AutoencoderKl {
         let (b, _, hh, ww) = x.dims4()?;
         let f = self.downsample_factor();
         let (h, w) = (hh / f, ww / f);
-        let c2 = 2 * self.config.latent_channels;
+        // Up to GLOBAL_MID_MAX_TOKENS latent pixels, only the image-resolution part (the down
+        // blocks) is tiled; its blended output goes through the mid block (with its attention)
+        // and the output layers in one piece, as in the untiled encode.
+        let global_tail = h * w <= GLOBAL_MID_MAX_TOKENS;
+        let run = |t: &Tensor, ns: &NormStats| -> Result<Tensor> {
+            if global_tail {
+                Ok(self.encoder.forward_head(t, ns)?)
+            } else {
+                self.encode_tile(t, ns)
+            }
+        };
+        let c = if global_tail {
+            self.config.block_out_channels.last().copied().unwrap_or(1)
+        } else {
+            2 * self.config.latent_channels
+        };
         let (ys, xs) = (tile_starts(h, cfg), tile_starts(w, cfg));
         let (wys, wxs) = (
             axis_weights(h, &ys, cfg.tile_latent, 1),
             axis_weights(w, &xs, cfg.tile_latent, 1),
         );
         let (th, tw) = (cfg.tile_latent.min(h), cfg.tile_latent.min(w));
-        let mut out = Blender::new(b, c2, h, w);
+        let guide = match self.tile_norm {
+            TileNorm::Guide => Some(self.guide_stats(x, cfg.tile_latent * f, f, run)?),
+            TileNorm::PerTile => None,
+        };
+        let mut out = Blender::new(b, c, h, w);
         for (&y0, wy) in ys.iter().zip(&wys) {
             for (&x0, wx) in xs.iter().zip(&wxs) {
-                // (b, c, th·f, tw·f) -> moments (b, 2·latent, th, tw)
+                // (b, c, th·f, tw·f) -> (b, c, th, tw)
                 let tile = x.narrow(2, y0 * f, th * f)?.narrow(3, x0 * f, tw * f)?;
-                let m = self.encode_tile(&tile)?;
+                let m = run(&tile, &Self::tile_norm_stats(&guide))?;
                 let m = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
                 out.add(&m, th, tw, y0, x0, wy, wx);
             }
         }
-        let t = Tensor::from_vec(out.buf, (b, c2, h, w), &self.device)?;
-        Ok(t.to_dtype(self.dtype)?)
+        let t = Tensor::from_vec(out.buf, (b, c, h, w), &self.device)?.to_dtype(self.dtype)?;
+        if !global_tail {
+            return Ok(t);
+        }
+        let m = self.encoder.forward_tail(&t, &NormStats::Local)?;
+        Ok(match &self.quant_conv {
+            Some(q) => q.forward(&m)?,
+            None => m,
+        })
     }
 }

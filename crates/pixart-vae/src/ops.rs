@@ -10,7 +10,7 @@
 //!   (tiled im2col) runs at about a quarter of it. Elsewhere it is candle's conv2d.
 //! - [`attention_single_head`]: softmax attention with the queries processed in chunks, so
 //!   the full N×N score matrix is never held.
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// GroupNorm over `x` (b, c, *spatial) with `groups` groups and per-channel `weight`, `bias`
@@ -23,44 +23,62 @@ pub fn group_norm(
     eps: f64,
     silu: bool,
 ) -> candle_core::Result<Tensor> {
-    let c = x.dim(1)?;
+    let stats = group_stats(x, groups, eps)?;
+    group_norm_with_stats(x, &stats, weight, bias, silu)
+}
+
+/// The statistics GroupNorm normalises with: (b, groups, 2) f32 holding the mean and
+/// `1 / sqrt(var + eps)` of each group (biased variance, two passes).
+pub fn group_stats(x: &Tensor, groups: usize, eps: f64) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
     if groups == 0 || c % groups != 0 {
         candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 {
-        let op = GroupNormOp {
-            groups,
-            eps: eps as f32,
-            silu,
-        };
-        x.contiguous()?.apply_op3_no_bwd(
-            &weight.to_dtype(DType::F32)?.contiguous()?,
-            &bias.to_dtype(DType::F32)?.contiguous()?,
-            &op,
-        )
-    } else {
-        group_norm_composed(x, groups, weight, bias, eps, silu)
+        return x
+            .contiguous()?
+            .apply_op1_no_bwd(&GroupStatsOp { groups, eps })?
+            .reshape((b, groups, 2));
     }
-}
-
-/// [`group_norm`] from differentiable tensor ops (non-CPU devices, other dtypes, tests).
-pub fn group_norm_composed(
-    x: &Tensor,
-    groups: usize,
-    weight: &Tensor,
-    bias: &Tensor,
-    eps: f64,
-    silu: bool,
-) -> candle_core::Result<Tensor> {
-    let dtype = x.dtype();
-    let dims = x.dims().to_vec();
-    let (b, c) = (x.dim(0)?, x.dim(1)?);
     // (b, c, *spatial) -> (b, groups, c/groups * spatial)
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = xg.mean_keepdim(D::Minus1)?;
-    let xc = xg.broadcast_sub(&mean)?;
-    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?.reshape(dims.as_slice())?;
+    let var = xg.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
+    let inv = (var + eps)?.sqrt()?.recip()?;
+    Tensor::cat(&[mean, inv], 2)
+}
+
+/// GroupNorm of `x` with given `stats` (from [`group_stats`], possibly of another tensor:
+/// tiled decoding normalises every tile with shared statistics), then the affine parameters
+/// and an optional SiLU.
+pub fn group_norm_with_stats(
+    x: &Tensor,
+    stats: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
+    let (sb, groups, two) = stats.dims3()?;
+    if sb != b || two != 2 || groups == 0 || c % groups != 0 {
+        candle_core::bail!("group_norm: statistics {:?} do not fit an input {:?}", stats.dims(), x.dims());
+    }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        // weight, bias: (c), (c) -> (2, c)
+        let wb = Tensor::stack(&[weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?], 0)?;
+        return x.contiguous()?.apply_op3_no_bwd(
+            &wb,
+            &stats.to_dtype(DType::F32)?.contiguous()?,
+            &GroupNormApplyOp { groups, silu },
+        );
+    }
+    let dtype = x.dtype();
+    let dims = x.dims().to_vec();
+    // (b, c, *spatial) -> (b, groups, c/groups * spatial)
+    let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
+    let mean = stats.narrow(2, 0, 1)?;
+    let inv = stats.narrow(2, 1, 1)?;
+    let xn = xg.broadcast_sub(&mean)?.broadcast_mul(&inv)?.reshape(dims.as_slice())?;
     // weight, bias: (c) -> (1, c, 1, ...)
     let mut affine_shape = vec![1usize; dims.len()];
     affine_shape[1] = c;
@@ -73,9 +91,13 @@ pub fn group_norm_composed(
     y.to_dtype(dtype)
 }
 
-struct GroupNormOp {
+struct GroupStatsOp {
     groups: usize,
-    eps: f32,
+    eps: f64,
+}
+
+struct GroupNormApplyOp {
+    groups: usize,
     silu: bool,
 }
 
@@ -112,9 +134,32 @@ fn slice_of<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resul
     }
 }
 
-impl CustomOp3 for GroupNormOp {
+impl CustomOp1 for GroupStatsOp {
     fn name(&self) -> &'static str {
-        "group-norm"
+        "group-stats"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice_of(s1, l1, "group_norm input")?;
+        let b = l1.dims()[0];
+        let group_len = x.len() / (b * self.groups).max(1);
+        // Per (batch, group): the mean, then the centred sum of squares.
+        let stats: Vec<f32> = x
+            .par_chunks(group_len.max(1))
+            .flat_map_iter(|g| {
+                let n = g.len().max(1) as f64;
+                let mean = sum_f64(g, 0.0, false) / n;
+                let var = sum_f64(g, mean as f32, true) / n;
+                [mean as f32, (1.0 / (var + self.eps).sqrt()) as f32]
+            })
+            .collect();
+        Ok((CpuStorage::F32(stats), Shape::from((b * self.groups, 2))))
+    }
+}
+
+impl CustomOp3 for GroupNormApplyOp {
+    fn name(&self) -> &'static str {
+        "group-norm-apply"
     }
 
     fn cpu_fwd(
@@ -127,34 +172,25 @@ impl CustomOp3 for GroupNormOp {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = slice_of(s1, l1, "group_norm input")?;
-        let w = slice_of(s2, l2, "group_norm weight")?;
-        let bias = slice_of(s3, l3, "group_norm bias")?;
+        let wb = slice_of(s2, l2, "group_norm weight/bias")?;
+        let stats = slice_of(s3, l3, "group_norm statistics")?;
         let dims = l1.dims();
         let (b, c) = (dims[0], dims[1]);
         let spatial: usize = dims[2..].iter().product();
-        if w.len() != c || bias.len() != c {
-            candle_core::bail!("group_norm: weight/bias have {}/{} values for {c} channels", w.len(), bias.len());
+        if wb.len() != 2 * c || stats.len() != 2 * b * self.groups {
+            candle_core::bail!("group_norm: parameters do not fit an input {dims:?}");
         }
+        let (w, bias) = wb.split_at(c);
         let per_group = c / self.groups;
-        let group_len = per_group * spatial;
-        // Pass 1 and 2 per (batch, group): mean, then the centred sum of squares.
-        let stats: Vec<(f32, f32)> = x
-            .par_chunks(group_len.max(1))
-            .map(|g| {
-                let n = g.len().max(1) as f64;
-                let mean = (sum_f64(g, 0.0, false) / n) as f32;
-                let var = sum_f64(g, mean, true) / n;
-                (mean, (1.0 / (var + self.eps as f64).sqrt()) as f32)
-            })
-            .collect();
-        // Pass 3 per (batch, channel) plane: normalise, affine, optional SiLU.
+        // Per (batch, channel) plane: normalise, affine, optional SiLU.
         let mut dst = vec![0f32; x.len()];
         dst.par_chunks_mut(spatial.max(1))
             .zip(x.par_chunks(spatial.max(1)))
             .enumerate()
             .for_each(|(plane, (d, s))| {
                 let ch = plane % c;
-                let (mean, inv) = stats[(plane / c) * self.groups + ch / per_group];
+                let g = (plane / c) * self.groups + ch / per_group;
+                let (mean, inv) = (stats[2 * g], stats[2 * g + 1]);
                 let (scale, shift) = (inv * w[ch], bias[ch]);
                 if self.silu {
                     for (o, v) in d.iter_mut().zip(s) {
@@ -167,7 +203,6 @@ impl CustomOp3 for GroupNormOp {
                     }
                 }
             });
-        debug_assert_eq!(stats.len(), b * self.groups);
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
     }
 }
