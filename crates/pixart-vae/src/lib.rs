@@ -73,7 +73,10 @@ pub fn run_vae_encode(
     let post = vae.encode(x, tiling_of(tile))?;
     let mut out = HashMap::new();
     if let Some(noise) = inputs.get("noise") {
-        out.insert("latent_sample".to_string(), post.sample(noise)?.to_dtype(DType::F32)?);
+        out.insert(
+            "latent_sample".to_string(),
+            post.sample(noise)?.to_dtype(DType::F32)?,
+        );
     }
     out.insert("latent_mean".to_string(), post.mean.to_dtype(DType::F32)?);
     out.insert("latent_std".to_string(), post.std.to_dtype(DType::F32)?);
@@ -102,8 +105,10 @@ pub fn bench_vae_decode(
 ) -> Result<BenchResult> {
     let cfg = AutoencoderKlConfig::sdxl();
     let f = cfg.downsample_factor();
-    if size_px == 0 || size_px % f != 0 {
-        return Err(Error::InvalidInput(format!("image size {size_px} is not a positive multiple of {f}")));
+    if size_px == 0 || !size_px.is_multiple_of(f) {
+        return Err(Error::InvalidInput(format!(
+            "image size {size_px} is not a positive multiple of {f}"
+        )));
     }
     let vae = random_vae(&cfg, DType::F32, &Device::Cpu)?;
     let n = size_px / f;

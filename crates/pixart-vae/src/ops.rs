@@ -61,11 +61,18 @@ pub fn group_norm_with_stats(
     let (b, c) = (x.dim(0)?, x.dim(1)?);
     let (sb, groups, two) = stats.dims3()?;
     if sb != b || two != 2 || groups == 0 || c % groups != 0 {
-        candle_core::bail!("group_norm: statistics {:?} do not fit an input {:?}", stats.dims(), x.dims());
+        candle_core::bail!(
+            "group_norm: statistics {:?} do not fit an input {:?}",
+            stats.dims(),
+            x.dims()
+        );
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         // weight, bias: (c), (c) -> (2, c)
-        let wb = Tensor::stack(&[weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?], 0)?;
+        let wb = Tensor::stack(
+            &[weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?],
+            0,
+        )?;
         return x.contiguous()?.apply_op3_no_bwd(
             &wb,
             &stats.to_dtype(DType::F32)?.contiguous()?,
@@ -78,12 +85,19 @@ pub fn group_norm_with_stats(
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = stats.narrow(2, 0, 1)?;
     let inv = stats.narrow(2, 1, 1)?;
-    let xn = xg.broadcast_sub(&mean)?.broadcast_mul(&inv)?.reshape(dims.as_slice())?;
+    let xn = xg
+        .broadcast_sub(&mean)?
+        .broadcast_mul(&inv)?
+        .reshape(dims.as_slice())?;
     // weight, bias: (c) -> (1, c, 1, ...)
     let mut affine_shape = vec![1usize; dims.len()];
     affine_shape[1] = c;
-    let w = weight.to_dtype(DType::F32)?.reshape(affine_shape.as_slice())?;
-    let bb = bias.to_dtype(DType::F32)?.reshape(affine_shape.as_slice())?;
+    let w = weight
+        .to_dtype(DType::F32)?
+        .reshape(affine_shape.as_slice())?;
+    let bb = bias
+        .to_dtype(DType::F32)?
+        .reshape(affine_shape.as_slice())?;
     let mut y = xn.broadcast_mul(&w)?.broadcast_add(&bb)?;
     if silu {
         y = y.silu()?;
@@ -211,11 +225,19 @@ impl CustomOp3 for GroupNormApplyOp {
 /// (c_out, c_in, 3, 3) and optional `bias` (c_out). With `upsample`, the input is first
 /// upsampled 2× by nearest neighbour (diffusers' `Upsample2D`), so the output is
 /// (b, c_out, 2h, 2w); on the CPU the upsampled input is never materialised on its own.
-pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: bool) -> candle_core::Result<Tensor> {
+pub fn conv3x3(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    upsample: bool,
+) -> candle_core::Result<Tensor> {
     let (_, c_in, h, w) = x.dims4()?;
     let (_, k_in, kh, kw) = weight.dims4()?;
     if (k_in, kh, kw) != (c_in, 3, 3) {
-        candle_core::bail!("conv3x3: weight {:?} does not fit an input of {c_in} channels", weight.dims());
+        candle_core::bail!(
+            "conv3x3: weight {:?} does not fit an input of {c_in} channels",
+            weight.dims()
+        );
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
         let y = x
@@ -249,6 +271,13 @@ struct SharedMut(*mut f32);
 // outlives them (see `Conv3x3Op::cpu_fwd`).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 impl CustomOp2 for Conv3x3Op {
     fn name(&self) -> &'static str {
@@ -313,7 +342,6 @@ impl CustomOp2 for Conv3x3Op {
         let xp = &xp;
         let taps = &taps;
         (0..b * bands_per_image).into_par_iter().for_each(|job| {
-            let out_ptr = out_ptr;
             let (bi, band) = (job / bands_per_image, job % bands_per_image);
             let y0 = band * rows;
             let r = rows.min(ho - y0);
@@ -358,7 +386,7 @@ impl CustomOp2 for Conv3x3Op {
                     // SAFETY: each job writes the rows y0..y0+r of image bi, which no other job
                     // writes; dst_off + wo <= out.len(), and `out` outlives the parallel loop.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.0.add(dst_off), wo);
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.get().add(dst_off), wo);
                     }
                 }
             }
