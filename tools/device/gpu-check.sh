@@ -83,12 +83,12 @@ if has bench; then
   }
   run_torch() { timeout "$1" python3 tools/bench/transformer.py --device cuda --dtype bf16 --size "$2" --warmup "$3" --iters "$4" 2>>"$OUT/bench.err" | tail -n 1; }
   {
-    run_torch 120 1024 3 10; run_rust 120 1024 3 10
-    run_torch 150 2048 2 5;  run_rust 150 2048 2 5
-    run_rust 150 2048 2 5 conv:2:14-27
-    run_torch 240 4096 1 2;  run_rust 240 4096 1 2
-    run_rust 240 4096 1 2 conv:2:14-27
-  } | tee "$OUT/bench.jsonl"
+    run_torch 90 1024 3 10; run_rust 90 1024 3 10
+    run_torch 90 2048 2 4;  run_rust 100 2048 1 3
+    run_rust 100 2048 1 3 conv:2:14-27
+    run_rust 150 4096 1 1;  run_rust 150 4096 1 1 conv:2:14-27
+    run_torch 100 4096 1 2
+  } | tee -a "$OUT/bench.jsonl"
   python3 - "$OUT/bench.jsonl" >> "$summary" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
