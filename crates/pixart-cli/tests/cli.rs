@@ -230,3 +230,65 @@ fn run_tokenize_prints_ids_and_mask() {
         .unwrap();
     assert_one_line_error(&o, 1, "spiece.model");
 }
+
+#[test]
+fn run_vae_decode_and_encode_match_golden() {
+    let dir = tempdir("vae");
+    let vae = fixtures_root().join("golden/vae/base");
+    let io = candle_core::safetensors::load(vae.join("io.safetensors"), &Device::Cpu).unwrap();
+    let max_diff = |a: &candle_core::Tensor, b: &candle_core::Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let run = |what: &str, inputs: &[(&str, &str)], extra: &[&str]| {
+        let inp = dir.join(format!("{what}-in.safetensors"));
+        let map: std::collections::HashMap<String, candle_core::Tensor> = inputs
+            .iter()
+            .map(|(to, from)| (to.to_string(), io[*from].clone()))
+            .collect();
+        candle_core::safetensors::save(&map, &inp).unwrap();
+        let out = dir.join(format!("{what}-out.safetensors"));
+        let o = bin()
+            .args(["run", what, "--model"])
+            .arg(&vae)
+            .arg("--inputs")
+            .arg(&inp)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        candle_core::safetensors::load(&out, &Device::Cpu).unwrap()
+    };
+    let d = run("vae-decode", &[("z", "decode.z")], &["--tile", "off"]);
+    assert!(max_diff(&d["sample"], &io["decode.sample"]) <= 1e-5);
+    let e = run(
+        "vae-encode",
+        &[("sample", "encode.sample"), ("noise", "encode.noise")],
+        &[],
+    );
+    for k in ["latent_mean", "latent_std", "latent_sample"] {
+        assert!(max_diff(&e[k], &io[&format!("encode.{k}")]) <= 1e-5, "{k}");
+    }
+    // wrong channel count in the latents: a one-line error naming the problem
+    let bad = dir.join("bad.safetensors");
+    let z = io["decode.z"].narrow(1, 0, 3).unwrap();
+    candle_core::safetensors::save(&std::collections::HashMap::from([("z".to_string(), z)]), &bad).unwrap();
+    let o = bin()
+        .args(["run", "vae-decode", "--model"])
+        .arg(&vae)
+        .arg("--inputs")
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.join("x.safetensors"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 1, "channel");
+}

@@ -20,6 +20,18 @@ enum What {
     Transformer(TransformerBench),
     /// The T5 encoder with random weights.
     TextEncoder(TextEncoderBench),
+    /// The full SDXL VAE decoder with random weights (f32, CPU).
+    VaeDecode(VaeBench),
+}
+
+#[derive(Debug, Args)]
+struct VaeBench {
+    /// Image size in pixels (square), a multiple of 8.
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    /// auto, off, on or TILE:OVERLAP (latent pixels).
+    #[arg(long, default_value = "auto")]
+    tile: String,
 }
 
 #[derive(Debug, Args)]
@@ -68,7 +80,39 @@ pub fn run(a: BenchArgs) -> Result<()> {
     match a.what {
         What::Transformer(b) => transformer(b),
         What::TextEncoder(b) => text_encoder(b),
+        What::VaeDecode(b) => vae_decode(b),
     }
+}
+
+fn vae_decode(b: VaeBench) -> Result<()> {
+    if b.size == 0 || !b.size.is_multiple_of(8) {
+        bail!(UsageError(format!(
+            "--size must be a positive multiple of 8, got {}",
+            b.size
+        )));
+    }
+    let tiling = super::run::tiling(&b.tile)?;
+    let r = pixart_vae::bench_vae_decode(b.size, tiling, &mut |done, total, s| {
+        if total > 1 {
+            println!(
+                "{}",
+                json!({"bench": "vae-decode", "tile": done, "tiles": total, "seconds": s})
+            );
+        }
+    })?;
+    println!(
+        "{}",
+        json!({
+            "bench": "vae-decode",
+            "size": b.size,
+            "tile": b.tile,
+            "tiles": r.tiles,
+            "seconds_per_decode": r.seconds,
+            "threads": candle_core::utils::get_num_threads(),
+            "peak_rss_bytes": r.peak_rss_bytes,
+        })
+    );
+    Ok(())
 }
 
 fn text_encoder(b: TextEncoderBench) -> Result<()> {

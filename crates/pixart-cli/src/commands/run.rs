@@ -24,6 +24,12 @@ enum Component {
     /// The T5 text encoder: `input_ids` [B,L] i64, `attention_mask` [B,L] i64 ->
     /// `last_hidden_state` [B,L,D] f32.
     TextEncoder(TextEncoderArgs),
+    /// The VAE decoder: `z` [B,4,h,w] f32 (latents already divided by the scaling factor) ->
+    /// `sample` [B,3,8h,8w] f32.
+    VaeDecode(VaeArgs),
+    /// The VAE encoder: `sample` [B,3,H,W] f32 in [-1, 1] -> `latent_mean`, `latent_std`
+    /// [B,4,H/8,W/8] f32 (and `latent_sample` when the inputs hold `noise`).
+    VaeEncode(VaeArgs),
     /// Tokenize TEXT exactly as given (no lower-casing or stripping); prints
     /// {"input_ids": [...], "attention_mask": [...]} on stdout.
     Tokenize(TokenizeArgs),
@@ -44,6 +50,49 @@ struct TextEncoderArgs {
     dtype: String,
     #[arg(long, default_value = "cpu")]
     device: String,
+}
+
+#[derive(Debug, Args)]
+struct VaeArgs {
+    /// A diffusers `vae/` folder (config.json + weights), or a pipeline folder holding one.
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    inputs: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Tiling: `auto` (tile large images), `off`, `on` (default tiles) or TILE:OVERLAP in latent
+    /// pixels, e.g. 64:16.
+    #[arg(long, default_value = "auto")]
+    tile: String,
+}
+
+/// Parses `--tile`.
+pub fn tiling(s: &str) -> Result<pixart_vae::Tiling> {
+    use pixart_vae::{TileConfig, Tiling};
+    match s {
+        "auto" => Ok(Tiling::Auto),
+        "off" => Ok(Tiling::Off),
+        "on" => Ok(Tiling::On(TileConfig::default())),
+        spec => {
+            let bad = || {
+                UsageError(format!(
+                    "--tile `{spec}`: expected auto, off, on or TILE:OVERLAP (e.g. 64:16)"
+                ))
+            };
+            let (t, o) = spec.split_once(':').ok_or_else(bad)?;
+            let (tile_latent, overlap_latent) = (t.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
+            if tile_latent == 0 || overlap_latent >= tile_latent {
+                bail!(UsageError(format!(
+                    "--tile `{spec}`: the overlap must be smaller than a non-zero tile"
+                )));
+            }
+            Ok(Tiling::On(TileConfig {
+                tile_latent,
+                overlap_latent,
+            }))
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +137,32 @@ pub fn run(args: RunArgs) -> Result<()> {
         Component::Transformer(a) => transformer(a),
         Component::TextEncoder(a) => text_encoder(a),
         Component::Tokenize(a) => tokenize(a),
+        Component::VaeDecode(a) => vae(a, true),
+        Component::VaeEncode(a) => vae(a, false),
+    }
+}
+
+fn vae(a: VaeArgs, decode: bool) -> Result<()> {
+    let tiling = tiling(&a.tile)?;
+    let inputs = read_inputs(&a.inputs)?;
+    let vae = pixart_vae::load_vae(&a.model, DType::F32, &candle_core::Device::Cpu)?;
+    let ctx = |e: pixart_core::Error| anyhow::anyhow!("{}: {e}", a.inputs.display());
+    if decode {
+        let z = take(&inputs, &a.inputs, "z")?;
+        let sample = vae.decode(z, tiling).map_err(ctx)?;
+        write_outputs(&a.out, &[("sample", &sample)])
+    } else {
+        let x = take(&inputs, &a.inputs, "sample")?;
+        let post = vae.encode(x, tiling).map_err(ctx)?;
+        let sample = match inputs.get("noise") {
+            Some(n) => Some(post.sample(n).map_err(ctx)?),
+            None => None,
+        };
+        let mut outs = vec![("latent_mean", &post.mean), ("latent_std", &post.std)];
+        if let Some(s) = &sample {
+            outs.push(("latent_sample", s));
+        }
+        write_outputs(&a.out, &outs)
     }
 }
 
