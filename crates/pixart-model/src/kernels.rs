@@ -273,3 +273,126 @@ mod tests {
         assert!(d < 5e-2, "gelu bf16 {d}");
     }
 }
+
+/// Query rows per attention task: the task's score block (rows × keys) stays in cache.
+const ATTN_BLOCK: usize = 64;
+
+/// Fused CPU attention, f32: `softmax(scale·q·kᵀ + bias)·v` per (batch, head) and block of
+/// [`ATTN_BLOCK`] queries, in parallel over blocks; each block's scores live in a per-thread
+/// buffer (rows × keys), never the whole score matrix.
+///
+/// q: (b, h, n, d); k, v: (b, h, m, d); bias: (b, m) added to every query's scores.
+/// Returns (b, h, n, d) f32.
+pub fn attention_cpu(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, h, n, d) = q.dims4()?;
+    let m = k.dim(2)?;
+    let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+        t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    };
+    let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
+    let bias = match bias {
+        Some(bt) => Some(flat(&bt.reshape((b, m))?)?),
+        None => None,
+    };
+    let mut out = vec![0f32; b * h * n * d];
+    let blocks_per_head = n.div_ceil(ATTN_BLOCK);
+    let avx2 = has_avx2();
+    let scale = scale as f32;
+    // Each task owns a disjoint (head, block) range of `out`.
+    let tasks: Vec<(usize, usize)> = (0..b * h)
+        .flat_map(|bh| (0..blocks_per_head).map(move |blk| (bh, blk)))
+        .collect();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    tasks
+        .par_iter()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(bh, blk)| {
+            let row0 = blk * ATTN_BLOCK;
+            let rows = ATTN_BLOCK.min(n - row0);
+            scores.clear();
+            scores.resize(rows * m, 0.0);
+            let qp = &qv[(bh * n + row0) * d..];
+            let kp = &kv[bh * m * d..];
+            let vp = &vv[bh * m * d..];
+            // SAFETY: the pointers cover `rows × d`, `m × d` and `rows × m` f32 values with the
+            // strides given (row-major); gemm reads lhs/rhs and writes dst only within them.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    m,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    m as isize,
+                    false,
+                    qp.as_ptr(),
+                    1,
+                    d as isize,
+                    kp.as_ptr(),
+                    d as isize, // rhs (kk, j) = k[j, kk]: column j strides by d
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            let bias_row = bias.as_ref().map(|bv| &bv[(bh / h) * m..(bh / h + 1) * m]);
+            for row in scores.chunks_mut(m) {
+                if let Some(br) = bias_row {
+                    for (s, bb) in row.iter_mut().zip(br) {
+                        *s += *bb;
+                    }
+                }
+                softmax_dispatch(row, avx2);
+            }
+            // SAFETY: task (bh, blk) writes only rows [row0, row0 + rows) of head bh, a range no
+            // other task touches; `out` outlives the parallel loop.
+            unsafe {
+                let dst = out_ptr.get().add((bh * n + row0) * d);
+                gemm::gemm(
+                    rows,
+                    d,
+                    m,
+                    dst,
+                    1,
+                    d as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    m as isize,
+                    vp.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+        });
+    Tensor::from_vec(out, (b, h, n, d), q.device())
+}
+
+/// A raw pointer that may cross threads: each parallel task writes a disjoint range.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes from rayon tasks while the owner waits.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}

@@ -140,6 +140,9 @@ pub fn chunked_attention(
 ) -> candle_core::Result<Tensor> {
     let (b, h, n, _d) = q.dims4()?;
     let m = k.dim(2)?;
+    if q.device().is_cpu() {
+        return crate::kernels::attention_cpu(q, k, v, bias, scale)?.to_dtype(q.dtype());
+    }
     let per_query = (b * h * m).max(1);
     let chunk = (max_scores / per_query).clamp(1, n.max(1));
     let q = (q * scale)?;
