@@ -1,0 +1,411 @@
+//! The VAE's building blocks, one struct per diffusers module, fields named as checkpoint keys.
+//!
+//! Matched against diffusers 0.42.1: `models/resnet.py` (`ResnetBlock2D`),
+//! `models/downsampling.py` (`Downsample2D`), `models/upsampling.py` (`Upsample2D`),
+//! `models/attention_processor.py` (`Attention` with `AttnProcessor2_0`, as built by
+//! `UNetMidBlock2D` with `_from_deprecated_attn_block=True`), and `models/unets/unet_2d_blocks.py`
+//! (`UNetMidBlock2D`, `DownEncoderBlock2D`, `UpDecoderBlock2D`).
+use std::cell::{Cell, RefCell};
+
+use candle_core::{Module, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use crate::ops;
+
+/// The epsilon of every GroupNorm in the KL autoencoders (`resnet_eps=1e-6`).
+pub const NORM_EPS: f64 = 1e-6;
+
+/// At most this many attention scores (f32) exist at once in the mid-block attention:
+/// 2^26 values = 256 MiB.
+pub const ATTENTION_MAX_SCORES: usize = 1 << 26;
+
+/// `nn.Conv2d` with bias.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Conv2d {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get((c_out, c_in, kernel, kernel), "weight")?,
+            bias: vb.get(c_out, "bias")?,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    /// x: (b, c_in, h, w) -> (b, c_out, h', w').
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.kernel == 3 && self.stride == 1 && self.padding == 1 {
+            return ops::conv3x3(x, &self.weight, Some(&self.bias), false);
+        }
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        // bias: (c_out) -> (1, c_out, 1, 1)
+        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+    }
+
+    /// Nearest 2× upsample of x, then this (3×3, stride 1, padding 1) conv.
+    pub fn forward_upsampled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        ops::conv3x3(x, &self.weight, Some(&self.bias), true)
+    }
+}
+
+/// Where the GroupNorms take their statistics from.
+///
+/// Tiled decoding normalises every tile with the same statistics, recorded on a downscaled
+/// "guide" pass over the whole latent, so that the tiles agree (no seams from per-tile
+/// normalisation). The GroupNorms are visited in the same order in every pass.
+#[derive(Debug, Default)]
+pub enum NormStats {
+    /// Each GroupNorm uses the statistics of its own input (the normal forward).
+    #[default]
+    Local,
+    /// Like `Local`, and every GroupNorm appends its statistics (b, groups, 2).
+    Record(RefCell<Vec<Tensor>>),
+    /// The i-th GroupNorm visited uses `stats[i]`.
+    Replay {
+        stats: Vec<Tensor>,
+        next: Cell<usize>,
+    },
+}
+
+impl NormStats {
+    /// A replay of `stats` from the first GroupNorm.
+    pub fn replay(stats: Vec<Tensor>) -> Self {
+        NormStats::Replay {
+            stats,
+            next: Cell::new(0),
+        }
+    }
+
+    /// The recorded statistics (empty unless `Record`).
+    pub fn into_recorded(self) -> Vec<Tensor> {
+        match self {
+            NormStats::Record(v) => v.into_inner(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// `nn.GroupNorm(groups, channels, eps=1e-6, affine=True)`.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+}
+
+impl GroupNorm {
+    pub fn new(groups: usize, channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            weight: vb.get(channels, "weight")?,
+            bias: vb.get(channels, "bias")?,
+            groups,
+        })
+    }
+
+    /// GroupNorm of x (b, c, h, w), followed by SiLU when `silu`, with statistics as `ns` says.
+    pub fn forward(&self, x: &Tensor, silu: bool, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let stats = match ns {
+            NormStats::Local => ops::group_stats(x, self.groups, NORM_EPS)?,
+            NormStats::Record(rec) => {
+                let st = ops::group_stats(x, self.groups, NORM_EPS)?;
+                rec.borrow_mut().push(st.clone());
+                st
+            }
+            NormStats::Replay { stats, next } => {
+                let i = next.get();
+                next.set(i + 1);
+                stats.get(i).cloned().ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "group_norm: no recorded statistics for norm #{i}"
+                    ))
+                })?
+            }
+        };
+        ops::group_norm_with_stats(x, &stats, &self.weight, &self.bias, silu)
+    }
+}
+
+/// `ResnetBlock2D` without time embedding (`temb_channels=None`, `output_scale_factor=1`):
+/// `shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))))))`.
+#[derive(Debug, Clone)]
+pub struct ResnetBlock2D {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    /// 1×1 conv when the channel count changes (`use_in_shortcut`).
+    conv_shortcut: Option<Conv2d>,
+}
+
+impl ResnetBlock2D {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        groups: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        Ok(Self {
+            norm1: GroupNorm::new(groups, c_in, vb.pp("norm1"))?,
+            conv1: Conv2d::new(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
+            norm2: GroupNorm::new(groups, c_out, vb.pp("norm2"))?,
+            conv2: Conv2d::new(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
+            conv_shortcut: if c_in != c_out {
+                Some(Conv2d::new(c_in, c_out, 1, 1, 0, vb.pp("conv_shortcut"))?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// x: (b, c_in, h, w) -> (b, c_out, h, w).
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let h = self.norm1.forward(x, true, ns)?;
+        let h = self.conv1.forward(&h)?;
+        let h = self.norm2.forward(&h, true, ns)?;
+        // Dropout is the identity at inference.
+        let h = self.conv2.forward(&h)?;
+        match &self.conv_shortcut {
+            Some(c) => c.forward(x)? + h,
+            None => x + h,
+        }
+    }
+}
+
+/// `Downsample2D(use_conv=True, padding=0)`: zero-pad right and bottom by one (diffusers'
+/// asymmetric `F.pad(x, (0, 1, 0, 1))`), then a 3×3 stride-2 conv without padding.
+#[derive(Debug, Clone)]
+pub struct Downsample2D {
+    conv: Conv2d,
+}
+
+impl Downsample2D {
+    pub fn new(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(channels, channels, 3, 2, 0, vb.pp("conv"))?,
+        })
+    }
+
+    /// x: (b, c, h, w) -> (b, c, h/2, w/2) for even h, w.
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        // (b, c, h, w) -> (b, c, h + 1, w + 1)
+        let x = x.pad_with_zeros(3, 0, 1)?.pad_with_zeros(2, 0, 1)?;
+        self.conv.forward(&x)
+    }
+}
+
+/// `Upsample2D(use_conv=True)`: nearest 2× upsample, then a 3×3 conv (fused on the CPU).
+#[derive(Debug, Clone)]
+pub struct Upsample2D {
+    conv: Conv2d,
+}
+
+impl Upsample2D {
+    pub fn new(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(channels, channels, 3, 1, 1, vb.pp("conv"))?,
+        })
+    }
+
+    /// x: (b, c, h, w) -> (b, c, 2h, 2w).
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.conv.forward_upsampled(x)
+    }
+}
+
+/// The mid block's single-head spatial self-attention (diffusers `Attention` with
+/// `heads=1`, `dim_head=channels`, `bias=True`, `residual_connection=True`,
+/// `norm_num_groups=groups`): `x + to_out(attn(group_norm(x)))`.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    group_norm: GroupNorm,
+    to_q: Linear,
+    to_k: Linear,
+    to_v: Linear,
+    /// `to_out.0` (`to_out.1` is dropout).
+    to_out: Linear,
+    channels: usize,
+    max_scores: usize,
+}
+
+impl Attention {
+    pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            group_norm: GroupNorm::new(groups, channels, vb.pp("group_norm"))?,
+            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
+            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
+            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
+            to_out: candle_nn::linear(channels, channels, vb.pp("to_out").pp("0"))?,
+            channels,
+            max_scores: ATTENTION_MAX_SCORES,
+        })
+    }
+
+    /// x: (b, c, h, w) -> (b, c, h, w).
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let hs = self.group_norm.forward(x, false, ns)?;
+        // (b, c, h, w) -> (b, h*w, c)
+        let hs = hs.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let q = self.to_q.forward(&hs)?;
+        let k = self.to_k.forward(&hs)?;
+        let v = self.to_v.forward(&hs)?;
+        drop(hs);
+        let scale = 1.0 / (self.channels as f64).sqrt();
+        let o = ops::attention_single_head(&q, &k, &v, scale, self.max_scores)?;
+        let o = self.to_out.forward(&o)?;
+        // (b, h*w, c) -> (b, c, h, w)
+        let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
+        o + x
+    }
+}
+
+/// `UNetMidBlock2D` (one layer): resnet, attention (optional), resnet.
+#[derive(Debug, Clone)]
+pub struct UNetMidBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    attentions: Vec<Attention>,
+}
+
+impl UNetMidBlock2D {
+    pub fn new(
+        channels: usize,
+        groups: usize,
+        add_attention: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let resnets = (0..2)
+            .map(|i| ResnetBlock2D::new(channels, channels, groups, vb.pp("resnets").pp(i)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let attentions = if add_attention {
+            vec![Attention::new(channels, groups, vb.pp("attentions").pp(0))?]
+        } else {
+            Vec::new()
+        };
+        Ok(Self {
+            resnets,
+            attentions,
+        })
+    }
+
+    /// x: (b, c, h, w) -> (b, c, h, w).
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            if i > 0 {
+                if let Some(attn) = self.attentions.get(i - 1) {
+                    h = attn.forward(&h, ns)?;
+                }
+            }
+            h = resnet.forward(&h, ns)?;
+        }
+        Ok(h)
+    }
+}
+
+/// `DownEncoderBlock2D`: `layers` resnets, then a downsampler unless it is the last block.
+#[derive(Debug, Clone)]
+pub struct DownEncoderBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    downsamplers: Option<Downsample2D>,
+}
+
+impl DownEncoderBlock2D {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        groups: usize,
+        add_downsample: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let resnets = (0..layers)
+            .map(|i| {
+                let c = if i == 0 { c_in } else { c_out };
+                ResnetBlock2D::new(c, c_out, groups, vb.pp("resnets").pp(i))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let downsamplers = if add_downsample {
+            Some(Downsample2D::new(c_out, vb.pp("downsamplers").pp(0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            downsamplers,
+        })
+    }
+
+    /// x: (b, c_in, h, w) -> (b, c_out, h/2, w/2) (or (h, w) for the last block).
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for r in &self.resnets {
+            h = r.forward(&h, ns)?;
+        }
+        match &self.downsamplers {
+            Some(d) => d.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
+
+/// `UpDecoderBlock2D`: `layers` resnets (the decoder passes `layers_per_block + 1`), then an
+/// upsampler unless it is the last block.
+#[derive(Debug, Clone)]
+pub struct UpDecoderBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    upsamplers: Option<Upsample2D>,
+}
+
+impl UpDecoderBlock2D {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        groups: usize,
+        add_upsample: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
+        let resnets = (0..layers)
+            .map(|i| {
+                let c = if i == 0 { c_in } else { c_out };
+                ResnetBlock2D::new(c, c_out, groups, vb.pp("resnets").pp(i))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let upsamplers = if add_upsample {
+            Some(Upsample2D::new(c_out, vb.pp("upsamplers").pp(0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            resnets,
+            upsamplers,
+        })
+    }
+
+    /// x: (b, c_in, h, w) -> (b, c_out, 2h, 2w) (or (h, w) for the last block).
+    pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for r in &self.resnets {
+            h = r.forward(&h, ns)?;
+        }
+        match &self.upsamplers {
+            Some(u) => u.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
