@@ -179,7 +179,9 @@ pub fn table_for_sample_size(sample_size: usize) -> Option<BinTable> {
 /// `height / width` (the first one on ties, as Python's `min`).
 pub fn classify(height: usize, width: usize, table: BinTable) -> Result<(usize, usize)> {
     if height == 0 || width == 0 {
-        return Err(Error::InvalidInput(format!("image size {width}x{height} must be positive")));
+        return Err(Error::InvalidInput(format!(
+            "image size {width}x{height} must be positive"
+        )));
     }
     let ar = height as f64 / width as f64;
     let mut best: Option<(f64, u32, u32)> = None;

@@ -62,6 +62,36 @@ pub struct ResolvedPaths {
     pub scheduler_config: PathBuf,
 }
 
+/// What request validation needs to know about the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelGeometry {
+    /// Transformer `sample_size` (latent side at the native resolution).
+    pub sample_size: usize,
+    pub patch_size: usize,
+    /// Latent channels the transformer takes.
+    pub in_channels: usize,
+    /// Image pixels per latent pixel.
+    pub vae_factor: usize,
+}
+
+impl ResolvedPaths {
+    /// The geometry from the config files alone (no weights read), to validate a request before
+    /// loading. Fails for a transformer without `config.json` (an original checkpoint).
+    pub fn geometry(&self) -> Result<ModelGeometry> {
+        let (_, cfg) = pixart_model::loading::locate(&self.transformer)?;
+        let cfg = cfg.ok_or_else(|| Error::config(&self.transformer, "no config.json"))?;
+        let t = TransformerConfig::from_file(&cfg)?;
+        let vae_cfg = pixart_vae::loading::vae_dir(&self.vae)?.join("config.json");
+        let v = pixart_vae::AutoencoderKlConfig::from_file(&vae_cfg)?;
+        Ok(ModelGeometry {
+            sample_size: t.sample_size,
+            patch_size: t.patch_size,
+            in_channels: t.in_channels,
+            vae_factor: v.downsample_factor(),
+        })
+    }
+}
+
 /// Loaded components.
 pub struct PipelineComponents {
     pub transformer: PixArtTransformer,
@@ -106,7 +136,10 @@ impl ComponentPaths {
     pub fn resolve(&self) -> Result<ResolvedPaths> {
         let model = &self.model;
         if !model.exists() {
-            return Err(Error::InvalidInput(format!("{}: no such model folder or file", model.display())));
+            return Err(Error::InvalidInput(format!(
+                "{}: no such model folder or file",
+                model.display()
+            )));
         }
         if let Some(b) = &self.base {
             if !b.is_dir() {
@@ -126,7 +159,8 @@ impl ComponentPaths {
             }
         }
         let find = |name: &str| -> Option<PathBuf> {
-            (model.is_dir().then(|| sub(model, name)).flatten()).or_else(|| self.base.as_deref().and_then(|b| sub(b, name)))
+            (model.is_dir().then(|| sub(model, name)).flatten())
+                .or_else(|| self.base.as_deref().and_then(|b| sub(b, name)))
         };
         let transformer = if model.is_dir() && model.join("model_index.json").is_file() {
             sub(model, "transformer").ok_or_else(|| missing("transformer", self, "a transformer folder as --model"))?
@@ -141,7 +175,12 @@ impl ComponentPaths {
             Some(p) => p.clone(),
             None => find("tokenizer")
                 .or_else(|| self.text_encoder.as_deref().and_then(|t| sub(t, "tokenizer")))
-                .or_else(|| self.text_encoder.as_deref().and_then(Path::parent).and_then(|t| sub(t, "tokenizer")))
+                .or_else(|| {
+                    self.text_encoder
+                        .as_deref()
+                        .and_then(Path::parent)
+                        .and_then(|t| sub(t, "tokenizer"))
+                })
                 .ok_or_else(|| missing("tokenizer", self, "--text-encoder DIR with a tokenizer/ beside it"))?,
         };
         let vae = match &self.vae {
@@ -189,7 +228,11 @@ impl PipelineComponents {
         let transformer = load_transformer(&paths.transformer, &load_opts)?.model;
         let vae_dtype = if opts.device.is_cpu() { DType::F32 } else { opts.dtype };
         let vae = load_vae(&paths.vae, vae_dtype, &opts.device)?;
-        let text_dtype = if opts.dtype == DType::F32 { DType::F32 } else { DType::BF16 };
+        let text_dtype = if opts.dtype == DType::F32 {
+            DType::F32
+        } else {
+            DType::BF16
+        };
         Ok(Self {
             transformer,
             vae,
@@ -205,6 +248,17 @@ impl PipelineComponents {
     /// The transformer's config.
     pub fn transformer_config(&self) -> &TransformerConfig {
         self.transformer.config()
+    }
+
+    /// What request validation needs.
+    pub fn geometry(&self) -> ModelGeometry {
+        let t = self.transformer_config();
+        ModelGeometry {
+            sample_size: t.sample_size,
+            patch_size: t.patch_size,
+            in_channels: t.in_channels,
+            vae_factor: self.vae_factor(),
+        }
     }
 
     /// Image pixels per latent pixel (8 for the SDXL VAE).

@@ -17,7 +17,7 @@ pub mod noise;
 pub mod pipeline;
 pub mod request;
 
-pub use components::{ComponentOptions, ComponentPaths, PipelineComponents, ResolvedPaths};
+pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
 pub use noise::{NoiseSource, SeededNoise};
 pub use pipeline::{generate, Generated, Output, Progress, RgbImage, Stage, Timings};
-pub use request::{GenerationRequest, OutputKind, ValidatedRequest, VaeTiling, MAX_SEQUENCE_LENGTH};
+pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};

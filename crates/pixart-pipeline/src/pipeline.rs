@@ -91,7 +91,9 @@ pub struct Output {
 pub enum Generated {
     Finished(Output),
     /// The cancel flag was seen after `completed_steps` denoising steps; nothing was produced.
-    Cancelled { completed_steps: usize },
+    Cancelled {
+        completed_steps: usize,
+    },
 }
 
 struct Clock<'a> {
@@ -116,7 +118,10 @@ fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &D
     for k in 0..shape[0] {
         let v = noise.draw(k, per);
         if v.len() != per {
-            return Err(Error::Shape(format!("noise source gave {} values, expected {per}", v.len())));
+            return Err(Error::Shape(format!(
+                "noise source gave {} values, expected {per}",
+                v.len()
+            )));
         }
         all.extend(v);
     }

@@ -7,7 +7,7 @@ use pixart_schedulers::SamplerKind;
 use pixart_vae::{TileConfig, Tiling};
 
 use crate::aspect_bins;
-use crate::components::PipelineComponents;
+use crate::components::ModelGeometry;
 
 /// Largest accepted image side in pixels.
 pub const MAX_SIDE: usize = 8192;
@@ -147,8 +147,9 @@ fn invalid(msg: impl Into<String>) -> Error {
 }
 
 impl GenerationRequest {
-    /// Checks the request against the loaded components and resolves sizes.
-    pub fn validate(self, components: &PipelineComponents) -> Result<ValidatedRequest> {
+    /// Checks the request against the model's geometry (from [`crate::PipelineComponents::geometry`],
+    /// or, before loading, [`crate::ResolvedPaths::geometry`]) and resolves sizes.
+    pub fn validate(self, geometry: &ModelGeometry) -> Result<ValidatedRequest> {
         if self.prompts.is_empty() {
             return Err(invalid("no prompt given"));
         }
@@ -159,15 +160,18 @@ impl GenerationRequest {
             return Err(invalid(format!("--steps {} is more than 1000", self.steps)));
         }
         if !self.guidance.is_finite() {
-            return Err(invalid(format!("guidance must be a finite number, got {}", self.guidance)));
+            return Err(invalid(format!(
+                "guidance must be a finite number, got {}",
+                self.guidance
+            )));
         }
         if self.images_per_prompt == 0 {
             return Err(invalid("--batch must be at least 1"));
         }
-        let tcfg = components.transformer_config();
-        let f = components.vae_factor();
-        let multiple = f * tcfg.patch_size;
-        let default_side = tcfg.sample_size * f;
+        let g = geometry;
+        let f = g.vae_factor;
+        let multiple = f * g.patch_size;
+        let default_side = g.sample_size * f;
         let out_height = self.height.unwrap_or(default_side);
         let out_width = self.width.unwrap_or(default_side);
         for (what, v) in [("height", out_height), ("width", out_width)] {
@@ -176,11 +180,11 @@ impl GenerationRequest {
             }
         }
         let (gen_height, gen_width) = if self.resolution_binning {
-            let table = aspect_bins::table_for_sample_size(tcfg.sample_size).ok_or_else(|| {
+            let table = aspect_bins::table_for_sample_size(g.sample_size).ok_or_else(|| {
                 invalid(format!(
                     "resolution binning has no table for transformer sample_size {} (32, 64, 128 or 256); \
                      use --no-resolution-binning",
-                    tcfg.sample_size
+                    g.sample_size
                 ))
             })?;
             aspect_bins::classify(out_height, out_width, table)?
@@ -193,7 +197,7 @@ impl GenerationRequest {
             (out_height, out_width)
         };
         let batch = self.prompts.len() * self.images_per_prompt;
-        let latent_shape = [batch, tcfg.in_channels, gen_height / f, gen_width / f];
+        let latent_shape = [batch, g.in_channels, gen_height / f, gen_width / f];
         if let Some(l) = &self.latents {
             if l.dims() != latent_shape {
                 return Err(invalid(format!(

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use pixart_pipeline::{
-    generate, ComponentOptions, ComponentPaths, GenerationRequest, Generated, OutputKind, PipelineComponents,
+    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents,
     SeededNoise,
 };
 
@@ -30,13 +30,31 @@ fn components() -> PipelineComponents {
 }
 
 fn max_abs(t: &Tensor) -> f32 {
-    t.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
-fn run_case(c: &PipelineComponents, name: &str, case: &serde_json::Value, io: &std::collections::HashMap<String, Tensor>, output: OutputKind) -> pixart_pipeline::Output {
+fn run_case(
+    c: &PipelineComponents,
+    name: &str,
+    case: &serde_json::Value,
+    io: &std::collections::HashMap<String, Tensor>,
+    output: OutputKind,
+) -> pixart_pipeline::Output {
     let prompts = match &case["prompt"] {
         serde_json::Value::String(s) => vec![s.clone()],
-        v => v.as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect(),
+        v => v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
     };
     let req = GenerationRequest {
         prompts,
@@ -51,7 +69,7 @@ fn run_case(c: &PipelineComponents, name: &str, case: &serde_json::Value, io: &s
         output,
         ..Default::default()
     }
-    .validate(c)
+    .validate(&c.geometry())
     .unwrap();
     assert_eq!(req.gen_height, case["bin_height"].as_u64().unwrap() as usize);
     assert_eq!(req.gen_width, case["bin_width"].as_u64().unwrap() as usize);
@@ -74,7 +92,10 @@ fn pipeline_matches_diffusers() {
         let diff = max_abs(&(&out.latents - want).unwrap());
         let rel = diff / max_abs(want);
         println!("{name}: latents max diff {diff:.3e} (relative {rel:.3e})");
-        assert!(rel <= LATENT_RTOL, "{name}: latents relative diff {rel:.3e} > {LATENT_RTOL:e}");
+        assert!(
+            rel <= LATENT_RTOL,
+            "{name}: latents relative diff {rel:.3e} > {LATENT_RTOL:e}"
+        );
 
         let pixels = out.pixels.unwrap().permute((0, 2, 3, 1)).unwrap(); // (b, h, w, 3)
         let want = &io[&format!("{name}.image")];
@@ -118,12 +139,19 @@ fn seeded_runs_are_reproducible_and_cancellable() {
             sampler: Some("euler-a".parse().unwrap()),
             ..Default::default()
         }
-        .validate(&c)
+        .validate(&c.geometry())
         .unwrap()
     };
     let run = |seed: u64, cancel: bool| {
         let r = mk(seed);
-        generate(&c, &r, &mut SeededNoise::new(seed), &mut |_| {}, &AtomicBool::new(cancel)).unwrap()
+        generate(
+            &c,
+            &r,
+            &mut SeededNoise::new(seed),
+            &mut |_| {},
+            &AtomicBool::new(cancel),
+        )
+        .unwrap()
     };
     let (Generated::Finished(a), Generated::Finished(b), Generated::Finished(d)) =
         (run(3, false), run(3, false), run(4, false))
@@ -144,20 +172,42 @@ fn invalid_requests_are_refused_with_one_line() {
         height: Some(64),
         ..Default::default()
     };
-    let err = |r: GenerationRequest| r.validate(&c).unwrap_err().to_string();
+    let err = |r: GenerationRequest| r.validate(&c.geometry()).unwrap_err().to_string();
     assert!(err(GenerationRequest { steps: 0, ..base() }).contains("steps"));
-    assert!(err(GenerationRequest { guidance: f64::NAN, ..base() }).contains("finite"));
-    assert!(err(GenerationRequest { guidance: f64::INFINITY, ..base() }).contains("finite"));
-    let e = err(GenerationRequest { width: Some(72), resolution_binning: false, ..base() });
+    assert!(err(GenerationRequest {
+        guidance: f64::NAN,
+        ..base()
+    })
+    .contains("finite"));
+    assert!(err(GenerationRequest {
+        guidance: f64::INFINITY,
+        ..base()
+    })
+    .contains("finite"));
+    let e = err(GenerationRequest {
+        width: Some(72),
+        resolution_binning: false,
+        ..base()
+    });
     assert!(e.contains("multiples of 16"), "{e}");
-    assert!(err(GenerationRequest { prompts: vec![], ..base() }).contains("prompt"));
+    assert!(err(GenerationRequest {
+        prompts: vec![],
+        ..base()
+    })
+    .contains("prompt"));
     let e = err(GenerationRequest {
         latents: Some(Tensor::zeros((1, 4, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap()),
         ..base()
     });
     assert!(e.contains("initial latents"), "{e}");
     // Binning on: any size is fine, the bin is from the 256 table (sample_size 32).
-    let ok = GenerationRequest { width: Some(1000), height: Some(250), ..base() }.validate(&c).unwrap();
+    let ok = GenerationRequest {
+        width: Some(1000),
+        height: Some(250),
+        ..base()
+    }
+    .validate(&c.geometry())
+    .unwrap();
     assert_eq!((ok.gen_height, ok.gen_width), (128, 512));
     assert_eq!((ok.out_height, ok.out_width), (250, 1000));
 }
@@ -171,8 +221,13 @@ fn missing_components_are_named() {
         model: fixtures().join("transformer"),
         ..Default::default()
     };
-    let e = PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("missing component `text_encoder`") && e.contains("--base"), "{e}");
+    let e = PipelineComponents::load(&paths, &ComponentOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing component `text_encoder`") && e.contains("--base"),
+        "{e}"
+    );
     // Transformer-only folder + base: loads.
     let paths = ComponentPaths {
         model: fixtures().join("transformer"),
@@ -186,7 +241,9 @@ fn missing_components_are_named() {
         vae: Some(tmp.join("nope")),
         ..Default::default()
     };
-    let e = PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap_err().to_string();
+    let e = PipelineComponents::load(&paths, &ComponentOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--vae") && !e.contains('\n'), "{e}");
     std::fs::remove_dir_all(&tmp).ok();
 }
