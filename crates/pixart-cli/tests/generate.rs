@@ -176,3 +176,60 @@ fn usage_errors_exit_2_with_one_line() {
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn hub_id_from_hf_home() {
+    let dir = tempdir("hub");
+    let repo = dir.join("hub/models--pixart-test--tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc").unwrap();
+    let snap = repo.join("snapshots/abc");
+    for sub in ["transformer", "text_encoder", "tokenizer", "vae", "scheduler"] {
+        std::fs::create_dir_all(snap.join(sub)).unwrap();
+        for e in std::fs::read_dir(pipeline().join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), snap.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(pipeline().join("model_index.json"), snap.join("model_index.json")).unwrap();
+    let out = dir.join("hub.safetensors");
+    let o = bin()
+        .current_dir(&dir)
+        .env("HF_HOME", &dir)
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "generate",
+            "--model",
+            "pixart-test/tiny",
+            "-p",
+            "x",
+            "--steps",
+            "1",
+            "--width",
+            "64",
+        ])
+        .args([
+            "--height",
+            "64",
+            "--no-resolution-binning",
+            "--output-type",
+            "latent",
+            "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
+    let o = bin()
+        .current_dir(&dir)
+        .env("HF_HOME", &dir)
+        .env_remove("HF_HUB_CACHE")
+        .args(["generate", "--model", "pixart-test/absent", "-p", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HF cache"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}

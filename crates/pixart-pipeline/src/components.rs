@@ -133,7 +133,21 @@ fn sub(dir: &Path, name: &str) -> Option<PathBuf> {
 impl ComponentPaths {
     /// Finds every component: the override, else the model folder's subfolder, else the base
     /// folder's. Fails with one message naming the first missing component.
+    /// Every path may also be a hub id (`owner/name[@revision]`) found in the HF cache.
     pub fn resolve(&self) -> Result<ResolvedPaths> {
+        let hub = |p: &Option<PathBuf>| p.as_deref().map(crate::hub::resolve).transpose();
+        let local = ComponentPaths {
+            model: crate::hub::resolve(&self.model)?,
+            base: hub(&self.base)?,
+            text_encoder: hub(&self.text_encoder)?,
+            tokenizer: hub(&self.tokenizer)?,
+            vae: hub(&self.vae)?,
+            scheduler: hub(&self.scheduler)?,
+        };
+        local.resolve_local()
+    }
+
+    fn resolve_local(&self) -> Result<ResolvedPaths> {
         let model = &self.model;
         if !model.exists() {
             return Err(Error::InvalidInput(format!(

@@ -189,7 +189,7 @@ impl GenerationRequest {
             })?;
             aspect_bins::classify(out_height, out_width, table)?
         } else {
-            if out_height % multiple != 0 || out_width % multiple != 0 {
+            if !out_height.is_multiple_of(multiple) || !out_width.is_multiple_of(multiple) {
                 return Err(invalid(format!(
                     "with resolution binning off, width and height must be multiples of {multiple}, got {out_width}x{out_height}"
                 )));

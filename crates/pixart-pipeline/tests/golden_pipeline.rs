@@ -247,3 +247,56 @@ fn missing_components_are_named() {
     assert!(e.contains("--vae") && !e.contains('\n'), "{e}");
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("cases.") {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(&name));
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// A folder laid out like the HF hub cache: `models--owner--name/refs/main` naming a snapshot.
+fn fake_hf_cache(root: &std::path::Path, id: &str, files: &std::path::Path) {
+    let repo = root.join(format!("models--{}", id.replace('/', "--")));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    copy_dir(files, &repo.join("snapshots/0123456789abcdef"));
+}
+
+#[test]
+fn hub_ids_resolve_in_the_hf_cache() {
+    let tmp = std::env::temp_dir().join(format!("pixart-pipe-hub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    fake_hf_cache(&tmp, "pixart-test/tiny", &fixtures());
+    // A transformer-only repo, used with the full one as base.
+    let only = tmp.join("only");
+    copy_dir(&fixtures().join("transformer"), &only.join("transformer"));
+    fake_hf_cache(&tmp, "pixart-test/tiny-transformer", &only);
+    let cache = hf_hub::Cache::new(tmp.clone());
+    let snap = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/tiny").unwrap();
+    assert!(snap.join("model_index.json").is_file(), "{}", snap.display());
+    let t = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/tiny-transformer").unwrap();
+    assert!(t.join("transformer/config.json").is_file());
+    let paths = ComponentPaths {
+        model: t,
+        base: Some(snap),
+        ..Default::default()
+    };
+    let r = paths.resolve().unwrap();
+    assert!(r.vae.starts_with(&tmp) && r.text_encoder.starts_with(&tmp));
+    PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap();
+    let e = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/absent")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not download"), "{e}");
+    std::fs::remove_dir_all(&tmp).ok();
+}

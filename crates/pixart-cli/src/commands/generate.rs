@@ -59,9 +59,10 @@ pub struct GenerateArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Output file: a PNG, or a safetensors file with --output-type latent.
-    #[arg(short = 'o', long = "output", default_value = "out.png")]
-    output: PathBuf,
+    /// Output file: a PNG (default out.png), or a safetensors file with --output-type latent
+    /// (default out.safetensors). Written atomically.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
     /// image (PNG) or latent (safetensors with tensor `latents`).
     #[arg(long = "output-type", value_enum, default_value_t = OutputType::Image)]
     output_type: OutputType,
@@ -159,7 +160,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if !a.guidance.is_finite() {
         return Err(UsageError(format!("--guidance must be a finite number, got {}", a.guidance)).into());
     }
-    let parent = a.output.parent().filter(|p| !p.as_os_str().is_empty());
+    let output = a.output.clone().unwrap_or_else(|| match a.output_type {
+        OutputType::Image => PathBuf::from("out.png"),
+        OutputType::Latent => PathBuf::from("out.safetensors"),
+    });
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
     if let Some(p) = parent {
         if !p.is_dir() {
             return Err(UsageError(format!("{}: the output folder does not exist", p.display())).into());
@@ -309,8 +314,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     match output_kind {
         OutputKind::Latent => {
             let map = std::collections::HashMap::from([("latents".to_string(), out.latents.clone())]);
-            pixart_core::weights::save_safetensors(&map, &a.output)?;
-            eprintln!("wrote {}", a.output.display());
+            pixart_core::weights::save_safetensors(&map, &output)?;
+            eprintln!("wrote {}", output.display());
         }
         OutputKind::Image => {
             for (k, img) in out.images.iter().enumerate() {
@@ -328,7 +333,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                     a.dtype,
                     request.resolution_binning
                 );
-                let path = numbered(&a.output, k);
+                let path = numbered(&output, k);
                 let bytes = encode_png(img, &params)?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;
                 eprintln!("wrote {}", path.display());
