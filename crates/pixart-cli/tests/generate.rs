@@ -156,6 +156,8 @@ fn usage_errors_exit_2_with_one_line() {
             "multiples of 16",
         ),
         (vec!["-p", "x", "--vae-tiling", "maybe", "-o", o], "tiling"),
+        (vec!["-p", "x", "--kv-compress", "conv:2:9", "-o", o], "--kv-compress"),
+        (vec!["-p", "x", "--batch", "0", "-o", o], "--batch"),
     ];
     for (args, needle) in cases {
         let r = generate(&args);
@@ -231,5 +233,44 @@ fn hub_id_from_hf_home() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("HF cache"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn original_pth_checkpoint_with_base() {
+    let dir = tempdir("pth");
+    let out = dir.join("pth.safetensors");
+    let pth = pipeline().join("../transformer/base/original.pth");
+    let o = bin()
+        .arg("generate")
+        .arg("--model")
+        .arg(&pth)
+        .arg("--base")
+        .arg(pipeline())
+        .args(["-p", "x", "--steps", "2", "--width", "32", "--height", "48", "--no-resolution-binning"])
+        .args(["--output-type", "latent", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(got["latents"].dims(), [1, 4, 6, 4]);
+    // Without --base the missing parts are named.
+    let o = bin().arg("generate").arg("--model").arg(&pth).args(["-p", "x"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--base"), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn kv_compression_and_tiling_flags_run() {
+    let dir = tempdir("kv");
+    let out = dir.join("kv.png");
+    let o = generate(&[
+        "-p", "x", "--steps", "1", "--width", "64", "--height", "64", "--no-resolution-binning",
+        "--kv-compress", "uniform:2:1", "--vae-tiling", "on", "-o", out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
