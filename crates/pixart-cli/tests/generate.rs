@@ -247,7 +247,17 @@ fn original_pth_checkpoint_with_base() {
         .arg(&pth)
         .arg("--base")
         .arg(pipeline())
-        .args(["-p", "x", "--steps", "2", "--width", "32", "--height", "48", "--no-resolution-binning"])
+        .args([
+            "-p",
+            "x",
+            "--steps",
+            "2",
+            "--width",
+            "32",
+            "--height",
+            "48",
+            "--no-resolution-binning",
+        ])
         .args(["--output-type", "latent", "-o"])
         .arg(&out)
         .output()
@@ -256,7 +266,13 @@ fn original_pth_checkpoint_with_base() {
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     assert_eq!(got["latents"].dims(), [1, 4, 6, 4]);
     // Without --base the missing parts are named.
-    let o = bin().arg("generate").arg("--model").arg(&pth).args(["-p", "x"]).output().unwrap();
+    let o = bin()
+        .arg("generate")
+        .arg("--model")
+        .arg(&pth)
+        .args(["-p", "x"])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("--base"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
@@ -267,8 +283,21 @@ fn kv_compression_and_tiling_flags_run() {
     let dir = tempdir("kv");
     let out = dir.join("kv.png");
     let o = generate(&[
-        "-p", "x", "--steps", "1", "--width", "64", "--height", "64", "--no-resolution-binning",
-        "--kv-compress", "uniform:2:1", "--vae-tiling", "on", "-o", out.to_str().unwrap(),
+        "-p",
+        "x",
+        "--steps",
+        "1",
+        "--width",
+        "64",
+        "--height",
+        "64",
+        "--no-resolution-binning",
+        "--kv-compress",
+        "uniform:2:1",
+        "--vae-tiling",
+        "on",
+        "-o",
+        out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(out.is_file());

@@ -256,8 +256,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let load_seconds = start.elapsed().as_secs_f64();
     let request = request.validate(&components.geometry()).map_err(usage)?;
     let sampler_name = sampler
+        .or_else(|| components.scheduler_config.class().map(SamplerKind::of_class))
         .map(|k| k.name().to_string())
-        .or_else(|| components.scheduler_config.class_name.clone())
         .unwrap_or_default();
     eprintln!(
         "{} image(s) of {}x{} (generated at {}x{}), {} steps, guidance {}, seed {seed}, sampler {sampler_name}",
