@@ -129,6 +129,24 @@ fn png_batch_with_parameters() {
         assert!(params.text.contains(&format!("Seed: {seed}")), "{}", params.text);
     }
     assert!(!dir.join("cat-2.png").exists());
+    // A prompt past 300 tokens is cut, with a warning.
+    let long = "cat ".repeat(400);
+    let o = generate(&[
+        "-p",
+        &long,
+        "--steps",
+        "1",
+        "--output-type",
+        "latent",
+        "-o",
+        dir.join("l.st").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: prompt 1 is longer than 300 tokens"),
+        "{}",
+        stderr(&o)
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

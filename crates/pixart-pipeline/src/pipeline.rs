@@ -56,6 +56,13 @@ pub enum Progress {
     Step { done: usize, total: usize, seconds: f64 },
     /// VAE tile `done` of `total` decoded.
     DecodeTile { done: usize, total: usize },
+    /// A prompt (`negative: true`: the negative prompt) was cut to 300 tokens; `dropped` tokens
+    /// were lost (diffusers warns the same way).
+    Truncated {
+        prompt: usize,
+        negative: bool,
+        dropped: usize,
+    },
 }
 
 /// Wall time per stage and per denoising step, in seconds.
@@ -159,6 +166,13 @@ pub fn generate(
     texts.extend(r.prompts.iter().map(|p| preprocess_caption(p, r.keep_case)));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let encodings = c.tokenizer.encode_batch(&refs, MAX_SEQUENCE_LENGTH)?;
+    for (i, e) in encodings.iter().enumerate().filter(|(_, e)| e.truncated > 0) {
+        (clock.progress)(Progress::Truncated {
+            prompt: i.saturating_sub(usize::from(r.cfg)),
+            negative: r.cfg && i == 0,
+            dropped: e.truncated,
+        });
+    }
     let (ids, mask) = to_tensors(&encodings, device)?;
 
     // 2. T5-encode all texts at once; the encoder is dropped right after, before denoising.

@@ -295,6 +295,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 eprintln!("step {done}/{total}: {seconds:.3} s");
             }
         }
+        Progress::Truncated {
+            prompt,
+            negative,
+            dropped,
+        } => {
+            let which = if negative {
+                "the negative prompt".to_string()
+            } else {
+                format!("prompt {}", prompt + 1)
+            };
+            bar.suspend(|| {
+                eprintln!("warning: {which} is longer than 300 tokens; its last {dropped} tokens were dropped")
+            });
+        }
         _ => {}
     };
     let mut noise = SeededNoise::new(seed);
