@@ -11,7 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None | Some("off") => Tiling::Off,
         Some("auto") => Tiling::Auto,
         Some(spec) => {
-            let (t, o) = spec.split_once(':').ok_or("tiling: off, auto or TILE:OVERLAP")?;
+            let (t, o) = spec
+                .split_once(':')
+                .ok_or("tiling: off, auto or TILE:OVERLAP")?;
             Tiling::On(TileConfig {
                 tile_latent: t.parse()?,
                 overlap_latent: o.parse()?,

@@ -76,7 +76,10 @@ pub enum NormStats {
     /// Like `Local`, and every GroupNorm appends its statistics (b, groups, 2).
     Record(RefCell<Vec<Tensor>>),
     /// The i-th GroupNorm visited uses `stats[i]`.
-    Replay { stats: Vec<Tensor>, next: Cell<usize> },
+    Replay {
+        stats: Vec<Tensor>,
+        next: Cell<usize>,
+    },
 }
 
 impl NormStats {
@@ -127,7 +130,9 @@ impl GroupNorm {
                 let i = next.get();
                 next.set(i + 1);
                 stats.get(i).cloned().ok_or_else(|| {
-                    candle_core::Error::Msg(format!("group_norm: no recorded statistics for norm #{i}"))
+                    candle_core::Error::Msg(format!(
+                        "group_norm: no recorded statistics for norm #{i}"
+                    ))
                 })?
             }
         };
@@ -148,7 +153,12 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn new(c_in: usize, c_out: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        groups: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             norm1: GroupNorm::new(groups, c_in, vb.pp("norm1"))?,
             conv1: Conv2d::new(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
@@ -272,7 +282,12 @@ pub struct UNetMidBlock2D {
 }
 
 impl UNetMidBlock2D {
-    pub fn new(channels: usize, groups: usize, add_attention: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        channels: usize,
+        groups: usize,
+        add_attention: bool,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let resnets = (0..2)
             .map(|i| ResnetBlock2D::new(channels, channels, groups, vb.pp("resnets").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -281,7 +296,10 @@ impl UNetMidBlock2D {
         } else {
             Vec::new()
         };
-        Ok(Self { resnets, attentions })
+        Ok(Self {
+            resnets,
+            attentions,
+        })
     }
 
     /// x: (b, c, h, w) -> (b, c, h, w).
@@ -326,7 +344,10 @@ impl DownEncoderBlock2D {
         } else {
             None
         };
-        Ok(Self { resnets, downsamplers })
+        Ok(Self {
+            resnets,
+            downsamplers,
+        })
     }
 
     /// x: (b, c_in, h, w) -> (b, c_out, h/2, w/2) (or (h, w) for the last block).
@@ -370,7 +391,10 @@ impl UpDecoderBlock2D {
         } else {
             None
         };
-        Ok(Self { resnets, upsamplers })
+        Ok(Self {
+            resnets,
+            upsamplers,
+        })
     }
 
     /// x: (b, c_in, h, w) -> (b, c_out, 2h, 2w) (or (h, w) for the last block).

@@ -185,13 +185,20 @@ impl AutoencoderKlConfig {
             ));
         }
         if let Some(t) = self.down_block_types.iter().find(|t| *t != DOWN_BLOCK) {
-            return Err(format!("down_block_types: `{t}` is not supported (only {DOWN_BLOCK})"));
+            return Err(format!(
+                "down_block_types: `{t}` is not supported (only {DOWN_BLOCK})"
+            ));
         }
         if let Some(t) = self.up_block_types.iter().find(|t| *t != UP_BLOCK) {
-            return Err(format!("up_block_types: `{t}` is not supported (only {UP_BLOCK})"));
+            return Err(format!(
+                "up_block_types: `{t}` is not supported (only {UP_BLOCK})"
+            ));
         }
         if !matches!(self.act_fn.as_str(), "silu" | "swish") {
-            return Err(format!("act_fn: `{}` is not supported (only silu)", self.act_fn));
+            return Err(format!(
+                "act_fn: `{}` is not supported (only silu)",
+                self.act_fn
+            ));
         }
         if self.norm_num_groups == 0 {
             return Err("norm_num_groups: must be at least 1".into());

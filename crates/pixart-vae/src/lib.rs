@@ -73,7 +73,10 @@ pub fn run_vae_encode(
     let post = vae.encode(x, tiling_of(tile))?;
     let mut out = HashMap::new();
     if let Some(noise) = inputs.get("noise") {
-        out.insert("latent_sample".to_string(), post.sample(noise)?.to_dtype(DType::F32)?);
+        out.insert(
+            "latent_sample".to_string(),
+            post.sample(noise)?.to_dtype(DType::F32)?,
+        );
     }
     out.insert("latent_mean".to_string(), post.mean.to_dtype(DType::F32)?);
     out.insert("latent_std".to_string(), post.std.to_dtype(DType::F32)?);

@@ -46,9 +46,9 @@ pub fn vae_dir(path: &Path) -> Result<PathBuf> {
 /// Whether the file names the mid-block attention weights the legacy way
 /// (`query`/`key`/`value`/`proj_attn`).
 fn is_legacy(file: &WeightFile) -> bool {
-    file.infos()
-        .keys()
-        .any(|k| k.contains(".attentions.") && LEGACY_ATTENTION.iter().any(|(_, old)| k.contains(old)))
+    file.infos().keys().any(|k| {
+        k.contains(".attentions.") && LEGACY_ATTENTION.iter().any(|(_, old)| k.contains(old))
+    })
 }
 
 /// Maps the current attention names to the legacy ones; everything else is unchanged.
@@ -89,7 +89,11 @@ pub fn load_vae(dir: &Path, dtype: DType, device: &Device) -> Result<Autoencoder
 }
 
 /// Builds a model of `config` with random weights (for benchmarks; no file needed).
-pub fn random_vae(config: &AutoencoderKlConfig, dtype: DType, device: &Device) -> Result<AutoencoderKl> {
+pub fn random_vae(
+    config: &AutoencoderKlConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<AutoencoderKl> {
     check_dtype(dtype, device)?;
     let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), dtype, device.clone());
     AutoencoderKl::new(config, vb)
@@ -98,7 +102,8 @@ pub fn random_vae(config: &AutoencoderKlConfig, dtype: DType, device: &Device) -
 fn check_dtype(dtype: DType, device: &Device) -> Result<()> {
     if device.is_cpu() && dtype == DType::BF16 {
         return Err(Error::InvalidInput(
-            "the VAE cannot run in bf16 on the CPU (candle has no bf16 convolution there); use f32".into(),
+            "the VAE cannot run in bf16 on the CPU (candle has no bf16 convolution there); use f32"
+                .into(),
         ));
     }
     if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16 | DType::F64) {

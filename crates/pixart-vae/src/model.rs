@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use pixart_core::{Error, Result};
 
-use crate::blocks::{Conv2d, DownEncoderBlock2D, GroupNorm, NormStats, UNetMidBlock2D, UpDecoderBlock2D};
+use crate::blocks::{
+    Conv2d, DownEncoderBlock2D, GroupNorm, NormStats, UNetMidBlock2D, UpDecoderBlock2D,
+};
 use crate::config::AutoencoderKlConfig;
 use crate::tiling::{axis_weights, tile_starts, Blender, TileConfig, Tiling};
 
@@ -38,10 +40,22 @@ impl Encoder {
             )?);
             c_prev = c;
         }
-        let mid_block = UNetMidBlock2D::new(ch[last], groups, cfg.mid_block_add_attention, vb.pp("mid_block"))?;
+        let mid_block = UNetMidBlock2D::new(
+            ch[last],
+            groups,
+            cfg.mid_block_add_attention,
+            vb.pp("mid_block"),
+        )?;
         let conv_norm_out = GroupNorm::new(groups, ch[last], vb.pp("conv_norm_out"))?;
         // double_z: mean and log-variance.
-        let conv_out = Conv2d::new(ch[last], 2 * cfg.latent_channels, 3, 1, 1, vb.pp("conv_out"))?;
+        let conv_out = Conv2d::new(
+            ch[last],
+            2 * cfg.latent_channels,
+            3,
+            1,
+            1,
+            vb.pp("conv_out"),
+        )?;
         Ok(Self {
             conv_in,
             down_blocks,
@@ -89,7 +103,12 @@ impl Decoder {
         let groups = cfg.norm_num_groups;
         let last = rev.len() - 1;
         let conv_in = Conv2d::new(cfg.latent_channels, rev[0], 3, 1, 1, vb.pp("conv_in"))?;
-        let mid_block = UNetMidBlock2D::new(rev[0], groups, cfg.mid_block_add_attention, vb.pp("mid_block"))?;
+        let mid_block = UNetMidBlock2D::new(
+            rev[0],
+            groups,
+            cfg.mid_block_add_attention,
+            vb.pp("mid_block"),
+        )?;
         let mut up_blocks = Vec::with_capacity(rev.len());
         let mut c_prev = rev[0];
         for (i, &c) in rev.iter().enumerate() {
@@ -290,7 +309,10 @@ impl AutoencoderKl {
             )));
         }
         if b == 0 || h == 0 || w == 0 {
-            return Err(Error::Shape(format!("latents are empty (shape {:?})", z.dims())));
+            return Err(Error::Shape(format!(
+                "latents are empty (shape {:?})",
+                z.dims()
+            )));
         }
         Ok((b, c, h, w))
     }
@@ -366,7 +388,8 @@ impl AutoencoderKl {
     ) -> Result<Vec<Tensor>> {
         let (_, _, h, w) = x.dims4()?;
         let scale = side as f64 / h.max(w) as f64;
-        let fit = |n: usize| (((n as f64 * scale) / multiple as f64).round() as usize).max(1) * multiple;
+        let fit =
+            |n: usize| (((n as f64 * scale) / multiple as f64).round() as usize).max(1) * multiple;
         // (b, c, h, w) -> (b, c, fit(h), fit(w))
         let small = x.upsample_nearest2d(fit(h), fit(w))?;
         let rec = NormStats::Record(Default::default());
@@ -382,7 +405,12 @@ impl AutoencoderKl {
         }
     }
 
-    fn decode_tiled(&self, z: &Tensor, cfg: &TileConfig, progress: &mut dyn FnMut(usize, usize)) -> Result<Tensor> {
+    fn decode_tiled(
+        &self,
+        z: &Tensor,
+        cfg: &TileConfig,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Tensor> {
         let (b, _, h, w) = z.dims4()?;
         let f = self.downsample_factor();
         let c_out = self.config.out_channels;

@@ -69,7 +69,10 @@ pub fn group_norm_with_stats(
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 {
         // weight, bias: (c), (c) -> (2, c)
-        let wb = Tensor::stack(&[weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?], 0)?;
+        let wb = Tensor::stack(
+            &[weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?],
+            0,
+        )?;
         return x.contiguous()?.apply_op3_no_bwd(
             &wb,
             &stats.to_dtype(DType::F32)?.contiguous()?,
@@ -82,12 +85,19 @@ pub fn group_norm_with_stats(
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = stats.narrow(2, 0, 1)?;
     let inv = stats.narrow(2, 1, 1)?;
-    let xn = xg.broadcast_sub(&mean)?.broadcast_mul(&inv)?.reshape(dims.as_slice())?;
+    let xn = xg
+        .broadcast_sub(&mean)?
+        .broadcast_mul(&inv)?
+        .reshape(dims.as_slice())?;
     // weight, bias: (c) -> (1, c, 1, ...)
     let mut affine_shape = vec![1usize; dims.len()];
     affine_shape[1] = c;
-    let w = weight.to_dtype(DType::F32)?.reshape(affine_shape.as_slice())?;
-    let bb = bias.to_dtype(DType::F32)?.reshape(affine_shape.as_slice())?;
+    let w = weight
+        .to_dtype(DType::F32)?
+        .reshape(affine_shape.as_slice())?;
+    let bb = bias
+        .to_dtype(DType::F32)?
+        .reshape(affine_shape.as_slice())?;
     let mut y = xn.broadcast_mul(&w)?.broadcast_add(&bb)?;
     if silu {
         y = y.silu()?;
@@ -215,7 +225,12 @@ impl CustomOp3 for GroupNormApplyOp {
 /// (c_out, c_in, 3, 3) and optional `bias` (c_out). With `upsample`, the input is first
 /// upsampled 2× by nearest neighbour (diffusers' `Upsample2D`), so the output is
 /// (b, c_out, 2h, 2w); on the CPU the upsampled input is never materialised on its own.
-pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: bool) -> candle_core::Result<Tensor> {
+pub fn conv3x3(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    upsample: bool,
+) -> candle_core::Result<Tensor> {
     let (_, c_in, h, w) = x.dims4()?;
     let (_, k_in, kh, kw) = weight.dims4()?;
     if (k_in, kh, kw) != (c_in, 3, 3) {

@@ -73,9 +73,8 @@ impl Tiling {
         match self {
             Tiling::Off => None,
             Tiling::On(cfg) => Some(*cfg),
-            Tiling::Auto => {
-                (h > AUTO_TILE_THRESHOLD_LATENT || w > AUTO_TILE_THRESHOLD_LATENT).then(TileConfig::default)
-            }
+            Tiling::Auto => (h > AUTO_TILE_THRESHOLD_LATENT || w > AUTO_TILE_THRESHOLD_LATENT)
+                .then(TileConfig::default),
         }
     }
 }
@@ -165,7 +164,16 @@ impl Blender {
     /// Adds `tile` (b, c, th, tw, flattened row-major) at (y0, x0), weighted by
     /// `wy[y] * wx[x]`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn add(&mut self, tile: &[f32], th: usize, tw: usize, y0: usize, x0: usize, wy: &[f32], wx: &[f32]) {
+    pub(crate) fn add(
+        &mut self,
+        tile: &[f32],
+        th: usize,
+        tw: usize,
+        y0: usize,
+        x0: usize,
+        wy: &[f32],
+        wx: &[f32],
+    ) {
         let (b, c, h, w) = self.dims;
         for bc in 0..b * c {
             for y in 0..th {

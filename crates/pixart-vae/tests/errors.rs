@@ -17,20 +17,27 @@ fn edited_copy(name: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> P
     std::fs::create_dir_all(&dir).unwrap();
     let src = fixture("plain");
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
-    let mut w = candle_core::safetensors::load(src.join("diffusion_pytorch_model.safetensors"), &Device::Cpu).unwrap();
+    let mut w = candle_core::safetensors::load(
+        src.join("diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     edit(&mut w);
     candle_core::safetensors::save(&w, dir.join("diffusion_pytorch_model.safetensors")).unwrap();
     dir
 }
 
 fn load_err(dir: &Path) -> String {
-    load_vae(dir, DType::F32, &Device::Cpu).unwrap_err().to_string()
+    load_vae(dir, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn missing_tensor_is_named() {
     let dir = edited_copy("missing", |w| {
-        w.remove("decoder.up_blocks.1.resnets.0.norm2.bias").unwrap();
+        w.remove("decoder.up_blocks.1.resnets.0.norm2.bias")
+            .unwrap();
     });
     let e = load_err(&dir);
     assert!(
@@ -56,7 +63,10 @@ fn wrong_shape_and_unexpected_are_named() {
         e.contains("tensor `encoder.conv_in.weight` has shape [5, 3, 3, 3], expected [4, 3, 3, 3]"),
         "{e}"
     );
-    assert!(e.contains("unexpected tensor `decoder.extra.weight`"), "{e}");
+    assert!(
+        e.contains("unexpected tensor `decoder.extra.weight`"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,7 +93,10 @@ fn broken_config_is_named() {
     )
     .unwrap();
     let e = load_err(&dir);
-    assert!(e.contains("config.json") && e.contains("invalid config"), "{e}");
+    assert!(
+        e.contains("config.json") && e.contains("invalid config"),
+        "{e}"
+    );
 
     std::fs::write(dir.join("config.json"), "{\"block_out_channels\": [4, 6], \"norm_num_groups\": 4, \"down_block_types\": [\"DownEncoderBlock2D\", \"DownEncoderBlock2D\"], \"up_block_types\": [\"UpDecoderBlock2D\", \"UpDecoderBlock2D\"]}").unwrap();
     let e = load_err(&dir);
@@ -105,7 +118,10 @@ fn wrong_latent_channels() {
     let e = run_vae_decode(&fixture("plain"), &inputs, None)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("latents have 4 channels, but the VAE expects 3"), "{e}");
+    assert!(
+        e.contains("latents have 4 channels, but the VAE expects 3"),
+        "{e}"
+    );
     let e = run_vae_decode(&fixture("plain"), &HashMap::new(), None)
         .unwrap_err()
         .to_string();
@@ -117,11 +133,19 @@ fn image_size_not_a_multiple_of_8() {
     let vae = load_vae(&fixture("base"), DType::F32, &Device::Cpu).unwrap();
     let x = Tensor::zeros((1, 3, 30, 32), DType::F32, &Device::Cpu).unwrap();
     let e = vae.encode(&x, Tiling::Off).unwrap_err().to_string();
-    assert!(e.contains("image size 30x32") && e.contains("multiple of 8"), "{e}");
+    assert!(
+        e.contains("image size 30x32") && e.contains("multiple of 8"),
+        "{e}"
+    );
     let x = Tensor::zeros((1, 4, 32, 32), DType::F32, &Device::Cpu).unwrap();
     let inputs = HashMap::from([("sample".to_string(), x)]);
-    let e = run_vae_encode(&fixture("base"), &inputs, None).unwrap_err().to_string();
-    assert!(e.contains("images have 4 channels, but the VAE expects 3"), "{e}");
+    let e = run_vae_encode(&fixture("base"), &inputs, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("images have 4 channels, but the VAE expects 3"),
+        "{e}"
+    );
 }
 
 #[test]

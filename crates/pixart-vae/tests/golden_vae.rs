@@ -50,7 +50,10 @@ fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
     g.iter()
         .zip(&w)
         .map(|(a, b)| (a - b).abs())
-        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
+        .fold(
+            0f32,
+            |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+        )
 }
 
 fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f32) {
@@ -63,7 +66,12 @@ fn check_decode(case: &str) {
     let t = io(case);
     let dec = section(&t, "decode");
     let out = run_vae_decode(&case_dir(case), &dec, None).unwrap_or_else(|e| panic!("{case}: {e}"));
-    assert_close(&format!("{case}/decode"), &out["sample"], &dec["sample"], ATOL);
+    assert_close(
+        &format!("{case}/decode"),
+        &out["sample"],
+        &dec["sample"],
+        ATOL,
+    );
 }
 
 fn check_encode(case: &str) {
@@ -113,7 +121,9 @@ fn config_values() {
     assert!(!c.force_upcast);
     assert_eq!(c.shift_factor, None);
     let z = Tensor::ones((1, 4, 2, 2), DType::F32, &Device::Cpu).unwrap();
-    let back = vae.scale_latents(&vae.unscale_latents(&z).unwrap()).unwrap();
+    let back = vae
+        .scale_latents(&vae.unscale_latents(&z).unwrap())
+        .unwrap();
     assert_close("scale round trip", &back, &z, 1e-6);
 }
 
@@ -125,7 +135,10 @@ fn smooth_latent(c: usize, h: usize, w: usize) -> Tensor {
             for x in 0..w {
                 let (fy, fx) = (y as f32 / h as f32, x as f32 / w as f32);
                 let k = ch as f32 + 1.0;
-                v.push((6.0 * fy * k / 2.0 + ch as f32).sin() * (5.0 * fx + 0.7 * k).cos() + 0.3 * (fx - fy));
+                v.push(
+                    (6.0 * fy * k / 2.0 + ch as f32).sin() * (5.0 * fx + 0.7 * k).cos()
+                        + 0.3 * (fx - fy),
+                );
             }
         }
     }
@@ -134,7 +147,13 @@ fn smooth_latent(c: usize, h: usize, w: usize) -> Tensor {
 
 /// Tiled against untiled decoding of a smooth latent on `case`, with `tile`/`overlap`; returns
 /// (max |diff|, mean |diff|, max |image|).
-fn tiled_decode_diff(case: &str, n: usize, tile: usize, overlap: usize, norm: TileNorm) -> (f32, f32, f32) {
+fn tiled_decode_diff(
+    case: &str,
+    n: usize,
+    tile: usize,
+    overlap: usize,
+    norm: TileNorm,
+) -> (f32, f32, f32) {
     let mut vae = load_vae(&case_dir(case), DType::F32, &Device::Cpu).unwrap();
     vae.set_tile_norm(norm);
     let z = smooth_latent(vae.config().latent_channels, n, n - n / 10);
@@ -153,7 +172,13 @@ fn tiled_decode_diff(case: &str, n: usize, tile: usize, overlap: usize, norm: Ti
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    let range = full.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let range = full
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     eprintln!("{case} {n}x{} tile {tile} overlap {overlap} {norm:?}: max |diff| {d:.4}, mean |diff| {mean_d:.5}, max |image| {range:.3}", n - n / 10);
     (d, mean_d, range)
 }
@@ -215,7 +240,11 @@ fn one_tile_is_exact() {
 fn tiled_encode_matches_untiled() {
     let vae = load_vae(&case_dir("base"), DType::F32, &Device::Cpu).unwrap();
     let z = smooth_latent(4, 40, 36);
-    let img = vae.decode(&z, Tiling::Off).unwrap().clamp(-1f32, 1f32).unwrap();
+    let img = vae
+        .decode(&z, Tiling::Off)
+        .unwrap()
+        .clamp(-1f32, 1f32)
+        .unwrap();
     let full = vae.encode(&img, Tiling::Off).unwrap();
     let cfg = TileConfig {
         tile_latent: 30,
