@@ -20,6 +20,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Write a diffusers-layout transformer folder from an original PixArt checkpoint.
     Convert(commands::convert::ConvertArgs),
+    /// Text to image with a diffusers PixArt-Σ pipeline folder.
+    Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
 }
@@ -37,12 +39,25 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// A run stopped by the user (Ctrl-C): exit code 130, nothing written.
+#[derive(Debug)]
+pub struct Cancelled(pub String);
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Generate(a) => commands::generate::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,7 +65,9 @@ fn main() -> ExitCode {
             // One line, with the whole cause chain.
             let msg = format!("{e:#}").replace('\n', " ");
             eprintln!("error: {msg}");
-            if e.downcast_ref::<UsageError>().is_some() {
+            if e.downcast_ref::<Cancelled>().is_some() {
+                ExitCode::from(130)
+            } else if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

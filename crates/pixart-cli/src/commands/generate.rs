@@ -1,0 +1,372 @@
+//! `pixart generate`: text to image with a local diffusers PixArt-Σ pipeline folder.
+//! Parsing, progress display and file writing only; `pixart-pipeline` does the work.
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use pixart_model::KvCompressConfig;
+use pixart_pipeline::{
+    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents, Progress,
+    RgbImage, SeededNoise, VaeTiling,
+};
+use pixart_schedulers::SamplerKind;
+
+use super::{device, dtype, read_inputs, take};
+use crate::{Cancelled, UsageError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputType {
+    /// A PNG per image.
+    Image,
+    /// The final latents as safetensors (tensor `latents`), no VAE decode.
+    Latent,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "With --batch N > 1 (or several --prompt), images are written as OUT.png, OUT-1.png, \
+OUT-2.png, ... (image k uses seed SEED+k). Each PNG carries the generation parameters in a tEXt chunk \
+named `parameters`. Ctrl-C stops between steps and writes nothing."
+)]
+pub struct GenerateArgs {
+    /// The prompt (repeat for several prompts).
+    #[arg(short = 'p', long = "prompt", required = true)]
+    prompt: Vec<String>,
+    /// The negative prompt (used when --guidance > 1).
+    #[arg(short = 'n', long = "negative-prompt", default_value = "")]
+    negative_prompt: String,
+    /// Image width in pixels (default: the model's native size, e.g. 1024).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Image height in pixels (default: the model's native size).
+    #[arg(long)]
+    height: Option<usize>,
+    /// Denoising steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 turns CFG off.
+    #[arg(long, default_value_t = 4.5, allow_negative_numbers = true)]
+    guidance: f64,
+    /// Sampler: dpm++, sa-solver, ddim or euler-a (default: the one scheduler_config.json names).
+    #[arg(long)]
+    scheduler: Option<String>,
+    /// Random seed (default: random, printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Images per prompt.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Output file: a PNG (default out.png), or a safetensors file with --output-type latent
+    /// (default out.safetensors). Written atomically.
+    #[arg(short = 'o', long = "output")]
+    output: Option<PathBuf>,
+    /// image (PNG) or latent (safetensors with tensor `latents`).
+    #[arg(long = "output-type", value_enum, default_value_t = OutputType::Image)]
+    output_type: OutputType,
+    /// Transformer dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// VAE tiled decoding: auto (large images only), on or off.
+    #[arg(long = "vae-tiling", default_value = "auto")]
+    vae_tiling: String,
+    /// KV token compression: SAMPLING[:R[:LAYERS]] (conv, uniform, ave) or none.
+    #[arg(long = "kv-compress")]
+    kv_compress: Option<String>,
+    /// Generate at exactly --width x --height (multiples of 16) instead of the nearest
+    /// aspect-ratio bin followed by resize + crop.
+    #[arg(long = "no-resolution-binning")]
+    no_resolution_binning: bool,
+    /// Do not lower-case the prompts (diffusers lower-cases; the original PixArt code does not).
+    #[arg(long = "keep-case")]
+    keep_case: bool,
+    /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
+    #[arg(long)]
+    latents: Option<PathBuf>,
+    /// A diffusers PixArt-Σ pipeline folder, or a transformer folder / weight file (then --base).
+    #[arg(long)]
+    model: PathBuf,
+    /// A pipeline folder supplying the text encoder, tokenizer, VAE and scheduler --model lacks.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// T5 encoder folder override.
+    #[arg(long = "text-encoder")]
+    text_encoder: Option<PathBuf>,
+    /// VAE folder override.
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+fn usage(e: pixart_core::Error) -> anyhow::Error {
+    match e {
+        pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
+        other => other.into(),
+    }
+}
+
+/// `OUT.png`, `OUT-1.png`, ... for image `k`.
+pub fn numbered(path: &Path, k: usize) -> PathBuf {
+    if k == 0 {
+        return path.to_path_buf();
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{k}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{k}"),
+    };
+    path.with_file_name(name)
+}
+
+fn encode_png(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut bytes, img.width as u32, img.height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        if parameters.chars().all(|c| (c as u32) < 256) {
+            enc.add_text_chunk("parameters".into(), parameters.into())?;
+        } else {
+            enc.add_itxt_chunk("parameters".into(), parameters.into())?;
+        }
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&img.data)?;
+        writer.finish()?;
+    }
+    Ok(bytes)
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    // Parse and check everything the user typed before loading anything.
+    let sampler = a
+        .scheduler
+        .as_deref()
+        .map(|s| s.parse::<SamplerKind>())
+        .transpose()
+        .map_err(usage)?;
+    let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
+    let dt = dtype(&a.dtype)?;
+    let dev = device(&a.device)?;
+    if a.steps == 0 {
+        return Err(UsageError("--steps must be at least 1".into()).into());
+    }
+    if !a.guidance.is_finite() {
+        return Err(UsageError(format!("--guidance must be a finite number, got {}", a.guidance)).into());
+    }
+    let output = a.output.clone().unwrap_or_else(|| match a.output_type {
+        OutputType::Image => PathBuf::from("out.png"),
+        OutputType::Latent => PathBuf::from("out.safetensors"),
+    });
+    let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        if !p.is_dir() {
+            return Err(UsageError(format!("{}: the output folder does not exist", p.display())).into());
+        }
+    }
+    let latents = match &a.latents {
+        Some(p) => {
+            let inputs = read_inputs(p)?;
+            Some(
+                take(&inputs, p, "latents")
+                    .map_err(|e| UsageError(e.to_string()))?
+                    .clone(),
+            )
+        }
+        None => None,
+    };
+    let paths = ComponentPaths {
+        model: a.model.clone(),
+        base: a.base.clone(),
+        text_encoder: a.text_encoder.clone(),
+        vae: a.vae.clone(),
+        ..Default::default()
+    };
+    let resolved = paths.resolve().map_err(usage)?;
+    let kv_compress = match &a.kv_compress {
+        Some(spec) => {
+            let (_, cfg) = pixart_model::loading::locate(&resolved.transformer).map_err(usage)?;
+            let layers = match cfg {
+                Some(c) => pixart_model::TransformerConfig::from_file(&c)?.num_layers,
+                None => 28,
+            };
+            Some(KvCompressConfig::parse_spec(spec, layers).map_err(|m| UsageError(format!("--kv-compress: {m}")))?)
+        }
+        None => None,
+    };
+    let seed = a.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    });
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let flag = cancel.clone();
+        // Ctrl-C sets the flag; the pipeline stops between steps. A second Ctrl-C exits at once.
+        ctrlc::set_handler(move || {
+            if flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after the current step (Ctrl-C again to quit now)");
+        })
+        .context("installing the Ctrl-C handler")?;
+    }
+
+    let output_kind = match a.output_type {
+        OutputType::Image => OutputKind::Image,
+        OutputType::Latent => OutputKind::Latent,
+    };
+    let request = GenerationRequest {
+        prompts: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        width: a.width,
+        height: a.height,
+        steps: a.steps,
+        guidance: a.guidance,
+        seed,
+        images_per_prompt: a.batch,
+        sampler,
+        resolution_binning: !a.no_resolution_binning,
+        keep_case: a.keep_case,
+        vae_tiling,
+        output: output_kind,
+        latents,
+    };
+    // Validate against the config files first, so that a bad request fails before loading.
+    if let Ok(geometry) = resolved.geometry() {
+        request.clone().validate(&geometry).map_err(usage)?;
+    }
+
+    let start = std::time::Instant::now();
+    eprintln!("loading {}", a.model.display());
+    let opts = ComponentOptions {
+        device: dev,
+        dtype: dt,
+        kv_compress,
+    };
+    let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let request = request.validate(&components.geometry()).map_err(usage)?;
+    let sampler_name = sampler
+        .or_else(|| components.scheduler_config.class().map(SamplerKind::of_class))
+        .map(|k| k.name().to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "{} image(s) of {}x{} (generated at {}x{}), {} steps, guidance {}, seed {seed}, sampler {sampler_name}",
+        request.batch,
+        request.out_width,
+        request.out_height,
+        request.gen_width,
+        request.gen_height,
+        request.steps,
+        request.guidance
+    );
+
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(request.steps as u64);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut on_progress = |p: Progress| match p {
+        Progress::Stage(s) if !tty => eprintln!("{}", s.name()),
+        Progress::Step { done, total, seconds } => {
+            if tty {
+                bar.set_position(done as u64);
+                bar.set_message(format!("{seconds:.2} s/step"));
+                if done == total {
+                    bar.finish();
+                }
+            } else {
+                eprintln!("step {done}/{total}: {seconds:.3} s");
+            }
+        }
+        Progress::Truncated {
+            prompt,
+            negative,
+            dropped,
+        } => {
+            let which = if negative {
+                "the negative prompt".to_string()
+            } else {
+                format!("prompt {}", prompt + 1)
+            };
+            bar.suspend(|| {
+                eprintln!("warning: {which} is longer than 300 tokens; its last {dropped} tokens were dropped")
+            });
+        }
+        _ => {}
+    };
+    let mut noise = SeededNoise::new(seed);
+    let generated = generate(&components, &request, &mut noise, &mut on_progress, &cancel).map_err(usage)?;
+    let out = match generated {
+        Generated::Finished(o) => o,
+        Generated::Cancelled { completed_steps } => {
+            bar.abandon();
+            return Err(Cancelled(format!(
+                "cancelled after {completed_steps} of {} steps; nothing written",
+                request.steps
+            ))
+            .into());
+        }
+    };
+
+    match output_kind {
+        OutputKind::Latent => {
+            let map = std::collections::HashMap::from([("latents".to_string(), out.latents.clone())]);
+            pixart_core::weights::save_safetensors(&map, &output)?;
+            eprintln!("wrote {}", output.display());
+        }
+        OutputKind::Image => {
+            for (k, img) in out.images.iter().enumerate() {
+                let prompt = &request.prompts[k / request.images_per_prompt];
+                let params = format!(
+                    "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler_name}, CFG scale: {}, Seed: {}, \
+                     Size: {}x{}, Model: {}, Dtype: {}, Resolution binning: {}",
+                    request.negative_prompt,
+                    request.steps,
+                    request.guidance,
+                    seed.wrapping_add(k as u64),
+                    img.width,
+                    img.height,
+                    a.model.display(),
+                    a.dtype,
+                    request.resolution_binning
+                );
+                let path = numbered(&output, k);
+                let bytes = encode_png(img, &params)?;
+                pixart_core::weights::write_atomic(&path, &bytes)?;
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+
+    // Summary: time per stage and peak memory.
+    let mut parts = vec![format!("load {load_seconds:.2} s")];
+    parts.extend(out.timings.stages.iter().map(|(s, t)| format!("{} {t:.2} s", s.name())));
+    let n = out.timings.steps.len().max(1) as f64;
+    let per_step = out.timings.steps.iter().sum::<f64>() / n;
+    let rss = pixart_core::mem::peak_rss_bytes()
+        .map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64))
+        .unwrap_or_else(|| "n/a".into());
+    eprintln!(
+        "time: {} ({per_step:.3} s/step); total {:.2} s; peak RSS {rss}",
+        parts.join(", "),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,282 @@
+//! The models and files of a pipeline, found in a local diffusers folder
+//! (`model_index.json` + `transformer/ text_encoder/ tokenizer/ vae/ scheduler/`), or in a
+//! transformer-only folder plus a `base` pipeline folder for the rest, with per-component
+//! overrides.
+//!
+//! The transformer and the VAE are loaded by [`PipelineComponents::load`]; the T5 encoder (the
+//! largest part by far) is only located there and is loaded by [`crate::generate`] for the
+//! text-encoding step, then dropped before denoising.
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use pixart_core::{Error, Result};
+use pixart_model::{load_transformer, KvCompressConfig, LoadOptions, PixArtTransformer, TransformerConfig};
+use pixart_schedulers::SchedulerConfig;
+use pixart_text::T5Tokenizer;
+use pixart_vae::{load_vae, AutoencoderKl};
+
+/// Where the components come from.
+#[derive(Debug, Clone, Default)]
+pub struct ComponentPaths {
+    /// A diffusers pipeline folder, or a transformer folder (or weight file) whose other
+    /// components come from `base`.
+    pub model: PathBuf,
+    /// A pipeline folder supplying whatever `model` lacks (text encoder, tokenizer, VAE, scheduler).
+    pub base: Option<PathBuf>,
+    /// Overrides: a `text_encoder/` folder (or a folder holding one), a `tokenizer/` folder, a
+    /// `vae/` folder, a `scheduler/` folder or `scheduler_config.json`.
+    pub text_encoder: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub scheduler: Option<PathBuf>,
+}
+
+/// How to load.
+#[derive(Debug, Clone)]
+pub struct ComponentOptions {
+    pub device: Device,
+    /// Transformer dtype (and VAE dtype off the CPU). The T5 encoder runs in f32 when this is
+    /// f32 and in bf16 otherwise (f16 overflows in T5 v1.1); the VAE runs in f32 on the CPU.
+    pub dtype: DType,
+    /// Replace the transformer config's KV compression (`Some(None)` turns it off).
+    pub kv_compress: Option<Option<KvCompressConfig>>,
+}
+
+impl Default for ComponentOptions {
+    fn default() -> Self {
+        Self {
+            device: Device::Cpu,
+            dtype: DType::F32,
+            kv_compress: None,
+        }
+    }
+}
+
+/// Resolved component locations.
+#[derive(Debug, Clone)]
+pub struct ResolvedPaths {
+    pub transformer: PathBuf,
+    pub text_encoder: PathBuf,
+    pub tokenizer: PathBuf,
+    pub vae: PathBuf,
+    pub scheduler_config: PathBuf,
+}
+
+/// What request validation needs to know about the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelGeometry {
+    /// Transformer `sample_size` (latent side at the native resolution).
+    pub sample_size: usize,
+    pub patch_size: usize,
+    /// Latent channels the transformer takes.
+    pub in_channels: usize,
+    /// Image pixels per latent pixel.
+    pub vae_factor: usize,
+}
+
+impl ResolvedPaths {
+    /// The geometry from the config files alone (no weights read), to validate a request before
+    /// loading. Fails for a transformer without `config.json` (an original checkpoint).
+    pub fn geometry(&self) -> Result<ModelGeometry> {
+        let (_, cfg) = pixart_model::loading::locate(&self.transformer)?;
+        let cfg = cfg.ok_or_else(|| Error::config(&self.transformer, "no config.json"))?;
+        let t = TransformerConfig::from_file(&cfg)?;
+        let vae_cfg = pixart_vae::loading::vae_dir(&self.vae)?.join("config.json");
+        let v = pixart_vae::AutoencoderKlConfig::from_file(&vae_cfg)?;
+        Ok(ModelGeometry {
+            sample_size: t.sample_size,
+            patch_size: t.patch_size,
+            in_channels: t.in_channels,
+            vae_factor: v.downsample_factor(),
+        })
+    }
+}
+
+/// Loaded components.
+pub struct PipelineComponents {
+    pub transformer: PixArtTransformer,
+    pub vae: AutoencoderKl,
+    pub tokenizer: T5Tokenizer,
+    pub scheduler_config: SchedulerConfig,
+    pub paths: ResolvedPaths,
+    pub device: Device,
+    pub dtype: DType,
+    /// The T5 encoder's dtype.
+    pub text_dtype: DType,
+}
+
+impl std::fmt::Debug for PipelineComponents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineComponents")
+            .field("paths", &self.paths)
+            .field("dtype", &self.dtype)
+            .finish_non_exhaustive()
+    }
+}
+
+fn missing(component: &str, paths: &ComponentPaths, flag: &str) -> Error {
+    let base = match &paths.base {
+        Some(b) => format!(" or {}", b.display()),
+        None => String::new(),
+    };
+    Error::InvalidInput(format!(
+        "missing component `{component}`: no {component}/ folder in {}{base}; pass --base DIR (a diffusers pipeline folder) or {flag}",
+        paths.model.display()
+    ))
+}
+
+/// `dir/sub` if it is a folder.
+fn sub(dir: &Path, name: &str) -> Option<PathBuf> {
+    Some(dir.join(name)).filter(|p| p.is_dir())
+}
+
+impl ComponentPaths {
+    /// Finds every component: the override, else the model folder's subfolder, else the base
+    /// folder's. Fails with one message naming the first missing component.
+    /// Every path may also be a hub id (`owner/name[@revision]`) found in the HF cache.
+    pub fn resolve(&self) -> Result<ResolvedPaths> {
+        let hub = |p: &Option<PathBuf>| p.as_deref().map(crate::hub::resolve).transpose();
+        let local = ComponentPaths {
+            model: crate::hub::resolve(&self.model)?,
+            base: hub(&self.base)?,
+            text_encoder: hub(&self.text_encoder)?,
+            tokenizer: hub(&self.tokenizer)?,
+            vae: hub(&self.vae)?,
+            scheduler: hub(&self.scheduler)?,
+        };
+        local.resolve_local()
+    }
+
+    fn resolve_local(&self) -> Result<ResolvedPaths> {
+        let model = &self.model;
+        if !model.exists() {
+            return Err(Error::InvalidInput(format!(
+                "{}: no such model folder or file",
+                model.display()
+            )));
+        }
+        if let Some(b) = &self.base {
+            if !b.is_dir() {
+                return Err(Error::InvalidInput(format!("{}: no such base folder", b.display())));
+            }
+        }
+        for (flag, p) in [
+            ("--text-encoder", &self.text_encoder),
+            ("--tokenizer", &self.tokenizer),
+            ("--vae", &self.vae),
+            ("--scheduler", &self.scheduler),
+        ] {
+            if let Some(p) = p {
+                if !p.exists() {
+                    return Err(Error::InvalidInput(format!("{flag} {}: no such folder", p.display())));
+                }
+            }
+        }
+        let find = |name: &str| -> Option<PathBuf> {
+            (model.is_dir().then(|| sub(model, name)).flatten())
+                .or_else(|| self.base.as_deref().and_then(|b| sub(b, name)))
+        };
+        let transformer = if model.is_dir() && model.join("model_index.json").is_file() {
+            sub(model, "transformer").ok_or_else(|| missing("transformer", self, "a transformer folder as --model"))?
+        } else {
+            model.clone()
+        };
+        let text_encoder = match &self.text_encoder {
+            Some(p) => p.clone(),
+            None => find("text_encoder").ok_or_else(|| missing("text_encoder", self, "--text-encoder DIR"))?,
+        };
+        let tokenizer = match &self.tokenizer {
+            Some(p) => p.clone(),
+            None => find("tokenizer")
+                .or_else(|| self.text_encoder.as_deref().and_then(|t| sub(t, "tokenizer")))
+                .or_else(|| {
+                    self.text_encoder
+                        .as_deref()
+                        .and_then(Path::parent)
+                        .and_then(|t| sub(t, "tokenizer"))
+                })
+                .ok_or_else(|| missing("tokenizer", self, "--text-encoder DIR with a tokenizer/ beside it"))?,
+        };
+        let vae = match &self.vae {
+            Some(p) => p.clone(),
+            None => find("vae").ok_or_else(|| missing("vae", self, "--vae DIR"))?,
+        };
+        let scheduler_config = match &self.scheduler {
+            Some(p) if p.is_file() => p.clone(),
+            Some(p) => p.join("scheduler_config.json"),
+            None => find("scheduler")
+                .map(|d| d.join("scheduler_config.json"))
+                .ok_or_else(|| missing("scheduler", self, "--base DIR"))?,
+        };
+        if !scheduler_config.is_file() {
+            return Err(Error::InvalidInput(format!(
+                "{}: missing scheduler config",
+                scheduler_config.display()
+            )));
+        }
+        Ok(ResolvedPaths {
+            transformer,
+            text_encoder,
+            tokenizer,
+            vae,
+            scheduler_config,
+        })
+    }
+}
+
+impl PipelineComponents {
+    /// Resolves and loads everything but the T5 encoder (whose folder and weights are checked
+    /// to exist).
+    pub fn load(paths: &ComponentPaths, opts: &ComponentOptions) -> Result<Self> {
+        let paths = paths.resolve()?;
+        let text_dir = pixart_text::loading::text_encoder_dir(&paths.text_encoder)?;
+        pixart_text::loading::locate_weights(&text_dir)?;
+        let tokenizer = T5Tokenizer::from_dir(&paths.tokenizer)?;
+        let scheduler_config = SchedulerConfig::from_file(&paths.scheduler_config)?;
+        let load_opts = LoadOptions {
+            dtype: opts.dtype,
+            device: opts.device.clone(),
+            kv_compress: opts.kv_compress.clone(),
+            ..LoadOptions::default()
+        };
+        let transformer = load_transformer(&paths.transformer, &load_opts)?.model;
+        let vae_dtype = if opts.device.is_cpu() { DType::F32 } else { opts.dtype };
+        let vae = load_vae(&paths.vae, vae_dtype, &opts.device)?;
+        let text_dtype = if opts.dtype == DType::F32 {
+            DType::F32
+        } else {
+            DType::BF16
+        };
+        Ok(Self {
+            transformer,
+            vae,
+            tokenizer,
+            scheduler_config,
+            paths,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+            text_dtype,
+        })
+    }
+
+    /// The transformer's config.
+    pub fn transformer_config(&self) -> &TransformerConfig {
+        self.transformer.config()
+    }
+
+    /// What request validation needs.
+    pub fn geometry(&self) -> ModelGeometry {
+        let t = self.transformer_config();
+        ModelGeometry {
+            sample_size: t.sample_size,
+            patch_size: t.patch_size,
+            in_channels: t.in_channels,
+            vae_factor: self.vae_factor(),
+        }
+    }
+
+    /// Image pixels per latent pixel (8 for the SDXL VAE).
+    pub fn vae_factor(&self) -> usize {
+        self.vae.downsample_factor()
+    }
+}

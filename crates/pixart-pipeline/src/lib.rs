@@ -1,0 +1,25 @@
+//! PixArt-Σ text-to-image: the orchestration of tokenizer, T5 encoder, transformer, sampler and
+//! VAE, with the semantics of diffusers 0.42.1 `PixArtSigmaPipeline`
+//! (`pipelines/pixart_alpha/pipeline_pixart_sigma.py`).
+//!
+//! - [`components`]: [`PipelineComponents`] from a local diffusers pipeline folder, or a
+//!   transformer folder plus a base folder, with per-component overrides ([`ComponentPaths`]).
+//! - [`request`]: [`GenerationRequest`] → [`ValidatedRequest`]; every user-input check.
+//! - [`aspect_bins`]: the aspect-ratio bin tables, bin selection, and the resize + centre crop
+//!   back to the requested size.
+//! - [`hub`]: hub ids (`owner/name`) resolved in the standard HF cache (no downloads).
+//! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
+//! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod aspect_bins;
+pub mod components;
+pub mod hub;
+pub mod noise;
+pub mod pipeline;
+pub mod request;
+
+pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
+pub use noise::{NoiseSource, SeededNoise};
+pub use pipeline::{generate, Generated, Output, Progress, RgbImage, Stage, Timings};
+pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};

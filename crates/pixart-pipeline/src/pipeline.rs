@@ -1,0 +1,329 @@
+//! [`generate`]: text to image in numbered steps, as diffusers 0.42.1
+//! `PixArtSigmaPipeline.__call__` (`pipelines/pixart_alpha/pipeline_pixart_sigma.py`).
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use pixart_core::{Error, Result};
+use pixart_schedulers::{from_config, Scheduler};
+use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
+
+use crate::aspect_bins::resize_and_crop;
+use crate::components::PipelineComponents;
+use crate::noise::NoiseSource;
+use crate::request::{OutputKind, ValidatedRequest, MAX_SEQUENCE_LENGTH};
+
+/// The stages of a generation, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Loading the T5 encoder from disk.
+    LoadTextEncoder,
+    /// Tokenising and running the T5 encoder.
+    EncodeText,
+    /// Caption projection and every block's cross-attention K/V, once.
+    EncodeContext,
+    /// Initial latents.
+    PrepareLatents,
+    /// The denoising loop.
+    Denoise,
+    /// VAE decode.
+    Decode,
+    /// Back-mapping to the requested size and conversion to 8-bit RGB.
+    Postprocess,
+}
+
+impl Stage {
+    /// A short name for summaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LoadTextEncoder => "load text encoder",
+            Self::EncodeText => "text encode",
+            Self::EncodeContext => "context",
+            Self::PrepareLatents => "latents",
+            Self::Denoise => "denoise",
+            Self::Decode => "vae decode",
+            Self::Postprocess => "postprocess",
+        }
+    }
+}
+
+/// Progress events.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// A stage begins.
+    Stage(Stage),
+    /// Denoising step `done` of `total` finished, taking `seconds`.
+    Step { done: usize, total: usize, seconds: f64 },
+    /// VAE tile `done` of `total` decoded.
+    DecodeTile { done: usize, total: usize },
+    /// A prompt (`negative: true`: the negative prompt) was cut to 300 tokens; `dropped` tokens
+    /// were lost (diffusers warns the same way).
+    Truncated {
+        prompt: usize,
+        negative: bool,
+        dropped: usize,
+    },
+}
+
+/// Wall time per stage and per denoising step, in seconds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Timings {
+    pub stages: Vec<(Stage, f64)>,
+    pub steps: Vec<f64>,
+}
+
+/// An 8-bit RGB image, rows top to bottom, pixels as `r, g, b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// The final latents (batch, channels, h, w), f32 on the CPU (before the VAE scaling).
+    pub latents: Tensor,
+    /// Decoded images in [0, 1], (batch, 3, height, width) f32 on the CPU
+    /// (diffusers' `output_type="np"`, channels first); `None` for [`OutputKind::Latent`].
+    pub pixels: Option<Tensor>,
+    /// The images as 8-bit RGB (`round(255 · pixel)`); empty for [`OutputKind::Latent`].
+    pub images: Vec<RgbImage>,
+    pub timings: Timings,
+}
+
+/// What [`generate`] ended with.
+#[derive(Debug, Clone)]
+pub enum Generated {
+    Finished(Output),
+    /// The cancel flag was seen after `completed_steps` denoising steps; nothing was produced.
+    Cancelled {
+        completed_steps: usize,
+    },
+}
+
+struct Clock<'a> {
+    progress: &'a mut dyn FnMut(Progress),
+    timings: Timings,
+}
+
+impl Clock<'_> {
+    fn run<T>(&mut self, stage: Stage, f: impl FnOnce(&mut dyn FnMut(Progress)) -> Result<T>) -> Result<T> {
+        (self.progress)(Progress::Stage(stage));
+        let start = Instant::now();
+        let out = f(self.progress)?;
+        self.timings.stages.push((stage, start.elapsed().as_secs_f64()));
+        Ok(out)
+    }
+}
+
+/// A (batch, …) tensor of per-image noise from `noise`, in `dtype` on `device`.
+fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &Device) -> Result<Tensor> {
+    let per = shape[1] * shape[2] * shape[3];
+    let mut all = Vec::with_capacity(shape[0] * per);
+    for k in 0..shape[0] {
+        let v = noise.draw(k, per);
+        if v.len() != per {
+            return Err(Error::Shape(format!(
+                "noise source gave {} values, expected {per}",
+                v.len()
+            )));
+        }
+        all.extend(v);
+    }
+    Ok(Tensor::from_vec(all, shape.to_vec(), &Device::Cpu)?
+        .to_device(device)?
+        .to_dtype(dtype)?)
+}
+
+/// Generates `request` with `components`. `noise` supplies the initial latents (unless the
+/// request carries them) and the per-step noise of samplers that need it; `progress` receives
+/// [`Progress`] events; `cancel` is checked between steps (set it from a signal handler).
+pub fn generate(
+    components: &PipelineComponents,
+    request: &ValidatedRequest,
+    noise: &mut dyn NoiseSource,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<Generated> {
+    let c = components;
+    let r = request;
+    let device = &c.device;
+    let model = &c.transformer;
+    let mut clock = Clock {
+        progress,
+        timings: Timings::default(),
+    };
+
+    // 1. Preprocess the prompts (strip, lower-case unless keep_case; diffusers'
+    //    `_text_preprocessing` with `clean_caption=False`) and tokenise them: 300 tokens, padded,
+    //    with the attention mask. With CFG the negative prompt comes first: [negative, prompts...].
+    let mut texts: Vec<String> = Vec::with_capacity(r.prompts.len() + 1);
+    if r.cfg {
+        texts.push(preprocess_caption(&r.negative_prompt, r.keep_case));
+    }
+    texts.extend(r.prompts.iter().map(|p| preprocess_caption(p, r.keep_case)));
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let encodings = c.tokenizer.encode_batch(&refs, MAX_SEQUENCE_LENGTH)?;
+    for (i, e) in encodings.iter().enumerate().filter(|(_, e)| e.truncated > 0) {
+        (clock.progress)(Progress::Truncated {
+            prompt: i.saturating_sub(usize::from(r.cfg)),
+            negative: r.cfg && i == 0,
+            dropped: e.truncated,
+        });
+    }
+    let (ids, mask) = to_tensors(&encodings, device)?;
+
+    // 2. T5-encode all texts at once; the encoder is dropped right after, before denoising.
+    let t5 = clock.run(Stage::LoadTextEncoder, |_| {
+        load_text_encoder(&c.paths.text_encoder, c.text_dtype, device)
+    })?;
+    let hidden = clock.run(Stage::EncodeText, |_| t5.forward(&ids, Some(&mask)))?;
+    drop(t5);
+
+    // 3. The caption projection and the cross-attention K/V of every block, once for the whole
+    //    run. Batch rows: [uncond × batch, cond × batch] with CFG, [cond × batch] without; image
+    //    k uses prompt k / images_per_prompt (diffusers repeats each prompt's rows in place).
+    let offset = usize::from(r.cfg);
+    let mut rows: Vec<u32> = Vec::with_capacity(2 * r.batch);
+    if r.cfg {
+        rows.extend(std::iter::repeat_n(0u32, r.batch));
+    }
+    rows.extend((0..r.batch).map(|k| (offset + k / r.images_per_prompt) as u32));
+    let model_batch = rows.len();
+    let ctx = clock.run(Stage::EncodeContext, |_| {
+        let rows = Tensor::new(rows.as_slice(), hidden.device())?;
+        let y = hidden.index_select(&rows, 0)?;
+        let m = mask.index_select(&rows.to_device(mask.device())?, 0)?;
+        model.encode_context(&y, Some(&m))
+    })?;
+    drop(hidden);
+
+    // 4. Initial latents: the given x_T, or standard normal noise per image (seed + k), drawn
+    //    here rather than in the sampler; both times the sampler's init_noise_sigma.
+    let mut scheduler = from_config(&c.scheduler_config, r.sampler)?;
+    scheduler.set_timesteps(r.steps)?;
+    let mut latents = clock.run(Stage::PrepareLatents, |_| {
+        let x = match &r.latents {
+            Some(l) => l.to_device(device)?.to_dtype(DType::F32)?,
+            None => draw(noise, r.latent_shape, DType::F32, device)?,
+        };
+        Ok((x * scheduler.init_noise_sigma())?.to_dtype(model.dtype())?)
+    })?;
+
+    // 5. The denoising loop: model on the (duplicated, for CFG) scaled input, keep the first
+    //    `in_channels` of the learned-sigma output, ε = ε_u + g(ε_c − ε_u), sampler step.
+    let in_ch = c.transformer_config().in_channels;
+    let split_sigma = c.transformer_config().out_channels() / 2 == in_ch;
+    let timesteps = scheduler.timesteps().to_vec();
+    let total = timesteps.len();
+    (clock.progress)(Progress::Stage(Stage::Denoise));
+    let denoise_start = Instant::now();
+    for (i, &t) in timesteps.iter().enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Generated::Cancelled { completed_steps: i });
+        }
+        let start = Instant::now();
+        let x_in = if r.cfg {
+            Tensor::cat(&[&latents, &latents], 0)?
+        } else {
+            latents.clone()
+        };
+        let x_in = scheduler.scale_model_input(&x_in, i)?;
+        let t_in = Tensor::full(t as f32, model_batch, device)?;
+        let out = model.forward_with_context(&x_in, &t_in, &ctx, None)?;
+        let eps = if r.cfg {
+            let u = out.narrow(0, 0, r.batch)?;
+            let cond = out.narrow(0, r.batch, r.batch)?;
+            (&u + (cond - &u)?.affine(r.guidance, 0.0)?)?
+        } else {
+            out
+        };
+        let eps = if split_sigma {
+            eps.narrow(1, 0, in_ch)?.contiguous()?
+        } else {
+            eps
+        };
+        let step_noise = if scheduler.needs_noise() {
+            Some(draw(noise, r.latent_shape, latents.dtype(), device)?)
+        } else {
+            None
+        };
+        latents = scheduler.step(&eps, i, &latents, step_noise.as_ref())?;
+        let seconds = start.elapsed().as_secs_f64();
+        clock.timings.steps.push(seconds);
+        (clock.progress)(Progress::Step {
+            done: i + 1,
+            total,
+            seconds,
+        });
+    }
+    clock
+        .timings
+        .stages
+        .push((Stage::Denoise, denoise_start.elapsed().as_secs_f64()));
+    drop(ctx);
+    let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    if r.output == OutputKind::Latent {
+        return Ok(Generated::Finished(Output {
+            latents,
+            pixels: None,
+            images: Vec::new(),
+            timings: clock.timings,
+        }));
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Ok(Generated::Cancelled { completed_steps: total });
+    }
+
+    // 6. Decode latents / scaling_factor with the VAE (tiled when large, or as requested).
+    let vae = &c.vae;
+    let decoded = clock.run(Stage::Decode, |progress| {
+        let z = vae.unscale_latents(&latents.to_device(device)?.to_dtype(vae.dtype())?)?;
+        let image = vae.decode_with_progress(&z, r.vae_tiling.tiling(), &mut |done, total| {
+            progress(Progress::DecodeTile { done, total })
+        })?;
+        Ok(image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    })?;
+
+    // 7. Back to the requested size when binned (bilinear resize + centre crop, in [-1, 1]),
+    //    then `clamp(x/2 + 0.5, 0, 1)` and `round(255 · x)` (diffusers' postprocess).
+    let (pixels, images) = clock.run(Stage::Postprocess, |_| {
+        let (b, ch, h, w) = decoded.dims4()?;
+        let (oh, ow) = (r.out_height, r.out_width);
+        let data = decoded.flatten_all()?.to_vec1::<f32>()?;
+        let data = if r.resolution_binning {
+            resize_and_crop(data, b * ch, (h, w), (oh, ow))
+        } else {
+            data
+        };
+        let (oh, ow) = if r.resolution_binning { (oh, ow) } else { (h, w) };
+        let data: Vec<f32> = data.iter().map(|&x| (x * 0.5 + 0.5).clamp(0.0, 1.0)).collect();
+        if data.len() != b * ch * oh * ow || ch != 3 {
+            return Err(Error::Shape(format!(
+                "decoded image has {ch} channels and {} values; expected 3 × {b} × {oh} × {ow}",
+                data.len()
+            )));
+        }
+        let plane = oh * ow;
+        let images = data
+            .chunks_exact(3 * plane)
+            .map(|img| RgbImage {
+                width: ow,
+                height: oh,
+                data: (0..plane)
+                    .flat_map(|p| (0..3).map(move |c| (img[c * plane + p] * 255.0).round() as u8))
+                    .collect(),
+            })
+            .collect();
+        let pixels = Tensor::from_vec(data, (b, ch, oh, ow), &Device::Cpu)?;
+        Ok((pixels, images))
+    })?;
+    Ok(Generated::Finished(Output {
+        latents,
+        pixels: Some(pixels),
+        images,
+        timings: clock.timings,
+    }))
+}

@@ -1,0 +1,234 @@
+//! What to generate: [`GenerationRequest`] as a caller fills it in, and [`ValidatedRequest`],
+//! the only form [`crate::generate`] accepts. Every check on user input happens in
+//! [`GenerationRequest::validate`], before any compute.
+use candle_core::Tensor;
+use pixart_core::{Error, Result};
+use pixart_schedulers::SamplerKind;
+use pixart_vae::{TileConfig, Tiling};
+
+use crate::aspect_bins;
+use crate::components::ModelGeometry;
+
+/// Largest accepted image side in pixels.
+pub const MAX_SIDE: usize = 8192;
+
+/// Tokens per prompt (PixArt-Σ's `max_sequence_length`).
+pub const MAX_SEQUENCE_LENGTH: usize = 300;
+
+/// Whether the VAE decodes in tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeTiling {
+    /// Tile only large latents ([`Tiling::Auto`]).
+    #[default]
+    Auto,
+    /// Always tile (default tile size).
+    On,
+    /// Never tile.
+    Off,
+}
+
+impl VaeTiling {
+    /// Parses `auto`, `on` or `off`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown VAE tiling `{s}` (expected auto, on or off)"
+            ))),
+        }
+    }
+
+    /// The VAE crate's setting.
+    pub fn tiling(self) -> Tiling {
+        match self {
+            Self::Auto => Tiling::Auto,
+            Self::On => Tiling::On(TileConfig::default()),
+            Self::Off => Tiling::Off,
+        }
+    }
+}
+
+/// What [`crate::generate`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputKind {
+    /// Decoded RGB images.
+    #[default]
+    Image,
+    /// The final latents, undecoded (diffusers' `output_type="latent"`).
+    Latent,
+}
+
+/// A generation request as given; [`Self::validate`] turns it into a [`ValidatedRequest`].
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    /// One or more prompts.
+    pub prompts: Vec<String>,
+    /// The negative prompt (diffusers' default: empty), used for every image when CFG is on.
+    pub negative_prompt: String,
+    /// Requested size in pixels; `None`: `sample_size · vae factor` (1024 for the 1024 model).
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    /// Denoising steps (> 0).
+    pub steps: usize,
+    /// CFG scale; CFG is skipped when it is ≤ 1 (as diffusers does).
+    pub guidance: f64,
+    /// Image `k` of the batch draws its noise from seed `seed + k`.
+    pub seed: u64,
+    /// Images per prompt.
+    pub images_per_prompt: usize,
+    /// Sampler; `None`: the one `scheduler_config.json` names.
+    pub sampler: Option<SamplerKind>,
+    /// Generate at the nearest aspect-ratio bin, then resize + crop to the requested size.
+    pub resolution_binning: bool,
+    /// Skip the lower-casing of prompts (the strip still happens).
+    pub keep_case: bool,
+    pub vae_tiling: VaeTiling,
+    pub output: OutputKind,
+    /// Initial latents x_T (batch, in_channels, h/f, w/f) in place of seeded noise (they are
+    /// still multiplied by the sampler's `init_noise_sigma`).
+    pub latents: Option<Tensor>,
+}
+
+impl Default for GenerationRequest {
+    /// The diffusers `PixArtSigmaPipeline.__call__` defaults (20 steps, guidance 4.5, binning).
+    fn default() -> Self {
+        Self {
+            prompts: Vec::new(),
+            negative_prompt: String::new(),
+            width: None,
+            height: None,
+            steps: 20,
+            guidance: 4.5,
+            seed: 0,
+            images_per_prompt: 1,
+            sampler: None,
+            resolution_binning: true,
+            keep_case: false,
+            vae_tiling: VaeTiling::Auto,
+            output: OutputKind::Image,
+            latents: None,
+        }
+    }
+}
+
+/// A checked request with every size resolved.
+#[derive(Debug, Clone)]
+pub struct ValidatedRequest {
+    pub prompts: Vec<String>,
+    pub negative_prompt: String,
+    pub images_per_prompt: usize,
+    /// Total images: `prompts.len() · images_per_prompt`.
+    pub batch: usize,
+    /// Size generated at (the bin when binning), pixels.
+    pub gen_height: usize,
+    pub gen_width: usize,
+    /// Size returned, pixels.
+    pub out_height: usize,
+    pub out_width: usize,
+    pub steps: usize,
+    pub guidance: f64,
+    /// Whether CFG runs (`guidance > 1`).
+    pub cfg: bool,
+    pub seed: u64,
+    pub sampler: Option<SamplerKind>,
+    pub resolution_binning: bool,
+    pub keep_case: bool,
+    pub vae_tiling: VaeTiling,
+    pub output: OutputKind,
+    pub latents: Option<Tensor>,
+    /// Latent shape (batch, channels, h, w).
+    pub latent_shape: [usize; 4],
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidInput(msg.into())
+}
+
+impl GenerationRequest {
+    /// Checks the request against the model's geometry (from [`crate::PipelineComponents::geometry`],
+    /// or, before loading, [`crate::ResolvedPaths::geometry`]) and resolves sizes.
+    pub fn validate(self, geometry: &ModelGeometry) -> Result<ValidatedRequest> {
+        if self.prompts.is_empty() {
+            return Err(invalid("no prompt given"));
+        }
+        if self.steps == 0 {
+            return Err(invalid("--steps must be at least 1"));
+        }
+        if self.steps > 1000 {
+            return Err(invalid(format!("--steps {} is more than 1000", self.steps)));
+        }
+        if !self.guidance.is_finite() {
+            return Err(invalid(format!(
+                "guidance must be a finite number, got {}",
+                self.guidance
+            )));
+        }
+        if self.images_per_prompt == 0 {
+            return Err(invalid("--batch must be at least 1"));
+        }
+        let g = geometry;
+        let f = g.vae_factor;
+        let multiple = f * g.patch_size;
+        let default_side = g.sample_size * f;
+        let out_height = self.height.unwrap_or(default_side);
+        let out_width = self.width.unwrap_or(default_side);
+        for (what, v) in [("height", out_height), ("width", out_width)] {
+            if v == 0 || v > MAX_SIDE {
+                return Err(invalid(format!("--{what} {v} must be between 1 and {MAX_SIDE}")));
+            }
+        }
+        let (gen_height, gen_width) = if self.resolution_binning {
+            let table = aspect_bins::table_for_sample_size(g.sample_size).ok_or_else(|| {
+                invalid(format!(
+                    "resolution binning has no table for transformer sample_size {} (32, 64, 128 or 256); \
+                     use --no-resolution-binning",
+                    g.sample_size
+                ))
+            })?;
+            aspect_bins::classify(out_height, out_width, table)?
+        } else {
+            if !out_height.is_multiple_of(multiple) || !out_width.is_multiple_of(multiple) {
+                return Err(invalid(format!(
+                    "with resolution binning off, width and height must be multiples of {multiple}, got {out_width}x{out_height}"
+                )));
+            }
+            (out_height, out_width)
+        };
+        let batch = self.prompts.len() * self.images_per_prompt;
+        let latent_shape = [batch, g.in_channels, gen_height / f, gen_width / f];
+        if let Some(l) = &self.latents {
+            if l.dims() != latent_shape {
+                return Err(invalid(format!(
+                    "initial latents have shape {:?}, this request needs {:?} (batch, channels, {}/{f}, {}/{f})",
+                    l.dims(),
+                    latent_shape,
+                    gen_height,
+                    gen_width
+                )));
+            }
+        }
+        Ok(ValidatedRequest {
+            prompts: self.prompts,
+            negative_prompt: self.negative_prompt,
+            images_per_prompt: self.images_per_prompt,
+            batch,
+            gen_height,
+            gen_width,
+            out_height,
+            out_width,
+            steps: self.steps,
+            guidance: self.guidance,
+            cfg: self.guidance > 1.0,
+            seed: self.seed,
+            sampler: self.sampler,
+            resolution_binning: self.resolution_binning,
+            keep_case: self.keep_case,
+            vae_tiling: self.vae_tiling,
+            output: self.output,
+            latents: self.latents,
+            latent_shape,
+        })
+    }
+}

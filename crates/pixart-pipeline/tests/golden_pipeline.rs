@@ -1,0 +1,302 @@
+//! End-to-end golden test: our pipeline against diffusers 0.42.1 `PixArtSigmaPipeline` on the
+//! tiny random pipeline of fixtures/golden/pipeline (tools/golden/gen_pipeline.py), from the same
+//! initial latents. Compares the final latents (`output_type="latent"`) and the decoded image
+//! (`output_type="np"`).
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use candle_core::{Device, Tensor};
+use pixart_pipeline::{
+    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents,
+    SeededNoise,
+};
+
+/// max |a − b| / max |b| allowed for the final latents. The random tiny transformer is far from
+/// a trained one, so DPM-Solver's data predictions reach ~10³ and amplify f32 rounding.
+const LATENT_RTOL: f32 = 1e-5;
+/// max |a − b| allowed for the image in [0, 1].
+const IMAGE_ATOL: f32 = 2e-5;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/pipeline")
+}
+
+fn components() -> PipelineComponents {
+    let paths = ComponentPaths {
+        model: fixtures(),
+        ..Default::default()
+    };
+    PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap()
+}
+
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+fn run_case(
+    c: &PipelineComponents,
+    name: &str,
+    case: &serde_json::Value,
+    io: &std::collections::HashMap<String, Tensor>,
+    output: OutputKind,
+) -> pixart_pipeline::Output {
+    let prompts = match &case["prompt"] {
+        serde_json::Value::String(s) => vec![s.clone()],
+        v => v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect(),
+    };
+    let req = GenerationRequest {
+        prompts,
+        negative_prompt: case["negative_prompt"].as_str().unwrap().to_string(),
+        width: Some(case["width"].as_u64().unwrap() as usize),
+        height: Some(case["height"].as_u64().unwrap() as usize),
+        steps: case["steps"].as_u64().unwrap() as usize,
+        guidance: case["guidance"].as_f64().unwrap(),
+        images_per_prompt: case["per_prompt"].as_u64().unwrap() as usize,
+        resolution_binning: case["binning"].as_bool().unwrap(),
+        latents: Some(io[&format!("{name}.latents_in")].clone()),
+        output,
+        ..Default::default()
+    }
+    .validate(&c.geometry())
+    .unwrap();
+    assert_eq!(req.gen_height, case["bin_height"].as_u64().unwrap() as usize);
+    assert_eq!(req.gen_width, case["bin_width"].as_u64().unwrap() as usize);
+    match generate(c, &req, &mut SeededNoise::new(0), &mut |_| {}, &AtomicBool::new(false)).unwrap() {
+        Generated::Finished(o) => o,
+        Generated::Cancelled { .. } => panic!("cancelled"),
+    }
+}
+
+#[test]
+fn pipeline_matches_diffusers() {
+    let c = components();
+    let dir = fixtures();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let io = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    for (name, case) in cases.as_object().unwrap() {
+        let out = run_case(&c, name, case, &io, OutputKind::Image);
+        let want = &io[&format!("{name}.latents_out")];
+        let diff = max_abs(&(&out.latents - want).unwrap());
+        let rel = diff / max_abs(want);
+        println!("{name}: latents max diff {diff:.3e} (relative {rel:.3e})");
+        assert!(
+            rel <= LATENT_RTOL,
+            "{name}: latents relative diff {rel:.3e} > {LATENT_RTOL:e}"
+        );
+
+        let pixels = out.pixels.unwrap().permute((0, 2, 3, 1)).unwrap(); // (b, h, w, 3)
+        let want = &io[&format!("{name}.image")];
+        assert_eq!(pixels.dims(), want.dims(), "{name}: image shape");
+        let diff = max_abs(&(&pixels - want).unwrap());
+        println!("{name}: image max diff {diff:.3e}");
+        assert!(diff <= IMAGE_ATOL, "{name}: image diff {diff:.3e} > {IMAGE_ATOL:e}");
+        let img = &out.images[0];
+        assert_eq!((img.width, img.height), (want.dims()[2], want.dims()[1]));
+        assert_eq!(img.data.len(), img.width * img.height * 3);
+    }
+}
+
+#[test]
+fn latent_output_skips_the_vae() {
+    let c = components();
+    let dir = fixtures();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let io = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let name = "no_cfg_two_prompts";
+    let out = run_case(&c, name, &cases[name], &io, OutputKind::Latent);
+    assert!(out.pixels.is_none() && out.images.is_empty());
+    let want = &io[&format!("{name}.latents_out")];
+    let rel = max_abs(&(&out.latents - want).unwrap()) / max_abs(want);
+    assert!(rel <= LATENT_RTOL, "{rel:e}");
+}
+
+#[test]
+fn seeded_runs_are_reproducible_and_cancellable() {
+    let c = components();
+    let mk = |seed| {
+        GenerationRequest {
+            prompts: vec!["a cat".into()],
+            width: Some(64),
+            height: Some(48),
+            steps: 2,
+            seed,
+            resolution_binning: false,
+            output: OutputKind::Latent,
+            sampler: Some("euler-a".parse().unwrap()),
+            ..Default::default()
+        }
+        .validate(&c.geometry())
+        .unwrap()
+    };
+    let run = |seed: u64, cancel: bool| {
+        let r = mk(seed);
+        generate(
+            &c,
+            &r,
+            &mut SeededNoise::new(seed),
+            &mut |_| {},
+            &AtomicBool::new(cancel),
+        )
+        .unwrap()
+    };
+    let (Generated::Finished(a), Generated::Finished(b), Generated::Finished(d)) =
+        (run(3, false), run(3, false), run(4, false))
+    else {
+        panic!("cancelled")
+    };
+    assert_eq!(max_abs(&(&a.latents - &b.latents).unwrap()), 0.0);
+    assert!(max_abs(&(&a.latents - &d.latents).unwrap()) > 0.0);
+    assert!(matches!(run(3, true), Generated::Cancelled { completed_steps: 0 }));
+}
+
+#[test]
+fn invalid_requests_are_refused_with_one_line() {
+    let c = components();
+    let base = || GenerationRequest {
+        prompts: vec!["x".into()],
+        width: Some(64),
+        height: Some(64),
+        ..Default::default()
+    };
+    let err = |r: GenerationRequest| r.validate(&c.geometry()).unwrap_err().to_string();
+    assert!(err(GenerationRequest { steps: 0, ..base() }).contains("steps"));
+    assert!(err(GenerationRequest {
+        guidance: f64::NAN,
+        ..base()
+    })
+    .contains("finite"));
+    assert!(err(GenerationRequest {
+        guidance: f64::INFINITY,
+        ..base()
+    })
+    .contains("finite"));
+    let e = err(GenerationRequest {
+        width: Some(72),
+        resolution_binning: false,
+        ..base()
+    });
+    assert!(e.contains("multiples of 16"), "{e}");
+    assert!(err(GenerationRequest {
+        prompts: vec![],
+        ..base()
+    })
+    .contains("prompt"));
+    let e = err(GenerationRequest {
+        latents: Some(Tensor::zeros((1, 4, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap()),
+        ..base()
+    });
+    assert!(e.contains("initial latents"), "{e}");
+    // Binning on: any size is fine, the bin is from the 256 table (sample_size 32).
+    let ok = GenerationRequest {
+        width: Some(1000),
+        height: Some(250),
+        ..base()
+    }
+    .validate(&c.geometry())
+    .unwrap();
+    assert_eq!((ok.gen_height, ok.gen_width), (128, 512));
+    assert_eq!((ok.out_height, ok.out_width), (250, 1000));
+}
+
+#[test]
+fn missing_components_are_named() {
+    let tmp = std::env::temp_dir().join(format!("pixart-pipe-missing-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // A transformer-only folder without --base.
+    let paths = ComponentPaths {
+        model: fixtures().join("transformer"),
+        ..Default::default()
+    };
+    let e = PipelineComponents::load(&paths, &ComponentOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("missing component `text_encoder`") && e.contains("--base"),
+        "{e}"
+    );
+    // Transformer-only folder + base: loads.
+    let paths = ComponentPaths {
+        model: fixtures().join("transformer"),
+        base: Some(fixtures()),
+        ..Default::default()
+    };
+    PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap();
+    // An override that does not exist.
+    let paths = ComponentPaths {
+        model: fixtures(),
+        vae: Some(tmp.join("nope")),
+        ..Default::default()
+    };
+    let e = PipelineComponents::load(&paths, &ComponentOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--vae") && !e.contains('\n'), "{e}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("cases.") {
+            continue;
+        }
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(&name));
+        } else {
+            std::fs::copy(e.path(), to.join(&name)).unwrap();
+        }
+    }
+}
+
+/// A folder laid out like the HF hub cache: `models--owner--name/refs/main` naming a snapshot.
+fn fake_hf_cache(root: &std::path::Path, id: &str, files: &std::path::Path) {
+    let repo = root.join(format!("models--{}", id.replace('/', "--")));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "0123456789abcdef").unwrap();
+    copy_dir(files, &repo.join("snapshots/0123456789abcdef"));
+}
+
+#[test]
+fn hub_ids_resolve_in_the_hf_cache() {
+    let tmp = std::env::temp_dir().join(format!("pixart-pipe-hub-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    fake_hf_cache(&tmp, "pixart-test/tiny", &fixtures());
+    // A transformer-only repo, used with the full one as base.
+    let only = tmp.join("only");
+    copy_dir(&fixtures().join("transformer"), &only.join("transformer"));
+    fake_hf_cache(&tmp, "pixart-test/tiny-transformer", &only);
+    let cache = hf_hub::Cache::new(tmp.clone());
+    let snap = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/tiny").unwrap();
+    assert!(snap.join("model_index.json").is_file(), "{}", snap.display());
+    let t = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/tiny-transformer").unwrap();
+    assert!(t.join("transformer/config.json").is_file());
+    let paths = ComponentPaths {
+        model: t,
+        base: Some(snap),
+        ..Default::default()
+    };
+    let r = paths.resolve().unwrap();
+    assert!(r.vae.starts_with(&tmp) && r.text_encoder.starts_with(&tmp));
+    PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap();
+    let e = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/absent")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not download"), "{e}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
