@@ -1,5 +1,6 @@
 //! The `pixart` binary end to end: runner outputs against the golden files, conversion, and
 //! bad input giving a one-line error and the right exit code.
+use pixart_core::testing::fixtures_root;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -169,15 +170,6 @@ fn bad_input_gives_one_line_errors() {
         .output()
         .unwrap();
     assert_one_line_error(&o, 1, "trunc.pth");
-}
-
-/// The fixtures folder: `PIXART_FIXTURES` when set (test binaries run from another checkout,
-/// e.g. on the GPU machine), else the repository's.
-fn fixtures_root() -> PathBuf {
-    match std::env::var_os("PIXART_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
-    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod mem;
+pub mod testing;
 pub mod weights;
 
 pub use error::{Error, Result};

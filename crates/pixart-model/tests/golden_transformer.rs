@@ -1,5 +1,6 @@
 //! Golden tests against diffusers' PixArtTransformer2DModel (and a PyTorch port of the
 //! original AttentionKVCompress), from fixtures/golden/transformer (tools/golden/gen_transformer.py).
+use pixart_core::testing::{assert_close, fixtures_root};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -33,38 +34,6 @@ fn case_dir(case: &str) -> PathBuf {
 
 fn io(case: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(case_dir(case).join("io.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f32) {
-    assert_eq!(got.dims(), want.dims(), "{name}: shape");
-    let g = got
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let w = want
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let (mut worst, mut at) = (0f32, 0usize);
-    for (i, (a, b)) in g.iter().zip(&w).enumerate() {
-        let d = (a - b).abs();
-        if d > worst || d.is_nan() {
-            worst = d;
-            at = i;
-        }
-    }
-    assert!(
-        worst <= atol,
-        "{name}: max |diff| {worst:e} at flat index {at} (got {}, want {}), tolerance {atol:e}",
-        g[at],
-        w[at]
-    );
 }
 
 /// Loads `case`, runs the traced forward and compares the output and every intermediate.
@@ -302,13 +271,4 @@ fn tempdir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The fixtures folder: `PIXART_FIXTURES` when set (test binaries run from another checkout,
-/// e.g. on the GPU machine), else the repository's.
-fn fixtures_root() -> PathBuf {
-    match std::env::var_os("PIXART_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
-    }
 }

@@ -1,4 +1,5 @@
 //! Bad checkpoints and configs give one error that names every problem (never a panic).
+use pixart_core::testing::fixtures_root;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -217,13 +218,4 @@ fn bad_forward_inputs_are_errors() {
         .unwrap_err()
         .to_string()
         .contains("encoder_attention_mask"));
-}
-
-/// The fixtures folder: `PIXART_FIXTURES` when set (test binaries run from another checkout,
-/// e.g. on the GPU machine), else the repository's.
-fn fixtures_root() -> PathBuf {
-    match std::env::var_os("PIXART_FIXTURES") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures"),
-    }
 }

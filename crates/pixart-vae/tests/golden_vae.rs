@@ -1,5 +1,6 @@
 //! Golden tests against diffusers' AutoencoderKL (0.42.1), from fixtures/golden/vae
 //! (tools/golden/gen_vae.py), plus tiled against untiled decoding and encoding.
+use pixart_core::testing::{assert_close, max_abs_diff};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -29,34 +30,6 @@ fn section(io: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor
                 .map(|k| (k.to_string(), v.clone()))
         })
         .collect()
-}
-
-fn max_abs_diff(got: &Tensor, want: &Tensor) -> f32 {
-    assert_eq!(got.dims(), want.dims(), "shape");
-    let g = got
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let w = want
-        .to_dtype(DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    g.iter()
-        .zip(&w)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) })
-}
-
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f32) {
-    let d = max_abs_diff(got, want);
-    eprintln!("{name}: max |diff| {d:e}");
-    assert!(d <= atol, "{name}: max |diff| {d:e} > tolerance {atol:e}");
 }
 
 fn check_decode(case: &str) {
@@ -144,7 +117,7 @@ fn tiled_decode_diff(case: &str, n: usize, tile: usize, overlap: usize, norm: Ti
         overlap_latent: overlap,
     };
     let tiled = vae.decode(&z, Tiling::On(cfg)).unwrap();
-    let d = max_abs_diff(&tiled, &full);
+    let d = max_abs_diff(&tiled, &full).0;
     let mean_d = (&tiled - &full)
         .unwrap()
         .abs()
@@ -204,7 +177,7 @@ fn one_tile_is_exact() {
             }),
         )
         .unwrap();
-    assert_eq!(max_abs_diff(&tiled, &full), 0.0);
+    assert_eq!(max_abs_diff(&tiled, &full).0, 0.0);
 }
 
 /// `base`: a 320×288 image (the decode of a smooth latent) in 240-px tiles overlapping by 80
@@ -222,8 +195,8 @@ fn tiled_encode_matches_untiled() {
         overlap_latent: 10,
     };
     let tiled = vae.encode(&img, Tiling::On(cfg)).unwrap();
-    let d = max_abs_diff(&tiled.mean, &full.mean);
-    let ds = max_abs_diff(&tiled.std, &full.std);
+    let d = max_abs_diff(&tiled.mean, &full.mean).0;
+    let ds = max_abs_diff(&tiled.std, &full.std).0;
     eprintln!("tiled vs untiled encode: mean max |diff| {d:e}, std max |diff| {ds:e}");
     assert!(d <= TILED_ENCODE_BOUND && ds <= TILED_ENCODE_BOUND);
 }
