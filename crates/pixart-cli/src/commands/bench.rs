@@ -96,7 +96,8 @@ fn vae_decode(b: VaeBench) -> Result<()> {
         if total > 1 {
             println!(
                 "{}",
-                json!({"bench": "vae-decode", "tile": done, "tiles": total, "seconds": s})
+                json!({"bench": "vae-decode", "tile": done, "tiles": total, "seconds": s,
+                       "peak_rss_bytes": pixart_core::mem::peak_rss_bytes()})
             );
         }
     })?;
@@ -183,7 +184,11 @@ fn transformer(b: TransformerBench) -> Result<()> {
         .to_lowercase()
     });
     let res = bench_transformer(&spec, |i, s| {
-        println!("{}", json!({"bench": "transformer", "iter": i, "seconds": s}));
+        let rss = pixart_core::mem::peak_rss_bytes();
+        println!(
+            "{}",
+            json!({"bench": "transformer", "iter": i, "seconds_per_forward": s, "peak_rss_bytes": rss})
+        );
     })?;
     let mut sorted = res.seconds.clone();
     sorted.sort_by(f64::total_cmp);
