@@ -299,6 +299,22 @@ impl UNetMidBlock2D {
     }
 }
 
+/// `resnets.{i}`: `layers` resnet blocks, the first from `c_in` channels, all to `c_out`.
+fn resnet_stack(
+    c_in: usize,
+    c_out: usize,
+    layers: usize,
+    groups: usize,
+    vb: &VarBuilder,
+) -> candle_core::Result<Vec<ResnetBlock2D>> {
+    (0..layers)
+        .map(|i| {
+            let c = if i == 0 { c_in } else { c_out };
+            ResnetBlock2D::new(c, c_out, groups, vb.pp("resnets").pp(i))
+        })
+        .collect()
+}
+
 /// `DownEncoderBlock2D`: `layers` resnets, then a downsampler unless it is the last block.
 #[derive(Debug, Clone)]
 pub struct DownEncoderBlock2D {
@@ -315,12 +331,7 @@ impl DownEncoderBlock2D {
         add_downsample: bool,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c = if i == 0 { c_in } else { c_out };
-                ResnetBlock2D::new(c, c_out, groups, vb.pp("resnets").pp(i))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let resnets = resnet_stack(c_in, c_out, layers, groups, &vb)?;
         let downsamplers = if add_downsample {
             Some(Downsample2D::new(c_out, vb.pp("downsamplers").pp(0))?)
         } else {
@@ -359,12 +370,7 @@ impl UpDecoderBlock2D {
         add_upsample: bool,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| {
-                let c = if i == 0 { c_in } else { c_out };
-                ResnetBlock2D::new(c, c_out, groups, vb.pp("resnets").pp(i))
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let resnets = resnet_stack(c_in, c_out, layers, groups, &vb)?;
         let upsamplers = if add_upsample {
             Some(Upsample2D::new(c_out, vb.pp("upsamplers").pp(0))?)
         } else {
