@@ -7,18 +7,21 @@
 //! - [`request`]: [`GenerationRequest`] → [`ValidatedRequest`]; every user-input check.
 //! - [`aspect_bins`]: the aspect-ratio bin tables, bin selection, and the resize + centre crop
 //!   back to the requested size.
+//! - [`builtin`]: where the project's own built-in model lives.
 //! - [`hub`]: hub ids (`owner/name`) resolved in the standard HF cache (no downloads).
 //! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
 //! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod aspect_bins;
+pub mod builtin;
 pub mod components;
 pub mod hub;
 pub mod noise;
 pub mod pipeline;
 pub mod request;
 
+pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
 pub use noise::{NoiseSource, SeededNoise};
 pub use pipeline::{generate, Generated, Output, Progress, RgbImage, Stage, Timings};
