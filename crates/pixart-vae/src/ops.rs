@@ -10,6 +10,11 @@
 //!   (tiled im2col) runs at about a quarter of it. Elsewhere it is candle's conv2d.
 //! - [`attention_single_head`]: softmax attention with the queries processed in chunks, so
 //!   the full N×N score matrix is never held.
+//!
+//! The fast CPU paths are forward-only custom ops: they cut the autograd graph. Training
+//! ([`crate::blocks::Mode::Training`]) uses the `*_composed` versions, built from candle ops
+//! that have a backward ([`group_stats_composed`], [`group_norm_with_stats_composed`],
+//! [`conv3x3_composed`], [`attention_composed`]).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -31,20 +36,28 @@ pub fn group_norm(
 /// `1 / sqrt(var + eps)` of each group (biased variance, two passes).
 pub fn group_stats(x: &Tensor, groups: usize, eps: f64) -> candle_core::Result<Tensor> {
     let (b, c) = (x.dim(0)?, x.dim(1)?);
-    if groups == 0 || c % groups != 0 {
-        candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
-    }
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && groups > 0 && c % groups == 0 {
         return x
             .contiguous()?
             .apply_op1_no_bwd(&GroupStatsOp { groups, eps })?
             .reshape((b, groups, 2));
+    }
+    group_stats_composed(x, groups, eps)
+}
+
+/// [`group_stats`] composed from candle tensor ops (mean, centred mean of squares), which
+/// have a backward: the training path, and the path off the CPU.
+pub fn group_stats_composed(x: &Tensor, groups: usize, eps: f64) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
+    if groups == 0 || c % groups != 0 {
+        candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
     }
     // (b, c, *spatial) -> (b, groups, c/groups * spatial)
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = xg.mean_keepdim(D::Minus1)?;
     let var = xg.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (var + eps)?.sqrt()?.recip()?;
+    // (b, groups, 1) x2 -> (b, groups, 2)
     Tensor::cat(&[mean, inv], 2)
 }
 
@@ -76,12 +89,27 @@ pub fn group_norm_with_stats(
             &GroupNormApplyOp { groups, silu },
         );
     }
+    group_norm_with_stats_composed(x, stats, weight, bias, silu)
+}
+
+/// [`group_norm_with_stats`] composed from candle tensor ops, which have a backward (through
+/// `x`, the statistics, and the affine parameters): the training path, and the path off the CPU.
+pub fn group_norm_with_stats_composed(
+    x: &Tensor,
+    stats: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
+    let groups = stats.dim(1)?;
     let dtype = x.dtype();
     let dims = x.dims().to_vec();
     // (b, c, *spatial) -> (b, groups, c/groups * spatial)
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = stats.narrow(2, 0, 1)?;
     let inv = stats.narrow(2, 1, 1)?;
+    // (b, groups, c/groups * spatial) -> (b, c, *spatial)
     let xn = xg.broadcast_sub(&mean)?.broadcast_mul(&inv)?.reshape(dims.as_slice())?;
     // weight, bias: (c) -> (1, c, 1, ...)
     let mut affine_shape = vec![1usize; dims.len()];
@@ -216,7 +244,7 @@ impl CustomOp3 for GroupNormApplyOp {
 /// upsampled 2× by nearest neighbour (diffusers' `Upsample2D`), so the output is
 /// (b, c_out, 2h, 2w); on the CPU the upsampled input is never materialised on its own.
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: bool) -> candle_core::Result<Tensor> {
-    let (_, c_in, h, w) = x.dims4()?;
+    let (_, c_in, _, _) = x.dims4()?;
     let (_, k_in, kh, kw) = weight.dims4()?;
     if (k_in, kh, kw) != (c_in, 3, 3) {
         candle_core::bail!(
@@ -233,13 +261,27 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: boo
             None => Ok(y),
         };
     }
+    conv3x3_composed(x, weight, bias, upsample)
+}
+
+/// [`conv3x3`] as candle's `upsample_nearest2d` and `conv2d`, which have a backward: the
+/// training path, and the path off the CPU.
+pub fn conv3x3_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    upsample: bool,
+) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
     let x = if upsample {
+        // (b, c, h, w) -> (b, c, 2h, 2w)
         x.upsample_nearest2d(2 * h, 2 * w)?
     } else {
         x.clone()
     };
     let y = x.conv2d(weight, 1, 1, 1, 1)?;
     match bias {
+        // bias: (c_out) -> (1, c_out, 1, 1)
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
     }
@@ -412,4 +454,17 @@ pub fn attention_single_head(
         Tensor::cat(&outs, 1)?
     };
     out.to_dtype(dtype)
+}
+
+/// `softmax(q kᵀ · scale) v` for q: (b, n, d), k, v: (b, m, d) in one piece, from ops that
+/// have a backward (matmul and `candle_nn::ops::softmax`, not the forward-only
+/// `softmax_last_dim`): the training path. Holds the whole (b, n, m) score matrix.
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let dtype = q.dtype();
+    let q = q.to_dtype(DType::F32)?;
+    // (b, m, d) -> (b, d, m)
+    let kt = k.to_dtype(DType::F32)?.t()?;
+    let s = (q.matmul(&kt)? * scale)?; // (b, n, m)
+    let p = candle_nn::ops::softmax(&s, D::Minus1)?;
+    p.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(dtype) // (b, n, d)
 }
