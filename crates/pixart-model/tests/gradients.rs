@@ -75,7 +75,7 @@ fn every_parameter_gets_a_gradient() {
         match grads.get(var.as_tensor()) {
             Some(g) => {
                 let n = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-                if !(n > 0.0) {
+                if n.is_nan() || n <= 0.0 {
                     missing.push(format!("{name} (zero)"));
                 }
             }
