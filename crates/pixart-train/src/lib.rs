@@ -2,3 +2,4 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod diffusion;
+pub mod optim;
