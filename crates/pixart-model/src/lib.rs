@@ -6,6 +6,7 @@
 //!   diffusers module, fields named as the checkpoint keys.
 //! - [`original`]: the original PixArt checkpoint layout (`blocks.{i}.attn.qkv`, ...) mapped
 //!   to the diffusers one, and conversion between them.
+//! - [`init`]: fresh weights for training from scratch, initialised as PixArt does.
 //! - [`loading`]: building a model from a folder or file, checking every tensor.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
@@ -14,6 +15,7 @@ pub mod bench;
 pub mod block;
 pub mod config;
 pub mod embeddings;
+pub mod init;
 pub mod kernels;
 pub mod loading;
 pub mod ops;
