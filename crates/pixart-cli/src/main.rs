@@ -24,6 +24,8 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
+    /// Train a small AutoencoderKL (the VAE) from a TOML config.
+    TrainVae(commands::train_vae::TrainVaeArgs),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
+        Command::TrainVae(a) => commands::train_vae::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

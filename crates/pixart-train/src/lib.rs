@@ -3,3 +3,4 @@
 
 pub mod diffusion;
 pub mod optim;
+pub mod vae;

@@ -239,7 +239,11 @@ pub struct Came {
 /// `_approx_sq_grad`: rsqrt(row / mean(row)) ⊗ rsqrt(col). row: (..., r), col: (..., c)
 /// -> (..., r, c).
 fn approx_sq_grad(row: &Tensor, col: &Tensor) -> Result<Tensor> {
-    let r = row.broadcast_div(&row.mean_keepdim(D::Minus1)?)?.sqrt()?.recip()?.unsqueeze(D::Minus1)?; // (..., r, 1)
+    let r = row
+        .broadcast_div(&row.mean_keepdim(D::Minus1)?)?
+        .sqrt()?
+        .recip()?
+        .unsqueeze(D::Minus1)?; // (..., r, 1)
     let c = col.unsqueeze(D::Minus2)?.sqrt()?.recip()?; // (..., 1, c)
     Ok(r.broadcast_mul(&c)?)
 }
@@ -343,7 +347,12 @@ pub fn warmup_factor(step: u64, warmup: u64) -> f64 {
 pub fn clip_grad_norm(grads: &mut Grads, max_norm: Option<f64>) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.values() {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        total += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
     if !norm.is_finite() {

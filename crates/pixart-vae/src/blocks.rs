@@ -83,7 +83,10 @@ impl Conv2d {
 
     /// x: (b, c_in, h, w) -> (b, c_out, h', w').
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.kernel == 3 && self.stride == 1 && self.padding == 1 && self.mode == Mode::Inference {
+        if self.mode == Mode::Training {
+            return ops::conv2d_im2col(x, &self.weight, Some(&self.bias), self.stride, self.padding);
+        }
+        if self.kernel == 3 && self.stride == 1 && self.padding == 1 {
             return ops::conv3x3(x, &self.weight, Some(&self.bias), false);
         }
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
@@ -95,7 +98,11 @@ impl Conv2d {
     pub fn forward_upsampled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self.mode {
             Mode::Inference => ops::conv3x3(x, &self.weight, Some(&self.bias), true),
-            Mode::Training => ops::conv3x3_composed(x, &self.weight, Some(&self.bias), true),
+            Mode::Training => {
+                let (_, _, h, w) = x.dims4()?;
+                // (b, c, h, w) -> (b, c, 2h, 2w)
+                self.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+            }
         }
     }
 }

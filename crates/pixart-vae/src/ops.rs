@@ -12,9 +12,9 @@
 //!   the full N×N score matrix is never held.
 //!
 //! The fast CPU paths are forward-only custom ops: they cut the autograd graph. Training
-//! ([`crate::blocks::Mode::Training`]) uses the `*_composed` versions, built from candle ops
-//! that have a backward ([`group_stats_composed`], [`group_norm_with_stats_composed`],
-//! [`conv3x3_composed`], [`attention_composed`]).
+//! ([`crate::blocks::Mode::Training`]) uses versions built from candle ops that have a
+//! backward ([`group_stats_composed`], [`group_norm_with_stats_composed`], [`conv2d_im2col`],
+//! [`attention_composed`]).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -264,8 +264,7 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: boo
     conv3x3_composed(x, weight, bias, upsample)
 }
 
-/// [`conv3x3`] as candle's `upsample_nearest2d` and `conv2d`, which have a backward: the
-/// training path, and the path off the CPU.
+/// [`conv3x3`] as candle's `upsample_nearest2d` and `conv2d`: the path off the CPU.
 pub fn conv3x3_composed(
     x: &Tensor,
     weight: &Tensor,
@@ -454,6 +453,74 @@ pub fn attention_single_head(
         Tensor::cat(&outs, 1)?
     };
     out.to_dtype(dtype)
+}
+
+/// Convolution of `x` (b, c_in, h, w) with `weight` (c_out, c_in, kh, kw), optional `bias`
+/// (c_out), zero padding `padding` on every side and stride `stride`, as one GEMM over an
+/// im2col matrix built from `narrow`/`stack`/`reshape`: every op has a backward that is itself
+/// a GEMM or a copy. The training path: candle's own conv2d backward runs `conv_transpose2d`,
+/// which on the CPU is a scalar loop (about 100× slower than this for the VAE's layers).
+pub fn conv2d_im2col(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (c_out, k_in, kh, kw) = weight.dims4()?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if k_in != c_in || stride == 0 || hp < kh || wp < kw {
+        candle_core::bail!(
+            "conv2d: weight {:?} (stride {stride}, padding {padding}) does not fit an input {:?}",
+            weight.dims(),
+            x.dims()
+        );
+    }
+    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    let y = if (kh, kw, stride, padding) == (1, 1, 1, 0) {
+        // weight (c_out, c_in, 1, 1) -> (c_out, c_in); x (b, c_in, h, w) -> (b, c_in, h·w)
+        weight
+            .reshape((c_out, c_in))?
+            .broadcast_matmul(&x.reshape((b, c_in, h * w))?)?
+    } else {
+        // Zero padding, plus trailing zeros so that every tap's strided window of
+        // stride·ho rows (stride·wo columns) fits; the extra ones are never picked.
+        let (eh, ew) = (
+            (kh - 1 + stride * ho).saturating_sub(hp),
+            (kw - 1 + stride * wo).saturating_sub(wp),
+        );
+        let xp = x
+            .pad_with_zeros(2, padding, padding + eh)?
+            .pad_with_zeros(3, padding, padding + ew)?;
+        let mut taps = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let t = xp.narrow(2, ky, stride * ho)?.narrow(3, kx, stride * wo)?;
+                let t = if stride > 1 {
+                    // (b, c_in, ho·s, wo·s) -> (b, c_in, ho, s, wo, s) -> every s-th row and column
+                    t.reshape((b, c_in, ho, stride, wo, stride))?
+                        .narrow(3, 0, 1)?
+                        .narrow(5, 0, 1)?
+                } else {
+                    t
+                };
+                // -> (b, c_in, ho·wo)
+                taps.push(t.reshape((b, c_in, ho * wo))?);
+            }
+        }
+        // (b, c_in, kh·kw, ho·wo) -> (b, c_in·kh·kw, ho·wo), rows in the weight's (ci, ky, kx) order
+        let cols = Tensor::stack(&taps, 2)?.reshape((b, c_in * kh * kw, ho * wo))?;
+        // weight (c_out, c_in, kh, kw) -> (c_out, c_in·kh·kw)
+        weight.reshape((c_out, c_in * kh * kw))?.broadcast_matmul(&cols)?
+    };
+    // (b, c_out, ho·wo) -> (b, c_out, ho, wo)
+    let y = y.reshape((b, c_out, ho, wo))?;
+    match bias {
+        // bias: (c_out) -> (1, c_out, 1, 1)
+        Some(bb) => y.broadcast_add(&bb.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
 }
 
 /// `softmax(q kᵀ · scale) v` for q: (b, n, d), k, v: (b, m, d) in one piece, from ops that

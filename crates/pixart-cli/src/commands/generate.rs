@@ -1,11 +1,8 @@
 //! `pixart generate`: text to image with a local diffusers PixArt-Σ pipeline folder.
 //! Parsing, progress display and file writing only; `pixart-pipeline` does the work.
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
@@ -207,18 +204,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .unwrap_or(0)
     });
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let flag = cancel.clone();
-        // Ctrl-C sets the flag; the pipeline stops between steps. A second Ctrl-C exits at once.
-        ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping after the current step (Ctrl-C again to quit now)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    // Ctrl-C sets the flag; the pipeline stops between steps.
+    let cancel = super::ctrl_c_flag("stopping after the current step")?;
 
     let output_kind = match a.output_type {
         OutputType::Image => OutputKind::Image,
@@ -270,18 +257,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         request.guidance
     );
 
-    let tty = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(request.steps as u64);
-    if tty {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (bar, tty) = super::steps_bar(request.steps as u64);
     let mut on_progress = |p: Progress| match p {
         Progress::Stage(s) if !tty => eprintln!("{}", s.name()),
         Progress::Step { done, total, seconds } => {
