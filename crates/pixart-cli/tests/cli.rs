@@ -310,7 +310,7 @@ fn training_data_commands_end_to_end() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let extract = |out: &str, extra: &[&str]| {
+    let extract = |out: &str, resolution: &str, extra: &[&str]| {
         bin()
             .arg("extract")
             .arg("--data")
@@ -323,25 +323,29 @@ fn training_data_commands_end_to_end() {
             .arg(dir.join("tok"))
             .arg("--out")
             .arg(dir.join(out))
-            .args(["--resolution", "16", "--max-length", "16"])
+            .args(["--resolution", resolution, "--max-length", "16"])
             .args(extra)
             .output()
             .unwrap()
     };
-    let o = extract("features", &[]);
+    let o = extract("features", "16", &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("warning: skipped images/000008.png"), "{err}");
     assert!(err.contains("2 skipped"), "{err}");
     assert!(dir.join("features/shard-00000.safetensors").is_file());
     // Rerun: nothing to do.
-    let o = extract("features", &[]);
+    let o = extract("features", "16", &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("0 shards written, 1 kept"), "{err}");
     // Bad flags and folders: one line, exit 2.
-    assert_one_line_error(&extract("f2", &["--buckets", "tall"]), 2, "--buckets");
-    assert_one_line_error(&extract("f3", &["--resolution", "10"]), 2, "resolution 10");
-    assert_one_line_error(&extract("features", &["--max-length", "8"]), 2, "another configuration");
+    assert_one_line_error(&extract("f2", "16", &["--buckets", "tall"]), 2, "--buckets");
+    assert_one_line_error(&extract("f3", "10", &[]), 2, "resolution 10");
+    assert_one_line_error(
+        &extract("features", "16", &["--batch", "2", "--shard-size", "5"]),
+        2,
+        "another configuration",
+    );
     let o = bin()
         .args(["train-tokenizer", "--vocab-size", "4", "--out"])
         .arg(dir.join("t"))

@@ -103,6 +103,14 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     } else {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
+    // indicatif drops println on a hidden bar: plain lines when stderr is not a terminal.
+    let say = |msg: String| {
+        if tty {
+            bar.println(msg)
+        } else {
+            eprintln!("{msg}")
+        }
+    };
     let mut on_event = |e: ExtractEvent| match e {
         ExtractEvent::Planned {
             images,
@@ -112,7 +120,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
             unreadable,
         } => {
             bar.set_length(to_process as u64);
-            bar.println(format!(
+            say(format!(
                 "{images} images in {shards} shards ({done_shards} already done, {to_process} images to encode); {unreadable} unreadable"
             ));
         }
@@ -123,14 +131,14 @@ pub fn run(a: ExtractArgs) -> Result<()> {
                 eprintln!("{done}/{total} images");
             }
         }
-        ExtractEvent::Skipped { source, reason } => bar.println(format!("warning: skipped {source}: {reason}")),
+        ExtractEvent::Skipped { source, reason } => say(format!("warning: skipped {source}: {reason}")),
         ExtractEvent::ShardWritten {
             file,
             rows,
             height,
             width,
             seconds,
-        } => bar.println(format!(
+        } => say(format!(
             "wrote {file}: {rows} images of {width}x{height} in {seconds:.1} s"
         )),
     };
