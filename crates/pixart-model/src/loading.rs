@@ -192,3 +192,20 @@ pub fn to_diffusers(
     built?;
     Ok((rec.0.tensors(), config))
 }
+
+/// Writes a diffusers `transformer/` folder: `config.json` (with `_class_name`) and
+/// `diffusion_pytorch_model.safetensors`, each file atomically.
+pub fn save_diffusers(
+    dir: &Path,
+    tensors: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    config: &TransformerConfig,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let map: std::collections::HashMap<_, _> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    pixart_core::weights::save_safetensors(&map, &dir.join("diffusion_pytorch_model.safetensors"))?;
+    let mut json = serde_json::to_value(config).map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("_class_name".into(), "PixArtTransformer2DModel".into());
+    }
+    pixart_core::config::write_json(&dir.join("config.json"), &json)
+}

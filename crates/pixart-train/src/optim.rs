@@ -78,10 +78,10 @@ impl OptimizerConfig {
                 if !betas.iter().all(|&b| beta_ok(b)) {
                     return Err(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
-                if !(*eps > 0.0) || !eps.is_finite() {
+                if !crate::config::positive(*eps) {
                     return Err(format!("optimizer.eps must be positive, got {eps}"));
                 }
-                if !(*weight_decay >= 0.0) {
+                if weight_decay.is_nan() || *weight_decay < 0.0 {
                     return Err(format!("optimizer.weight_decay must be ≥ 0, got {weight_decay}"));
                 }
             }
@@ -93,10 +93,10 @@ impl OptimizerConfig {
                 if !betas.iter().all(|&b| beta_ok(b)) {
                     return Err(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
-                if !eps.iter().all(|&e| e > 0.0 && e.is_finite()) {
+                if !eps.iter().all(|&e| crate::config::positive(e)) {
                     return Err(format!("optimizer.eps must be positive, got {eps:?}"));
                 }
-                if !(*weight_decay >= 0.0) {
+                if weight_decay.is_nan() || *weight_decay < 0.0 {
                     return Err(format!("optimizer.weight_decay must be ≥ 0, got {weight_decay}"));
                 }
             }
@@ -239,7 +239,11 @@ pub struct Came {
 /// `_approx_sq_grad`: rsqrt(row / mean(row)) ⊗ rsqrt(col). row: (..., r), col: (..., c)
 /// -> (..., r, c).
 fn approx_sq_grad(row: &Tensor, col: &Tensor) -> Result<Tensor> {
-    let r = row.broadcast_div(&row.mean_keepdim(D::Minus1)?)?.sqrt()?.recip()?.unsqueeze(D::Minus1)?; // (..., r, 1)
+    let r = row
+        .broadcast_div(&row.mean_keepdim(D::Minus1)?)?
+        .sqrt()?
+        .recip()?
+        .unsqueeze(D::Minus1)?; // (..., r, 1)
     let c = col.unsqueeze(D::Minus2)?.sqrt()?.recip()?; // (..., 1, c)
     Ok(r.broadcast_mul(&c)?)
 }
@@ -343,7 +347,12 @@ pub fn warmup_factor(step: u64, warmup: u64) -> f64 {
 pub fn clip_grad_norm(grads: &mut Grads, max_norm: Option<f64>) -> Result<f64> {
     let mut total = 0f64;
     for g in grads.values() {
-        total += g.to_dtype(DType::F32)?.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        total += g
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
     if !norm.is_finite() {

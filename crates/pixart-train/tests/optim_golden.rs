@@ -8,7 +8,8 @@ use pixart_core::testing::{fixtures_root, max_abs_diff};
 use pixart_train::optim::{Grads, OptimizerConfig};
 
 fn check(kind: &str, cfg: OptimizerConfig, tol: f32) {
-    let g = candle_core::safetensors::load(fixtures_root().join("golden/train/optim.safetensors"), &Device::Cpu).unwrap();
+    let g =
+        candle_core::safetensors::load(fixtures_root().join("golden/train/optim.safetensors"), &Device::Cpu).unwrap();
     let names = ["w", "b", "conv"];
     let params: BTreeMap<String, Var> = names
         .iter()
