@@ -13,6 +13,7 @@
 pub mod attention;
 pub mod bench;
 pub mod block;
+pub mod checkpointing;
 pub mod config;
 pub mod embeddings;
 pub mod init;

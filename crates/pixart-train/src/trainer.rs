@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
 use pixart_core::weights::{Recording, Shared};
 use pixart_core::{Error, Result};
+use pixart_model::checkpointing::GradSink;
 use pixart_model::init::InitWeights;
 use pixart_model::loading::{to_diffusers, LoadOptions};
 use pixart_model::{PixArtTransformer, TransformerConfig};
@@ -81,6 +82,8 @@ pub struct Trainer {
     dtype: DType,
     step: u64,
     out: PathBuf,
+    /// Gradient checkpointing: where checkpointed blocks leave parameter gradients.
+    sink: Option<Arc<GradSink>>,
 }
 
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
@@ -154,7 +157,7 @@ impl Trainer {
         }
 
         // The starting weights and architecture.
-        let (mut weights, mut tcfg) = match (&cfg.model.config, &cfg.model.init) {
+        let (mut weights, tcfg) = match (&cfg.model.config, &cfg.model.init) {
             (Some(c), _) => {
                 let mut t = TransformerConfig::from_file(c)?;
                 cfg.apply_overrides(&mut t)?;
@@ -175,12 +178,10 @@ impl Trainer {
         };
         // Layers that gained KV compression start from averaging (weak-to-strong (b)).
         let full = fresh_weights(&tcfg, cfg.train.seed)?;
-        let mut added = Vec::new();
         for (name, t) in &full {
             if !weights.contains_key(name) {
                 if name.contains(".kv_compress.") {
                     weights.insert(name.clone(), t.clone());
-                    added.push(name.clone());
                 } else {
                     return Err(Error::InvalidInput(format!(
                         "model.init lacks weight `{name}` that the configured architecture needs"
@@ -293,8 +294,12 @@ impl Trainer {
             .unwrap_or(120) as usize;
         let null_caption = null_caption(&cfg.model.base, data_len)?;
         let scaling_factor = vae_scaling_factor(&cfg.model.base)?;
-        tcfg.kv_compress = tcfg.kv_compress.clone();
+        let sink = cfg
+            .train
+            .gradient_checkpointing
+            .then(|| Arc::new(GradSink::new(params.values().cloned().collect())));
         let trainer = Self {
+            sink,
             tcfg,
             params,
             frozen,
@@ -310,7 +315,6 @@ impl Trainer {
             out,
             cfg,
         };
-        let _ = added;
         Ok(trainer)
     }
 
@@ -374,7 +378,11 @@ impl Trainer {
             .map(|(k, t)| Ok((k, t.to_dtype(self.dtype)?)))
             .collect::<Result<std::collections::HashMap<_, _>>>()?;
         let vb = VarBuilder::from_tensors(tensors, self.dtype, &self.device);
-        Ok(PixArtTransformer::new(&self.tcfg, vb)?.0)
+        let model = PixArtTransformer::new(&self.tcfg, vb)?.0;
+        Ok(match &self.sink {
+            Some(sink) => model.with_gradient_checkpointing(sink.clone()),
+            None => model,
+        })
     }
 
     /// Replaces the captions of the samples marked in `drop` by the null caption.
@@ -444,10 +452,16 @@ impl Trainer {
         let accum = cfg.train.grad_accum as f64;
         let loss = (losses.loss.mean_all()? / accum)?;
         let grads = loss.backward()?;
+        let mut inner = self.sink.as_ref().map(|s| s.take()).unwrap_or_default();
         let mut out_grads = Grads::new();
         for (name, var) in &self.params {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                out_grads.insert(name.clone(), g.clone());
+            let outer = grads.get(var.as_tensor()).cloned();
+            let g = match (outer, inner.remove(&var.as_tensor().id())) {
+                (Some(a), Some(b)) => Some((a + b)?),
+                (a, b) => a.or(b),
+            };
+            if let Some(g) = g {
+                out_grads.insert(name.clone(), g);
             }
         }
         let scalar = |t: &Tensor| -> Result<f64> { Ok(t.mean_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?) };

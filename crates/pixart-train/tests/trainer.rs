@@ -319,3 +319,26 @@ fn lora_trains_only_adapters_and_kv_compression_can_be_added() {
     );
     assert!(d_q > 0.0, "adapted layer unchanged");
 }
+
+#[test]
+fn gradient_checkpointing_trains_the_same() {
+    let dir = tmp("ckpt");
+    let mc = write_model_config(&dir, Some("conv:2:1"));
+    let text = config_text(&dir, &format!("config = \"{}\"", mc.display()), 6, "");
+    run(load(&dir, &text).unwrap(), false, None);
+    let plain = JsonlLog::series(&dir.join("run/log.jsonl"), "loss").unwrap();
+    std::fs::remove_dir_all(dir.join("run")).unwrap();
+    let text = text.replace("seed = 7", "seed = 7\ngradient_checkpointing = true");
+    run(load(&dir, &text).unwrap(), false, None);
+    let ck = JsonlLog::series(&dir.join("run/log.jsonl"), "loss").unwrap();
+    assert_eq!(plain.len(), ck.len());
+    for (a, b) in plain.iter().zip(&ck) {
+        assert!(
+            (a.1 - b.1).abs() <= 1e-4 * a.1.abs(),
+            "step {}: {} vs {}",
+            a.0,
+            a.1,
+            b.1
+        );
+    }
+}
