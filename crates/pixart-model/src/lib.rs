@@ -19,6 +19,7 @@ pub mod embeddings;
 pub mod init;
 pub mod kernels;
 pub mod loading;
+pub mod lora;
 pub mod ops;
 pub mod original;
 pub mod transformer;

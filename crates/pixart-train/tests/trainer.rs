@@ -318,6 +318,53 @@ fn lora_trains_only_adapters_and_kv_compression_can_be_added() {
         &base_w["transformer_blocks.0.attn1.to_q.weight"],
     );
     assert!(d_q > 0.0, "adapted layer unchanged");
+
+    // `generate --lora`: the base checkpoint plus the saved adapters gives the trained model.
+    let opts = pixart_model::LoadOptions {
+        loras: vec![pixart_model::lora::LoraSpec::parse(&format!(
+            "{}:1.0",
+            dir.join("run/lora.safetensors").display()
+        ))
+        .unwrap()],
+        ..Default::default()
+    };
+    let with_lora = pixart_model::load_transformer(&base_dir.join("transformer"), &opts)
+        .unwrap()
+        .model;
+    let trained = pixart_model::PixArtTransformer::new(
+        with_lora.config(),
+        candle_nn::VarBuilder::from_tensors(merged.into_iter().collect(), DType::F32, &Device::Cpu),
+    )
+    .unwrap()
+    .0;
+    let x = Tensor::randn(0f32, 1.0, (1, 4, 8, 8), &Device::Cpu).unwrap();
+    let tt = Tensor::new(&[500f32], &Device::Cpu).unwrap();
+    let y = pattern((1, 6, 32), 0.3);
+    let a = with_lora.forward(&x, &tt, &y, None).unwrap();
+    let b = trained.forward(&x, &tt, &y, None).unwrap();
+    let (d, _) = pixart_core::testing::max_abs_diff(&a, &b);
+    assert!(d < 1e-5, "LoRA-loaded model differs from the trained one by {d}");
+    // A LoRA file for layers the model lacks is refused.
+    let bad = dir.join("bad-lora.safetensors");
+    let mut m = std::collections::HashMap::new();
+    m.insert(
+        "transformer.nope.lora_A.weight".to_string(),
+        Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap(),
+    );
+    m.insert(
+        "transformer.nope.lora_B.weight".to_string(),
+        Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&m, &bad).unwrap();
+    let opts = pixart_model::LoadOptions {
+        loras: vec![pixart_model::lora::LoraSpec::parse(&bad.display().to_string()).unwrap()],
+        ..Default::default()
+    };
+    let err = pixart_model::load_transformer(&base_dir.join("transformer"), &opts)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
 }
 
 #[test]
