@@ -433,7 +433,8 @@ impl Trainer {
         let b = dims[0];
         // x0 = (mean + std·ε) · scaling_factor: a posterior sample, as PixArt's loader does.
         let eps_post = randn(&mut rng, &dims, dev)?;
-        let x0 = ((mean + (std * eps_post)?)? * self.scaling_factor)?;
+        let sf = data.scaling_factor().unwrap_or(self.scaling_factor);
+        let x0 = ((mean + (std * eps_post)?)? * sf)?;
         let drop: Vec<bool> = (0..b).map(|_| rng.random::<f64>() < cfg.data.caption_dropout).collect();
         let (caption, mask) = self.drop_captions(&batch, &drop)?;
         let t: Vec<usize> = (0..b)
@@ -586,12 +587,40 @@ impl Trainer {
         Ok(path)
     }
 
+    /// Checks that the data fits the model (latent channels, caption width) before any work.
+    fn check_data(&self, data: &dyn TrainData) -> Result<()> {
+        let b = data.sample_batch(&mut StdRng::seed_from_u64(0), 1, 0.5)?;
+        let c = b.latent_mean.dim(1)?;
+        if c != self.tcfg.in_channels {
+            return Err(Error::InvalidInput(format!(
+                "data.features: latents have {c} channels, the transformer takes {} (features of another VAE?)",
+                self.tcfg.in_channels
+            )));
+        }
+        let d = b.caption.dim(2)?;
+        let want = self.tcfg.caption_channels.unwrap_or(self.tcfg.inner_dim());
+        if d != want {
+            return Err(Error::InvalidInput(format!(
+                "data.features: captions have {d} features, the transformer's caption_channels is {want} (another text encoder?)"
+            )));
+        }
+        let (h, w) = (b.latent_mean.dim(2)?, b.latent_mean.dim(3)?);
+        let p = self.tcfg.patch_size;
+        if h % p != 0 || w % p != 0 {
+            return Err(Error::InvalidInput(format!(
+                "data.features: latents of {h}x{w} are not a multiple of the patch size {p}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Trains until `train.steps` (or until `cancel` is set, which ends the run after the
     /// current step with a checkpoint).
     pub fn run(&mut self, data: &dyn TrainData, events: &mut dyn FnMut(Event), cancel: &AtomicBool) -> Result<Summary> {
         if data.is_empty() {
             return Err(Error::InvalidInput("the training data holds no samples".into()));
         }
+        self.check_data(data)?;
         std::fs::create_dir_all(&self.out).map_err(|e| Error::io(&self.out, e))?;
         let resumed = self.step > 0;
         if resumed {
