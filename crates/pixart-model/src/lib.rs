@@ -16,6 +16,7 @@ pub mod block;
 pub mod checkpointing;
 pub mod config;
 pub mod embeddings;
+pub mod grad_ops;
 pub mod init;
 pub mod kernels;
 pub mod loading;

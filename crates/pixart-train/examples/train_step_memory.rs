@@ -6,7 +6,7 @@
 //! cargo run --release -p pixart-train --example train_step_memory -- 8 512 2
 //! cargo run --release -p pixart-train --example train_step_memory -- 8 512 2 checkpointing
 //! ```
-//! Arguments: layers, image size (px, latent = size/8), batch, [checkpointing].
+//! Arguments: layers, image size (px, latent = size/8), batch, [hidden=H] [vae=F] [checkpointing].
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,12 +17,24 @@ use pixart_model::{PixArtTransformer, TransformerConfig};
 use pixart_train::diffusion::GaussianDiffusion;
 
 fn main() -> anyhow::Result<()> {
+    pixart_core::mem::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let num = |i: usize, d: usize| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
     let (layers, size, batch) = (num(0, 8), num(1, 512), num(2, 2));
     let checkpointing = args.iter().any(|a| a == "checkpointing");
-    let mut cfg = TransformerConfig::sigma_xl2(size / 8);
+    let opt = |key: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("{key}=")).and_then(|v| v.parse::<usize>().ok()))
+    };
+    let vae_factor = opt("vae").unwrap_or(8);
+    let mut cfg = TransformerConfig::sigma_xl2(size / vae_factor);
     cfg.num_layers = layers;
+    if let Some(h) = opt("hidden") {
+        cfg.attention_head_dim = 64;
+        cfg.num_attention_heads = h / 64;
+        cfg.caption_channels = Some(opt("caption").unwrap_or(128));
+        cfg.cross_attention_dim = Some(h);
+    }
     let weights = pixart_train::trainer::fresh_weights(&cfg, 0)?;
     let vars: Vec<(String, Var)> = weights
         .iter()
@@ -35,11 +47,16 @@ fn main() -> anyhow::Result<()> {
         model = model.with_gradient_checkpointing(sink.clone());
     }
     let before = pixart_core::mem::peak_rss_bytes();
-    let lat = size / 8;
+    let lat = size / vae_factor;
     let x0 = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &Device::Cpu)?;
     let noise = Tensor::randn(0f32, 1.0, (batch, 4, lat, lat), &Device::Cpu)?;
-    let y = Tensor::randn(0f32, 1.0, (batch, 120, 4096), &Device::Cpu)?;
-    let t: Vec<usize> = (0..batch).map(|i| 100 + 300 * i).collect();
+    let y = Tensor::randn(
+        0f32,
+        1.0,
+        (batch, 32, cfg.caption_channels.unwrap_or(4096)),
+        &Device::Cpu,
+    )?;
+    let t: Vec<usize> = (0..batch).map(|i| (100 + 300 * i) % 1000).collect();
     let d = GaussianDiffusion::linear(1000)?;
     let x_t = d.q_sample(&x0, &t, &noise)?;
     let tt = Tensor::from_vec(t.iter().map(|&v| v as f32).collect::<Vec<_>>(), batch, &Device::Cpu)?;
