@@ -38,12 +38,15 @@ impl LoraSpec {
     }
 }
 
+/// lora_A, lora_B and alpha of one layer, as found in a file.
+type LayerParts<'a> = (Option<&'a Tensor>, Option<&'a Tensor>, Option<f64>);
+
 /// The weight deltas of `specs`, by weight name (`<layer>.weight`), f32 on the CPU.
 pub fn lora_deltas(specs: &[LoraSpec]) -> Result<BTreeMap<String, Tensor>> {
     let mut out: BTreeMap<String, Tensor> = BTreeMap::new();
     for spec in specs {
         let tensors = read(&spec.path)?;
-        let mut layers: BTreeMap<String, (Option<&Tensor>, Option<&Tensor>, Option<f64>)> = BTreeMap::new();
+        let mut layers: BTreeMap<String, LayerParts> = BTreeMap::new();
         for (k, t) in &tensors {
             let k2 = k.strip_prefix("transformer.").unwrap_or(k);
             if let Some(l) = k2.strip_suffix(".lora_A.weight") {
