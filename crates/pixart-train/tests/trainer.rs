@@ -389,3 +389,29 @@ fn gradient_checkpointing_trains_the_same() {
         );
     }
 }
+
+#[test]
+fn bf16_and_ema_and_accumulation_run() {
+    let dir = tmp("bf16");
+    let mc = write_model_config(&dir, None);
+    let text = config_text(&dir, &format!("config = \"{}\"", mc.display()), 4, "")
+        .replace("seed = 7", "seed = 7\ndtype = \"bf16\"\nema = 0.9\ngrad_accum = 2");
+    let t = run(load(&dir, &text).unwrap(), false, None);
+    let loss = JsonlLog::series(&dir.join("run/log.jsonl"), "loss").unwrap();
+    assert_eq!(loss.len(), 4);
+    assert!(loss.iter().all(|p| p.1.is_finite() && p.1 > 0.0), "{loss:?}");
+    assert!(dir
+        .join("run/checkpoints/step-000004/transformer_ema/diffusion_pytorch_model.safetensors")
+        .is_file());
+    // The export holds the EMA weights, which differ from the raw ones after 4 steps.
+    let exported: BTreeMap<String, Tensor> = candle_core::safetensors::load(
+        dir.join("run/transformer/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .collect();
+    let raw = t.current_weights().unwrap();
+    let (d, _) = pixart_core::testing::max_abs_diff(&exported["pos_embed.proj.weight"], &raw["pos_embed.proj.weight"]);
+    assert!(d > 0.0, "export should be the EMA");
+}
