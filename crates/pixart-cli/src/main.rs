@@ -58,6 +58,7 @@ impl std::fmt::Display for Cancelled {
 impl std::error::Error for Cancelled {}
 
 fn main() -> ExitCode {
+    pixart_core::mem::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),

@@ -449,3 +449,29 @@ fn check_batch(batch: usize, ratio: f64) -> Result<()> {
     }
     Ok(())
 }
+
+/// The trainer's view ([`pixart_train::TrainData`]): batches without the bookkeeping fields.
+impl pixart_train::TrainData for FeatureDataset {
+    fn sample_batch(
+        &self,
+        rng: &mut rand::rngs::StdRng,
+        batch: usize,
+        long_caption_ratio: f64,
+    ) -> Result<pixart_train::Batch> {
+        let b = FeatureDataset::sample_batch(self, rng, batch, long_caption_ratio)?;
+        Ok(pixart_train::Batch {
+            latent_mean: b.latent_mean,
+            latent_std: b.latent_std,
+            caption: b.caption,
+            mask: b.mask,
+        })
+    }
+
+    fn len(&self) -> usize {
+        FeatureDataset::len(self)
+    }
+
+    fn scaling_factor(&self) -> Option<f64> {
+        Some(self.index.scaling_factor)
+    }
+}

@@ -246,6 +246,14 @@ fn dataset_batches_round_trip_and_honour_the_ratio() {
     let b = ds.batch(&epoch[0], &mut rng, 0.5).unwrap();
     assert_eq!(b.samples, epoch[0]);
 
+    // The trainer's trait gives the same batch for the same generator state.
+    let mine = ds.sample_batch(&mut StdRng::seed_from_u64(9), 4, 0.5).unwrap();
+    let theirs = pixart_train::TrainData::sample_batch(&ds, &mut StdRng::seed_from_u64(9), 4, 0.5).unwrap();
+    assert_close("trait mean", &theirs.latent_mean, &mine.latent_mean, 0.0);
+    assert_close("trait caption", &theirs.caption, &mine.caption, 0.0);
+    assert_eq!(pixart_train::TrainData::len(&ds), 8);
+    assert_eq!(pixart_train::TrainData::scaling_factor(&ds), Some(0.18215));
+
     let (null, null_mask) = ds.null_caption().unwrap();
     assert_eq!(null.dims(), &[1, l, 32]);
     assert_eq!(null_mask.sum_all().unwrap().to_scalar::<f32>().unwrap(), 1.0);
