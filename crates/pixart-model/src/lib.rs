@@ -13,11 +13,14 @@
 pub mod attention;
 pub mod bench;
 pub mod block;
+pub mod checkpointing;
 pub mod config;
 pub mod embeddings;
+pub mod grad_ops;
 pub mod init;
 pub mod kernels;
 pub mod loading;
+pub mod lora;
 pub mod ops;
 pub mod original;
 pub mod transformer;

@@ -9,7 +9,9 @@ use rayon::prelude::*;
 /// is one parallel pass over rows; elsewhere, and for tensors that need gradients
 /// (`track_op`: the CPU kernel has no backward), it is composed from tensor ops.
 pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() && !x.track_op() {
+    if x.track_op() && crate::grad_ops::applies(x) {
+        crate::grad_ops::layer_norm_no_affine(x, eps)
+    } else if x.device().is_cpu() && !x.track_op() {
         x.contiguous()?.apply_op1_no_bwd(&LayerNormNoAffine { eps: eps as f32 })
     } else {
         layer_norm_composed(x, eps)

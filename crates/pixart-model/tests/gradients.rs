@@ -112,3 +112,61 @@ fn tracked_forward_matches_the_fast_forward() {
     let (d, _) = pixart_core::testing::max_abs_diff(&a, &b);
     assert!(d < 1e-5, "fast vs differentiable forward differ by {d}");
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients() {
+    use pixart_model::checkpointing::GradSink;
+    let cfg = tiny_config();
+    let init = init_tensors(&cfg);
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for (name, t) in &init {
+            let t = (t + Tensor::randn(0f32, 0.02, t.shape(), &Device::Cpu).unwrap()).unwrap();
+            data.insert(name.clone(), Var::from_tensor(&t).unwrap());
+        }
+    }
+    let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &Device::Cpu).unwrap();
+    let t = Tensor::new(&[10f32, 900.0], &Device::Cpu).unwrap();
+    let y = Tensor::randn(0f32, 1.0, (2, 5, 12), &Device::Cpu).unwrap();
+    let mask = Tensor::new(&[[1f32, 1., 1., 0., 0.], [1., 1., 1., 1., 1.]], &Device::Cpu).unwrap();
+    let target = Tensor::randn(0f32, 1.0, (2, 8, 8, 8), &Device::Cpu).unwrap();
+    let build = || {
+        PixArtTransformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))
+            .unwrap()
+            .0
+    };
+    let loss_of = |m: &PixArtTransformer| {
+        let out = m.forward(&x, &t, &y, Some(&mask)).unwrap();
+        (out - &target).unwrap().sqr().unwrap().mean_all().unwrap()
+    };
+    let plain = loss_of(&build()).backward().unwrap();
+    let vars: Vec<(String, Var)> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let sink = Arc::new(GradSink::new(vars.iter().map(|(_, v)| v.clone()).collect()));
+    let ck = build().with_gradient_checkpointing(sink.clone());
+    let outer = loss_of(&ck).backward().unwrap();
+    let mut inner = sink.take();
+    for (name, v) in &vars {
+        let a = plain.get(v.as_tensor()).unwrap();
+        let mut b = outer.get(v.as_tensor()).cloned();
+        if let Some(g) = inner.remove(&v.as_tensor().id()) {
+            b = Some(match b {
+                Some(o) => (o + g).unwrap(),
+                None => g,
+            });
+        }
+        let b = b.unwrap_or_else(|| panic!("{name}: no gradient with checkpointing"));
+        let (d, _) = pixart_core::testing::max_abs_diff(a, &b);
+        let scale = a.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(
+            d <= 1e-5 * scale.max(1e-3),
+            "{name}: gradients differ by {d} (scale {scale})"
+        );
+    }
+}

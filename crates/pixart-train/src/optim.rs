@@ -78,10 +78,10 @@ impl OptimizerConfig {
                 if !betas.iter().all(|&b| beta_ok(b)) {
                     return Err(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
-                if !(*eps > 0.0) || !eps.is_finite() {
+                if !crate::config::positive(*eps) {
                     return Err(format!("optimizer.eps must be positive, got {eps}"));
                 }
-                if !(*weight_decay >= 0.0) {
+                if weight_decay.is_nan() || *weight_decay < 0.0 {
                     return Err(format!("optimizer.weight_decay must be ≥ 0, got {weight_decay}"));
                 }
             }
@@ -93,10 +93,10 @@ impl OptimizerConfig {
                 if !betas.iter().all(|&b| beta_ok(b)) {
                     return Err(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
-                if !eps.iter().all(|&e| e > 0.0 && e.is_finite()) {
+                if !eps.iter().all(|&e| crate::config::positive(e)) {
                     return Err(format!("optimizer.eps must be positive, got {eps:?}"));
                 }
-                if !(*weight_decay >= 0.0) {
+                if weight_decay.is_nan() || *weight_decay < 0.0 {
                     return Err(format!("optimizer.weight_decay must be ≥ 0, got {weight_decay}"));
                 }
             }

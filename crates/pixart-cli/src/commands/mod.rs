@@ -1,8 +1,11 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod convert;
+pub mod extract;
 pub mod generate;
+pub mod init;
 pub mod run;
+pub mod train_tokenizer;
 pub mod train_vae;
 
 use std::collections::HashMap;
