@@ -84,7 +84,7 @@ impl Conv2d {
     /// x: (b, c_in, h, w) -> (b, c_out, h', w').
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         if self.mode == Mode::Training {
-            return ops::conv2d_im2col(x, &self.weight, Some(&self.bias), self.stride, self.padding);
+            return ops::conv2d_train(x, &self.weight, Some(&self.bias), self.stride, self.padding);
         }
         if self.kernel == 3 && self.stride == 1 && self.padding == 1 {
             return ops::conv3x3(x, &self.weight, Some(&self.bias), false);

@@ -310,6 +310,41 @@ impl CustomOp2 for Conv3x3Op {
         "conv3x3"
     }
 
+    /// The backward of the plain (not upsampling) conv, with the same fast kernel: the input
+    /// gradient is the 3×3 conv of the output gradient with the kernel transposed (in ↔ out) and
+    /// flipped; the weight gradient is Σ_b grad_b · im2col(x_b)ᵀ, one batched GEMM.
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.upsample {
+            candle_core::bail!("conv3x3: no backward for the fused upsample (upsample first)");
+        }
+        let (x, w, g) = (arg1.detach(), arg2.detach(), grad_res.detach().contiguous()?);
+        let (c_out, c_in, _, _) = w.dims4()?;
+        let (b, _, h, wd) = x.dims4()?;
+        let rev = Tensor::new(&[2u32, 1, 0], w.device())?;
+        // w (c_out, c_in, 3, 3) -> (c_in, c_out, 3, 3), flipped along both spatial axes
+        let wt = w
+            .transpose(0, 1)?
+            .contiguous()?
+            .index_select(&rev, 2)?
+            .index_select(&rev, 3)?
+            .contiguous()?;
+        let grad_x = g.apply_op2_no_bwd(&wt, &Conv3x3Op { upsample: false })?;
+        // (b, c_out, h·w) @ (b, h·w, c_in·9) -> (b, c_out, c_in·9), summed over b
+        let cols = im2col(&x, 3, 3, 1, 1)?;
+        let grad_w = g
+            .reshape((b, c_out, h * wd))?
+            .matmul(&cols.transpose(1, 2)?.contiguous()?)?
+            .sum(0)?
+            .reshape((c_out, c_in, 3, 3))?;
+        Ok((Some(grad_x), Some(grad_w)))
+    }
+
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -455,11 +490,80 @@ pub fn attention_single_head(
     out.to_dtype(dtype)
 }
 
+/// The im2col matrix of `x` (b, c_in, h, w) for a kh × kw window with `stride` and zero
+/// `padding`: (b, c_in·kh·kw, ho·wo), rows in the (ci, ky, kx) order of a conv weight. Built
+/// from `pad`/`narrow`/`stack`/`reshape`, so it has a backward.
+pub fn im2col(x: &Tensor, kh: usize, kw: usize, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if stride == 0 || hp < kh || wp < kw {
+        candle_core::bail!(
+            "im2col: a {kh}x{kw} window (stride {stride}, padding {padding}) does not fit {:?}",
+            x.dims()
+        );
+    }
+    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    // Zero padding, plus trailing zeros so that every tap's strided window of
+    // stride·ho rows (stride·wo columns) fits; the extra ones are never picked.
+    let (eh, ew) = (
+        (kh - 1 + stride * ho).saturating_sub(hp),
+        (kw - 1 + stride * wo).saturating_sub(wp),
+    );
+    let xp = x
+        .pad_with_zeros(2, padding, padding + eh)?
+        .pad_with_zeros(3, padding, padding + ew)?;
+    let mut taps = Vec::with_capacity(kh * kw);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let t = xp.narrow(2, ky, stride * ho)?.narrow(3, kx, stride * wo)?;
+            let t = if stride > 1 {
+                // (b, c_in, ho·s, wo·s) -> (b, c_in, ho, s, wo, s) -> every s-th row and column
+                t.reshape((b, c_in, ho, stride, wo, stride))?
+                    .narrow(3, 0, 1)?
+                    .narrow(5, 0, 1)?
+            } else {
+                t
+            };
+            // -> (b, c_in, ho·wo)
+            taps.push(t.reshape((b, c_in, ho * wo))?);
+        }
+    }
+    // (b, c_in, kh·kw, ho·wo) -> (b, c_in·kh·kw, ho·wo), rows in the weight's (ci, ky, kx) order
+    Tensor::stack(&taps, 2)?.reshape((b, c_in * kh * kw, ho * wo))
+}
+
+/// The training conv: 3×3, stride 1, padding 1 convolutions of f32 CPU tensors run the fast
+/// [`conv3x3`] kernel with its GEMM backward (`Conv3x3Op::bwd`); every other conv is
+/// [`conv2d_im2col`]. Both have a backward for the input and the weight (the bias is added with
+/// a broadcast, which has one).
+pub fn conv2d_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, c_in, _, _) = x.dims4()?;
+    let (_, k_in, kh, kw) = weight.dims4()?;
+    let fast = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if !(fast && (kh, kw, stride, padding) == (3, 3, 1, 1) && k_in == c_in) {
+        return conv2d_im2col(x, weight, bias, stride, padding);
+    }
+    let y = x
+        .contiguous()?
+        .apply_op2(&weight.contiguous()?, Conv3x3Op { upsample: false })?;
+    match bias {
+        // bias: (c_out) -> (1, c_out, 1, 1)
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
 /// Convolution of `x` (b, c_in, h, w) with `weight` (c_out, c_in, kh, kw), optional `bias`
 /// (c_out), zero padding `padding` on every side and stride `stride`, as one GEMM over an
 /// im2col matrix built from `narrow`/`stack`/`reshape`: every op has a backward that is itself
-/// a GEMM or a copy. The training path: candle's own conv2d backward runs `conv_transpose2d`,
-/// which on the CPU is a scalar loop (about 100× slower than this for the VAE's layers).
+/// a GEMM or a copy. The training path for the convs [`conv2d_train`] does not run on its fast
+/// kernel: candle's own conv2d backward runs `conv_transpose2d`, a scalar loop on the CPU.
 pub fn conv2d_im2col(
     x: &Tensor,
     weight: &Tensor,
@@ -484,33 +588,7 @@ pub fn conv2d_im2col(
             .reshape((c_out, c_in))?
             .broadcast_matmul(&x.reshape((b, c_in, h * w))?)?
     } else {
-        // Zero padding, plus trailing zeros so that every tap's strided window of
-        // stride·ho rows (stride·wo columns) fits; the extra ones are never picked.
-        let (eh, ew) = (
-            (kh - 1 + stride * ho).saturating_sub(hp),
-            (kw - 1 + stride * wo).saturating_sub(wp),
-        );
-        let xp = x
-            .pad_with_zeros(2, padding, padding + eh)?
-            .pad_with_zeros(3, padding, padding + ew)?;
-        let mut taps = Vec::with_capacity(kh * kw);
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let t = xp.narrow(2, ky, stride * ho)?.narrow(3, kx, stride * wo)?;
-                let t = if stride > 1 {
-                    // (b, c_in, ho·s, wo·s) -> (b, c_in, ho, s, wo, s) -> every s-th row and column
-                    t.reshape((b, c_in, ho, stride, wo, stride))?
-                        .narrow(3, 0, 1)?
-                        .narrow(5, 0, 1)?
-                } else {
-                    t
-                };
-                // -> (b, c_in, ho·wo)
-                taps.push(t.reshape((b, c_in, ho * wo))?);
-            }
-        }
-        // (b, c_in, kh·kw, ho·wo) -> (b, c_in·kh·kw, ho·wo), rows in the weight's (ci, ky, kx) order
-        let cols = Tensor::stack(&taps, 2)?.reshape((b, c_in * kh * kw, ho * wo))?;
+        let cols = im2col(x, kh, kw, stride, padding)?;
         // weight (c_out, c_in, kh, kw) -> (c_out, c_in·kh·kw)
         weight.reshape((c_out, c_in * kh * kw))?.broadcast_matmul(&cols)?
     };
