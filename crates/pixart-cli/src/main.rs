@@ -24,6 +24,10 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
+    /// Write the synthetic shapes dataset (images, train.jsonl, eval.jsonl).
+    DemoData(commands::demo_data::DemoDataArgs),
+    /// Evaluate a model (`pixart eval demo`: prompt adherence on the demo dataset).
+    Eval(commands::eval::EvalArgs),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -58,6 +62,8 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
+        Command::DemoData(a) => commands::demo_data::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
