@@ -32,6 +32,12 @@ enum Command {
     Init(commands::init::InitArgs),
     /// Precompute VAE latents and T5 caption features for training (resumable).
     Extract(commands::extract::ExtractArgs),
+    /// Train or fine-tune the transformer on extracted features (docs/training.md).
+    Train(commands::train::TrainArgs),
+    /// Write the synthetic shapes dataset (images, train.jsonl, eval.jsonl).
+    DemoData(commands::demo_data::DemoDataArgs),
+    /// Evaluate a model (`pixart eval demo`: prompt adherence on the demo dataset).
+    Eval(commands::eval::EvalArgs),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -71,6 +77,9 @@ fn main() -> ExitCode {
         Command::TrainTokenizer(a) => commands::train_tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Extract(a) => commands::extract::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::DemoData(a) => commands::demo_data::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,11 +7,11 @@ use clap::{Args, ValueEnum};
 use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
     generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents, Progress,
-    RgbImage, SeededNoise, VaeTiling,
+    SeededNoise, VaeTiling,
 };
 use pixart_schedulers::SamplerKind;
 
-use super::{device, dtype, read_inputs, take};
+use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
 use crate::{Cancelled, UsageError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,13 +104,6 @@ pub struct GenerateArgs {
     device: String,
 }
 
-fn usage(e: pixart_core::Error) -> anyhow::Error {
-    match e {
-        pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
-        other => other.into(),
-    }
-}
-
 /// `OUT.png`, `OUT-1.png`, ... for image `k`.
 pub fn numbered(path: &Path, k: usize) -> PathBuf {
     if k == 0 {
@@ -127,32 +120,9 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn encode_png(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, img.width as u32, img.height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        if parameters.chars().all(|c| (c as u32) < 256) {
-            enc.add_text_chunk("parameters".into(), parameters.into())?;
-        } else {
-            enc.add_itxt_chunk("parameters".into(), parameters.into())?;
-        }
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&img.data)?;
-        writer.finish()?;
-    }
-    Ok(bytes)
-}
-
 pub fn run(a: GenerateArgs) -> Result<()> {
     // Parse and check everything the user typed before loading anything.
-    let sampler = a
-        .scheduler
-        .as_deref()
-        .map(|s| s.parse::<SamplerKind>())
-        .transpose()
-        .map_err(usage)?;
+    let sampler = sampler(a.scheduler.as_deref())?;
     let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
     let dt = dtype(&a.dtype)?;
     let dev = device(&a.device)?;
@@ -166,12 +136,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         OutputType::Image => PathBuf::from("out.png"),
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(p) = parent {
-        if !p.is_dir() {
-            return Err(UsageError(format!("{}: the output folder does not exist", p.display())).into());
-        }
-    }
+    output_folder_exists(&output)?;
     let latents = match &a.latents {
         Some(p) => {
             let inputs = read_inputs(p)?;
@@ -221,8 +186,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .unwrap_or(0)
     });
 
-    // Ctrl-C sets the flag; the pipeline stops between steps.
-    let cancel = super::ctrl_c_flag("stopping after the current step")?;
+    let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
 
     let output_kind = match a.output_type {
         OutputType::Image => OutputKind::Image,
@@ -275,7 +239,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         request.guidance
     );
 
-    let (bar, tty) = super::steps_bar(request.steps as u64);
+    let (bar, tty) = progress_bar(
+        request.steps,
+        "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+    );
     let mut on_progress = |p: Progress| match p {
         Progress::Stage(s) if !tty => eprintln!("{}", s.name()),
         Progress::Step { done, total, seconds } => {
@@ -342,7 +309,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                     request.resolution_binning
                 );
                 let path = numbered(&output, k);
-                let bytes = encode_png(img, &params)?;
+                let bytes = img.to_png(Some(&params))?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;
                 eprintln!("wrote {}", path.display());
             }

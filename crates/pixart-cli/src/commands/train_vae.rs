@@ -38,7 +38,8 @@ pub fn run(a: TrainVaeArgs) -> Result<()> {
     let device = super::device(&a.device)?;
 
     // Ctrl-C: checkpoint after the current step and stop.
-    let cancel = super::ctrl_c_flag("stopping after the current step with a checkpoint")?;
+    let cancel =
+        super::cancel_on_ctrl_c("stopping after the current step with a checkpoint (Ctrl-C again to quit now)")?;
 
     let vae = cfg.vae_config();
     eprintln!(
@@ -53,7 +54,10 @@ pub fn run(a: TrainVaeArgs) -> Result<()> {
         cfg.train.lr,
         cfg.output.dir.display()
     );
-    let (bar, tty) = super::steps_bar(cfg.train.steps);
+    let (bar, tty) = super::progress_bar(
+        cfg.train.steps as usize,
+        "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+    );
     let say = |msg: String| {
         if tty {
             bar.suspend(|| eprintln!("{msg}"));
@@ -107,10 +111,7 @@ pub fn run(a: TrainVaeArgs) -> Result<()> {
         )),
         Event::Checkpoint { path, step } => say(format!("checkpoint: {} (step {step})", path.display())),
     };
-    let outcome = train_vae(&cfg, a.resume, &device, &mut on_event, &cancel).map_err(|e| match e {
-        pixart_core::Error::InvalidInput(m) => anyhow::Error::from(UsageError(m)),
-        other => other.into(),
-    })?;
+    let outcome = train_vae(&cfg, a.resume, &device, &mut on_event, &cancel).map_err(super::usage)?;
     bar.finish_and_clear();
     match outcome {
         Outcome::Finished {
