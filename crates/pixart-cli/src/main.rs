@@ -24,6 +24,8 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
+    /// Train a small AutoencoderKL (the VAE) from a TOML config.
+    TrainVae(commands::train_vae::TrainVaeArgs),
     /// Train a T5-style Unigram tokenizer on a dataset's captions.
     TrainTokenizer(commands::train_tokenizer::TrainTokenizerArgs),
     /// Write a component with fresh random weights (for training from scratch).
@@ -71,6 +73,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
+        Command::TrainVae(a) => commands::train_vae::run(a),
         Command::TrainTokenizer(a) => commands::train_tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Extract(a) => commands::extract::run(a),

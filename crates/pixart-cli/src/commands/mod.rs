@@ -9,6 +9,7 @@ pub mod init;
 pub mod run;
 pub mod train;
 pub mod train_tokenizer;
+pub mod train_vae;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
