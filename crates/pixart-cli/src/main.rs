@@ -28,6 +28,12 @@ enum Command {
     DemoData(commands::demo_data::DemoDataArgs),
     /// Evaluate a model (`pixart eval demo`: prompt adherence on the demo dataset).
     Eval(commands::eval::EvalArgs),
+    /// Train a T5-style Unigram tokenizer on a dataset's captions.
+    TrainTokenizer(commands::train_tokenizer::TrainTokenizerArgs),
+    /// Write a component with fresh random weights (for training from scratch).
+    Init(commands::init::InitArgs),
+    /// Precompute VAE latents and T5 caption features for training (resumable).
+    Extract(commands::extract::ExtractArgs),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -56,6 +62,7 @@ impl std::fmt::Display for Cancelled {
 impl std::error::Error for Cancelled {}
 
 fn main() -> ExitCode {
+    pixart_core::mem::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
@@ -64,6 +71,9 @@ fn main() -> ExitCode {
         Command::Generate(a) => commands::generate::run(*a),
         Command::DemoData(a) => commands::demo_data::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::TrainTokenizer(a) => commands::train_tokenizer::run(a),
+        Command::Init(a) => commands::init::run(a),
+        Command::Extract(a) => commands::extract::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

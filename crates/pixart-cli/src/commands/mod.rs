@@ -3,8 +3,11 @@ pub mod bench;
 pub mod convert;
 pub mod demo_data;
 pub mod eval;
+pub mod extract;
 pub mod generate;
+pub mod init;
 pub mod run;
+pub mod train_tokenizer;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
