@@ -7,7 +7,9 @@ pub mod extract;
 pub mod generate;
 pub mod init;
 pub mod run;
+pub mod train;
 pub mod train_tokenizer;
+pub mod train_vae;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
