@@ -2,7 +2,7 @@
 # Runs `pixart bench transformer` and the same forward in PyTorch/diffusers (tools/bench/transformer.py)
 # alternately on this machine, same sizes, dtype and thread count, and prints both and their ratio.
 # Usage: tools/bench/compare_transformer.sh [--sizes "256 512"] [--dtype f32] [--iters 3] [--rounds 1]
-# Needs: cargo build --release, and the reference venv (PIXART_REF_PYTHON or tools/golden/setup.sh).
+# Needs: cargo build --release -p pixart-cli (or PIXART_BIN), and the reference venv (PIXART_REF_PYTHON or tools/golden/setup.sh).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 sizes="256 512"; dtype=f32; iters=3; rounds=1
@@ -17,8 +17,9 @@ while [ $# -gt 0 ]; do
 done
 py="${PIXART_REF_PYTHON:-$root/../pixart-ref-venv/bin/python}"
 [ -x "$py" ] || { echo "no reference python at $py (set PIXART_REF_PYTHON or run tools/golden/setup.sh)" >&2; exit 2; }
-bin="$root/target/release/pixart"
-[ -x "$bin" ] || (cd "$root" && cargo build --release -q)
+# PIXART_BIN: the binary to time (default: the release build in CARGO_TARGET_DIR or target/).
+bin="${PIXART_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/pixart}"
+[ -x "$bin" ] || (cd "$root" && cargo build --release -q -p pixart-cli)
 threads="${RAYON_NUM_THREADS:-$(nproc)}"
 export RAYON_NUM_THREADS="$threads"
 printf '%-6s %-5s %-5s %12s %12s %8s %12s %12s\n' size dtype round rust_s torch_s ratio rust_rss_GiB torch_rss_GiB

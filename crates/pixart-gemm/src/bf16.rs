@@ -33,7 +33,7 @@ const NV: usize = NR / 16;
 /// `k` pairs per cache block (A block `MC × 2·KCP` and B block `2·KCP × NC` bf16 stay in L2).
 pub const KCP: usize = 192;
 /// Output rows per task (a multiple of [`MR`]).
-pub const MC: usize = 96;
+pub const MC: usize = 128;
 /// Output columns per task (a multiple of [`NR`]).
 pub const NC: usize = 192;
 
@@ -669,30 +669,35 @@ unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
 }
 
 /// `x[m, k] · w[n, k]ᵀ (+ bias[n])` in bf16 with f32 accumulation, row-major, parallel: the
-/// Linear layer's product. Returns `m × n` values. `x` is read in place when `k` is even; the
-/// packing buffers are kept per thread between calls.
+/// Linear layer's product. Returns `m × n` values. Packs `w` on every call; see
+/// [`matmul_nt_packed`] to pack it once.
 pub fn matmul_nt(x: &[bf16], m: usize, k: usize, w: &[bf16], n: usize, bias: Option<&[f32]>) -> Result<Vec<bf16>> {
+    let mut pb = PackedB::new();
+    pb.pack_nk(w, n, k, k, true)?;
+    matmul_nt_packed(x, m, k, &pb, bias)
+}
+
+/// [`matmul_nt`] with the weight already packed ([`PackedB::pack_nk`]). `x` is read in place
+/// when `k` is even, else packed into a buffer kept per thread.
+pub fn matmul_nt_packed(x: &[bf16], m: usize, k: usize, w: &PackedB, bias: Option<&[f32]>) -> Result<Vec<bf16>> {
     thread_local! {
-        static BUFS: std::cell::RefCell<(PackedA, PackedB)> = Default::default();
+        static BUF: std::cell::RefCell<PackedA> = Default::default();
     }
+    let n = w.cols();
     let mut c = vec![bf16::ZERO; m * n];
-    let run = |pa: &mut PackedA, pb: &mut PackedB, c: &mut [bf16]| -> Result<()> {
-        pb.pack_nk(w, n, k, k, true)?;
+    let run = |pa: &mut PackedA, c: &mut [bf16]| -> Result<()> {
         let lhs = if k % 2 == 0 {
             Lhs::rows(x, m, k, k)?
         } else {
             pa.pack_bf16(x, m, k, k, true)?;
             Lhs::packed(pa)
         };
-        gemm(lhs, pb, Output::Bf16 { c, ldc: n, bias }, true)
+        gemm(lhs, w, Output::Bf16 { c, ldc: n, bias }, true)
     };
-    BUFS.with(|bufs| match bufs.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (pa, pb) = &mut *bufs;
-            run(pa, pb, &mut c)
-        }
-        // Re-entered from a task that this thread ran while waiting: fresh buffers.
-        Err(_) => run(&mut PackedA::new(), &mut PackedB::new(), &mut c),
+    BUF.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut pa) => run(&mut pa, &mut c),
+        // Re-entered from a task that this thread ran while waiting: a fresh buffer.
+        Err(_) => run(&mut PackedA::new(), &mut c),
     })?;
     Ok(c)
 }
