@@ -97,7 +97,37 @@ pub(crate) fn has_avx2() -> bool {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn softmax_row_avx512(row: &mut [f32]) {
+    softmax_row(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gelu_slice_avx512(xs: &mut [f32]) {
+    gelu_slice(xs)
+}
+
+/// AVX-512F (16-lane vectors for the same loops), detected once.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn softmax_dispatch(row: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && has_avx512() {
+        // SAFETY: only called when the CPU reports AVX-512F, AVX2 and FMA.
+        unsafe { softmax_row_avx512(row) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: only called when the CPU reports AVX2 and FMA.
@@ -109,6 +139,12 @@ fn softmax_dispatch(row: &mut [f32], avx2: bool) {
 }
 
 fn gelu_dispatch(xs: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && has_avx512() {
+        // SAFETY: only called when the CPU reports AVX-512F, AVX2 and FMA.
+        unsafe { gelu_slice_avx512(xs) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: only called when the CPU reports AVX2 and FMA.
