@@ -686,7 +686,7 @@ pub fn matmul_nt_packed(x: &[bf16], m: usize, k: usize, w: &PackedB, bias: Optio
     let n = w.cols();
     let mut c = vec![bf16::ZERO; m * n];
     let run = |pa: &mut PackedA, c: &mut [bf16]| -> Result<()> {
-        let lhs = if k % 2 == 0 {
+        let lhs = if k.is_multiple_of(2) {
             Lhs::rows(x, m, k, k)?
         } else {
             pa.pack_bf16(x, m, k, k, true)?;

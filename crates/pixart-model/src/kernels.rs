@@ -550,7 +550,7 @@ impl candle_core::CustomOp3 for AttentionBf16 {
                     scores.resize(rows * m, 0.0);
                     probs.resize(rows * mp, half::bf16::ZERO);
                     let qb = &qv[(bh * n + row0) * d..(bh * n + row0 + rows) * d];
-                    let lhs = if d % 2 == 0 {
+                    let lhs = if d.is_multiple_of(2) {
                         Lhs::rows(qb, rows, d, d)?
                     } else {
                         qpack.pack_bf16(qb, rows, d, d, false)?;
