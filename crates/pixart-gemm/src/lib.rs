@@ -6,8 +6,8 @@
 //! - [`linear`]: a drop-in for `candle_nn::Linear` that runs contiguous bf16 CPU inputs
 //!   through that GEMM (bias fused) and everything else through candle.
 //!
-//! Forward only: the fast path is a custom op without a backward; training in bf16 on the CPU
-//! must use candle's Linear.
+//! Forward only: the fast path is a custom op without a backward, so `Linear` takes candle's
+//! path whenever the input, weight or bias tracks gradients (`Tensor::track_op`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod bf16;

@@ -49,10 +49,14 @@ impl Linear {
         self.inner.bias()
     }
 
-    /// Whether `x` takes the native bf16 path.
+    /// Whether `x` takes the native bf16 path: not when anything needs gradients (`track_op`:
+    /// the custom op has no backward).
     fn native_for(&self, x: &Tensor) -> bool {
         let w = self.weight();
-        x.device().is_cpu()
+        !x.track_op()
+            && !w.track_op()
+            && self.bias().is_none_or(|b| !b.track_op())
+            && x.device().is_cpu()
             && x.dtype() == DType::BF16
             && w.dtype() == DType::BF16
             && w.rank() == 2

@@ -6,9 +6,12 @@ use rayon::prelude::*;
 ///
 /// Mean and variance are computed in two passes in f32 (candle-nn's fused op uses
 /// `E[x²] - mean²`, which loses precision when activations have a large mean). On the CPU this
-/// is one parallel pass over rows; elsewhere it is composed from tensor ops.
+/// is one parallel pass over rows; elsewhere, and for tensors that need gradients
+/// (`track_op`: the CPU kernel has no backward), it is composed from tensor ops.
 pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.track_op() && crate::grad_ops::applies(x) {
+        crate::grad_ops::layer_norm_no_affine(x, eps)
+    } else if x.device().is_cpu() && !x.track_op() {
         x.contiguous()?.apply_op1_no_bwd(&LayerNormNoAffine { eps: eps as f32 })
     } else {
         layer_norm_composed(x, eps)
@@ -139,9 +142,11 @@ fn per_batch(t: &Tensor, b: usize, c: usize) -> candle_core::Result<Vec<f32>> {
 /// `modulate(layer_norm_no_affine(x, eps), shift, scale)` as one parallel pass on the CPU:
 /// statistics in f32 (two passes over the row, as [`layer_norm_no_affine`]), one rounding to
 /// the output dtype (PyTorch rounds after the norm and after each of the two ops). Composed
-/// from tensor ops elsewhere. x: (b, n, c); shift, scale: (b, 1, c).
+/// from tensor ops elsewhere and when any input needs gradients (`track_op`).
+/// x: (b, n, c); shift, scale: (b, 1, c).
 pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if !x.device().is_cpu() || x.rank() != 3 {
+    let needs_grad = x.track_op() || shift.track_op() || scale.track_op();
+    if needs_grad || !x.device().is_cpu() || x.rank() != 3 {
         return modulate(&layer_norm_no_affine(x, eps)?, shift, scale);
     }
     let (b, n, c) = x.dims3()?;
@@ -155,9 +160,10 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64)
 }
 
 /// `x + y * gate` as one parallel pass on the CPU (f32 arithmetic, one rounding); composed
-/// elsewhere. x, y: (b, n, c); gate: (b, 1, c).
+/// elsewhere and when any input needs gradients. x, y: (b, n, c); gate: (b, 1, c).
 pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
-    if !x.device().is_cpu() || x.rank() != 3 || x.dims() != y.dims() || x.dtype() != y.dtype() {
+    let needs_grad = x.track_op() || y.track_op() || gate.track_op();
+    if needs_grad || !x.device().is_cpu() || x.rank() != 3 || x.dims() != y.dims() || x.dtype() != y.dtype() {
         return x + y.broadcast_mul(gate)?;
     }
     let (b, n, c) = x.dims3()?;
@@ -378,7 +384,8 @@ pub fn chunked_attention(
 ) -> candle_core::Result<Tensor> {
     let (b, h, n, _d) = q.dims4()?;
     let m = k.dim(2)?;
-    if q.device().is_cpu() {
+    let needs_grad = q.track_op() || k.track_op() || v.track_op();
+    if q.device().is_cpu() && !needs_grad {
         if q.dtype() == candle_core::DType::BF16 && pixart_gemm::bf16::native_available() {
             return crate::kernels::attention_cpu_bf16(q, k, v, bias, scale);
         }
