@@ -24,12 +24,20 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
+    /// Train a small AutoencoderKL (the VAE) from a TOML config.
+    TrainVae(commands::train_vae::TrainVaeArgs),
     /// Train a T5-style Unigram tokenizer on a dataset's captions.
     TrainTokenizer(commands::train_tokenizer::TrainTokenizerArgs),
     /// Write a component with fresh random weights (for training from scratch).
     Init(commands::init::InitArgs),
     /// Precompute VAE latents and T5 caption features for training (resumable).
     Extract(commands::extract::ExtractArgs),
+    /// Train or fine-tune the transformer on extracted features (docs/training.md).
+    Train(commands::train::TrainArgs),
+    /// Write the synthetic shapes dataset (images, train.jsonl, eval.jsonl).
+    DemoData(commands::demo_data::DemoDataArgs),
+    /// Evaluate a model (`pixart eval demo`: prompt adherence on the demo dataset).
+    Eval(commands::eval::EvalArgs),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -65,9 +73,13 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
+        Command::TrainVae(a) => commands::train_vae::run(a),
         Command::TrainTokenizer(a) => commands::train_tokenizer::run(a),
         Command::Init(a) => commands::init::run(a),
         Command::Extract(a) => commands::extract::run(a),
+        Command::Train(a) => commands::train::run(a),
+        Command::DemoData(a) => commands::demo_data::run(a),
+        Command::Eval(a) => commands::eval::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

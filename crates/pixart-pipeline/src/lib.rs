@@ -8,6 +8,7 @@
 //! - [`aspect_bins`]: the aspect-ratio bin tables, bin selection, and the resize + centre crop
 //!   back to the requested size.
 //! - [`builtin`]: where the project's own built-in model lives.
+//! - [`image`]: [`RgbImage`] and its PNG encoding and decoding.
 //! - [`hub`]: hub ids (`owner/name`) resolved in the standard HF cache (no downloads).
 //! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
 //! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
@@ -17,12 +18,14 @@ pub mod aspect_bins;
 pub mod builtin;
 pub mod components;
 pub mod hub;
+pub mod image;
 pub mod noise;
 pub mod pipeline;
 pub mod request;
 
 pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
+pub use image::RgbImage;
 pub use noise::{NoiseSource, SeededNoise};
-pub use pipeline::{generate, Generated, Output, Progress, RgbImage, Stage, Timings};
+pub use pipeline::{generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};

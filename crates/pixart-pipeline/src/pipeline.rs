@@ -10,6 +10,7 @@ use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
 
 use crate::aspect_bins::resize_and_crop;
 use crate::components::PipelineComponents;
+use crate::image::RgbImage;
 use crate::noise::NoiseSource;
 use crate::request::{OutputKind, ValidatedRequest, MAX_SEQUENCE_LENGTH};
 
@@ -70,14 +71,6 @@ pub enum Progress {
 pub struct Timings {
     pub stages: Vec<(Stage, f64)>,
     pub steps: Vec<f64>,
-}
-
-/// An 8-bit RGB image, rows top to bottom, pixels as `r, g, b`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RgbImage {
-    pub width: usize,
-    pub height: usize,
-    pub data: Vec<u8>,
 }
 
 /// A finished generation.

@@ -9,6 +9,7 @@ pub mod lora;
 pub mod metrics;
 pub mod optim;
 pub mod trainer;
+pub mod vae;
 
 pub use config::TrainConfig;
 pub use data::{Batch, TrainData};

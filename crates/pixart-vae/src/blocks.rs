@@ -19,6 +19,36 @@ pub const NORM_EPS: f64 = 1e-6;
 /// 2^26 values = 256 MiB.
 pub const ATTENTION_MAX_SCORES: usize = 1 << 26;
 
+/// How the layers compute, chosen when the model is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// The fast CPU kernels of [`ops`] (forward only: they cut the autograd graph).
+    #[default]
+    Inference,
+    /// Only composed candle ops that have a backward (conv2d, GroupNorm from mean/variance,
+    /// `candle_nn::ops::softmax`, nearest upsample), so gradients reach every weight.
+    Training,
+}
+
+/// PyTorch's default initialisation of `nn.Conv2d` and `nn.Linear` weights and biases
+/// (`reset_parameters` in torch 2.15 `nn/modules/conv.py` and `nn/modules/linear.py`):
+/// `kaiming_uniform_(a=√5)` for the weight, which is U(-1/√fan_in, 1/√fan_in), and the same
+/// bound for the bias. diffusers' `AutoencoderKL` keeps these defaults (it has no
+/// `_init_weights`). Only used when the weights are created (a `VarMap` or a seeded
+/// initialiser); loading from a file ignores it.
+pub fn torch_default_init(fan_in: usize) -> candle_nn::Init {
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    candle_nn::Init::Uniform { lo: -bound, up: bound }
+}
+
+/// `nn.Linear(c_in, c_out)` with bias, initialised as PyTorch does ([`torch_default_init`]).
+fn linear(c_in: usize, c_out: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    let init = torch_default_init(c_in);
+    let weight = vb.get_with_hints((c_out, c_in), "weight", init)?;
+    let bias = vb.get_with_hints(c_out, "bias", init)?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
 /// `nn.Conv2d` with bias.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -27,6 +57,7 @@ pub struct Conv2d {
     kernel: usize,
     stride: usize,
     padding: usize,
+    mode: Mode,
 }
 
 impl Conv2d {
@@ -36,19 +67,25 @@ impl Conv2d {
         kernel: usize,
         stride: usize,
         padding: usize,
+        mode: Mode,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
+        let init = torch_default_init(c_in * kernel * kernel);
         Ok(Self {
-            weight: vb.get((c_out, c_in, kernel, kernel), "weight")?,
-            bias: vb.get(c_out, "bias")?,
+            weight: vb.get_with_hints((c_out, c_in, kernel, kernel), "weight", init)?,
+            bias: vb.get_with_hints(c_out, "bias", init)?,
             kernel,
             stride,
             padding,
+            mode,
         })
     }
 
     /// x: (b, c_in, h, w) -> (b, c_out, h', w').
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if self.mode == Mode::Training {
+            return ops::conv2d_train(x, &self.weight, Some(&self.bias), self.stride, self.padding);
+        }
         if self.kernel == 3 && self.stride == 1 && self.padding == 1 {
             return ops::conv3x3(x, &self.weight, Some(&self.bias), false);
         }
@@ -59,7 +96,14 @@ impl Conv2d {
 
     /// Nearest 2× upsample of x, then this (3×3, stride 1, padding 1) conv.
     pub fn forward_upsampled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        ops::conv3x3(x, &self.weight, Some(&self.bias), true)
+        match self.mode {
+            Mode::Inference => ops::conv3x3(x, &self.weight, Some(&self.bias), true),
+            Mode::Training => {
+                let (_, _, h, w) = x.dims4()?;
+                // (b, c, h, w) -> (b, c, 2h, 2w)
+                self.forward(&x.upsample_nearest2d(2 * h, 2 * w)?)
+            }
+        }
     }
 }
 
@@ -103,23 +147,32 @@ pub struct GroupNorm {
     weight: Tensor,
     bias: Tensor,
     groups: usize,
+    mode: Mode,
 }
 
 impl GroupNorm {
-    pub fn new(groups: usize, channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(groups: usize, channels: usize, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            weight: vb.get(channels, "weight")?,
-            bias: vb.get(channels, "bias")?,
+            weight: vb.get_with_hints(channels, "weight", candle_nn::init::ONE)?,
+            bias: vb.get_with_hints(channels, "bias", candle_nn::init::ZERO)?,
             groups,
+            mode,
         })
+    }
+
+    fn stats(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.mode {
+            Mode::Inference => ops::group_stats(x, self.groups, NORM_EPS),
+            Mode::Training => ops::group_stats_composed(x, self.groups, NORM_EPS),
+        }
     }
 
     /// GroupNorm of x (b, c, h, w), followed by SiLU when `silu`, with statistics as `ns` says.
     pub fn forward(&self, x: &Tensor, silu: bool, ns: &NormStats) -> candle_core::Result<Tensor> {
         let stats = match ns {
-            NormStats::Local => ops::group_stats(x, self.groups, NORM_EPS)?,
+            NormStats::Local => self.stats(x)?,
             NormStats::Record(rec) => {
-                let st = ops::group_stats(x, self.groups, NORM_EPS)?;
+                let st = self.stats(x)?;
                 rec.borrow_mut().push(st.clone());
                 st
             }
@@ -131,7 +184,10 @@ impl GroupNorm {
                 })?
             }
         };
-        ops::group_norm_with_stats(x, &stats, &self.weight, &self.bias, silu)
+        match self.mode {
+            Mode::Inference => ops::group_norm_with_stats(x, &stats, &self.weight, &self.bias, silu),
+            Mode::Training => ops::group_norm_with_stats_composed(x, &stats, &self.weight, &self.bias, silu),
+        }
     }
 }
 
@@ -148,14 +204,14 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    pub fn new(c_in: usize, c_out: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(c_in: usize, c_out: usize, groups: usize, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            norm1: GroupNorm::new(groups, c_in, vb.pp("norm1"))?,
-            conv1: Conv2d::new(c_in, c_out, 3, 1, 1, vb.pp("conv1"))?,
-            norm2: GroupNorm::new(groups, c_out, vb.pp("norm2"))?,
-            conv2: Conv2d::new(c_out, c_out, 3, 1, 1, vb.pp("conv2"))?,
+            norm1: GroupNorm::new(groups, c_in, mode, vb.pp("norm1"))?,
+            conv1: Conv2d::new(c_in, c_out, 3, 1, 1, mode, vb.pp("conv1"))?,
+            norm2: GroupNorm::new(groups, c_out, mode, vb.pp("norm2"))?,
+            conv2: Conv2d::new(c_out, c_out, 3, 1, 1, mode, vb.pp("conv2"))?,
             conv_shortcut: if c_in != c_out {
-                Some(Conv2d::new(c_in, c_out, 1, 1, 0, vb.pp("conv_shortcut"))?)
+                Some(Conv2d::new(c_in, c_out, 1, 1, 0, mode, vb.pp("conv_shortcut"))?)
             } else {
                 None
             },
@@ -184,9 +240,9 @@ pub struct Downsample2D {
 }
 
 impl Downsample2D {
-    pub fn new(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(channels: usize, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            conv: Conv2d::new(channels, channels, 3, 2, 0, vb.pp("conv"))?,
+            conv: Conv2d::new(channels, channels, 3, 2, 0, mode, vb.pp("conv"))?,
         })
     }
 
@@ -205,9 +261,9 @@ pub struct Upsample2D {
 }
 
 impl Upsample2D {
-    pub fn new(channels: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(channels: usize, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            conv: Conv2d::new(channels, channels, 3, 1, 1, vb.pp("conv"))?,
+            conv: Conv2d::new(channels, channels, 3, 1, 1, mode, vb.pp("conv"))?,
         })
     }
 
@@ -230,18 +286,20 @@ pub struct Attention {
     to_out: Linear,
     channels: usize,
     max_scores: usize,
+    mode: Mode,
 }
 
 impl Attention {
-    pub fn new(channels: usize, groups: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(channels: usize, groups: usize, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            group_norm: GroupNorm::new(groups, channels, vb.pp("group_norm"))?,
-            to_q: candle_nn::linear(channels, channels, vb.pp("to_q"))?,
-            to_k: candle_nn::linear(channels, channels, vb.pp("to_k"))?,
-            to_v: candle_nn::linear(channels, channels, vb.pp("to_v"))?,
-            to_out: candle_nn::linear(channels, channels, vb.pp("to_out").pp("0"))?,
+            group_norm: GroupNorm::new(groups, channels, mode, vb.pp("group_norm"))?,
+            to_q: linear(channels, channels, vb.pp("to_q"))?,
+            to_k: linear(channels, channels, vb.pp("to_k"))?,
+            to_v: linear(channels, channels, vb.pp("to_v"))?,
+            to_out: linear(channels, channels, vb.pp("to_out").pp("0"))?,
             channels,
             max_scores: ATTENTION_MAX_SCORES,
+            mode,
         })
     }
 
@@ -256,7 +314,10 @@ impl Attention {
         let v = self.to_v.forward(&hs)?;
         drop(hs);
         let scale = 1.0 / (self.channels as f64).sqrt();
-        let o = ops::attention_single_head(&q, &k, &v, scale, self.max_scores)?;
+        let o = match self.mode {
+            Mode::Inference => ops::attention_single_head(&q, &k, &v, scale, self.max_scores)?,
+            Mode::Training => ops::attention_composed(&q, &k, &v, scale)?,
+        };
         let o = self.to_out.forward(&o)?;
         // (b, h*w, c) -> (b, c, h, w)
         let o = o.transpose(1, 2)?.reshape((b, c, h, w))?;
@@ -272,12 +333,18 @@ pub struct UNetMidBlock2D {
 }
 
 impl UNetMidBlock2D {
-    pub fn new(channels: usize, groups: usize, add_attention: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        channels: usize,
+        groups: usize,
+        add_attention: bool,
+        mode: Mode,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let resnets = (0..2)
-            .map(|i| ResnetBlock2D::new(channels, channels, groups, vb.pp("resnets").pp(i)))
+            .map(|i| ResnetBlock2D::new(channels, channels, groups, mode, vb.pp("resnets").pp(i)))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let attentions = if add_attention {
-            vec![Attention::new(channels, groups, vb.pp("attentions").pp(0))?]
+            vec![Attention::new(channels, groups, mode, vb.pp("attentions").pp(0))?]
         } else {
             Vec::new()
         };
@@ -305,12 +372,13 @@ fn resnet_stack(
     c_out: usize,
     layers: usize,
     groups: usize,
+    mode: Mode,
     vb: &VarBuilder,
 ) -> candle_core::Result<Vec<ResnetBlock2D>> {
     (0..layers)
         .map(|i| {
             let c = if i == 0 { c_in } else { c_out };
-            ResnetBlock2D::new(c, c_out, groups, vb.pp("resnets").pp(i))
+            ResnetBlock2D::new(c, c_out, groups, mode, vb.pp("resnets").pp(i))
         })
         .collect()
 }
@@ -329,11 +397,12 @@ impl DownEncoderBlock2D {
         layers: usize,
         groups: usize,
         add_downsample: bool,
+        mode: Mode,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let resnets = resnet_stack(c_in, c_out, layers, groups, &vb)?;
+        let resnets = resnet_stack(c_in, c_out, layers, groups, mode, &vb)?;
         let downsamplers = if add_downsample {
-            Some(Downsample2D::new(c_out, vb.pp("downsamplers").pp(0))?)
+            Some(Downsample2D::new(c_out, mode, vb.pp("downsamplers").pp(0))?)
         } else {
             None
         };
@@ -368,11 +437,12 @@ impl UpDecoderBlock2D {
         layers: usize,
         groups: usize,
         add_upsample: bool,
+        mode: Mode,
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
-        let resnets = resnet_stack(c_in, c_out, layers, groups, &vb)?;
+        let resnets = resnet_stack(c_in, c_out, layers, groups, mode, &vb)?;
         let upsamplers = if add_upsample {
-            Some(Upsample2D::new(c_out, vb.pp("upsamplers").pp(0))?)
+            Some(Upsample2D::new(c_out, mode, vb.pp("upsamplers").pp(0))?)
         } else {
             None
         };

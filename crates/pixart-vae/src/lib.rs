@@ -8,6 +8,9 @@
 //! - [`tiling`]: tiled decode/encode with linear blending, for images of any size
 //!   ([`Tiling`], [`TileConfig`]).
 //! - [`loading`]: [`load_vae`] from a diffusers folder; legacy attention names are mapped.
+//! - [`training`]: the model in [`Mode::Training`] over trainable variables (fresh PyTorch-default
+//!   initialisation or a checkpoint), the posterior sample, the loss (L1/L2 + KL), the
+//!   diffusers-layout save.
 //!
 //! The functions below are what the CLI calls: [`run_vae_decode`], [`run_vae_encode`] and
 //! [`bench_vae_decode`].
@@ -19,6 +22,7 @@ pub mod loading;
 pub mod model;
 pub mod ops;
 pub mod tiling;
+pub mod training;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +30,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use pixart_core::{Error, Result};
 
+pub use blocks::Mode;
 pub use config::AutoencoderKlConfig;
 pub use loading::{load_vae, random_vae};
 pub use model::{AutoencoderKl, DiagonalGaussian, TileNorm};

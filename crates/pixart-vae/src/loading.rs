@@ -69,6 +69,16 @@ fn legacy_renamer() -> Renamer {
 /// On the CPU use f32 (or f16): candle has no bf16 convolution there.
 pub fn load_vae(dir: &Path, dtype: DType, device: &Device) -> Result<AutoencoderKl> {
     check_dtype(dtype, device)?;
+    let (config, backend) = open_checked(dir)?;
+    let vb = VarBuilder::from_backend(Box::new(backend.clone()), dtype, device.clone());
+    let built = AutoencoderKl::new(&config, vb);
+    backend.0.finish()?;
+    built
+}
+
+/// The validated config of the VAE in `dir` (as [`load_vae`] finds it) and a checked backend
+/// over its weight file (legacy attention names mapped). Call `finish()` on it after building.
+pub(crate) fn open_checked(dir: &Path) -> Result<(AutoencoderKlConfig, Shared<CheckedWeights>)> {
     let dir = vae_dir(dir)?;
     let config = AutoencoderKlConfig::from_file(&dir.join("config.json"))?;
     let weights = WEIGHT_NAMES
@@ -81,11 +91,7 @@ pub fn load_vae(dir: &Path, dtype: DType, device: &Device) -> Result<Autoencoder
     if is_legacy(checked.file()) {
         checked = checked.with_renamer(legacy_renamer());
     }
-    let backend = Shared(Arc::new(checked));
-    let vb = VarBuilder::from_backend(Box::new(backend.clone()), dtype, device.clone());
-    let built = AutoencoderKl::new(&config, vb);
-    backend.0.finish()?;
-    built
+    Ok((config, Shared(Arc::new(checked))))
 }
 
 /// Builds a model of `config` with random weights (for benchmarks; no file needed).

@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use pixart_core::{Error, Result};
 
-use crate::blocks::{Conv2d, DownEncoderBlock2D, GroupNorm, NormStats, UNetMidBlock2D, UpDecoderBlock2D};
+use crate::blocks::{Conv2d, DownEncoderBlock2D, GroupNorm, Mode, NormStats, UNetMidBlock2D, UpDecoderBlock2D};
 use crate::config::AutoencoderKlConfig;
 use crate::tiling::{axis_weights, tile_starts, Blender, TileConfig, Tiling};
 
@@ -20,11 +20,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(cfg: &AutoencoderKlConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(cfg: &AutoencoderKlConfig, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         let ch = &cfg.block_out_channels;
         let groups = cfg.norm_num_groups;
         let last = ch.len() - 1;
-        let conv_in = Conv2d::new(cfg.in_channels, ch[0], 3, 1, 1, vb.pp("conv_in"))?;
+        let conv_in = Conv2d::new(cfg.in_channels, ch[0], 3, 1, 1, mode, vb.pp("conv_in"))?;
         let mut down_blocks = Vec::with_capacity(ch.len());
         let mut c_prev = ch[0];
         for (i, &c) in ch.iter().enumerate() {
@@ -34,14 +34,15 @@ impl Encoder {
                 cfg.layers_per_block,
                 groups,
                 i != last,
+                mode,
                 vb.pp("down_blocks").pp(i),
             )?);
             c_prev = c;
         }
-        let mid_block = UNetMidBlock2D::new(ch[last], groups, cfg.mid_block_add_attention, vb.pp("mid_block"))?;
-        let conv_norm_out = GroupNorm::new(groups, ch[last], vb.pp("conv_norm_out"))?;
+        let mid_block = UNetMidBlock2D::new(ch[last], groups, cfg.mid_block_add_attention, mode, vb.pp("mid_block"))?;
+        let conv_norm_out = GroupNorm::new(groups, ch[last], mode, vb.pp("conv_norm_out"))?;
         // double_z: mean and log-variance.
-        let conv_out = Conv2d::new(ch[last], 2 * cfg.latent_channels, 3, 1, 1, vb.pp("conv_out"))?;
+        let conv_out = Conv2d::new(ch[last], 2 * cfg.latent_channels, 3, 1, 1, mode, vb.pp("conv_out"))?;
         Ok(Self {
             conv_in,
             down_blocks,
@@ -84,12 +85,12 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(cfg: &AutoencoderKlConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(cfg: &AutoencoderKlConfig, mode: Mode, vb: VarBuilder) -> candle_core::Result<Self> {
         let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
         let groups = cfg.norm_num_groups;
         let last = rev.len() - 1;
-        let conv_in = Conv2d::new(cfg.latent_channels, rev[0], 3, 1, 1, vb.pp("conv_in"))?;
-        let mid_block = UNetMidBlock2D::new(rev[0], groups, cfg.mid_block_add_attention, vb.pp("mid_block"))?;
+        let conv_in = Conv2d::new(cfg.latent_channels, rev[0], 3, 1, 1, mode, vb.pp("conv_in"))?;
+        let mid_block = UNetMidBlock2D::new(rev[0], groups, cfg.mid_block_add_attention, mode, vb.pp("mid_block"))?;
         let mut up_blocks = Vec::with_capacity(rev.len());
         let mut c_prev = rev[0];
         for (i, &c) in rev.iter().enumerate() {
@@ -99,12 +100,13 @@ impl Decoder {
                 cfg.layers_per_block + 1,
                 groups,
                 i != last,
+                mode,
                 vb.pp("up_blocks").pp(i),
             )?);
             c_prev = c;
         }
-        let conv_norm_out = GroupNorm::new(groups, rev[last], vb.pp("conv_norm_out"))?;
-        let conv_out = Conv2d::new(rev[last], cfg.out_channels, 3, 1, 1, vb.pp("conv_out"))?;
+        let conv_norm_out = GroupNorm::new(groups, rev[last], mode, vb.pp("conv_norm_out"))?;
+        let conv_out = Conv2d::new(rev[last], cfg.out_channels, 3, 1, 1, mode, vb.pp("conv_out"))?;
         Ok(Self {
             conv_in,
             mid_block,
@@ -143,6 +145,8 @@ pub struct DiagonalGaussian {
     pub mean: Tensor,
     /// `exp(0.5 · clamp(logvar, -30, 20))`, same shape as `mean`.
     pub std: Tensor,
+    /// `clamp(logvar, -30, 20)`, same shape as `mean`.
+    pub logvar: Tensor,
 }
 
 impl DiagonalGaussian {
@@ -153,8 +157,8 @@ impl DiagonalGaussian {
         let c = c2 / 2;
         let mean = moments.narrow(1, 0, c)?;
         let logvar = moments.narrow(1, c, c)?.clamp(-30f32, 20f32)?;
-        let std = (logvar * 0.5)?.exp()?;
-        Ok(Self { mean, std })
+        let std = (&logvar * 0.5)?.exp()?;
+        Ok(Self { mean, std, logvar })
     }
 
     /// `mean + std · noise`; the caller draws `noise` (standard normal, shape of `mean`).
@@ -168,6 +172,17 @@ impl DiagonalGaussian {
         }
         let noise = noise.to_dtype(self.mean.dtype())?;
         Ok((&self.mean + (&self.std * noise)?)?)
+    }
+
+    /// The KL divergence to N(0, I) of each sample, (b): diffusers'
+    /// `DiagonalGaussianDistribution.kl()` (`models/autoencoders/vae.py`, 0.42.1),
+    /// `0.5 · Σ_{c,h,w} (mean² + var − 1 − logvar)` with `var = exp(logvar)`.
+    pub fn kl(&self) -> Result<Tensor> {
+        let var = self.logvar.exp()?;
+        let t = ((self.mean.sqr()? + var)? - 1.0)?.sub(&self.logvar)?;
+        // (b, c, h, w) -> (b, c·h·w)
+        let t = t.flatten_from(1)?;
+        Ok((t.sum(1)? * 0.5)?)
     }
 }
 
@@ -202,6 +217,7 @@ pub struct AutoencoderKl {
     dtype: DType,
     device: Device,
     tile_norm: TileNorm,
+    mode: Mode,
 }
 
 impl AutoencoderKl {
@@ -209,33 +225,54 @@ impl AutoencoderKl {
     /// `decoder.*`, `quant_conv.*`, `post_quant_conv.*`). The config must be valid
     /// ([`AutoencoderKlConfig::validate`]).
     pub fn new(config: &AutoencoderKlConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_mode(config, Mode::Inference, vb)
+    }
+
+    /// [`Self::new`] in the given [`Mode`]: [`Mode::Training`] builds every layer from
+    /// composed candle ops that have a backward, so gradients reach every weight.
+    pub fn with_mode(config: &AutoencoderKlConfig, mode: Mode, vb: VarBuilder) -> Result<Self> {
         config.validate().map_err(Error::InvalidInput)?;
         let lat = config.latent_channels;
         let quant_conv = if config.use_quant_conv {
-            Some(Conv2d::new(2 * lat, 2 * lat, 1, 1, 0, vb.pp("quant_conv"))?)
+            Some(Conv2d::new(2 * lat, 2 * lat, 1, 1, 0, mode, vb.pp("quant_conv"))?)
         } else {
             None
         };
         let post_quant_conv = if config.use_post_quant_conv {
-            Some(Conv2d::new(lat, lat, 1, 1, 0, vb.pp("post_quant_conv"))?)
+            Some(Conv2d::new(lat, lat, 1, 1, 0, mode, vb.pp("post_quant_conv"))?)
         } else {
             None
         };
         Ok(Self {
-            encoder: Encoder::new(config, vb.pp("encoder"))?,
-            decoder: Decoder::new(config, vb.pp("decoder"))?,
+            encoder: Encoder::new(config, mode, vb.pp("encoder"))?,
+            decoder: Decoder::new(config, mode, vb.pp("decoder"))?,
             quant_conv,
             post_quant_conv,
             config: config.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
             tile_norm: TileNorm::default(),
+            mode,
         })
     }
 
     /// Chooses how tiles are normalised (default [`TileNorm::Guide`]).
     pub fn set_tile_norm(&mut self, tile_norm: TileNorm) {
         self.tile_norm = tile_norm;
+    }
+
+    /// Tiling as asked, except in [`Mode::Training`], which never tiles (tiles are blended
+    /// outside the autograd graph).
+    fn effective(&self, tiling: Tiling) -> Tiling {
+        match self.mode {
+            Mode::Inference => tiling,
+            Mode::Training => Tiling::Off,
+        }
+    }
+
+    /// The mode the model was built in.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     pub fn config(&self) -> &AutoencoderKlConfig {
@@ -334,7 +371,7 @@ impl AutoencoderKl {
     ) -> Result<Tensor> {
         let (_, _, h, w) = self.check_latents(z)?;
         let z = z.to_device(&self.device)?.to_dtype(self.dtype)?;
-        match tiling.resolve(h, w) {
+        match self.effective(tiling).resolve(h, w) {
             Some(cfg) if h > cfg.tile_latent || w > cfg.tile_latent => {
                 cfg.validate()?;
                 self.decode_tiled(&z, &cfg, progress)
@@ -439,7 +476,7 @@ impl AutoencoderKl {
         let (_, _, h, w) = self.check_image(x)?;
         let x = x.to_device(&self.device)?.to_dtype(self.dtype)?;
         let f = self.downsample_factor();
-        let moments = match tiling.resolve(h / f, w / f) {
+        let moments = match self.effective(tiling).resolve(h / f, w / f) {
             Some(cfg) if h / f > cfg.tile_latent || w / f > cfg.tile_latent => {
                 cfg.validate()?;
                 self.encode_tiled(&x, &cfg)?

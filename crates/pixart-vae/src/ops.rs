@@ -10,6 +10,11 @@
 //!   (tiled im2col) runs at about a quarter of it. Elsewhere it is candle's conv2d.
 //! - [`attention_single_head`]: softmax attention with the queries processed in chunks, so
 //!   the full N×N score matrix is never held.
+//!
+//! The fast CPU paths are forward-only custom ops: they cut the autograd graph. Training
+//! ([`crate::blocks::Mode::Training`]) uses versions built from candle ops that have a
+//! backward ([`group_stats_composed`], [`group_norm_with_stats_composed`], [`conv2d_im2col`],
+//! [`attention_composed`]).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -31,20 +36,28 @@ pub fn group_norm(
 /// `1 / sqrt(var + eps)` of each group (biased variance, two passes).
 pub fn group_stats(x: &Tensor, groups: usize, eps: f64) -> candle_core::Result<Tensor> {
     let (b, c) = (x.dim(0)?, x.dim(1)?);
-    if groups == 0 || c % groups != 0 {
-        candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
-    }
-    if x.device().is_cpu() && x.dtype() == DType::F32 {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && groups > 0 && c % groups == 0 {
         return x
             .contiguous()?
             .apply_op1_no_bwd(&GroupStatsOp { groups, eps })?
             .reshape((b, groups, 2));
+    }
+    group_stats_composed(x, groups, eps)
+}
+
+/// [`group_stats`] composed from candle tensor ops (mean, centred mean of squares), which
+/// have a backward: the training path, and the path off the CPU.
+pub fn group_stats_composed(x: &Tensor, groups: usize, eps: f64) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
+    if groups == 0 || c % groups != 0 {
+        candle_core::bail!("group_norm: {c} channels are not divisible into {groups} groups");
     }
     // (b, c, *spatial) -> (b, groups, c/groups * spatial)
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = xg.mean_keepdim(D::Minus1)?;
     let var = xg.broadcast_sub(&mean)?.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (var + eps)?.sqrt()?.recip()?;
+    // (b, groups, 1) x2 -> (b, groups, 2)
     Tensor::cat(&[mean, inv], 2)
 }
 
@@ -76,12 +89,27 @@ pub fn group_norm_with_stats(
             &GroupNormApplyOp { groups, silu },
         );
     }
+    group_norm_with_stats_composed(x, stats, weight, bias, silu)
+}
+
+/// [`group_norm_with_stats`] composed from candle tensor ops, which have a backward (through
+/// `x`, the statistics, and the affine parameters): the training path, and the path off the CPU.
+pub fn group_norm_with_stats_composed(
+    x: &Tensor,
+    stats: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    silu: bool,
+) -> candle_core::Result<Tensor> {
+    let (b, c) = (x.dim(0)?, x.dim(1)?);
+    let groups = stats.dim(1)?;
     let dtype = x.dtype();
     let dims = x.dims().to_vec();
     // (b, c, *spatial) -> (b, groups, c/groups * spatial)
     let xg = x.to_dtype(DType::F32)?.reshape((b, groups, ()))?;
     let mean = stats.narrow(2, 0, 1)?;
     let inv = stats.narrow(2, 1, 1)?;
+    // (b, groups, c/groups * spatial) -> (b, c, *spatial)
     let xn = xg.broadcast_sub(&mean)?.broadcast_mul(&inv)?.reshape(dims.as_slice())?;
     // weight, bias: (c) -> (1, c, 1, ...)
     let mut affine_shape = vec![1usize; dims.len()];
@@ -216,7 +244,7 @@ impl CustomOp3 for GroupNormApplyOp {
 /// upsampled 2× by nearest neighbour (diffusers' `Upsample2D`), so the output is
 /// (b, c_out, 2h, 2w); on the CPU the upsampled input is never materialised on its own.
 pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: bool) -> candle_core::Result<Tensor> {
-    let (_, c_in, h, w) = x.dims4()?;
+    let (_, c_in, _, _) = x.dims4()?;
     let (_, k_in, kh, kw) = weight.dims4()?;
     if (k_in, kh, kw) != (c_in, 3, 3) {
         candle_core::bail!(
@@ -233,13 +261,26 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: boo
             None => Ok(y),
         };
     }
+    conv3x3_composed(x, weight, bias, upsample)
+}
+
+/// [`conv3x3`] as candle's `upsample_nearest2d` and `conv2d`: the path off the CPU.
+pub fn conv3x3_composed(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    upsample: bool,
+) -> candle_core::Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
     let x = if upsample {
+        // (b, c, h, w) -> (b, c, 2h, 2w)
         x.upsample_nearest2d(2 * h, 2 * w)?
     } else {
         x.clone()
     };
     let y = x.conv2d(weight, 1, 1, 1, 1)?;
     match bias {
+        // bias: (c_out) -> (1, c_out, 1, 1)
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
         None => Ok(y),
     }
@@ -267,6 +308,41 @@ impl SharedMut {
 impl CustomOp2 for Conv3x3Op {
     fn name(&self) -> &'static str {
         "conv3x3"
+    }
+
+    /// The backward of the plain (not upsampling) conv, with the same fast kernel: the input
+    /// gradient is the 3×3 conv of the output gradient with the kernel transposed (in ↔ out) and
+    /// flipped; the weight gradient is Σ_b grad_b · im2col(x_b)ᵀ, one batched GEMM.
+    fn bwd(
+        &self,
+        arg1: &Tensor,
+        arg2: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.upsample {
+            candle_core::bail!("conv3x3: no backward for the fused upsample (upsample first)");
+        }
+        let (x, w, g) = (arg1.detach(), arg2.detach(), grad_res.detach().contiguous()?);
+        let (c_out, c_in, _, _) = w.dims4()?;
+        let (b, _, h, wd) = x.dims4()?;
+        let rev = Tensor::new(&[2u32, 1, 0], w.device())?;
+        // w (c_out, c_in, 3, 3) -> (c_in, c_out, 3, 3), flipped along both spatial axes
+        let wt = w
+            .transpose(0, 1)?
+            .contiguous()?
+            .index_select(&rev, 2)?
+            .index_select(&rev, 3)?
+            .contiguous()?;
+        let grad_x = g.apply_op2_no_bwd(&wt, &Conv3x3Op { upsample: false })?;
+        // (b, c_out, h·w) @ (b, h·w, c_in·9) -> (b, c_out, c_in·9), summed over b
+        let cols = im2col(&x, 3, 3, 1, 1)?;
+        let grad_w = g
+            .reshape((b, c_out, h * wd))?
+            .matmul(&cols.transpose(1, 2)?.contiguous()?)?
+            .sum(0)?
+            .reshape((c_out, c_in, 3, 3))?;
+        Ok((Some(grad_x), Some(grad_w)))
     }
 
     fn cpu_fwd(
@@ -412,4 +488,128 @@ pub fn attention_single_head(
         Tensor::cat(&outs, 1)?
     };
     out.to_dtype(dtype)
+}
+
+/// The im2col matrix of `x` (b, c_in, h, w) for a kh × kw window with `stride` and zero
+/// `padding`: (b, c_in·kh·kw, ho·wo), rows in the (ci, ky, kx) order of a conv weight. Built
+/// from `pad`/`narrow`/`stack`/`reshape`, so it has a backward.
+pub fn im2col(x: &Tensor, kh: usize, kw: usize, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if stride == 0 || hp < kh || wp < kw {
+        candle_core::bail!(
+            "im2col: a {kh}x{kw} window (stride {stride}, padding {padding}) does not fit {:?}",
+            x.dims()
+        );
+    }
+    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    // Zero padding, plus trailing zeros so that every tap's strided window of
+    // stride·ho rows (stride·wo columns) fits; the extra ones are never picked.
+    let (eh, ew) = (
+        (kh - 1 + stride * ho).saturating_sub(hp),
+        (kw - 1 + stride * wo).saturating_sub(wp),
+    );
+    let xp = x
+        .pad_with_zeros(2, padding, padding + eh)?
+        .pad_with_zeros(3, padding, padding + ew)?;
+    let mut taps = Vec::with_capacity(kh * kw);
+    for ky in 0..kh {
+        for kx in 0..kw {
+            let t = xp.narrow(2, ky, stride * ho)?.narrow(3, kx, stride * wo)?;
+            let t = if stride > 1 {
+                // (b, c_in, ho·s, wo·s) -> (b, c_in, ho, s, wo, s) -> every s-th row and column
+                t.reshape((b, c_in, ho, stride, wo, stride))?
+                    .narrow(3, 0, 1)?
+                    .narrow(5, 0, 1)?
+            } else {
+                t
+            };
+            // -> (b, c_in, ho·wo)
+            taps.push(t.reshape((b, c_in, ho * wo))?);
+        }
+    }
+    // (b, c_in, kh·kw, ho·wo) -> (b, c_in·kh·kw, ho·wo), rows in the weight's (ci, ky, kx) order
+    Tensor::stack(&taps, 2)?.reshape((b, c_in * kh * kw, ho * wo))
+}
+
+/// The training conv: 3×3, stride 1, padding 1 convolutions of f32 CPU tensors run the fast
+/// [`conv3x3`] kernel with its GEMM backward (`Conv3x3Op::bwd`); every other conv is
+/// [`conv2d_im2col`]. Both have a backward for the input and the weight (the bias is added with
+/// a broadcast, which has one).
+pub fn conv2d_train(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (_, c_in, _, _) = x.dims4()?;
+    let (_, k_in, kh, kw) = weight.dims4()?;
+    let fast = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    if !(fast && (kh, kw, stride, padding) == (3, 3, 1, 1) && k_in == c_in) {
+        return conv2d_im2col(x, weight, bias, stride, padding);
+    }
+    let y = x
+        .contiguous()?
+        .apply_op2(&weight.contiguous()?, Conv3x3Op { upsample: false })?;
+    match bias {
+        // bias: (c_out) -> (1, c_out, 1, 1)
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// Convolution of `x` (b, c_in, h, w) with `weight` (c_out, c_in, kh, kw), optional `bias`
+/// (c_out), zero padding `padding` on every side and stride `stride`, as one GEMM over an
+/// im2col matrix built from `narrow`/`stack`/`reshape`: every op has a backward that is itself
+/// a GEMM or a copy. The training path for the convs [`conv2d_train`] does not run on its fast
+/// kernel: candle's own conv2d backward runs `conv_transpose2d`, a scalar loop on the CPU.
+pub fn conv2d_im2col(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> candle_core::Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (c_out, k_in, kh, kw) = weight.dims4()?;
+    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
+    if k_in != c_in || stride == 0 || hp < kh || wp < kw {
+        candle_core::bail!(
+            "conv2d: weight {:?} (stride {stride}, padding {padding}) does not fit an input {:?}",
+            weight.dims(),
+            x.dims()
+        );
+    }
+    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
+    let y = if (kh, kw, stride, padding) == (1, 1, 1, 0) {
+        // weight (c_out, c_in, 1, 1) -> (c_out, c_in); x (b, c_in, h, w) -> (b, c_in, h·w)
+        weight
+            .reshape((c_out, c_in))?
+            .broadcast_matmul(&x.reshape((b, c_in, h * w))?)?
+    } else {
+        let cols = im2col(x, kh, kw, stride, padding)?;
+        // weight (c_out, c_in, kh, kw) -> (c_out, c_in·kh·kw)
+        weight.reshape((c_out, c_in * kh * kw))?.broadcast_matmul(&cols)?
+    };
+    // (b, c_out, ho·wo) -> (b, c_out, ho, wo)
+    let y = y.reshape((b, c_out, ho, wo))?;
+    match bias {
+        // bias: (c_out) -> (1, c_out, 1, 1)
+        Some(bb) => y.broadcast_add(&bb.reshape((1, (), 1, 1))?),
+        None => Ok(y),
+    }
+}
+
+/// `softmax(q kᵀ · scale) v` for q: (b, n, d), k, v: (b, m, d) in one piece, from ops that
+/// have a backward (matmul and `candle_nn::ops::softmax`, not the forward-only
+/// `softmax_last_dim`): the training path. Holds the whole (b, n, m) score matrix.
+pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let dtype = q.dtype();
+    let q = q.to_dtype(DType::F32)?;
+    // (b, m, d) -> (b, d, m)
+    let kt = k.to_dtype(DType::F32)?.t()?;
+    let s = (q.matmul(&kt)? * scale)?; // (b, n, m)
+    let p = candle_nn::ops::softmax(&s, D::Minus1)?;
+    p.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(dtype) // (b, n, d)
 }

@@ -1,20 +1,17 @@
 //! `pixart generate`: text to image with a local diffusers PixArt-Σ pipeline folder.
 //! Parsing, progress display and file writing only; `pixart-pipeline` does the work.
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
     generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents, Progress,
-    RgbImage, SeededNoise, VaeTiling,
+    SeededNoise, VaeTiling,
 };
 use pixart_schedulers::SamplerKind;
 
-use super::{device, dtype, read_inputs, take};
+use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
 use crate::{Cancelled, UsageError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -107,13 +104,6 @@ pub struct GenerateArgs {
     device: String,
 }
 
-fn usage(e: pixart_core::Error) -> anyhow::Error {
-    match e {
-        pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
-        other => other.into(),
-    }
-}
-
 /// `OUT.png`, `OUT-1.png`, ... for image `k`.
 pub fn numbered(path: &Path, k: usize) -> PathBuf {
     if k == 0 {
@@ -130,32 +120,9 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn encode_png(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, img.width as u32, img.height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        if parameters.chars().all(|c| (c as u32) < 256) {
-            enc.add_text_chunk("parameters".into(), parameters.into())?;
-        } else {
-            enc.add_itxt_chunk("parameters".into(), parameters.into())?;
-        }
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&img.data)?;
-        writer.finish()?;
-    }
-    Ok(bytes)
-}
-
 pub fn run(a: GenerateArgs) -> Result<()> {
     // Parse and check everything the user typed before loading anything.
-    let sampler = a
-        .scheduler
-        .as_deref()
-        .map(|s| s.parse::<SamplerKind>())
-        .transpose()
-        .map_err(usage)?;
+    let sampler = sampler(a.scheduler.as_deref())?;
     let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
     let dt = dtype(&a.dtype)?;
     let dev = device(&a.device)?;
@@ -169,12 +136,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         OutputType::Image => PathBuf::from("out.png"),
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
-    let parent = output.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(p) = parent {
-        if !p.is_dir() {
-            return Err(UsageError(format!("{}: the output folder does not exist", p.display())).into());
-        }
-    }
+    output_folder_exists(&output)?;
     let latents = match &a.latents {
         Some(p) => {
             let inputs = read_inputs(p)?;
@@ -224,18 +186,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             .unwrap_or(0)
     });
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    {
-        let flag = cancel.clone();
-        // Ctrl-C sets the flag; the pipeline stops between steps. A second Ctrl-C exits at once.
-        ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-            eprintln!("\nstopping after the current step (Ctrl-C again to quit now)");
-        })
-        .context("installing the Ctrl-C handler")?;
-    }
+    let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
 
     let output_kind = match a.output_type {
         OutputType::Image => OutputKind::Image,
@@ -288,18 +239,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         request.guidance
     );
 
-    let tty = std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::new(request.steps as u64);
-    if tty {
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let (bar, tty) = progress_bar(
+        request.steps,
+        "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+    );
     let mut on_progress = |p: Progress| match p {
         Progress::Stage(s) if !tty => eprintln!("{}", s.name()),
         Progress::Step { done, total, seconds } => {
@@ -366,7 +309,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                     request.resolution_binning
                 );
                 let path = numbered(&output, k);
-                let bytes = encode_png(img, &params)?;
+                let bytes = img.to_png(Some(&params))?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;
                 eprintln!("wrote {}", path.display());
             }

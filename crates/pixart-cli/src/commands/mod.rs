@@ -1,14 +1,21 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod convert;
+pub mod demo_data;
+pub mod eval;
 pub mod extract;
 pub mod generate;
 pub mod init;
 pub mod run;
+pub mod train;
 pub mod train_tokenizer;
+pub mod train_vae;
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -23,6 +30,21 @@ pub fn dtype(s: &str) -> Result<DType> {
 /// Parses `--device`.
 pub fn device(s: &str) -> Result<Device> {
     pixart_core::device::parse_device(s).map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// Parses `--scheduler` (`None`: the sampler the scheduler config names).
+pub fn sampler(s: Option<&str>) -> Result<Option<pixart_schedulers::SamplerKind>> {
+    s.map(str::parse).transpose().map_err(usage)
+}
+
+/// Fails (usage error) when the folder `path` is to be written in does not exist.
+pub fn output_folder_exists(path: &Path) -> Result<()> {
+    if let Some(p) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !p.is_dir() {
+            return Err(UsageError(format!("{}: the output folder does not exist", p.display())).into());
+        }
+    }
+    Ok(())
 }
 
 /// Reads every tensor of a safetensors input file.
@@ -49,4 +71,43 @@ pub fn write_outputs(path: &Path, outputs: &[(&str, &Tensor)]) -> Result<()> {
         .collect::<Result<HashMap<_, _>>>()?;
     pixart_core::weights::save_safetensors(&map, path)?;
     Ok(())
+}
+
+/// A library error as a CLI error: invalid input is a usage error (exit code 2).
+pub fn usage(e: pixart_core::Error) -> anyhow::Error {
+    match e {
+        pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
+        other => other.into(),
+    }
+}
+
+/// A flag Ctrl-C sets (the long-running work checks it between steps, and `message` is
+/// printed); a second Ctrl-C exits at once with code 130.
+pub fn cancel_on_ctrl_c(message: &'static str) -> Result<Arc<AtomicBool>> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let flag = cancel.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\n{message}");
+    })
+    .context("installing the Ctrl-C handler")?;
+    Ok(cancel)
+}
+
+/// A progress bar of `len` with `template` on a terminal, hidden otherwise (callers then print
+/// plain lines); also whether stderr is a terminal.
+pub fn progress_bar(len: usize, template: &str) -> (indicatif::ProgressBar, bool) {
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new(len as u64);
+    if tty {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    (bar, tty)
 }

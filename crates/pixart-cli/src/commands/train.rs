@@ -122,7 +122,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         "{} steps in {:.1} s; final loss {}{}",
         summary.steps_done,
         summary.seconds,
-        summary.final_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+        summary
+            .final_loss
+            .map(|l| format!("{l:.4}"))
+            .unwrap_or_else(|| "-".into()),
         summary
             .exported
             .as_ref()

@@ -1,0 +1,136 @@
+//! [`RgbImage`], the 8-bit RGB picture the pipeline returns, and its PNG encoding and decoding
+//! (shared by `pixart generate`, the demo dataset and the evaluation's contact sheet).
+use pixart_core::{Error, Result};
+
+/// An 8-bit RGB image, rows top to bottom, pixels as `r, g, b`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+fn png_error(e: impl std::fmt::Display) -> Error {
+    Error::InvalidInput(format!("PNG: {e}"))
+}
+
+impl RgbImage {
+    /// A `width × height` image filled with `rgb`.
+    pub fn filled(width: usize, height: usize, rgb: [u8; 3]) -> Self {
+        Self {
+            width,
+            height,
+            data: rgb.iter().copied().cycle().take(3 * width * height).collect(),
+        }
+    }
+
+    /// Fails unless `data` holds exactly `3 · width · height` bytes.
+    pub fn check(&self) -> Result<()> {
+        if self.width == 0 || self.height == 0 || self.data.len() != 3 * self.width * self.height {
+            return Err(Error::Shape(format!(
+                "an RGB image of {}x{} needs {} bytes, got {}",
+                self.width,
+                self.height,
+                3 * self.width * self.height,
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The pixel at column `x`, row `y` (`None` outside the image).
+    pub fn pixel(&self, x: usize, y: usize) -> Option<[u8; 3]> {
+        if x >= self.width || y >= self.height {
+            return None;
+        }
+        let i = 3 * (y * self.width + x);
+        match self.data.get(i..i + 3) {
+            Some(&[r, g, b]) => Some([r, g, b]),
+            _ => None,
+        }
+    }
+
+    /// The PNG file (8-bit RGB, default compression, so equal images give equal bytes), with
+    /// `parameters` in a `parameters` text chunk (tEXt when Latin-1, else iTXt) when given.
+    pub fn to_png(&self, parameters: Option<&str>) -> Result<Vec<u8>> {
+        self.check()?;
+        let mut bytes = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut bytes, self.width as u32, self.height as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            if let Some(p) = parameters {
+                if p.chars().all(|c| (c as u32) < 256) {
+                    enc.add_text_chunk("parameters".into(), p.into()).map_err(png_error)?;
+                } else {
+                    enc.add_itxt_chunk("parameters".into(), p.into()).map_err(png_error)?;
+                }
+            }
+            let mut writer = enc.write_header().map_err(png_error)?;
+            writer.write_image_data(&self.data).map_err(png_error)?;
+            writer.finish().map_err(png_error)?;
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes an 8-bit RGB or RGBA PNG (alpha is dropped). `what` names the source in errors.
+    pub fn from_png(bytes: &[u8], what: &str) -> Result<Self> {
+        let bad = |e: &dyn std::fmt::Display| Error::InvalidInput(format!("{what}: not a readable PNG: {e}"));
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().map_err(|e| bad(&e))?;
+        let size = reader.output_buffer_size().ok_or_else(|| bad(&"image too large"))?;
+        let mut buf = vec![0u8; size];
+        let info = reader.next_frame(&mut buf).map_err(|e| bad(&e))?;
+        if info.bit_depth != png::BitDepth::Eight {
+            return Err(bad(&format!("{:?} bits per channel (expected 8)", info.bit_depth)));
+        }
+        let (w, h) = (info.width as usize, info.height as usize);
+        let channels = match info.color_type {
+            png::ColorType::Rgb => 3,
+            png::ColorType::Rgba => 4,
+            other => return Err(bad(&format!("colour type {other:?} (expected RGB or RGBA)"))),
+        };
+        let row = info.line_size;
+        let mut data = Vec::with_capacity(3 * w * h);
+        for y in 0..h {
+            let line = buf
+                .get(y * row..y * row + channels * w)
+                .ok_or_else(|| bad(&"short image data"))?;
+            for px in line.chunks_exact(channels) {
+                data.extend_from_slice(px.get(..3).unwrap_or(&[0, 0, 0]));
+            }
+        }
+        let img = Self {
+            width: w,
+            height: h,
+            data,
+        };
+        img.check()?;
+        Ok(img)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_and_errors() {
+        let mut img = RgbImage::filled(5, 3, [10, 20, 30]);
+        img.data[3 * 7] = 200;
+        let bytes = img.to_png(Some("a prompt\nSteps: 4")).unwrap();
+        assert_eq!(bytes, img.to_png(Some("a prompt\nSteps: 4")).unwrap());
+        let back = RgbImage::from_png(&bytes, "x.png").unwrap();
+        assert_eq!(back, img);
+        assert_eq!(back.pixel(2, 1), Some([200, 20, 30]));
+        assert_eq!(back.pixel(5, 0), None);
+        let err = RgbImage::from_png(b"not a png", "x.png").unwrap_err().to_string();
+        assert!(err.starts_with("x.png: not a readable PNG"), "{err}");
+        let short = RgbImage {
+            width: 2,
+            height: 2,
+            data: vec![0; 5],
+        };
+        assert!(short.to_png(None).unwrap_err().to_string().contains("needs 12 bytes"));
+    }
+}
