@@ -82,6 +82,11 @@ fn demo_data_is_deterministic_resumable_and_checkable() {
     }
     let eval = read_eval(&a.join("eval.jsonl")).unwrap();
     assert_eq!(eval.iter().filter(|e| e.heldout).count(), 18);
+    // The training-data reader (pixart extract) takes the same file.
+    let records = pixart_data::records::read_records(&a.join("train.jsonl")).unwrap();
+    assert_eq!(records.len(), 60);
+    assert_eq!(records[3].image, a.join(&train[3].path));
+    assert_eq!(records[3].long_caption, train[3].long_caption);
 
     // A killed run: images lost and the jsonl files not yet written. Rerunning resumes.
     std::fs::remove_file(a.join("images/000007.png")).unwrap();

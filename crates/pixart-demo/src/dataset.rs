@@ -13,7 +13,7 @@
 //! atomically one by one. A rerun with the same parameters skips the images already there, so
 //! a killed run is resumed, and a folder with `train.jsonl` is always complete.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pixart_core::weights::write_atomic;
 use pixart_core::{Error, Result};
@@ -401,11 +401,6 @@ pub fn read_eval(path: &Path) -> Result<Vec<EvalRecord>> {
 /// Reads a `train.jsonl`; errors name the file and line.
 pub fn read_train(path: &Path) -> Result<Vec<TrainRecord>> {
     read_jsonl(path)
-}
-
-/// The image of a training record: `dir` is the folder of `train.jsonl`.
-pub fn image_path(dir: &Path, record: &TrainRecord) -> PathBuf {
-    dir.join(&record.path)
 }
 
 #[cfg(test)]

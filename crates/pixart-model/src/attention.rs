@@ -1,7 +1,8 @@
 //! Self- and cross-attention (diffusers `Attention` with `AttnProcessor2_0`), with optional
 //! KV token compression in self-attention.
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{linear_b, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use pixart_gemm::{linear_b, Linear};
 
 use crate::config::KvSampling;
 use crate::ops::{chunked_attention, layer_norm_no_affine};

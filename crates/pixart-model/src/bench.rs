@@ -51,10 +51,24 @@ pub fn forward_flops(cfg: &TransformerConfig, batch: usize, latent_h: usize, lat
     total
 }
 
+/// CPU time of all of this process's threads so far, in seconds (Linux:
+/// `/proc/self/task/*/schedstat`; `None` elsewhere). On a machine shared with other jobs the
+/// CPU time of a single-threaded run measures the work done, where wall time does not.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let dir = std::fs::read_dir("/proc/self/task").ok()?;
+    let ns: f64 = dir
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum();
+    Some(ns / 1e9)
+}
+
 /// Timings of a benchmark run.
 #[derive(Debug, Clone)]
 pub struct BenchResult {
     pub seconds: Vec<f64>,
+    /// CPU seconds (all threads) of each timed forward, when the OS reports them.
+    pub cpu_seconds: Vec<f64>,
     pub flops: f64,
     pub build_seconds: f64,
 }
@@ -74,20 +88,26 @@ pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) 
     let y = Tensor::randn(0f32, 1.0, (spec.batch, spec.tokens, cap), dev)?;
     let mask = Tensor::ones((spec.batch, spec.tokens), DType::F32, dev)?;
     let mut seconds = Vec::with_capacity(spec.iters);
+    let mut cpu_seconds = Vec::with_capacity(spec.iters);
     for i in 0..spec.warmup + spec.iters {
         dev.synchronize()?;
+        let cpu0 = process_cpu_seconds();
         let start = Instant::now();
         let out = model.forward(&x, &t, &y, Some(&mask))?;
         dev.synchronize()?;
         drop(out);
         let s = start.elapsed().as_secs_f64();
         if i >= spec.warmup {
+            if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
+                cpu_seconds.push(b - a);
+            }
             seconds.push(s);
             on_iter(i - spec.warmup, s);
         }
     }
     Ok(BenchResult {
         seconds,
+        cpu_seconds,
         flops: forward_flops(&spec.config, spec.batch, lat, lat, spec.tokens),
         build_seconds,
     })

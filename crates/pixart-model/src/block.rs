@@ -1,10 +1,11 @@
 //! One PixArt transformer block (diffusers `BasicTransformerBlock` with
 //! `norm_type="ada_norm_single"`, `models/attention.py` v0.42.1).
 use candle_core::{Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use pixart_gemm::{linear, Linear};
 
 use crate::attention::{Attention, CrossKv};
-use crate::ops::{layer_norm_no_affine, modulate};
+use crate::ops::{add_gated, layer_norm_modulate};
 
 /// `ff`: Linear -> GELU(tanh) -> Linear (`ff.net.0.proj`, `ff.net.2`).
 #[derive(Debug, Clone)]
@@ -77,14 +78,14 @@ impl TransformerBlock {
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
 
-        let a = modulate(&layer_norm_no_affine(x, self.eps)?, &shift_msa, &scale_msa)?;
+        let a = layer_norm_modulate(x, &shift_msa, &scale_msa, self.eps)?;
         let a = self.attn1.forward_self(&a, grid)?;
-        let x = (x + a.broadcast_mul(&gate_msa)?)?;
+        let x = add_gated(x, &a, &gate_msa)?;
 
         let x = (&x + self.attn2.forward_cross(&x, cross, bias)?)?;
 
-        let f = modulate(&layer_norm_no_affine(&x, self.eps)?, &shift_mlp, &scale_mlp)?;
+        let f = layer_norm_modulate(&x, &shift_mlp, &scale_mlp, self.eps)?;
         let f = self.ff.forward(&f)?;
-        x + f.broadcast_mul(&gate_mlp)?
+        add_gated(&x, &f, &gate_mlp)
     }
 }

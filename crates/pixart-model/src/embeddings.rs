@@ -4,7 +4,8 @@
 //! `get_timestep_embedding`, `TimestepEmbedding`, `PixArtAlphaCombinedTimestepSizeEmbeddings`,
 //! `PixArtAlphaTextProjection`) and `models/normalization.py` (`AdaLayerNormSingle`).
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
+use pixart_gemm::{linear, Linear};
 
 /// `pos_embed.proj`: a k×k stride-k conv from the latent channels to the hidden size, done as
 /// one matmul over non-overlapping patches (works for every dtype on every device).

@@ -86,7 +86,7 @@ fn gelu_slice_avx2(xs: &mut [f32]) {
     gelu_slice(xs)
 }
 
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
@@ -97,7 +97,37 @@ fn has_avx2() -> bool {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn softmax_row_avx512(row: &mut [f32]) {
+    softmax_row(row)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn gelu_slice_avx512(xs: &mut [f32]) {
+    gelu_slice(xs)
+}
+
+/// AVX-512F (16-lane vectors for the same loops), detected once.
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 fn softmax_dispatch(row: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && has_avx512() {
+        // SAFETY: only called when the CPU reports AVX-512F, AVX2 and FMA.
+        unsafe { softmax_row_avx512(row) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: only called when the CPU reports AVX2 and FMA.
@@ -109,6 +139,12 @@ fn softmax_dispatch(row: &mut [f32], avx2: bool) {
 }
 
 fn gelu_dispatch(xs: &mut [f32], avx2: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && has_avx512() {
+        // SAFETY: only called when the CPU reports AVX-512F, AVX2 and FMA.
+        unsafe { gelu_slice_avx512(xs) };
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2 {
         // SAFETY: only called when the CPU reports AVX2 and FMA.
@@ -135,9 +171,7 @@ where
             for row in buf.chunks_mut(dim) {
                 f(row);
             }
-            for (o, v) in d.iter_mut().zip(buf.iter()) {
-                *o = T::from_f32(*v);
-            }
+            T::from_f32_slice(buf, d);
         });
     dst
 }
@@ -402,5 +436,169 @@ unsafe impl Sync for SendPtr {}
 impl SendPtr {
     fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// Fused CPU attention in bf16 on the native AVX512-BF16 GEMM ([`pixart_gemm::bf16`]): the
+/// same blocking as [`attention_cpu`], with the keys and values packed once per head, the
+/// scores `scale·Q·Kᵀ` accumulated in f32, bias + softmax in f32 in cache, the probabilities
+/// rounded to bf16 for `P·V` (as PyTorch's CPU flash attention does for bf16) and the output
+/// written in bf16.
+///
+/// q: (b, h, n, d); k, v: (b, h, m, d), all bf16; bias: (b, m) added to every query's scores.
+/// Returns (b, h, n, d) bf16. Callers check [`pixart_gemm::bf16::native_available`] (the
+/// portable kernel would be slow).
+pub fn attention_cpu_bf16(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, _h, _n, _d) = q.dims4()?;
+    let m = k.dim(2)?;
+    let bias = match bias {
+        Some(bt) => Some(
+            bt.reshape((b, m))? // (b, 1, 1, m) -> (b, m)
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        ),
+        None => None,
+    };
+    let op = AttentionBf16 {
+        bias,
+        scale: scale as f32,
+    };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
+struct AttentionBf16 {
+    bias: Option<Vec<f32>>,
+    scale: f32,
+}
+
+fn bf16_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [half::bf16]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::BF16(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "attention bf16: {what} must be contiguous bf16"
+        ))),
+    }
+}
+
+impl candle_core::CustomOp3 for AttentionBf16 {
+    fn name(&self) -> &'static str {
+        "pixart-attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use pixart_gemm::bf16::{gemm, round_to_bf16, Lhs, Output, PackedA, PackedB};
+        let gerr = |e: pixart_gemm::bf16::GemmError| candle_core::Error::Msg(e.to_string());
+        let (b, h, n, d) = ql.shape().dims4()?;
+        let m = kl.shape().dims4()?.2;
+        if kl.shape().dims() != [b, h, m, d] || vl.shape().dims() != [b, h, m, d] {
+            candle_core::bail!(
+                "attention bf16: q {:?}, k {:?}, v {:?} do not match",
+                ql.shape().dims(),
+                kl.shape().dims(),
+                vl.shape().dims()
+            );
+        }
+        if let Some(bias) = &self.bias {
+            if bias.len() != b * m {
+                candle_core::bail!("attention bf16: bias has {} values, expected {}", bias.len(), b * m);
+            }
+        }
+        let (qv, kv, vv) = (
+            bf16_data(qs, ql, "q")?,
+            bf16_data(ks, kl, "k")?,
+            bf16_data(vs, vl, "v")?,
+        );
+        let mut out = vec![half::bf16::ZERO; b * h * n * d];
+        if out.is_empty() || m == 0 {
+            return Ok((CpuStorage::BF16(out), ql.shape().clone()));
+        }
+        // Keys as B = Kᵀ (d × m), values as B = V (m × d), once per head.
+        let packed: Vec<(PackedB, PackedB)> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let (kh, vh) = (&kv[bh * m * d..(bh + 1) * m * d], &vv[bh * m * d..(bh + 1) * m * d]);
+                let (mut pk, mut pv) = (PackedB::new(), PackedB::new());
+                pk.pack_nk(kh, m, d, d, false)?;
+                pv.pack_kn(vh, m, d, d, false)?;
+                Ok((pk, pv))
+            })
+            .collect::<Result<_, pixart_gemm::bf16::GemmError>>()
+            .map_err(gerr)?;
+        // P rows padded to an even length so that P is read in place as the left operand.
+        let mp = m + m % 2;
+        let scale = self.scale;
+        out.par_chunks_mut(n * d)
+            .enumerate()
+            .flat_map(|(bh, o)| {
+                o.par_chunks_mut(ATTN_BLOCK * d)
+                    .enumerate()
+                    .map(move |(blk, ob)| (bh, blk, ob))
+            })
+            .try_for_each_init(
+                || (Vec::<f32>::new(), Vec::<half::bf16>::new(), PackedA::new()),
+                |(scores, probs, qpack), (bh, blk, ob)| {
+                    let rows = ob.len() / d;
+                    let row0 = blk * ATTN_BLOCK;
+                    scores.resize(rows * m, 0.0);
+                    probs.resize(rows * mp, half::bf16::ZERO);
+                    let qb = &qv[(bh * n + row0) * d..(bh * n + row0 + rows) * d];
+                    let lhs = if d.is_multiple_of(2) {
+                        Lhs::rows(qb, rows, d, d)?
+                    } else {
+                        qpack.pack_bf16(qb, rows, d, d, false)?;
+                        Lhs::packed(qpack)
+                    };
+                    let (pk, pv) = &packed[bh];
+                    gemm(
+                        lhs,
+                        pk,
+                        Output::F32 {
+                            c: scores,
+                            ldc: m,
+                            alpha: scale,
+                        },
+                        false,
+                    )?;
+                    let bias_row = self.bias.as_ref().map(|bv| &bv[(bh / h) * m..(bh / h + 1) * m]);
+                    let avx2 = has_avx2();
+                    for (row, prow) in scores.chunks_mut(m).zip(probs.chunks_mut(mp)) {
+                        if let Some(br) = bias_row {
+                            for (s, bb) in row.iter_mut().zip(br) {
+                                *s += *bb;
+                            }
+                        }
+                        softmax_dispatch(row, avx2);
+                        round_to_bf16(row, prow);
+                    }
+                    gemm(
+                        Lhs::rows(probs, rows, mp, mp)?,
+                        pv,
+                        Output::Bf16 {
+                            c: ob,
+                            ldc: d,
+                            bias: None,
+                        },
+                        false,
+                    )
+                },
+            )
+            .map_err(gerr)?;
+        Ok((CpuStorage::BF16(out), ql.shape().clone()))
     }
 }

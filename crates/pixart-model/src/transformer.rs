@@ -3,15 +3,16 @@
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 use pixart_core::{Error, Result};
+use pixart_gemm::{linear, Linear};
 
 use crate::attention::{mask_to_bias, CrossKv, KvCompress, KvInit};
 use crate::block::TransformerBlock;
 use crate::checkpointing::{checkpointed_block, GradSink};
 use crate::config::TransformerConfig;
 use crate::embeddings::{sincos_pos_embed, AdaLayerNormSingle, AddedCond, CaptionProjection, PatchEmbed};
-use crate::ops::{layer_norm_no_affine, modulate};
+use crate::ops::layer_norm_modulate;
 
 /// Weight name of the first micro-condition tensor; its presence turns micro-conditions on.
 pub const MICRO_COND_PROBE: &str = "adaln_single.emb.resolution_embedder.linear_1.weight";
@@ -359,7 +360,7 @@ impl PixArtTransformer {
             .unsqueeze(0)?
             .broadcast_add(&temb.unsqueeze(1)?)?; // (b, 2, c)
         let (shift, scale) = (ss.narrow(1, 0, 1)?, ss.narrow(1, 1, 1)?);
-        let hs = modulate(&layer_norm_no_affine(&hs, 1e-6)?, &shift, &scale)?;
+        let hs = layer_norm_modulate(&hs, &shift, &scale, 1e-6)?;
         record("final_norm", &hs);
         let hs = self.proj_out.forward(&hs)?; // (b, n, p*p*out)
         record("proj_out", &hs);

@@ -240,6 +240,10 @@ fn bf16_and_f16_are_close_to_f32() {
             .to_scalar::<f32>()
             .unwrap()
             .sqrt();
+        eprintln!(
+            "{dtype:?}: relative L2 error against the f32 reference {:.2e}",
+            err / norm
+        );
         assert!(err / norm < 3e-2, "{dtype:?} relative error {}", err / norm);
     }
 }

@@ -13,7 +13,8 @@
 //! Determinism: the trainer itself counts words in a hash map, sums the E-step over rayon
 //! chunks and, when a character loses its EM score, appends it with a penalty score in hash
 //! order; the ids would then differ from run to run. We therefore pre-tokenise ourselves and
-//! hand the trainer the words in sorted order, run it single-threaded, add every character of
+//! hand the trainer the words in sorted order (plus a seeding copy of each, see the code), run
+//! it single-threaded, add every character of
 //! the corpus once as a one-character sentence (so that each keeps an EM score; this adds 1 to
 //! each character's count) and finally order the pieces by score, then by piece. The same
 //! captions and vocabulary size give a byte-identical `tokenizer.json`.
@@ -161,7 +162,16 @@ where
             SPECIAL_TOKENS.len()
         )));
     }
-    let mut sentences: Vec<(String, u32)> = counts.into_iter().collect();
+    // Each word is also fed once more with `▁` appended and count 0 (no weight in EM). The
+    // trainer seeds its pieces with the substrings that branch in the suffix tree of the
+    // distinct words; a word whose every occurrence is followed by the sentence end never
+    // branches, so for a small caption vocabulary (a few dozen words, each fed once) no whole
+    // word could ever become a piece. The copy gives each word a second right context.
+    let mut sentences: Vec<(String, u32)> = Vec::with_capacity(2 * counts.len() + n_chars);
+    for (w, c) in counts {
+        sentences.push((format!("{w}▁"), 0));
+        sentences.push((w, c));
+    }
     sentences.extend(chars);
 
     let vocab_size = u32::try_from(opts.vocab_size)
@@ -305,6 +315,19 @@ mod tests {
         // Decoding gives the text back.
         let raw = tok.encode_raw("a small blue square").unwrap();
         assert_eq!(t.inner.decode(&raw, true).unwrap(), "a small blue square");
+    }
+
+    #[test]
+    fn frequent_words_become_single_pieces() {
+        let many: Vec<&str> = CAPTIONS.iter().cycle().take(600).copied().collect();
+        let t = train_tokenizer(many, &TrainOptions::default()).unwrap();
+        let tok = t.to_t5(Path::new("memory")).unwrap();
+        for word in ["▁circle", "▁background", "▁triangle", "▁small"] {
+            assert!(tok.token_to_id(word).is_some(), "{word} is not a piece");
+        }
+        // Word-level, not character-level (18 characters; each listed word is one piece).
+        let n = tok.encode_raw("a small red circle").unwrap().len();
+        assert!(n <= 5, "{n} tokens");
     }
 
     #[test]

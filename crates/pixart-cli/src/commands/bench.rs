@@ -206,6 +206,7 @@ fn transformer(b: TransformerBench) -> Result<()> {
             "iters": b.iters,
             "seconds_per_forward": median,
             "seconds_min": sorted[0],
+            "cpu_seconds_per_forward": median_of(&res.cpu_seconds),
             "gflop_per_forward": res.flops / 1e9,
             "gflops": res.flops / 1e9 / median,
             "build_seconds": res.build_seconds,
@@ -214,4 +215,11 @@ fn transformer(b: TransformerBench) -> Result<()> {
         })
     );
     Ok(())
+}
+
+/// The median (upper middle) of `v`, or `None` when empty.
+fn median_of(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }

@@ -122,7 +122,6 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
         &ComponentOptions {
             device: dev,
             dtype: dt,
-            kv_compress: None,
             ..ComponentOptions::default()
         },
     )

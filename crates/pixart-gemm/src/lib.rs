@@ -1,0 +1,16 @@
+//! CPU matrix products for pixart-rs.
+//!
+//! - [`bf16`]: a native bf16 GEMM (`vdpbf16ps` micro-kernel on CPUs with AVX512-BF16, chosen at
+//!   run time; a portable kernel with the same arithmetic elsewhere): both operands packed into
+//!   cache-sized panels, f32 accumulation, bf16 or f32 output, parallel over output blocks.
+//! - [`linear`]: a drop-in for `candle_nn::Linear` that runs contiguous bf16 CPU inputs
+//!   through that GEMM (bias fused) and everything else through candle.
+//!
+//! Forward only: the fast path is a custom op without a backward, so `Linear` takes candle's
+//! path whenever the input, weight or bias tracks gradients (`Tensor::track_op`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod bf16;
+pub mod linear;
+
+pub use linear::{linear, linear_b, linear_no_bias, Linear};

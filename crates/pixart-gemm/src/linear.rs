@@ -1,0 +1,249 @@
+//! A drop-in for `candle_nn::Linear` (same weight names, same `forward`) that runs bf16 inputs
+//! on the CPU through the native GEMM in [`crate::bf16`] with the bias fused into its
+//! epilogue, and everything else (other dtypes and devices, CPUs without AVX512-BF16) through
+//! candle.
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_nn::VarBuilder;
+use half::bf16;
+
+use crate::bf16::{matmul_nt_packed, native_available, PackedB};
+
+/// `y = x·Wᵀ + b` with `W` of shape (out, in), as `candle_nn::Linear`.
+///
+/// On the native path the weight is packed for the GEMM on the first forward and kept (shared
+/// by clones): one more copy of the weight in memory, in exchange for not packing it on
+/// every call (about a tenth of a 256 px transformer forward).
+#[derive(Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    prepared: Arc<OnceLock<Prepared>>,
+}
+
+/// The weight packed for the GEMM and the bias in f32.
+struct Prepared {
+    w: PackedB,
+    bias: Option<Vec<f32>>,
+}
+
+impl std::fmt::Debug for Linear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linear")
+            .field("inner", &self.inner)
+            .field("packed", &self.prepared.get().is_some())
+            .finish()
+    }
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        candle_nn::Linear::new(weight, bias).into()
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.inner.bias()
+    }
+
+    /// Whether `x` takes the native bf16 path: not when anything needs gradients (`track_op`:
+    /// the custom op has no backward).
+    fn native_for(&self, x: &Tensor) -> bool {
+        let w = self.weight();
+        !x.track_op()
+            && !w.track_op()
+            && self.bias().is_none_or(|b| !b.track_op())
+            && x.device().is_cpu()
+            && x.dtype() == DType::BF16
+            && w.dtype() == DType::BF16
+            && w.rank() == 2
+            && x.rank() >= 1
+            && x.dims().last() == w.dims().get(1)
+            && w.dims()[1] > 0
+            && self.bias().is_none_or(|b| b.dims() == [w.dims()[0]])
+            && native_available()
+    }
+
+    /// The packed weight, packed on first use.
+    fn prepared(&self) -> candle_core::Result<&Prepared> {
+        if let Some(p) = self.prepared.get() {
+            return Ok(p);
+        }
+        let w = self.weight();
+        let (n, k) = w.dims2()?;
+        let wv = w.flatten_all()?.to_vec1::<bf16>()?; // (n, k) -> (n·k)
+        let mut packed = PackedB::new();
+        packed
+            .pack_nk(&wv, n, k, k, true)
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let bias = match self.bias() {
+            Some(b) => Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?),
+            None => None,
+        };
+        // Two threads racing here pack twice; one result is kept.
+        Ok(self.prepared.get_or_init(|| Prepared { w: packed, bias }))
+    }
+}
+
+impl From<candle_nn::Linear> for Linear {
+    fn from(inner: candle_nn::Linear) -> Self {
+        Self {
+            inner,
+            prepared: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !self.native_for(x) {
+            return self.inner.forward(x);
+        }
+        let prep = self.prepared()?;
+        let (n, k) = self.weight().dims2()?;
+        let m = x.elem_count() / k;
+        let mut out_dims = x.dims().to_vec();
+        if let Some(last) = out_dims.last_mut() {
+            *last = n;
+        }
+        let x2 = x.contiguous()?.reshape((m, k))?; // (..., k) -> (m, k)
+        let y = x2.apply_op1_no_bwd(&MatmulNt { prep })?; // (m, n)
+        y.reshape(out_dims) // (m, n) -> (..., n)
+    }
+}
+
+/// `candle_nn::linear`: weight "weight" (out, in) and bias "bias" (out).
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb).map(Linear::from)
+}
+
+/// `candle_nn::linear_no_bias`.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
+    candle_nn::linear_no_bias(in_dim, out_dim, vb).map(Linear::from)
+}
+
+/// `candle_nn::linear_b`: with or without a bias.
+pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> candle_core::Result<Linear> {
+    candle_nn::linear_b(in_dim, out_dim, bias, vb).map(Linear::from)
+}
+
+/// The custom op: x (m, k) bf16 times the packed weight (n, k)ᵀ plus bias -> (m, n) bf16.
+struct MatmulNt<'a> {
+    prep: &'a Prepared,
+}
+
+impl CustomOp1 for MatmulNt<'_> {
+    fn name(&self) -> &'static str {
+        "pixart-linear-bf16"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, xl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        if k.div_ceil(2) != self.prep.w.kpairs() {
+            candle_core::bail!("pixart-linear-bf16: x has {k} features, the weight does not");
+        }
+        let xs = match (x, xl.contiguous_offsets()) {
+            (CpuStorage::BF16(v), Some((a, b))) => &v[a..b],
+            _ => candle_core::bail!("pixart-linear-bf16: x must be contiguous bf16"),
+        };
+        let y = matmul_nt_packed(xs, m, k, &self.prep.w, self.prep.bias.as_deref())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok((CpuStorage::BF16(y), Shape::from((m, self.prep.w.cols()))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The native path against candle's f32 product of the same bf16 values, on shapes with
+    /// leading batch dims and a non-contiguous input.
+    #[test]
+    fn linear_matches_candle_in_f32() {
+        if !native_available() {
+            eprintln!("no AVX512-BF16 here: the native path is not taken (the GEMM tests cover it)");
+        }
+        let dev = Device::Cpu;
+        for (dims, n, bias) in [
+            (vec![2usize, 37, 29], 53usize, true),
+            (vec![3, 100], 1, false),
+            (vec![2, 3, 5, 64], 130, true),
+        ] {
+            let k = *dims.last().unwrap();
+            let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let w = Tensor::randn(0f32, 0.1, (n, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let lin = Linear::new(w.clone(), bias.then(|| b.clone()));
+            let got = lin.forward(&x).unwrap().to_dtype(DType::F32).unwrap();
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = candle_nn::Linear::new(f(&w), bias.then(|| f(&b)))
+                .forward(&f(&x))
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = (&got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let scale = want
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            // One bf16 rounding of the output (2^-8 relative) on values up to `scale`.
+            assert!(
+                diff <= scale * 2f32.powi(-8),
+                "{dims:?}x{n}: max diff {diff} (scale {scale})"
+            );
+        }
+        // A transposed (non-contiguous) input takes the same path after a copy.
+        let x = Tensor::randn(0f32, 1.0, (16, 8), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+            .t()
+            .unwrap();
+        let w = Tensor::randn(0f32, 0.1, (5, 16), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let got = Linear::new(w.clone(), None).forward(&x).unwrap();
+        let want = candle_nn::Linear::new(w, None)
+            .forward(&x.contiguous().unwrap())
+            .unwrap();
+        assert_eq!(got.dims(), [8, 5]);
+        let d = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 0.05, "transposed input: {d}");
+    }
+}
