@@ -15,6 +15,8 @@ use pixart_schedulers::SchedulerConfig;
 use pixart_text::T5Tokenizer;
 use pixart_vae::{load_vae, AutoencoderKl};
 
+use crate::hub::{DownloadProgress, HubConfig};
+
 /// Where the components come from.
 #[derive(Debug, Clone, Default)]
 pub struct ComponentPaths {
@@ -133,16 +135,51 @@ fn sub(dir: &Path, name: &str) -> Option<PathBuf> {
 impl ComponentPaths {
     /// Finds every component: the override, else the model folder's subfolder, else the base
     /// folder's. Fails with one message naming the first missing component.
-    /// Every path may also be a hub id (`owner/name[@revision]`) found in the HF cache.
+    /// Every path may also be a hub id (`owner/name[@revision]`), fetched into the HF cache as
+    /// the environment says ([`HubConfig::from_env`]), without a progress display.
     pub fn resolve(&self) -> Result<ResolvedPaths> {
-        let hub = |p: &Option<PathBuf>| p.as_deref().map(crate::hub::resolve).transpose();
+        self.resolve_with(&HubConfig::from_env(), &mut ())
+    }
+
+    /// [`ComponentPaths::resolve`] with the hub settings and a download progress display.
+    /// Only the components each hub repository must supply are fetched: the overrides first,
+    /// then from `model` whatever they do not cover, then from `base` whatever `model` lacks.
+    pub fn resolve_with(&self, hub: &HubConfig, progress: &mut dyn DownloadProgress) -> Result<ResolvedPaths> {
+        let mut fetch = |p: &Path, wanted: &[&str]| crate::hub::resolve(p, hub, wanted, &mut *progress);
+        let mut fetch_opt = |p: &Option<PathBuf>, wanted: &[&str]| p.as_deref().map(|p| fetch(p, wanted)).transpose();
+        let text_encoder = fetch_opt(&self.text_encoder, &["text_encoder", "tokenizer"])?;
+        let tokenizer = fetch_opt(&self.tokenizer, &["tokenizer"])?;
+        let vae = fetch_opt(&self.vae, &["vae"])?;
+        let scheduler = fetch_opt(&self.scheduler, &["scheduler"])?;
+        let mut wanted = vec!["transformer"];
+        for (name, given) in [
+            ("text_encoder", &text_encoder),
+            ("tokenizer", &tokenizer),
+            ("vae", &vae),
+            ("scheduler", &scheduler),
+        ] {
+            if given.is_none() {
+                wanted.push(name);
+            }
+        }
+        let model = fetch_opt(&Some(self.model.clone()), &wanted)?.unwrap_or_default();
+        let from_base: Vec<&str> = wanted[1..]
+            .iter()
+            .filter(|c| !(model.is_dir() && model.join(c).is_dir()))
+            .copied()
+            .collect();
+        // A base that has nothing to give is not fetched.
+        let base = match &self.base {
+            Some(b) if from_base.is_empty() && !b.exists() => None,
+            b => fetch_opt(b, &from_base)?,
+        };
         let local = ComponentPaths {
-            model: crate::hub::resolve(&self.model)?,
-            base: hub(&self.base)?,
-            text_encoder: hub(&self.text_encoder)?,
-            tokenizer: hub(&self.tokenizer)?,
-            vae: hub(&self.vae)?,
-            scheduler: hub(&self.scheduler)?,
+            model,
+            base,
+            text_encoder,
+            tokenizer,
+            vae,
+            scheduler,
         };
         local.resolve_local()
     }
@@ -228,7 +265,12 @@ impl PipelineComponents {
     /// Resolves and loads everything but the T5 encoder (whose folder and weights are checked
     /// to exist).
     pub fn load(paths: &ComponentPaths, opts: &ComponentOptions) -> Result<Self> {
-        let paths = paths.resolve()?;
+        Self::load_resolved(paths.resolve()?, opts)
+    }
+
+    /// [`PipelineComponents::load`] from components already found (by
+    /// [`ComponentPaths::resolve_with`]).
+    pub fn load_resolved(paths: ResolvedPaths, opts: &ComponentOptions) -> Result<Self> {
         let text_dir = pixart_text::loading::text_encoder_dir(&paths.text_encoder)?;
         pixart_text::loading::locate_weights(&text_dir)?;
         let tokenizer = T5Tokenizer::from_dir(&paths.tokenizer)?;
