@@ -145,12 +145,15 @@ impl ComponentPaths {
     /// Only the components each hub repository must supply are fetched: the overrides first,
     /// then from `model` whatever they do not cover, then from `base` whatever `model` lacks.
     pub fn resolve_with(&self, hub: &HubConfig, progress: &mut dyn DownloadProgress) -> Result<ResolvedPaths> {
-        let mut fetch = |p: &Path, wanted: &[&str]| crate::hub::resolve(p, hub, wanted, &mut *progress);
-        let mut fetch_opt = |p: &Option<PathBuf>, wanted: &[&str]| p.as_deref().map(|p| fetch(p, wanted)).transpose();
-        let text_encoder = fetch_opt(&self.text_encoder, &["text_encoder", "tokenizer"])?;
-        let tokenizer = fetch_opt(&self.tokenizer, &["tokenizer"])?;
-        let vae = fetch_opt(&self.vae, &["vae"])?;
-        let scheduler = fetch_opt(&self.scheduler, &["scheduler"])?;
+        let mut fetch = |p: &Option<PathBuf>, wanted: &[&str]| {
+            p.as_deref()
+                .map(|p| crate::hub::resolve(p, hub, wanted, &mut *progress))
+                .transpose()
+        };
+        let text_encoder = fetch(&self.text_encoder, &["text_encoder", "tokenizer"])?;
+        let tokenizer = fetch(&self.tokenizer, &["tokenizer"])?;
+        let vae = fetch(&self.vae, &["vae"])?;
+        let scheduler = fetch(&self.scheduler, &["scheduler"])?;
         let mut wanted = vec!["transformer"];
         for (name, given) in [
             ("text_encoder", &text_encoder),
@@ -162,16 +165,17 @@ impl ComponentPaths {
                 wanted.push(name);
             }
         }
-        let model = fetch_opt(&Some(self.model.clone()), &wanted)?.unwrap_or_default();
+        let model = crate::hub::resolve(&self.model, hub, &wanted, &mut *progress)?;
         let from_base: Vec<&str> = wanted[1..]
             .iter()
             .filter(|c| !(model.is_dir() && model.join(c).is_dir()))
             .copied()
             .collect();
-        // A base that has nothing to give is not fetched.
+        // A hub base that has nothing to give is not fetched.
         let base = match &self.base {
-            Some(b) if from_base.is_empty() && !b.exists() => None,
-            b => fetch_opt(b, &from_base)?,
+            Some(b) if from_base.is_empty() && !b.exists() && b.to_str().is_some_and(crate::hub::is_hub_id) => None,
+            Some(b) => Some(crate::hub::resolve(b, hub, &from_base, &mut *progress)?),
+            None => None,
         };
         let local = ComponentPaths {
             model,

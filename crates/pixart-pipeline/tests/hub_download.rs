@@ -289,8 +289,24 @@ fn transformer_only_repo_takes_the_rest_from_a_hub_base() {
     paths.resolve_with(&config(&cache2, &hub.url), &mut ()).unwrap();
     let base2 = cache2.join("models--pixart-test--tiny/snapshots").join(SHA);
     assert!(!base2.join("vae").exists() && base2.join("text_encoder/config.json").is_file());
-    std::fs::remove_dir_all(&cache).ok();
-    std::fs::remove_dir_all(&cache2).ok();
+    // A hub --text-encoder for a local pipeline: only its text encoder and tokenizer come.
+    let cache3 = tempdir("text-encoder");
+    let paths = ComponentPaths {
+        model: fixtures(),
+        text_encoder: Some("pixart-test/tiny".into()),
+        ..Default::default()
+    };
+    let r = paths.resolve_with(&config(&cache3, &hub.url), &mut ()).unwrap();
+    let snap3 = cache3.join("models--pixart-test--tiny/snapshots").join(SHA);
+    let want: BTreeSet<String> = needed()
+        .into_iter()
+        .filter(|f| f == "model_index.json" || f.starts_with("text_encoder/") || f.starts_with("tokenizer/"))
+        .collect();
+    assert_eq!(files_under(&snap3), want);
+    assert!(r.text_encoder.starts_with(&snap3) && r.vae.starts_with(fixtures()));
+    for d in [cache, cache2, cache3] {
+        std::fs::remove_dir_all(d).ok();
+    }
 }
 
 fn message(e: Error) -> String {
