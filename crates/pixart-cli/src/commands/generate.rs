@@ -85,11 +85,16 @@ pub struct GenerateArgs {
     /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
     #[arg(long)]
     latents: Option<PathBuf>,
-    /// A diffusers PixArt-Σ pipeline folder, or a transformer folder / weight file (then --base),
-    /// or a hub id (owner/name[@revision]) downloaded into the Hugging Face cache (HF_HOME,
-    /// HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 uses the cache only).
+    /// A diffusers PixArt-Σ pipeline folder, a hub id (owner/name[@revision], downloaded into the
+    /// Hugging Face cache: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 uses the
+    /// cache only), or a transformer folder / weight file (then --base). Default (or `builtin`):
+    /// the project's own small built-in model.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// A LoRA adapter (PEFT/diffusers keys) merged into the transformer: FILE[:SCALE];
+    /// repeat for several.
+    #[arg(long = "lora")]
+    lora: Vec<String>,
     /// A pipeline folder or hub id supplying the text encoder, tokenizer, VAE and scheduler
     /// --model lacks.
     #[arg(long)]
@@ -255,8 +260,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
+    let model = match a.model.as_deref() {
+        None => pixart_pipeline::builtin_model_dir().map_err(usage)?,
+        Some(m) if m.to_str().is_some_and(pixart_pipeline::is_builtin) => {
+            pixart_pipeline::builtin_model_dir().map_err(usage)?
+        }
+        Some(m) => m.to_path_buf(),
+    };
+    let loras = a
+        .lora
+        .iter()
+        .map(|s| pixart_model::lora::LoraSpec::parse(s).map_err(|m| UsageError(format!("--lora: {m}"))))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let paths = ComponentPaths {
-        model: a.model.clone(),
+        model: model.clone(),
         base: a.base.clone(),
         text_encoder: a.text_encoder.clone(),
         vae: a.vae.clone(),
@@ -328,11 +345,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
 
     let start = std::time::Instant::now();
-    eprintln!("loading {} on {}", a.model.display(), device_name(&dev));
+    eprintln!("loading {} on {}", model.display(), device_name(&dev));
     let opts = ComponentOptions {
         device: dev,
         dtype: dt,
         kv_compress,
+        loras,
     };
     let components = PipelineComponents::load_resolved(resolved, &opts).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
@@ -425,7 +443,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                     seed.wrapping_add(k as u64),
                     img.width,
                     img.height,
-                    a.model.display(),
+                    model.display(),
                     a.dtype,
                     request.resolution_binning
                 );

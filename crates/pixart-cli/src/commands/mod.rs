@@ -1,8 +1,11 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod convert;
+pub mod extract;
 pub mod generate;
+pub mod init;
 pub mod run;
+pub mod train_tokenizer;
 
 use std::collections::HashMap;
 use std::path::Path;
