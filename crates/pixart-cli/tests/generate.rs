@@ -44,30 +44,33 @@ fn write_latents(dir: &Path, t: &Tensor) -> PathBuf {
     p
 }
 
-#[test]
-fn latent_output_matches_diffusers() {
-    let dir = tempdir("latent");
+/// Runs `cmd` (a `generate` with its --model) on the golden case `cfg_binned` from its initial
+/// latents and checks the final latents against diffusers'.
+fn check_golden_latents(mut cmd: Command, dir: &Path) -> Output {
     let io = cases();
-    let x_t = write_latents(&dir, &io["cfg_binned.latents_in"]);
+    let x_t = write_latents(dir, &io["cfg_binned.latents_in"]);
     let out = dir.join("final.safetensors");
-    let o = generate(&[
-        "-p",
-        "  A small Cactus with a happy face in the Sahara desert. ",
-        "--width",
-        "136",
-        "--height",
-        "96",
-        "--steps",
-        "4",
-        "--guidance",
-        "4.5",
-        "--latents",
-        x_t.to_str().unwrap(),
-        "--output-type",
-        "latent",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = cmd
+        .args([
+            "-p",
+            "  A small Cactus with a happy face in the Sahara desert. ",
+            "--width",
+            "136",
+            "--height",
+            "96",
+            "--steps",
+            "4",
+            "--guidance",
+            "4.5",
+            "--output-type",
+            "latent",
+            "--latents",
+        ])
+        .arg(&x_t)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("peak RSS"), "{}", stderr(&o));
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
@@ -82,6 +85,15 @@ fn latent_output_matches_diffusers() {
         .unwrap();
     let scale = want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
     assert!(diff / scale < 1e-4, "relative diff {}", diff / scale);
+    o
+}
+
+#[test]
+fn latent_output_matches_diffusers() {
+    let dir = tempdir("latent");
+    let mut cmd = bin();
+    cmd.arg("generate").arg("--model").arg(pipeline());
+    check_golden_latents(cmd, &dir);
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -176,7 +188,17 @@ fn usage_errors_exit_2_with_one_line() {
         (vec!["-p", "x", "--vae-tiling", "maybe", "-o", o], "tiling"),
         (vec!["-p", "x", "--kv-compress", "conv:2:9", "-o", o], "--kv-compress"),
         (vec!["-p", "x", "--batch", "0", "-o", o], "--batch"),
+        (vec!["-p", "x", "--device", "tpu", "-o", o], "unknown device `tpu`"),
+        (
+            vec!["-p", "x", "--device", "cuda:x", "-o", o],
+            "unknown device `cuda:x`",
+        ),
     ];
+    let mut cases = cases;
+    if !cfg!(feature = "cuda") {
+        cases.push((vec!["-p", "x", "--device", "cuda", "-o", o], "built without CUDA"));
+        cases.push((vec!["-p", "x", "--device", "cuda:1", "-o", o], "built without CUDA"));
+    }
     for (args, needle) in cases {
         let r = generate(&args);
         let e = stderr(&r);
@@ -246,6 +268,7 @@ fn hub_id_from_hf_home() {
         .current_dir(&dir)
         .env("HF_HOME", &dir)
         .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
         .args(["generate", "--model", "pixart-test/absent", "-p", "x"])
         .output()
         .unwrap();
@@ -318,6 +341,129 @@ fn kv_compression_and_tiling_flags_run() {
         out.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[path = "../../pixart-pipeline/tests/support/fake_hub.rs"]
+mod fake_hub;
+
+/// `pixart` with the hub environment of a test: cache in `home`, hub at `endpoint`, no token,
+/// no proxy (ureq 2 ignores NO_PROXY).
+fn with_hub_env(home: &Path, endpoint: &str) -> Command {
+    let mut cmd = bin();
+    cmd.current_dir(home).env("HF_HOME", home).env("HF_ENDPOINT", endpoint);
+    for v in [
+        "HF_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
+#[test]
+fn hub_id_downloaded_then_generated() {
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    let hub = fake_hub::FakeHub::start(vec![fake_hub::FakeRepo::from_dir("pixart-test/tiny", sha, &pipeline())]);
+    let home = tempdir("hub-download");
+    // Online: the files land in HF_HOME/hub, then the generation matches diffusers.
+    let mut cmd = with_hub_env(&home, &hub.url);
+    cmd.args(["generate", "--model", "pixart-test/tiny"]);
+    let o = check_golden_latents(cmd, &home);
+    let e = stderr(&o);
+    assert!(
+        e.contains("downloading pixart-test/tiny/transformer/diffusion_pytorch_model.safetensors"),
+        "{e}"
+    );
+    assert!(e.contains("downloaded pixart-test/tiny/vae/config.json"), "{e}");
+    let snap = home.join("hub/models--pixart-test--tiny/snapshots").join(sha);
+    assert!(snap.join("tokenizer/spiece.model").is_file());
+    assert!(
+        !snap.join("cases.safetensors").exists(),
+        "golden cases are not part of a pipeline"
+    );
+    assert_eq!(hub.downloads_of("cases.safetensors"), 0);
+
+    // The hub gone: the cache serves, with a note.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let out = home.join("again.safetensors");
+    let run = |mut cmd: Command, out: &Path| {
+        cmd.args(["generate", "--model", "pixart-test/tiny", "-p", "x", "--steps", "1"])
+            .args(["--width", "32", "--height", "32", "--no-resolution-binning"])
+            .args(["--output-type", "latent", "-o"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let o = run(with_hub_env(&home, &closed), &out);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("note: cannot reach the Hugging Face hub"),
+        "{}",
+        stderr(&o)
+    );
+
+    // An empty cache and no hub: exit 1, one line.
+    let empty = tempdir("hub-empty");
+    let out = empty.join("none.safetensors");
+    let o = run(with_hub_env(&empty, &closed), &out);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.starts_with("error: cannot reach the Hugging Face hub ("), "{e}");
+    assert!(e.contains("set HF_HUB_OFFLINE=1 to use only the cache"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    // Offline with an empty cache: exit 2 naming the repo; the hub is not asked.
+    let before = hub.requests().len();
+    let mut cmd = with_hub_env(&empty, &hub.url);
+    cmd.env("HF_HUB_OFFLINE", "1");
+    let o = run(cmd, &out);
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(e.contains("`pixart-test/tiny` is not in the HF cache"), "{e}");
+    assert_eq!(hub.requests().len(), before);
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&home).ok();
+    std::fs::remove_dir_all(&empty).ok();
+}
+
+#[test]
+fn device_auto_runs_without_a_gpu() {
+    let dir = tempdir("auto");
+    let out = dir.join("auto.safetensors");
+    let o = generate(&[
+        "-p",
+        "x",
+        "--device",
+        "auto",
+        "--steps",
+        "1",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--no-resolution-binning",
+        "--output-type",
+        "latent",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    // A CPU build always falls back to the CPU; a CUDA build uses the GPU when there is one.
+    if !cfg!(feature = "cuda") {
+        assert!(e.contains(" on cpu"), "{e}");
+    }
     assert!(out.is_file());
     std::fs::remove_dir_all(&dir).ok();
 }

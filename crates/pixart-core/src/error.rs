@@ -27,6 +27,10 @@ pub enum Error {
     /// A request or argument that cannot be honoured.
     #[error("{0}")]
     InvalidInput(String),
+    /// The Hugging Face hub could not be reached or refused a download (a run-time failure,
+    /// unlike a hub id that does not exist, which is [`Error::InvalidInput`]).
+    #[error("{0}")]
+    Hub(String),
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -15,6 +15,8 @@ use pixart_schedulers::SchedulerConfig;
 use pixart_text::T5Tokenizer;
 use pixart_vae::{load_vae, AutoencoderKl};
 
+use crate::hub::{DownloadProgress, HubConfig};
+
 /// Where the components come from.
 #[derive(Debug, Clone, Default)]
 pub struct ComponentPaths {
@@ -136,16 +138,55 @@ fn sub(dir: &Path, name: &str) -> Option<PathBuf> {
 impl ComponentPaths {
     /// Finds every component: the override, else the model folder's subfolder, else the base
     /// folder's. Fails with one message naming the first missing component.
-    /// Every path may also be a hub id (`owner/name[@revision]`) found in the HF cache.
+    /// Every path may also be a hub id (`owner/name[@revision]`), fetched into the HF cache as
+    /// the environment says ([`HubConfig::from_env`]), without a progress display.
     pub fn resolve(&self) -> Result<ResolvedPaths> {
-        let hub = |p: &Option<PathBuf>| p.as_deref().map(crate::hub::resolve).transpose();
+        self.resolve_with(&HubConfig::from_env(), &mut ())
+    }
+
+    /// [`ComponentPaths::resolve`] with the hub settings and a download progress display.
+    /// Only the components each hub repository must supply are fetched: the overrides first,
+    /// then from `model` whatever they do not cover, then from `base` whatever `model` lacks.
+    pub fn resolve_with(&self, hub: &HubConfig, progress: &mut dyn DownloadProgress) -> Result<ResolvedPaths> {
+        let mut fetch = |p: &Option<PathBuf>, wanted: &[&str]| {
+            p.as_deref()
+                .map(|p| crate::hub::resolve(p, hub, wanted, &mut *progress))
+                .transpose()
+        };
+        let text_encoder = fetch(&self.text_encoder, &["text_encoder", "tokenizer"])?;
+        let tokenizer = fetch(&self.tokenizer, &["tokenizer"])?;
+        let vae = fetch(&self.vae, &["vae"])?;
+        let scheduler = fetch(&self.scheduler, &["scheduler"])?;
+        let mut wanted = vec!["transformer"];
+        for (name, given) in [
+            ("text_encoder", &text_encoder),
+            ("tokenizer", &tokenizer),
+            ("vae", &vae),
+            ("scheduler", &scheduler),
+        ] {
+            if given.is_none() {
+                wanted.push(name);
+            }
+        }
+        let model = crate::hub::resolve(&self.model, hub, &wanted, &mut *progress)?;
+        let from_base: Vec<&str> = wanted[1..]
+            .iter()
+            .filter(|c| !(model.is_dir() && model.join(c).is_dir()))
+            .copied()
+            .collect();
+        // A hub base that has nothing to give is not fetched.
+        let base = match &self.base {
+            Some(b) if from_base.is_empty() && !b.exists() && b.to_str().is_some_and(crate::hub::is_hub_id) => None,
+            Some(b) => Some(crate::hub::resolve(b, hub, &from_base, &mut *progress)?),
+            None => None,
+        };
         let local = ComponentPaths {
-            model: crate::hub::resolve(&self.model)?,
-            base: hub(&self.base)?,
-            text_encoder: hub(&self.text_encoder)?,
-            tokenizer: hub(&self.tokenizer)?,
-            vae: hub(&self.vae)?,
-            scheduler: hub(&self.scheduler)?,
+            model,
+            base,
+            text_encoder,
+            tokenizer,
+            vae,
+            scheduler,
         };
         local.resolve_local()
     }
@@ -231,7 +272,12 @@ impl PipelineComponents {
     /// Resolves and loads everything but the T5 encoder (whose folder and weights are checked
     /// to exist).
     pub fn load(paths: &ComponentPaths, opts: &ComponentOptions) -> Result<Self> {
-        let paths = paths.resolve()?;
+        Self::load_resolved(paths.resolve()?, opts)
+    }
+
+    /// [`PipelineComponents::load`] from components already found (by
+    /// [`ComponentPaths::resolve_with`]).
+    pub fn load_resolved(paths: ResolvedPaths, opts: &ComponentOptions) -> Result<Self> {
         let text_dir = pixart_text::loading::text_encoder_dir(&paths.text_encoder)?;
         pixart_text::loading::locate_weights(&text_dir)?;
         let tokenizer = T5Tokenizer::from_dir(&paths.tokenizer)?;

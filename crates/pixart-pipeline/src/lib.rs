@@ -9,7 +9,7 @@
 //!   back to the requested size.
 //! - [`builtin`]: where the project's own built-in model lives.
 //! - [`image`]: [`RgbImage`] and its PNG encoding and decoding.
-//! - [`hub`]: hub ids (`owner/name`) resolved in the standard HF cache (no downloads).
+//! - [`hub`]: hub ids (`owner/name`) fetched into and resolved in the standard HF cache.
 //! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
 //! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -25,6 +25,7 @@ pub mod request;
 
 pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
+pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
 pub use noise::{NoiseSource, SeededNoise};
 pub use pipeline::{generate, Generated, Output, Progress, Stage, Timings};

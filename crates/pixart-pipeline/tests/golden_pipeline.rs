@@ -281,10 +281,9 @@ fn hub_ids_resolve_in_the_hf_cache() {
     let only = tmp.join("only");
     copy_dir(&fixtures().join("transformer"), &only.join("transformer"));
     fake_hf_cache(&tmp, "pixart-test/tiny-transformer", &only);
-    let cache = hf_hub::Cache::new(tmp.clone());
-    let snap = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/tiny").unwrap();
+    let snap = pixart_pipeline::hub::cached_snapshot(&tmp, "pixart-test/tiny").unwrap();
     assert!(snap.join("model_index.json").is_file(), "{}", snap.display());
-    let t = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/tiny-transformer").unwrap();
+    let t = pixart_pipeline::hub::cached_snapshot(&tmp, "pixart-test/tiny-transformer").unwrap();
     assert!(t.join("transformer/config.json").is_file());
     let paths = ComponentPaths {
         model: t,
@@ -294,9 +293,10 @@ fn hub_ids_resolve_in_the_hf_cache() {
     let r = paths.resolve().unwrap();
     assert!(r.vae.starts_with(&tmp) && r.text_encoder.starts_with(&tmp));
     PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap();
-    let e = pixart_pipeline::hub::snapshot_in(&cache, "pixart-test/absent")
+    assert!(pixart_pipeline::hub::cached_snapshot(&tmp, "pixart-test/absent").is_none());
+    let e = pixart_pipeline::hub::from_cache(&tmp, "pixart-test/absent", &["transformer"])
         .unwrap_err()
         .to_string();
-    assert!(e.contains("does not download"), "{e}");
+    assert!(e.contains("is not in the HF cache"), "{e}");
     std::fs::remove_dir_all(&tmp).ok();
 }

@@ -396,9 +396,19 @@ fn bf16_and_ema_and_accumulation_run() {
     let mc = write_model_config(&dir, None);
     let text = config_text(&dir, &format!("config = \"{}\"", mc.display()), 4, "")
         .replace("seed = 7", "seed = 7\ndtype = \"bf16\"\nema = 0.9\ngrad_accum = 2");
+    let text = text.replace(
+        "log_every = 1",
+        "log_every = 1\nsample_every = 2\nsample_steps = 2\nsample_prompts = [\"a red circle\", \"a blue square\"]",
+    );
     let t = run(load(&dir, &text).unwrap(), false, None);
     let loss = JsonlLog::series(&dir.join("run/log.jsonl"), "loss").unwrap();
     assert_eq!(loss.len(), 4);
+    // Sample grids on the fixed prompts: two 64 px images side by side (2 px gaps).
+    for step in [2, 4] {
+        let p = dir.join(format!("run/samples/step-{step:06}.png"));
+        let img = pixart_pipeline::RgbImage::from_png(&std::fs::read(&p).unwrap(), "sample grid").unwrap();
+        assert_eq!((img.width, img.height), (2 * 64 + 6, 64 + 4), "{}", p.display());
+    }
     assert!(loss.iter().all(|p| p.1.is_finite() && p.1 > 0.0), "{loss:?}");
     assert!(dir
         .join("run/checkpoints/step-000004/transformer_ema/diffusion_pytorch_model.safetensors")

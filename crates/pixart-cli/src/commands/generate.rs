@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
-    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents, Progress,
-    SeededNoise, VaeTiling,
+    generate, ComponentOptions, ComponentPaths, DownloadProgress, Generated, GenerationRequest, HubConfig, OutputKind,
+    PipelineComponents, Progress, SeededNoise, VaeTiling,
 };
 use pixart_schedulers::SamplerKind;
 
@@ -82,24 +82,27 @@ pub struct GenerateArgs {
     /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
     #[arg(long)]
     latents: Option<PathBuf>,
-    /// A diffusers PixArt-Σ pipeline folder, a hub id, or a transformer folder / weight file
-    /// (then --base). Default (or `builtin`): the project's own small built-in model.
+    /// A diffusers PixArt-Σ pipeline folder, a hub id (owner/name[@revision], downloaded into the
+    /// Hugging Face cache: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 uses the
+    /// cache only), or a transformer folder / weight file (then --base). Default (or `builtin`):
+    /// the project's own small built-in model.
     #[arg(long)]
     model: Option<PathBuf>,
     /// A LoRA adapter (PEFT/diffusers keys) merged into the transformer: FILE[:SCALE];
     /// repeat for several.
     #[arg(long = "lora")]
     lora: Vec<String>,
-    /// A pipeline folder supplying the text encoder, tokenizer, VAE and scheduler --model lacks.
+    /// A pipeline folder or hub id supplying the text encoder, tokenizer, VAE and scheduler
+    /// --model lacks.
     #[arg(long)]
     base: Option<PathBuf>,
-    /// T5 encoder folder override.
+    /// T5 encoder folder (or hub id) override.
     #[arg(long = "text-encoder")]
     text_encoder: Option<PathBuf>,
-    /// VAE folder override.
+    /// VAE folder (or hub id) override.
     #[arg(long)]
     vae: Option<PathBuf>,
-    /// cpu, cuda, cuda:N or auto.
+    /// cpu, cuda, cuda:N or auto (the first GPU of a CUDA build when there is one, else the CPU).
     #[arg(long, default_value = "cpu")]
     device: String,
 }
@@ -118,6 +121,77 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
         None => format!("{stem}-{k}"),
     };
     path.with_file_name(name)
+}
+
+/// Hub downloads: a progress bar per file on a terminal; otherwise a line per file, and one per
+/// tenth of a large file.
+struct DownloadDisplay {
+    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
+    /// `repo/file`, size, bytes so far, start time.
+    current: Option<(String, u64, u64, std::time::Instant)>,
+}
+
+impl DownloadProgress for DownloadDisplay {
+    fn start(&mut self, repo: &str, file: &str, size: u64) {
+        let name = format!("{repo}/{file}");
+        if self.tty {
+            let bar = indicatif::ProgressBar::new(size);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} [{eta_precise}]",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar.set_message(name.clone());
+            self.bar = Some(bar);
+        } else {
+            eprintln!("downloading {name} ({})", indicatif::HumanBytes(size));
+        }
+        self.current = Some((name, size, 0, std::time::Instant::now()));
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &self.bar {
+            bar.inc(bytes);
+        }
+        if let Some((name, size, done, _)) = &mut self.current {
+            let tenth = (*size / 10).max(1);
+            let before = *done / tenth;
+            *done += bytes;
+            if !self.tty && *size >= 64 << 20 && *done / tenth > before && *done < *size {
+                eprintln!("  {name}: {}%", *done * 100 / *size);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+        if let Some((name, size, _, t)) = self.current.take() {
+            if !self.tty {
+                eprintln!(
+                    "downloaded {name} ({}, {:.1} s)",
+                    indicatif::HumanBytes(size),
+                    t.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+
+    fn note(&mut self, message: &str) {
+        eprintln!("note: {message}");
+    }
+}
+
+/// `cpu`, `cuda:N`, ... for the messages.
+fn device_name(dev: &candle_core::Device) -> String {
+    match dev.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".into(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
@@ -167,7 +241,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         vae: a.vae.clone(),
         ..Default::default()
     };
-    let resolved = paths.resolve().map_err(usage)?;
+    // Hub ids are downloaded here (what is missing from the cache), before anything is loaded.
+    let mut downloads = DownloadDisplay {
+        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        bar: None,
+        current: None,
+    };
+    let resolved = paths
+        .resolve_with(&HubConfig::from_env(), &mut downloads)
+        .map_err(usage)?;
     let kv_compress = match &a.kv_compress {
         Some(spec) => {
             let (_, cfg) = pixart_model::loading::locate(&resolved.transformer).map_err(usage)?;
@@ -214,14 +296,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
 
     let start = std::time::Instant::now();
-    eprintln!("loading {}", model.display());
+    eprintln!("loading {} on {}", model.display(), device_name(&dev));
     let opts = ComponentOptions {
         device: dev,
         dtype: dt,
         kv_compress,
         loras,
     };
-    let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
+    let components = PipelineComponents::load_resolved(resolved, &opts).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let request = request.validate(&components.geometry()).map_err(usage)?;
     let sampler_name = sampler

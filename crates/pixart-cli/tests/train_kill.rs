@@ -1,0 +1,155 @@
+//! `pixart train` killed with SIGKILL at random moments (checkpoints are written every step,
+//! so many kills land mid-save) and resumed until done: every kill leaves a complete latest
+//! checkpoint, and the finished run logs exactly the losses of an uninterrupted run.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use pixart_core::testing::fixtures_root;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pixart"))
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pixart-kill-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn ok(o: std::process::Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Tokenizer, random T5, features of the fixture images (16 px, the small VAE: 8x8 latents),
+/// and a base pipeline folder for the trainer.
+fn setup(dir: &Path) {
+    let data = fixtures_root().join("golden/data");
+    ok(bin()
+        .args(["train-tokenizer", "--vocab-size", "64", "--data"])
+        .arg(data.join("train.jsonl"))
+        .arg("--out")
+        .arg(dir.join("base/tokenizer"))
+        .output()
+        .unwrap());
+    ok(bin()
+        .args(["init", "text-encoder", "--seed", "0", "--config"])
+        .arg(data.join("t5_config.json"))
+        .arg("--out")
+        .arg(dir.join("base/text_encoder"))
+        .output()
+        .unwrap());
+    std::os::unix::fs::symlink(fixtures_root().join("golden/vae/small"), dir.join("base/vae")).unwrap();
+    std::os::unix::fs::symlink(
+        fixtures_root().join("golden/pipeline/scheduler"),
+        dir.join("base/scheduler"),
+    )
+    .unwrap();
+    ok(bin()
+        .arg("extract")
+        .arg("--data")
+        .arg(data.join("train.jsonl"))
+        .arg("--vae")
+        .arg(dir.join("base/vae"))
+        .arg("--text-encoder")
+        .arg(dir.join("base/text_encoder"))
+        .arg("--tokenizer")
+        .arg(dir.join("base/tokenizer"))
+        .arg("--out")
+        .arg(dir.join("features"))
+        .args(["--resolution", "16", "--max-length", "16"])
+        .output()
+        .unwrap());
+    std::fs::write(
+        dir.join("transformer.json"),
+        r#"{"attention_head_dim": 8, "num_attention_heads": 2, "in_channels": 4, "out_channels": 8,
+            "num_layers": 2, "cross_attention_dim": 16, "caption_channels": 32, "sample_size": 8,
+            "patch_size": 2, "interpolation_scale": 1.0, "norm_type": "ada_norm_single",
+            "norm_elementwise_affine": false, "norm_eps": 1e-6, "use_additional_conditions": false}"#,
+    )
+    .unwrap();
+}
+
+fn write_config(dir: &Path, out: &str, steps: u64) -> PathBuf {
+    let p = dir.join(format!("{out}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "[model]\nconfig = \"transformer.json\"\nbase = \"base\"\n\n[data]\nfeatures = \"features\"\n\n\
+             [train]\nsteps = {steps}\nbatch_size = 4\nlr = 1e-3\nwarmup = 2\ngrad_clip = 1.0\nseed = 3\n\n\
+             [output]\ndir = \"{out}\"\ncheckpoint_every = 1\nkeep_checkpoints = 2\nlog_every = 1\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn losses(log: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run() {
+    let dir = tempdir("run");
+    setup(&dir);
+    let steps = 24;
+    ok(bin()
+        .arg("train")
+        .arg("--config")
+        .arg(write_config(&dir, "straight", steps))
+        .output()
+        .unwrap());
+    let reference = losses(&dir.join("straight/log.jsonl"));
+    assert_eq!(reference.len(), steps as usize);
+
+    let cfg = write_config(&dir, "killed", steps);
+    let mut kills = 0;
+    let mut rng: u64 = 0x9e37_79b9;
+    for round in 0..200 {
+        let resume = dir.join("killed/checkpoints/latest").is_file();
+        let mut cmd = bin();
+        cmd.arg("train").arg("--config").arg(&cfg);
+        if resume {
+            cmd.arg("--resume");
+        }
+        let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        std::thread::sleep(Duration::from_millis(40 + rng % 400));
+        if child.try_wait().unwrap().is_some() {
+            assert!(child.wait().unwrap().success(), "round {round}: the run failed");
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        // Whatever the moment, `latest` (if any) names a complete, loadable checkpoint.
+        if let Ok(name) = std::fs::read_to_string(dir.join("killed/checkpoints/latest")) {
+            let ck = dir.join("killed/checkpoints").join(name.trim());
+            assert!(
+                ck.join("trainer_state.json").is_file(),
+                "round {round}: {} incomplete",
+                ck.display()
+            );
+            let w = ck.join("transformer/diffusion_pytorch_model.safetensors");
+            candle_core::safetensors::load(&w, &candle_core::Device::Cpu)
+                .unwrap_or_else(|e| panic!("round {round}: {} unreadable: {e}", w.display()));
+        }
+    }
+    assert!(
+        dir.join("killed/transformer/diffusion_pytorch_model.safetensors")
+            .is_file(),
+        "never finished"
+    );
+    assert!(kills > 0, "the run was never killed; the test proves nothing");
+    assert_eq!(losses(&dir.join("killed/log.jsonl")), reference, "after {kills} kills");
+}
