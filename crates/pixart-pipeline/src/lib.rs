@@ -9,6 +9,7 @@
 //!   back to the requested size.
 //! - [`builtin`]: where the project's own built-in model lives.
 //! - [`hub`]: hub ids (`owner/name`) resolved in the standard HF cache (no downloads).
+//! - [`image_file`]: PNG encoding with the generation parameters, the sampler's name.
 //! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
 //! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -17,12 +18,14 @@ pub mod aspect_bins;
 pub mod builtin;
 pub mod components;
 pub mod hub;
+pub mod image_file;
 pub mod noise;
 pub mod pipeline;
 pub mod request;
 
 pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
-pub use noise::{NoiseSource, SeededNoise};
+pub use image_file::{encode_png, parameters_text, sampler_name};
+pub use noise::{random_seed, NoiseSource, SeededNoise};
 pub use pipeline::{generate, Generated, Output, Progress, RgbImage, Stage, Timings};
 pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};

@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
-    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents, Progress,
-    RgbImage, SeededNoise, VaeTiling,
+    encode_png, generate, parameters_text, random_seed, sampler_name, ComponentOptions, ComponentPaths, Generated,
+    GenerationRequest, OutputKind, PipelineComponents, Progress, SeededNoise, VaeTiling,
 };
 use pixart_schedulers::SamplerKind;
 
@@ -125,24 +125,6 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn encode_png(img: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut bytes, img.width as u32, img.height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        if parameters.chars().all(|c| (c as u32) < 256) {
-            enc.add_text_chunk("parameters".into(), parameters.into())?;
-        } else {
-            enc.add_itxt_chunk("parameters".into(), parameters.into())?;
-        }
-        let mut writer = enc.write_header()?;
-        writer.write_image_data(&img.data)?;
-        writer.finish()?;
-    }
-    Ok(bytes)
-}
-
 pub fn run(a: GenerateArgs) -> Result<()> {
     // Parse and check everything the user typed before loading anything.
     let sampler = a
@@ -200,12 +182,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed = a.seed.unwrap_or_else(random_seed);
 
     let cancel = Arc::new(AtomicBool::new(false));
     {
@@ -255,10 +232,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let request = request.validate(&components.geometry()).map_err(usage)?;
-    let sampler_name = sampler
-        .or_else(|| components.scheduler_config.class().map(SamplerKind::of_class))
-        .map(|k| k.name().to_string())
-        .unwrap_or_default();
+    let sampler_name = sampler_name(&components, sampler);
     eprintln!(
         "{} image(s) of {}x{} (generated at {}x{}), {} steps, guidance {}, seed {seed}, sampler {sampler_name}",
         request.batch,
@@ -332,21 +306,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             eprintln!("wrote {}", output.display());
         }
         OutputKind::Image => {
+            let model = a.model.display().to_string();
             for (k, img) in out.images.iter().enumerate() {
-                let prompt = &request.prompts[k / request.images_per_prompt];
-                let params = format!(
-                    "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler_name}, CFG scale: {}, Seed: {}, \
-                     Size: {}x{}, Model: {}, Dtype: {}, Resolution binning: {}",
-                    request.negative_prompt,
-                    request.steps,
-                    request.guidance,
-                    seed.wrapping_add(k as u64),
-                    img.width,
-                    img.height,
-                    a.model.display(),
-                    a.dtype,
-                    request.resolution_binning
-                );
+                let params = parameters_text(&request, k, img, &sampler_name, &model, &a.dtype);
                 let path = numbered(&output, k);
                 let bytes = encode_png(img, &params)?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;
