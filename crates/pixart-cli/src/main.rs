@@ -24,6 +24,8 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
+    /// HTTP server: OpenAI images API, job queue with progress events, web page.
+    Serve(Box<commands::serve::ServeArgs>),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
+        Command::Serve(a) => commands::serve::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

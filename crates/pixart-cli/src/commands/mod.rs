@@ -3,6 +3,7 @@ pub mod bench;
 pub mod convert;
 pub mod generate;
 pub mod run;
+pub mod serve;
 
 use std::collections::HashMap;
 use std::path::Path;
