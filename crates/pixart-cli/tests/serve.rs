@@ -386,18 +386,20 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Sends a slow OpenAI request and returns its connection, unread.
+fn send_without_reading(s: &Server) -> std::net::TcpStream {
+    let mut conn = client::connect(s.addr, TIMEOUT).unwrap();
+    let body = slow_job().to_string();
+    let bytes = client::request_bytes(s.addr, "POST", "/v1/images/generations", Some(body.as_bytes()));
+    conn.write_all(&bytes).unwrap();
+    conn
+}
+
 #[test]
 fn a_disconnecting_client_does_not_leak_its_job() {
     let s = Server::start(&["--max-steps", "1000", "--max-queue", "1"]);
     // 1. A waiting OpenAI request whose client goes away while its job runs.
-    let mut conn = client::connect(s.addr, TIMEOUT).unwrap();
-    conn.write_all(&client::request_bytes(
-        s.addr,
-        "POST",
-        "/v1/images/generations",
-        Some(slow_job().to_string().as_bytes()),
-    ))
-    .unwrap();
+    let conn = send_without_reading(&s);
     s.wait_until(30, "the job to run", || s.metric("pixart_jobs_running") == 1.0);
     drop(conn);
     s.wait_until(10, "the job to be dropped", || {
@@ -408,14 +410,7 @@ fn a_disconnecting_client_does_not_leak_its_job() {
     let first = s.post("/v1/jobs", &slow_job()).json();
     let first = first["id"].as_str().unwrap().to_string();
     s.wait_running(&first);
-    let mut conn = client::connect(s.addr, TIMEOUT).unwrap();
-    conn.write_all(&client::request_bytes(
-        s.addr,
-        "POST",
-        "/v1/images/generations",
-        Some(slow_job().to_string().as_bytes()),
-    ))
-    .unwrap();
+    let conn = send_without_reading(&s);
     s.wait_until(10, "the request to queue", || s.metric("pixart_queue_length") == 1.0);
     drop(conn);
     s.wait_until(10, "the queued job to go", || {
@@ -560,4 +555,39 @@ fn health_metrics_openapi_and_page() {
         );
     }
     assert!(page.text().contains(r#"<script src="/app.js""#));
+}
+
+#[test]
+fn usage_errors_exit_2_before_serving() {
+    let run = |args: &[&str], builtin: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pixart"));
+        c.arg("serve").args(args);
+        if let Some(b) = builtin {
+            c.env("PIXART_BUILTIN", b);
+        }
+        c.output().unwrap()
+    };
+    let model = pipeline();
+    let m = model.to_str().unwrap();
+    for (args, builtin, needle) in [
+        (
+            vec!["--model", m, "--max-queue", "0"],
+            None,
+            "--max-queue must be at least 1",
+        ),
+        (vec!["--model", m, "--shutdown-grace", "-1"], None, "--shutdown-grace"),
+        (
+            vec!["--model", "/nonexistent/pixart-model"],
+            None,
+            "/nonexistent/pixart-model",
+        ),
+        // No --model and no built-in model: the message says what to do.
+        (vec![], Some("/nonexistent/builtin"), "pass --model"),
+    ] {
+        let o = run(&args, builtin);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
 }

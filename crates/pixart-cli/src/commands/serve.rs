@@ -51,7 +51,7 @@ pub struct ServeArgs {
     #[arg(long = "job-ttl", default_value_t = 900)]
     job_ttl: u64,
     /// Seconds the running job may go on after SIGTERM before it is cancelled.
-    #[arg(long = "shutdown-grace", default_value_t = 10.0)]
+    #[arg(long = "shutdown-grace", default_value_t = 10.0, allow_negative_numbers = true)]
     shutdown_grace: f64,
     /// Transformer dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
@@ -141,6 +141,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         },
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
     };
+    if !a.host.is_loopback() {
+        eprintln!(
+            "warning: serving on {} (not the loopback): anyone who can reach it can queue jobs; there is no authentication",
+            a.host
+        );
+    }
     let summary = pixart_server::serve(options, engine, |addr| {
         // Tests and scripts read this line for the port.
         eprintln!("listening on http://{addr}");

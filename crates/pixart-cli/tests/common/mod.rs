@@ -33,32 +33,16 @@ impl Server {
     }
 
     pub fn start_with_model(model: &std::path::Path, args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pixart"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pixart"));
+        cmd.arg("serve")
             .arg("--model")
             .arg(model)
             .args(["--port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
+            .args(args);
         let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let l = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(a) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(a.parse::<SocketAddr>().unwrap());
-                }
-                l.lock().unwrap().push(line);
-            }
-        });
+        let (mut child, rx) = spawn_watching(&mut cmd, "listening on http://", Some(log.clone()));
         let addr = match rx.recv_timeout(TIMEOUT) {
-            Ok(a) => a,
+            Ok(a) => a.parse::<SocketAddr>().unwrap(),
             Err(_) => {
                 let _ = child.kill();
                 panic!("server did not start: {:?}", log.lock().unwrap());
@@ -146,6 +130,34 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Spawns `cmd` (stdin and stdout closed, stderr piped); sends the rest of the first stderr
+/// line starting with `prefix` on the returned channel, and keeps every line in `log`.
+pub fn spawn_watching(
+    cmd: &mut Command,
+    prefix: &'static str,
+    log: Option<Arc<Mutex<Vec<String>>>>,
+) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                let _ = tx.send(rest.to_string());
+            }
+            if let Some(l) = &log {
+                l.lock().unwrap().push(line);
+            }
+        }
+    });
+    (child, rx)
 }
 
 impl Drop for Server {

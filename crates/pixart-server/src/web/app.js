@@ -184,7 +184,7 @@ async function init() {
     for (const name of h.schedulers) {
       const o = document.createElement("option");
       o.value = name;
-      o.textContent = name === h.defaults.scheduler ? `${name} (model default)` : name;
+      o.textContent = name === h.defaults.scheduler ? `${name} (default)` : name;
       o.selected = name === h.defaults.scheduler;
       $("scheduler").append(o);
     }
