@@ -24,6 +24,12 @@ enum Command {
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
     Bench(commands::bench::BenchArgs),
+    /// Train a T5-style Unigram tokenizer on a dataset's captions.
+    TrainTokenizer(commands::train_tokenizer::TrainTokenizerArgs),
+    /// Write a component with fresh random weights (for training from scratch).
+    Init(commands::init::InitArgs),
+    /// Precompute VAE latents and T5 caption features for training (resumable).
+    Extract(commands::extract::ExtractArgs),
     /// HTTP server: OpenAI images API, job queue with progress events, web page.
     Serve(Box<commands::serve::ServeArgs>),
 }
@@ -54,12 +60,16 @@ impl std::fmt::Display for Cancelled {
 impl std::error::Error for Cancelled {}
 
 fn main() -> ExitCode {
+    pixart_core::mem::tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
         Command::Convert(a) => commands::convert::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
+        Command::TrainTokenizer(a) => commands::train_tokenizer::run(a),
+        Command::Init(a) => commands::init::run(a),
+        Command::Extract(a) => commands::extract::run(a),
         Command::Serve(a) => commands::serve::run(*a),
     };
     match result {

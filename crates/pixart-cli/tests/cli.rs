@@ -284,3 +284,85 @@ fn run_vae_decode_and_encode_match_golden() {
         .unwrap();
     assert_one_line_error(&o, 1, "channel");
 }
+
+#[test]
+fn training_data_commands_end_to_end() {
+    let dir = tempdir("training-data");
+    let data = fixtures_root().join("golden/data");
+    // The tokenizer: same file as the committed fixture (deterministic training).
+    let o = bin()
+        .args(["train-tokenizer", "--vocab-size", "64", "--data"])
+        .arg(data.join("train.jsonl"))
+        .arg("--out")
+        .arg(dir.join("tok"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(dir.join("tok/tokenizer.json")).unwrap(),
+        std::fs::read(data.join("tokenizer/tokenizer.json")).unwrap()
+    );
+    let o = bin()
+        .args(["init", "text-encoder", "--seed", "0", "--config"])
+        .arg(data.join("t5_config.json"))
+        .arg("--out")
+        .arg(dir.join("t5"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let extract = |out: &str, resolution: &str, extra: &[&str]| {
+        bin()
+            .arg("extract")
+            .arg("--data")
+            .arg(data.join("train.jsonl"))
+            .arg("--vae")
+            .arg(fixtures_root().join("golden/vae/small"))
+            .arg("--text-encoder")
+            .arg(dir.join("t5"))
+            .arg("--tokenizer")
+            .arg(dir.join("tok"))
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(["--resolution", resolution, "--max-length", "16"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = extract("features", "16", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("warning: skipped images/000008.png"), "{err}");
+    assert!(err.contains("2 skipped"), "{err}");
+    assert!(dir.join("features/shard-00000.safetensors").is_file());
+    // Rerun: nothing to do.
+    let o = extract("features", "16", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("0 shards written, 1 kept"), "{err}");
+    // Bad flags and folders: one line, exit 2.
+    assert_one_line_error(&extract("f2", "16", &["--buckets", "tall"]), 2, "--buckets");
+    assert_one_line_error(&extract("f3", "10", &[]), 2, "resolution 10");
+    assert_one_line_error(
+        &extract("features", "16", &["--batch", "2", "--shard-size", "5"]),
+        2,
+        "another configuration",
+    );
+    let o = bin()
+        .args(["train-tokenizer", "--vocab-size", "4", "--out"])
+        .arg(dir.join("t"))
+        .arg("--data")
+        .arg(data.join("train.jsonl"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "--vocab-size");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"d_model\": 0}").unwrap();
+    let o = bin()
+        .args(["init", "text-encoder", "--config"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(dir.join("t5b"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "d_model");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

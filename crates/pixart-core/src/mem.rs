@@ -21,3 +21,16 @@ fn read_status_kib(key: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Tunes glibc's allocator for tensor work: blocks up to 32 MiB come from the heap instead of
+/// fresh `mmap`s, and freed memory is kept instead of being returned to the system at once.
+/// Without this every large temporary tensor is a new mapping whose pages the kernel must
+/// fault in and zero (a fifth of a CPU training step here). No effect off glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before heavy allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

@@ -190,9 +190,14 @@ impl CustomOp1 for RowOp {
     }
 }
 
-/// Softmax over the last dim; the parallel kernel on the CPU, candle's op elsewhere.
+/// Softmax over the last dim; the parallel kernel on the CPU, candle's op elsewhere. A tensor
+/// that needs gradients (`track_op`) takes candle's composed softmax, which has a backward.
 pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.track_op() && crate::grad_ops::applies(x) {
+        crate::grad_ops::softmax_last_dim(x)
+    } else if x.track_op() {
+        candle_nn::ops::softmax(x, candle_core::D::Minus1)
+    } else if x.device().is_cpu() {
         x.contiguous()?.apply_op1_no_bwd(&RowOp {
             name: "pixart-softmax",
             whole_last_dim: true,
@@ -203,9 +208,12 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// GELU with the tanh approximation; the parallel kernel on the CPU, candle's op elsewhere.
+/// GELU with the tanh approximation; the parallel kernel on the CPU, candle's op elsewhere
+/// (and for tensors that need gradients: candle's `gelu` has a backward).
 pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.track_op() && crate::grad_ops::applies(x) {
+        crate::grad_ops::gelu(x)
+    } else if x.device().is_cpu() && !x.track_op() {
         x.contiguous()?.apply_op1_no_bwd(&RowOp {
             name: "pixart-gelu",
             whole_last_dim: false,

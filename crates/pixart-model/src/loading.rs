@@ -9,6 +9,7 @@ use pixart_core::weights::{CheckedWeights, FileKind, Recording, Shared, WeightFi
 use pixart_core::{Error, Result};
 
 use crate::config::{KvCompressConfig, TransformerConfig};
+use crate::lora::{lora_deltas, LoraMerge};
 use crate::original;
 use crate::transformer::{BuildReport, PixArtTransformer};
 
@@ -25,6 +26,8 @@ pub struct LoadOptions {
     pub heads: Option<usize>,
     /// For an original checkpoint without config.json and without a `pos_embed` buffer.
     pub default_sample_size: usize,
+    /// LoRA adapters merged into the weights.
+    pub loras: Vec<crate::lora::LoraSpec>,
 }
 
 impl Default for LoadOptions {
@@ -36,6 +39,7 @@ impl Default for LoadOptions {
             interpolation_scale: None,
             heads: None,
             default_sample_size: 128,
+            loras: Vec::new(),
         }
     }
 }
@@ -162,10 +166,25 @@ pub fn load_transformer(path: &Path, opts: &LoadOptions) -> Result<LoadedTransfo
     let (file, config, layout) = open_checkpoint(path, opts)?;
     let weights = file.path().to_path_buf();
     let backend = Shared(Arc::new(checked(file, layout, &config)));
-    let vb = VarBuilder::from_backend(Box::new(backend.clone()), opts.dtype, opts.device.clone());
-    let built = PixArtTransformer::new(&config, vb);
-    backend.0.finish()?;
-    let (model, report) = built?;
+    let (model, report) = if opts.loras.is_empty() {
+        let vb = VarBuilder::from_backend(Box::new(backend.clone()), opts.dtype, opts.device.clone());
+        let built = PixArtTransformer::new(&config, vb);
+        backend.0.finish()?;
+        built?
+    } else {
+        let merge = Shared(Arc::new(LoraMerge::new(backend.clone(), lora_deltas(&opts.loras)?)));
+        let vb = VarBuilder::from_backend(Box::new(merge.clone()), opts.dtype, opts.device.clone());
+        let built = PixArtTransformer::new(&config, vb);
+        backend.0.finish()?;
+        let unused = merge.0.unused();
+        if !unused.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "LoRA adapters for layers this transformer does not have: {}",
+                unused.join(", ")
+            )));
+        }
+        built?
+    };
     Ok(LoadedTransformer {
         model,
         config,
@@ -191,4 +210,21 @@ pub fn to_diffusers(
     rec.0.inner().finish()?;
     built?;
     Ok((rec.0.tensors(), config))
+}
+
+/// Writes a diffusers `transformer/` folder: `config.json` (with `_class_name`) and
+/// `diffusion_pytorch_model.safetensors`, each file atomically.
+pub fn save_diffusers(
+    dir: &Path,
+    tensors: &std::collections::BTreeMap<String, candle_core::Tensor>,
+    config: &TransformerConfig,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let map: std::collections::HashMap<_, _> = tensors.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    pixart_core::weights::save_safetensors(&map, &dir.join("diffusion_pytorch_model.safetensors"))?;
+    let mut json = serde_json::to_value(config).map_err(|e| Error::config(dir.join("config.json"), e.to_string()))?;
+    if let Some(obj) = json.as_object_mut() {
+        obj.insert("_class_name".into(), "PixArtTransformer2DModel".into());
+    }
+    pixart_core::config::write_json(&dir.join("config.json"), &json)
 }

@@ -6,9 +6,12 @@ use rayon::prelude::*;
 ///
 /// Mean and variance are computed in two passes in f32 (candle-nn's fused op uses
 /// `E[x²] - mean²`, which loses precision when activations have a large mean). On the CPU this
-/// is one parallel pass over rows; elsewhere it is composed from tensor ops.
+/// is one parallel pass over rows; elsewhere, and for tensors that need gradients
+/// (`track_op`: the CPU kernel has no backward), it is composed from tensor ops.
 pub fn layer_norm_no_affine(x: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.track_op() && crate::grad_ops::applies(x) {
+        crate::grad_ops::layer_norm_no_affine(x, eps)
+    } else if x.device().is_cpu() && !x.track_op() {
         x.contiguous()?.apply_op1_no_bwd(&LayerNormNoAffine { eps: eps as f32 })
     } else {
         layer_norm_composed(x, eps)
@@ -140,7 +143,8 @@ pub fn chunked_attention(
 ) -> candle_core::Result<Tensor> {
     let (b, h, n, _d) = q.dims4()?;
     let m = k.dim(2)?;
-    if q.device().is_cpu() {
+    let needs_grad = q.track_op() || k.track_op() || v.track_op();
+    if q.device().is_cpu() && !needs_grad {
         return crate::kernels::attention_cpu(q, k, v, bias, scale)?.to_dtype(q.dtype());
     }
     let per_query = (b * h * m).max(1);

@@ -8,6 +8,7 @@ use pixart_core::{Error, Result};
 
 use crate::attention::{mask_to_bias, CrossKv, KvCompress, KvInit};
 use crate::block::TransformerBlock;
+use crate::checkpointing::{checkpointed_block, GradSink};
 use crate::config::TransformerConfig;
 use crate::embeddings::{sincos_pos_embed, AdaLayerNormSingle, AddedCond, CaptionProjection, PatchEmbed};
 use crate::ops::{layer_norm_no_affine, modulate};
@@ -32,6 +33,8 @@ pub struct PixArtTransformer {
     /// The last position table, keyed by (h, w, interpolation scale bits): denoising calls the
     /// model many times at one size, and at 2K/4K the table is costly to build.
     pos_cache: Arc<Mutex<Option<(PosKey, Tensor)>>>,
+    /// Gradient checkpointing per block (training): where the blocks put parameter gradients.
+    checkpointing: Option<Arc<GradSink>>,
 }
 
 /// What building the model decided from the weights.
@@ -118,6 +121,7 @@ impl PixArtTransformer {
             dtype: vb.dtype(),
             device: vb.device().clone(),
             pos_cache: Arc::new(Mutex::new(None)),
+            checkpointing: None,
         };
         let report = BuildReport {
             micro_conditions: micro,
@@ -249,6 +253,14 @@ impl PixArtTransformer {
         Ok((b, hh / p, ww / p))
     }
 
+    /// Turns gradient checkpointing per block on: blocks keep no activations for the
+    /// backward pass and recompute them; parameter gradients computed inside the blocks go to
+    /// `sink` (see [`crate::checkpointing`]).
+    pub fn with_gradient_checkpointing(mut self, sink: Arc<GradSink>) -> Self {
+        self.checkpointing = Some(sink);
+        self
+    }
+
     /// The full forward: x (b, in, H, W), t (b), y (b, l, caption_channels), mask (b, l)
     /// -> (b, out, H, W) in the model dtype.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -334,7 +346,10 @@ impl PixArtTransformer {
 
         // 3. Blocks.
         for (i, (blk, kv)) in self.transformer_blocks.iter().zip(&ctx.cross).enumerate() {
-            hs = blk.forward(&hs, (h, w), &t0, kv, ctx.bias.as_ref())?;
+            hs = match &self.checkpointing {
+                Some(sink) if hs.track_op() => checkpointed_block(blk, &hs, (h, w), &t0, kv, ctx.bias.as_ref(), sink)?,
+                _ => blk.forward(&hs, (h, w), &t0, kv, ctx.bias.as_ref())?,
+            };
             record(&format!("block.{i}"), &hs);
         }
 

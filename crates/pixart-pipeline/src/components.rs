@@ -40,6 +40,8 @@ pub struct ComponentOptions {
     pub dtype: DType,
     /// Replace the transformer config's KV compression (`Some(None)` turns it off).
     pub kv_compress: Option<Option<KvCompressConfig>>,
+    /// LoRA adapters merged into the transformer.
+    pub loras: Vec<pixart_model::lora::LoraSpec>,
 }
 
 impl Default for ComponentOptions {
@@ -48,6 +50,7 @@ impl Default for ComponentOptions {
             device: Device::Cpu,
             dtype: DType::F32,
             kv_compress: None,
+            loras: Vec::new(),
         }
     }
 }
@@ -237,6 +240,7 @@ impl PipelineComponents {
             dtype: opts.dtype,
             device: opts.device.clone(),
             kv_compress: opts.kv_compress.clone(),
+            loras: opts.loras.clone(),
             ..LoadOptions::default()
         };
         let transformer = load_transformer(&paths.transformer, &load_opts)?.model;

@@ -8,17 +8,24 @@
 //!   [`bench_text_encoder`]).
 //! - [`tokenizer`]: [`T5Tokenizer`] from `spiece.model` or `tokenizer.json`, [`tokenize`] and
 //!   [`preprocess_caption`].
+//! - [`training`]: training a T5-style Unigram tokenizer on captions ([`train_tokenizer`]).
+//! - [`init`]: a T5 encoder folder with weights initialised as transformers does
+//!   ([`init_text_encoder`]).
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod config;
+pub mod init;
 pub mod loading;
 pub mod t5;
 pub mod tokenizer;
+pub mod training;
 
 pub use config::T5Config;
+pub use init::{init_text_encoder, read_init_config};
 pub use loading::{
     bench_text_encoder, bench_text_encoder_on, load_text_encoder, random_text_encoder, random_xxl, run_text_encoder,
     BenchResult,
 };
 pub use t5::T5Encoder;
 pub use tokenizer::{preprocess_caption, to_tensors, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH};
+pub use training::{train_tokenizer, TrainOptions, TrainedTokenizer};

@@ -229,9 +229,14 @@ impl T5Tokenizer {
 
     /// Builds the tokenizer from a `tokenizer.json` holding a Unigram model.
     pub fn from_tokenizer_json(path: &Path) -> Result<Self> {
-        let bad = |m: String| Error::config(path, m);
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
+        Self::from_json_str(&text, path)
+    }
+
+    /// Builds the tokenizer from the text of a `tokenizer.json`; `path` names it in errors.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        let bad = |m: String| Error::config(path, m);
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let mut inner: Tokenizer = text.parse().map_err(|e| bad(format!("not a tokenizers file: {e}")))?;
         if !matches!(inner.get_model(), ModelWrapper::Unigram(_)) {
             return Err(bad(

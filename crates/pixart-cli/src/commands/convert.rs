@@ -1,9 +1,8 @@
 //! `pixart convert`: an original PixArt checkpoint (or any transformer checkpoint we load) to
 //! a diffusers-layout folder (config.json + diffusion_pytorch_model.safetensors).
-use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use pixart_model::loading::{to_diffusers, LoadOptions};
 use pixart_model::KvCompressConfig;
@@ -52,14 +51,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         opts.kv_compress = Some(kv);
     }
     let (tensors, config) = to_diffusers(&a.input, &opts)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("{}: cannot create folder", a.out.display()))?;
-    let tensors: HashMap<_, _> = tensors.into_iter().collect();
-    pixart_core::weights::save_safetensors(&tensors, &a.out.join("diffusion_pytorch_model.safetensors"))?;
-    let mut json = serde_json::to_value(&config)?;
-    if let Some(obj) = json.as_object_mut() {
-        obj.insert("_class_name".into(), "PixArtTransformer2DModel".into());
-    }
-    pixart_core::config::write_json(&a.out.join("config.json"), &json)?;
+    pixart_model::loading::save_diffusers(&a.out, &tensors, &config)?;
     eprintln!(
         "wrote {} tensors to {} ({} layers, sample_size {}, interpolation_scale {})",
         tensors.len(),

@@ -85,9 +85,14 @@ pub struct GenerateArgs {
     /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
     #[arg(long)]
     latents: Option<PathBuf>,
-    /// A diffusers PixArt-Σ pipeline folder, or a transformer folder / weight file (then --base).
+    /// A diffusers PixArt-Σ pipeline folder, a hub id, or a transformer folder / weight file
+    /// (then --base). Default (or `builtin`): the project's own small built-in model.
     #[arg(long)]
-    model: PathBuf,
+    model: Option<PathBuf>,
+    /// A LoRA adapter (PEFT/diffusers keys) merged into the transformer: FILE[:SCALE];
+    /// repeat for several.
+    #[arg(long = "lora")]
+    lora: Vec<String>,
     /// A pipeline folder supplying the text encoder, tokenizer, VAE and scheduler --model lacks.
     #[arg(long)]
     base: Option<PathBuf>,
@@ -163,8 +168,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
+    let model = match a.model.as_deref() {
+        None => pixart_pipeline::builtin_model_dir().map_err(usage)?,
+        Some(m) if m.to_str().is_some_and(pixart_pipeline::is_builtin) => {
+            pixart_pipeline::builtin_model_dir().map_err(usage)?
+        }
+        Some(m) => m.to_path_buf(),
+    };
+    let loras = a
+        .lora
+        .iter()
+        .map(|s| pixart_model::lora::LoraSpec::parse(s).map_err(|m| UsageError(format!("--lora: {m}"))))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let paths = ComponentPaths {
-        model: a.model.clone(),
+        model: model.clone(),
         base: a.base.clone(),
         text_encoder: a.text_encoder.clone(),
         vae: a.vae.clone(),
@@ -223,11 +240,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
 
     let start = std::time::Instant::now();
-    eprintln!("loading {}", a.model.display());
+    eprintln!("loading {}", model.display());
     let opts = ComponentOptions {
         device: dev,
         dtype: dt,
         kv_compress,
+        loras,
     };
     let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
@@ -306,9 +324,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             eprintln!("wrote {}", output.display());
         }
         OutputKind::Image => {
-            let model = a.model.display().to_string();
+            let model_label = model.display().to_string();
             for (k, img) in out.images.iter().enumerate() {
-                let params = parameters_text(&request, k, img, &sampler_name, &model, &a.dtype);
+                let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
                 let path = numbered(&output, k);
                 let bytes = encode_png(img, &params)?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;

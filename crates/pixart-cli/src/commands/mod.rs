@@ -1,9 +1,12 @@
 //! One module per subcommand.
 pub mod bench;
 pub mod convert;
+pub mod extract;
 pub mod generate;
+pub mod init;
 pub mod run;
 pub mod serve;
+pub mod train_tokenizer;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -19,8 +19,8 @@ GET /openapi.json, and the web page at /. SIGTERM or Ctrl-C: queued jobs are can
 one gets --shutdown-grace seconds, then the server exits 0."
 )]
 pub struct ServeArgs {
-    /// A diffusers PixArt-Σ pipeline folder or a hub id in the HF cache (default: the built-in
-    /// model).
+    /// A diffusers PixArt-Σ pipeline folder or a hub id in the HF cache. Default (or `builtin`):
+    /// the project's own small built-in model.
     #[arg(long)]
     model: Option<PathBuf>,
     /// Address to listen on (loopback by default; use 0.0.0.0 to serve the network).
@@ -106,8 +106,8 @@ pub fn run(a: ServeArgs) -> Result<()> {
         }
     };
     let (model, name) = match &a.model {
-        Some(m) => (m.clone(), model_name(m)),
-        None => (builtin_model_dir().map_err(usage)?, "builtin".to_string()),
+        Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => (m.clone(), model_name(m)),
+        _ => (builtin_model_dir().map_err(usage)?, "builtin".to_string()),
     };
     eprintln!("loading {}", model.display());
     let paths = ComponentPaths {

@@ -1,0 +1,317 @@
+//! The training config (`pixart train --config FILE.toml`). Unknown keys and impossible values
+//! are errors that name the key, before any work starts.
+use std::path::{Path, PathBuf};
+
+use pixart_core::{Error, Result};
+use pixart_model::{KvCompressConfig, TransformerConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimizerConfig;
+
+/// The whole config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub train: TrainSection,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub lora: Option<LoraSection>,
+    pub output: OutputSection,
+}
+
+/// `[model]`: what to train, and the weak-to-strong switches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A transformer `config.json` to train from scratch (PixArt's initialisation).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+    /// Or: a checkpoint to start from (a `transformer/` folder, a pipeline folder, a training
+    /// checkpoint folder, an original `.pth`/`.safetensors`).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// A diffusers pipeline folder with `text_encoder/`, `tokenizer/`, `vae/`, `scheduler/`:
+    /// the null caption for caption dropout and the sample images come from it.
+    pub base: PathBuf,
+    /// Weak-to-strong (a): a new latent `sample_size` (resolution raised).
+    #[serde(default)]
+    pub sample_size: Option<usize>,
+    /// Weak-to-strong (a): the PE interpolation scale for the new resolution.
+    #[serde(default)]
+    pub interpolation_scale: Option<f64>,
+    /// Weak-to-strong (b): KV compression, `conv:2:14-27` style (`none` turns it off); layers
+    /// without weights start from averaging.
+    #[serde(default)]
+    pub kv_compress: Option<String>,
+}
+
+/// `[data]`: precomputed features (`pixart extract`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub features: PathBuf,
+    /// Probability of the long (dense) caption per sample (PixArt: 0.5).
+    #[serde(default = "half")]
+    pub long_caption_ratio: f64,
+    /// Probability of replacing the caption by the null caption (PixArt: 0.1).
+    #[serde(default = "tenth")]
+    pub caption_dropout: f64,
+}
+
+fn half() -> f64 {
+    0.5
+}
+fn tenth() -> f64 {
+    0.1
+}
+
+/// `[train]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    pub steps: u64,
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    pub lr: f64,
+    #[serde(default)]
+    pub warmup: u64,
+    /// Max global gradient norm (PixArt-Σ: 0.01 with CAME; none: no clipping).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Parameter dtype: f32 or bf16 (master weights and optimiser state stay f32).
+    #[serde(default = "f32_name")]
+    pub dtype: String,
+    /// EMA decay of the weights (none: no EMA).
+    #[serde(default)]
+    pub ema: Option<f64>,
+    /// Recompute each transformer block in the backward pass instead of keeping its
+    /// activations.
+    #[serde(default)]
+    pub gradient_checkpointing: bool,
+    /// cpu, cuda, cuda:N or auto.
+    #[serde(default = "cpu_name")]
+    pub device: String,
+}
+
+fn one() -> usize {
+    1
+}
+fn f32_name() -> String {
+    "f32".into()
+}
+fn cpu_name() -> String {
+    "cpu".into()
+}
+
+/// `[lora]`: train low-rank adapters on the named linear layers instead of all weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSection {
+    pub rank: usize,
+    #[serde(default)]
+    pub alpha: Option<f64>,
+    /// Suffixes of linear layers to adapt, e.g. `attn1.to_q`, `to_k`, `ff.net.2`.
+    #[serde(default = "default_targets")]
+    pub targets: Vec<String>,
+}
+
+fn default_targets() -> Vec<String> {
+    ["to_q", "to_k", "to_v", "to_out.0"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
+/// `[output]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSection {
+    pub dir: PathBuf,
+    #[serde(default = "hundred")]
+    pub checkpoint_every: u64,
+    #[serde(default = "two")]
+    pub keep_checkpoints: usize,
+    #[serde(default = "ten")]
+    pub log_every: u64,
+    /// Sample images every N steps (0: never) on fixed prompts and seeds.
+    #[serde(default)]
+    pub sample_every: u64,
+    #[serde(default)]
+    pub sample_prompts: Vec<String>,
+    #[serde(default)]
+    pub sample_seed: u64,
+    #[serde(default = "twenty")]
+    pub sample_steps: usize,
+    #[serde(default = "guidance")]
+    pub sample_guidance: f64,
+}
+
+fn hundred() -> u64 {
+    100
+}
+fn two() -> usize {
+    2
+}
+fn ten() -> u64 {
+    10
+}
+fn twenty() -> usize {
+    20
+}
+fn guidance() -> f64 {
+    4.5
+}
+
+/// A finite value above zero.
+pub(crate) fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
+impl TrainConfig {
+    /// Reads and checks `path`; relative paths in it are relative to the file's folder.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
+            let msg = e.message().to_string();
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!(" (line {line})")
+                })
+                .unwrap_or_default();
+            Error::config(path, format!("{msg}{at}"))
+        })?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        cfg.resolve_paths(dir);
+        cfg.validate().map_err(|m| Error::config(path, m))?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        };
+        if let Some(p) = self.model.config.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.model.init.as_mut() {
+            fix(p);
+        }
+        fix(&mut self.model.base);
+        fix(&mut self.data.features);
+        fix(&mut self.output.dir);
+    }
+
+    /// Checks values, naming the key at fault.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let m = &self.model;
+        match (&m.config, &m.init) {
+            (None, None) => {
+                return Err("model: give `config` (train from scratch) or `init` (start from weights)".into())
+            }
+            (Some(_), Some(_)) => return Err("model: give either `config` or `init`, not both".into()),
+            _ => {}
+        }
+        if let Some(p) = m.config.as_ref().filter(|p| !p.is_file()) {
+            return Err(format!("model.config: {} does not exist", p.display()));
+        }
+        if let Some(p) = m.init.as_ref().filter(|p| !p.exists()) {
+            return Err(format!("model.init: {} does not exist", p.display()));
+        }
+        if !m.base.is_dir() {
+            return Err(format!("model.base: {} is not a folder", m.base.display()));
+        }
+        if m.sample_size == Some(0) {
+            return Err("model.sample_size must be positive".into());
+        }
+        if let Some(s) = m.interpolation_scale.filter(|s| !positive(*s)) {
+            return Err(format!("model.interpolation_scale must be positive, got {s}"));
+        }
+        let d = &self.data;
+        if !d.features.is_dir() {
+            return Err(format!("data.features: {} is not a folder", d.features.display()));
+        }
+        for (k, v) in [
+            ("long_caption_ratio", d.long_caption_ratio),
+            ("caption_dropout", d.caption_dropout),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(format!("data.{k} must be in [0, 1], got {v}"));
+            }
+        }
+        let t = &self.train;
+        if t.steps == 0 {
+            return Err("train.steps must be positive".into());
+        }
+        if t.batch_size == 0 {
+            return Err("train.batch_size must be positive".into());
+        }
+        if t.grad_accum == 0 {
+            return Err("train.grad_accum must be positive".into());
+        }
+        if !positive(t.lr) {
+            return Err(format!("train.lr must be positive, got {}", t.lr));
+        }
+        if let Some(c) = t.grad_clip.filter(|c| !positive(*c)) {
+            return Err(format!("train.grad_clip must be positive, got {c}"));
+        }
+        if let Some(e) = t.ema.filter(|e| !(0.0..1.0).contains(e)) {
+            return Err(format!("train.ema must be in [0, 1), got {e}"));
+        }
+        pixart_core::device::parse_dtype(&t.dtype).map_err(|e| format!("train.dtype: {e}"))?;
+        self.optimizer.validate()?;
+        if let Some(l) = &self.lora {
+            if l.rank == 0 {
+                return Err("lora.rank must be positive".into());
+            }
+            if l.targets.is_empty() {
+                return Err("lora.targets must name at least one layer".into());
+            }
+        }
+        let o = &self.output;
+        if o.checkpoint_every == 0 || o.log_every == 0 {
+            return Err("output.checkpoint_every and output.log_every must be positive".into());
+        }
+        if o.keep_checkpoints == 0 {
+            return Err("output.keep_checkpoints must be at least 1".into());
+        }
+        if o.sample_every > 0 && o.sample_prompts.is_empty() {
+            return Err("output.sample_prompts: give prompts when sample_every > 0".into());
+        }
+        Ok(())
+    }
+
+    /// The KV compression override, parsed for `num_layers`.
+    pub fn kv_override(&self, num_layers: usize) -> Result<Option<Option<KvCompressConfig>>> {
+        match &self.model.kv_compress {
+            None => Ok(None),
+            Some(spec) => KvCompressConfig::parse_spec(spec, num_layers)
+                .map(Some)
+                .map_err(|m| Error::InvalidInput(format!("model.kv_compress: {m}"))),
+        }
+    }
+
+    /// Applies the weak-to-strong switches to a transformer config.
+    pub fn apply_overrides(&self, cfg: &mut TransformerConfig) -> Result<()> {
+        if let Some(s) = self.model.sample_size {
+            cfg.sample_size = s;
+        }
+        if let Some(s) = self.model.interpolation_scale {
+            cfg.interpolation_scale = Some(s);
+        }
+        if let Some(kv) = self.kv_override(cfg.num_layers)? {
+            cfg.kv_compress = kv;
+        }
+        cfg.validate()
+            .map_err(|m| Error::InvalidInput(format!("model: the resulting transformer config is invalid: {m}")))
+    }
+}

@@ -1,0 +1,205 @@
+//! The IDDPM training objective as PixArt trains it (PixArt-alpha/PixArt-sigma@1ce521af
+//! `diffusion/model/gaussian_diffusion.py` `GaussianDiffusion.training_losses` with
+//! `model_var_type=LEARNED_RANGE`, `loss_type=MSE`, `learn_sigma=True`, and
+//! `diffusion/model/diffusion_utils.py` for the KL and the discretised Gaussian likelihood):
+//!
+//! - 1000 steps, linear betas 1e-4 … 0.02 (`get_named_beta_schedule("linear", 1000)`), in f64;
+//! - `x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε`;
+//! - the model predicts ε (first C channels) and v (last C channels), with
+//!   `log σ² = frac·log β_t + (1−frac)·log β̃_t`, `frac = (v+1)/2`;
+//! - `loss = mean_flat((ε − ε̂)²) + vb`, where vb is the KL between the true posterior
+//!   q(x_{t−1}|x_t, x0) and p(x_{t−1}|x_t) built from the *detached* ε̂ and v (so vb trains
+//!   only the variance), in bits per dimension; at t = 0 it is the discretised-Gaussian
+//!   decoder NLL instead.
+use candle_core::{DType, Tensor, D};
+use pixart_core::{Error, Result};
+
+/// Coefficients of a discrete Gaussian diffusion, all in f64.
+#[derive(Debug, Clone)]
+pub struct GaussianDiffusion {
+    pub betas: Vec<f64>,
+    pub alphas_cumprod: Vec<f64>,
+    sqrt_alphas_cumprod: Vec<f64>,
+    sqrt_one_minus_alphas_cumprod: Vec<f64>,
+    sqrt_recip_alphas_cumprod: Vec<f64>,
+    sqrt_recipm1_alphas_cumprod: Vec<f64>,
+    posterior_log_variance_clipped: Vec<f64>,
+    posterior_mean_coef1: Vec<f64>,
+    posterior_mean_coef2: Vec<f64>,
+    log_betas: Vec<f64>,
+}
+
+/// Per-sample loss terms, each (b,) f32.
+#[derive(Debug, Clone)]
+pub struct Losses {
+    /// mse + vb: what is minimised (its batch mean).
+    pub loss: Tensor,
+    pub mse: Tensor,
+    pub vb: Tensor,
+}
+
+impl GaussianDiffusion {
+    /// PixArt's schedule: `steps` steps of linear betas from 1e-4 to 0.02, scaled by
+    /// 1000 / steps as IDDPM does.
+    pub fn linear(steps: usize) -> Result<Self> {
+        if steps < 2 {
+            return Err(Error::InvalidInput(format!(
+                "diffusion steps must be at least 2, got {steps}"
+            )));
+        }
+        let scale = 1000.0 / steps as f64;
+        let (b0, b1) = (scale * 1e-4, scale * 0.02);
+        // np.linspace(b0, b1, steps, dtype=np.float64)
+        let betas = (0..steps)
+            .map(|i| b0 + (b1 - b0) * i as f64 / (steps - 1) as f64)
+            .collect();
+        Ok(Self::from_betas(betas))
+    }
+
+    fn from_betas(betas: Vec<f64>) -> Self {
+        let n = betas.len();
+        let mut alphas_cumprod = Vec::with_capacity(n);
+        let mut acc = 1.0;
+        for b in &betas {
+            acc *= 1.0 - b;
+            alphas_cumprod.push(acc);
+        }
+        let prev = |i: usize| if i == 0 { 1.0 } else { alphas_cumprod[i - 1] };
+        let posterior_variance: Vec<f64> = (0..n)
+            .map(|i| betas[i] * (1.0 - prev(i)) / (1.0 - alphas_cumprod[i]))
+            .collect();
+        // log(append(posterior_variance[1], posterior_variance[1:])): the variance at t = 0 is 0.
+        let posterior_log_variance_clipped = (0..n)
+            .map(|i| posterior_variance[if i == 0 { 1.min(n - 1) } else { i }].ln())
+            .collect();
+        let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
+        Self {
+            sqrt_alphas_cumprod: map(&|i| alphas_cumprod[i].sqrt()),
+            sqrt_one_minus_alphas_cumprod: map(&|i| (1.0 - alphas_cumprod[i]).sqrt()),
+            sqrt_recip_alphas_cumprod: map(&|i| (1.0 / alphas_cumprod[i]).sqrt()),
+            sqrt_recipm1_alphas_cumprod: map(&|i| (1.0 / alphas_cumprod[i] - 1.0).sqrt()),
+            posterior_mean_coef1: map(&|i| betas[i] * prev(i).sqrt() / (1.0 - alphas_cumprod[i])),
+            posterior_mean_coef2: map(&|i| (1.0 - prev(i)) * (1.0 - betas[i]).sqrt() / (1.0 - alphas_cumprod[i])),
+            log_betas: map(&|i| betas[i].ln()),
+            posterior_log_variance_clipped,
+            alphas_cumprod,
+            betas,
+        }
+    }
+
+    /// Number of diffusion steps.
+    pub fn num_timesteps(&self) -> usize {
+        self.betas.len()
+    }
+
+    /// `coef[t_i]` per sample as a (b, 1, 1, 1) f32 tensor on `like`'s device.
+    fn gather(&self, coef: &[f64], t: &[usize], like: &Tensor) -> Result<Tensor> {
+        let mut v = Vec::with_capacity(t.len());
+        for &ti in t {
+            let c = coef
+                .get(ti)
+                .ok_or_else(|| Error::InvalidInput(format!("timestep {ti} out of range 0..{}", coef.len())))?;
+            v.push(*c as f32);
+        }
+        Ok(Tensor::from_vec(v, (t.len(), 1, 1, 1), like.device())?) // (b, 1, 1, 1)
+    }
+
+    /// The noised latents `x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε`. x0, noise: (b, c, h, w).
+    pub fn q_sample(&self, x0: &Tensor, t: &[usize], noise: &Tensor) -> Result<Tensor> {
+        let a = self.gather(&self.sqrt_alphas_cumprod, t, x0)?;
+        let s = self.gather(&self.sqrt_one_minus_alphas_cumprod, t, x0)?;
+        Ok((x0.broadcast_mul(&a)? + noise.broadcast_mul(&s)?)?)
+    }
+
+    /// The training losses for one batch: `model_output` (b, 2c, h, w) is the model's output
+    /// at `x_t` (from [`Self::q_sample`] with `noise`), `t` the timesteps.
+    pub fn training_losses(
+        &self,
+        model_output: &Tensor,
+        x0: &Tensor,
+        x_t: &Tensor,
+        noise: &Tensor,
+        t: &[usize],
+    ) -> Result<Losses> {
+        let (b, c2, h, w) = model_output.dims4()?;
+        let c = x0.dim(1)?;
+        if c2 != 2 * c || x0.dims4()? != (b, c, h, w) || t.len() != b {
+            return Err(Error::Shape(format!(
+                "training_losses: model output {:?} does not fit x0 {:?} and {} timesteps (learned sigma needs 2c channels)",
+                model_output.dims(),
+                x0.dims(),
+                t.len()
+            )));
+        }
+        let out = model_output.to_dtype(DType::F32)?;
+        let eps = out.narrow(1, 0, c)?;
+        let v = out.narrow(1, c, c)?;
+        let mse = mean_flat(&(noise - &eps)?.sqr()?)?;
+
+        // The variance term sees ε̂ through a stop-gradient.
+        let eps_frozen = eps.detach();
+        let min_log = self.gather(&self.posterior_log_variance_clipped, t, x0)?;
+        let max_log = self.gather(&self.log_betas, t, x0)?;
+        let frac = ((v + 1.0)? / 2.0)?;
+        let model_log_var = (frac.broadcast_mul(&max_log)? + (1.0 - &frac)?.broadcast_mul(&min_log)?)?;
+        let c1 = self.gather(&self.posterior_mean_coef1, t, x0)?;
+        let c2 = self.gather(&self.posterior_mean_coef2, t, x0)?;
+        let pred_x0 = (x_t.broadcast_mul(&self.gather(&self.sqrt_recip_alphas_cumprod, t, x0)?)?
+            - eps_frozen.broadcast_mul(&self.gather(&self.sqrt_recipm1_alphas_cumprod, t, x0)?)?)?;
+        let model_mean = (pred_x0.broadcast_mul(&c1)? + x_t.broadcast_mul(&c2)?)?;
+        let true_mean = (x0.broadcast_mul(&c1)? + x_t.broadcast_mul(&c2)?)?;
+
+        let ln2 = std::f64::consts::LN_2;
+        let kl = (mean_flat(&normal_kl(&true_mean, &min_log, &model_mean, &model_log_var)?)? / ln2)?;
+        let nll = (mean_flat(&discretized_gaussian_log_likelihood(
+            x0,
+            &model_mean,
+            &(model_log_var * 0.5)?,
+        )?)? * (-1.0 / ln2))?;
+        let is_t0: Vec<u8> = t.iter().map(|&ti| u8::from(ti == 0)).collect();
+        let is_t0 = Tensor::from_vec(is_t0, b, x0.device())?;
+        let vb = is_t0.where_cond(&nll, &kl)?;
+        Ok(Losses {
+            loss: (&mse + &vb)?,
+            mse,
+            vb,
+        })
+    }
+}
+
+/// Mean over every dim but the first: (b, ...) -> (b,).
+fn mean_flat(x: &Tensor) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    Ok(x.reshape((b, ()))?.mean(D::Minus1)?) // (b, rest) -> (b,)
+}
+
+/// KL(N(mean1, e^logvar1) ‖ N(mean2, e^logvar2)), element-wise; log-variances broadcast.
+fn normal_kl(mean1: &Tensor, logvar1: &Tensor, mean2: &Tensor, logvar2: &Tensor) -> Result<Tensor> {
+    let d = logvar2.broadcast_sub(logvar1)?; // logvar2 - logvar1
+    let e = (d.neg()?).exp()?; // exp(logvar1 - logvar2)
+    let sq = (mean1 - mean2)?.sqr()?.mul(&logvar2.neg()?.exp()?)?;
+    Ok((((d + e)? + sq)? - 1.0)?.affine(0.5, 0.0)?)
+}
+
+/// A fast approximation of the standard normal CDF (IDDPM `approx_standard_normal_cdf`).
+fn approx_standard_normal_cdf(x: &Tensor) -> Result<Tensor> {
+    let k = (2.0 / std::f64::consts::PI).sqrt();
+    let inner = ((x + (x.powf(3.0)? * 0.044715)?)? * k)?;
+    Ok(((inner.tanh()? + 1.0)? * 0.5)?)
+}
+
+/// Log-likelihood of `x` (data in [-1, 1], 256 bins) under a discretised Gaussian with
+/// `means` and `log_scales`, element-wise (IDDPM `discretized_gaussian_log_likelihood`).
+fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Result<Tensor> {
+    let centered = (x - means)?;
+    let inv_stdv = log_scales.neg()?.exp()?;
+    let cdf_plus = approx_standard_normal_cdf(&((&centered + 1.0 / 255.0)? * &inv_stdv)?)?;
+    let cdf_min = approx_standard_normal_cdf(&((&centered - 1.0 / 255.0)? * &inv_stdv)?)?;
+    let log_cdf_plus = cdf_plus.clamp(1e-12, f64::MAX)?.log()?;
+    let log_one_minus_cdf_min = (1.0 - &cdf_min)?.clamp(1e-12, f64::MAX)?.log()?;
+    let log_cdf_delta = (&cdf_plus - &cdf_min)?.clamp(1e-12, f64::MAX)?.log()?;
+    let low = x.lt(-0.999)?;
+    let high = x.gt(0.999)?;
+    let mid = high.where_cond(&log_one_minus_cdf_min, &log_cdf_delta)?;
+    Ok(low.where_cond(&log_cdf_plus, &mid)?)
+}
