@@ -117,7 +117,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     let opts = ComponentOptions {
         device: dev,
         dtype: dt,
-        kv_compress: None,
+        ..ComponentOptions::default()
     };
     let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
     let engine = Engine {
