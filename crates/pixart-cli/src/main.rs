@@ -38,6 +38,8 @@ enum Command {
     DemoData(commands::demo_data::DemoDataArgs),
     /// Evaluate a model (`pixart eval demo`: prompt adherence on the demo dataset).
     Eval(commands::eval::EvalArgs),
+    /// HTTP server: OpenAI images API, job queue with progress events, web page.
+    Serve(Box<commands::serve::ServeArgs>),
 }
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure while running
@@ -80,6 +82,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a),
         Command::DemoData(a) => commands::demo_data::run(a),
         Command::Eval(a) => commands::eval::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@
 //! - [`builtin`]: where the project's own built-in model lives.
 //! - [`image`]: [`RgbImage`] and its PNG encoding and decoding.
 //! - [`hub`]: hub ids (`owner/name`) fetched into and resolved in the standard HF cache.
+//! - [`image_file`]: PNG encoding with the generation parameters, the sampler's name.
 //! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
 //! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -19,6 +20,7 @@ pub mod builtin;
 pub mod components;
 pub mod hub;
 pub mod image;
+pub mod image_file;
 pub mod noise;
 pub mod pipeline;
 pub mod request;
@@ -27,6 +29,7 @@ pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
 pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
-pub use noise::{NoiseSource, SeededNoise};
+pub use image_file::{encode_png, parameters_text, sampler_name};
+pub use noise::{random_seed, NoiseSource, SeededNoise};
 pub use pipeline::{generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};

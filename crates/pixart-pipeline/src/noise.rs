@@ -4,6 +4,15 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
+/// A seed from the clock, for requests that give none (print or return it so the run can be
+/// repeated).
+pub fn random_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 /// A source of standard-normal noise, one stream per image of the batch.
 pub trait NoiseSource {
     /// `len` standard-normal values from the stream of image `image`.

@@ -6,10 +6,9 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
-    generate, ComponentOptions, ComponentPaths, DownloadProgress, Generated, GenerationRequest, HubConfig, OutputKind,
-    PipelineComponents, Progress, SeededNoise, VaeTiling,
+    generate, parameters_text, random_seed, sampler_name, ComponentOptions, ComponentPaths, DownloadProgress,
+    Generated, GenerationRequest, HubConfig, OutputKind, PipelineComponents, Progress, SeededNoise, VaeTiling,
 };
-use pixart_schedulers::SamplerKind;
 
 use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
 use crate::{Cancelled, UsageError};
@@ -261,12 +260,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         None => None,
     };
-    let seed = a.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-    });
+    let seed = a.seed.unwrap_or_else(random_seed);
 
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
 
@@ -306,10 +300,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let components = PipelineComponents::load_resolved(resolved, &opts).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let request = request.validate(&components.geometry()).map_err(usage)?;
-    let sampler_name = sampler
-        .or_else(|| components.scheduler_config.class().map(SamplerKind::of_class))
-        .map(|k| k.name().to_string())
-        .unwrap_or_default();
+    let sampler_name = sampler_name(&components, sampler);
     eprintln!(
         "{} image(s) of {}x{} (generated at {}x{}), {} steps, guidance {}, seed {seed}, sampler {sampler_name}",
         request.batch,
@@ -375,21 +366,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             eprintln!("wrote {}", output.display());
         }
         OutputKind::Image => {
+            let model_label = model.display().to_string();
             for (k, img) in out.images.iter().enumerate() {
-                let prompt = &request.prompts[k / request.images_per_prompt];
-                let params = format!(
-                    "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler_name}, CFG scale: {}, Seed: {}, \
-                     Size: {}x{}, Model: {}, Dtype: {}, Resolution binning: {}",
-                    request.negative_prompt,
-                    request.steps,
-                    request.guidance,
-                    seed.wrapping_add(k as u64),
-                    img.width,
-                    img.height,
-                    model.display(),
-                    a.dtype,
-                    request.resolution_binning
-                );
+                let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
                 let path = numbered(&output, k);
                 let bytes = img.to_png(Some(&params))?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod generate;
 pub mod init;
 pub mod run;
+pub mod serve;
 pub mod train;
 pub mod train_tokenizer;
 pub mod train_vae;

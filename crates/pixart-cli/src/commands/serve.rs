@@ -1,0 +1,159 @@
+//! `pixart serve`: the HTTP server (crates/pixart-server). Parsing and printing only.
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Args;
+use pixart_pipeline::{builtin_model_dir, ComponentOptions, ComponentPaths, PipelineComponents};
+use pixart_server::{Engine, Limits, Retention, ServeOptions};
+
+use super::{device, dtype};
+use crate::UsageError;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Routes: POST /v1/images/generations (OpenAI images API), POST /v1/jobs, \
+GET /v1/jobs/{id}, GET /v1/jobs/{id}/events, DELETE /v1/jobs/{id}, GET /health, GET /metrics, \
+GET /openapi.json, and the web page at /. SIGTERM or Ctrl-C: queued jobs are cancelled, the running \
+one gets --shutdown-grace seconds, then the server exits 0."
+)]
+pub struct ServeArgs {
+    /// A diffusers PixArt-Σ pipeline folder or a hub id in the HF cache. Default (or `builtin`):
+    /// the project's own small built-in model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Address to listen on (loopback by default; use 0.0.0.0 to serve the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Port (0: any free port, printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Jobs that may wait while one runs; more get 429 with Retry-After.
+    #[arg(long = "max-queue", default_value_t = 8)]
+    max_queue: usize,
+    /// Largest `n` (images per request).
+    #[arg(long = "max-n", default_value_t = 4)]
+    max_n: usize,
+    /// Largest image side in pixels.
+    #[arg(long = "max-side", default_value_t = 2048)]
+    max_side: usize,
+    /// Largest `steps`.
+    #[arg(long = "max-steps", default_value_t = 150)]
+    max_steps: usize,
+    /// Largest request body in bytes.
+    #[arg(long = "max-body-bytes", default_value_t = 65536)]
+    max_body_bytes: usize,
+    /// Finished jobs kept for GET /v1/jobs/{id} (oldest dropped first).
+    #[arg(long = "keep-jobs", default_value_t = 64)]
+    keep_jobs: usize,
+    /// Seconds a finished job is kept.
+    #[arg(long = "job-ttl", default_value_t = 900)]
+    job_ttl: u64,
+    /// Seconds the running job may go on after SIGTERM before it is cancelled.
+    #[arg(long = "shutdown-grace", default_value_t = 10.0, allow_negative_numbers = true)]
+    shutdown_grace: f64,
+    /// Transformer dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// How the model is named to clients and in PNG metadata: a folder's name or a hub id, never a
+/// path.
+fn model_name(spec: &Path) -> String {
+    if spec.exists() {
+        spec.canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into())
+    } else {
+        spec.to_string_lossy().into_owned()
+    }
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let dt = dtype(&a.dtype)?;
+    let dev = device(&a.device)?;
+    for (flag, v) in [
+        ("--max-queue", a.max_queue),
+        ("--max-n", a.max_n),
+        ("--max-steps", a.max_steps),
+    ] {
+        if v == 0 {
+            return Err(UsageError(format!("{flag} must be at least 1")).into());
+        }
+    }
+    if a.max_side < 64 {
+        return Err(UsageError(format!("--max-side {} is below 64", a.max_side)).into());
+    }
+    if a.max_body_bytes < 1024 {
+        return Err(UsageError(format!("--max-body-bytes {} is below 1024", a.max_body_bytes)).into());
+    }
+    if !a.shutdown_grace.is_finite() || a.shutdown_grace < 0.0 {
+        return Err(UsageError(format!(
+            "--shutdown-grace {} must be a number of seconds ≥ 0",
+            a.shutdown_grace
+        ))
+        .into());
+    }
+    let usage = |e: pixart_core::Error| -> anyhow::Error {
+        match e {
+            pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
+            other => other.into(),
+        }
+    };
+    let (model, name) = match &a.model {
+        Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => (m.clone(), model_name(m)),
+        _ => (builtin_model_dir().map_err(usage)?, "builtin".to_string()),
+    };
+    eprintln!("loading {}", model.display());
+    let paths = ComponentPaths {
+        model,
+        ..Default::default()
+    };
+    let opts = ComponentOptions {
+        device: dev,
+        dtype: dt,
+        ..ComponentOptions::default()
+    };
+    let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
+    let engine = Engine {
+        components,
+        model_name: name,
+        dtype_name: a.dtype.clone(),
+    };
+    let options = ServeOptions {
+        addr: SocketAddr::new(a.host, a.port),
+        limits: Limits {
+            max_queue: a.max_queue,
+            max_n: a.max_n,
+            max_side: a.max_side,
+            max_steps: a.max_steps,
+            max_body_bytes: a.max_body_bytes,
+            ..Limits::default()
+        },
+        retention: Retention {
+            keep_jobs: a.keep_jobs,
+            ttl: Duration::from_secs(a.job_ttl),
+        },
+        shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+    };
+    if !a.host.is_loopback() {
+        eprintln!(
+            "warning: serving on {} (not the loopback): anyone who can reach it can queue jobs; there is no authentication",
+            a.host
+        );
+    }
+    let summary = pixart_server::serve(options, engine, |addr| {
+        // Tests and scripts read this line for the port.
+        eprintln!("listening on http://{addr}");
+    })?;
+    eprintln!(
+        "stopped: {} job(s) succeeded, {} failed, {} cancelled, {} refused (queue full)",
+        summary.succeeded, summary.failed, summary.cancelled, summary.rejected
+    );
+    Ok(())
+}

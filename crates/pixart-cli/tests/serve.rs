@@ -1,0 +1,593 @@
+//! `pixart serve` end to end: a real server process on the tiny golden pipeline
+//! (fixtures/golden/pipeline), driven over HTTP on 127.0.0.1.
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{client, pipeline, slow_job, Server, TIMEOUT};
+use serde_json::{json, Value};
+
+struct Png {
+    width: u32,
+    height: u32,
+    pixels: Vec<u8>,
+    parameters: String,
+}
+
+fn decode_png(bytes: &[u8]) -> Png {
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+    let info = reader.info();
+    let parameters = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .unwrap_or_default();
+    let (width, height) = (info.width, info.height);
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut pixels).unwrap();
+    pixels.truncate(frame.buffer_size());
+    Png {
+        width,
+        height,
+        pixels,
+        parameters,
+    }
+}
+
+fn b64(s: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.as_str().unwrap())
+        .unwrap()
+}
+
+/// The error object of a JSON error response, after checking that it names no file.
+fn error_of(r: &client::Response) -> Value {
+    let text = r.text();
+    let root = pipeline();
+    assert!(!text.contains(root.to_str().unwrap()), "path leaked: {text}");
+    assert!(
+        !text.contains("fixtures") && !text.contains("/work") && !text.contains("/tmp"),
+        "path leaked: {text}"
+    );
+    assert_eq!(r.header("content-type"), Some("application/json"), "{text}");
+    let e = r.json()["error"].clone();
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+    e
+}
+
+#[test]
+fn openai_route_matches_pixart_generate() {
+    let s = Server::start(&[]);
+    let r = s.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a red fox", "n": 2, "size": "320x192", "steps": 3, "seed": 11,
+                "guidance_scale": 4.5, "negative_prompt": "blurry", "response_format": "b64_json", "model": "pixart"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    // The same request through `pixart generate` gives the same pixels.
+    let dir = std::env::temp_dir().join(format!("pixart-serve-cmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("fox.png");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pixart"))
+        .args(["generate", "--model"])
+        .arg(pipeline())
+        .args([
+            "-p",
+            "a red fox",
+            "-n",
+            "blurry",
+            "--width",
+            "320",
+            "--height",
+            "192",
+            "--steps",
+            "3",
+        ])
+        .args(["--seed", "11", "--guidance", "4.5", "--batch", "2", "-o"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (k, item) in data.iter().enumerate() {
+        assert_eq!(item["seed"], 11 + k as u64);
+        let got = decode_png(&b64(&item["b64_json"]));
+        assert_eq!((got.width, got.height), (320, 192));
+        let want = decode_png(
+            &std::fs::read(if k == 0 {
+                out.clone()
+            } else {
+                dir.join(format!("fox-{k}.png"))
+            })
+            .unwrap(),
+        );
+        assert_eq!(got.pixels, want.pixels, "image {k} differs from pixart generate");
+        assert!(
+            got.parameters
+                .starts_with("a red fox\nNegative prompt: blurry\nSteps: 3, Sampler: dpm++"),
+            "{}",
+            got.parameters
+        );
+        assert!(
+            got.parameters.contains(&format!("Seed: {}", 11 + k)),
+            "{}",
+            got.parameters
+        );
+        // The model is named, never by its path.
+        assert!(got.parameters.contains("Model: pipeline,"), "{}", got.parameters);
+        assert!(!got.parameters.contains('/'), "{}", got.parameters);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn job_api_progress_events_result_and_delete() {
+    let s = Server::start(&[]);
+    let r = s.post(
+        "/v1/jobs",
+        &json!({"prompt": "a boat", "steps": 5, "seed": 3, "scheduler": "ddim"}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let job = r.json();
+    let id = job["id"].as_str().unwrap().to_string();
+    assert_eq!(r.header("location"), Some(format!("/v1/jobs/{id}").as_str()));
+    assert!(
+        ["queued", "running"].contains(&job["status"].as_str().unwrap()),
+        "{job}"
+    );
+    assert_eq!(
+        (job["total_steps"].as_u64(), job["size"].as_str()),
+        (Some(5), Some("256x256"))
+    );
+
+    let mut events = s.events(&id);
+    assert_eq!(events.status, 200);
+    let mut steps = Vec::new();
+    let done = loop {
+        let ev = events.next_event().unwrap().expect("stream ended before `done`");
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        match ev.event.as_str() {
+            "progress" => steps.push(v["step"].as_u64().unwrap()),
+            "done" => break v,
+            other => panic!("unexpected event {other}"),
+        }
+    };
+    assert!(events.next_event().unwrap().is_none(), "the stream ends after `done`");
+    assert!(steps.windows(2).all(|w| w[0] <= w[1]), "{steps:?}");
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        (done["step"].as_u64(), done["total_steps"].as_u64()),
+        (Some(5), Some(5))
+    );
+    let url = done["result"]["images"][0]["url"].as_str().unwrap().to_string();
+    assert!(done["result"]["images"][0].get("b64_json").is_none());
+
+    // Poll: the same job, with the image inline; the PNG route serves the same bytes.
+    let got = s.get(&format!("/v1/jobs/{id}")).json();
+    assert_eq!(got["status"], "succeeded");
+    let inline = b64(&got["result"]["images"][0]["b64_json"]);
+    let png = s.get(&url);
+    assert_eq!((png.status, png.header("content-type")), (200, Some("image/png")));
+    assert_eq!(png.body, inline);
+    assert!(decode_png(&png.body).parameters.contains("Sampler: ddim"));
+    assert_eq!(
+        error_of(&s.get(&format!("/v1/jobs/{id}/images/1")))
+            .get("code")
+            .unwrap(),
+        "not_found"
+    );
+    // The list holds it; a finished job is forgotten by DELETE.
+    let list = s.get("/v1/jobs").json();
+    assert!(list["data"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()));
+    let del = s.delete(&format!("/v1/jobs/{id}"));
+    assert_eq!((del.status, del.json()["deleted"].as_bool()), (200, Some(true)));
+    let gone = s.get(&format!("/v1/jobs/{id}"));
+    assert_eq!(gone.status, 404);
+    error_of(&gone);
+    // An event stream of a finished job (or of an unknown one) does not hang.
+    assert_eq!(s.get("/v1/jobs/job-0000000000000000/events").status, 404);
+}
+
+#[test]
+fn cancel_stops_a_running_job_between_steps() {
+    let s = Server::start(&["--max-steps", "1000"]);
+    let job = s.post("/v1/jobs", &slow_job()).json();
+    let id = job["id"].as_str().unwrap().to_string();
+    let mut events = s.events(&id);
+    s.wait_running(&id);
+    let t = Instant::now();
+    let r = s.delete(&format!("/v1/jobs/{id}"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["cancel_requested"], true);
+    let done = loop {
+        let ev = events.next_event().unwrap().expect("stream ended before `done`");
+        if ev.event == "done" {
+            break serde_json::from_str::<Value>(&ev.data).unwrap();
+        }
+    };
+    assert!(t.elapsed() < Duration::from_secs(5), "cancel took {:?}", t.elapsed());
+    assert_eq!(done["status"], "cancelled", "{done}");
+    let step = done["step"].as_u64().unwrap();
+    assert!((1..1000).contains(&step), "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("after {step} of 1000 steps")),
+        "{done}"
+    );
+    assert_eq!(s.metric("pixart_jobs_total{status=\"cancelled\"}"), 1.0);
+    assert_eq!(s.metric("pixart_jobs_running"), 0.0);
+}
+
+#[test]
+fn a_full_queue_answers_429_with_retry_after() {
+    let s = Server::start(&["--max-queue", "2", "--max-steps", "1000"]);
+    let running = s.post("/v1/jobs", &slow_job()).json();
+    let rid = running["id"].as_str().unwrap().to_string();
+    s.wait_running(&rid);
+    let mut queued = Vec::new();
+    for _ in 0..2 {
+        let r = s.post("/v1/jobs", &slow_job());
+        assert_eq!(r.status, 202, "{}", r.text());
+        let j = r.json();
+        assert_eq!(j["status"], "queued");
+        queued.push(j["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(s.get(&format!("/v1/jobs/{}", queued[1])).json()["queue_position"], 1);
+    // Many more, at once: every one is refused; nothing crashes, the queue does not grow.
+    let addr = s.addr;
+    let handles: Vec<_> = (0..16)
+        .map(|k| {
+            std::thread::spawn(move || {
+                let path = if k % 2 == 0 {
+                    "/v1/jobs"
+                } else {
+                    "/v1/images/generations"
+                };
+                client::request(addr, "POST", path, Some(slow_job().to_string().as_bytes()), TIMEOUT).unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        let r = h.join().unwrap();
+        assert_eq!(r.status, 429, "{}", r.text());
+        let retry: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+        assert!(retry >= 1);
+        let e = error_of(&r);
+        assert_eq!(
+            (e["type"].as_str(), e["code"].as_str()),
+            (Some("rate_limit_error"), Some("queue_full"))
+        );
+    }
+    assert_eq!(s.metric("pixart_queue_length"), 2.0);
+    assert_eq!(s.metric("pixart_jobs_rejected_total{reason=\"queue_full\"}"), 16.0);
+    let health = s.get("/health").json();
+    assert_eq!(
+        (health["status"].as_str(), health["queue_length"].as_u64()),
+        (Some("ok"), Some(2))
+    );
+    // A queued job is cancelled at once; then there is room again.
+    let r = s.delete(&format!("/v1/jobs/{}", queued[0]));
+    assert_eq!((r.status, r.json()["status"].as_str()), (202, Some("cancelled")));
+    assert_eq!(s.post("/v1/jobs", &slow_job()).status, 202);
+    for id in s.get("/v1/jobs").json()["data"].as_array().unwrap() {
+        s.delete(&format!("/v1/jobs/{}", id["id"].as_str().unwrap()));
+    }
+    s.wait_until(10, "the queue to drain", || {
+        s.metric("pixart_queue_length") == 0.0 && s.metric("pixart_jobs_running") == 0.0
+    });
+}
+
+#[test]
+fn bad_requests_get_json_errors_naming_the_field() {
+    let s = Server::start(&[]);
+    let cases: &[(&[u8], u16, &str)] = &[
+        (br#"{"prompt": "a cat", "steps": }"#, 400, "body"),
+        (br#"["a cat"]"#, 400, "body"),
+        (br#"{"prompt": "a cat", "strength": 0.5}"#, 400, "strength"),
+        (br#"{"prompt": "a cat", "size": "100000x64"}"#, 422, "size"),
+        (br#"{"prompt": "a cat", "size": "32x32"}"#, 422, "size"),
+        (br#"{"prompt": "a cat", "size": "square"}"#, 422, "size"),
+        (br#"{"prompt": "a cat", "n": 50}"#, 422, "n"),
+        (br#"{"prompt": "a cat", "steps": 0}"#, 422, "steps"),
+        (br#"{"prompt": "a cat", "steps": "ten"}"#, 422, "steps"),
+        (br#"{"prompt": "a cat", "guidance_scale": 1e400}"#, 400, "body"),
+        (br#"{"prompt": "a cat", "scheduler": "lms"}"#, 422, "scheduler"),
+        (
+            br#"{"prompt": "a cat", "response_format": "url"}"#,
+            422,
+            "response_format",
+        ),
+        (br#"{"steps": 4}"#, 422, "prompt"),
+    ];
+    for path in ["/v1/images/generations", "/v1/jobs"] {
+        for (body, status, field) in cases {
+            let r = s.post_raw(path, body);
+            let what = String::from_utf8_lossy(body);
+            assert_eq!(r.status, *status, "{path} {what}: {}", r.text());
+            let e = error_of(&r);
+            assert_eq!(e["param"], *field, "{path} {what}: {}", r.text());
+            assert_eq!(e["type"], "invalid_request_error");
+        }
+        // Over the body limit (64 KiB by default).
+        let big = json!({"prompt": "a".repeat(100_000)}).to_string();
+        let r = s.post_raw(path, big.as_bytes());
+        assert_eq!(r.status, 413, "{}", r.text());
+        assert_eq!(error_of(&r)["param"], "body");
+        // Not JSON.
+        let raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+        );
+        let r = client::send_raw(s.addr, raw.as_bytes(), TIMEOUT).unwrap();
+        assert_eq!(r.status, 415, "{}", r.text());
+        assert_eq!(error_of(&r)["param"], "content-type");
+    }
+    let r = s.get("/v1/nothing");
+    assert_eq!(r.status, 404);
+    error_of(&r);
+    let r = s.delete("/v1/images/generations");
+    assert_eq!(r.status, 405);
+    error_of(&r);
+    let r = s.get("/v1/jobs/job-does-not-exist");
+    assert_eq!(r.status, 404);
+    error_of(&r);
+    // Nothing was queued by any of it.
+    assert_eq!(s.metric("pixart_jobs_kept"), 0.0);
+    assert_eq!(s.get("/health").status, 200);
+}
+
+#[test]
+fn a_failing_generation_reports_no_paths() {
+    // A copy of the pipeline whose T5 weights vanish after start-up (the encoder is read per
+    // generation): the failure is logged with its path, the client sees a generic 500.
+    let dir = std::env::temp_dir().join(format!("pixart-serve-broken-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&pipeline(), &dir);
+    let s = Server::start_with_model(&dir, &[]);
+    std::fs::remove_file(dir.join("text_encoder/model.safetensors")).unwrap();
+    let r = s.post("/v1/images/generations", &json!({"prompt": "a cat", "steps": 2}));
+    assert_eq!(r.status, 500, "{}", r.text());
+    let e = error_of(&r);
+    assert_eq!(e["code"], "generation_failed");
+    assert!(!r.text().contains(dir.to_str().unwrap()));
+    let job = s.post("/v1/jobs", &json!({"prompt": "a cat", "steps": 2})).json();
+    let id = job["id"].as_str().unwrap();
+    s.wait_until(20, "the job to fail", || {
+        s.get(&format!("/v1/jobs/{id}")).json()["status"] == "failed"
+    });
+    let text = s.get(&format!("/v1/jobs/{id}")).text();
+    assert!(
+        !text.contains(dir.to_str().unwrap()) && !text.contains("safetensors"),
+        "{text}"
+    );
+    assert!(s.log().contains("generation failed"), "{}", s.log());
+    assert_eq!(s.metric("pixart_jobs_total{status=\"failed\"}"), 2.0);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Sends a slow OpenAI request and returns its connection, unread.
+fn send_without_reading(s: &Server) -> std::net::TcpStream {
+    let mut conn = client::connect(s.addr, TIMEOUT).unwrap();
+    let body = slow_job().to_string();
+    let bytes = client::request_bytes(s.addr, "POST", "/v1/images/generations", Some(body.as_bytes()));
+    conn.write_all(&bytes).unwrap();
+    conn
+}
+
+#[test]
+fn a_disconnecting_client_does_not_leak_its_job() {
+    let s = Server::start(&["--max-steps", "1000", "--max-queue", "1"]);
+    // 1. A waiting OpenAI request whose client goes away while its job runs.
+    let conn = send_without_reading(&s);
+    s.wait_until(30, "the job to run", || s.metric("pixart_jobs_running") == 1.0);
+    drop(conn);
+    s.wait_until(10, "the job to be dropped", || {
+        s.metric("pixart_jobs_running") == 0.0 && s.metric("pixart_jobs_kept") == 0.0
+    });
+    assert_eq!(s.metric("pixart_jobs_total{status=\"cancelled\"}"), 1.0);
+    // 2. One whose client goes away while its job is queued behind another.
+    let first = s.post("/v1/jobs", &slow_job()).json();
+    let first = first["id"].as_str().unwrap().to_string();
+    s.wait_running(&first);
+    let conn = send_without_reading(&s);
+    s.wait_until(10, "the request to queue", || s.metric("pixart_queue_length") == 1.0);
+    drop(conn);
+    s.wait_until(10, "the queued job to go", || {
+        s.metric("pixart_queue_length") == 0.0 && s.metric("pixart_jobs_kept") == 1.0
+    });
+    // The queue has room again, and the first job is untouched.
+    assert_eq!(s.get(&format!("/v1/jobs/{first}")).json()["status"], "running");
+    // 3. An event-stream client that goes away leaves the job running.
+    drop(s.events(&first));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.get(&format!("/v1/jobs/{first}")).json()["status"], "running");
+    s.delete(&format!("/v1/jobs/{first}"));
+    s.wait_until(10, "the job to stop", || s.metric("pixart_jobs_running") == 0.0);
+}
+
+#[test]
+fn sigterm_finishes_the_running_job_cancels_the_queue_and_exits_0() {
+    let mut s = Server::start(&["--shutdown-grace", "60"]);
+    let a = s
+        .post("/v1/jobs", &json!({"prompt": "a", "steps": 150, "seed": 1}))
+        .json();
+    let a = a["id"].as_str().unwrap().to_string();
+    let b = s
+        .post("/v1/jobs", &json!({"prompt": "b", "steps": 150, "seed": 2}))
+        .json();
+    let b = b["id"].as_str().unwrap().to_string();
+    let mut ev_a = s.events(&a);
+    let mut ev_b = s.events(&b);
+    s.wait_running(&a);
+    s.sigterm();
+    let last = |ev: &mut client::Events| loop {
+        let e = ev.next_event().unwrap().expect("stream ended before `done`");
+        if e.event == "done" {
+            break serde_json::from_str::<Value>(&e.data).unwrap();
+        }
+    };
+    let done_b = last(&mut ev_b);
+    assert_eq!(done_b["status"], "cancelled", "{done_b}");
+    let done_a = last(&mut ev_a);
+    assert_eq!(done_a["status"], "succeeded", "{done_a}");
+    assert_eq!(done_a["step"], 150);
+    let st = s.wait_exit(30);
+    assert!(st.success(), "{st:?}\n{}", s.log());
+    let log = s.log();
+    assert!(log.contains("SIGTERM: shutting down"), "{log}");
+    assert!(
+        log.contains("stopped: 1 job(s) succeeded, 0 failed, 1 cancelled"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sigterm_with_no_grace_cancels_the_running_job() {
+    let mut s = Server::start(&["--shutdown-grace", "0", "--max-steps", "1000"]);
+    let addr = s.addr;
+    // A client waiting on the OpenAI route gets 503 when its job is cancelled by the shutdown.
+    let waiting = std::thread::spawn(move || {
+        client::request(
+            addr,
+            "POST",
+            "/v1/images/generations",
+            Some(slow_job().to_string().as_bytes()),
+            TIMEOUT,
+        )
+        .unwrap()
+    });
+    s.wait_until(30, "the job to run", || s.metric("pixart_jobs_running") == 1.0);
+    let t = Instant::now();
+    s.sigterm();
+    let r = waiting.join().unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(error_of(&r)["code"], "shutting_down");
+    let st = s.wait_exit(20);
+    assert!(st.success(), "{st:?}\n{}", s.log());
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(s.log().contains("cancelled after"), "{}", s.log());
+}
+
+#[test]
+fn health_metrics_openapi_and_page() {
+    let s = Server::start(&["--max-queue", "3"]);
+    let h = s.get("/health");
+    assert_eq!(h.status, 200);
+    let h = h.json();
+    assert_eq!(
+        (
+            h["status"].as_str(),
+            h["model"].as_str(),
+            h["default_size"].as_str(),
+            h["max_queue"].as_u64()
+        ),
+        (Some("ok"), Some("pipeline"), Some("256x256"), Some(3))
+    );
+    assert_eq!(h["defaults"]["scheduler"], "dpm++");
+    let r = s.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a cat", "steps": 4, "seed": 1}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = s.get("/metrics");
+    assert_eq!(
+        m.header("content-type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = m.text();
+    for name in [
+        "pixart_queue_length",
+        "pixart_jobs_running",
+        "pixart_jobs_total",
+        "pixart_step_seconds_mean",
+        "pixart_steps_total",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing:\n{text}");
+    }
+    assert_eq!(s.metric("pixart_jobs_total{status=\"succeeded\"}"), 1.0);
+    assert_eq!(s.metric("pixart_steps_total"), 4.0);
+    assert_eq!(s.metric("pixart_images_total"), 1.0);
+    let mean = s.metric("pixart_step_seconds_mean");
+    assert!(mean > 0.0 && mean < 10.0, "{mean}");
+    // The OpenAI job was not kept.
+    assert_eq!(s.metric("pixart_jobs_kept"), 0.0);
+
+    let doc = s.get("/openapi.json").json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/v1/images/generations"]["post"].is_object());
+
+    let page = s.get("/");
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/style.css", "text/css"),
+    ] {
+        let r = s.get(path);
+        assert_eq!(r.status, 200);
+        assert!(r.header("content-type").unwrap().starts_with(kind));
+        // Everything is served from the binary: no external scripts, styles or fonts.
+        let t = r.text();
+        assert!(
+            !t.contains("http://") && !t.contains("https://"),
+            "{path} refers outside"
+        );
+    }
+    assert!(page.text().contains(r#"<script src="/app.js""#));
+}
+
+#[test]
+fn usage_errors_exit_2_before_serving() {
+    let run = |args: &[&str], builtin: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_pixart"));
+        c.arg("serve").args(args);
+        if let Some(b) = builtin {
+            c.env("PIXART_BUILTIN", b);
+        }
+        c.output().unwrap()
+    };
+    let model = pipeline();
+    let m = model.to_str().unwrap();
+    for (args, builtin, needle) in [
+        (
+            vec!["--model", m, "--max-queue", "0"],
+            None,
+            "--max-queue must be at least 1",
+        ),
+        (vec!["--model", m, "--shutdown-grace", "-1"], None, "--shutdown-grace"),
+        (
+            vec!["--model", "/nonexistent/pixart-model"],
+            None,
+            "/nonexistent/pixart-model",
+        ),
+        // No --model and no built-in model: the message says what to do.
+        (vec![], Some("/nonexistent/builtin"), "pass --model"),
+    ] {
+        let o = run(&args, builtin);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
+}

@@ -1,0 +1,283 @@
+//! The web page of `pixart serve` driven end to end in headless Chromium (Debian's `chromium`
+//! package, installed by tools/ci/install-chromium.sh), over the DevTools protocol: fill the
+//! form, generate, follow the live progress, see the image and the gallery, a server-side
+//! validation error, cancel, and a reload that restores the gallery. A screenshot of the page
+//! is written to `$CARGO_TARGET_TMPDIR/serve-page.png`.
+//!
+//! When Chromium is missing the test runs the install script; only when that fails too does it
+//! skip, with a banner on stderr.
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{client, Server, TIMEOUT};
+use serde_json::{json, Value};
+use tungstenite::{Message, WebSocket};
+
+fn find_on_path(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .flat_map(|d| names.iter().map(move |n| d.join(n)))
+        .find(|p| p.is_file())
+}
+
+/// Chromium, installed by the project's script when missing.
+fn chromium() -> Option<PathBuf> {
+    const NAMES: [&str; 2] = ["chromium", "chromium-browser"];
+    if let Some(p) = find_on_path(&NAMES) {
+        return Some(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/ci/install-chromium.sh");
+    eprintln!("chromium not found; running {}", script.display());
+    let ok = Command::new("bash").arg(&script).status().is_ok_and(|s| s.success());
+    let found = find_on_path(&NAMES);
+    if !ok || found.is_none() {
+        eprintln!(
+            "\n{bar}\n!! SKIPPED serve_browser: chromium is not installed and tools/ci/install-chromium.sh \
+             could not install it.\n!! The web page of `pixart serve` was NOT tested in a browser.\n{bar}\n",
+            bar = "!".repeat(100)
+        );
+    }
+    found
+}
+
+struct Browser {
+    child: Child,
+    profile: PathBuf,
+    ws: WebSocket<TcpStream>,
+    next_id: u64,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+impl Browser {
+    /// Starts headless Chromium on `url` and attaches to the page.
+    fn open(exe: &Path, url: &str) -> Self {
+        let profile = std::env::temp_dir().join(format!("pixart-chromium-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--window-size=1200,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(url);
+        let (child, rx) = common::spawn_watching(&mut cmd, "DevTools listening on ws://", None);
+        let host = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("chromium did not print its DevTools address");
+        let devtools: SocketAddr = host.split('/').next().unwrap().parse().unwrap();
+        // The page target (opened on `url`) and its WebSocket.
+        let end = Instant::now() + Duration::from_secs(30);
+        let ws_url = loop {
+            let list = client::request(devtools, "GET", "/json/list", None, TIMEOUT)
+                .unwrap()
+                .json();
+            let page = list.as_array().and_then(|l| {
+                l.iter()
+                    .find(|t| t["type"] == "page" && t["url"].as_str().is_some_and(|u| u.starts_with(url)))
+                    .cloned()
+            });
+            if let Some(p) = page {
+                break p["webSocketDebuggerUrl"].as_str().unwrap().to_string();
+            }
+            assert!(Instant::now() < end, "no page target for {url}: {list}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let stream = TcpStream::connect(devtools).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let (ws, _) = tungstenite::client(ws_url.as_str(), stream).unwrap();
+        Self {
+            child,
+            profile,
+            ws,
+            next_id: 1,
+        }
+    }
+
+    /// A DevTools command; returns its `result`.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        self.ws.send(Message::text(msg)).unwrap();
+        loop {
+            let m = self.ws.read().unwrap();
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(t.as_str()).unwrap();
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `js` in the page (promises awaited); returns its value.
+    fn eval(&mut self, js: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({"expression": js, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(r.get("exceptionDetails").is_none(), "{js}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `js` until it returns true.
+    fn wait_for(&mut self, js: &str, secs: u64, what: &str) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if self.eval(js) == json!(true) {
+                return;
+            }
+            if Instant::now() > end {
+                let state = self.eval("JSON.stringify({state: document.body && document.body.dataset.state, status: document.getElementById('status') && document.getElementById('status').textContent, error: document.getElementById('error') && document.getElementById('error').textContent})");
+                panic!("timed out waiting for {what}: {state}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn state(&mut self) -> String {
+        self.eval("document.body.dataset.state")
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+fn set_fields(b: &mut Browser, fields: &[(&str, &str)]) {
+    for (id, v) in fields {
+        b.eval(&format!(
+            "document.getElementById({}).value = {}; true",
+            json!(id),
+            json!(v)
+        ));
+    }
+}
+
+#[test]
+fn the_web_page_generates_in_headless_chromium() {
+    let Some(exe) = chromium() else { return };
+    let server = Server::start(&["--max-steps", "1000"]);
+    let url = format!("http://{}/", server.addr);
+    let mut b = Browser::open(&exe, &url);
+    b.wait_for(
+        "document.body && document.body.dataset.state === 'idle'",
+        30,
+        "the page to load",
+    );
+    assert_eq!(b.eval("document.getElementById('width').value"), "256");
+    assert_eq!(
+        b.eval("document.getElementById('model').textContent"),
+        "model: pipeline"
+    );
+
+    // 1. Generate: the progress bar follows the events, then the image and the gallery show.
+    set_fields(
+        &mut b,
+        &[
+            ("prompt", "a lighthouse at dusk"),
+            ("negative", "blurry"),
+            ("width", "320"),
+            ("height", "192"),
+            ("steps", "6"),
+            ("guidance", "4.5"),
+            ("seed", "42"),
+        ],
+    );
+    b.eval("document.getElementById('generate').click(); true");
+    b.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state)",
+        60,
+        "the generation",
+    );
+    assert_eq!(
+        b.state(),
+        "done",
+        "{}",
+        b.eval("document.getElementById('error').textContent")
+    );
+    let p = b.eval("[document.getElementById('progress').value, document.getElementById('progress').max]");
+    assert_eq!(p, json!([6, 6]));
+    b.wait_for(
+        "(() => { const i = document.getElementById('result'); return !i.hidden && i.complete && i.naturalWidth > 0; })()",
+        20,
+        "the image to load",
+    );
+    let size =
+        b.eval("[document.getElementById('result').naturalWidth, document.getElementById('result').naturalHeight]");
+    assert_eq!(size, json!([320, 192]));
+    assert_eq!(b.eval("document.querySelectorAll('#gallery img').length"), 1);
+    let status = b.eval("document.getElementById('status').textContent");
+    assert!(status.as_str().unwrap().starts_with("done in"), "{status}");
+    // The page's job is the one the server ran, with the form's values.
+    let id = b.eval("document.body.dataset.job");
+    let job = server.get(&format!("/v1/jobs/{}", id.as_str().unwrap())).json();
+    assert_eq!(
+        (
+            job["status"].as_str(),
+            job["size"].as_str(),
+            job["steps"].as_u64(),
+            job["seed"].as_u64()
+        ),
+        (Some("succeeded"), Some("320x192"), Some(6), Some(42))
+    );
+    assert_eq!(job["negative_prompt"], "blurry");
+    let shot = b.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let shot_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
+    std::fs::write(&shot_path, png).unwrap();
+    eprintln!("screenshot: {}", shot_path.display());
+
+    // 2. A request the server refuses: its message, naming the field, is shown.
+    set_fields(&mut b, &[("steps", "0")]);
+    // (dispatchEvent skips the browser's own form validation, so the server's is tested.)
+    b.eval("document.getElementById('form').dispatchEvent(new Event('submit', {cancelable: true})); true");
+    b.wait_for("document.body.dataset.state === 'error'", 20, "the error");
+    let err = b.eval("document.getElementById('error').textContent");
+    assert!(err.as_str().unwrap().contains("(steps)"), "{err}");
+
+    // 3. Cancel a long job from the page.
+    set_fields(&mut b, &[("steps", "1000"), ("width", "256"), ("height", "256")]);
+    b.eval("document.getElementById('generate').click(); true");
+    b.wait_for("document.getElementById('progress').value >= 1", 30, "progress");
+    b.eval("document.getElementById('cancel').click(); true");
+    b.wait_for("document.body.dataset.state === 'cancelled'", 20, "the cancel");
+    let status = b.eval("document.getElementById('status').textContent");
+    assert!(status.as_str().unwrap().contains("cancelled after"), "{status}");
+    assert_eq!(server.metric("pixart_jobs_running"), 0.0);
+
+    // 4. A reload shows this run's finished images again.
+    b.eval("location.reload(); true");
+    std::thread::sleep(Duration::from_millis(200));
+    b.wait_for(
+        "document.body && document.body.dataset.state === 'idle'",
+        30,
+        "the reload",
+    );
+    b.wait_for(
+        "document.querySelectorAll('#gallery img').length === 1",
+        10,
+        "the gallery",
+    );
+}

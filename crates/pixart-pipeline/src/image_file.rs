@@ -1,0 +1,85 @@
+//! Writing results: PNG encoding with the generation parameters in a `parameters` text chunk
+//! (the convention of the AUTOMATIC1111 / ComfyUI tools), shared by `pixart generate` and
+//! `pixart serve`.
+use pixart_core::Result;
+use pixart_schedulers::SamplerKind;
+
+use crate::components::PipelineComponents;
+use crate::image::RgbImage;
+use crate::request::ValidatedRequest;
+
+/// The sampler a request runs with: the requested one, else the one `scheduler_config.json`
+/// names; its CLI name (`dpm++`, ...), or an empty string when the config names none we know.
+pub fn sampler_name(components: &PipelineComponents, requested: Option<SamplerKind>) -> String {
+    requested
+        .or_else(|| components.scheduler_config.class().map(SamplerKind::of_class))
+        .map(|k| k.name().to_string())
+        .unwrap_or_default()
+}
+
+/// The `parameters` text of image `k` of `request` (prompt, negative prompt, then one line of
+/// settings). `model` is how the model is named in the file (the server passes a bare name, never
+/// a path).
+pub fn parameters_text(
+    request: &ValidatedRequest,
+    k: usize,
+    image: &RgbImage,
+    sampler: &str,
+    model: &str,
+    dtype: &str,
+) -> String {
+    let r = request;
+    let prompt = r
+        .prompts
+        .get(k / r.images_per_prompt.max(1))
+        .map(String::as_str)
+        .unwrap_or_default();
+    format!(
+        "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, \
+         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}",
+        r.negative_prompt,
+        r.steps,
+        r.guidance,
+        r.seed.wrapping_add(k as u64),
+        image.width,
+        image.height,
+        r.resolution_binning
+    )
+}
+
+/// An 8-bit RGB PNG of `image` with `parameters` in a `tEXt` chunk (`iTXt` when it has
+/// characters outside Latin-1).
+pub fn encode_png(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
+    image.to_png(Some(parameters))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn png_round_trip_keeps_pixels_and_parameters() {
+        let image = RgbImage {
+            width: 3,
+            height: 2,
+            data: (0..18).map(|v| (v * 14) as u8).collect(),
+        };
+        for text in ["a cat\nSteps: 4", "ein Kätzchen, 猫"] {
+            let bytes = encode_png(&image, text).unwrap();
+            let dec = png::Decoder::new(std::io::Cursor::new(&bytes));
+            let mut reader = dec.read_info().unwrap();
+            let info = reader.info();
+            let got: Vec<String> = info
+                .uncompressed_latin1_text
+                .iter()
+                .map(|c| c.text.clone())
+                .chain(info.utf8_text.iter().map(|c| c.get_text().unwrap()))
+                .collect();
+            assert_eq!(got, vec![text.to_string()]);
+            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+            let frame = reader.next_frame(&mut buf).unwrap();
+            assert_eq!((frame.width, frame.height), (3, 2));
+            assert_eq!(&buf[..frame.buffer_size()], image.data.as_slice());
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The request body of `POST /v1/images/generations` and `POST /v1/jobs`, and every check on it.
+//!
+//! The fields are OpenAI's images API (`prompt`, `n`, `size` "WxH", `response_format`; `model`
+//! and `user` are accepted and ignored, as OpenAI clients send them) plus ours
+//! (`negative_prompt`, `steps`, `guidance_scale`, `seed`, `scheduler`). Parsing goes in three
+//! stages so that every error names its field: JSON syntax (400), unknown fields (400), then
+//! types and ranges (422).
+use axum::http::{header, HeaderMap};
+use pixart_pipeline::{random_seed, GenerationRequest, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest};
+use pixart_schedulers::SamplerKind;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+
+/// Server-side limits on requests.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Jobs that may wait in the queue (the running one not counted).
+    pub max_queue: usize,
+    /// Largest `n`.
+    pub max_n: usize,
+    /// Largest image side in pixels.
+    pub max_side: usize,
+    /// Smallest image side in pixels.
+    pub min_side: usize,
+    /// Largest `steps`.
+    pub max_steps: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Longest prompt / negative prompt in characters.
+    pub max_prompt_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queue: 8,
+            max_n: 4,
+            max_side: 2048,
+            min_side: 64,
+            max_steps: 150,
+            max_body_bytes: 64 * 1024,
+            max_prompt_chars: 4000,
+        }
+    }
+}
+
+/// The fields a request may carry.
+pub const FIELDS: [&str; 11] = [
+    "prompt",
+    "n",
+    "size",
+    "response_format",
+    "model",
+    "user",
+    "negative_prompt",
+    "steps",
+    "guidance_scale",
+    "seed",
+    "scheduler",
+];
+
+/// The body as sent (types checked, ranges not yet).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationBody {
+    pub prompt: String,
+    pub n: Option<u64>,
+    pub size: Option<String>,
+    pub response_format: Option<String>,
+    /// Accepted and ignored (this server serves one model).
+    pub model: Option<String>,
+    /// Accepted and ignored.
+    pub user: Option<String>,
+    pub negative_prompt: Option<String>,
+    pub steps: Option<u64>,
+    pub guidance_scale: Option<f64>,
+    pub seed: Option<u64>,
+    pub scheduler: Option<String>,
+}
+
+/// Defaults when a field is absent.
+pub const DEFAULT_STEPS: usize = 20;
+pub const DEFAULT_GUIDANCE: f64 = 4.5;
+
+/// A checked request, ready for the worker.
+#[derive(Debug, Clone)]
+pub struct JobParams {
+    pub request: ValidatedRequest,
+    /// The seed used (given or drawn), returned to the client.
+    pub seed: u64,
+}
+
+/// Checks the `Content-Type` (JSON only: this also keeps other web sites from posting to a
+/// server on the loopback without a CORS preflight) and the size of a body.
+pub fn check_headers(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::content_type())
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Parses a body: JSON syntax (400), an object (400), known fields only (400), then the field
+/// types (422, naming the field).
+pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::malformed(format!(
+            "the body is not valid JSON: {} at line {} column {}",
+            match e.classify() {
+                serde_json::error::Category::Eof => "unexpected end",
+                serde_json::error::Category::Syntax => "syntax error",
+                serde_json::error::Category::Data => "invalid data",
+                serde_json::error::Category::Io => "read error",
+            },
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ApiError::malformed(format!("the body must be a JSON object, got {}", json_type(&value))))?;
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::unknown_field(k));
+    }
+    if !obj.contains_key("prompt") {
+        return Err(ApiError::invalid("prompt", "`prompt` is required"));
+    }
+    serde_path_to_error::deserialize(&value).map_err(|e| {
+        let field = e.path().to_string();
+        let field = field.split(['.', '[']).next().unwrap_or("").to_string();
+        let got = obj.get(&field).map(json_type).unwrap_or("nothing");
+        let want = match field.as_str() {
+            "n" | "steps" => "a positive integer",
+            "seed" => "an integer from 0 to 18446744073709551615",
+            "guidance_scale" => "a number",
+            _ => "a string",
+        };
+        ApiError::invalid(&field, format!("`{field}` must be {want}, got {got}"))
+    })
+}
+
+/// Parses `"WxH"`.
+pub fn parse_size(s: &str) -> Option<(usize, usize)> {
+    let (w, h) = s.trim().split_once(['x', 'X'])?;
+    Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
+}
+
+/// Checks ranges and turns the body into a validated pipeline request for `geometry`.
+pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry) -> Result<JobParams, ApiError> {
+    let prompt = body.prompt;
+    if prompt.trim().is_empty() {
+        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
+    }
+    let negative_prompt = body.negative_prompt.unwrap_or_default();
+    for (field, text) in [("prompt", &prompt), ("negative_prompt", &negative_prompt)] {
+        let chars = text.chars().count();
+        if chars > limits.max_prompt_chars {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "`{field}` has {chars} characters, more than {}",
+                    limits.max_prompt_chars
+                ),
+            ));
+        }
+    }
+    let n = body.n.unwrap_or(1);
+    if n == 0 || n > limits.max_n as u64 {
+        return Err(ApiError::invalid(
+            "n",
+            format!("`n` must be between 1 and {}, got {n}", limits.max_n),
+        ));
+    }
+    let native = geometry.sample_size * geometry.vae_factor;
+    let (width, height) = match &body.size {
+        None => (native, native),
+        Some(s) => parse_size(s).ok_or_else(|| {
+            ApiError::invalid(
+                "size",
+                format!("`size` must be \"WIDTHxHEIGHT\" (e.g. \"{native}x{native}\"), got {s:?}"),
+            )
+        })?,
+    };
+    for v in [width, height] {
+        if v < limits.min_side || v > limits.max_side {
+            return Err(ApiError::invalid(
+                "size",
+                format!(
+                    "`size` {width}x{height}: each side must be between {} and {} pixels",
+                    limits.min_side, limits.max_side
+                ),
+            ));
+        }
+    }
+    if let Some(f) = &body.response_format {
+        if f != "b64_json" {
+            return Err(ApiError::invalid(
+                "response_format",
+                format!("`response_format` must be \"b64_json\", got {f:?} (for image URLs use POST /v1/jobs)"),
+            ));
+        }
+    }
+    let steps = body.steps.unwrap_or(DEFAULT_STEPS as u64);
+    if steps == 0 || steps > limits.max_steps as u64 {
+        return Err(ApiError::invalid(
+            "steps",
+            format!("`steps` must be between 1 and {}, got {steps}", limits.max_steps),
+        ));
+    }
+    let guidance = body.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
+    if !guidance.is_finite() || !(0.0..=50.0).contains(&guidance) {
+        return Err(ApiError::invalid(
+            "guidance_scale",
+            format!("`guidance_scale` must be between 0 and 50, got {guidance}"),
+        ));
+    }
+    let sampler = match &body.scheduler {
+        None => None,
+        Some(s) => Some(s.parse::<SamplerKind>().map_err(|_| {
+            let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+            ApiError::invalid(
+                "scheduler",
+                format!("unknown `scheduler` {s:?}; expected one of: {}", names.join(", ")),
+            )
+        })?),
+    };
+    let seed = body.seed.unwrap_or_else(random_seed);
+    let request = GenerationRequest {
+        prompts: vec![prompt],
+        negative_prompt,
+        width: Some(width),
+        height: Some(height),
+        steps: steps as usize,
+        guidance,
+        seed,
+        images_per_prompt: n as usize,
+        sampler,
+        resolution_binning: true,
+        keep_case: false,
+        vae_tiling: VaeTiling::Auto,
+        output: OutputKind::Image,
+        latents: None,
+    }
+    .validate(geometry)
+    // The remaining checks are about the image geometry (aspect-ratio bins).
+    .map_err(|e| ApiError::invalid("size", e.to_string()))?;
+    Ok(JobParams { request, seed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GEOMETRY: ModelGeometry = ModelGeometry {
+        sample_size: 32,
+        patch_size: 2,
+        in_channels: 4,
+        vae_factor: 8,
+    };
+
+    fn check(body: &str) -> Result<JobParams, ApiError> {
+        validate(parse_body(body.as_bytes())?, &Limits::default(), &GEOMETRY)
+    }
+
+    fn param(body: &str) -> (u16, String) {
+        let e = check(body).unwrap_err();
+        (e.status.as_u16(), e.param.unwrap_or_default())
+    }
+
+    #[test]
+    fn defaults_are_openai_and_diffusers_defaults() {
+        let p = check(r#"{"prompt": "a cat", "model": "dall-e-3"}"#).unwrap();
+        let r = &p.request;
+        assert_eq!((r.out_width, r.out_height), (256, 256));
+        assert_eq!((r.steps, r.guidance, r.batch), (20, 4.5, 1));
+        let p = check(r#"{"prompt":"a cat","n":2,"size":"320x192","steps":3,"guidance_scale":1,"seed":7,"scheduler":"ddim","negative_prompt":"dark","response_format":"b64_json"}"#).unwrap();
+        let r = &p.request;
+        assert_eq!(
+            (r.out_width, r.out_height, r.batch, r.steps, r.seed),
+            (320, 192, 2, 3, 7)
+        );
+        assert!(!r.cfg);
+        assert_eq!(r.sampler, Some(SamplerKind::Ddim));
+        assert_eq!(r.negative_prompt, "dark");
+    }
+
+    #[test]
+    fn every_error_names_its_field() {
+        let cases: &[(&str, u16, &str)] = &[
+            (r#"{"prompt": "a cat""#, 400, "body"),
+            ("[1, 2]", 400, "body"),
+            (r#"{"prompt": "a", "colour": "red"}"#, 400, "colour"),
+            (r#"{"n": 1}"#, 422, "prompt"),
+            (r#"{"prompt": "  "}"#, 422, "prompt"),
+            (r#"{"prompt": 3}"#, 422, "prompt"),
+            (r#"{"prompt": "a", "n": 5}"#, 422, "n"),
+            (r#"{"prompt": "a", "n": 0}"#, 422, "n"),
+            (r#"{"prompt": "a", "n": -1}"#, 422, "n"),
+            (r#"{"prompt": "a", "size": "big"}"#, 422, "size"),
+            (r#"{"prompt": "a", "size": "8x8"}"#, 422, "size"),
+            (r#"{"prompt": "a", "size": "4096x1024"}"#, 422, "size"),
+            (r#"{"prompt": "a", "steps": 0}"#, 422, "steps"),
+            (r#"{"prompt": "a", "steps": 151}"#, 422, "steps"),
+            (r#"{"prompt": "a", "steps": 2.5}"#, 422, "steps"),
+            (r#"{"prompt": "a", "guidance_scale": "high"}"#, 422, "guidance_scale"),
+            (r#"{"prompt": "a", "guidance_scale": 51}"#, 422, "guidance_scale"),
+            (r#"{"prompt": "a", "seed": -3}"#, 422, "seed"),
+            (r#"{"prompt": "a", "scheduler": "plms"}"#, 422, "scheduler"),
+            (r#"{"prompt": "a", "response_format": "url"}"#, 422, "response_format"),
+        ];
+        for (body, status, field) in cases {
+            assert_eq!(param(body), (*status, field.to_string()), "{body}");
+        }
+        let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(4001));
+        assert_eq!(param(&long), (422, "prompt".into()));
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        let mut h = HeaderMap::new();
+        assert!(check_headers(&h).is_err());
+        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert!(check_headers(&h).is_ok());
+        h.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert_eq!(check_headers(&h).unwrap_err().status.as_u16(), 415);
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1024x768"), Some((1024, 768)));
+        assert_eq!(parse_size(" 64 X 32 "), Some((64, 32)));
+        assert_eq!(parse_size("64"), None);
+        assert_eq!(parse_size("ax3"), None);
+    }
+}

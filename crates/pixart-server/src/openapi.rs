@@ -1,0 +1,228 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`, written by hand (a test checks that it
+//! lists exactly the router's routes).
+use serde_json::{json, Value};
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn job_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}
+    })
+}
+
+fn id_param() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn request_body() -> Value {
+    json!({
+        "required": true,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}}
+    })
+}
+
+/// The document.
+pub fn document() -> Value {
+    let bad = error_response("Malformed JSON or an unknown field (400), or a field of the wrong type or out of range (422); `error.param` names the field");
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "pixart serve",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "PixArt-Σ text-to-image: the OpenAI images API, an asynchronous job API with server-sent progress, health and Prometheus metrics. One model, one worker, a bounded queue."
+        },
+        "paths": {
+            "/": {"get": {"summary": "The web page", "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}}}},
+            "/app.js": {"get": {"summary": "The web page's script", "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {}}}}}},
+            "/style.css": {"get": {"summary": "The web page's style sheet", "responses": {"200": {"description": "CSS", "content": {"text/css": {}}}}}},
+            "/health": {"get": {
+                "summary": "Liveness, queue state, defaults and limits",
+                "responses": {
+                    "200": {"description": "Serving", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}},
+                    "503": {"description": "Shutting down", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}}
+                }
+            }},
+            "/metrics": {"get": {
+                "summary": "Prometheus text exposition: queue length, jobs by outcome, rejections, steps and mean step time",
+                "responses": {"200": {"description": "text/plain; version=0.0.4", "content": {"text/plain": {}}}}
+            }},
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}}},
+            "/v1/images/generations": {"post": {
+                "summary": "OpenAI-compatible image generation; answers when the images are done",
+                "requestBody": request_body(),
+                "responses": {
+                    "200": {"description": "The images", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}}}},
+                    "400": bad.clone(), "422": bad.clone(),
+                    "409": error_response("The job was cancelled through DELETE /v1/jobs/{id}"),
+                    "413": error_response("The body is over the size limit"),
+                    "415": error_response("The body is not application/json"),
+                    "429": {"description": "The queue is full; retry after `Retry-After` seconds",
+                            "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                    "500": error_response("The generation failed (details only in the server log)"),
+                    "503": error_response("The server is shutting down")
+                }
+            }},
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Queue a generation; poll it, follow its events, or cancel it",
+                    "requestBody": request_body(),
+                    "responses": {
+                        "202": {"description": "Queued", "headers": {"Location": {"schema": {"type": "string"}}},
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
+                        "400": bad.clone(), "422": bad,
+                        "413": error_response("The body is over the size limit"),
+                        "415": error_response("The body is not application/json"),
+                        "429": {"description": "The queue is full; retry after `Retry-After` seconds",
+                                "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                        "503": error_response("The server is shutting down")
+                    }
+                },
+                "get": {
+                    "summary": "The jobs this server keeps (queued, running, and recent finished ones), oldest first",
+                    "responses": {"200": {"description": "A list", "content": {"application/json": {"schema": {
+                        "type": "object", "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}
+                    }}}}}
+                }
+            },
+            "/v1/jobs/{id}": {
+                "get": {
+                    "summary": "A job: status, step k of n, and when done its images (URLs and base64 PNG)",
+                    "parameters": [id_param()],
+                    "responses": {"200": job_response("The job"), "404": error_response("No such job")}
+                },
+                "delete": {
+                    "summary": "Cancel a queued or running job (it stops between steps), or forget a finished one",
+                    "parameters": [id_param()],
+                    "responses": {
+                        "202": job_response("Cancelling (a queued job is cancelled at once)"),
+                        "200": {"description": "A finished job was removed", "content": {"application/json": {}}},
+                        "404": error_response("No such job")
+                    }
+                }
+            },
+            "/v1/jobs/{id}/events": {"get": {
+                "summary": "Server-sent events: `progress` (a Job) on every change, then one `done` (the final Job), then the stream ends",
+                "parameters": [id_param()],
+                "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}, "404": error_response("No such job")}
+            }},
+            "/v1/jobs/{id}/images/{index}": {"get": {
+                "summary": "Image `index` of a succeeded job, as PNG (generation parameters in its `parameters` text chunk)",
+                "parameters": [id_param(), {"name": "index", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
+                "responses": {
+                    "200": {"description": "PNG", "content": {"image/png": {}}},
+                    "404": error_response("No such job or image"),
+                    "409": error_response("The job has not succeeded")
+                }
+            }}
+        },
+        "components": {"schemas": {
+            "GenerationRequest": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["prompt"],
+                "properties": {
+                    "prompt": {"type": "string", "minLength": 1},
+                    "n": {"type": "integer", "minimum": 1, "default": 1, "description": "Images; at most the server's max_n (see /health)"},
+                    "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$", "description": "WIDTHxHEIGHT; default the model's native size; each side within /health's limits. Generated at the nearest aspect-ratio bin, then resized and cropped"},
+                    "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
+                    "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
+                    "user": {"type": "string", "description": "Accepted and ignored"},
+                    "negative_prompt": {"type": "string", "default": ""},
+                    "steps": {"type": "integer", "minimum": 1, "default": 20},
+                    "guidance_scale": {"type": "number", "minimum": 0, "maximum": 50, "default": 4.5, "description": "Classifier-free guidance; ≤ 1 turns it off"},
+                    "seed": {"type": "integer", "minimum": 0, "description": "Image k uses seed + k; default random (returned)"},
+                    "scheduler": {"type": "string", "enum": ["dpm++", "sa-solver", "ddim", "euler-a"], "description": "Default: the model's scheduler_config.json"}
+                }
+            },
+            "ImagesResponse": {
+                "type": "object",
+                "properties": {
+                    "created": {"type": "integer"},
+                    "data": {"type": "array", "items": {"type": "object", "properties": {"b64_json": {"type": "string"}, "seed": {"type": "integer"}}}}
+                }
+            },
+            "Job": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string"},
+                    "object": {"const": "job"},
+                    "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+                    "stage": {"type": ["string", "null"]},
+                    "step": {"type": "integer"},
+                    "total_steps": {"type": "integer"},
+                    "step_seconds": {"type": ["number", "null"]},
+                    "queue_position": {"type": ["integer", "null"]},
+                    "cancel_requested": {"type": "boolean"},
+                    "created": {"type": "integer"},
+                    "seconds": {"type": ["number", "null"]},
+                    "prompt": {"type": "string"},
+                    "negative_prompt": {"type": "string"},
+                    "size": {"type": "string"},
+                    "n": {"type": "integer"},
+                    "steps": {"type": "integer"},
+                    "guidance_scale": {"type": "number"},
+                    "seed": {"type": "integer"},
+                    "error": {"type": ["string", "null"]},
+                    "result": {"type": ["object", "null"], "properties": {"images": {"type": "array", "items": {"type": "object", "properties": {
+                        "index": {"type": "integer"}, "url": {"type": "string"}, "seed": {"type": "integer"},
+                        "b64_json": {"type": "string", "description": "Only in GET /v1/jobs/{id}"}
+                    }}}}}
+                }
+            },
+            "Health": {"type": "object", "properties": {
+                "status": {"type": "string", "enum": ["ok", "shutting_down"]},
+                "model": {"type": "string"},
+                "queue_length": {"type": "integer"},
+                "max_queue": {"type": "integer"},
+                "running": {"type": "integer"},
+                "default_size": {"type": "string"},
+                "defaults": {"type": "object"},
+                "limits": {"type": "object"},
+                "schedulers": {"type": "array", "items": {"type": "string"}}
+            }},
+            "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"], "description": "The request field at fault"},
+                "code": {"type": "string"}
+            }}}}
+        }}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::ROUTES;
+
+    #[test]
+    fn documents_exactly_the_routes() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let mut documented: Vec<(String, String)> = paths
+            .iter()
+            .flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone())))
+            .collect();
+        documented.sort();
+        let mut routes: Vec<(String, String)> = ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every request field is documented.
+        let props = doc["components"]["schemas"]["GenerationRequest"]["properties"]
+            .as_object()
+            .unwrap();
+        let mut fields: Vec<&str> = props.keys().map(String::as_str).collect();
+        fields.sort();
+        let mut want = crate::api::FIELDS.to_vec();
+        want.sort();
+        assert_eq!(fields, want);
+    }
+}

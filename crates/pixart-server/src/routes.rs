@@ -1,0 +1,457 @@
+//! The HTTP routes. Handlers only parse, queue and wait: the model runs on the worker thread.
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::Engine as _;
+use futures_util::stream::Stream;
+use pixart_pipeline::ModelGeometry;
+use pixart_schedulers::SamplerKind;
+use serde_json::{json, Value};
+
+use crate::api::{self, Limits, DEFAULT_GUIDANCE, DEFAULT_STEPS};
+use crate::error::ApiError;
+use crate::jobs::{Job, JobState, Jobs, Status};
+use crate::{json_response, openapi, web};
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct AppState {
+    pub jobs: Arc<Jobs>,
+    pub limits: Arc<Limits>,
+    pub geometry: ModelGeometry,
+    /// A name, never a path.
+    pub model_name: Arc<String>,
+    pub default_sampler: Arc<String>,
+}
+
+/// Every route, for the router and the OpenAPI document's test.
+pub const ROUTES: [(&str, &str); 13] = [
+    ("get", "/"),
+    ("get", "/app.js"),
+    ("get", "/style.css"),
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/images/generations"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("delete", "/v1/jobs/{id}"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("get", "/v1/jobs/{id}/images/{index}"),
+];
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(web::index))
+        .route("/app.js", get(web::script))
+        .route("/style.css", get(web::style))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/v1/images/generations", post(generations))
+        .route("/v1/jobs", post(create_job).get(list_jobs))
+        .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
+        .route("/v1/jobs/{id}/images/{index}", get(job_image))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route (see /openapi.json)")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Reads and checks a JSON body of at most `limits.max_body_bytes`, then validates it.
+async fn read_request(app: &AppState, headers: &HeaderMap, body: Body) -> Result<api::JobParams, ApiError> {
+    let limit = app.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    api::check_headers(headers)?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
+    let parsed = api::parse_body(&bytes)?;
+    api::validate(parsed, &app.limits, &app.geometry)
+}
+
+fn native_size(g: &ModelGeometry) -> usize {
+    g.sample_size * g.vae_factor
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let l = &app.limits;
+    let native = native_size(&app.geometry);
+    let status = if app.jobs.is_closed() { "shutting_down" } else { "ok" };
+    let code = if app.jobs.is_closed() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(
+        code,
+        &json!({
+            "status": status,
+            "model": app.model_name.as_str(),
+            "queue_length": app.jobs.queue_len(),
+            "max_queue": app.jobs.max_queue(),
+            "running": app.jobs.running(),
+            "default_size": format!("{native}x{native}"),
+            "defaults": {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, "scheduler": app.default_sampler.as_str()},
+            "limits": {
+                "max_n": l.max_n, "min_side": l.min_side, "max_side": l.max_side,
+                "max_steps": l.max_steps, "max_body_bytes": l.max_body_bytes, "max_prompt_chars": l.max_prompt_chars,
+            },
+            "schedulers": SamplerKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
+        }),
+    )
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics_text(&app.jobs),
+    )
+        .into_response()
+}
+
+/// The Prometheus text exposition of the counters.
+pub fn metrics_text(jobs: &Jobs) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let m = &jobs.metrics;
+    let sums = m.sums();
+    let mean_step = if sums.steps > 0 {
+        sums.step_seconds / sums.steps as f64
+    } else {
+        0.0
+    };
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "pixart_queue_length",
+        "gauge",
+        "Jobs waiting in the queue.",
+        &[("", jobs.queue_len() as f64)],
+    );
+    metric(
+        "pixart_queue_capacity",
+        "gauge",
+        "Jobs the queue holds before answering 429.",
+        &[("", jobs.max_queue() as f64)],
+    );
+    metric(
+        "pixart_jobs_running",
+        "gauge",
+        "Jobs running on the worker (0 or 1).",
+        &[("", jobs.running() as f64)],
+    );
+    metric(
+        "pixart_jobs_kept",
+        "gauge",
+        "Jobs held in memory (queued, running and finished ones not yet expired).",
+        &[("", jobs.kept() as f64)],
+    );
+    metric(
+        "pixart_jobs_total",
+        "counter",
+        "Jobs that ended, by outcome.",
+        &[
+            ("{status=\"succeeded\"}", m.succeeded.load(Relaxed) as f64),
+            ("{status=\"failed\"}", m.failed.load(Relaxed) as f64),
+            ("{status=\"cancelled\"}", m.cancelled.load(Relaxed) as f64),
+        ],
+    );
+    metric(
+        "pixart_jobs_rejected_total",
+        "counter",
+        "Requests refused with 429 because the queue was full.",
+        &[("{reason=\"queue_full\"}", m.rejected_queue_full.load(Relaxed) as f64)],
+    );
+    metric(
+        "pixart_images_total",
+        "counter",
+        "Images generated.",
+        &[("", m.images.load(Relaxed) as f64)],
+    );
+    metric(
+        "pixart_steps_total",
+        "counter",
+        "Denoising steps run.",
+        &[("", sums.steps as f64)],
+    );
+    metric(
+        "pixart_step_seconds_sum",
+        "counter",
+        "Seconds spent in denoising steps.",
+        &[("", sums.step_seconds)],
+    );
+    metric(
+        "pixart_step_seconds_mean",
+        "gauge",
+        "Mean seconds per denoising step.",
+        &[("", mean_step)],
+    );
+    metric(
+        "pixart_job_seconds_sum",
+        "counter",
+        "Seconds from start to end of the succeeded jobs.",
+        &[("", sums.job_seconds)],
+    );
+    metric(
+        "pixart_job_seconds_count",
+        "counter",
+        "Succeeded jobs timed.",
+        &[("", sums.jobs as f64)],
+    );
+    out
+}
+
+async fn openapi_json() -> Response {
+    json_response(StatusCode::OK, &openapi::document())
+}
+
+/// Drops the job of an OpenAI request when its handler ends, including when the client
+/// disconnects and hyper drops the handler mid-wait: a queued job leaves the queue, a running
+/// one stops after its step.
+struct DiscardOnDrop {
+    jobs: Arc<Jobs>,
+    id: String,
+}
+
+impl Drop for DiscardOnDrop {
+    fn drop(&mut self) {
+        self.jobs.discard(&self.id);
+    }
+}
+
+async fn wait_terminal(job: &Job) -> JobState {
+    let mut rx = job.state.subscribe();
+    let state = match rx.wait_for(|s| s.status.is_terminal()).await {
+        Ok(s) => s.clone(),
+        Err(_) => job.snapshot(),
+    };
+    state
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// `POST /v1/images/generations`: queues the job and answers when it is done.
+async fn generations(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let params = read_request(&app, &headers, body).await?;
+    let job = app.jobs.submit(params)?;
+    let _guard = DiscardOnDrop {
+        jobs: app.jobs.clone(),
+        id: job.id.clone(),
+    };
+    let state = wait_terminal(&job).await;
+    match state.status {
+        Status::Succeeded => {
+            let data: Vec<Value> = state
+                .images
+                .iter()
+                .enumerate()
+                .map(|(k, png)| json!({"b64_json": b64(png), "seed": job.params.seed.wrapping_add(k as u64)}))
+                .collect();
+            Ok(json_response(
+                StatusCode::OK,
+                &json!({"created": job.created, "data": data}),
+            ))
+        }
+        Status::Failed => Err(ApiError::generation_failed()),
+        _ if app.jobs.is_closed() => Err(ApiError::shutting_down()),
+        _ => Err(ApiError::conflict("the job was cancelled")),
+    }
+}
+
+/// The JSON of a job. `b64`: include the images inline.
+fn job_json(app: &AppState, job: &Job, s: &JobState, b64_images: bool) -> Value {
+    let r = &job.params.request;
+    let result = (s.status == Status::Succeeded).then(|| {
+        let images: Vec<Value> = s
+            .images
+            .iter()
+            .enumerate()
+            .map(|(k, png)| {
+                let mut v = json!({
+                    "index": k,
+                    "url": format!("/v1/jobs/{}/images/{k}", job.id),
+                    "seed": job.params.seed.wrapping_add(k as u64),
+                });
+                if b64_images {
+                    v["b64_json"] = Value::String(b64(png));
+                }
+                v
+            })
+            .collect();
+        json!({"images": images})
+    });
+    let seconds = |a: Option<std::time::Instant>, b: Option<std::time::Instant>| match (a, b) {
+        (Some(a), Some(b)) => Some(b.duration_since(a).as_secs_f64()),
+        _ => None,
+    };
+    json!({
+        "id": job.id,
+        "object": "job",
+        "status": s.status,
+        "stage": s.stage,
+        "step": s.step,
+        "total_steps": s.total_steps,
+        "step_seconds": s.step_seconds,
+        "queue_position": if s.status == Status::Queued { app.jobs.queue_position(&job.id) } else { None },
+        "cancel_requested": s.cancel_requested,
+        "created": job.created,
+        "seconds": seconds(s.started, s.finished),
+        "prompt": r.prompts.first(),
+        "negative_prompt": r.negative_prompt,
+        "size": format!("{}x{}", r.out_width, r.out_height),
+        "n": r.batch,
+        "steps": r.steps,
+        "guidance_scale": r.guidance,
+        "seed": job.params.seed,
+        "error": s.error,
+        "result": result,
+    })
+}
+
+/// `POST /v1/jobs`: 202 with the job; its URL in `Location`.
+async fn create_job(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let params = read_request(&app, &headers, body).await?;
+    let job = app.jobs.submit(params)?;
+    let mut resp = json_response(StatusCode::ACCEPTED, &job_json(&app, &job, &job.snapshot(), false));
+    if let Ok(v) = format!("/v1/jobs/{}", job.id).parse() {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+async fn list_jobs(State(app): State<AppState>) -> Response {
+    let data: Vec<Value> = app
+        .jobs
+        .list()
+        .iter()
+        .map(|j| job_json(&app, j, &j.snapshot(), false))
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+fn find(app: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
+    app.jobs
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("no job {:?}", truncate(id, 64))))
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+async fn get_job(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = find(&app, &id)?;
+    Ok(json_response(
+        StatusCode::OK,
+        &job_json(&app, &job, &job.snapshot(), true),
+    ))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a queued or running job (202), or forgets a finished one (200).
+async fn delete_job(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = find(&app, &id)?;
+    if job.snapshot().status.is_terminal() {
+        app.jobs.remove_finished(&id);
+        let s = job.snapshot();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": job.id, "object": "job", "deleted": true, "status": s.status}),
+        ));
+    }
+    app.jobs.cancel(&id, "cancelled by the client");
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &job_json(&app, &job, &job.snapshot(), false),
+    ))
+}
+
+/// `GET /v1/jobs/{id}/events`: `progress` events while the job waits and runs, then one `done`
+/// event with the final job (image URLs, no inline images), then the stream ends.
+async fn job_events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = find(&app, &id)?;
+    let rx = job.state.subscribe();
+    let stream = futures_util::stream::unfold((rx, true, false), move |(mut rx, first, ended)| {
+        let app = app.clone();
+        let job = job.clone();
+        async move {
+            if ended {
+                return None;
+            }
+            if !first && rx.changed().await.is_err() {
+                return None;
+            }
+            let s = rx.borrow_and_update().clone();
+            let done = s.status.is_terminal();
+            let event = Event::default()
+                .event(if done { "done" } else { "progress" })
+                .data(job_json(&app, &job, &s, false).to_string());
+            Some((Ok(event), (rx, false, done)))
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+/// `GET /v1/jobs/{id}/images/{index}`: the PNG.
+async fn job_image(
+    State(app): State<AppState>,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let job = find(&app, &id)?;
+    let s = job.snapshot();
+    if s.status != Status::Succeeded {
+        return Err(ApiError::conflict(format!(
+            "job {} has no images (status {})",
+            job.id,
+            s.status.name()
+        )));
+    }
+    let png = index
+        .trim_end_matches(".png")
+        .parse::<usize>()
+        .ok()
+        .and_then(|k| s.images.get(k))
+        .ok_or_else(|| ApiError::not_found(format!("job {} has {} image(s)", job.id, s.images.len())))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            (header::CACHE_CONTROL, "private, max-age=3600"),
+        ],
+        png.clone(),
+    )
+        .into_response())
+}

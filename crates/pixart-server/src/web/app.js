@@ -1,0 +1,205 @@
+// The pixart serve web page: queues a job (POST /v1/jobs), follows its server-sent events
+// (GET /v1/jobs/{id}/events) into the progress bar, shows the image and keeps a gallery of the
+// server's finished jobs (GET /v1/jobs). No dependencies; the page state is mirrored in
+// document.body.dataset.state (loading, idle, running, done, cancelled, error) for tests.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let current = null;
+let source = null;
+const shown = new Set();
+
+function setState(state) {
+  document.body.dataset.state = state;
+  const busy = state === "running";
+  $("generate").disabled = busy;
+  $("cancel").disabled = !busy;
+}
+
+function showError(err) {
+  const e = $("error");
+  if (!err) {
+    e.hidden = true;
+    e.textContent = "";
+    return;
+  }
+  const field = err.param ? ` (${err.param})` : "";
+  e.textContent = `${err.message || err}${field}`;
+  e.hidden = false;
+}
+
+function caption(job) {
+  return `${job.prompt} · ${job.size} · ${job.steps} steps · seed ${job.seed}`;
+}
+
+function addToGallery(job) {
+  if (!job.result || shown.has(job.id)) return;
+  shown.add(job.id);
+  for (const img of job.result.images) {
+    const fig = document.createElement("figure");
+    const el = document.createElement("img");
+    el.src = img.url;
+    el.alt = job.prompt;
+    el.title = caption(job);
+    el.addEventListener("click", () => showResult(job, img));
+    const cap = document.createElement("figcaption");
+    cap.textContent = `${job.prompt} (seed ${img.seed})`;
+    fig.append(el, cap);
+    $("gallery").prepend(fig);
+  }
+}
+
+function showResult(job, img) {
+  const r = $("result");
+  r.src = img.url;
+  r.alt = job.prompt;
+  r.hidden = false;
+  $("caption").textContent = caption(job);
+}
+
+function update(job) {
+  const p = $("progress");
+  p.max = Math.max(job.total_steps, 1);
+  p.value = job.step;
+  let text;
+  if (job.status === "queued") {
+    text = `queued (position ${(job.queue_position ?? 0) + 1})`;
+  } else if (job.status === "running") {
+    const per = job.step_seconds ? `, ${job.step_seconds.toFixed(2)} s/step` : "";
+    text = `${job.stage || "running"}: step ${job.step}/${job.total_steps}${per}`;
+  } else {
+    text = job.status;
+  }
+  $("status").textContent = text;
+}
+
+function finish(job) {
+  update(job);
+  current = null;
+  if (source) {
+    source.close();
+    source = null;
+  }
+  if (job.status === "succeeded") {
+    showResult(job, job.result.images[0]);
+    addToGallery(job);
+    $("status").textContent = `done in ${(job.seconds || 0).toFixed(2)} s (seed ${job.seed})`;
+    setState("done");
+  } else if (job.status === "cancelled") {
+    $("status").textContent = job.error || "cancelled";
+    setState("cancelled");
+  } else {
+    showError({ message: job.error || "generation failed" });
+    setState("error");
+  }
+}
+
+function follow(job) {
+  current = job.id;
+  document.body.dataset.job = job.id;
+  update(job);
+  source = new EventSource(`/v1/jobs/${encodeURIComponent(job.id)}/events`);
+  source.addEventListener("progress", (e) => update(JSON.parse(e.data)));
+  source.addEventListener("done", (e) => finish(JSON.parse(e.data)));
+  source.onerror = () => {
+    // The browser reconnects by itself; a closed stream means the job is gone.
+    if (source && source.readyState === EventSource.CLOSED) {
+      showError({ message: "lost the connection to the job" });
+      setState("error");
+    }
+  };
+}
+
+function numberOrUndefined(id) {
+  const v = $(id).value.trim();
+  return v === "" ? undefined : Number(v);
+}
+
+async function generate(ev) {
+  ev.preventDefault();
+  showError(null);
+  const body = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative").value,
+    size: `${$("width").value}x${$("height").value}`,
+    steps: numberOrUndefined("steps"),
+    guidance_scale: numberOrUndefined("guidance"),
+    seed: numberOrUndefined("seed"),
+    scheduler: $("scheduler").value || undefined,
+  };
+  setState("running");
+  $("progress").value = 0;
+  $("status").textContent = "submitting…";
+  try {
+    const r = await fetch("/v1/jobs", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const j = await r.json();
+    if (!r.ok) {
+      const retry = r.headers.get("Retry-After");
+      showError(retry ? { message: `${j.error.message}` } : j.error);
+      $("status").textContent = `refused (HTTP ${r.status})`;
+      setState("error");
+      return;
+    }
+    follow(j);
+  } catch (e) {
+    showError({ message: `request failed: ${e}` });
+    setState("error");
+  }
+}
+
+async function cancel() {
+  if (!current) return;
+  await fetch(`/v1/jobs/${encodeURIComponent(current)}`, { method: "DELETE" });
+}
+
+async function refreshQueue() {
+  try {
+    const h = await (await fetch("/health")).json();
+    $("queue").textContent = `queue ${h.queue_length}/${h.max_queue}, running ${h.running}`;
+  } catch (_) {
+    $("queue").textContent = "server unreachable";
+  }
+}
+
+async function init() {
+  $("form").addEventListener("submit", generate);
+  $("cancel").addEventListener("click", cancel);
+  try {
+    const h = await (await fetch("/health")).json();
+    $("model").textContent = `model: ${h.model}`;
+    const [w, hh] = h.default_size.split("x");
+    $("width").value = w;
+    $("height").value = hh;
+    for (const id of ["width", "height"]) {
+      $(id).min = h.limits.min_side;
+      $(id).max = h.limits.max_side;
+    }
+    $("steps").value = h.defaults.steps;
+    $("steps").max = h.limits.max_steps;
+    $("guidance").value = h.defaults.guidance_scale;
+    for (const name of h.schedulers) {
+      const o = document.createElement("option");
+      o.value = name;
+      o.textContent = name === h.defaults.scheduler ? `${name} (default)` : name;
+      o.selected = name === h.defaults.scheduler;
+      $("scheduler").append(o);
+    }
+    const jobs = await (await fetch("/v1/jobs")).json();
+    for (const job of jobs.data) {
+      if (job.status === "succeeded") addToGallery(job);
+    }
+    $("status").textContent = "ready";
+    setState("idle");
+  } catch (e) {
+    showError({ message: `cannot reach the server: ${e}` });
+    setState("error");
+  }
+  refreshQueue();
+  setInterval(refreshQueue, 2000);
+}
+
+init();

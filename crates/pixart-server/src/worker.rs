@@ -1,0 +1,115 @@
+//! The model's thread: a plain OS thread, outside the async runtime, that owns the loaded
+//! pipeline and runs one job at a time from the queue. Progress goes into the job's watch
+//! channel; the job's cancel flag is checked by the pipeline between steps.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use pixart_pipeline::{
+    encode_png, generate, parameters_text, sampler_name, Generated, PipelineComponents, Progress, SeededNoise,
+};
+
+use crate::jobs::{Job, Jobs, Status};
+
+/// What the worker owns.
+pub struct Engine {
+    pub components: PipelineComponents,
+    /// The model's name as written into PNG metadata (a folder name, never a path).
+    pub model_name: String,
+    /// The transformer dtype's name, for PNG metadata.
+    pub dtype_name: String,
+}
+
+/// Starts the worker; it returns when [`Jobs::close`] was called and the queue is empty.
+pub fn spawn(jobs: Arc<Jobs>, engine: Engine) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("pixart-worker".into()).spawn(move || {
+        while let Some(job) = jobs.next() {
+            run_job(&jobs, &engine, &job);
+        }
+    })
+}
+
+fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
+    let start = Instant::now();
+    let r = &job.params.request;
+    if job.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        jobs.finish(job, Status::Cancelled, Some("cancelled".into()), Vec::new());
+        return;
+    }
+    let mut on_progress = |p: Progress| match p {
+        Progress::Stage(s) => job.state.send_modify(|st| st.stage = Some(s.name())),
+        Progress::Step { done, total, seconds } => {
+            jobs.metrics.observe_step(seconds);
+            job.state.send_modify(|st| {
+                st.step = done;
+                st.total_steps = total;
+                st.step_seconds = Some(seconds);
+            });
+        }
+        _ => {}
+    };
+    let mut noise = SeededNoise::new(job.params.seed);
+    let c = &engine.components;
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        generate(c, r, &mut noise, &mut on_progress, &job.cancel)
+    }));
+    let sampler = sampler_name(c, r.sampler);
+    match outcome {
+        Ok(Ok(Generated::Finished(out))) => {
+            let pngs: Result<Vec<Vec<u8>>, _> = out
+                .images
+                .iter()
+                .enumerate()
+                .map(|(k, img)| {
+                    let params = parameters_text(r, k, img, &sampler, &engine.model_name, &engine.dtype_name);
+                    encode_png(img, &params)
+                })
+                .collect();
+            match pngs {
+                Ok(pngs) => {
+                    eprintln!(
+                        "{}: {} image(s) {}x{}, {} steps in {:.2} s",
+                        job.id,
+                        pngs.len(),
+                        r.out_width,
+                        r.out_height,
+                        r.steps,
+                        start.elapsed().as_secs_f64()
+                    );
+                    jobs.finish(job, Status::Succeeded, None, pngs);
+                }
+                Err(e) => fail(jobs, job, &e.to_string()),
+            }
+        }
+        Ok(Ok(Generated::Cancelled { completed_steps })) => {
+            eprintln!("{}: cancelled after {completed_steps} of {} steps", job.id, r.steps);
+            jobs.finish(
+                job,
+                Status::Cancelled,
+                Some(format!("cancelled after {completed_steps} of {} steps", r.steps)),
+                Vec::new(),
+            );
+        }
+        Ok(Err(e)) => fail(jobs, job, &e.to_string()),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            fail(jobs, job, &format!("panic: {what}"));
+        }
+    }
+}
+
+/// Logs the details; the client gets a message without internals.
+fn fail(jobs: &Jobs, job: &Arc<Job>, detail: &str) {
+    eprintln!("{}: generation failed: {detail}", job.id);
+    jobs.finish(
+        job,
+        Status::Failed,
+        Some("generation failed (internal error; details are in the server log)".into()),
+        Vec::new(),
+    );
+}
