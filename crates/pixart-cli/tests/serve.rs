@@ -319,7 +319,7 @@ fn bad_requests_get_json_errors_naming_the_field() {
         // Over the body limit (64 KiB by default).
         let big = json!({"prompt": "a".repeat(100_000)}).to_string();
         let r = s.post_raw(path, big.as_bytes());
-        assert_eq!(r.status, 413, "{}", r.text());
+        assert_eq!(r.status, 400, "{}", r.text());
         assert_eq!(error_of(&r)["param"], "body");
         // Not JSON.
         let raw = format!(
