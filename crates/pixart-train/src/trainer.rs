@@ -568,6 +568,9 @@ impl Trainer {
             steps: o.sample_steps,
             guidance: o.sample_guidance,
             seed: o.sample_seed,
+            // Samples at the size the model trains at: no aspect-ratio bins (small models have
+            // no table for their sample_size).
+            resolution_binning: false,
             ..Default::default()
         }
         .validate(&comps.geometry())?;
