@@ -87,8 +87,18 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line, with the whole cause chain.
-            let msg = format!("{e:#}").replace('\n', " ");
+            // One line, with the cause chain (causes that the message already quotes are left out).
+            let mut msg = String::new();
+            for cause in e.chain() {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    if !msg.is_empty() {
+                        msg.push_str(": ");
+                    }
+                    msg.push_str(&c);
+                }
+            }
+            let msg = msg.replace('\n', " ");
             eprintln!("error: {msg}");
             if e.downcast_ref::<Cancelled>().is_some() {
                 ExitCode::from(130)

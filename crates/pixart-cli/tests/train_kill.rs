@@ -1,6 +1,7 @@
 //! `pixart train` killed with SIGKILL at random moments (checkpoints are written every step,
 //! so many kills land mid-save) and resumed until done: every kill leaves a complete latest
-//! checkpoint, and the finished run logs exactly the losses of an uninterrupted run.
+//! checkpoint, and the finished run logs exactly the losses of an uninterrupted run. And
+//! `pixart eval curve` over the checkpoints of a run.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -152,4 +153,92 @@ fn sigkill_at_any_moment_then_resume_gives_the_uninterrupted_run() {
     );
     assert!(kills > 0, "the run was never killed; the test proves nothing");
     assert_eq!(losses(&dir.join("killed/log.jsonl")), reference, "after {kills} kills");
+}
+
+#[test]
+fn eval_curve_over_the_checkpoints_of_a_run() {
+    let dir = tempdir("curve");
+    setup(&dir);
+    ok(bin()
+        .arg("train")
+        .arg("--config")
+        .arg(write_config(&dir, "run", 3))
+        .output()
+        .unwrap());
+    // keep_checkpoints = 2: step 2 and 3 are kept (and transformer/, the same as step 3).
+    let data = dir.join("demo");
+    ok(bin()
+        .args(["demo-data", "--count", "2", "--size", "32", "--out"])
+        .arg(&data)
+        .output()
+        .unwrap());
+    let (png, json) = (dir.join("curve.png"), dir.join("curve.json"));
+    let o = bin()
+        .args([
+            "eval",
+            "curve",
+            "--steps",
+            "2",
+            "--limit",
+            "3",
+            "--attribute",
+            "color",
+            "--run",
+        ])
+        .arg(dir.join("run"))
+        .arg("--data")
+        .arg(data.join("eval.jsonl"))
+        .arg("--out")
+        .arg(&png)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let points = j["runs"][0]["points"].as_array().unwrap();
+    let steps: Vec<u64> = points.iter().map(|p| p["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, [2, 3], "{j}");
+    assert_eq!(j["runs"][0]["run"], "run");
+    for p in points {
+        assert_eq!(p["heldout"]["n"], 2);
+        assert_eq!(p["seen"]["n"], 1);
+        let c = p["heldout"]["color"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&c));
+    }
+    assert_eq!(stdout.lines().count(), 3, "{stdout}");
+    let img = pixart_pipeline::RgbImage::from_png(&std::fs::read(&png).unwrap(), "curve.png").unwrap();
+    assert_eq!((img.width, img.height), (800, 420));
+
+    // --every keeps multiples (and the final model); a folder that is not a run is a usage error.
+    let o = bin()
+        .args(["eval", "curve", "--steps", "2", "--limit", "1", "--every", "2", "--run"])
+        .arg(dir.join("run"))
+        .arg("--data")
+        .arg(data.join("eval.jsonl"))
+        .arg("--out")
+        .arg(&png)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(j["runs"][0]["points"].as_array().unwrap().len(), 2);
+    let o = bin()
+        .args(["eval", "curve", "--run"])
+        .arg(&data)
+        .arg("--data")
+        .arg(data.join("eval.jsonl"))
+        .arg("--out")
+        .arg(&png)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("config.toml") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
 }

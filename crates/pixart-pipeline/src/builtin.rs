@@ -1,6 +1,6 @@
 //! The project's own small built-in model: a diffusers-layout pipeline folder shipped in the
 //! repository (`models/builtin/`), used when no `--model` is given.
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use pixart_core::{Error, Result};
 
@@ -15,7 +15,7 @@ pub fn builtin_model_dir() -> Result<PathBuf> {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/builtin")),
     };
-    let dir = dir.canonicalize().unwrap_or(dir);
+    let dir = dir.canonicalize().unwrap_or_else(|_| lexically_normal(&dir));
     if dir.join("model_index.json").is_file() {
         Ok(dir)
     } else {
@@ -26,7 +26,36 @@ pub fn builtin_model_dir() -> Result<PathBuf> {
     }
 }
 
+/// `dir` with `.` and `name/..` pairs removed (for messages about folders that do not exist).
+fn lexically_normal(dir: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in dir.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Whether `spec` names the built-in model (`builtin`).
 pub fn is_builtin(spec: &str) -> bool {
     spec == "builtin"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lexical_normalisation_drops_dot_dot_pairs() {
+        assert_eq!(
+            lexically_normal(Path::new("/a/b/c/../../m/./x")),
+            PathBuf::from("/a/m/x")
+        );
+        assert_eq!(lexically_normal(Path::new("../a/../b")), PathBuf::from("../b"));
+    }
 }

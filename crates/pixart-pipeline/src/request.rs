@@ -80,7 +80,8 @@ pub struct GenerationRequest {
     pub images_per_prompt: usize,
     /// Sampler; `None`: the one `scheduler_config.json` names.
     pub sampler: Option<SamplerKind>,
-    /// Generate at the nearest aspect-ratio bin, then resize + crop to the requested size.
+    /// Generate at the nearest aspect-ratio bin, then resize + crop to the requested size
+    /// (models whose sample_size has no bin table generate at the requested size).
     pub resolution_binning: bool,
     /// Skip the lower-casing of prompts (the strip still happens).
     pub keep_case: bool,
@@ -133,6 +134,7 @@ pub struct ValidatedRequest {
     pub cfg: bool,
     pub seed: u64,
     pub sampler: Option<SamplerKind>,
+    /// Whether the size was binned (asked for, and the model has a bin table).
     pub resolution_binning: bool,
     pub keep_case: bool,
     pub vae_tiling: VaeTiling,
@@ -179,19 +181,25 @@ impl GenerationRequest {
                 return Err(invalid(format!("--{what} {v} must be between 1 and {MAX_SIDE}")));
             }
         }
-        let (gen_height, gen_width) = if self.resolution_binning {
-            let table = aspect_bins::table_for_sample_size(g.sample_size).ok_or_else(|| {
-                invalid(format!(
-                    "resolution binning has no table for transformer sample_size {} (32, 64, 128 or 256); \
-                     use --no-resolution-binning",
-                    g.sample_size
-                ))
-            })?;
+        // Binning needs diffusers' table for this sample_size (32, 64, 128 or 256); a model
+        // without one (the built-in 16) generates at the requested size.
+        let table = if self.resolution_binning {
+            aspect_bins::table_for_sample_size(g.sample_size)
+        } else {
+            None
+        };
+        let binned = table.is_some();
+        let (gen_height, gen_width) = if let Some(table) = table {
             aspect_bins::classify(out_height, out_width, table)?
         } else {
             if !out_height.is_multiple_of(multiple) || !out_width.is_multiple_of(multiple) {
+                let why = if self.resolution_binning {
+                    format!("this model (sample_size {}) has no resolution bins, so ", g.sample_size)
+                } else {
+                    "with resolution binning off, ".to_string()
+                };
                 return Err(invalid(format!(
-                    "with resolution binning off, width and height must be multiples of {multiple}, got {out_width}x{out_height}"
+                    "{why}width and height must be multiples of {multiple}, got {out_width}x{out_height}"
                 )));
             }
             (out_height, out_width)
@@ -223,12 +231,59 @@ impl GenerationRequest {
             cfg: self.guidance > 1.0,
             seed: self.seed,
             sampler: self.sampler,
-            resolution_binning: self.resolution_binning,
+            resolution_binning: binned,
             keep_case: self.keep_case,
             vae_tiling: self.vae_tiling,
             output: self.output,
             latents: self.latents,
             latent_shape,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn geometry(sample_size: usize) -> ModelGeometry {
+        ModelGeometry {
+            sample_size,
+            patch_size: 2,
+            in_channels: 4,
+            vae_factor: 4,
+        }
+    }
+
+    fn request(width: Option<usize>, height: Option<usize>) -> GenerationRequest {
+        GenerationRequest {
+            prompts: vec!["a red circle".into()],
+            width,
+            height,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn binning_applies_only_where_diffusers_has_a_table() -> Result<()> {
+        // sample_size 32 has a table: 100x60 is classified into a bin and resized back.
+        let v = request(Some(100), Some(60)).validate(&geometry(32))?;
+        assert!(v.resolution_binning);
+        assert_eq!((v.out_width, v.out_height), (100, 60));
+        assert_ne!((v.gen_width, v.gen_height), (100, 60));
+        // sample_size 16 (the built-in model) has none: the default 64 px is generated as is.
+        let v = request(None, None).validate(&geometry(16))?;
+        assert!(!v.resolution_binning);
+        assert_eq!((v.gen_width, v.gen_height, v.out_width, v.out_height), (64, 64, 64, 64));
+        assert_eq!(v.latent_shape, [1, 4, 16, 16]);
+        // ... and a size that is not a multiple of 8 is refused with the reason.
+        let err = request(Some(100), Some(60))
+            .validate(&geometry(16))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no resolution bins") && err.contains("multiples of 8"),
+            "{err}"
+        );
+        Ok(())
     }
 }

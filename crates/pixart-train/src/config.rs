@@ -195,9 +195,11 @@ impl TrainConfig {
     }
 
     fn resolve_paths(&mut self, dir: &Path) {
+        // Absolute, so that the config.toml a run writes can be read from its own folder.
         let fix = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = dir.join(&*p);
+                let joined = dir.join(&*p);
+                *p = std::path::absolute(&joined).unwrap_or(joined);
             }
         };
         if let Some(p) = self.model.config.as_mut() {

@@ -150,6 +150,11 @@ pub struct Curve<'a> {
 /// light grey and its exponential moving average drawn over it when `smooth` is set. The y
 /// range covers the 1st–99th percentile of the values, so early spikes do not flatten it.
 pub fn plot(path: &Path, title: &str, curves: &[Curve], smooth: bool) -> Result<()> {
+    plot_in(path, title, curves, smooth, None)
+}
+
+/// [`plot`] with the y axis fixed to `y_range` (e.g. accuracies in [0, 1]) when given.
+pub fn plot_in(path: &Path, title: &str, curves: &[Curve], smooth: bool, y_range: Option<(f64, f64)>) -> Result<()> {
     let (w, h) = (800usize, 420usize);
     let (l, r, t, b) = (80.0, 20.0, 30.0, 40.0);
     let mut cv = Canvas::new(w, h);
@@ -165,7 +170,7 @@ pub fn plot(path: &Path, title: &str, curves: &[Curve], smooth: bool) -> Result<
             .copied()
             .unwrap_or(0.0)
     };
-    let (mut y0, mut y1) = (pick(0.01), pick(0.99));
+    let (mut y0, mut y1) = y_range.unwrap_or((pick(0.01), pick(0.99)));
     if (y1 - y0).abs() < 1e-12 {
         y0 -= 0.5;
         y1 += 0.5;

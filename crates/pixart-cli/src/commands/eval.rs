@@ -1,13 +1,18 @@
 //! `pixart eval demo`: generates the demo dataset's evaluation prompts with a model, checks each
 //! image with the rule-based checker, prints accuracy per attribute for held-out and seen
 //! prompts, and writes a contact sheet and a JSON summary (pixart-demo does the work).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use pixart_demo::dataset::read_eval;
-use pixart_demo::eval::{contact_sheet, evaluate, item_results, validate, CaptionKind, EvalOptions, Report};
+use pixart_demo::dataset::{read_eval, EvalRecord};
+use pixart_demo::eval::{
+    contact_sheet, evaluate, item_results, validate, Accuracy, CaptionKind, EvalItem, EvalOptions, Report,
+};
 use pixart_pipeline::{builtin_model_dir, is_builtin, ComponentOptions, ComponentPaths, PipelineComponents, RgbImage};
+use pixart_train::metrics::{plot_in, Curve};
+use pixart_train::TrainConfig;
 
 use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, sampler, usage};
 use crate::{Cancelled, UsageError};
@@ -22,6 +27,9 @@ pub struct EvalArgs {
 enum EvalCommand {
     /// Prompt adherence on the demo dataset's evaluation prompts (pixart demo-data), checked by rule.
     Demo(DemoEvalArgs),
+    /// `eval demo` on the checkpoints of `pixart train` runs: accuracy against training step, as a
+    /// chart (PNG) and JSON.
+    Curve(CurveEvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -31,9 +39,26 @@ The contact sheet frames each image green (every attribute right) or red, in the
 (held-out prompts in the odd columns counting from 1, seen ones in the even columns)."
 )]
 pub struct DemoEvalArgs {
-    /// A diffusers PixArt-Σ pipeline folder (default: the built-in model).
+    /// A diffusers PixArt-Σ pipeline folder (default: the built-in model), or a transformer
+    /// folder with --base.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// The pipeline folder that gives the other components when --model is a transformer folder.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    #[command(flatten)]
+    eval: EvalSettings,
+    /// The contact sheet (PNG), written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    /// The summary and every prompt's verdict as JSON, written atomically.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// What both `eval demo` and `eval curve` take.
+#[derive(Debug, Args)]
+struct EvalSettings {
     /// The evaluation prompts: eval.jsonl written by `pixart demo-data`.
     #[arg(long)]
     data: PathBuf,
@@ -58,12 +83,6 @@ pub struct DemoEvalArgs {
     /// Prompts per pipeline call.
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// The contact sheet (PNG), written atomically.
-    #[arg(long)]
-    out: PathBuf,
-    /// The summary and every prompt's verdict as JSON, written atomically.
-    #[arg(long)]
-    json: Option<PathBuf>,
     /// Transformer dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -72,93 +91,145 @@ pub struct DemoEvalArgs {
     device: String,
 }
 
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each run is a `pixart train` output folder: its config.toml names the base pipeline \
+(tokenizer, text encoder, VAE, scheduler) and checkpoints/step-N/transformer are evaluated, with \
+transformer/ (the final model) at the run's last step when that checkpoint is gone. The chart shows \
+the held-out accuracy of --attribute for every run (solid) and the seen one (lighter)."
+)]
+pub struct CurveEvalArgs {
+    /// A `pixart train` output folder (repeat to compare runs on one chart).
+    #[arg(long = "run", required = true)]
+    runs: Vec<PathBuf>,
+    /// Only the checkpoints whose step is a multiple of N (the final model is always taken).
+    #[arg(long)]
+    every: Option<u64>,
+    /// The attribute the chart shows: all, color, shape, position, size or background.
+    #[arg(long, default_value = "all")]
+    attribute: String,
+    #[command(flatten)]
+    eval: EvalSettings,
+    /// The chart (PNG), written atomically.
+    #[arg(long)]
+    out: PathBuf,
+    /// Every point (run, step, held-out and seen accuracy per attribute) as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Parsed [`EvalSettings`]: the prompts and how to generate them.
+struct Prepared {
+    records: Vec<EvalRecord>,
+    opts: EvalOptions,
+    component_opts: ComponentOptions,
+}
+
+impl EvalSettings {
+    /// Everything the user typed is checked before a model loads.
+    fn prepare(&self) -> Result<Prepared> {
+        let caption = CaptionKind::parse(&self.caption).map_err(usage)?;
+        let sampler = sampler(self.scheduler.as_deref())?;
+        let dt = dtype(&self.dtype)?;
+        let dev = device(&self.device)?;
+        if self.limit == Some(0) {
+            return Err(UsageError("--limit must be at least 1".into()).into());
+        }
+        let mut records = read_eval(&self.data).map_err(usage)?;
+        if let Some(n) = self.limit {
+            records.truncate(n);
+        }
+        Ok(Prepared {
+            records,
+            opts: EvalOptions {
+                steps: self.steps,
+                guidance: self.guidance,
+                seed: self.seed,
+                caption,
+                batch: self.batch,
+                sampler,
+            },
+            component_opts: ComponentOptions {
+                device: dev,
+                dtype: dt,
+                ..ComponentOptions::default()
+            },
+        })
+    }
+}
+
+impl Prepared {
+    /// Loads `paths` (checked against the config files first, so that a bad request fails
+    /// before loading) and evaluates every prompt with a progress bar. `Ok(None)`: cancelled.
+    fn run(&self, paths: &ComponentPaths, cancel: &AtomicBool) -> Result<Option<Vec<EvalItem>>> {
+        if let Ok(geometry) = paths.resolve().map_err(usage)?.geometry() {
+            validate(&geometry, &self.records, &self.opts).map_err(usage)?;
+        }
+        let components = PipelineComponents::load(paths, &self.component_opts).map_err(usage)?;
+        validate(&components.geometry(), &self.records, &self.opts).map_err(usage)?;
+        let (bar, tty) = progress_bar(
+            self.records.len(),
+            "{bar:40} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}]",
+        );
+        let mut on_progress = |done: usize, total: usize| {
+            if tty {
+                bar.set_position(done as u64);
+            } else if done > 0 {
+                eprintln!("{done}/{total} prompts");
+            }
+        };
+        let items = evaluate(&components, &self.records, &self.opts, &mut on_progress, cancel).map_err(usage)?;
+        match items {
+            Some(_) => bar.finish_and_clear(),
+            None => bar.abandon(),
+        }
+        Ok(items)
+    }
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
     match a.what {
         EvalCommand::Demo(d) => demo(d),
+        EvalCommand::Curve(c) => curve(c),
     }
 }
 
 fn demo(a: DemoEvalArgs) -> Result<()> {
-    // Everything the user typed is checked before the model loads.
-    let caption = CaptionKind::parse(&a.caption).map_err(usage)?;
-    let sampler = sampler(a.scheduler.as_deref())?;
-    let dt = dtype(&a.dtype)?;
-    let dev = device(&a.device)?;
-    if a.limit == Some(0) {
-        return Err(UsageError("--limit must be at least 1".into()).into());
-    }
+    let prepared = a.eval.prepare()?;
     output_folder_exists(&a.out)?;
     if let Some(j) = &a.json {
         output_folder_exists(j)?;
     }
-    let mut records = read_eval(&a.data).map_err(usage)?;
-    if let Some(n) = a.limit {
-        records.truncate(n);
-    }
     let model = match &a.model {
         Some(m) if !is_builtin(&m.to_string_lossy()) => m.clone(),
+        _ if a.base.is_some() => {
+            return Err(UsageError("--base needs --model (a transformer folder)".into()).into());
+        }
         _ => builtin_model_dir().map_err(usage)?,
     };
-    let opts = EvalOptions {
-        steps: a.steps,
-        guidance: a.guidance,
-        seed: a.seed,
-        caption,
-        batch: a.batch,
-        sampler,
-    };
-
     let paths = ComponentPaths {
         model: model.clone(),
+        base: a.base.clone(),
         ..Default::default()
     };
-    // Validate against the config files first, so that a bad request fails before loading.
-    if let Ok(geometry) = paths.resolve().map_err(usage)?.geometry() {
-        validate(&geometry, &records, &opts).map_err(usage)?;
-    }
     eprintln!("loading {}", model.display());
-    let components = PipelineComponents::load(
-        &paths,
-        &ComponentOptions {
-            device: dev,
-            dtype: dt,
-            ..ComponentOptions::default()
-        },
-    )
-    .map_err(usage)?;
-    validate(&components.geometry(), &records, &opts).map_err(usage)?;
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
     let start = std::time::Instant::now();
-    let (bar, tty) = progress_bar(
-        records.len(),
-        "{bar:40} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}]",
-    );
-    let mut on_progress = |done: usize, total: usize| {
-        if tty {
-            bar.set_position(done as u64);
-        } else if done > 0 {
-            eprintln!("{done}/{total} prompts");
-        }
+    let Some(items) = prepared.run(&paths, &cancel)? else {
+        return Err(Cancelled("cancelled; nothing written".into()).into());
     };
-    let items = match evaluate(&components, &records, &opts, &mut on_progress, &cancel).map_err(usage)? {
-        Some(items) => items,
-        None => {
-            bar.abandon();
-            return Err(Cancelled("cancelled; nothing written".into()).into());
-        }
-    };
-    bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
+    let (e, caption) = (&a.eval, prepared.opts.caption);
 
     let report = Report::new(&items);
     println!(
         "{} prompts from {}, {} steps, guidance {}, seed {}, {} captions ({seconds:.1} s)",
         items.len(),
-        a.data.display(),
-        a.steps,
-        a.guidance,
-        a.seed,
-        a.caption
+        e.data.display(),
+        e.steps,
+        e.guidance,
+        e.seed,
+        e.caption
     );
     print!("{}", report.table());
 
@@ -172,17 +243,200 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
     if let Some(j) = &a.json {
         let summary = serde_json::json!({
             "model": model,
-            "data": a.data,
-            "steps": a.steps,
-            "guidance": a.guidance,
-            "seed": a.seed,
+            "base": a.base,
+            "data": e.data,
+            "steps": e.steps,
+            "guidance": e.guidance,
+            "seed": e.seed,
             "caption": caption,
-            "scheduler": a.scheduler,
+            "scheduler": e.scheduler,
             "seconds": seconds,
             "heldout": report.heldout,
             "seen": report.seen,
             "targets": report.targets,
             "results": item_results(&items, caption),
+        });
+        pixart_core::weights::write_atomic(j, &serde_json::to_vec_pretty(&summary)?)?;
+        eprintln!("wrote {}", j.display());
+    }
+    Ok(())
+}
+
+/// One evaluated checkpoint of a run.
+#[derive(serde::Serialize)]
+struct CurvePoint {
+    step: u64,
+    transformer: PathBuf,
+    heldout: Accuracy,
+    seen: Accuracy,
+}
+
+/// The transformers of a `pixart train` run to evaluate: (step, folder), by step.
+fn run_points(run: &Path, cfg: &TrainConfig, every: Option<u64>) -> Result<Vec<(u64, PathBuf)>> {
+    let mut points = Vec::new();
+    let ckpts = run.join("checkpoints");
+    if let Ok(entries) = std::fs::read_dir(&ckpts) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(step) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) else {
+                continue;
+            };
+            let t = e.path().join("transformer");
+            if t.join("config.json").is_file() && every.is_none_or(|n| step.is_multiple_of(n)) {
+                points.push((step, t));
+            }
+        }
+    }
+    let last = cfg.train.steps;
+    let fin = run.join("transformer");
+    if fin.join("config.json").is_file() && !points.iter().any(|p| p.0 == last) {
+        points.push((last, fin));
+    }
+    points.sort();
+    if points.is_empty() {
+        return Err(UsageError(format!(
+            "{}: no checkpoints (checkpoints/step-N/transformer) and no final transformer/",
+            run.display()
+        ))
+        .into());
+    }
+    Ok(points)
+}
+
+fn accuracy_of(a: &Accuracy, attribute: &str) -> Option<f64> {
+    a.columns().iter().find(|c| c.0 == attribute).and_then(|c| c.1)
+}
+
+fn curve(a: CurveEvalArgs) -> Result<()> {
+    let prepared = a.eval.prepare()?;
+    const ATTRIBUTES: [&str; 6] = ["all", "color", "shape", "position", "size", "background"];
+    if !ATTRIBUTES.contains(&a.attribute.as_str()) {
+        return Err(UsageError(format!(
+            "--attribute {}: expected one of {}",
+            a.attribute,
+            ATTRIBUTES.join(", ")
+        ))
+        .into());
+    }
+    if a.every == Some(0) {
+        return Err(UsageError("--every must be at least 1".into()).into());
+    }
+    output_folder_exists(&a.out)?;
+    if let Some(j) = &a.json {
+        output_folder_exists(j)?;
+    }
+    // Every run is read before the first model loads.
+    let mut runs = Vec::new();
+    for run in &a.runs {
+        if !run.join("config.toml").is_file() {
+            return Err(UsageError(format!(
+                "{}: not a `pixart train` output folder (no config.toml)",
+                run.display()
+            ))
+            .into());
+        }
+        let cfg = TrainConfig::from_file(&run.join("config.toml")).map_err(usage)?;
+        let points = run_points(run, &cfg, a.every)?;
+        let name = run
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| run.display().to_string());
+        runs.push((name, cfg.model.base.clone(), points));
+    }
+    let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
+    let mut results: Vec<(String, Vec<CurvePoint>)> = Vec::new();
+    println!("run                  step  held-out: all  color  shape  position   seen: all");
+    for (name, base, points) in &runs {
+        let mut done = Vec::new();
+        for (step, transformer) in points {
+            eprintln!("{name}: step {step} ({})", transformer.display());
+            let paths = ComponentPaths {
+                model: transformer.clone(),
+                base: Some(base.clone()),
+                ..Default::default()
+            };
+            let Some(items) = prepared.run(&paths, &cancel)? else {
+                return Err(Cancelled("cancelled; nothing written".into()).into());
+            };
+            let report = Report::new(&items);
+            let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.0}%", 100.0 * v));
+            println!(
+                "{name:<18} {step:>6}  {:>13}  {:>5}  {:>5}  {:>8}  {:>10}",
+                pct(report.heldout.all),
+                pct(report.heldout.color),
+                pct(report.heldout.shape),
+                pct(report.heldout.position),
+                pct(report.seen.all)
+            );
+            done.push(CurvePoint {
+                step: *step,
+                transformer: transformer.clone(),
+                heldout: report.heldout,
+                seen: report.seen,
+            });
+        }
+        results.push((name.clone(), done));
+    }
+
+    const PALETTE: [[u8; 3]; 6] = [
+        [31, 119, 180],
+        [214, 39, 40],
+        [44, 160, 44],
+        [148, 103, 189],
+        [255, 127, 14],
+        [23, 190, 207],
+    ];
+    let series: Vec<(String, Vec<(f64, f64)>, [u8; 3])> = results
+        .iter()
+        .enumerate()
+        .flat_map(|(k, (name, pts))| {
+            let c = PALETTE[k % PALETTE.len()];
+            let light = c.map(|v| ((v as u16 + 2 * 255) / 3) as u8);
+            let line = |acc: &dyn Fn(&CurvePoint) -> Option<f64>| -> Vec<(f64, f64)> {
+                pts.iter().filter_map(|p| acc(p).map(|v| (p.step as f64, v))).collect()
+            };
+            [
+                (
+                    format!("{name} held-out"),
+                    line(&|p| accuracy_of(&p.heldout, &a.attribute)),
+                    c,
+                ),
+                (
+                    format!("{name} seen"),
+                    line(&|p| accuracy_of(&p.seen, &a.attribute)),
+                    light,
+                ),
+            ]
+        })
+        .collect();
+    let curves: Vec<Curve> = series
+        .iter()
+        .map(|(label, points, color)| Curve {
+            label,
+            points,
+            color: *color,
+        })
+        .collect();
+    let title = format!(
+        "accuracy ({}) on {} prompts, {} captions",
+        a.attribute,
+        prepared.records.len(),
+        a.eval.caption
+    );
+    plot_in(&a.out, &title, &curves, false, Some((0.0, 1.0)))?;
+    eprintln!("wrote {}", a.out.display());
+    if let Some(j) = &a.json {
+        let runs: Vec<serde_json::Value> = results
+            .iter()
+            .map(|(name, points)| serde_json::json!({ "run": name, "points": points }))
+            .collect();
+        let summary = serde_json::json!({
+            "data": a.eval.data,
+            "steps": a.eval.steps,
+            "guidance": a.eval.guidance,
+            "seed": a.eval.seed,
+            "caption": prepared.opts.caption,
+            "runs": runs,
         });
         pixart_core::weights::write_atomic(j, &serde_json::to_vec_pretty(&summary)?)?;
         eprintln!("wrote {}", j.display());
