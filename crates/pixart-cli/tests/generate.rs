@@ -206,15 +206,23 @@ fn usage_errors_exit_2_with_one_line() {
         assert!(e.contains(needle), "{args:?}: {e}");
         assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
     }
-    // A transformer-only folder without --base: the missing component is named.
+    // A transformer-only folder without --base takes the rest from the default base, which is
+    // not in an empty cache (offline: nothing is requested); the message names it.
     let r = bin()
         .args(["generate", "-p", "x", "-o", o, "--model"])
         .arg(pipeline().join("transformer"))
+        .env("HF_HOME", dir.join("empty-hf-home"))
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     let e = stderr(&r);
     assert_eq!(r.status.code(), Some(2), "{e}");
-    assert!(e.contains("missing component `text_encoder`"), "{e}");
+    assert!(
+        e.contains("PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers") && e.contains("default --base"),
+        "{e}"
+    );
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     assert!(!out.exists());
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -222,18 +230,11 @@ fn usage_errors_exit_2_with_one_line() {
 #[test]
 fn hub_id_from_hf_home() {
     let dir = tempdir("hub");
-    let repo = dir.join("hub/models--pixart-test--tiny");
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), "abc").unwrap();
-    let snap = repo.join("snapshots/abc");
-    for sub in ["transformer", "text_encoder", "tokenizer", "vae", "scheduler"] {
-        std::fs::create_dir_all(snap.join(sub)).unwrap();
-        for e in std::fs::read_dir(pipeline().join(sub)).unwrap() {
-            let e = e.unwrap();
-            std::fs::copy(e.path(), snap.join(sub).join(e.file_name())).unwrap();
-        }
-    }
-    std::fs::copy(pipeline().join("model_index.json"), snap.join("model_index.json")).unwrap();
+    cache_repo(
+        &dir,
+        "pixart-test--tiny",
+        &["transformer", "text_encoder", "tokenizer", "vae", "scheduler"],
+    );
     let out = dir.join("hub.safetensors");
     let o = bin()
         .current_dir(&dir)
@@ -274,7 +275,45 @@ fn hub_id_from_hf_home() {
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("HF cache"), "{}", stderr(&o));
+
+    // A transformer-only model takes the rest from the default base, here from the cache.
+    cache_repo(
+        &dir,
+        "PixArt-alpha--pixart_sigma_sdxlvae_T5_diffusers",
+        &["text_encoder", "tokenizer", "vae", "scheduler"],
+    );
+    let out = dir.join("default-base.safetensors");
+    let o = bin()
+        .env("HF_HOME", &dir)
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["generate", "-p", "x", "--steps", "1", "--width", "64", "--height", "64"])
+        .args(["--no-resolution-binning", "--output-type", "latent", "--model"])
+        .arg(pipeline().join("transformer"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.is_file());
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Lays out the test pipeline's `subs` as the HF cache (`$HF_HOME/hub`) holds repo `name`
+/// (`owner--repo`) at revision `abc` (main).
+fn cache_repo(home: &Path, name: &str, subs: &[&str]) {
+    let repo = home.join(format!("hub/models--{name}"));
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc").unwrap();
+    let snap = repo.join("snapshots/abc");
+    for sub in subs {
+        std::fs::create_dir_all(snap.join(sub)).unwrap();
+        for e in std::fs::read_dir(pipeline().join(sub)).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), snap.join(sub).join(e.file_name())).unwrap();
+        }
+    }
+    std::fs::copy(pipeline().join("model_index.json"), snap.join("model_index.json")).unwrap();
 }
 
 #[test]
@@ -306,16 +345,19 @@ fn original_pth_checkpoint_with_base() {
     assert!(o.status.success(), "{}", stderr(&o));
     let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
     assert_eq!(got["latents"].dims(), [1, 4, 6, 4]);
-    // Without --base the missing parts are named.
+    // Without --base the default base is wanted (offline and not cached here), and named.
     let o = bin()
         .arg("generate")
         .arg("--model")
         .arg(&pth)
         .args(["-p", "x"])
+        .env("HF_HOME", dir.join("empty-hf-home"))
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("--base"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("default --base"), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -119,6 +119,11 @@ impl std::fmt::Debug for PipelineComponents {
     }
 }
 
+/// The pipeline that gives a transformer-only model (the 256 / 512 / 2K repos, an original
+/// checkpoint) its text encoder, tokenizer, VAE and scheduler when no base is named: the
+/// SDXL-VAE + T5-XXL pipeline PixArt-Σ's checkpoints use.
+pub const DEFAULT_BASE: &str = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers";
+
 fn missing(component: &str, paths: &ComponentPaths, flag: &str) -> Error {
     let base = match &paths.base {
         Some(b) => format!(" or {}", b.display()),

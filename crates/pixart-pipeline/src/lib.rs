@@ -26,7 +26,9 @@ pub mod pipeline;
 pub mod request;
 
 pub use builtin::{builtin_model_dir, is_builtin};
-pub use components::{ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths};
+pub use components::{
+    ComponentOptions, ComponentPaths, ModelGeometry, PipelineComponents, ResolvedPaths, DEFAULT_BASE,
+};
 pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
 pub use image_file::{encode_png, parameters_text, sampler_name};

@@ -92,7 +92,8 @@ pub struct GenerateArgs {
     #[arg(long = "lora")]
     lora: Vec<String>,
     /// A pipeline folder or hub id supplying the text encoder, tokenizer, VAE and scheduler
-    /// --model lacks.
+    /// --model lacks [default: PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers, fetched only when
+    /// --model lacks something].
     #[arg(long)]
     base: Option<PathBuf>,
     /// T5 encoder folder (or hub id) override.
@@ -235,7 +236,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .collect::<std::result::Result<Vec<_>, _>>()?;
     let paths = ComponentPaths {
         model: model.clone(),
-        base: a.base.clone(),
+        base: Some(
+            a.base
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(pixart_pipeline::DEFAULT_BASE)),
+        ),
         text_encoder: a.text_encoder.clone(),
         vae: a.vae.clone(),
         ..Default::default()
@@ -248,7 +253,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let resolved = paths
         .resolve_with(&HubConfig::from_env(), &mut downloads)
-        .map_err(usage)?;
+        .map_err(|e| {
+            // Name the default base when it is the part that could not be had.
+            let hint = format!(
+                "{} is the default --base, for the components --model lacks; pass --base DIR",
+                pixart_pipeline::DEFAULT_BASE
+            );
+            let about_default = a.base.is_none() && e.to_string().contains(pixart_pipeline::DEFAULT_BASE);
+            match e {
+                pixart_core::Error::InvalidInput(m) if about_default => UsageError(format!("{m} ({hint})")).into(),
+                other if about_default => anyhow::Error::from(other).context(hint),
+                other => usage(other),
+            }
+        })?;
     let kv_compress = match &a.kv_compress {
         Some(spec) => {
             let (_, cfg) = pixart_model::loading::locate(&resolved.transformer).map_err(usage)?;
