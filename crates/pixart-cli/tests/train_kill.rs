@@ -213,7 +213,8 @@ fn eval_curve_over_the_checkpoints_of_a_run() {
 
     // --every keeps multiples (and the final model); a folder that is not a run is a usage error.
     let o = bin()
-        .args(["eval", "curve", "--steps", "2", "--limit", "1", "--every", "2", "--run"])
+        .args(["eval", "curve", "--steps", "2", "--limit", "1", "--every", "2"])
+        .args(["--attribute", "all,shape", "--run"])
         .arg(dir.join("run"))
         .arg("--data")
         .arg(data.join("eval.jsonl"))
@@ -226,6 +227,9 @@ fn eval_curve_over_the_checkpoints_of_a_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(j["runs"][0]["points"].as_array().unwrap().len(), 2);
+    for attr in ["all", "shape"] {
+        assert!(dir.join(format!("curve-{attr}.png")).is_file(), "{attr}");
+    }
     let o = bin()
         .args(["eval", "curve", "--run"])
         .arg(&data)

@@ -105,9 +105,10 @@ pub struct CurveEvalArgs {
     /// Only the checkpoints whose step is a multiple of N (the final model is always taken).
     #[arg(long)]
     every: Option<u64>,
-    /// The attribute the chart shows: all, color, shape, position, size or background.
-    #[arg(long, default_value = "all")]
-    attribute: String,
+    /// The attribute the chart shows: all, color, shape, position, size or background; a
+    /// comma-separated list writes one chart per attribute (OUT with `-ATTRIBUTE` before `.png`).
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    attribute: Vec<String>,
     #[command(flatten)]
     eval: EvalSettings,
     /// The chart (PNG), written atomically.
@@ -310,13 +311,8 @@ fn accuracy_of(a: &Accuracy, attribute: &str) -> Option<f64> {
 fn curve(a: CurveEvalArgs) -> Result<()> {
     let prepared = a.eval.prepare()?;
     const ATTRIBUTES: [&str; 6] = ["all", "color", "shape", "position", "size", "background"];
-    if !ATTRIBUTES.contains(&a.attribute.as_str()) {
-        return Err(UsageError(format!(
-            "--attribute {}: expected one of {}",
-            a.attribute,
-            ATTRIBUTES.join(", ")
-        ))
-        .into());
+    if let Some(bad) = a.attribute.iter().find(|x| !ATTRIBUTES.contains(&x.as_str())) {
+        return Err(UsageError(format!("--attribute {bad}: expected one of {}", ATTRIBUTES.join(", "))).into());
     }
     if a.every == Some(0) {
         return Err(UsageError("--every must be at least 1".into()).into());
@@ -386,45 +382,56 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
         [255, 127, 14],
         [23, 190, 207],
     ];
-    let series: Vec<(String, Vec<(f64, f64)>, [u8; 3])> = results
-        .iter()
-        .enumerate()
-        .flat_map(|(k, (name, pts))| {
-            let c = PALETTE[k % PALETTE.len()];
-            let light = c.map(|v| ((v as u16 + 2 * 255) / 3) as u8);
-            let line = |acc: &dyn Fn(&CurvePoint) -> Option<f64>| -> Vec<(f64, f64)> {
-                pts.iter().filter_map(|p| acc(p).map(|v| (p.step as f64, v))).collect()
-            };
-            [
-                (
-                    format!("{name} held-out"),
-                    line(&|p| accuracy_of(&p.heldout, &a.attribute)),
-                    c,
-                ),
-                (
-                    format!("{name} seen"),
-                    line(&|p| accuracy_of(&p.seen, &a.attribute)),
-                    light,
-                ),
-            ]
-        })
-        .collect();
-    let curves: Vec<Curve> = series
-        .iter()
-        .map(|(label, points, color)| Curve {
-            label,
-            points,
-            color: *color,
-        })
-        .collect();
-    let title = format!(
-        "accuracy ({}) on {} prompts, {} captions",
-        a.attribute,
-        prepared.records.len(),
-        a.eval.caption
-    );
-    plot_in(&a.out, &title, &curves, false, Some((0.0, 1.0)))?;
-    eprintln!("wrote {}", a.out.display());
+    for attribute in &a.attribute {
+        let out = if a.attribute.len() == 1 {
+            a.out.clone()
+        } else {
+            let stem = a
+                .out
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            a.out.with_file_name(format!("{stem}-{attribute}.png"))
+        };
+        let series: Vec<(String, Vec<(f64, f64)>, [u8; 3])> = results
+            .iter()
+            .enumerate()
+            .flat_map(|(k, (name, pts))| {
+                let c = PALETTE[k % PALETTE.len()];
+                let light = c.map(|v| ((v as u16 + 2 * 255) / 3) as u8);
+                let line = |acc: &dyn Fn(&CurvePoint) -> Option<f64>| -> Vec<(f64, f64)> {
+                    pts.iter().filter_map(|p| acc(p).map(|v| (p.step as f64, v))).collect()
+                };
+                [
+                    (
+                        format!("{name} held-out"),
+                        line(&|p| accuracy_of(&p.heldout, attribute)),
+                        c,
+                    ),
+                    (
+                        format!("{name} seen"),
+                        line(&|p| accuracy_of(&p.seen, attribute)),
+                        light,
+                    ),
+                ]
+            })
+            .collect();
+        let curves: Vec<Curve> = series
+            .iter()
+            .map(|(label, points, color)| Curve {
+                label,
+                points,
+                color: *color,
+            })
+            .collect();
+        let title = format!(
+            "accuracy ({attribute}) on {} prompts, {} captions",
+            prepared.records.len(),
+            a.eval.caption
+        );
+        plot_in(&out, &title, &curves, false, Some((0.0, 1.0)))?;
+        eprintln!("wrote {}", out.display());
+    }
     if let Some(j) = &a.json {
         let runs: Vec<serde_json::Value> = results
             .iter()
