@@ -64,4 +64,4 @@ mkdir -p docs/images
     --out docs/images/w2s-weak.png --json runs/w2s/weak-curve.json
 "$PIXART" eval curve --run runs/w2s/strong-from-weak --run runs/w2s/strong-scratch \
     --run runs/w2s/strong-from-weak-nokv --attribute all,color,shape,position --data "$eval_data" \
-    --out docs/images/w2s.png --json runs/w2s/curve.json
+    --out docs/images/w2s.png --json runs/w2s/curve.json --loss-out docs/images/w2s-loss.png

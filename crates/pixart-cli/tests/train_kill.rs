@@ -214,7 +214,9 @@ fn eval_curve_over_the_checkpoints_of_a_run() {
     // --every keeps multiples (and the final model); a folder that is not a run is a usage error.
     let o = bin()
         .args(["eval", "curve", "--steps", "2", "--limit", "1", "--every", "2"])
-        .args(["--attribute", "all,shape", "--run"])
+        .args(["--attribute", "all,shape", "--loss-out"])
+        .arg(dir.join("loss.png"))
+        .arg("--run")
         .arg(dir.join("run"))
         .arg("--data")
         .arg(data.join("eval.jsonl"))
@@ -227,8 +229,8 @@ fn eval_curve_over_the_checkpoints_of_a_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(j["runs"][0]["points"].as_array().unwrap().len(), 2);
-    for attr in ["all", "shape"] {
-        assert!(dir.join(format!("curve-{attr}.png")).is_file(), "{attr}");
+    for f in ["curve-all.png", "curve-shape.png", "loss.png"] {
+        assert!(dir.join(f).is_file(), "{f}");
     }
     let o = bin()
         .args(["eval", "curve", "--run"])

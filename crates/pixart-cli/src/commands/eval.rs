@@ -117,6 +117,9 @@ pub struct CurveEvalArgs {
     /// Every point (run, step, held-out and seen accuracy per attribute) as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also chart the runs' training loss (log.jsonl, smoothed) against the step, to this PNG.
+    #[arg(long)]
+    loss_out: Option<PathBuf>,
 }
 
 /// Parsed [`EvalSettings`]: the prompts and how to generate them.
@@ -263,6 +266,54 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// Line colours of the runs, in order.
+const PALETTE: [[u8; 3]; 6] = [
+    [31, 119, 180],
+    [214, 39, 40],
+    [44, 160, 44],
+    [148, 103, 189],
+    [255, 127, 14],
+    [23, 190, 207],
+];
+
+fn run_name(run: &Path) -> String {
+    run.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| run.display().to_string())
+}
+
+/// The training loss of every run (exponential moving average over ~2 % of the run) on one chart.
+fn loss_chart(path: &Path, runs: &[PathBuf]) -> Result<()> {
+    let mut series = Vec::new();
+    for run in runs {
+        let log = run.join("log.jsonl");
+        let raw = pixart_train::metrics::JsonlLog::series(&log, "loss").map_err(usage)?;
+        let alpha = (50.0 / raw.len().max(1) as f64).clamp(0.02, 1.0);
+        let mut ema = None;
+        let smooth: Vec<(f64, f64)> = raw
+            .iter()
+            .map(|&(x, y)| {
+                let v = ema.map_or(y, |e: f64| e * (1.0 - alpha) + y * alpha);
+                ema = Some(v);
+                (x, v)
+            })
+            .collect();
+        series.push((run_name(run), smooth));
+    }
+    let curves: Vec<Curve> = series
+        .iter()
+        .enumerate()
+        .map(|(k, (label, points))| Curve {
+            label,
+            points,
+            color: PALETTE[k % PALETTE.len()],
+        })
+        .collect();
+    plot_in(path, "training loss (smoothed)", &curves, false, None)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}
+
 /// One evaluated checkpoint of a run.
 #[derive(serde::Serialize)]
 struct CurvePoint {
@@ -318,8 +369,8 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
         return Err(UsageError("--every must be at least 1".into()).into());
     }
     output_folder_exists(&a.out)?;
-    if let Some(j) = &a.json {
-        output_folder_exists(j)?;
+    for p in [&a.json, &a.loss_out].into_iter().flatten() {
+        output_folder_exists(p)?;
     }
     // Every run is read before the first model loads.
     let mut runs = Vec::new();
@@ -333,11 +384,10 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
         }
         let cfg = TrainConfig::from_file(&run.join("config.toml")).map_err(usage)?;
         let points = run_points(run, &cfg, a.every)?;
-        let name = run
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| run.display().to_string());
-        runs.push((name, cfg.model.base.clone(), points));
+        runs.push((run_name(run), cfg.model.base.clone(), points));
+    }
+    if let Some(path) = &a.loss_out {
+        loss_chart(path, &a.runs)?;
     }
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
     let mut results: Vec<(String, Vec<CurvePoint>)> = Vec::new();
@@ -374,14 +424,6 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
         results.push((name.clone(), done));
     }
 
-    const PALETTE: [[u8; 3]; 6] = [
-        [31, 119, 180],
-        [214, 39, 40],
-        [44, 160, 44],
-        [148, 103, 189],
-        [255, 127, 14],
-        [23, 190, 207],
-    ];
     for attribute in &a.attribute {
         let out = if a.attribute.len() == 1 {
             a.out.clone()
