@@ -51,7 +51,7 @@ cp configs/builtin/model_index.json "$out/model_index.json"
 
 step "5. features"
 "$PIXART" extract --data "$data/train.jsonl" --vae "$out/vae" --text-encoder "$out/text_encoder" \
-    --tokenizer "$out/tokenizer" --out "$features" --resolution 64
+    --tokenizer "$out/tokenizer" --out "$features" --resolution 64 --max-length 32
 
 step "6. transformer"
 if [[ ! -f runs/builtin/transformer/diffusion_pytorch_model.safetensors ]]; then

@@ -51,7 +51,7 @@ cp "$b/model_index.json" runs/w2s/base-a/
 
 step "2. 32 px features through VAE A"
 "$PIXART" extract --data data/demo64/train.jsonl --vae runs/w2s/base-a/vae --text-encoder "$b/text_encoder" \
-    --tokenizer "$b/tokenizer" --out data/features32a --resolution 32
+    --tokenizer "$b/tokenizer" --out data/features32a --resolution 32 --max-length 32
 
 step "3. (i) weak";                 train configs/w2s/weak.toml runs/w2s/weak
 step "4. (ii) strong from weak";    train configs/w2s/strong-from-weak.toml runs/w2s/strong-from-weak

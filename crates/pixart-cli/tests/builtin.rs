@@ -4,9 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use base64::Engine;
+
 use pixart_demo::check::check;
 use pixart_demo::dataset::read_eval;
 use pixart_pipeline::RgbImage;
+use serde_json::json;
+
+mod common;
 
 /// `pixart` with the built-in model of this source tree (no `$PIXART_BUILTIN` from outside).
 fn bin() -> Command {
@@ -43,6 +48,19 @@ fn eval_prompts(root: &Path) -> PathBuf {
     data.join("eval.jsonl")
 }
 
+/// `pixart generate` (no --model, seed 0) of `prompt` into `out`: a 64 px image.
+fn generate_builtin(prompt: &str, out: &Path) -> RgbImage {
+    let o = bin()
+        .args(["generate", "--seed", "0", "--prompt", prompt, "--output"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = RgbImage::from_png(&read(out), "generated image").unwrap();
+    assert_eq!((img.width, img.height), (64, 64));
+    img
+}
+
 #[test]
 fn the_builtin_model_is_within_the_size_budget() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/builtin");
@@ -65,14 +83,7 @@ fn generate_without_a_model_draws_the_prompt() {
     let eval = read_eval(&eval_prompts(&root)).unwrap();
     // A seen prompt of the evaluation list (not held out), drawn with its own attributes.
     let record = eval.iter().find(|r| !r.heldout).unwrap();
-    let o = bin()
-        .args(["generate", "--seed", "0", "--prompt", &record.long_caption, "--output"])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let img = RgbImage::from_png(&read(&out), "circle.png").unwrap();
-    assert_eq!((img.width, img.height), (64, 64));
+    let img = generate_builtin(&record.long_caption, &out);
     let verdict = check(&img, &record.attributes).unwrap();
     assert!(
         verdict.background && verdict.color && verdict.shape,
@@ -136,4 +147,25 @@ fn quick_eval_of_the_builtin_model() {
         }
     }
     assert!(RgbImage::from_png(&read(&sheet), "sheet.png").is_ok());
+}
+
+/// `pixart serve` with the built-in model: the OpenAI route gives the native 64 px image of the
+/// prompt, the same pixels `pixart generate` makes.
+#[test]
+fn serve_draws_with_the_builtin_model() {
+    let root = tempdir("serve");
+    let eval = read_eval(&eval_prompts(&root)).unwrap();
+    let record = eval.iter().find(|r| !r.heldout).unwrap();
+    let server = common::Server::start_with_model(Path::new("builtin"), &[]);
+    let r = server.post(
+        "/v1/images/generations",
+        &json!({"prompt": record.long_caption, "n": 1, "seed": 0, "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let b64 = r.json()["data"][0]["b64_json"].as_str().unwrap().to_string();
+    let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let img = RgbImage::from_png(&png, "response").unwrap();
+    assert_eq!((img.width, img.height), (64, 64));
+    let want = generate_builtin(&record.long_caption, &root.join("generate.png"));
+    assert_eq!(img.data, want.data, "the server and pixart generate differ");
 }
