@@ -253,3 +253,45 @@ fn eval_demo_bad_input() {
         .unwrap();
     assert_one_line_error(&o, 2, "pass --model");
 }
+
+/// `eval vae` on the tiny random fixture VAE: the originals read back right (the checker on
+/// rendered images), the random VAE's reconstructions are counted, and the sheet is written.
+#[test]
+fn eval_vae_reads_originals_and_reconstructions() {
+    let root = tempdir("eval-vae");
+    let data = root.join("data");
+    let o = demo_data(&data, &["--count", "6", "--size", "64"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sheet = root.join("recon.png");
+    let o = bin()
+        .args(["eval", "vae", "--limit", "5", "--batch", "2", "--vae"])
+        .arg(fixtures_root().join("golden/vae/small"))
+        .arg("--data")
+        .arg(data.join("train.jsonl"))
+        .arg("--out")
+        .arg(&sheet)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", stderr(&o));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("5 images") && lines[0].contains("PSNR"),
+        "{stdout}"
+    );
+    let originals: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(
+        originals,
+        ["originals", "100.0%", "100.0%", "100.0%", "100.0%", "100.0%", "100.0%"],
+        "{stdout}"
+    );
+    assert!(lines[3].starts_with("reconstructions"), "{stdout}");
+    let img = RgbImage::from_png(&read(&sheet), "recon.png").unwrap();
+    assert!(img.width > 5 * 64 && img.height > 64, "{}x{}", img.width, img.height);
+    let o = bin()
+        .args(["eval", "vae", "--limit", "0", "--data"])
+        .arg(data.join("train.jsonl"))
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "--limit");
+}

@@ -30,6 +30,29 @@ enum EvalCommand {
     /// `eval demo` on the checkpoints of `pixart train` runs: accuracy against training step, as a
     /// chart (PNG) and JSON.
     Curve(CurveEvalArgs),
+    /// The VAE's ceiling: demo images encoded and decoded, checked by rule like generated ones.
+    Vae(VaeEvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VaeEvalArgs {
+    /// A diffusers AutoencoderKL folder, or a pipeline folder with vae/ (default: the built-in
+    /// model's).
+    #[arg(long)]
+    vae: Option<PathBuf>,
+    /// Images with their attributes: train.jsonl written by `pixart demo-data`.
+    #[arg(long)]
+    data: PathBuf,
+    /// The first N images.
+    #[arg(long, default_value_t = 512)]
+    limit: usize,
+    /// Images per encode/decode call.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// A contact sheet of the first 64 reconstructions (framed green when every attribute reads
+    /// back right), written atomically.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -195,6 +218,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     match a.what {
         EvalCommand::Demo(d) => demo(d),
         EvalCommand::Curve(c) => curve(c),
+        EvalCommand::Vae(v) => vae_ceiling(v),
     }
 }
 
@@ -489,6 +513,123 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
         });
         pixart_core::weights::write_atomic(j, &serde_json::to_vec_pretty(&summary)?)?;
         eprintln!("wrote {}", j.display());
+    }
+    Ok(())
+}
+
+/// (b, 3, h, w) in [-1, 1] → 8-bit images (diffusers' postprocess: clamp(x/2 + 0.5), round).
+fn to_images(x: &candle_core::Tensor) -> Result<Vec<RgbImage>> {
+    let (b, c, h, w) = x.dims4()?;
+    // (b, 3, h, w) -> (b, h, w, 3)
+    let v = x.permute((0, 2, 3, 1))?.flatten_all()?.to_vec1::<f32>()?;
+    let per = h * w * c;
+    Ok((0..b)
+        .map(|k| RgbImage {
+            width: w,
+            height: h,
+            data: v[k * per..(k + 1) * per]
+                .iter()
+                .map(|&x| ((x * 0.5 + 0.5).clamp(0.0, 1.0) * 255.0).round() as u8)
+                .collect(),
+        })
+        .collect())
+}
+
+fn vae_ceiling(a: VaeEvalArgs) -> Result<()> {
+    use pixart_demo::check::check;
+    if a.limit == 0 || a.batch == 0 {
+        return Err(UsageError("--limit and --batch must be at least 1".into()).into());
+    }
+    if let Some(o) = &a.out {
+        output_folder_exists(o)?;
+    }
+    let mut records = pixart_demo::dataset::read_train(&a.data).map_err(usage)?;
+    records.truncate(a.limit);
+    let root = a.data.parent().unwrap_or(Path::new("."));
+    let dir = match &a.vae {
+        Some(v) => v.clone(),
+        None => builtin_model_dir().map_err(usage)?,
+    };
+    let dir = pixart_vae::loading::vae_dir(&dir).map_err(usage)?;
+    let vae = pixart_vae::load_vae(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).map_err(usage)?;
+    let (bar, tty) = progress_bar(
+        records.len(),
+        "{bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
+    );
+    let (mut originals, mut recons, mut sheet) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut sq_err, mut values) = (0.0f64, 0usize);
+    for chunk in records.chunks(a.batch) {
+        let mut images = Vec::with_capacity(chunk.len());
+        for r in chunk {
+            let p = root.join(&r.path);
+            let bytes = std::fs::read(&p).map_err(|e| UsageError(format!("{}: {e}", p.display())))?;
+            images.push(RgbImage::from_png(&bytes, &p.display().to_string()).map_err(usage)?);
+        }
+        let (w, h) = (images[0].width, images[0].height);
+        if images.iter().any(|i| (i.width, i.height) != (w, h)) {
+            return Err(UsageError(format!("{}: the images differ in size", a.data.display())).into());
+        }
+        // (b, h, w, 3) bytes -> (b, 3, h, w) in [-1, 1]
+        let flat: Vec<f32> = images
+            .iter()
+            .flat_map(|i| i.data.iter().map(|&v| v as f32 / 127.5 - 1.0))
+            .collect();
+        let x = candle_core::Tensor::from_vec(flat, (images.len(), h, w, 3), &candle_core::Device::Cpu)?
+            .permute((0, 3, 1, 2))?
+            .contiguous()?;
+        let z = vae.encode(&x, pixart_vae::Tiling::Off).map_err(usage)?.mean;
+        let y = vae
+            .decode(&z, pixart_vae::Tiling::Off)
+            .map_err(usage)?
+            .to_dtype(candle_core::DType::F32)?;
+        for (r, (img, rec)) in chunk.iter().zip(images.iter().zip(to_images(&y)?)) {
+            sq_err += img
+                .data
+                .iter()
+                .zip(&rec.data)
+                .map(|(&p, &q)| (p as f64 - q as f64).powi(2))
+                .sum::<f64>();
+            values += img.data.len();
+            originals.push(check(img, &r.attributes).map_err(usage)?);
+            let c = check(&rec, &r.attributes).map_err(usage)?;
+            if sheet.len() < 64 {
+                sheet.push((rec, c.all()));
+            }
+            recons.push(c);
+        }
+        if tty {
+            bar.inc(chunk.len() as u64);
+        }
+    }
+    bar.finish_and_clear();
+    let mse = sq_err / values.max(1) as f64;
+    let psnr = 10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10();
+    println!(
+        "{} images of {} through {} (PSNR {psnr:.2} dB)",
+        records.len(),
+        a.data.display(),
+        dir.display()
+    );
+    println!(
+        "{:<16} {:>10} {:>7} {:>7} {:>7} {:>9} {:>7}",
+        "images", "background", "color", "shape", "size", "position", "all"
+    );
+    for (name, acc) in [
+        ("originals", Accuracy::of(&originals)),
+        ("reconstructions", Accuracy::of(&recons)),
+    ] {
+        let cols = acc
+            .columns()
+            .map(|(_, v)| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v)));
+        println!(
+            "{name:<16} {:>10} {:>7} {:>7} {:>7} {:>9} {:>7}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5]
+        );
+    }
+    if let Some(o) = &a.out {
+        let framed: Vec<(&RgbImage, bool)> = sheet.iter().map(|(i, ok)| (i, *ok)).collect();
+        pixart_core::weights::write_atomic(o, &contact_sheet(&framed, 8)?.to_png(None)?)?;
+        eprintln!("wrote {}", o.display());
     }
     Ok(())
 }
