@@ -7,12 +7,12 @@
 #   3. the frozen text encoder    pixart init text-encoder models/builtin/text_encoder (seed 0)
 #   4. the VAE                    pixart train-vae        runs/vae -> models/builtin/vae
 #   5. the training features      pixart extract          data/features64
-#   6. the transformer            pixart train (2 phases) runs/builtin, runs/builtin2 -> models/builtin/transformer
+#   6. the transformer            pixart train            runs/builtin -> models/builtin/transformer
 #   7. the evaluation             pixart eval demo        docs/images/builtin-eval.png
 #
 # Every stage is resumable: run the script again after an interruption and finished stages are
 # skipped, the VAE and transformer runs continue from their last checkpoint (bit for bit).
-# Times on the 2-core Zen 4 machine: stage 4 ≈ 48 min, 5 ≈ 3 min, 6 ≈ 23 + 40 min (docs/builtin-model.md).
+# Times on the 2-core Zen 4 machine: stage 4 ≈ 48 min, 5 ≈ 3 min, 6 ≈ 46 min (docs/builtin-model.md).
 #
 #   tools/builtin/train.sh            # everything
 #   PIXART=/path/to/pixart tools/builtin/train.sh
@@ -53,17 +53,14 @@ step "5. features"
 "$PIXART" extract --data "$data/train.jsonl" --vae "$out/vae" --text-encoder "$out/text_encoder" \
     --tokenizer "$out/tokenizer" --out "$features" --resolution 64 --max-length 32
 
-step "6. transformer (phase 1: lr 3e-4, 1400 steps; phase 2: lr 1e-3, 2600 steps)"
-train() { # config, run folder
-    [[ -f "$2/transformer/diffusion_pytorch_model.safetensors" ]] && return 0
-    local resume=()
-    [[ -f "$2/checkpoints/latest" ]] && resume=(--resume)
-    "$PIXART" train --config "$1" "${resume[@]}"
-}
-train configs/builtin/transformer.toml runs/builtin
-train configs/builtin/transformer-2.toml runs/builtin2
+step "6. transformer"
+if [[ ! -f runs/builtin/transformer/diffusion_pytorch_model.safetensors ]]; then
+    resume=()
+    [[ -f runs/builtin/checkpoints/latest ]] && resume=(--resume)
+    "$PIXART" train --config configs/builtin/transformer.toml "${resume[@]}"
+fi
 mkdir -p "$out/transformer"
-cp runs/builtin2/transformer/config.json runs/builtin2/transformer/diffusion_pytorch_model.safetensors \
+cp runs/builtin/transformer/config.json runs/builtin/transformer/diffusion_pytorch_model.safetensors \
     "$out/transformer/"
 
 step "7. evaluation"
