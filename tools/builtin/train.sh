@@ -47,7 +47,6 @@ fi
 mkdir -p "$out/vae" "$out/scheduler"
 cp runs/vae/vae/config.json runs/vae/vae/diffusion_pytorch_model.safetensors "$out/vae/"
 cp configs/builtin/scheduler_config.json "$out/scheduler/scheduler_config.json"
-cp configs/builtin/model_index.json "$out/model_index.json"
 
 step "5. features"
 "$PIXART" extract --data "$data/train.jsonl" --vae "$out/vae" --text-encoder "$out/text_encoder" \
@@ -62,6 +61,8 @@ fi
 mkdir -p "$out/transformer"
 cp runs/builtin/transformer/config.json runs/builtin/transformer/diffusion_pytorch_model.safetensors \
     "$out/transformer/"
+# Last: with model_index.json the folder is a complete pipeline, and `pixart generate` takes it.
+cp configs/builtin/model_index.json "$out/model_index.json"
 
 step "7. evaluation"
 mkdir -p docs/images
