@@ -290,6 +290,9 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// One line of a chart: label, (step, value) points, colour.
+type Series = (String, Vec<(f64, f64)>, [u8; 3]);
+
 /// Line colours of the runs, in order.
 const PALETTE: [[u8; 3]; 6] = [
     [31, 119, 180],
@@ -459,7 +462,7 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
                 .unwrap_or_default();
             a.out.with_file_name(format!("{stem}-{attribute}.png"))
         };
-        let series: Vec<(String, Vec<(f64, f64)>, [u8; 3])> = results
+        let series: Vec<Series> = results
             .iter()
             .enumerate()
             .flat_map(|(k, (name, pts))| {
