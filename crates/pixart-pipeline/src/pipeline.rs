@@ -166,16 +166,7 @@ pub fn generate(
             dropped: e.truncated,
         });
     }
-    // Only the longest text's valid positions are kept (padding is on the right): T5's outputs
-    // at valid positions do not depend on masked ones, and masked keys add nothing to the
-    // cross-attention, so the result is diffusers' 300-token one up to rounding, while T5 and
-    // the cross-attention run on a few tokens instead of 300.
-    let valid = encodings.iter().map(|e| e.len()).max().unwrap_or(1);
     let (ids, mask) = to_tensors(&encodings, device)?;
-    let (ids, mask) = (
-        ids.narrow(1, 0, valid)?.contiguous()?,
-        mask.narrow(1, 0, valid)?.contiguous()?,
-    );
 
     // 2. T5-encode all texts at once; the encoder is dropped right after, before denoising.
     let t5 = clock.run(Stage::LoadTextEncoder, |_| {
