@@ -192,6 +192,7 @@ impl Prepared {
         if let Ok(geometry) = paths.resolve().map_err(usage)?.geometry() {
             validate(&geometry, &self.records, &self.opts).map_err(usage)?;
         }
+        eprintln!("loading {}", paths.model.display());
         let components = PipelineComponents::load(paths, &self.component_opts).map_err(usage)?;
         validate(&components.geometry(), &self.records, &self.opts).map_err(usage)?;
         let (bar, tty) = progress_bar(
@@ -240,7 +241,6 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
         base: a.base.clone(),
         ..Default::default()
     };
-    eprintln!("loading {}", model.display());
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
     let start = std::time::Instant::now();
     let Some(items) = prepared.run(&paths, &cancel)? else {
@@ -422,7 +422,7 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
     for (name, base, points) in &runs {
         let mut done = Vec::new();
         for (step, transformer) in points {
-            eprintln!("{name}: step {step} ({})", transformer.display());
+            eprintln!("{name}: step {step}");
             let paths = ComponentPaths {
                 model: transformer.clone(),
                 base: Some(base.clone()),
