@@ -11,6 +11,10 @@
 //! - `scale_shift_table`s: normal / √hidden;
 //! - KV compression: the conv as R×R averaging (weight 1/R², bias 0), the LayerNorm as identity.
 //!
+//! [`InitWeights::pytorch_caption_path`] departs from PixArt for the caption path only
+//! (`caption_projection.*` and `*.attn2.to_out.*`): PyTorch's `nn.Linear` default, weight and
+//! bias uniform ±1/√fan_in, so the caption reaches the output from the first step.
+//!
 //! [`InitWeights`] is a `VarBuilder` backend that draws these by weight name from a seeded
 //! generator, so building a [`crate::PixArtTransformer`] through it (with
 //! `pixart_core::weights::Recording` to keep the tensors) yields the full initial state dict.
@@ -28,8 +32,10 @@ use crate::transformer::MICRO_COND_PROBE;
 pub struct InitWeights {
     rng: Mutex<StdRng>,
     micro_conditions: bool,
-    /// Fan-in of the patch-embedding conv (its weight is drawn before its bias).
-    conv_fan_in: Mutex<usize>,
+    /// Fan-in of the last weight whose bias depends on it (the patch-embedding conv; the
+    /// caption path's linears with `pytorch_caption_path`); a weight is drawn before its bias.
+    last_fan_in: Mutex<usize>,
+    pytorch_caption_path: bool,
 }
 
 impl InitWeights {
@@ -38,8 +44,15 @@ impl InitWeights {
         Self {
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
             micro_conditions,
-            conv_fan_in: Mutex::new(1),
+            last_fan_in: Mutex::new(1),
+            pytorch_caption_path: false,
         }
+    }
+
+    /// Initialise the caption path as PyTorch's `nn.Linear` does (see the module docs).
+    pub fn pytorch_caption_path(mut self, on: bool) -> Self {
+        self.pytorch_caption_path = on;
+        self
     }
 
     fn draw(&self, n: usize, f: impl Fn(&mut StdRng) -> f32) -> candle_core::Result<Vec<f32>> {
@@ -80,19 +93,33 @@ impl InitWeights {
         if name.contains("kv_compress.norm.") {
             return Ok(vec![if is_weight { 1.0 } else { 0.0 }; n]);
         }
+        let caption_path = name.starts_with("caption_projection.") || name.contains(".attn2.to_out.");
+        if self.pytorch_caption_path && caption_path {
+            // nn.Linear: kaiming_uniform(a=√5) = U(±1/√fan_in) for the weight, the same bound
+            // for the bias; the bias (drawn after its weight) reuses the fan-in recorded then.
+            let fan_in = if is_weight && dims.len() == 2 {
+                if let Ok(mut f) = self.last_fan_in.lock() {
+                    *f = dims[1];
+                }
+                dims[1]
+            } else {
+                self.last_fan_in.lock().map(|f| *f).unwrap_or(1)
+            };
+            return self.uniform(n, 1.0 / (fan_in.max(1) as f64).sqrt());
+        }
         if name.starts_with("proj_out.") || name.contains(".attn2.to_out.") {
             return zeros();
         }
         if name == "pos_embed.proj.weight" {
             let fan_out = dims.first().copied().unwrap_or(1).max(1);
             let fan_in = n / fan_out;
-            if let Ok(mut f) = self.conv_fan_in.lock() {
+            if let Ok(mut f) = self.last_fan_in.lock() {
                 *f = fan_in;
             }
             return self.uniform(n, (6.0 / (fan_in + fan_out) as f64).sqrt());
         }
         if name == "pos_embed.proj.bias" {
-            let fan_in = self.conv_fan_in.lock().map(|f| *f).unwrap_or(1).max(1);
+            let fan_in = self.last_fan_in.lock().map(|f| *f).unwrap_or(1).max(1);
             return self.uniform(n, 1.0 / (fan_in as f64).sqrt());
         }
         if is_bias {

@@ -6,6 +6,7 @@ use pixart_core::{Error, Result};
 use pixart_model::{KvCompressConfig, TransformerConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::diffusion::LossWeighting;
 use crate::optim::OptimizerConfig;
 
 /// The whole config file.
@@ -46,6 +47,21 @@ pub struct ModelSection {
     /// without weights start from averaging.
     #[serde(default)]
     pub kv_compress: Option<String>,
+    /// How a from-scratch `config` initialises the caption path (`caption_projection` and the
+    /// cross-attention output projections): `pixart` (the default: normal 0.02 and zero) or
+    /// `pytorch` (nn.Linear's default uniform ±1/√fan_in, so the caption reaches the output
+    /// from the first step).
+    #[serde(default)]
+    pub caption_init: CaptionInit,
+}
+
+/// See [`ModelSection::caption_init`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptionInit {
+    #[default]
+    Pixart,
+    Pytorch,
 }
 
 /// `[data]`: precomputed features (`pixart extract`).
@@ -97,6 +113,10 @@ pub struct TrainSection {
     /// cpu, cuda, cuda:N or auto.
     #[serde(default = "cpu_name")]
     pub device: String,
+    /// Per-timestep weight of the ε-MSE: `epsilon` (PixArt's, the default), `min-snr:GAMMA`
+    /// or `inv-snr:GAMMA` (see [`LossWeighting`]).
+    #[serde(default)]
+    pub loss_weighting: LossWeighting,
 }
 
 fn one() -> usize {
@@ -234,6 +254,9 @@ impl TrainConfig {
         }
         if m.sample_size == Some(0) {
             return Err("model.sample_size must be positive".into());
+        }
+        if m.caption_init != CaptionInit::Pixart && m.config.is_none() {
+            return Err("model.caption_init applies only to a from-scratch `config`, not to `init` weights".into());
         }
         if let Some(s) = m.interpolation_scale.filter(|s| !positive(*s)) {
             return Err(format!("model.interpolation_scale must be positive, got {s}"));

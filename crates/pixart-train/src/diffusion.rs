@@ -11,6 +11,11 @@
 //!   q(x_{t−1}|x_t, x0) and p(x_{t−1}|x_t) built from the *detached* ε̂ and v (so vb trains
 //!   only the variance), in bits per dimension; at t = 0 it is the discretised-Gaussian
 //!   decoder NLL instead.
+//!
+//! Optionally (not PixArt's recipe) the ε term is weighted per timestep, see [`LossWeighting`].
+use std::fmt;
+use std::str::FromStr;
+
 use candle_core::{DType, Tensor, D};
 use pixart_core::{Error, Result};
 
@@ -27,13 +32,99 @@ pub struct GaussianDiffusion {
     posterior_mean_coef1: Vec<f64>,
     posterior_mean_coef2: Vec<f64>,
     log_betas: Vec<f64>,
+    weighting: LossWeighting,
+}
+
+/// How the ε-MSE of each sample is weighted by its timestep (the vb term never is).
+///
+/// With ε-prediction the error of the implied x0 prediction counts with weight SNR(t) =
+/// ᾱ/(1−ᾱ), which is below 0.002 for t > 800 under PixArt's schedule: the decisions that only
+/// the caption can make (which colour, where the shape goes) are taken at high noise and weigh
+/// almost nothing in the loss, so a small model trained for a few thousand steps learns to
+/// denoise long before it learns to read the caption.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum LossWeighting {
+    /// PixArt's: every timestep's ε-MSE with weight 1.
+    #[default]
+    Epsilon,
+    /// Min-SNR-γ (Hang et al. 2023, arXiv 2303.09556) for ε-prediction: min(SNR, γ) / SNR,
+    /// which lowers the weight of the low-noise steps.
+    MinSnr(f64),
+    /// min(max(1/SNR, 1), γ): the x0 error weighs 1 (an x0 loss) where 1/γ ≤ SNR ≤ 1, the
+    /// ε-MSE weighs γ at higher noise, 1 at lower noise. This raises the high-noise steps,
+    /// where the caption decides, while the cap keeps the ε-parameterised network's small
+    /// errors at t → T from dominating (1/SNR reaches 25000 at t = 999).
+    InvSnr(f64),
+}
+
+impl LossWeighting {
+    /// The weight of a sample at a timestep with signal-to-noise ratio `snr`.
+    pub fn weight(self, snr: f64) -> f64 {
+        match self {
+            Self::Epsilon => 1.0,
+            Self::MinSnr(gamma) => snr.min(gamma) / snr,
+            Self::InvSnr(gamma) => (1.0 / snr).max(1.0).min(gamma),
+        }
+    }
+}
+
+impl FromStr for LossWeighting {
+    type Err = String;
+
+    /// `epsilon`, `min-snr:GAMMA` or `inv-snr:GAMMA`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (kind, arg) = match s.split_once(':') {
+            Some((k, a)) => (k, Some(a)),
+            None => (s, None),
+        };
+        let value = |name: &str| -> std::result::Result<f64, String> {
+            let a = arg.ok_or_else(|| format!("`{name}` needs a value, e.g. `{name}:5`"))?;
+            match a.trim().parse::<f64>() {
+                Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+                _ => Err(format!("`{name}:{a}`: the value must be a positive number")),
+            }
+        };
+        match kind.trim() {
+            "epsilon" if arg.is_none() => Ok(Self::Epsilon),
+            "min-snr" => value("min-snr").map(Self::MinSnr),
+            "inv-snr" => value("inv-snr").map(Self::InvSnr),
+            _ => Err(format!(
+                "unknown loss weighting `{s}` (expected `epsilon`, `min-snr:GAMMA` or `inv-snr:GAMMA`)"
+            )),
+        }
+    }
+}
+
+impl TryFrom<String> for LossWeighting {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<LossWeighting> for String {
+    fn from(w: LossWeighting) -> String {
+        w.to_string()
+    }
+}
+
+impl fmt::Display for LossWeighting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Epsilon => write!(f, "epsilon"),
+            Self::MinSnr(g) => write!(f, "min-snr:{g}"),
+            Self::InvSnr(g) => write!(f, "inv-snr:{g}"),
+        }
+    }
 }
 
 /// Per-sample loss terms, each (b,) f32.
 #[derive(Debug, Clone)]
 pub struct Losses {
-    /// mse + vb: what is minimised (its batch mean).
+    /// w(t)·mse + vb: what is minimised (its batch mean); w = 1 unless a [`LossWeighting`] is set.
     pub loss: Tensor,
+    /// The unweighted ε-MSE.
     pub mse: Tensor,
     pub vb: Tensor,
 }
@@ -84,7 +175,26 @@ impl GaussianDiffusion {
             posterior_log_variance_clipped,
             alphas_cumprod,
             betas,
+            weighting: LossWeighting::Epsilon,
         }
+    }
+
+    /// The same diffusion with the ε-MSE weighted by `weighting`.
+    pub fn with_weighting(mut self, weighting: LossWeighting) -> Self {
+        self.weighting = weighting;
+        self
+    }
+
+    /// The weight of the ε-MSE at each timestep of `t`, (b,) f32 on `device`.
+    fn loss_weights(&self, t: &[usize], device: &candle_core::Device) -> Result<Tensor> {
+        let w = t
+            .iter()
+            .map(|&ti| {
+                let a = self.alphas_cumprod[ti];
+                self.weighting.weight(a / (1.0 - a)) as f32
+            })
+            .collect::<Vec<_>>();
+        Ok(Tensor::from_vec(w, t.len(), device)?)
     }
 
     /// Number of diffusion steps.
@@ -159,8 +269,12 @@ impl GaussianDiffusion {
         let is_t0: Vec<u8> = t.iter().map(|&ti| u8::from(ti == 0)).collect();
         let is_t0 = Tensor::from_vec(is_t0, b, x0.device())?;
         let vb = is_t0.where_cond(&nll, &kl)?;
+        let weighted = match self.weighting {
+            LossWeighting::Epsilon => mse.clone(),
+            _ => (&mse * self.loss_weights(t, x0.device())?)?,
+        };
         Ok(Losses {
-            loss: (&mse + &vb)?,
+            loss: (&weighted + &vb)?,
             mse,
             vb,
         })
@@ -202,4 +316,64 @@ fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &
     let high = x.gt(0.999)?;
     let mid = high.where_cond(&log_one_minus_cdf_min, &log_cdf_delta)?;
     Ok(low.where_cond(&log_cdf_plus, &mid)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn weightings_parse_and_weigh() {
+        assert_eq!("epsilon".parse::<LossWeighting>(), Ok(LossWeighting::Epsilon));
+        assert_eq!("min-snr:5".parse::<LossWeighting>(), Ok(LossWeighting::MinSnr(5.0)));
+        assert_eq!("inv-snr:50".parse::<LossWeighting>(), Ok(LossWeighting::InvSnr(50.0)));
+        for bad in ["inv-snr", "inv-snr:-1", "min-snr:x", "epsilon:3", "v"] {
+            assert!(bad.parse::<LossWeighting>().is_err(), "{bad} parsed");
+        }
+        assert_eq!(LossWeighting::InvSnr(50.0).to_string(), "inv-snr:50");
+        // min-snr: 1 at high noise, γ/SNR at low noise.
+        assert_eq!(LossWeighting::MinSnr(5.0).weight(0.5), 1.0);
+        assert!((LossWeighting::MinSnr(5.0).weight(20.0) - 0.25).abs() < 1e-12);
+        // inv-snr: 1 at low noise, 1/SNR in between, γ at high noise.
+        assert_eq!(LossWeighting::InvSnr(50.0).weight(3.0), 1.0);
+        assert!((LossWeighting::InvSnr(50.0).weight(0.1) - 10.0).abs() < 1e-12);
+        assert_eq!(LossWeighting::InvSnr(50.0).weight(1e-4), 50.0);
+    }
+
+    #[test]
+    fn weighted_loss_is_w_mse_plus_vb() -> Result<()> {
+        let dev = Device::Cpu;
+        let x0 = Tensor::randn(0f32, 1.0, (3, 2, 4, 4), &dev)?;
+        let noise = Tensor::randn(0f32, 1.0, (3, 2, 4, 4), &dev)?;
+        let out = Tensor::randn(0f32, 0.5, (3, 4, 4, 4), &dev)?;
+        let t = [10usize, 500, 990];
+        let plain = GaussianDiffusion::linear(1000)?;
+        let x_t = plain.q_sample(&x0, &t, &noise)?;
+        let a = plain.training_losses(&out, &x0, &x_t, &noise, &t)?;
+        let w = LossWeighting::InvSnr(20.0);
+        let b = plain
+            .clone()
+            .with_weighting(w)
+            .training_losses(&out, &x0, &x_t, &noise, &t)?;
+        let (mse, vb, loss) = (
+            a.mse.to_vec1::<f32>()?,
+            a.vb.to_vec1::<f32>()?,
+            b.loss.to_vec1::<f32>()?,
+        );
+        assert_eq!(b.mse.to_vec1::<f32>()?, mse, "the reported mse stays unweighted");
+        for (i, &ti) in t.iter().enumerate() {
+            let ab = plain.alphas_cumprod[ti];
+            let expect = w.weight(ab / (1.0 - ab)) as f32 * mse[i] + vb[i];
+            assert!(
+                (loss[i] - expect).abs() <= 1e-5 * expect.abs().max(1.0),
+                "t={ti}: {} vs {expect}",
+                loss[i]
+            );
+        }
+        // t = 990 sits at the cap, t = 10 at weight 1.
+        assert!((loss[0] - (mse[0] + vb[0])).abs() < 1e-6);
+        assert!((loss[2] - (20.0 * mse[2] + vb[2])).abs() < 1e-4);
+        Ok(())
+    }
 }

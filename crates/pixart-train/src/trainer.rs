@@ -26,7 +26,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
 use crate::checkpoint::{self, CheckpointData, TrainerState};
-use crate::config::TrainConfig;
+use crate::config::{CaptionInit, TrainConfig};
 use crate::data::{Batch, TrainData};
 use crate::diffusion::GaussianDiffusion;
 use crate::lora::Lora;
@@ -105,8 +105,19 @@ fn randn(rng: &mut StdRng, shape: &[usize], device: &Device) -> Result<Tensor> {
 
 /// The full initial weights of `tcfg`, PixArt-initialised from `seed`.
 pub fn fresh_weights(tcfg: &TransformerConfig, seed: u64) -> Result<BTreeMap<String, Tensor>> {
+    fresh_weights_with(tcfg, seed, false)
+}
+
+/// [`fresh_weights`], with PyTorch's default init on the caption path when `pytorch_caption`
+/// (`[model] caption_init = "pytorch"`).
+pub fn fresh_weights_with(
+    tcfg: &TransformerConfig,
+    seed: u64,
+    pytorch_caption: bool,
+) -> Result<BTreeMap<String, Tensor>> {
     let micro = tcfg.use_additional_conditions == Some(true);
-    let rec = Shared(Arc::new(Recording::new(InitWeights::new(seed, micro))));
+    let init = InitWeights::new(seed, micro).pytorch_caption_path(pytorch_caption);
+    let rec = Shared(Arc::new(Recording::new(init)));
     let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
     PixArtTransformer::new(tcfg, vb)?;
     Ok(rec.0.tensors())
@@ -161,7 +172,8 @@ impl Trainer {
             (Some(c), _) => {
                 let mut t = TransformerConfig::from_file(c)?;
                 cfg.apply_overrides(&mut t)?;
-                (fresh_weights(&t, cfg.train.seed)?, t)
+                let pytorch_caption = cfg.model.caption_init == CaptionInit::Pytorch;
+                (fresh_weights_with(&t, cfg.train.seed, pytorch_caption)?, t)
             }
             (None, Some(init)) => {
                 let (_, base_cfg, _) = pixart_model::loading::open_checkpoint(init, &LoadOptions::default())?;
@@ -306,7 +318,7 @@ impl Trainer {
             lora,
             opt,
             ema,
-            diffusion: GaussianDiffusion::linear(1000)?,
+            diffusion: GaussianDiffusion::linear(1000)?.with_weighting(cfg.train.loss_weighting),
             null_caption,
             scaling_factor,
             device,

@@ -229,6 +229,39 @@ fn loss_decreases_and_resume_repeats_the_run() {
 }
 
 #[test]
+fn caption_init_and_loss_weighting_options() {
+    let dir = tmp("capinit");
+    let mc = write_model_config(&dir, None);
+    let model = format!("config = \"{}\"", mc.display());
+    let to_out = "transformer_blocks.0.attn2.to_out.0.weight";
+    let max_abs = |t: &Tensor| -> f32 { t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() };
+    // PixArt's init: a zero cross-attention output.
+    let pixart = Trainer::new(load(&dir, &config_text(&dir, &model, 2, "")).unwrap(), false).unwrap();
+    assert_eq!(max_abs(&pixart.current_weights().unwrap()[to_out]), 0.0);
+    std::fs::remove_dir_all(dir.join("run")).ok();
+    // PyTorch's: uniform ±1/√fan_in (fan_in = 16 here), and a run with the weighted loss trains.
+    let text = config_text(&dir, &format!("{model}\ncaption_init = \"pytorch\""), 6, "")
+        .replace("seed = 7", "seed = 7\nloss_weighting = \"inv-snr:20\"");
+    let cfg = load(&dir, &text).unwrap();
+    let fresh = Trainer::new(cfg.clone(), false).unwrap().current_weights().unwrap();
+    let m = max_abs(&fresh[to_out]);
+    assert!(m > 0.05 && m <= 0.25, "to_out init max {m}");
+    assert!(max_abs(&fresh["caption_projection.linear_1.bias"]) > 0.0);
+    std::fs::remove_dir_all(dir.join("run")).ok();
+    let t = run(cfg, false, None);
+    assert_eq!(t.step(), 6);
+    let loss = JsonlLog::series(&dir.join("run/log.jsonl"), "loss").unwrap();
+    assert!(loss.iter().all(|p| p.1.is_finite()));
+    // `init` weights keep their own caption path: the option is refused there.
+    let init = format!(
+        "init = \"{}\"\ncaption_init = \"pytorch\"",
+        dir.join("run/transformer").display()
+    );
+    let err = load(&dir, &config_text(&dir, &init, 2, "")).unwrap_err().to_string();
+    assert!(err.contains("caption_init"), "{err}");
+}
+
+#[test]
 fn bad_configs_fail_before_any_work() {
     let dir = tmp("bad");
     let mc = write_model_config(&dir, None);
@@ -251,6 +284,15 @@ fn bad_configs_fail_before_any_work() {
             "data.features",
         ),
         (good.replace("type = \"adamw\"", "type = \"sgd\""), "sgd"),
+        (
+            good.replace("seed = 7", "seed = 7\nloss_weighting = \"inv-snr:-2\""),
+            "inv-snr:-2",
+        ),
+        (
+            good.replace("seed = 7", "seed = 7\nloss_weighting = \"v\""),
+            "loss weighting",
+        ),
+        (good.replace("[model]", "[model]\ncaption_init = \"xavier\""), "xavier"),
     ];
     for (text, key) in cases {
         let err = load(&dir, &text).unwrap_err().to_string();
