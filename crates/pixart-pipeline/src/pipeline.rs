@@ -168,11 +168,15 @@ pub fn generate(
     }
     let (ids, mask) = to_tensors(&encodings, device)?;
 
-    // 2. T5-encode all texts at once; the encoder is dropped right after, before denoising.
+    // 2. T5-encode the texts, each at its own valid length (texts of equal length together),
+    //    zero-padded back to 300: the valid positions are what diffusers computes on the padded
+    //    batch with the mask, the padded ones are masked out in the cross-attention anyway, and
+    //    a text's features do not depend on which texts share the batch. The encoder is
+    //    dropped right after, before denoising.
     let t5 = clock.run(Stage::LoadTextEncoder, |_| {
         load_text_encoder(&c.paths.text_encoder, c.text_dtype, device)
     })?;
-    let hidden = clock.run(Stage::EncodeText, |_| t5.forward(&ids, Some(&mask)))?;
+    let hidden = clock.run(Stage::EncodeText, |_| t5.forward_valid(&ids, &mask))?;
     drop(t5);
 
     // 3. The caption projection and the cross-attention K/V of every block, once for the whole

@@ -24,8 +24,11 @@ fn fixtures() -> PathBuf {
     pixart_core::testing::fixtures_root().join("golden/pipeline")
 }
 
+/// A fresh folder; unique per call, since tests running in parallel build the same repos.
 fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pixart-hub-{name}-{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("pixart-hub-{name}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -327,6 +327,67 @@ impl T5Encoder {
         self.forward_impl(input_ids, attention_mask, None)
     }
 
+    /// [`Self::forward`] with each row encoded at its own valid length (the mask's prefix of
+    /// ones) and zero-padded back to `l`: the valid positions equal [`Self::forward`]'s up to
+    /// rounding (padded keys are masked there), but cost the valid tokens only instead of the
+    /// full 300. Rows of equal length share one call; a row's result does not depend on
+    /// which other texts are in the batch. Rows whose mask is not a prefix of ones are encoded
+    /// at full length with their mask. Returns (b, l, d_model); padded positions are zero.
+    pub fn forward_valid(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let (b, l) = input_ids
+            .dims2()
+            .map_err(|_| Error::Shape(format!("input_ids must be (batch, length), got {:?}", input_ids.dims())))?;
+        if attention_mask.dims() != [b, l] {
+            return Err(Error::Shape(format!(
+                "attention_mask has shape {:?}, input_ids {:?}",
+                attention_mask.dims(),
+                input_ids.dims()
+            )));
+        }
+        let mask: Vec<Vec<f32>> = attention_mask
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .to_vec2()?;
+        // Valid length per row; `None` when the ones are not a prefix (or there are none).
+        let lengths: Vec<Option<usize>> = mask
+            .iter()
+            .map(|row| {
+                let n = row.iter().take_while(|&&v| v != 0.0).count();
+                (n > 0 && row[n..].iter().all(|&v| v == 0.0)).then_some(n)
+            })
+            .collect();
+        let mut groups: std::collections::BTreeMap<Option<usize>, Vec<usize>> = Default::default();
+        for (i, n) in lengths.iter().enumerate() {
+            groups.entry(*n).or_default().push(i);
+        }
+        let mut rows: Vec<Option<Tensor>> = vec![None; b];
+        for (n, members) in groups {
+            let idx = Tensor::new(
+                members.iter().map(|&i| i as u32).collect::<Vec<_>>().as_slice(),
+                input_ids.device(),
+            )?;
+            let ids = input_ids.index_select(&idx, 0)?; // (g, l)
+            let out = match n {
+                Some(n) => {
+                    let h = self.forward(&ids.narrow(1, 0, n)?.contiguous()?, None)?; // (g, n, d)
+                    h.pad_with_zeros(1, 0, l - n)? // (g, l, d)
+                }
+                None => {
+                    let m = attention_mask.index_select(&idx.to_device(attention_mask.device())?, 0)?;
+                    self.forward(&ids, Some(&m))?
+                }
+            };
+            for (j, &i) in members.iter().enumerate() {
+                rows[i] = Some(out.narrow(0, j, 1)?);
+            }
+        }
+        let rows: Vec<Tensor> = rows
+            .into_iter()
+            .map(|r| r.ok_or_else(|| Error::Shape("forward_valid: a row was not encoded".into())))
+            .collect::<Result<_>>()?;
+        Ok(Tensor::cat(&rows, 0)?) // (b, l, d)
+    }
+
     /// [`Self::forward`] that also records the embedding output and every block's output.
     pub fn forward_traced(
         &self,

@@ -92,6 +92,43 @@ fn padding_does_not_change_valid_positions() {
 }
 
 #[test]
+fn forward_valid_matches_the_reference_and_ignores_the_batch() {
+    let t = io();
+    let model = load_text_encoder(&encoder_dir(), DType::F32, &Device::Cpu).unwrap();
+    let (ids, mask) = (&t["input_ids"], &t["attention_mask"]);
+    let b = ids.dim(0).unwrap();
+    let out = model.forward_valid(ids, mask).unwrap();
+    assert_eq!(out.dims(), t["last_hidden_state"].dims());
+    // Valid positions: transformers' output on the padded batch; padded positions: zero.
+    let m = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap(); // (b, l, 1)
+    let want = t["last_hidden_state"].broadcast_mul(&m).unwrap();
+    assert_close("forward_valid", &out, &want, ATOL);
+    assert_eq!(
+        out.broadcast_mul(&m).unwrap().to_vec3::<f32>().unwrap(),
+        out.to_vec3::<f32>().unwrap()
+    );
+    // Each row alone gives the same bits as in the batch.
+    for i in 0..b {
+        let alone = model
+            .forward_valid(&ids.narrow(0, i, 1).unwrap(), &mask.narrow(0, i, 1).unwrap())
+            .unwrap();
+        assert_eq!(max_abs_diff(&alone, &out.narrow(0, i, 1).unwrap()).0, 0.0, "row {i}");
+    }
+    // A mask that is not a prefix of ones falls back to the masked full-length forward.
+    let l = ids.dim(1).unwrap();
+    let holes = Tensor::from_vec(
+        (0..l).map(|j| i64::from(j % 2 == 0)).collect::<Vec<_>>(),
+        (1, l),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let row = ids.narrow(0, 0, 1).unwrap();
+    let a = model.forward_valid(&row, &holes).unwrap();
+    let full = model.forward(&row, Some(&holes)).unwrap();
+    assert_eq!(max_abs_diff(&a, &full).0, 0.0);
+}
+
+#[test]
 fn bf16_is_close_to_f32() {
     let t = io();
     let model = load_text_encoder(&encoder_dir(), DType::BF16, &Device::Cpu).unwrap();
