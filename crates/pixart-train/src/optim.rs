@@ -391,10 +391,35 @@ impl Ema {
     pub fn update(&mut self, params: &BTreeMap<String, Var>) -> Result<()> {
         for (k, v) in params {
             if let Some(s) = self.shadow.get_mut(k) {
-                let p = v.as_tensor().to_dtype(DType::F32)?;
-                *s = ((&*s * self.decay)? + (p * (1.0 - self.decay))?)?;
+                let p = v.as_tensor().detach().to_dtype(DType::F32)?;
+                // Detached: otherwise each shadow keeps the op graph back to the first one
+                // (the memory grew by the model's size every step).
+                *s = ((&*s * self.decay)? + (p * (1.0 - self.decay))?)?.detach();
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The shadow weights must not track ops: each would keep the graph back to the first
+    /// update alive (a run with EMA grew by the model's size per step until the OOM killer).
+    #[test]
+    fn ema_shadow_is_detached_and_averages() -> Result<()> {
+        let var = Var::from_tensor(&Tensor::new(&[1f32, 2.0], &Device::Cpu)?)?;
+        let params = BTreeMap::from([("w".to_string(), var.clone())]);
+        let mut ema = Ema::new(0.5, &params)?;
+        for _ in 0..3 {
+            var.set(&Tensor::new(&[3f32, 6.0], &Device::Cpu)?)?;
+            ema.update(&params)?;
+            assert!(!ema.shadow["w"].track_op());
+        }
+        // 1 → 2 → 2.5 → 2.75, 2 → 4 → 5 → 5.5
+        assert_eq!(ema.shadow["w"].to_vec1::<f32>()?, vec![2.75, 5.5]);
         Ok(())
     }
 }
