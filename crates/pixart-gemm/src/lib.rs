@@ -4,7 +4,8 @@
 //!   run time; a portable kernel with the same arithmetic elsewhere): both operands packed into
 //!   cache-sized panels, f32 accumulation, bf16 or f32 output, parallel over output blocks.
 //! - [`linear`]: a drop-in for `candle_nn::Linear` that runs contiguous bf16 CPU inputs
-//!   through that GEMM (bias fused) and everything else through candle.
+//!   through that GEMM (bias fused) and everything else through candle; and
+//!   [`linear::PackedLinear`], inference-only, holding only the packed weight.
 //!
 //! Forward only: the fast path is a custom op without a backward, so `Linear` takes candle's
 //! path whenever the input, weight or bias tracks gradients (`Tensor::track_op`).
@@ -13,4 +14,4 @@
 pub mod bf16;
 pub mod linear;
 
-pub use linear::{linear, linear_b, linear_no_bias, Linear};
+pub use linear::{linear, linear_b, linear_no_bias, Linear, PackedLinear};

@@ -7,8 +7,11 @@
 //! no 1/sqrt(d) score scaling, relative position bias computed by block 0 and shared by every
 //! block, padded keys masked with an additive `finfo.min` bias, RMS norms in f32.
 use candle_core::{DType, Device, Module, Tensor, D};
+use std::sync::Arc;
+
 use candle_nn::{linear_no_bias, Embedding, Linear, VarBuilder};
 use pixart_core::{Error, Result};
+use pixart_gemm::PackedLinear;
 
 use crate::config::{Activation, FeedForward, T5Config};
 
@@ -45,13 +48,46 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     }
 }
 
+/// A T5 projection (no bias): candle's `Linear`, or for a bf16 model on a CPU with
+/// AVX512-BF16 the native packed GEMM with the candle weight dropped once packed (one copy of
+/// the weights in memory; candle's bf16 matmul converts the weight to f32 on every call,
+/// single-threaded, which made T5-XXL take 35 s for 2 × 20 tokens).
+#[derive(Debug, Clone)]
+pub enum T5Linear {
+    Candle(Linear),
+    Packed(Arc<PackedLinear>),
+}
+
+impl T5Linear {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(match PackedLinear::pack(linear_no_bias(in_dim, out_dim, vb)?)? {
+            Ok(p) => Self::Packed(Arc::new(p)),
+            Err(l) => Self::Candle(l),
+        })
+    }
+
+    /// Whether this layer runs on the packed native GEMM.
+    pub fn is_packed(&self) -> bool {
+        matches!(self, Self::Packed(_))
+    }
+}
+
+impl Module for T5Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Candle(l) => l.forward(x),
+            Self::Packed(p) => p.forward(x),
+        }
+    }
+}
+
 /// `T5DenseGatedActDense` (`wi_0`, `wi_1`, `wo`) or `T5DenseActDense` (`wi`, `wo`).
 #[derive(Debug, Clone)]
 pub struct DenseReluDense {
-    wi_0: Linear,
+    wi_0: T5Linear,
     /// The gate's linear branch; `None` for the ungated FFN (whose input weight is `wi_0` here).
-    wi_1: Option<Linear>,
-    wo: Linear,
+    wi_1: Option<T5Linear>,
+    wo: T5Linear,
     act: Activation,
 }
 
@@ -60,16 +96,16 @@ impl DenseReluDense {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let (wi_0, wi_1) = if ff.gated {
             (
-                linear_no_bias(d, f, vb.pp("wi_0"))?,
-                Some(linear_no_bias(d, f, vb.pp("wi_1"))?),
+                T5Linear::new(d, f, vb.pp("wi_0"))?,
+                Some(T5Linear::new(d, f, vb.pp("wi_1"))?),
             )
         } else {
-            (linear_no_bias(d, f, vb.pp("wi"))?, None)
+            (T5Linear::new(d, f, vb.pp("wi"))?, None)
         };
         Ok(Self {
             wi_0,
             wi_1,
-            wo: linear_no_bias(f, d, vb.pp("wo"))?,
+            wo: T5Linear::new(f, d, vb.pp("wo"))?,
             act: ff.activation,
         })
     }
@@ -141,10 +177,10 @@ pub fn relative_position_bucket(
 /// `T5Attention` (self-attention of an encoder block).
 #[derive(Debug, Clone)]
 pub struct T5Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
+    q: T5Linear,
+    k: T5Linear,
+    v: T5Linear,
+    o: T5Linear,
     /// (num_buckets, heads); block 0 only.
     relative_attention_bias: Option<Embedding>,
     heads: usize,
@@ -165,10 +201,10 @@ impl T5Attention {
             None
         };
         Ok(Self {
-            q: linear_no_bias(cfg.d_model, inner, vb.pp("q"))?,
-            k: linear_no_bias(cfg.d_model, inner, vb.pp("k"))?,
-            v: linear_no_bias(cfg.d_model, inner, vb.pp("v"))?,
-            o: linear_no_bias(inner, cfg.d_model, vb.pp("o"))?,
+            q: T5Linear::new(cfg.d_model, inner, vb.pp("q"))?,
+            k: T5Linear::new(cfg.d_model, inner, vb.pp("k"))?,
+            v: T5Linear::new(cfg.d_model, inner, vb.pp("v"))?,
+            o: T5Linear::new(inner, cfg.d_model, vb.pp("o"))?,
             relative_attention_bias,
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
