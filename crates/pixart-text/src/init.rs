@@ -10,6 +10,14 @@
 //! - feed-forward: `wi` / `wi_0` / `wi_1` ~ N(0, factor·d_model^-½), `wo` ~ N(0, factor·d_ff^-½);
 //! - every `T5LayerNorm` weight = factor.
 //!
+//! One departure is available, off by default: `relative_attention_bias_std` in the init config
+//! draws the relative position bias from N(0, std²) instead. With transformers' std (0.09 for
+//! d_model 128) attention starts nearly uniform, so a random encoder's outputs hardly depend on
+//! word order: "a red circle on a blue background" and "a blue circle on a red background" give
+//! the same set of token features to within 5 % of the distance between tokens, and the
+//! transformer cannot tell object from background colour. With std 4 each head attends to a few
+//! relative offsets and the two differ by 77 % (docs/builtin-model.md).
+//!
 //! The values are drawn from `rand`'s `StdRng` seeded with the seed, tensor after tensor in
 //! the module order of transformers' state dict, so the same config and seed give the same
 //! file. (They are not torch's numbers: only the distributions match.)
@@ -27,6 +35,25 @@ use crate::config::T5Config;
 /// The `transformers_version` written to `config.json` (the version whose layout we match).
 pub const TRANSFORMERS_VERSION: &str = "5.23.0";
 
+/// How [`init_weights`] draws the weights (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InitOptions {
+    /// transformers' `initializer_factor`.
+    pub factor: f64,
+    /// The std of the relative position bias, instead of `factor·d_model^-½`.
+    pub relative_attention_bias_std: Option<f64>,
+}
+
+impl From<f64> for InitOptions {
+    /// transformers' initialisation with this `initializer_factor`.
+    fn from(factor: f64) -> Self {
+        Self {
+            factor,
+            relative_attention_bias_std: None,
+        }
+    }
+}
+
 /// One tensor of the encoder and how it is initialised.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParamSpec {
@@ -40,7 +67,8 @@ pub struct ParamSpec {
 /// Every tensor of a `T5EncoderModel` for `config`, in the module order of transformers' state
 /// dict (the tied `encoder.embed_tokens.weight` is left out, as transformers saves it), with
 /// its initialisation (see the module docs).
-pub fn param_specs(config: &T5Config, factor: f64) -> Result<Vec<ParamSpec>> {
+pub fn param_specs(config: &T5Config, opts: &InitOptions) -> Result<Vec<ParamSpec>> {
+    let factor = opts.factor;
     config.validate().map_err(Error::InvalidInput)?;
     let ff = config.feed_forward().map_err(Error::InvalidInput)?;
     let (d, kv, h, d_ff) = (config.d_model, config.d_kv, config.num_heads, config.d_ff);
@@ -72,11 +100,16 @@ pub fn param_specs(config: &T5Config, factor: f64) -> Result<Vec<ParamSpec>> {
             (inner as f64).powf(-0.5),
         ));
         if i == 0 {
-            specs.push(normal(
-                format!("{att}.relative_attention_bias.weight"),
-                vec![config.relative_attention_num_buckets, h],
-                fd.powf(-0.5),
-            ));
+            let name = format!("{att}.relative_attention_bias.weight");
+            let shape = vec![config.relative_attention_num_buckets, h];
+            specs.push(match opts.relative_attention_bias_std {
+                Some(std) => ParamSpec {
+                    name,
+                    shape,
+                    std: Some(std),
+                },
+                None => normal(name, shape, fd.powf(-0.5)),
+            });
         }
         specs.push(norm(format!("encoder.block.{i}.layer.0.layer_norm.weight")));
         let ffn = format!("encoder.block.{i}.layer.1.DenseReluDense");
@@ -97,14 +130,15 @@ pub fn param_specs(config: &T5Config, factor: f64) -> Result<Vec<ParamSpec>> {
 
 /// The encoder's weights for `config`, drawn from `seed` (see the module docs), as f32 CPU
 /// tensors by name.
-pub fn init_weights(config: &T5Config, factor: f64, seed: u64) -> Result<Vec<(String, Tensor)>> {
+pub fn init_weights(config: &T5Config, opts: &InitOptions, seed: u64) -> Result<Vec<(String, Tensor)>> {
+    let factor = opts.factor;
     if !(factor.is_finite() && factor > 0.0) {
         return Err(Error::InvalidInput(format!(
             "initializer_factor must be a positive number, got {factor}"
         )));
     }
     let mut rng = StdRng::seed_from_u64(seed);
-    param_specs(config, factor)?
+    param_specs(config, opts)?
         .into_iter()
         .map(|p| {
             let n: usize = p.shape.iter().product();
@@ -171,6 +205,8 @@ pub fn transformers_config_json(config: &T5Config, factor: f64) -> Result<serde_
 struct Factor {
     #[serde(default = "one")]
     initializer_factor: f64,
+    #[serde(default)]
+    relative_attention_bias_std: Option<f64>,
 }
 
 fn one() -> f64 {
@@ -178,8 +214,9 @@ fn one() -> f64 {
 }
 
 /// Reads an encoder config file (a transformers `T5Config` JSON; missing keys take T5's
-/// defaults) and its `initializer_factor` (default 1).
-pub fn read_init_config(path: &Path) -> Result<(T5Config, f64)> {
+/// defaults), its `initializer_factor` (default 1) and the project's
+/// `relative_attention_bias_std` (default: transformers' init).
+pub fn read_init_config(path: &Path) -> Result<(T5Config, InitOptions)> {
     let config = T5Config::from_file(path)?;
     let f: Factor = pixart_core::config::read_json(path)?;
     if !(f.initializer_factor.is_finite() && f.initializer_factor > 0.0) {
@@ -188,14 +225,26 @@ pub fn read_init_config(path: &Path) -> Result<(T5Config, f64)> {
             format!("initializer_factor must be positive, got {}", f.initializer_factor),
         ));
     }
-    Ok((config, f.initializer_factor))
+    if let Some(s) = f.relative_attention_bias_std.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(Error::config(
+            path,
+            format!("relative_attention_bias_std must be positive, got {s}"),
+        ));
+    }
+    Ok((
+        config,
+        InitOptions {
+            factor: f.initializer_factor,
+            relative_attention_bias_std: f.relative_attention_bias_std,
+        },
+    ))
 }
 
 /// Writes a `T5EncoderModel` folder to `out`: `config.json` and `model.safetensors` with
 /// weights drawn from `seed` (each file atomically). Returns the two paths.
-pub fn init_text_encoder(config: &T5Config, factor: f64, seed: u64, out: &Path) -> Result<[PathBuf; 2]> {
-    let json = transformers_config_json(config, factor)?;
-    let weights: HashMap<String, Tensor> = init_weights(config, factor, seed)?.into_iter().collect();
+pub fn init_text_encoder(config: &T5Config, opts: &InitOptions, seed: u64, out: &Path) -> Result<[PathBuf; 2]> {
+    let json = transformers_config_json(config, opts.factor)?;
+    let weights: HashMap<String, Tensor> = init_weights(config, opts, seed)?.into_iter().collect();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("config.json");
     let w_path = out.join("model.safetensors");
@@ -226,9 +275,9 @@ mod tests {
 
     #[test]
     fn same_seed_same_weights_other_seed_differs() {
-        let a = init_weights(&tiny(), 1.0, 7).unwrap();
-        let b = init_weights(&tiny(), 1.0, 7).unwrap();
-        let c = init_weights(&tiny(), 1.0, 8).unwrap();
+        let a = init_weights(&tiny(), &1.0.into(), 7).unwrap();
+        let b = init_weights(&tiny(), &1.0.into(), 7).unwrap();
+        let c = init_weights(&tiny(), &1.0.into(), 8).unwrap();
         for ((na, ta), ((nb, tb), (_, tc))) in a.iter().zip(b.iter().zip(&c)) {
             assert_eq!(na, nb);
             let (va, vb, vc) = (
@@ -251,8 +300,8 @@ mod tests {
         cfg.d_model = 64;
         cfg.d_ff = 256;
         cfg.relative_attention_num_buckets = 32;
-        let specs = param_specs(&cfg, 0.5).unwrap();
-        let weights = init_weights(&cfg, 0.5, 3).unwrap();
+        let specs = param_specs(&cfg, &0.5.into()).unwrap();
+        let weights = init_weights(&cfg, &0.5.into(), 3).unwrap();
         assert_eq!(specs.len(), weights.len());
         for (spec, (name, t)) in specs.iter().zip(&weights) {
             assert_eq!(&spec.name, name);
@@ -280,12 +329,52 @@ mod tests {
             .unwrap();
         assert!((wo.std.unwrap() - 0.5 / 16.0).abs() < 1e-12);
         assert_eq!(specs[0].std, Some(0.5));
+        let bias = |specs: &[ParamSpec]| {
+            specs
+                .iter()
+                .find(|s| s.name.ends_with("relative_attention_bias.weight"))
+                .unwrap()
+                .std
+        };
+        assert_eq!(bias(&specs), Some(0.5 / 8.0));
+        // The project's override changes that tensor only.
+        let opts = InitOptions {
+            factor: 0.5,
+            relative_attention_bias_std: Some(4.0),
+        };
+        let other = param_specs(&cfg, &opts).unwrap();
+        assert_eq!(bias(&other), Some(4.0));
+        let differ = specs.iter().zip(&other).filter(|(a, b)| a != b).count();
+        assert_eq!(differ, 1);
+    }
+
+    #[test]
+    fn init_config_reads_the_bias_std_and_refuses_a_bad_one() {
+        let dir = std::env::temp_dir().join(format!("pixart-t5-init-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("t5.json");
+        std::fs::write(
+            &p,
+            r#"{"d_model": 32, "num_heads": 2, "d_kv": 16, "relative_attention_bias_std": 4.0}"#,
+        )
+        .unwrap();
+        let (_, opts) = read_init_config(&p).unwrap();
+        assert_eq!(
+            opts,
+            InitOptions {
+                factor: 1.0,
+                relative_attention_bias_std: Some(4.0)
+            }
+        );
+        std::fs::write(&p, r#"{"d_model": 32, "relative_attention_bias_std": -1}"#).unwrap();
+        let err = read_init_config(&p).unwrap_err().to_string();
+        assert!(err.contains("relative_attention_bias_std"), "{err}");
     }
 
     #[test]
     fn written_folder_loads_with_every_tensor_used() {
         let dir = std::env::temp_dir().join(format!("pixart-init-t5-{}", std::process::id()));
-        let [cfg, _] = init_text_encoder(&tiny(), 1.0, 1, &dir).unwrap();
+        let [cfg, _] = init_text_encoder(&tiny(), &1.0.into(), 1, &dir).unwrap();
         assert_eq!(T5Config::from_file(&cfg).unwrap(), tiny());
         // CheckedWeights reports any missing, mis-shaped or unexpected tensor as an error.
         let enc = crate::load_text_encoder(&dir, candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -300,7 +389,7 @@ mod tests {
     fn relu_config_has_a_single_wi() {
         let mut cfg = tiny();
         cfg.feed_forward_proj = "relu".into();
-        let specs = param_specs(&cfg, 1.0).unwrap();
+        let specs = param_specs(&cfg, &1.0.into()).unwrap();
         assert!(specs
             .iter()
             .any(|s| s.name == "encoder.block.1.layer.1.DenseReluDense.wi.weight"));

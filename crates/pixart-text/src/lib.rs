@@ -21,7 +21,7 @@ pub mod tokenizer;
 pub mod training;
 
 pub use config::T5Config;
-pub use init::{init_text_encoder, read_init_config};
+pub use init::{init_text_encoder, read_init_config, InitOptions};
 pub use loading::{
     bench_text_encoder, bench_text_encoder_on, load_text_encoder, random_text_encoder, random_xxl, run_text_encoder,
     BenchResult,

@@ -70,7 +70,7 @@ fn initialised_encoder_loads_in_transformers_and_here() {
 fn committed_encoder_is_what_init_writes_for_seed_0() {
     let dir = std::env::temp_dir().join(format!("pixart-init-golden-{}", std::process::id()));
     let (config, factor) = pixart_text::read_init_config(&data().join("t5_config.json")).unwrap();
-    pixart_text::init_text_encoder(&config, factor, 0, &dir).unwrap();
+    pixart_text::init_text_encoder(&config, &factor, 0, &dir).unwrap();
     let ours = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
     let committed =
         candle_core::safetensors::load(data().join("text_encoder/model.safetensors"), &Device::Cpu).unwrap();

@@ -44,7 +44,7 @@ fn text_encoder(a: TextEncoderArgs) -> Result<()> {
         bail!(UsageError(format!("{}: no such config file", a.config.display())));
     }
     let (config, factor) = pixart_text::read_init_config(&a.config).map_err(|e| UsageError(e.to_string()))?;
-    let files = pixart_text::init_text_encoder(&config, factor, a.seed, &a.out)?;
+    let files = pixart_text::init_text_encoder(&config, &factor, a.seed, &a.out)?;
     eprintln!(
         "T5 encoder: {} layers, d_model {}, {} parameters, seed {}",
         config.num_layers,
