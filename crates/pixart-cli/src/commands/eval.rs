@@ -27,8 +27,8 @@ pub struct EvalArgs {
 enum EvalCommand {
     /// Prompt adherence on the demo dataset's evaluation prompts (pixart demo-data), checked by rule.
     Demo(DemoEvalArgs),
-    /// `eval demo` on the checkpoints of `pixart train` runs: accuracy against training step, as a
-    /// chart (PNG) and JSON.
+    /// `eval demo` on the checkpoints of `pixart train` runs (their EMA weights when kept):
+    /// accuracy against training step, as a chart (PNG) and JSON.
     Curve(CurveEvalArgs),
     /// The VAE's ceiling: demo images encoded and decoded, checked by rule like generated ones.
     Vae(VaeEvalArgs),
@@ -350,7 +350,8 @@ struct CurvePoint {
     seen: Accuracy,
 }
 
-/// The transformers of a `pixart train` run to evaluate: (step, folder), by step.
+/// The transformers of a `pixart train` run to evaluate: (step, folder), by step; a
+/// checkpoint's `transformer_ema/` when it has one (what the run exports), else `transformer/`.
 fn run_points(run: &Path, cfg: &TrainConfig, every: Option<u64>) -> Result<Vec<(u64, PathBuf)>> {
     let mut points = Vec::new();
     let ckpts = run.join("checkpoints");
@@ -360,7 +361,13 @@ fn run_points(run: &Path, cfg: &TrainConfig, every: Option<u64>) -> Result<Vec<(
             let Some(step) = name.strip_prefix("step-").and_then(|n| n.parse::<u64>().ok()) else {
                 continue;
             };
-            let t = e.path().join("transformer");
+            // What the run exports at that step: the EMA weights when it keeps them.
+            let ema = e.path().join("transformer_ema");
+            let t = if ema.join("config.json").is_file() {
+                ema
+            } else {
+                e.path().join("transformer")
+            };
             if t.join("config.json").is_file() && every.is_none_or(|n| step.is_multiple_of(n)) {
                 points.push((step, t));
             }
