@@ -7,12 +7,13 @@
 #   3. the frozen text encoder    pixart init text-encoder models/builtin/text_encoder (seed 0)
 #   4. the VAE                    pixart train-vae        runs/vae -> models/builtin/vae
 #   5. the training features      pixart extract          data/features64
-#   6. the transformer            pixart train            runs/builtin -> models/builtin/transformer
+#   6. the transformer            pixart train            runs/builtin (3000 steps at 1e-3), then
+#                                                         runs/builtin-ft (1000 at 3e-4) -> models/builtin/transformer
 #   7. the evaluation             pixart eval demo        docs/images/builtin-eval.png
 #
 # Every stage is resumable: run the script again after an interruption and finished stages are
 # skipped, the VAE and transformer runs continue from their last checkpoint (bit for bit).
-# Times on the 2-core Zen 4 machine: stage 4 ≈ 48 min, 5 ≈ 3 min, 6 ≈ 46 min (docs/builtin-model.md).
+# Times on the 2-core Zen 4 machine: stage 4 ≈ 48 min, 5 ≈ 3 min, 6 ≈ 58 + 18 min (docs/builtin-model.md).
 #
 #   tools/builtin/train.sh            # everything
 #   PIXART=/path/to/pixart tools/builtin/train.sh
@@ -53,13 +54,17 @@ step "5. features"
     --tokenizer "$out/tokenizer" --out "$features" --resolution 64 --max-length 32
 
 step "6. transformer"
-if [[ ! -f runs/builtin/transformer/diffusion_pytorch_model.safetensors ]]; then
-    resume=()
-    [[ -f runs/builtin/checkpoints/latest ]] && resume=(--resume)
-    "$PIXART" train --config configs/builtin/transformer.toml "${resume[@]}"
-fi
+train() { # config, run folder
+    if [[ ! -f "$2/transformer/diffusion_pytorch_model.safetensors" ]]; then
+        resume=()
+        [[ -f "$2/checkpoints/latest" ]] && resume=(--resume)
+        "$PIXART" train --config "$1" "${resume[@]}"
+    fi
+}
+train configs/builtin/transformer.toml runs/builtin
+train configs/builtin/transformer-ft.toml runs/builtin-ft
 mkdir -p "$out/transformer"
-cp runs/builtin/transformer/config.json runs/builtin/transformer/diffusion_pytorch_model.safetensors \
+cp runs/builtin-ft/transformer/config.json runs/builtin-ft/transformer/diffusion_pytorch_model.safetensors \
     "$out/transformer/"
 # Last: with model_index.json the folder is a complete pipeline, and `pixart generate` takes it.
 cp configs/builtin/model_index.json "$out/model_index.json"
