@@ -102,17 +102,21 @@ impl Module for Linear {
         if !self.native_for(x) {
             return self.inner.forward(x);
         }
-        let prep = self.prepared()?;
         let (n, k) = self.weight().dims2()?;
-        let m = x.elem_count() / k;
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = n;
-        }
-        let x2 = x.contiguous()?.reshape((m, k))?; // (..., k) -> (m, k)
-        let y = x2.apply_op1_no_bwd(&MatmulNt { prep })?; // (m, n)
-        y.reshape(out_dims) // (m, n) -> (..., n)
+        packed_forward(x, self.prepared()?, n, k)
     }
+}
+
+/// `x·Wᵀ + b` on the native GEMM with the packed weight (n, k): x (..., k) bf16 -> (..., n).
+fn packed_forward(x: &Tensor, prep: &Prepared, n: usize, k: usize) -> candle_core::Result<Tensor> {
+    let m = x.elem_count() / k;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    let x2 = x.contiguous()?.reshape((m, k))?; // (..., k) -> (m, k)
+    let y = x2.apply_op1_no_bwd(&MatmulNt { prep })?; // (m, n)
+    y.reshape(out_dims) // (m, n) -> (..., n)
 }
 
 /// `candle_nn::linear`: weight "weight" (out, in) and bias "bias" (out).
@@ -195,14 +199,7 @@ impl Module for PackedLinear {
                 x.dims()
             );
         }
-        let m = x.elem_count() / self.k;
-        let mut out_dims = x.dims().to_vec();
-        if let Some(last) = out_dims.last_mut() {
-            *last = self.n;
-        }
-        let x2 = x.contiguous()?.reshape((m, self.k))?; // (..., k) -> (m, k)
-        let y = x2.apply_op1_no_bwd(&MatmulNt { prep: &self.prep })?; // (m, n)
-        y.reshape(out_dims) // (m, n) -> (..., n)
+        packed_forward(x, &self.prep, self.n, self.k)
     }
 }
 
@@ -235,6 +232,18 @@ impl CustomOp1 for MatmulNt<'_> {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The largest |value| of an f32 tensor.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
 
     /// The native path against candle's f32 product of the same bf16 values, on shapes with
     /// leading batch dims and a non-contiguous input.
@@ -269,25 +278,8 @@ mod tests {
                 .forward(&f(&x))
                 .unwrap();
             assert_eq!(got.dims(), want.dims());
-            let diff = (&got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = want
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs(&(&got - &want).unwrap());
+            let scale = max_abs(&want);
             // One bf16 rounding of the output (2^-8 relative) on values up to `scale`.
             assert!(
                 diff <= scale * 2f32.powi(-8),
@@ -310,16 +302,7 @@ mod tests {
             .forward(&x.contiguous().unwrap())
             .unwrap();
         assert_eq!(got.dims(), [8, 5]);
-        let d = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_abs(&(got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap());
         assert!(d < 0.05, "transposed input: {d}");
     }
 
@@ -342,16 +325,7 @@ mod tests {
                 let got = p.forward(&xb).unwrap();
                 let want = Linear::new(wb, None).forward(&xb).unwrap();
                 assert_eq!(got.dims(), [3, 7, 24]);
-                let diff = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .max(0)
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let diff = max_abs(&(got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap());
                 assert_eq!(diff, 0.0);
                 assert!(p.forward(&x).is_err(), "an f32 input must be refused");
             }
