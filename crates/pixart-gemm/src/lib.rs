@@ -1,4 +1,4 @@
-//! CPU matrix products for pixart-rs.
+//! CPU kernels for pixart-rs: matrix products and the fused operations built on them.
 //!
 //! - [`bf16`]: a native bf16 GEMM (`vdpbf16ps` micro-kernel on CPUs with AVX512-BF16, chosen at
 //!   run time; a portable kernel with the same arithmetic elsewhere): both operands packed into
@@ -6,12 +6,17 @@
 //! - [`linear`]: a drop-in for `candle_nn::Linear` that runs contiguous bf16 CPU inputs
 //!   through that GEMM (bias fused) and everything else through candle; and
 //!   [`linear::PackedLinear`], inference-only, holding only the packed weight.
+//! - [`attention`]: fused bf16 attention on that GEMM (scores per query block, bias and
+//!   softmax in f32 in cache), for the transformer and the T5 encoder.
+//! - [`vector`]: vectorised f32 row kernels (e^x, softmax, tanh-GELU) chosen at run time.
 //!
 //! Forward only: the fast path is a custom op without a backward, so `Linear` takes candle's
 //! path whenever the input, weight or bias tracks gradients (`Tensor::track_op`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod attention;
 pub mod bf16;
 pub mod linear;
+pub mod vector;
 
 pub use linear::{linear, linear_b, linear_no_bias, Linear, PackedLinear};

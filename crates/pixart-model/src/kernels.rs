@@ -8,152 +8,8 @@ use rayon::prelude::*;
 
 use crate::ops::num_like::{FromF32, ToF32};
 
-/// e^x for f32 with a relative error of about 1e-7 (range reduction to |r| <= ln2/2 and a
-/// degree-7 polynomial). Inputs below -87.3 give ~1e-38 instead of 0, which is immaterial for
-/// softmax and GELU.
-#[inline(always)]
-fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
-    let x = x.clamp(-87.3, 88.7);
-    let k = (x * LOG2E + ROUND) - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
-    let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
-    p * scale
-}
-
-#[inline(always)]
-fn softmax_row(row: &mut [f32]) {
-    // Eight independent lanes for the reductions so that they vectorise.
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (m, v) in lanes.iter_mut().zip(c) {
-            if *v > *m {
-                *m = *v;
-            }
-        }
-    }
-    let mut max = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    max = lanes.iter().copied().fold(max, f32::max);
-    for v in row.iter_mut() {
-        *v = exp_f32(*v - max);
-    }
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
-    for c in &mut chunks {
-        for (s, v) in sums.iter_mut().zip(c) {
-            *s += *v;
-        }
-    }
-    let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
-    }
-}
-
-#[inline(always)]
-fn gelu_slice(xs: &mut [f32]) {
-    // 0.5·x·(1 + tanh(u)) = x · sigmoid(2u), u = √(2/π)·(x + 0.044715·x³)
-    const K: f32 = 0.797_884_6; // √(2/π)
-    for v in xs.iter_mut() {
-        let x = *v;
-        let u = K * (x + 0.044_715 * x * x * x);
-        *v = x / (1.0 + exp_f32(-2.0 * u));
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_row_avx2(row: &mut [f32]) {
-    softmax_row(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn gelu_slice_avx2(xs: &mut [f32]) {
-    gelu_slice(xs)
-}
-
-pub(crate) fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn softmax_row_avx512(row: &mut [f32]) {
-    softmax_row(row)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-fn gelu_slice_avx512(xs: &mut [f32]) {
-    gelu_slice(xs)
-}
-
-/// AVX-512F (16-lane vectors for the same loops), detected once.
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-fn softmax_dispatch(row: &mut [f32], avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 && has_avx512() {
-        // SAFETY: only called when the CPU reports AVX-512F, AVX2 and FMA.
-        unsafe { softmax_row_avx512(row) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: only called when the CPU reports AVX2 and FMA.
-        unsafe { softmax_row_avx2(row) };
-        return;
-    }
-    let _ = avx2;
-    softmax_row(row)
-}
-
-fn gelu_dispatch(xs: &mut [f32], avx2: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if avx2 && has_avx512() {
-        // SAFETY: only called when the CPU reports AVX-512F, AVX2 and FMA.
-        unsafe { gelu_slice_avx512(xs) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if avx2 {
-        // SAFETY: only called when the CPU reports AVX2 and FMA.
-        unsafe { gelu_slice_avx2(xs) };
-        return;
-    }
-    let _ = avx2;
-    gelu_slice(xs)
-}
+pub(crate) use pixart_gemm::vector::has_avx2;
+use pixart_gemm::vector::{gelu_tanh_in_place, softmax_in_place};
 
 /// Applies `f` to f32 copies of `dim`-long rows of `src` in parallel and converts back.
 fn map_rows<T>(src: &[T], dim: usize, f: impl Fn(&mut [f32]) + Sync) -> Vec<T>
@@ -191,7 +47,7 @@ struct RowOp {
     name: &'static str,
     /// Rows are the last dim (softmax) or fixed blocks (element-wise ops).
     whole_last_dim: bool,
-    f: fn(&mut [f32], bool),
+    f: fn(&mut [f32]),
 }
 
 impl CustomOp1 for RowOp {
@@ -208,9 +64,7 @@ impl CustomOp1 for RowOp {
         } else {
             4096
         };
-        let avx2 = has_avx2();
-        let f = self.f;
-        let g = move |row: &mut [f32]| f(row, avx2);
+        let g = self.f;
         let out = match storage {
             CpuStorage::F32(v) => CpuStorage::F32(map_f32_rows(&v[start..end], dim, g)),
             CpuStorage::BF16(v) => CpuStorage::BF16(map_rows(&v[start..end], dim, g)),
@@ -235,7 +89,7 @@ pub fn softmax_last_dim(x: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(&RowOp {
             name: "pixart-softmax",
             whole_last_dim: true,
-            f: softmax_dispatch,
+            f: softmax_in_place,
         })
     } else {
         candle_nn::ops::softmax_last_dim(x)
@@ -251,7 +105,7 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
         x.contiguous()?.apply_op1_no_bwd(&RowOp {
             name: "pixart-gelu",
             whole_last_dim: false,
-            f: gelu_dispatch,
+            f: gelu_tanh_in_place,
         })
     } else {
         x.gelu()
@@ -262,18 +116,6 @@ pub fn gelu(x: &Tensor) -> candle_core::Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, D};
-
-    #[test]
-    fn exp_is_accurate() {
-        let mut worst = 0f64;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let rel = ((exp_f32(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 5e-7, "worst relative error {worst}");
-    }
 
     #[test]
     fn kernels_match_candle() {
@@ -316,8 +158,7 @@ mod tests {
     }
 }
 
-/// Query rows per attention task: the task's score block (rows × keys) stays in cache.
-const ATTN_BLOCK: usize = 64;
+use pixart_gemm::attention::{ScoreBias, ATTN_BLOCK};
 
 /// Fused CPU attention, f32: `softmax(scale·q·kᵀ + bias)·v` per (batch, head) and block of
 /// [`ATTN_BLOCK`] queries, in parallel over blocks; each block's scores live in a per-thread
@@ -344,7 +185,6 @@ pub fn attention_cpu(
     };
     let mut out = vec![0f32; b * h * n * d];
     let blocks_per_head = n.div_ceil(ATTN_BLOCK);
-    let avx2 = has_avx2();
     let scale = scale as f32;
     // Each task owns a disjoint (head, block) range of `out`.
     let tasks: Vec<(usize, usize)> = (0..b * h)
@@ -393,7 +233,7 @@ pub fn attention_cpu(
                         *s += *bb;
                     }
                 }
-                softmax_dispatch(row, avx2);
+                softmax_in_place(row);
             }
             // SAFETY: task (bh, blk) writes only rows [row0, row0 + rows) of head bh, a range no
             // other task touches; `out` outlives the parallel loop.
@@ -439,11 +279,10 @@ impl SendPtr {
     }
 }
 
-/// Fused CPU attention in bf16 on the native AVX512-BF16 GEMM ([`pixart_gemm::bf16`]): the
-/// same blocking as [`attention_cpu`], with the keys and values packed once per head, the
-/// scores `scale·Q·Kᵀ` accumulated in f32, bias + softmax in f32 in cache, the probabilities
-/// rounded to bf16 for `P·V` (as PyTorch's CPU flash attention does for bf16) and the output
-/// written in bf16.
+/// Fused CPU attention in bf16 on the native AVX512-BF16 GEMM
+/// ([`pixart_gemm::attention::attention_bf16`]): the same blocking as [`attention_cpu`], keys
+/// and values packed once per head, scores and softmax in f32, probabilities rounded to bf16
+/// for `P·V`.
 ///
 /// q: (b, h, n, d); k, v: (b, h, m, d), all bf16; bias: (b, m) added to every query's scores.
 /// Returns (b, h, n, d) bf16. Callers check [`pixart_gemm::bf16::native_available`] (the
@@ -458,147 +297,14 @@ pub fn attention_cpu_bf16(
     let (b, _h, _n, _d) = q.dims4()?;
     let m = k.dim(2)?;
     let bias = match bias {
-        Some(bt) => Some(
+        Some(bt) => ScoreBias::PerKey(
             bt.reshape((b, m))? // (b, 1, 1, m) -> (b, m)
                 .to_dtype(candle_core::DType::F32)?
                 .flatten_all()?
-                .to_vec1::<f32>()?,
+                .to_vec1::<f32>()?
+                .into(),
         ),
-        None => None,
+        None => ScoreBias::None,
     };
-    let op = AttentionBf16 {
-        bias,
-        scale: scale as f32,
-    };
-    q.contiguous()?
-        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
-}
-
-struct AttentionBf16 {
-    bias: Option<Vec<f32>>,
-    scale: f32,
-}
-
-fn bf16_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [half::bf16]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::BF16(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(candle_core::Error::Msg(format!(
-            "attention bf16: {what} must be contiguous bf16"
-        ))),
-    }
-}
-
-impl candle_core::CustomOp3 for AttentionBf16 {
-    fn name(&self) -> &'static str {
-        "pixart-attention-bf16"
-    }
-
-    fn cpu_fwd(
-        &self,
-        qs: &CpuStorage,
-        ql: &Layout,
-        ks: &CpuStorage,
-        kl: &Layout,
-        vs: &CpuStorage,
-        vl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use pixart_gemm::bf16::{gemm, round_to_bf16, Lhs, Output, PackedA, PackedB};
-        let gerr = |e: pixart_gemm::bf16::GemmError| candle_core::Error::Msg(e.to_string());
-        let (b, h, n, d) = ql.shape().dims4()?;
-        let m = kl.shape().dims4()?.2;
-        if kl.shape().dims() != [b, h, m, d] || vl.shape().dims() != [b, h, m, d] {
-            candle_core::bail!(
-                "attention bf16: q {:?}, k {:?}, v {:?} do not match",
-                ql.shape().dims(),
-                kl.shape().dims(),
-                vl.shape().dims()
-            );
-        }
-        if let Some(bias) = &self.bias {
-            if bias.len() != b * m {
-                candle_core::bail!("attention bf16: bias has {} values, expected {}", bias.len(), b * m);
-            }
-        }
-        let (qv, kv, vv) = (
-            bf16_data(qs, ql, "q")?,
-            bf16_data(ks, kl, "k")?,
-            bf16_data(vs, vl, "v")?,
-        );
-        let mut out = vec![half::bf16::ZERO; b * h * n * d];
-        if out.is_empty() || m == 0 {
-            return Ok((CpuStorage::BF16(out), ql.shape().clone()));
-        }
-        // Keys as B = Kᵀ (d × m), values as B = V (m × d), once per head.
-        let packed: Vec<(PackedB, PackedB)> = (0..b * h)
-            .into_par_iter()
-            .map(|bh| {
-                let (kh, vh) = (&kv[bh * m * d..(bh + 1) * m * d], &vv[bh * m * d..(bh + 1) * m * d]);
-                let (mut pk, mut pv) = (PackedB::new(), PackedB::new());
-                pk.pack_nk(kh, m, d, d, false)?;
-                pv.pack_kn(vh, m, d, d, false)?;
-                Ok((pk, pv))
-            })
-            .collect::<Result<_, pixart_gemm::bf16::GemmError>>()
-            .map_err(gerr)?;
-        // P rows padded to an even length so that P is read in place as the left operand.
-        let mp = m + m % 2;
-        let scale = self.scale;
-        out.par_chunks_mut(n * d)
-            .enumerate()
-            .flat_map(|(bh, o)| {
-                o.par_chunks_mut(ATTN_BLOCK * d)
-                    .enumerate()
-                    .map(move |(blk, ob)| (bh, blk, ob))
-            })
-            .try_for_each_init(
-                || (Vec::<f32>::new(), Vec::<half::bf16>::new(), PackedA::new()),
-                |(scores, probs, qpack), (bh, blk, ob)| {
-                    let rows = ob.len() / d;
-                    let row0 = blk * ATTN_BLOCK;
-                    scores.resize(rows * m, 0.0);
-                    probs.resize(rows * mp, half::bf16::ZERO);
-                    let qb = &qv[(bh * n + row0) * d..(bh * n + row0 + rows) * d];
-                    let lhs = if d.is_multiple_of(2) {
-                        Lhs::rows(qb, rows, d, d)?
-                    } else {
-                        qpack.pack_bf16(qb, rows, d, d, false)?;
-                        Lhs::packed(qpack)
-                    };
-                    let (pk, pv) = &packed[bh];
-                    gemm(
-                        lhs,
-                        pk,
-                        Output::F32 {
-                            c: scores,
-                            ldc: m,
-                            alpha: scale,
-                        },
-                        false,
-                    )?;
-                    let bias_row = self.bias.as_ref().map(|bv| &bv[(bh / h) * m..(bh / h + 1) * m]);
-                    let avx2 = has_avx2();
-                    for (row, prow) in scores.chunks_mut(m).zip(probs.chunks_mut(mp)) {
-                        if let Some(br) = bias_row {
-                            for (s, bb) in row.iter_mut().zip(br) {
-                                *s += *bb;
-                            }
-                        }
-                        softmax_dispatch(row, avx2);
-                        round_to_bf16(row, prow);
-                    }
-                    gemm(
-                        Lhs::rows(probs, rows, mp, mp)?,
-                        pv,
-                        Output::Bf16 {
-                            c: ob,
-                            ldc: d,
-                            bias: None,
-                        },
-                        false,
-                    )
-                },
-            )
-            .map_err(gerr)?;
-        Ok((CpuStorage::BF16(out), ql.shape().clone()))
-    }
+    pixart_gemm::attention::attention_bf16(q, k, v, bias, scale as f32)
 }

@@ -3,6 +3,7 @@
 //! - [`config`]: `text_encoder/config.json` ([`T5Config`], with [`T5Config::xxl`]).
 //! - [`t5`]: the encoder ([`T5Encoder`]), one struct per transformers module, with the
 //!   padding mask applied to the attention scores.
+//! - [`fused`]: fused bf16 CPU kernels for its RMS norms and gated GELU.
 //! - [`loading`]: building it from a folder (single or sharded safetensors, every tensor
 //!   checked), with random weights, and the calls the CLI makes ([`run_text_encoder`],
 //!   [`bench_text_encoder`]).
@@ -14,6 +15,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod config;
+pub mod fused;
 pub mod init;
 pub mod loading;
 pub mod t5;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use candle_nn::{linear_no_bias, Embedding, Linear, VarBuilder};
 use pixart_core::{Error, Result};
+use pixart_gemm::attention::{attention_bf16, ScoreBias};
 use pixart_gemm::PackedLinear;
 
 use crate::config::{Activation, FeedForward, T5Config};
@@ -32,6 +33,9 @@ impl T5LayerNorm {
 
     /// x: (b, l, d) -> (b, l, d) in the weight's dtype.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if crate::fused::applies(x) && self.weight.dtype() == DType::BF16 {
+            return crate::fused::rms_norm_bf16(x, &self.weight, self.eps);
+        }
         let xf = x.to_dtype(DType::F32)?;
         let variance = xf.sqr()?.mean_keepdim(D::Minus1)?; // (b, l, 1)
         let normed = xf.broadcast_mul(&(variance + self.eps)?.sqrt()?.recip()?)?;
@@ -112,7 +116,11 @@ impl DenseReluDense {
 
     /// x: (b, l, d) -> (b, l, d).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = activate(&self.wi_0.forward(x)?, self.act)?; // (b, l, f)
+        let gate = self.wi_0.forward(x)?; // (b, l, f)
+        if let (Some(wi_1), Activation::GeluTanh, true) = (&self.wi_1, self.act, crate::fused::applies(&gate)) {
+            return self.wo.forward(&crate::fused::gelu_mul_bf16(&gate, &wi_1.forward(x)?)?);
+        }
+        let h = activate(&gate, self.act)?; // (b, l, f)
         let h = match &self.wi_1 {
             Some(wi_1) => (h * wi_1.forward(x)?)?,
             None => h,
@@ -234,8 +242,8 @@ impl T5Attention {
         Ok(bias)
     }
 
-    /// x: (b, l, d); bias: (b or 1, heads, l, l) f32 = position bias + mask -> (b, l, d).
-    pub fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    /// x: (b, l, d); bias: the position bias + mask of every block -> (b, l, d).
+    pub fn forward(&self, x: &Tensor, bias: &AttentionBias) -> candle_core::Result<Tensor> {
         let (b, l, _) = x.dims3()?;
         let split = |t: Tensor| -> candle_core::Result<Tensor> {
             t.reshape((b, l, self.heads, self.d_kv))? // (b, l, h, dk)
@@ -247,14 +255,49 @@ impl T5Attention {
         let v = split(self.v.forward(x)?)?;
         let dtype = q.dtype();
         // No 1/sqrt(d_kv) scaling in T5. Scores, bias and softmax in f32.
-        let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?; // (b, h, l, l)
-        let scores = scores.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
-        let out = probs
-            .matmul(&v)? // (b, h, l, dk)
+        let out = match &bias.native {
+            Some(native) if dtype == DType::BF16 && !q.track_op() => {
+                attention_bf16(&q, &k, &v, native.clone(), 1.0)? // (b, h, l, dk)
+            }
+            _ => {
+                let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?; // (b, h, l, l)
+                let scores = scores.broadcast_add(&bias.tensor)?;
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+                probs.matmul(&v)? // (b, h, l, dk)
+            }
+        };
+        let out = out
             .transpose(1, 2)? // (b, l, h, dk)
             .reshape((b, l, self.heads * self.d_kv))?; // (b, l, h*dk)
         self.o.forward(&out)
+    }
+}
+
+/// The score bias every encoder block adds: block 0's relative position bias with the padding
+/// mask folded in, as a tensor, and for a bf16 model on the native GEMM the same values
+/// flattened once per forward for [`attention_bf16`].
+#[derive(Debug, Clone)]
+pub struct AttentionBias {
+    /// (1 or b, heads, l, l) f32.
+    pub tensor: Tensor,
+    native: Option<ScoreBias>,
+}
+
+impl AttentionBias {
+    /// Wraps `tensor` (1 or b, heads, l, l) f32; `native` also flattens it for the fused bf16
+    /// attention.
+    pub fn new(tensor: Tensor, native: bool) -> candle_core::Result<Self> {
+        let native = if native {
+            let batch = tensor.dim(0)?;
+            let data = tensor.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Some(ScoreBias::Full {
+                data: data.into(),
+                batch,
+            })
+        } else {
+            None
+        };
+        Ok(Self { tensor, native })
     }
 }
 
@@ -274,7 +317,7 @@ impl T5LayerSelfAttention {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, bias: &AttentionBias) -> candle_core::Result<Tensor> {
         x + self.self_attention.forward(&self.layer_norm.forward(x)?, bias)?
     }
 }
@@ -295,7 +338,7 @@ impl T5Block {
         })
     }
 
-    pub fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, bias: &AttentionBias) -> candle_core::Result<Tensor> {
         self.ff.forward(&self.self_attention.forward(x, bias)?)
     }
 }
@@ -469,6 +512,8 @@ impl T5Encoder {
             let additive = keep.where_cond(&zeros, &mins)?.reshape((b, 1, 1, l))?; // (b, 1, 1, l_k)
             bias = bias.broadcast_add(&additive)?; // (b, h, l_q, l_k)
         }
+        let native = self.dtype() == DType::BF16 && dev.is_cpu() && pixart_gemm::bf16::native_available();
+        let bias = AttentionBias::new(bias, native)?;
 
         let mut x = self.shared.forward(&ids)?; // (b, l, d)
         if let Some(t) = trace.as_deref_mut() {

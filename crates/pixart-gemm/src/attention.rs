@@ -1,0 +1,258 @@
+//! Fused CPU attention in bf16 on the native GEMM ([`crate::bf16`]):
+//! `softmax(scale·Q·Kᵀ + bias)·V` per (batch, head) and block of [`ATTN_BLOCK`] queries, in
+//! parallel over blocks. Keys and values are packed once per head, the scores are accumulated
+//! in f32 and live only in a per-thread block (rows × keys, never the whole score matrix), bias
+//! and softmax run in f32 in cache, and the probabilities are rounded to bf16 for `P·V` (as
+//! PyTorch's CPU flash attention does for bf16). Used by the transformer (a per-key padding
+//! bias) and the T5 encoder (its relative position bias, per head and query).
+use std::sync::Arc;
+
+use candle_core::{CpuStorage, Layout, Shape, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+use crate::bf16::{gemm, round_to_bf16, GemmError, Lhs, Output, PackedA, PackedB};
+use crate::vector::softmax_in_place;
+
+/// Query rows per attention task: the task's score block (rows × keys) stays in cache.
+pub const ATTN_BLOCK: usize = 64;
+
+/// What is added to the scores `scale·q·kᵀ` before the softmax.
+#[derive(Debug, Clone, Default)]
+pub enum ScoreBias {
+    #[default]
+    None,
+    /// (b, m): one value per key, the same for every head and query (a padding mask).
+    PerKey(Arc<[f32]>),
+    /// (batch, h, n, m) with `batch` 1 (shared by the whole batch) or b: one value per head,
+    /// query and key (T5's relative position bias, with its padding mask folded in).
+    Full { data: Arc<[f32]>, batch: usize },
+}
+
+impl ScoreBias {
+    /// Checks the length against q (b, h, n, ·) and k (·, ·, m, ·).
+    fn check(&self, b: usize, h: usize, n: usize, m: usize) -> candle_core::Result<()> {
+        let (have, want) = match self {
+            Self::None => return Ok(()),
+            Self::PerKey(v) => (v.len(), b * m),
+            Self::Full { data, batch } => {
+                if *batch != 1 && *batch != b {
+                    candle_core::bail!("attention bf16: bias batch {batch} is neither 1 nor {b}");
+                }
+                (data.len(), batch * h * n * m)
+            }
+        };
+        if have != want {
+            candle_core::bail!("attention bf16: bias has {have} values, expected {want}");
+        }
+        Ok(())
+    }
+
+    /// The bias of query `q` of head `bh` (= batch · h + head), `m` values, if any.
+    fn row(&self, bh: usize, h: usize, n: usize, m: usize, q: usize) -> Option<&[f32]> {
+        match self {
+            Self::None => None,
+            Self::PerKey(v) => Some(&v[(bh / h) * m..(bh / h + 1) * m]),
+            Self::Full { data, batch } => {
+                let bi = if *batch == 1 { 0 } else { bh / h };
+                let start = ((bi * h + bh % h) * n + q) * m;
+                Some(&data[start..start + m])
+            }
+        }
+    }
+}
+
+/// Fused attention, bf16: q (b, h, n, d); k, v (b, h, m, d), all bf16 on the CPU. Returns
+/// (b, h, n, d) bf16. Callers check [`crate::bf16::native_available`] (the portable GEMM
+/// would be slow).
+pub fn attention_bf16(q: &Tensor, k: &Tensor, v: &Tensor, bias: ScoreBias, scale: f32) -> candle_core::Result<Tensor> {
+    let op = AttentionBf16 { bias, scale };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
+struct AttentionBf16 {
+    bias: ScoreBias,
+    scale: f32,
+}
+
+fn bf16_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [bf16]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::BF16(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "attention bf16: {what} must be contiguous bf16"
+        ))),
+    }
+}
+
+impl candle_core::CustomOp3 for AttentionBf16 {
+    fn name(&self) -> &'static str {
+        "pixart-attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let gerr = |e: GemmError| candle_core::Error::Msg(e.to_string());
+        let (b, h, n, d) = ql.shape().dims4()?;
+        let m = kl.shape().dims4()?.2;
+        if kl.shape().dims() != [b, h, m, d] || vl.shape().dims() != [b, h, m, d] {
+            candle_core::bail!(
+                "attention bf16: q {:?}, k {:?}, v {:?} do not match",
+                ql.shape().dims(),
+                kl.shape().dims(),
+                vl.shape().dims()
+            );
+        }
+        self.bias.check(b, h, n, m)?;
+        let (qv, kv, vv) = (
+            bf16_data(qs, ql, "q")?,
+            bf16_data(ks, kl, "k")?,
+            bf16_data(vs, vl, "v")?,
+        );
+        let mut out = vec![bf16::ZERO; b * h * n * d];
+        if out.is_empty() || m == 0 {
+            return Ok((CpuStorage::BF16(out), ql.shape().clone()));
+        }
+        // Keys as B = Kᵀ (d × m), values as B = V (m × d), once per head.
+        let packed: Vec<(PackedB, PackedB)> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let (kh, vh) = (&kv[bh * m * d..(bh + 1) * m * d], &vv[bh * m * d..(bh + 1) * m * d]);
+                let (mut pk, mut pv) = (PackedB::new(), PackedB::new());
+                pk.pack_nk(kh, m, d, d, false)?;
+                pv.pack_kn(vh, m, d, d, false)?;
+                Ok((pk, pv))
+            })
+            .collect::<Result<_, GemmError>>()
+            .map_err(gerr)?;
+        // P rows padded to an even length so that P is read in place as the left operand.
+        let mp = m + m % 2;
+        let scale = self.scale;
+        out.par_chunks_mut(n * d)
+            .enumerate()
+            .flat_map(|(bh, o)| {
+                o.par_chunks_mut(ATTN_BLOCK * d)
+                    .enumerate()
+                    .map(move |(blk, ob)| (bh, blk, ob))
+            })
+            .try_for_each_init(
+                || (Vec::<f32>::new(), Vec::<bf16>::new(), PackedA::new()),
+                |(scores, probs, qpack), (bh, blk, ob)| {
+                    let rows = ob.len() / d;
+                    let row0 = blk * ATTN_BLOCK;
+                    scores.resize(rows * m, 0.0);
+                    probs.resize(rows * mp, bf16::ZERO);
+                    let qb = &qv[(bh * n + row0) * d..(bh * n + row0 + rows) * d];
+                    let lhs = if d.is_multiple_of(2) {
+                        Lhs::rows(qb, rows, d, d)?
+                    } else {
+                        qpack.pack_bf16(qb, rows, d, d, false)?;
+                        Lhs::packed(qpack)
+                    };
+                    let (pk, pv) = &packed[bh];
+                    gemm(
+                        lhs,
+                        pk,
+                        Output::F32 {
+                            c: scores,
+                            ldc: m,
+                            alpha: scale,
+                        },
+                        false,
+                    )?;
+                    for (r, (row, prow)) in scores.chunks_mut(m).zip(probs.chunks_mut(mp)).enumerate() {
+                        if let Some(br) = self.bias.row(bh, h, n, m, row0 + r) {
+                            for (s, bb) in row.iter_mut().zip(br) {
+                                *s += *bb;
+                            }
+                        }
+                        softmax_in_place(row);
+                        round_to_bf16(row, prow);
+                    }
+                    gemm(
+                        Lhs::rows(probs, rows, mp, mp)?,
+                        pv,
+                        Output::Bf16 {
+                            c: ob,
+                            ldc: d,
+                            bias: None,
+                        },
+                        false,
+                    )
+                },
+            )
+            .map_err(gerr)?;
+        Ok((CpuStorage::BF16(out), ql.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, D};
+
+    /// The composed reference in f32: softmax(scale·q·kᵀ + bias)·v.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, scale: f64) -> Tensor {
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let s = (f(q).matmul(&f(k).t().unwrap()).unwrap() * scale).unwrap(); // (b, h, n, m)
+        let s = match bias {
+            Some(b) => s.broadcast_add(b).unwrap(),
+            None => s,
+        };
+        candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&f(v)).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        pixart_core::testing::max_abs_diff(a, b).0
+    }
+
+    #[test]
+    fn matches_the_composed_reference_with_each_bias() {
+        let dev = Device::Cpu;
+        // n = 70 spans two query blocks; m odd pads the probabilities; d odd packs q.
+        for (b, h, n, m, d) in [(2, 3, 70, 45, 16), (1, 2, 9, 10, 7)] {
+            let r = |shape: (usize, usize, usize, usize)| {
+                Tensor::randn(0f32, 1.0, shape, &dev)
+                    .unwrap()
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+            };
+            let (q, k, v) = (r((b, h, n, d)), r((b, h, m, d)), r((b, h, m, d)));
+            let scale = 0.3;
+            let none = attention_bf16(&q, &k, &v, ScoreBias::None, scale as f32).unwrap();
+            assert!(max_diff(&none, &reference(&q, &k, &v, None, scale)) < 3e-2);
+
+            let per_key = Tensor::randn(0f32, 2.0, (b, 1, 1, m), &dev).unwrap();
+            let flat: Arc<[f32]> = per_key.flatten_all().unwrap().to_vec1::<f32>().unwrap().into();
+            let got = attention_bf16(&q, &k, &v, ScoreBias::PerKey(flat), scale as f32).unwrap();
+            assert!(max_diff(&got, &reference(&q, &k, &v, Some(&per_key), scale)) < 3e-2);
+
+            for batch in [1, b] {
+                let full = Tensor::randn(0f32, 2.0, (batch, h, n, m), &dev).unwrap();
+                let data: Arc<[f32]> = full.flatten_all().unwrap().to_vec1::<f32>().unwrap().into();
+                let got = attention_bf16(&q, &k, &v, ScoreBias::Full { data, batch }, scale as f32).unwrap();
+                let d = max_diff(&got, &reference(&q, &k, &v, Some(&full), scale));
+                assert!(d < 3e-2, "full bias (batch {batch}): {d}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bias_of_the_wrong_length_is_an_error() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((1, 2, 4, 8), DType::BF16, &dev).unwrap();
+        let bad = ScoreBias::Full {
+            data: vec![0f32; 5].into(),
+            batch: 1,
+        };
+        let e = attention_bf16(&q, &q, &q, bad, 1.0).unwrap_err().to_string();
+        assert!(e.contains("expected 32"), "{e}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Vectorised f32 row kernels shared by the transformer and the text encoder: e^x, softmax over
+//! a row and tanh-GELU. Plain loops written so that the compiler vectorises them, compiled for
+//! AVX-512F or AVX2+FMA and chosen at run time (scalar elsewhere). candle runs the same
+//! operations with scalar libm calls.
+
+/// e^x for f32 with a relative error of about 1e-7 (range reduction to |r| <= ln2/2 and a
+/// degree-7 polynomial). Inputs below -87.3 give ~1e-38 instead of 0, which is immaterial for
+/// softmax and GELU.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
+    let x = x.clamp(-87.3, 88.7);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    // Eight independent lanes for the reductions so that they vectorise.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            if *v > *m {
+                *m = *v;
+            }
+        }
+    }
+    let mut max = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max = lanes.iter().copied().fold(max, f32::max);
+    for v in row.iter_mut() {
+        *v = exp_f32(*v - max);
+    }
+    let mut sums = [0f32; 8];
+    let mut chunks = row.chunks_exact(8);
+    for c in &mut chunks {
+        for (s, v) in sums.iter_mut().zip(c) {
+            *s += *v;
+        }
+    }
+    let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline(always)]
+fn gelu_slice(xs: &mut [f32]) {
+    // 0.5·x·(1 + tanh(u)) = x · sigmoid(2u), u = √(2/π)·(x + 0.044715·x³)
+    const K: f32 = 0.797_884_6; // √(2/π)
+    for v in xs.iter_mut() {
+        let x = *v;
+        let u = K * (x + 0.044_715 * x * x * x);
+        *v = x / (1.0 + exp_f32(-2.0 * u));
+    }
+}
+
+/// The widest vector level the CPU offers for these loops, detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+fn level() -> Level {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                return Level::Avx512;
+            }
+            if avx2 {
+                return Level::Avx2;
+            }
+        }
+        Level::Scalar
+    })
+}
+
+/// Whether the CPU has AVX2 and FMA (the loops here and the fused norms use them).
+pub fn has_avx2() -> bool {
+    level() != Level::Scalar
+}
+
+/// Defines `pub fn $name(xs: &mut [f32])` running `$body` compiled for the CPU's level.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* $name:ident => $body:ident) => {
+        $(#[$doc])*
+        pub fn $name(xs: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                fn avx512(xs: &mut [f32]) {
+                    $body(xs)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2(xs: &mut [f32]) {
+                    $body(xs)
+                }
+                match level() {
+                    // SAFETY: the CPU reports the features each function is compiled for.
+                    Level::Avx512 => return unsafe { avx512(xs) },
+                    // SAFETY: as above.
+                    Level::Avx2 => return unsafe { avx2(xs) },
+                    Level::Scalar => {}
+                }
+            }
+            $body(xs)
+        }
+    };
+}
+
+dispatched!(
+    /// Softmax of one row in place (max-subtracted, f32).
+    softmax_in_place => softmax_row
+);
+
+dispatched!(
+    /// tanh-approximated GELU (`gelu_new`, PyTorch's `approximate="tanh"`) in place.
+    gelu_tanh_in_place => gelu_slice
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((exp_f32(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn softmax_and_gelu_match_f64() {
+        let xs: Vec<f32> = (0..333).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.17).collect();
+        let mut s = xs.clone();
+        softmax_in_place(&mut s);
+        let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = xs.iter().map(|&x| (x as f64 - max).exp()).sum();
+        for (&x, &y) in xs.iter().zip(&s) {
+            let want = (x as f64 - max).exp() / sum;
+            assert!(
+                (y as f64 - want).abs() < 1e-6 * want.max(1e-3),
+                "softmax({x}) = {y}, want {want}"
+            );
+        }
+        let mut g = xs.clone();
+        gelu_tanh_in_place(&mut g);
+        for (&x, &y) in xs.iter().zip(&g) {
+            let x = x as f64;
+            let want = 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            assert!(
+                (y as f64 - want).abs() < 2e-6 * want.abs().max(1.0),
+                "gelu({x}) = {y}, want {want}"
+            );
+        }
+    }
+}
