@@ -57,6 +57,21 @@ pub struct Context {
     pub batch: usize,
 }
 
+/// The caption positions that matter: 1 + the last position any row of the mask (b, l) keeps.
+/// `None` when some row keeps no position: diffusers then attends uniformly to all of them,
+/// which dropping positions would change.
+fn kept_prefix(mask: &Tensor) -> Result<Option<usize>> {
+    let rows: Vec<Vec<f32>> = mask.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?;
+    let mut keep = 0;
+    for row in &rows {
+        match row.iter().rposition(|&v| v != 0.0) {
+            Some(last) => keep = keep.max(last + 1),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(keep))
+}
+
 /// Key of the cached position table: token grid (h, w) and the interpolation scale's bits.
 type PosKey = (usize, usize, u64);
 
@@ -187,7 +202,10 @@ impl PixArtTransformer {
         if l == 0 {
             return Err(shape_err("encoder_hidden_states has no tokens".into()));
         }
-        let bias = match mask {
+        // Caption positions after the last one any row keeps are dropped: they are masked in
+        // every row, so they change no output (their scores are 10000 below the kept ones: a
+        // softmax weight under 1e-38), and a prompt of 20 tokens then costs 20 keys, not 300.
+        let (y, mask) = match mask {
             Some(m) => {
                 if m.dims() != [b, l] {
                     return Err(shape_err(format!(
@@ -195,11 +213,18 @@ impl PixArtTransformer {
                         m.dims()
                     )));
                 }
-                Some(mask_to_bias(&m.to_device(&self.device)?)?.to_dtype(self.dtype)?)
+                match kept_prefix(m)? {
+                    Some(n) if n < l => (y.narrow(1, 0, n)?, Some(m.narrow(1, 0, n)?)), // (b, n, d), (b, n)
+                    _ => (y.clone(), Some(m.clone())),
+                }
             }
+            None => (y.clone(), None),
+        };
+        let bias = match mask {
+            Some(m) => Some(mask_to_bias(&m.to_device(&self.device)?)?.to_dtype(self.dtype)?),
             None => None,
         };
-        let y = self.project_caption(y)?;
+        let y = self.project_caption(&y)?;
         let cross = self
             .transformer_blocks
             .iter()
@@ -372,5 +397,26 @@ impl PixArtTransformer {
             .permute((0, 5, 1, 3, 2, 4))? // (b, c, h, py, w, px)
             .reshape((b, oc, h * p, w * p))?; // (b, c, H, W)
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(rows: &[&[u32]]) -> Option<usize> {
+        let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        let mask = Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap();
+        kept_prefix(&mask).unwrap()
+    }
+
+    #[test]
+    fn kept_prefix_is_one_past_the_last_kept_position() {
+        assert_eq!(prefix(&[&[1, 1, 1, 0, 0], &[1, 0, 0, 0, 0]]), Some(3));
+        // A hole inside a row is kept (it stays masked by the bias).
+        assert_eq!(prefix(&[&[1, 0, 1, 0, 0, 0], &[1, 1, 0, 0, 0, 0]]), Some(3));
+        assert_eq!(prefix(&[&[1, 1, 1]]), Some(3));
+        // A row that keeps nothing attends uniformly to every position: nothing is dropped.
+        assert_eq!(prefix(&[&[1, 1, 0], &[0, 0, 0]]), None);
     }
 }
