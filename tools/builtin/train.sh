@@ -8,7 +8,8 @@
 #   4. the VAE                    pixart train-vae        runs/vae -> models/builtin/vae
 #   5. the training features      pixart extract          data/features64
 #   6. the transformer            pixart train            runs/builtin (3000 steps at 1e-3), then
-#                                                         runs/builtin-ft (1000 at 3e-4) -> models/builtin/transformer
+#                                                         runs/builtin-ft (1000 at 3e-4), then runs/builtin-ft2
+#                                                         (1500 at 1.5e-4) -> models/builtin/transformer
 #   7. the evaluation             pixart eval demo        docs/images/builtin-eval.png
 #
 # Every stage is resumable: run the script again after an interruption and finished stages are
@@ -63,8 +64,9 @@ train() { # config, run folder
 }
 train configs/builtin/transformer.toml runs/builtin
 train configs/builtin/transformer-ft.toml runs/builtin-ft
+train configs/builtin/transformer-ft2.toml runs/builtin-ft2
 mkdir -p "$out/transformer"
-cp runs/builtin-ft/transformer/config.json runs/builtin-ft/transformer/diffusion_pytorch_model.safetensors \
+cp runs/builtin-ft2/transformer/config.json runs/builtin-ft2/transformer/diffusion_pytorch_model.safetensors \
     "$out/transformer/"
 # Last: with model_index.json the folder is a complete pipeline, and `pixart generate` takes it.
 cp configs/builtin/model_index.json "$out/model_index.json"
