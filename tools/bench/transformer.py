@@ -14,6 +14,21 @@ import torch
 from diffusers import PixArtTransformer2DModel
 
 
+DTYPES = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def random_sigma_transformer(size, dtype, device="cpu"):
+    """PixArt-Σ XL/2 (diffusers' defaults) at its trained sample size for --size px, random
+    weights, as `pixart bench` builds it."""
+    sample = {256: 32, 512: 64, 1024: 128}.get(size, 256)
+    return PixArtTransformer2DModel(
+        sample_size=sample,
+        interpolation_scale=sample / 64,
+        caption_channels=4096,
+        use_additional_conditions=False,
+    ).to(device=device, dtype=dtype).eval()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=256)
@@ -27,15 +42,9 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    dtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[a.dtype]
-    sample = {256: 32, 512: 64, 1024: 128}.get(a.size, 256)
+    dtype = DTYPES[a.dtype]
     t0 = time.perf_counter()
-    model = PixArtTransformer2DModel(
-        sample_size=sample,
-        interpolation_scale=sample / 64,
-        caption_channels=4096,
-        use_additional_conditions=False,
-    ).to(device=a.device, dtype=dtype).eval()
+    model = random_sigma_transformer(a.size, dtype, a.device)
     build = time.perf_counter() - t0
     lat = a.size // 8
     x = torch.randn(a.batch, 4, lat, lat, device=a.device, dtype=dtype)

@@ -73,12 +73,17 @@ pub struct BenchResult {
     pub build_seconds: f64,
 }
 
+/// The transformer of `config` with random weights (normal, std 0.02).
+pub fn random_transformer(config: &TransformerConfig, dtype: DType, device: &Device) -> Result<PixArtTransformer> {
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), dtype, device.clone());
+    Ok(PixArtTransformer::new(config, vb)?.0)
+}
+
 /// Builds the model with random weights and times `iters` forwards after `warmup` ones.
 /// `on_iter(i, seconds)` is called after every timed forward.
 pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) -> Result<BenchResult> {
     let t0 = Instant::now();
-    let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), spec.dtype, spec.device.clone());
-    let (model, _) = PixArtTransformer::new(&spec.config, vb)?;
+    let model = random_transformer(&spec.config, spec.dtype, &spec.device)?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let lat = spec.size / 8;
     let dev = &spec.device;

@@ -12,10 +12,13 @@
 //! - [`hub`]: hub ids (`owner/name`) fetched into and resolved in the standard HF cache.
 //! - [`image_file`]: PNG encoding with the generation parameters, the sampler's name.
 //! - [`noise`]: [`NoiseSource`] and the seeded default ([`SeededNoise`]).
-//! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation.
+//! - [`pipeline`]: [`generate`], the numbered steps, with progress events and cancellation;
+//!   [`denoise_step`], one guided sampler step.
+//! - [`bench`]: the denoising loop with random weights, timed (`pixart bench denoise`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod aspect_bins;
+pub mod bench;
 pub mod builtin;
 pub mod components;
 pub mod hub;
@@ -33,5 +36,5 @@ pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
 pub use image_file::{encode_png, parameters_text, sampler_name};
 pub use noise::{random_seed, NoiseSource, SeededNoise};
-pub use pipeline::{generate, Generated, Output, Progress, Stage, Timings};
+pub use pipeline::{denoise_step, generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};

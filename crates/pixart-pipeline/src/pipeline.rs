@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use pixart_core::{Error, Result};
-use pixart_schedulers::{from_config, Scheduler};
+use pixart_model::{Context, PixArtTransformer};
+use pixart_schedulers::{from_config, Sampler, Scheduler};
 use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
 
 use crate::aspect_bins::resize_and_crop;
@@ -130,6 +131,51 @@ fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &D
         .to_dtype(dtype)?)
 }
 
+/// One step of the denoising loop, as diffusers' `PixArtSigmaPipeline`: the model on the
+/// scaled input (duplicated when `guidance` is set: classifier-free guidance with the
+/// unconditional rows first in `ctx`), the first `in_channels` of a learned-sigma output,
+/// ε = ε_u + g(ε_c − ε_u), then sampler step `i`. `noise` is the step's noise for samplers
+/// that draw some ([`Scheduler::needs_noise`]). latents: (b, c, h, w) -> (b, c, h, w).
+pub fn denoise_step(
+    model: &PixArtTransformer,
+    ctx: &Context,
+    scheduler: &mut Sampler,
+    latents: &Tensor,
+    i: usize,
+    guidance: Option<f64>,
+    noise: Option<&Tensor>,
+) -> Result<Tensor> {
+    let batch = latents.dim(0)?;
+    let t = *scheduler.timesteps().get(i).ok_or_else(|| {
+        Error::InvalidInput(format!(
+            "step {i} is past the sampler's {} steps",
+            scheduler.timesteps().len()
+        ))
+    })?;
+    let x_in = match guidance {
+        Some(_) => Tensor::cat(&[latents, latents], 0)?, // (2b, c, h, w)
+        None => latents.clone(),
+    };
+    let x_in = scheduler.scale_model_input(&x_in, i)?;
+    let t_in = Tensor::full(t as f32, x_in.dim(0)?, latents.device())?;
+    let out = model.forward_with_context(&x_in, &t_in, ctx, None)?;
+    let eps = match guidance {
+        Some(g) => {
+            let u = out.narrow(0, 0, batch)?;
+            let cond = out.narrow(0, batch, batch)?;
+            (&u + (cond - &u)?.affine(g, 0.0)?)?
+        }
+        None => out,
+    };
+    let in_ch = model.config().in_channels;
+    let eps = if model.config().out_channels() / 2 == in_ch {
+        eps.narrow(1, 0, in_ch)?.contiguous()? // learned sigma: (b, 2c, h, w) -> (b, c, h, w)
+    } else {
+        eps
+    };
+    scheduler.step(&eps, i, latents, noise)
+}
+
 /// Generates `request` with `components`. `noise` supplies the initial latents (unless the
 /// request carries them) and the per-step noise of samplers that need it; `progress` receives
 /// [`Progress`] events; `cancel` is checked between steps (set it from a signal handler).
@@ -188,7 +234,6 @@ pub fn generate(
         rows.extend(std::iter::repeat_n(0u32, r.batch));
     }
     rows.extend((0..r.batch).map(|k| (offset + k / r.images_per_prompt) as u32));
-    let model_batch = rows.len();
     let ctx = clock.run(Stage::EncodeContext, |_| {
         let rows = Tensor::new(rows.as_slice(), hidden.device())?;
         let y = hidden.index_select(&rows, 0)?;
@@ -209,45 +254,22 @@ pub fn generate(
         Ok((x * scheduler.init_noise_sigma())?.to_dtype(model.dtype())?)
     })?;
 
-    // 5. The denoising loop: model on the (duplicated, for CFG) scaled input, keep the first
-    //    `in_channels` of the learned-sigma output, ε = ε_u + g(ε_c − ε_u), sampler step.
-    let in_ch = c.transformer_config().in_channels;
-    let split_sigma = c.transformer_config().out_channels() / 2 == in_ch;
-    let timesteps = scheduler.timesteps().to_vec();
-    let total = timesteps.len();
+    // 5. The denoising loop ([`denoise_step`]).
+    let total = scheduler.timesteps().len();
+    let guidance = r.cfg.then_some(r.guidance);
     (clock.progress)(Progress::Stage(Stage::Denoise));
     let denoise_start = Instant::now();
-    for (i, &t) in timesteps.iter().enumerate() {
+    for i in 0..total {
         if cancel.load(Ordering::Relaxed) {
             return Ok(Generated::Cancelled { completed_steps: i });
         }
         let start = Instant::now();
-        let x_in = if r.cfg {
-            Tensor::cat(&[&latents, &latents], 0)?
-        } else {
-            latents.clone()
-        };
-        let x_in = scheduler.scale_model_input(&x_in, i)?;
-        let t_in = Tensor::full(t as f32, model_batch, device)?;
-        let out = model.forward_with_context(&x_in, &t_in, &ctx, None)?;
-        let eps = if r.cfg {
-            let u = out.narrow(0, 0, r.batch)?;
-            let cond = out.narrow(0, r.batch, r.batch)?;
-            (&u + (cond - &u)?.affine(r.guidance, 0.0)?)?
-        } else {
-            out
-        };
-        let eps = if split_sigma {
-            eps.narrow(1, 0, in_ch)?.contiguous()?
-        } else {
-            eps
-        };
         let step_noise = if scheduler.needs_noise() {
             Some(draw(noise, r.latent_shape, latents.dtype(), device)?)
         } else {
             None
         };
-        latents = scheduler.step(&eps, i, &latents, step_noise.as_ref())?;
+        latents = denoise_step(model, &ctx, &mut scheduler, &latents, i, guidance, step_noise.as_ref())?;
         let seconds = start.elapsed().as_secs_f64();
         clock.timings.steps.push(seconds);
         (clock.progress)(Progress::Step {

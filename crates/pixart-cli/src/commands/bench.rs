@@ -22,6 +22,32 @@ enum What {
     TextEncoder(TextEncoderBench),
     /// The full SDXL VAE decoder with random weights (f32, CPU).
     VaeDecode(VaeBench),
+    /// The denoising loop of one image: the transformer with random weights, DPM-Solver++
+    /// with classifier-free guidance (model batch 2), caption keys/values computed once.
+    Denoise(DenoiseBench),
+}
+
+#[derive(Debug, Args)]
+struct DenoiseBench {
+    /// Image size in pixels (square), a multiple of 16.
+    #[arg(long, default_value_t = 512)]
+    size: usize,
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Caption positions (padded length).
+    #[arg(long, default_value_t = 300)]
+    tokens: usize,
+    /// Valid positions of the prompt (the empty negative prompt has one); default: all.
+    #[arg(long)]
+    valid_tokens: Option<usize>,
+    #[arg(long, default_value_t = 4.5)]
+    guidance: f64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +107,73 @@ pub fn run(a: BenchArgs) -> Result<()> {
         What::Transformer(b) => transformer(b),
         What::TextEncoder(b) => text_encoder(b),
         What::VaeDecode(b) => vae_decode(b),
+        What::Denoise(b) => denoise(b),
     }
+}
+
+/// PixArt-Σ XL/2 at its trained size for an image of `size` px.
+fn sigma_config_for(size: usize) -> TransformerConfig {
+    TransformerConfig::sigma_xl2(match size {
+        s if s <= 256 => 32,
+        s if s <= 512 => 64,
+        s if s <= 1024 => 128,
+        _ => 256,
+    })
+}
+
+fn check_size(size: usize) -> Result<()> {
+    if size == 0 || !size.is_multiple_of(16) {
+        bail!(UsageError(format!(
+            "--size must be a positive multiple of 16, got {size}"
+        )));
+    }
+    Ok(())
+}
+
+fn denoise(b: DenoiseBench) -> Result<()> {
+    check_size(b.size)?;
+    let valid = b.valid_tokens.unwrap_or(b.tokens);
+    if b.steps == 0 || b.tokens == 0 || valid == 0 || valid > b.tokens {
+        bail!(UsageError(format!(
+            "--steps and --tokens must be positive and 1 ≤ --valid-tokens ≤ --tokens, got {} / {} / {valid}",
+            b.steps, b.tokens
+        )));
+    }
+    let spec = pixart_pipeline::bench::DenoiseBenchSpec {
+        config: sigma_config_for(b.size),
+        size: b.size,
+        steps: b.steps,
+        tokens: b.tokens,
+        valid_tokens: valid,
+        guidance: b.guidance,
+        dtype: dtype(&b.dtype)?,
+        device: device(&b.device)?,
+    };
+    let r = pixart_pipeline::bench::bench_denoise(&spec, |i, s| {
+        println!("{}", json!({"bench": "denoise", "step": i, "seconds": s}));
+    })?;
+    println!(
+        "{}",
+        json!({
+            "bench": "denoise",
+            "size": b.size,
+            "steps": b.steps,
+            "dtype": b.dtype,
+            "device": b.device,
+            "tokens": b.tokens,
+            "valid_tokens": valid,
+            "seconds": r.seconds,
+            "cpu_seconds": r.cpu_seconds,
+            "context_seconds": r.context_seconds,
+            "seconds_per_step": median_of(&r.step_seconds),
+            "gflop_reference": r.reference_flops / 1e9,
+            "gflops_reference": r.reference_flops / 1e9 / r.seconds,
+            "build_seconds": r.build_seconds,
+            "threads": candle_core::utils::get_num_threads(),
+            "peak_rss_bytes": pixart_core::mem::peak_rss_bytes(),
+        })
+    );
+    Ok(())
 }
 
 fn vae_decode(b: VaeBench) -> Result<()> {
@@ -144,21 +236,11 @@ fn text_encoder(b: TextEncoderBench) -> Result<()> {
 }
 
 fn transformer(b: TransformerBench) -> Result<()> {
-    if b.size == 0 || !b.size.is_multiple_of(16) {
-        bail!(UsageError(format!(
-            "--size must be a positive multiple of 16, got {}",
-            b.size
-        )));
-    }
+    check_size(b.size)?;
     if b.iters == 0 || b.batch == 0 || b.tokens == 0 {
         bail!(UsageError("--iters, --batch and --tokens must be positive".into()));
     }
-    let mut config = TransformerConfig::sigma_xl2(match b.size {
-        s if s <= 256 => 32,
-        s if s <= 512 => 64,
-        s if s <= 1024 => 128,
-        _ => 256,
-    });
+    let mut config = sigma_config_for(b.size);
     if let Some(spec) = &b.kv_compress {
         config.kv_compress = KvCompressConfig::parse_spec(spec, config.num_layers)
             .map_err(|m| UsageError(format!("--kv-compress: {m}")))?;
