@@ -10,15 +10,10 @@ import torch
 from diffusers import AutoencoderKL
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--tile", action="store_true", help="diffusers' enable_tiling()")
-    a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    vae = AutoencoderKL(
+def sdxl_vae():
+    """The SDXL AutoencoderKL architecture (madebyollin/sdxl-vae-fp16-fix config) with random
+    weights."""
+    return AutoencoderKL(
         block_out_channels=[128, 256, 512, 512],
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
@@ -27,6 +22,17 @@ def main():
         sample_size=1024,
         scaling_factor=0.13025,
     ).eval()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--tile", action="store_true", help="diffusers' enable_tiling()")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    vae = sdxl_vae()
     if a.tile:
         vae.enable_tiling()
     z = torch.randn(1, 4, a.size // 8, a.size // 8)
