@@ -27,6 +27,10 @@ pub enum ScoreBias {
     /// (batch, h, n, m) with `batch` 1 (shared by the whole batch) or b: one value per head,
     /// query and key (T5's relative position bias, with its padding mask folded in).
     Full { data: Arc<[f32]>, batch: usize },
+    /// (b): batch row i attends to its first `lens[i]` keys only, the others are skipped (a
+    /// padding mask that keeps a prefix, applied exactly: a row's result does not depend on
+    /// how many keys the other rows have).
+    Prefix(Arc<[usize]>),
 }
 
 impl ScoreBias {
@@ -34,6 +38,12 @@ impl ScoreBias {
     fn check(&self, b: usize, h: usize, n: usize, m: usize) -> candle_core::Result<()> {
         let (have, want) = match self {
             Self::None => return Ok(()),
+            Self::Prefix(lens) => {
+                if let Some(bad) = lens.iter().find(|&&l| l == 0 || l > m) {
+                    candle_core::bail!("attention bf16: key length {bad} outside 1..={m}");
+                }
+                (lens.len(), b)
+            }
             Self::PerKey(v) => (v.len(), b * m),
             Self::Full { data, batch } => {
                 if *batch != 1 && *batch != b {
@@ -48,10 +58,18 @@ impl ScoreBias {
         Ok(())
     }
 
+    /// The keys head `bh` (= batch · h + head) attends to: all `m` or its row's prefix.
+    fn keys(&self, bh: usize, h: usize, m: usize) -> usize {
+        match self {
+            Self::Prefix(lens) => lens[bh / h],
+            _ => m,
+        }
+    }
+
     /// The bias of query `q` of head `bh` (= batch · h + head), `m` values, if any.
     fn row(&self, bh: usize, h: usize, n: usize, m: usize, q: usize) -> Option<&[f32]> {
         match self {
-            Self::None => None,
+            Self::None | Self::Prefix(_) => None,
             Self::PerKey(v) => Some(&v[(bh / h) * m..(bh / h + 1) * m]),
             Self::Full { data, batch } => {
                 let bi = if *batch == 1 { 0 } else { bh / h };
@@ -120,20 +138,20 @@ impl candle_core::CustomOp3 for AttentionBf16 {
         if out.is_empty() || m == 0 {
             return Ok((CpuStorage::BF16(out), ql.shape().clone()));
         }
-        // Keys as B = Kᵀ (d × m), values as B = V (m × d), once per head.
+        // Keys as B = Kᵀ (d × mk), values as B = V (mk × d), once per head (mk: the keys the
+        // head attends to).
         let packed: Vec<(PackedB, PackedB)> = (0..b * h)
             .into_par_iter()
             .map(|bh| {
-                let (kh, vh) = (&kv[bh * m * d..(bh + 1) * m * d], &vv[bh * m * d..(bh + 1) * m * d]);
+                let mk = self.bias.keys(bh, h, m);
+                let (kh, vh) = (&kv[bh * m * d..(bh * m + mk) * d], &vv[bh * m * d..(bh * m + mk) * d]);
                 let (mut pk, mut pv) = (PackedB::new(), PackedB::new());
-                pk.pack_nk(kh, m, d, d, false)?;
-                pv.pack_kn(vh, m, d, d, false)?;
+                pk.pack_nk(kh, mk, d, d, false)?;
+                pv.pack_kn(vh, mk, d, d, false)?;
                 Ok((pk, pv))
             })
             .collect::<Result<_, GemmError>>()
             .map_err(gerr)?;
-        // P rows padded to an even length so that P is read in place as the left operand.
-        let mp = m + m % 2;
         let scale = self.scale;
         out.par_chunks_mut(n * d)
             .enumerate()
@@ -147,6 +165,10 @@ impl candle_core::CustomOp3 for AttentionBf16 {
                 |(scores, probs, qpack), (bh, blk, ob)| {
                     let rows = ob.len() / d;
                     let row0 = blk * ATTN_BLOCK;
+                    let m = self.bias.keys(bh, h, m);
+                    // P rows padded to an even length so that P is read in place as the left
+                    // operand.
+                    let mp = m + m % 2;
                     scores.resize(rows * m, 0.0);
                     probs.resize(rows * mp, bf16::ZERO);
                     let qb = &qv[(bh * n + row0) * d..(bh * n + row0 + rows) * d];
@@ -175,6 +197,7 @@ impl candle_core::CustomOp3 for AttentionBf16 {
                         }
                         softmax_in_place(row);
                         round_to_bf16(row, prow);
+                        prow[m..].fill(bf16::ZERO); // the pad column (a reused buffer)
                     }
                     gemm(
                         Lhs::rows(probs, rows, mp, mp)?,
@@ -242,6 +265,30 @@ mod tests {
                 assert!(d < 3e-2, "full bias (batch {batch}): {d}");
             }
         }
+    }
+
+    #[test]
+    fn a_prefix_mask_skips_keys_exactly() {
+        let dev = Device::Cpu;
+        let r = |shape: (usize, usize, usize, usize)| {
+            Tensor::randn(0f32, 1.0, shape, &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        let (b, h, n, m, d) = (2, 3, 70, 9, 8);
+        let (q, k, v) = (r((b, h, n, d)), r((b, h, m, d)), r((b, h, m, d)));
+        let lens: Arc<[usize]> = vec![4, 9].into();
+        let got = attention_bf16(&q, &k, &v, ScoreBias::Prefix(lens), 0.5).unwrap();
+        for (i, len) in [(0, 4), (1, 9)] {
+            // The same row alone with only its keys: the same bits.
+            let row = |t: &Tensor, keys: usize| t.narrow(0, i, 1).unwrap().narrow(2, 0, keys).unwrap();
+            let alone = attention_bf16(&row(&q, n), &row(&k, len), &row(&v, len), ScoreBias::None, 0.5).unwrap();
+            let got_i = got.narrow(0, i, 1).unwrap();
+            assert_eq!(pixart_core::testing::max_abs_diff(&got_i, &alone).0, 0.0, "row {i}");
+        }
+        let bad = ScoreBias::Prefix(vec![0, 3].into());
+        assert!(attention_bf16(&q, &k, &v, bad, 0.5).is_err());
     }
 
     #[test]

@@ -34,7 +34,7 @@ fn main() -> candle_core::Result<()> {
     time("broadcast_mul gate + add", 5, || &x + x.broadcast_mul(&sh)?);
     let q = Tensor::randn(0f32, 1.0, (b, 16, n, 72), &dev)?;
     time("attention n=1024", 5, || {
-        pixart_model::ops::chunked_attention(&q, &q, &q, None, 0.1, 1 << 25)
+        pixart_model::ops::chunked_attention(&q, &q, &q, None, None, 0.1, 1 << 25)
     });
     let kt = q.t()?;
     time("  qk^T", 5, || q.matmul(&kt));

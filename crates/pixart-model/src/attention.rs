@@ -1,5 +1,7 @@
 //! Self- and cross-attention (diffusers `Attention` with `AttnProcessor2_0`), with optional
 //! KV token compression in self-attention.
+use std::sync::Arc;
+
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
 use pixart_gemm::{linear_b, Linear};
@@ -152,6 +154,10 @@ pub struct Attention {
 pub struct CrossKv {
     pub k: Tensor,
     pub v: Tensor,
+    /// (b): when the caption mask keeps a prefix of every row, row i's valid keys are its
+    /// first `key_lens[i]`: the CPU kernels attend to exactly those (the result of a row does
+    /// not depend on the other rows' lengths); other paths use the mask bias.
+    pub key_lens: Option<Arc<[usize]>>,
 }
 
 impl Attention {
@@ -187,7 +193,14 @@ impl Attention {
             .contiguous()
     }
 
-    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        key_lens: Option<&[usize]>,
+    ) -> candle_core::Result<Tensor> {
         let (b, n, _) = q.dims3()?;
         let q = self.split_heads(q)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
@@ -196,7 +209,7 @@ impl Attention {
         } else {
             MAX_SCORE_ELEMENTS_GPU
         };
-        let o = chunked_attention(&q, k, v, bias, scale, budget)?; // (b, h, n, d)
+        let o = chunked_attention(&q, k, v, bias, key_lens, scale, budget)?; // (b, h, n, d)
         let o = o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?; // (b, n, h*d)
         self.to_out.forward(&o)
     }
@@ -211,14 +224,15 @@ impl Attention {
             v = kv.forward(&v, grid.0, grid.1)?;
         }
         let (k, v) = (self.split_heads(&k)?, self.split_heads(&v)?);
-        self.attend(&q, &k, &v, None)
+        self.attend(&q, &k, &v, None, None)
     }
 
-    /// Projects context tokens to keys and values. y: (b, l, c).
-    pub fn cross_kv(&self, y: &Tensor) -> candle_core::Result<CrossKv> {
+    /// Projects context tokens to keys and values. y: (b, l, c); key_lens: see [`CrossKv`].
+    pub fn cross_kv(&self, y: &Tensor, key_lens: Option<Arc<[usize]>>) -> candle_core::Result<CrossKv> {
         Ok(CrossKv {
             k: self.split_heads(&self.to_k.forward(y)?)?,
             v: self.split_heads(&self.to_v.forward(y)?)?,
+            key_lens,
         })
     }
 
@@ -230,7 +244,7 @@ impl Attention {
             Some(b) => Some(b.to_dtype(q.dtype())?),
             None => None,
         };
-        self.attend(&q, &kv.k, &kv.v, bias.as_ref())
+        self.attend(&q, &kv.k, &kv.v, bias.as_ref(), kv.key_lens.as_deref())
     }
 }
 

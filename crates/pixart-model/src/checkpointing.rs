@@ -100,6 +100,7 @@ impl BlockOp {
         let cross = CrossKv {
             k: kv.get(0)?,
             v: kv.get(1)?,
+            key_lens: None, // the mask bias, as the backward's composed ops use
         };
         self.block.forward(x, self.grid, t0, &cross, self.bias.as_ref())
     }

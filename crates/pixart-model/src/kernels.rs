@@ -164,13 +164,15 @@ use pixart_gemm::attention::{ScoreBias, ATTN_BLOCK};
 /// [`ATTN_BLOCK`] queries, in parallel over blocks; each block's scores live in a per-thread
 /// buffer (rows × keys), never the whole score matrix.
 ///
-/// q: (b, h, n, d); k, v: (b, h, m, d); bias: (b, m) added to every query's scores.
-/// Returns (b, h, n, d) f32.
+/// q: (b, h, n, d); k, v: (b, h, m, d); bias: (b, m) added to every query's scores;
+/// key_lens: (b), row i attends to its first `key_lens[i]` keys only (the others skipped
+/// exactly, so a row's result does not depend on the other rows). Returns (b, h, n, d) f32.
 pub fn attention_cpu(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     bias: Option<&Tensor>,
+    key_lens: Option<&[usize]>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, h, n, d) = q.dims4()?;
@@ -183,6 +185,11 @@ pub fn attention_cpu(
         Some(bt) => Some(flat(&bt.reshape((b, m))?)?),
         None => None,
     };
+    if let Some(lens) = key_lens {
+        if lens.len() != b || lens.iter().any(|&l| l == 0 || l > m) {
+            candle_core::bail!("attention: key lengths {lens:?} do not fit batch {b} and {m} keys");
+        }
+    }
     let mut out = vec![0f32; b * h * n * d];
     let blocks_per_head = n.div_ceil(ATTN_BLOCK);
     let scale = scale as f32;
@@ -196,8 +203,9 @@ pub fn attention_cpu(
         .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(bh, blk)| {
             let row0 = blk * ATTN_BLOCK;
             let rows = ATTN_BLOCK.min(n - row0);
+            let mk = key_lens.map_or(m, |l| l[bh / h]); // keys this head attends to
             scores.clear();
-            scores.resize(rows * m, 0.0);
+            scores.resize(rows * mk, 0.0);
             let qp = &qv[(bh * n + row0) * d..];
             let kp = &kv[bh * m * d..];
             let vp = &vv[bh * m * d..];
@@ -206,11 +214,11 @@ pub fn attention_cpu(
             unsafe {
                 gemm::gemm(
                     rows,
-                    m,
+                    mk,
                     d,
                     scores.as_mut_ptr(),
                     1,
-                    m as isize,
+                    mk as isize,
                     false,
                     qp.as_ptr(),
                     1,
@@ -226,8 +234,12 @@ pub fn attention_cpu(
                     gemm::Parallelism::None,
                 );
             }
-            let bias_row = bias.as_ref().map(|bv| &bv[(bh / h) * m..(bh / h + 1) * m]);
-            for row in scores.chunks_mut(m) {
+            // Prefix lengths replace the bias (the kept keys' bias is 0).
+            let bias_row = match key_lens {
+                Some(_) => None,
+                None => bias.as_ref().map(|bv| &bv[(bh / h) * m..(bh / h + 1) * m]),
+            };
+            for row in scores.chunks_mut(mk) {
                 if let Some(br) = bias_row {
                     for (s, bb) in row.iter_mut().zip(br) {
                         *s += *bb;
@@ -242,14 +254,14 @@ pub fn attention_cpu(
                 gemm::gemm(
                     rows,
                     d,
-                    m,
+                    mk,
                     dst,
                     1,
                     d as isize,
                     false,
                     scores.as_ptr(),
                     1,
-                    m as isize,
+                    mk as isize,
                     vp.as_ptr(),
                     1,
                     d as isize,
@@ -284,27 +296,29 @@ impl SendPtr {
 /// and values packed once per head, scores and softmax in f32, probabilities rounded to bf16
 /// for `P·V`.
 ///
-/// q: (b, h, n, d); k, v: (b, h, m, d), all bf16; bias: (b, m) added to every query's scores.
-/// Returns (b, h, n, d) bf16. Callers check [`pixart_gemm::bf16::native_available`] (the
-/// portable kernel would be slow).
+/// q: (b, h, n, d); k, v: (b, h, m, d), all bf16; bias and key_lens as [`attention_cpu`]
+/// (key_lens, when given, replaces the bias). Returns (b, h, n, d) bf16. Callers check
+/// [`pixart_gemm::bf16::native_available`] (the portable kernel would be slow).
 pub fn attention_cpu_bf16(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     bias: Option<&Tensor>,
+    key_lens: Option<&[usize]>,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
     let (b, _h, _n, _d) = q.dims4()?;
     let m = k.dim(2)?;
-    let bias = match bias {
-        Some(bt) => ScoreBias::PerKey(
+    let bias = match (key_lens, bias) {
+        (Some(lens), _) => ScoreBias::Prefix(lens.into()),
+        (None, Some(bt)) => ScoreBias::PerKey(
             bt.reshape((b, m))? // (b, 1, 1, m) -> (b, m)
                 .to_dtype(candle_core::DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?
                 .into(),
         ),
-        None => ScoreBias::None,
+        (None, None) => ScoreBias::None,
     };
     pixart_gemm::attention::attention_bf16(q, k, v, bias, scale as f32)
 }

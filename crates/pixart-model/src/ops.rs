@@ -373,12 +373,15 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> candle_core::Resu
 /// once: the queries are processed in chunks.
 ///
 /// q: (b, h, n, d); k, v: (b, h, m, d); bias: additive, broadcastable to (b, h, n, m) with a
-/// query dim of 1, e.g. (b, 1, 1, m). Returns (b, h, n, d).
+/// query dim of 1, e.g. (b, 1, 1, m). `key_lens` (b), when the bias is a prefix padding mask:
+/// row i's valid keys are its first `key_lens[i]`; the CPU kernels then skip the others
+/// exactly instead of adding the bias (the other paths use the bias). Returns (b, h, n, d).
 pub fn chunked_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     bias: Option<&Tensor>,
+    key_lens: Option<&[usize]>,
     scale: f64,
     max_scores: usize,
 ) -> candle_core::Result<Tensor> {
@@ -387,9 +390,9 @@ pub fn chunked_attention(
     let needs_grad = q.track_op() || k.track_op() || v.track_op();
     if q.device().is_cpu() && !needs_grad {
         if q.dtype() == candle_core::DType::BF16 && pixart_gemm::bf16::native_available() {
-            return crate::kernels::attention_cpu_bf16(q, k, v, bias, scale);
+            return crate::kernels::attention_cpu_bf16(q, k, v, bias, key_lens, scale);
         }
-        return crate::kernels::attention_cpu(q, k, v, bias, scale)?.to_dtype(q.dtype());
+        return crate::kernels::attention_cpu(q, k, v, bias, key_lens, scale)?.to_dtype(q.dtype());
     }
     let per_query = (b * h * m).max(1);
     let chunk = (max_scores / per_query).clamp(1, n.max(1));

@@ -57,19 +57,31 @@ pub struct Context {
     pub batch: usize,
 }
 
-/// The caption positions that matter: 1 + the last position any row of the mask (b, l) keeps.
-/// `None` when some row keeps no position: diffusers then attends uniformly to all of them,
-/// which dropping positions would change.
-fn kept_prefix(mask: &Tensor) -> Result<Option<usize>> {
-    let rows: Vec<Vec<f32>> = mask.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?;
-    let mut keep = 0;
-    for row in &rows {
-        match row.iter().rposition(|&v| v != 0.0) {
-            Some(last) => keep = keep.max(last + 1),
-            None => return Ok(None),
+/// Which caption positions matter, from the mask (b, l).
+struct KeptPositions {
+    /// 1 + the last position any row keeps; `None` when some row keeps no position (diffusers
+    /// then attends uniformly to all of them, which dropping positions would change).
+    keep: Option<usize>,
+    /// Each row's length when every row keeps a prefix of ones (and at least one).
+    prefix_lens: Option<Arc<[usize]>>,
+}
+
+impl KeptPositions {
+    fn of(mask: &Tensor) -> Result<Self> {
+        let rows: Vec<Vec<f32>> = mask.to_dtype(DType::F32)?.to_device(&Device::Cpu)?.to_vec2()?;
+        let mut keep = Some(0);
+        let mut lens = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match row.iter().rposition(|&v| v != 0.0) {
+                Some(last) => keep = keep.map(|k: usize| k.max(last + 1)),
+                None => keep = None,
+            }
+            let n = row.iter().take_while(|&&v| v != 0.0).count();
+            lens.push((n > 0 && row[n..].iter().all(|&v| v == 0.0)).then_some(n));
         }
+        let prefix_lens = lens.into_iter().collect::<Option<Vec<usize>>>().map(Arc::from);
+        Ok(Self { keep, prefix_lens })
     }
-    Ok(Some(keep))
 }
 
 /// Key of the cached position table: token grid (h, w) and the interpolation scale's bits.
@@ -205,6 +217,9 @@ impl PixArtTransformer {
         // Caption positions after the last one any row keeps are dropped: they are masked in
         // every row, so they change no output (their scores are 10000 below the kept ones: a
         // softmax weight under 1e-38), and a prompt of 20 tokens then costs 20 keys, not 300.
+        // And when every row keeps a prefix, the CPU attention takes each row's own length
+        // (so a row's result does not depend on the longest caption in the batch).
+        let mut key_lens = None;
         let (y, mask) = match mask {
             Some(m) => {
                 if m.dims() != [b, l] {
@@ -213,7 +228,9 @@ impl PixArtTransformer {
                         m.dims()
                     )));
                 }
-                match kept_prefix(m)? {
+                let kept = KeptPositions::of(m)?;
+                key_lens = kept.prefix_lens;
+                match kept.keep {
                     Some(n) if n < l => (y.narrow(1, 0, n)?, Some(m.narrow(1, 0, n)?)), // (b, n, d), (b, n)
                     _ => (y.clone(), Some(m.clone())),
                 }
@@ -228,7 +245,7 @@ impl PixArtTransformer {
         let cross = self
             .transformer_blocks
             .iter()
-            .map(|blk| blk.attn2.cross_kv(&y))
+            .map(|blk| blk.attn2.cross_kv(&y, key_lens.clone()))
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Context { cross, bias, batch: b })
     }
@@ -404,19 +421,20 @@ impl PixArtTransformer {
 mod tests {
     use super::*;
 
-    fn prefix(rows: &[&[u32]]) -> Option<usize> {
+    fn kept(rows: &[&[u32]]) -> (Option<usize>, Option<Vec<usize>>) {
         let flat: Vec<u32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
         let mask = Tensor::from_vec(flat, (rows.len(), rows[0].len()), &Device::Cpu).unwrap();
-        kept_prefix(&mask).unwrap()
+        let k = KeptPositions::of(&mask).unwrap();
+        (k.keep, k.prefix_lens.map(|l| l.to_vec()))
     }
 
     #[test]
-    fn kept_prefix_is_one_past_the_last_kept_position() {
-        assert_eq!(prefix(&[&[1, 1, 1, 0, 0], &[1, 0, 0, 0, 0]]), Some(3));
-        // A hole inside a row is kept (it stays masked by the bias).
-        assert_eq!(prefix(&[&[1, 0, 1, 0, 0, 0], &[1, 1, 0, 0, 0, 0]]), Some(3));
-        assert_eq!(prefix(&[&[1, 1, 1]]), Some(3));
+    fn kept_positions_of_a_mask() {
+        assert_eq!(kept(&[&[1, 1, 1, 0, 0], &[1, 0, 0, 0, 0]]), (Some(3), Some(vec![3, 1])));
+        // A hole inside a row is kept (it stays masked by the bias), and is not a prefix.
+        assert_eq!(kept(&[&[1, 0, 1, 0, 0, 0], &[1, 1, 0, 0, 0, 0]]), (Some(3), None));
+        assert_eq!(kept(&[&[1, 1, 1]]), (Some(3), Some(vec![3])));
         // A row that keeps nothing attends uniformly to every position: nothing is dropped.
-        assert_eq!(prefix(&[&[1, 1, 0], &[0, 0, 0]]), None);
+        assert_eq!(kept(&[&[1, 1, 0], &[0, 0, 0]]), (None, None));
     }
 }
