@@ -146,7 +146,16 @@ impl WeightFile {
     /// Reads one tensor as stored (no dtype conversion) onto `device`.
     pub fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         let loaded = match &self.store {
-            Store::Safetensors(st) => st.load(name, device),
+            Store::Safetensors(st) => {
+                let t = st.load(name, device);
+                // The tensor is a copy now: hand its pages of the mapping back, so that a
+                // model whose weights are repacked (T5-XXL: 9 GB) does not hold the file's
+                // pages and the packed copy at once.
+                if let (Ok(_), Ok(view)) = (&t, st.get(name)) {
+                    release_pages(view.data());
+                }
+                t
+            }
             Store::Pth(pth) => match pth.get(name) {
                 Ok(Some(t)) => t.to_device(device),
                 Ok(None) => Err(candle_core::Error::Msg("not in the file".into())),
@@ -155,6 +164,30 @@ impl WeightFile {
         };
         loaded.map_err(|e| Error::weights(&self.path, format!("tensor `{name}`: {e}")))
     }
+}
+
+/// Tells the kernel that the mapped file bytes `data` are not needed any more
+/// (`madvise(MADV_DONTNEED)` on the pages they cover). The mapping is a read-only file mapping,
+/// so a later read of those pages (a neighbouring tensor sharing a page) faults them back in
+/// from the file: nothing is lost, the process's resident size just stops counting them.
+fn release_pages(data: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as usize;
+        let start = data.as_ptr() as usize / page * page;
+        let end = (data.as_ptr() as usize + data.len()).div_ceil(page) * page;
+        if end > start {
+            // SAFETY: [start, end) lies within the file mapping that holds `data` (a mapping
+            // covers whole pages); MADV_DONTNEED on a read-only file mapping only drops
+            // resident pages, which are re-read from the file on the next access.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = data;
 }
 
 fn mmap_safetensors(paths: &[PathBuf]) -> Result<candle_core::safetensors::MmapedSafetensors> {
