@@ -118,6 +118,32 @@ mod tests {
     use candle_core::{Device, D};
 
     #[test]
+    fn prefix_key_lengths_give_each_row_alone() {
+        let dev = Device::Cpu;
+        let (b, h, n, m, d) = (3, 2, 70, 11, 8);
+        let r = |shape: (usize, usize, usize, usize)| Tensor::randn(0f32, 1.0, shape, &dev).unwrap();
+        let (q, k, v) = (r((b, h, n, d)), r((b, h, m, d)), r((b, h, m, d)));
+        let lens = [1, 11, 6];
+        let got = attention_cpu(&q, &k, &v, None, Some(&lens), 0.3).unwrap();
+        for (i, &len) in lens.iter().enumerate() {
+            let row = |t: &Tensor, keys: usize| t.narrow(0, i, 1).unwrap().narrow(2, 0, keys).unwrap();
+            let alone = attention_cpu(&row(&q, n), &row(&k, len), &row(&v, len), None, None, 0.3).unwrap();
+            let d = pixart_core::testing::max_abs_diff(&got.narrow(0, i, 1).unwrap(), &alone).0;
+            assert_eq!(d, 0.0, "row {i} (length {len})");
+        }
+        // The bf16 kernel takes the same lengths (native GEMM where the CPU has it).
+        let bf = |t: &Tensor| t.to_dtype(candle_core::DType::BF16).unwrap();
+        let got = attention_cpu_bf16(&bf(&q), &bf(&k), &bf(&v), None, Some(&lens), 0.3).unwrap();
+        let d = pixart_core::testing::max_abs_diff(
+            &got,
+            &attention_cpu(&bf(&q), &bf(&k), &bf(&v), None, Some(&lens), 0.3).unwrap(),
+        )
+        .0;
+        assert!(d < 3e-2, "bf16 vs f32 {d}");
+        assert!(attention_cpu(&q, &k, &v, None, Some(&[1, 12, 3]), 0.3).is_err());
+    }
+
+    #[test]
     fn kernels_match_candle() {
         let dev = Device::Cpu;
         let x = (Tensor::randn(0f32, 3.0, (3, 5, 333), &dev).unwrap() - 1.0).unwrap();
