@@ -7,11 +7,13 @@
 //!   at once.
 //! - [`config`]: reading JSON config files with errors that name the file.
 //! - [`mem`]: peak resident memory, for benchmarks.
+//! - [`mask`]: reading tokenizer attention masks (prefix lengths).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod mask;
 pub mod mem;
 pub mod testing;
 pub mod weights;

@@ -76,8 +76,7 @@ impl KeptPositions {
                 Some(last) => keep = keep.map(|k: usize| k.max(last + 1)),
                 None => keep = None,
             }
-            let n = row.iter().take_while(|&&v| v != 0.0).count();
-            lens.push((n > 0 && row[n..].iter().all(|&v| v == 0.0)).then_some(n));
+            lens.push(pixart_core::mask::prefix_len(row));
         }
         let prefix_lens = lens.into_iter().collect::<Option<Vec<usize>>>().map(Arc::from);
         Ok(Self { keep, prefix_lens })

@@ -428,13 +428,7 @@ impl T5Encoder {
             .to_device(&Device::Cpu)?
             .to_vec2()?;
         // Valid length per row; `None` when the ones are not a prefix (or there are none).
-        let lengths: Vec<Option<usize>> = mask
-            .iter()
-            .map(|row| {
-                let n = row.iter().take_while(|&&v| v != 0.0).count();
-                (n > 0 && row[n..].iter().all(|&v| v == 0.0)).then_some(n)
-            })
-            .collect();
+        let lengths: Vec<Option<usize>> = mask.iter().map(|row| pixart_core::mask::prefix_len(row)).collect();
         let mut groups: std::collections::BTreeMap<Option<usize>, Vec<usize>> = Default::default();
         for (i, n) in lengths.iter().enumerate() {
             groups.entry(*n).or_default().push(i);
