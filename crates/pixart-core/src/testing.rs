@@ -39,6 +39,20 @@ pub fn max_abs_diff(got: &Tensor, want: &Tensor) -> (f32, usize) {
     worst
 }
 
+/// The largest |value| of a tensor (any float dtype), as f32.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.to_dtype(DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Asserts max |got − want| ≤ atol, reporting the worst element.
 pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, atol: f32) {
     let (d, at) = max_abs_diff(got, want);

@@ -233,17 +233,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The largest |value| of an f32 tensor.
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
+    use pixart_core::testing::max_abs;
 
     /// The native path against candle's f32 product of the same bf16 values, on shapes with
     /// leading batch dims and a non-contiguous input.

@@ -29,16 +29,7 @@ fn components() -> PipelineComponents {
     PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap()
 }
 
-fn max_abs(t: &Tensor) -> f32 {
-    t.abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
+use pixart_core::testing::max_abs;
 
 fn run_case(
     c: &PipelineComponents,
