@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
+use pixart_gemm::sgemm;
 
 /// CPU time of all this process's threads (Linux: /proc/self/task/*/schedstat), in seconds;
 /// on a machine shared with other jobs, flops per CPU-second is the fairer figure.
@@ -36,8 +37,8 @@ fn main() -> candle_core::Result<()> {
     println!("native AVX512-BF16: {}", pixart_gemm::bf16::native_available());
     println!("GFLOP/s by wall time (GFLOP/s per CPU-second in brackets)");
     println!(
-        "{:>6} {:>6} {:>6} {:>18} {:>18} {:>18}",
-        "m", "n", "k", "native", "candle bf16", "candle f32"
+        "{:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>18}",
+        "m", "n", "k", "native bf16", "candle bf16", "native f32", "candle f32"
     );
     for (n, k) in [(1152, 1152), (4608, 1152), (1152, 4608), (32, 1152), (1152, 4096)] {
         let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
@@ -50,14 +51,32 @@ fn main() -> candle_core::Result<()> {
         );
         let native = pixart_gemm::Linear::new(wb.clone(), Some(bb.clone()));
         let cand_b = candle_nn::Linear::new(wb, Some(bb));
-        let cand_f = candle_nn::Linear::new(w, Some(b));
+        let cand_f = candle_nn::Linear::new(w.clone(), Some(b.clone()));
         let flops = 2.0 * (m * n * k) as f64;
         let reps = (2e10 / flops).clamp(3.0, 200.0) as usize;
         let t0 = time(reps, || drop(native.forward(&xb)));
         let t1 = time(reps.div_ceil(3), || drop(cand_b.forward(&xb)));
+        let (xv, wv, bv) = (
+            x.flatten_all()?.to_vec1::<f32>()?,
+            w.flatten_all()?.to_vec1::<f32>()?,
+            b.to_vec1::<f32>()?,
+        );
+        let mut c = vec![0f32; m * n];
+        let t3 = time(reps.div_ceil(2), || {
+            let lhs = sgemm::Lhs::rows(&xv, m, k, k).expect("x fits");
+            let mut out = sgemm::Output::new(&mut c, n);
+            out.bias = sgemm::Bias::Cols(&bv);
+            sgemm::gemm(lhs, sgemm::Rhs::Nk { w: &wv, ld: k }, n, out, true).expect("shapes fit");
+        });
         let t2 = time(reps.div_ceil(3), || drop(cand_f.forward(&x)));
         let g = |(w, c): (f64, f64)| format!("{:7.1} [{:7.1}]", flops / w / 1e9, flops / c / 1e9);
-        println!("{m:>6} {n:>6} {k:>6} {:>18} {:>18} {:>18}", g(t0), g(t1), g(t2));
+        println!(
+            "{m:>6} {n:>6} {k:>6} {:>18} {:>18} {:>18} {:>18}",
+            g(t0),
+            g(t1),
+            g(t3),
+            g(t2)
+        );
     }
     Ok(())
 }

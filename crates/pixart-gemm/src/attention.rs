@@ -1,9 +1,10 @@
-//! Fused CPU attention in bf16 on the native GEMM ([`crate::bf16`]):
+//! Fused CPU attention in bf16 on the native GEMM ([`crate::bf16`]), and in f32 on the
+//! AVX-512 f32 GEMM ([`crate::sgemm`], [`attention_f32`]):
 //! `softmax(scale·Q·Kᵀ + bias)·V` per (batch, head) and block of [`ATTN_BLOCK`] queries, in
 //! parallel over blocks. Keys and values are packed once per head, the scores are accumulated
 //! in f32 and live only in a per-thread block (rows × keys, never the whole score matrix), bias
 //! and softmax run in f32 in cache, and the probabilities are rounded to bf16 for `P·V` (as
-//! PyTorch's CPU flash attention does for bf16). Used by the transformer (a per-key padding
+//! PyTorch's CPU flash attention does for bf16; f32 keeps them in f32). Used by the transformer (a per-key padding
 //! bias) and the T5 encoder (its relative position bias, per head and query).
 use std::sync::Arc;
 
@@ -40,20 +41,20 @@ impl ScoreBias {
             Self::None => return Ok(()),
             Self::Prefix(lens) => {
                 if let Some(bad) = lens.iter().find(|&&l| l == 0 || l > m) {
-                    candle_core::bail!("attention bf16: key length {bad} outside 1..={m}");
+                    candle_core::bail!("attention: key length {bad} outside 1..={m}");
                 }
                 (lens.len(), b)
             }
             Self::PerKey(v) => (v.len(), b * m),
             Self::Full { data, batch } => {
                 if *batch != 1 && *batch != b {
-                    candle_core::bail!("attention bf16: bias batch {batch} is neither 1 nor {b}");
+                    candle_core::bail!("attention: bias batch {batch} is neither 1 nor {b}");
                 }
                 (data.len(), batch * h * n * m)
             }
         };
         if have != want {
-            candle_core::bail!("attention bf16: bias has {have} values, expected {want}");
+            candle_core::bail!("attention: bias has {have} values, expected {want}");
         }
         Ok(())
     }
@@ -118,16 +119,7 @@ impl candle_core::CustomOp3 for AttentionBf16 {
         vl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let gerr = |e: GemmError| candle_core::Error::Msg(e.to_string());
-        let (b, h, n, d) = ql.shape().dims4()?;
-        let m = kl.shape().dims4()?.2;
-        if kl.shape().dims() != [b, h, m, d] || vl.shape().dims() != [b, h, m, d] {
-            candle_core::bail!(
-                "attention bf16: q {:?}, k {:?}, v {:?} do not match",
-                ql.shape().dims(),
-                kl.shape().dims(),
-                vl.shape().dims()
-            );
-        }
+        let (b, h, n, d, m) = attention_dims(ql, kl, vl)?;
         self.bias.check(b, h, n, m)?;
         let (qv, kv, vv) = (
             bf16_data(qs, ql, "q")?,
@@ -216,6 +208,114 @@ impl candle_core::CustomOp3 for AttentionBf16 {
     }
 }
 
+/// Fused attention, f32, on the AVX-512 f32 GEMM ([`crate::sgemm`]): q (b, h, n, d); k, v
+/// (b, h, m, d), all f32 on the CPU. Returns (b, h, n, d) f32. Callers check
+/// [`crate::sgemm::native_available`] (the portable kernel would be slow). The same blocking
+/// as [`attention_bf16`], with the probabilities kept in f32.
+pub fn attention_f32(q: &Tensor, k: &Tensor, v: &Tensor, bias: ScoreBias, scale: f32) -> candle_core::Result<Tensor> {
+    let op = AttentionF32 { bias, scale };
+    q.contiguous()?
+        .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &op)
+}
+
+struct AttentionF32 {
+    bias: ScoreBias,
+    scale: f32,
+}
+
+fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "attention f32: {what} must be contiguous f32"
+        ))),
+    }
+}
+
+/// (b, h, n, d, m) of matching q, k, v layouts.
+fn attention_dims(ql: &Layout, kl: &Layout, vl: &Layout) -> candle_core::Result<(usize, usize, usize, usize, usize)> {
+    let (b, h, n, d) = ql.shape().dims4()?;
+    let m = kl.shape().dims4()?.2;
+    if kl.shape().dims() != [b, h, m, d] || vl.shape().dims() != [b, h, m, d] {
+        candle_core::bail!(
+            "attention: q {:?}, k {:?}, v {:?} do not match",
+            ql.shape().dims(),
+            kl.shape().dims(),
+            vl.shape().dims()
+        );
+    }
+    Ok((b, h, n, d, m))
+}
+
+impl candle_core::CustomOp3 for AttentionF32 {
+    fn name(&self) -> &'static str {
+        "pixart-attention-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::sgemm::{self, Rhs};
+        let gerr = |e: GemmError| candle_core::Error::Msg(e.to_string());
+        let (b, h, n, d, m) = attention_dims(ql, kl, vl)?;
+        self.bias.check(b, h, n, m)?;
+        let (qv, kv, vv) = (f32_data(qs, ql, "q")?, f32_data(ks, kl, "k")?, f32_data(vs, vl, "v")?);
+        let mut out = vec![0f32; b * h * n * d];
+        if out.is_empty() || m == 0 {
+            return Ok((CpuStorage::F32(out), ql.shape().clone()));
+        }
+        // Keys as B = Kᵀ (d × mk), values as B = V (mk × d), once per head.
+        let packed: Vec<(sgemm::PackedB, sgemm::PackedB)> = (0..b * h)
+            .into_par_iter()
+            .map(|bh| {
+                let mk = self.bias.keys(bh, h, m);
+                let (kh, vh) = (&kv[bh * m * d..(bh * m + mk) * d], &vv[bh * m * d..(bh * m + mk) * d]);
+                let (mut pk, mut pv) = (sgemm::PackedB::new(), sgemm::PackedB::new());
+                pk.pack(Rhs::Nk { w: kh, ld: d }, d, mk)?;
+                pv.pack(Rhs::Kn { b: vh, ld: d }, mk, d)?;
+                Ok((pk, pv))
+            })
+            .collect::<Result<_, GemmError>>()
+            .map_err(gerr)?;
+        out.par_chunks_mut(n * d)
+            .enumerate()
+            .flat_map(|(bh, o)| {
+                o.par_chunks_mut(ATTN_BLOCK * d)
+                    .enumerate()
+                    .map(move |(blk, ob)| (bh, blk, ob))
+            })
+            .try_for_each_init(Vec::<f32>::new, |scores, (bh, blk, ob)| {
+                let rows = ob.len() / d;
+                let row0 = blk * ATTN_BLOCK;
+                let mk = self.bias.keys(bh, h, m);
+                scores.resize(rows * mk, 0.0);
+                let qb = &qv[(bh * n + row0) * d..(bh * n + row0 + rows) * d];
+                let (pk, pv) = &packed[bh];
+                let mut so = sgemm::Output::new(scores, mk);
+                so.alpha = self.scale;
+                sgemm::gemm(sgemm::Lhs::rows(qb, rows, d, d)?, Rhs::Packed(pk), mk, so, false)?;
+                for (r, row) in scores.chunks_mut(mk).enumerate() {
+                    if let Some(br) = self.bias.row(bh, h, n, m, row0 + r) {
+                        for (s, bb) in row.iter_mut().zip(br) {
+                            *s += *bb;
+                        }
+                    }
+                    softmax_in_place(row);
+                }
+                let lhs = sgemm::Lhs::rows(scores, rows, mk, mk)?;
+                sgemm::gemm(lhs, Rhs::Packed(pv), d, sgemm::Output::new(ob, d), false)
+            })
+            .map_err(gerr)?;
+        Ok((CpuStorage::F32(out), ql.shape().clone()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +332,32 @@ mod tests {
         candle_nn::ops::softmax(&s, D::Minus1).unwrap().matmul(&f(v)).unwrap()
     }
 
+    /// The fused attention in `dtype` (bf16 or f32) and its tolerance against the f32 reference.
+    fn attention(
+        dtype: DType,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: ScoreBias,
+        scale: f32,
+    ) -> candle_core::Result<Tensor> {
+        let c = |t: &Tensor| t.to_dtype(dtype).unwrap();
+        match dtype {
+            DType::F32 => attention_f32(&c(q), &c(k), &c(v), bias, scale),
+            _ => attention_bf16(&c(q), &c(k), &c(v), bias, scale),
+        }
+    }
+
+    fn tolerance(dtype: DType) -> f32 {
+        if dtype == DType::F32 {
+            1e-5
+        } else {
+            3e-2
+        }
+    }
+
+    const DTYPES: [DType; 2] = [DType::BF16, DType::F32];
+
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         pixart_core::testing::max_abs_diff(a, b).0
     }
@@ -240,7 +366,10 @@ mod tests {
     fn matches_the_composed_reference_with_each_bias() {
         let dev = Device::Cpu;
         // n = 70 spans two query blocks; m odd pads the probabilities; d odd packs q.
-        for (b, h, n, m, d) in [(2, 3, 70, 45, 16), (1, 2, 9, 10, 7)] {
+        for (dtype, (b, h, n, m, d)) in DTYPES
+            .into_iter()
+            .flat_map(|t| [(t, (2, 3, 70, 45, 16)), (t, (1, 2, 9, 10, 7))])
+        {
             let r = |shape: (usize, usize, usize, usize)| {
                 Tensor::randn(0f32, 1.0, shape, &dev)
                     .unwrap()
@@ -248,21 +377,24 @@ mod tests {
                     .unwrap()
             };
             let (q, k, v) = (r((b, h, n, d)), r((b, h, m, d)), r((b, h, m, d)));
-            let scale = 0.3;
-            let none = attention_bf16(&q, &k, &v, ScoreBias::None, scale as f32).unwrap();
-            assert!(max_diff(&none, &reference(&q, &k, &v, None, scale)) < 3e-2);
+            let (scale, tol) = (0.3, tolerance(dtype));
+            let none = attention(dtype, &q, &k, &v, ScoreBias::None, scale as f32).unwrap();
+            assert_eq!(none.dtype(), dtype);
+            let d0 = max_diff(&none, &reference(&q, &k, &v, None, scale));
+            assert!(d0 < tol, "{dtype:?} no bias: {d0}");
 
             let per_key = Tensor::randn(0f32, 2.0, (b, 1, 1, m), &dev).unwrap();
             let flat: Arc<[f32]> = per_key.flatten_all().unwrap().to_vec1::<f32>().unwrap().into();
-            let got = attention_bf16(&q, &k, &v, ScoreBias::PerKey(flat), scale as f32).unwrap();
-            assert!(max_diff(&got, &reference(&q, &k, &v, Some(&per_key), scale)) < 3e-2);
+            let got = attention(dtype, &q, &k, &v, ScoreBias::PerKey(flat), scale as f32).unwrap();
+            let d1 = max_diff(&got, &reference(&q, &k, &v, Some(&per_key), scale));
+            assert!(d1 < tol, "{dtype:?} per-key bias: {d1}");
 
             for batch in [1, b] {
                 let full = Tensor::randn(0f32, 2.0, (batch, h, n, m), &dev).unwrap();
                 let data: Arc<[f32]> = full.flatten_all().unwrap().to_vec1::<f32>().unwrap().into();
-                let got = attention_bf16(&q, &k, &v, ScoreBias::Full { data, batch }, scale as f32).unwrap();
+                let got = attention(dtype, &q, &k, &v, ScoreBias::Full { data, batch }, scale as f32).unwrap();
                 let d = max_diff(&got, &reference(&q, &k, &v, Some(&full), scale));
-                assert!(d < 3e-2, "full bias (batch {batch}): {d}");
+                assert!(d < tol, "{dtype:?} full bias (batch {batch}): {d}");
             }
         }
     }
@@ -270,36 +402,41 @@ mod tests {
     #[test]
     fn a_prefix_mask_skips_keys_exactly() {
         let dev = Device::Cpu;
-        let r = |shape: (usize, usize, usize, usize)| {
-            Tensor::randn(0f32, 1.0, shape, &dev)
-                .unwrap()
-                .to_dtype(DType::BF16)
-                .unwrap()
-        };
-        let (b, h, n, m, d) = (2, 3, 70, 9, 8);
-        let (q, k, v) = (r((b, h, n, d)), r((b, h, m, d)), r((b, h, m, d)));
-        let lens: Arc<[usize]> = vec![4, 9].into();
-        let got = attention_bf16(&q, &k, &v, ScoreBias::Prefix(lens), 0.5).unwrap();
-        for (i, len) in [(0, 4), (1, 9)] {
-            // The same row alone with only its keys: the same bits.
-            let row = |t: &Tensor, keys: usize| t.narrow(0, i, 1).unwrap().narrow(2, 0, keys).unwrap();
-            let alone = attention_bf16(&row(&q, n), &row(&k, len), &row(&v, len), ScoreBias::None, 0.5).unwrap();
-            let got_i = got.narrow(0, i, 1).unwrap();
-            assert_eq!(pixart_core::testing::max_abs_diff(&got_i, &alone).0, 0.0, "row {i}");
+        for dtype in DTYPES {
+            let r = |shape: (usize, usize, usize, usize)| {
+                Tensor::randn(0f32, 1.0, shape, &dev).unwrap().to_dtype(dtype).unwrap()
+            };
+            let (b, h, n, m, d) = (2, 3, 70, 9, 8);
+            let (q, k, v) = (r((b, h, n, d)), r((b, h, m, d)), r((b, h, m, d)));
+            let lens: Arc<[usize]> = vec![4, 9].into();
+            let got = attention(dtype, &q, &k, &v, ScoreBias::Prefix(lens), 0.5).unwrap();
+            for (i, len) in [(0, 4), (1, 9)] {
+                // The same row alone with only its keys: the same bits.
+                let row = |t: &Tensor, keys: usize| t.narrow(0, i, 1).unwrap().narrow(2, 0, keys).unwrap();
+                let alone = attention(dtype, &row(&q, n), &row(&k, len), &row(&v, len), ScoreBias::None, 0.5).unwrap();
+                let got_i = got.narrow(0, i, 1).unwrap();
+                assert_eq!(
+                    pixart_core::testing::max_abs_diff(&got_i, &alone).0,
+                    0.0,
+                    "{dtype:?} row {i}"
+                );
+            }
+            let bad = ScoreBias::Prefix(vec![0, 3].into());
+            assert!(attention(dtype, &q, &k, &v, bad, 0.5).is_err());
         }
-        let bad = ScoreBias::Prefix(vec![0, 3].into());
-        assert!(attention_bf16(&q, &k, &v, bad, 0.5).is_err());
     }
 
     #[test]
     fn a_bias_of_the_wrong_length_is_an_error() {
         let dev = Device::Cpu;
-        let q = Tensor::zeros((1, 2, 4, 8), DType::BF16, &dev).unwrap();
-        let bad = ScoreBias::Full {
-            data: vec![0f32; 5].into(),
-            batch: 1,
-        };
-        let e = attention_bf16(&q, &q, &q, bad, 1.0).unwrap_err().to_string();
-        assert!(e.contains("expected 32"), "{e}");
+        for dtype in DTYPES {
+            let q = Tensor::zeros((1, 2, 4, 8), dtype, &dev).unwrap();
+            let bad = ScoreBias::Full {
+                data: vec![0f32; 5].into(),
+                batch: 1,
+            };
+            let e = attention(dtype, &q, &q, &q, bad, 1.0).unwrap_err().to_string();
+            assert!(e.contains("expected 32"), "{e}");
+        }
     }
 }

@@ -45,7 +45,7 @@ pub struct GemmError(pub String);
 
 impl std::fmt::Display for GemmError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "bf16 gemm: {}", self.0)
+        write!(f, "gemm: {}", self.0)
     }
 }
 
@@ -61,10 +61,7 @@ fn err<T>(msg: String) -> Result<T> {
 pub fn native_available() -> bool {
     use std::sync::OnceLock;
     static NATIVE: OnceLock<bool> = OnceLock::new();
-    *NATIVE.get_or_init(|| {
-        let forced_off = std::env::var("PIXART_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("fallback"));
-        cpu_has_avx512bf16() && !forced_off
-    })
+    *NATIVE.get_or_init(|| cpu_has_avx512bf16() && !crate::fallback_forced())
 }
 
 fn cpu_has_avx512bf16() -> bool {
@@ -87,7 +84,7 @@ fn pair(lo: u16, hi: u16) -> u32 {
 }
 
 /// Checks that a row-major `rows × cols` matrix with leading dimension `ld` fits in `len`.
-fn check_matrix(what: &str, len: usize, rows: usize, cols: usize, ld: usize) -> Result<()> {
+pub(crate) fn check_matrix(what: &str, len: usize, rows: usize, cols: usize, ld: usize) -> Result<()> {
     if rows == 0 || cols == 0 {
         return Ok(());
     }

@@ -3,6 +3,8 @@
 //! - [`bf16`]: a native bf16 GEMM (`vdpbf16ps` micro-kernel on CPUs with AVX512-BF16, chosen at
 //!   run time; a portable kernel with the same arithmetic elsewhere): both operands packed into
 //!   cache-sized panels, f32 accumulation, bf16 or f32 output, parallel over output blocks.
+//! - [`sgemm`]: an f32 GEMM with an AVX-512 micro-kernel (8 × 48 tile), B packed whole or
+//!   block by block from a Linear weight, a row-major matrix or shifted rows (convolution).
 //! - [`linear`]: a drop-in for `candle_nn::Linear` that runs contiguous bf16 CPU inputs
 //!   through that GEMM (bias fused) and everything else through candle; and
 //!   [`linear::PackedLinear`], inference-only, holding only the packed weight.
@@ -17,6 +19,13 @@
 pub mod attention;
 pub mod bf16;
 pub mod linear;
+pub mod sgemm;
 pub mod vector;
+
+/// Whether `PIXART_GEMM=fallback` sends callers to candle's matmul instead of the native GEMMs
+/// (for comparisons).
+pub(crate) fn fallback_forced() -> bool {
+    std::env::var("PIXART_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("fallback"))
+}
 
 pub use linear::{linear, linear_b, linear_no_bias, Linear, PackedLinear};

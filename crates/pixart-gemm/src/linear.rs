@@ -1,7 +1,8 @@
 //! A drop-in for `candle_nn::Linear` (same weight names, same `forward`) that runs bf16 inputs
-//! on the CPU through the native GEMM in [`crate::bf16`] with the bias fused into its
-//! epilogue, and everything else (other dtypes and devices, CPUs without AVX512-BF16) through
-//! candle.
+//! on the CPU through the native GEMM in [`crate::bf16`] and f32 inputs through the AVX-512
+//! f32 GEMM in [`crate::sgemm`] (reading the weight in place: no second copy), with the bias
+//! fused into the epilogue, and everything else (other dtypes and devices, CPUs without
+//! AVX-512, anything tracking gradients) through candle.
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
@@ -49,22 +50,26 @@ impl Linear {
         self.inner.bias()
     }
 
-    /// Whether `x` takes the native bf16 path: not when anything needs gradients (`track_op`:
-    /// the custom op has no backward).
-    fn native_for(&self, x: &Tensor) -> bool {
+    /// Whether `x` takes a native path in `dtype` (bf16 or f32): not when anything needs
+    /// gradients (`track_op`: the custom ops have no backward).
+    fn native_for(&self, x: &Tensor, dtype: DType) -> bool {
         let w = self.weight();
         !x.track_op()
             && !w.track_op()
             && self.bias().is_none_or(|b| !b.track_op())
             && x.device().is_cpu()
-            && x.dtype() == DType::BF16
-            && w.dtype() == DType::BF16
+            && x.dtype() == dtype
+            && w.dtype() == dtype
             && w.rank() == 2
             && x.rank() >= 1
             && x.dims().last() == w.dims().get(1)
             && w.dims()[1] > 0
             && self.bias().is_none_or(|b| b.dims() == [w.dims()[0]])
-            && native_available()
+            && match dtype {
+                DType::BF16 => native_available(),
+                DType::F32 => crate::sgemm::native_available(),
+                _ => false,
+            }
     }
 
     /// The packed weight, packed on first use.
@@ -99,11 +104,78 @@ impl From<candle_nn::Linear> for Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if !self.native_for(x) {
+        if self.native_for(x, DType::F32) {
+            return f32_forward(x, self.weight(), self.bias());
+        }
+        if !self.native_for(x, DType::BF16) {
             return self.inner.forward(x);
         }
         let (n, k) = self.weight().dims2()?;
         packed_forward(x, self.prepared()?, n, k)
+    }
+}
+
+/// `x·Wᵀ + b` in f32 on [`crate::sgemm`], the weight (n, k) read in place.
+fn f32_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let (n, k) = w.dims2()?;
+    let m = x.elem_count() / k;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let x2 = x.contiguous()?.reshape((m, k))?; // (..., k) -> (m, k)
+    let y = x2.apply_op2_no_bwd(&w.contiguous()?, &LinearF32 { bias })?; // (m, n)
+    y.reshape(out_dims) // (m, n) -> (..., n)
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),
+        _ => None,
+    }
+}
+
+/// The f32 custom op: x (m, k) times w (n, k)ᵀ plus bias -> (m, n).
+struct LinearF32 {
+    bias: Option<Vec<f32>>,
+}
+
+impl candle_core::CustomOp2 for LinearF32 {
+    fn name(&self) -> &'static str {
+        "pixart-linear-f32"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        xl: &Layout,
+        w: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::sgemm::{gemm, Bias, Lhs, Output, Rhs};
+        let ((m, k), (n, kw)) = (xl.shape().dims2()?, wl.shape().dims2()?);
+        let (Some(xs), Some(ws)) = (f32_slice(x, xl), f32_slice(w, wl)) else {
+            candle_core::bail!("pixart-linear-f32: x and w must be contiguous f32");
+        };
+        if kw != k {
+            candle_core::bail!("pixart-linear-f32: x has {k} features, the weight {kw}");
+        }
+        let mut y = vec![0f32; m * n];
+        let mut out = Output::new(&mut y, n);
+        if let Some(b) = &self.bias {
+            out.bias = Bias::Cols(b);
+        }
+        let gerr = |e: crate::bf16::GemmError| candle_core::Error::Msg(e.to_string());
+        gemm(
+            Lhs::rows(xs, m, k, k).map_err(gerr)?,
+            Rhs::Nk { w: ws, ld: k },
+            n,
+            out,
+            true,
+        )
+        .map_err(gerr)?;
+        Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }
 
@@ -294,6 +366,36 @@ mod tests {
         assert_eq!(got.dims(), [8, 5]);
         let d = max_abs(&(got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap()).unwrap());
         assert!(d < 0.05, "transposed input: {d}");
+    }
+
+    /// The f32 path (sgemm, weight read in place) against candle's f32 Linear, and candle's
+    /// path (with gradients) when the weight is a variable.
+    #[test]
+    fn f32_linear_matches_candle_and_keeps_gradients() {
+        let dev = Device::Cpu;
+        for (dims, n, bias) in [
+            (vec![2usize, 37, 29], 53usize, true),
+            (vec![3, 100], 1, false),
+            (vec![2, 3, 5, 64], 300, true),
+        ] {
+            let k = *dims.last().unwrap();
+            let x = Tensor::randn(0f32, 1.0, dims.as_slice(), &dev).unwrap();
+            let w = Tensor::randn(0f32, 0.1, (n, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+            let got = Linear::new(w.clone(), bias.then(|| b.clone())).forward(&x).unwrap();
+            let want = candle_nn::Linear::new(w, bias.then_some(b)).forward(&x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let diff = max_abs(&(&got - &want).unwrap());
+            assert!(diff <= 1e-5 * max_abs(&want).max(1.0), "{dims:?}x{n}: {diff}");
+        }
+        let x = Tensor::randn(0f32, 1.0, (16, 8), &dev).unwrap().t().unwrap(); // strided
+        let w = candle_core::Var::randn(0f32, 0.1, (5, 16), &dev).unwrap();
+        let lin = Linear::new(w.as_tensor().clone(), None);
+        let y = lin.forward(&x).unwrap();
+        let want = x.contiguous().unwrap().matmul(&w.as_tensor().t().unwrap()).unwrap();
+        assert!(max_abs(&(&y - &want).unwrap()) < 1e-5);
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(w.as_tensor()).is_some(), "no gradient through the f32 Linear");
     }
 
     /// The packed-only layer gives the same bits as `Linear`'s native path, declines where

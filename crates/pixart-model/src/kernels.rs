@@ -188,7 +188,9 @@ use pixart_gemm::attention::{ScoreBias, ATTN_BLOCK};
 
 /// Fused CPU attention, f32: `softmax(scale·q·kᵀ + bias)·v` per (batch, head) and block of
 /// [`ATTN_BLOCK`] queries, in parallel over blocks; each block's scores live in a per-thread
-/// buffer (rows × keys), never the whole score matrix.
+/// buffer (rows × keys), never the whole score matrix. With AVX-512 this is
+/// [`pixart_gemm::attention::attention_f32`] (keys and values packed once per head, the
+/// products on the AVX-512 f32 GEMM); elsewhere the `gemm` crate's products per block.
 ///
 /// q: (b, h, n, d); k, v: (b, h, m, d); bias: (b, m) added to every query's scores;
 /// key_lens: (b), row i attends to its first `key_lens[i]` keys only (the others skipped
@@ -206,7 +208,6 @@ pub fn attention_cpu(
     let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
         t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()
     };
-    let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
     let bias = match bias {
         Some(bt) => Some(flat(&bt.reshape((b, m))?)?),
         None => None,
@@ -216,6 +217,17 @@ pub fn attention_cpu(
             candle_core::bail!("attention: key lengths {lens:?} do not fit batch {b} and {m} keys");
         }
     }
+    if pixart_gemm::sgemm::native_available() {
+        // Prefix lengths replace the bias (the kept keys' bias is 0).
+        let bias = match (key_lens, bias) {
+            (Some(lens), _) => ScoreBias::Prefix(lens.into()),
+            (None, Some(bv)) => ScoreBias::PerKey(bv.into()),
+            (None, None) => ScoreBias::None,
+        };
+        let f = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+        return pixart_gemm::attention::attention_f32(&f(q)?, &f(k)?, &f(v)?, bias, scale as f32);
+    }
+    let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
     let mut out = vec![0f32; b * h * n * d];
     let blocks_per_head = n.div_ceil(ATTN_BLOCK);
     let scale = scale as f32;

@@ -253,13 +253,13 @@ pub fn conv3x3(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, upsample: boo
         );
     }
     if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
-        let y = x
+        let bias = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
+        if bias.as_ref().is_some_and(|b| b.len() != weight.dim(0).unwrap_or(0)) {
+            candle_core::bail!("conv3x3: the bias does not have one value per output channel");
+        }
+        return x
             .contiguous()?
-            .apply_op2_no_bwd(&weight.contiguous()?, &Conv3x3Op { upsample })?;
-        return match bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
-        };
+            .apply_op2_no_bwd(&weight.contiguous()?, &Conv3x3Op::new(upsample, bias));
     }
     conv3x3_composed(x, weight, bias, upsample)
 }
@@ -288,6 +288,21 @@ pub fn conv3x3_composed(
 
 struct Conv3x3Op {
     upsample: bool,
+    /// Added per output channel while the result is copied out (inference only: the
+    /// backward has no bias gradient, so training adds its bias outside the op).
+    bias: Option<Vec<f32>>,
+    /// On the AVX-512 f32 GEMM ([`pixart_gemm::sgemm`]) rather than the `gemm` crate.
+    native: bool,
+}
+
+impl Conv3x3Op {
+    fn new(upsample: bool, bias: Option<Vec<f32>>) -> Self {
+        Self {
+            upsample,
+            bias,
+            native: pixart_gemm::sgemm::native_available(),
+        }
+    }
 }
 
 /// A raw pointer that rayon tasks may share; every task writes a disjoint region.
@@ -334,7 +349,7 @@ impl CustomOp2 for Conv3x3Op {
             .index_select(&rev, 2)?
             .index_select(&rev, 3)?
             .contiguous()?;
-        let grad_x = g.apply_op2_no_bwd(&wt, &Conv3x3Op { upsample: false })?;
+        let grad_x = g.apply_op2_no_bwd(&wt, &Conv3x3Op::new(false, None))?;
         // (b, c_out, h·w) @ (b, h·w, c_in·9) -> (b, c_out, c_in·9), summed over b
         let cols = im2col(&x, 3, 3, 1, 1)?;
         let grad_w = g
@@ -383,14 +398,29 @@ impl CustomOp2 for Conv3x3Op {
                 }
             });
 
-        // Weight taps, (9, c_out, c_in): tap t = ky * 3 + kx.
+        // The weight as the GEMM's left operand, packed once: with the sgemm, one product over
+        // k = (tap, input channel), A (c_out, 9·c_in), tap t = ky * 3 + kx; otherwise nine
+        // products, one per tap, A_t (c_out, c_in) stored as (9, c_out, c_in).
+        let native = self.native;
+        let kk = 9 * c_in;
         let mut taps = vec![0f32; 9 * c_out * c_in];
         for co in 0..c_out {
             for ci in 0..c_in {
                 for t in 0..9 {
-                    taps[(t * c_out + co) * c_in + ci] = wt[(co * c_in + ci) * 9 + t];
+                    let at = if native {
+                        co * kk + t * c_in + ci
+                    } else {
+                        (t * c_out + co) * c_in + ci
+                    };
+                    taps[at] = wt[(co * c_in + ci) * 9 + t];
                 }
             }
+        }
+        let mut packed = pixart_gemm::sgemm::PackedA::new();
+        if native {
+            packed
+                .pack(&taps, c_out, kk, kk)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
 
         // Bands of output rows. Each band computes `rows` "wide" rows of wp positions (the last
@@ -400,58 +430,83 @@ impl CustomOp2 for Conv3x3Op {
         let bands_per_image = ho.div_ceil(rows);
         let mut out = vec![0f32; b * c_out * ho * wo];
         let out_ptr = SharedMut(out.as_mut_ptr());
-        let xp = &xp;
-        let taps = &taps;
-        (0..b * bands_per_image).into_par_iter().for_each(|job| {
+        let (xp, taps, packed, bias) = (&xp, &taps, &packed, self.bias.as_deref());
+        (0..b * bands_per_image).into_par_iter().try_for_each(|job| {
             let (bi, band) = (job / bands_per_image, job % bands_per_image);
             let y0 = band * rows;
             let r = rows.min(ho - y0);
             let n = r * wp;
             let mut acc = vec![0f32; c_out * n];
-            for t in 0..9 {
-                let (ky, kx) = (t / 3, t % 3);
-                let rhs_off = bi * c_in * plane + (y0 + ky) * wp + kx;
-                // SAFETY: dst is `acc` (c_out × n, row stride n). lhs is tap t of `taps`
-                // (c_out × c_in, row stride c_in). rhs starts at `rhs_off` in `xp` with rows of
-                // stride `plane` (one per input channel) and n columns; its last element is at
-                // rhs_off + (c_in-1)*plane + n - 1 <= b*c_in*plane + 1, inside `xp` thanks to the
-                // slack. All three buffers live for the whole call and are not aliased mutably.
-                unsafe {
-                    gemm::gemm(
-                        c_out,
-                        n,
-                        c_in,
-                        acc.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        t > 0,
-                        taps.as_ptr().add(t * c_out * c_in),
-                        1,
-                        c_in as isize,
-                        xp.as_ptr().add(rhs_off),
-                        1,
-                        plane as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+            if native {
+                use pixart_gemm::sgemm;
+                // Row (t, ci) of B: input channel ci shifted by tap t, n positions.
+                let offsets: Vec<usize> = (0..kk)
+                    .map(|k| {
+                        let (t, ci) = (k / c_in, k % c_in);
+                        (bi * c_in + ci) * plane + (y0 + t / 3) * wp + t % 3
+                    })
+                    .collect();
+                let rhs = sgemm::Rhs::Rows {
+                    data: xp,
+                    offsets: &offsets,
+                };
+                sgemm::gemm(
+                    sgemm::Lhs::packed(packed),
+                    rhs,
+                    n,
+                    sgemm::Output::new(&mut acc, n),
+                    false,
+                )
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            } else {
+                for t in 0..9 {
+                    let (ky, kx) = (t / 3, t % 3);
+                    let rhs_off = bi * c_in * plane + (y0 + ky) * wp + kx;
+                    // SAFETY: dst is `acc` (c_out × n, row stride n). lhs is tap t of `taps`
+                    // (c_out × c_in, row stride c_in). rhs starts at `rhs_off` in `xp` with rows of
+                    // stride `plane` (one per input channel) and n columns; its last element is at
+                    // rhs_off + (c_in-1)*plane + n - 1 <= b*c_in*plane + 1, inside `xp` thanks to the
+                    // slack. All three buffers live for the whole call and are not aliased mutably.
+                    unsafe {
+                        gemm::gemm(
+                            c_out,
+                            n,
+                            c_in,
+                            acc.as_mut_ptr(),
+                            1,
+                            n as isize,
+                            t > 0,
+                            taps.as_ptr().add(t * c_out * c_in),
+                            1,
+                            c_in as isize,
+                            xp.as_ptr().add(rhs_off),
+                            1,
+                            plane as isize,
+                            1.0f32,
+                            1.0f32,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
                 }
             }
             for co in 0..c_out {
+                let add = bias.map_or(0.0, |bv| bv[co]);
                 for yy in 0..r {
                     let src = &acc[co * n + yy * wp..co * n + yy * wp + wo];
                     let dst_off = ((bi * c_out + co) * ho + y0 + yy) * wo;
                     // SAFETY: each job writes the rows y0..y0+r of image bi, which no other job
                     // writes; dst_off + wo <= out.len(), and `out` outlives the parallel loop.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.get().add(dst_off), wo);
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(dst_off), wo) };
+                    for (d, v) in dst.iter_mut().zip(src) {
+                        *d = v + add;
                     }
                 }
             }
-        });
+            Ok::<(), candle_core::Error>(())
+        })?;
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, ho, wo))))
     }
 }
@@ -551,7 +606,7 @@ pub fn conv2d_train(
     }
     let y = x
         .contiguous()?
-        .apply_op2(&weight.contiguous()?, Conv3x3Op { upsample: false })?;
+        .apply_op2(&weight.contiguous()?, Conv3x3Op::new(false, None))?;
     match bias {
         // bias: (c_out) -> (1, c_out, 1, 1)
         Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
@@ -612,4 +667,43 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> can
     let s = (q.matmul(&kt)? * scale)?; // (b, n, m)
     let p = candle_nn::ops::softmax(&s, D::Minus1)?;
     p.matmul(&v.to_dtype(DType::F32)?)?.to_dtype(dtype) // (b, n, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The CPU conv (both GEMM paths, with bias and the fused upsample) against candle's
+    /// upsample + conv2d + bias.
+    #[test]
+    fn conv3x3_matches_candle_on_both_paths() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        for (b, c_in, c_out, h, w) in [(2, 5, 7, 9, 13), (1, 16, 3, 4, 70)] {
+            let x = Tensor::randn(0f32, 1.0, (b, c_in, h, w), &dev)?;
+            let wt = Tensor::randn(0f32, 0.2, (c_out, c_in, 3, 3), &dev)?;
+            let bias = Tensor::randn(0f32, 1.0, c_out, &dev)?;
+            for upsample in [false, true] {
+                let want = conv3x3_composed(&x, &wt, Some(&bias), upsample)?;
+                let mut natives = vec![false];
+                if pixart_gemm::sgemm::native_available() {
+                    natives.push(true);
+                }
+                for native in natives {
+                    let op = Conv3x3Op {
+                        upsample,
+                        bias: Some(bias.to_vec1()?),
+                        native,
+                    };
+                    let got = x.apply_op2_no_bwd(&wt, &op)?;
+                    let (d, _) = pixart_core::testing::max_abs_diff(&got, &want);
+                    assert!(
+                        d < 1e-4,
+                        "{b}x{c_in}->{c_out} {h}x{w} upsample {upsample} native {native}: {d}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }

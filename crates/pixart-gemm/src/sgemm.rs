@@ -1,0 +1,779 @@
+//! f32 GEMM on the CPU: `C[m, n] = alpha · A[m, k] · B[k, n] (+ C) (+ bias)`, with an AVX-512
+//! micro-kernel.
+//!
+//! Why: candle's f32 matmul (the `gemm` crate) runs its AVX2 kernels on this CPU (its AVX-512
+//! kernels need a nightly feature): a 6 × 16 tile in 12 `ymm` registers, one broadcast or load
+//! per two FMAs, which a Zen 4 core cannot feed at its FMA rate. Here the tile is 8 × 48 in 24
+//! `zmm` accumulators: per `k` three vector loads and eight broadcasts for 24 FMAs.
+//!
+//! Written for this project; the structure is the usual GotoBLAS/BLIS one (K. Goto and R. van
+//! de Geijn, "Anatomy of high-performance matrix multiplication", ACM TOMS 34(3), 2008), as in
+//! [`crate::bf16`], with two differences:
+//!
+//! - B can be given unpacked ([`Rhs::Nk`], [`Rhs::Kn`], [`Rhs::Rows`]): each task then packs
+//!   the `KC × NC` block it needs into a buffer of its own, so a Linear layer keeps one copy of
+//!   its f32 weight (a packed copy would double the transformer's 2.4 GB) and the VAE's 3×3
+//!   convolution reads its nine shifted inputs without an im2col buffer.
+//! - A is read in place (any leading dimension: the micro-kernel broadcasts one value per row
+//!   and `k`) or from [`PackedA`] panels; partial sums over `k` blocks are kept in C itself.
+//!
+//! A task is one column block of [`NC`] columns and a range of rows: for each `k` block it
+//! packs its B block (kept in L2) and walks its rows tile by tile (each A micro-panel, `MR`
+//! rows × [`KC`], stays in L1 while the tile walks the block's column panels).
+//!
+//! CPUs without AVX-512 get a portable kernel (slow; it exists so that the blocking and packing
+//! are testable and the API is total). Callers with a faster fallback (candle) check
+//! [`native_available`] first.
+use rayon::prelude::*;
+
+use crate::bf16::{check_matrix, GemmError};
+
+/// Rows per micro-tile.
+pub const MR: usize = 8;
+/// Columns per micro-tile (three 16-lane vectors).
+pub const NR: usize = 48;
+const NV: usize = NR / 16;
+/// `k` per cache block: a B block (`KC × NC`, 295 KB) stays in L2, an A micro-panel
+/// (`MR × KC`, 12 KB) in L1.
+pub const KC: usize = 384;
+/// Columns per task (a multiple of [`NR`]).
+pub const NC: usize = 192;
+
+type Result<T> = std::result::Result<T, GemmError>;
+
+fn err<T>(msg: String) -> Result<T> {
+    Err(GemmError(msg))
+}
+
+/// Whether the AVX-512 micro-kernel runs here: the CPU has AVX512F and `PIXART_GEMM` is not
+/// `fallback` (which sends callers to candle, for comparisons).
+pub fn native_available() -> bool {
+    use std::sync::OnceLock;
+    static NATIVE: OnceLock<bool> = OnceLock::new();
+    *NATIVE.get_or_init(|| cpu_has_avx512f() && !crate::fallback_forced())
+}
+
+fn cpu_has_avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The left operand packed in panels of [`MR`] rows: `panel[p][r] = a[r, p]`.
+#[derive(Debug, Clone, Default)]
+pub struct PackedA {
+    data: Vec<f32>,
+    m: usize,
+    k: usize,
+}
+
+impl PackedA {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Packs a row-major `m × k` matrix with leading dimension `lda` (rows past `m` are zero).
+    pub fn pack(&mut self, a: &[f32], m: usize, k: usize, lda: usize) -> Result<()> {
+        check_matrix("A", a.len(), m, k, lda)?;
+        self.m = m;
+        self.k = k;
+        self.data.clear();
+        self.data.resize(m.div_ceil(MR) * k * MR, 0.0);
+        if k == 0 {
+            return Ok(());
+        }
+        for (i, dst) in self.data.chunks_mut(k * MR).enumerate() {
+            for r in 0..MR.min(m - i * MR) {
+                let row = &a[(i * MR + r) * lda..(i * MR + r) * lda + k];
+                for (p, v) in row.iter().enumerate() {
+                    dst[p * MR + r] = *v;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The left operand as the micro-kernel reads it.
+#[derive(Clone, Copy)]
+pub struct Lhs<'a> {
+    base: *const f32,
+    m: usize,
+    k: usize,
+    /// Offsets between MR-row panels, rows within a panel, and consecutive `k`.
+    panel_stride: usize,
+    row_stride: usize,
+    k_stride: usize,
+    _borrow: std::marker::PhantomData<&'a [f32]>,
+}
+
+// SAFETY: an `Lhs` is a shared borrow of immutable data.
+unsafe impl Send for Lhs<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Lhs<'_> {}
+
+impl<'a> Lhs<'a> {
+    /// A packed matrix.
+    pub fn packed(a: &'a PackedA) -> Self {
+        Self {
+            base: a.data.as_ptr(),
+            m: a.m,
+            k: a.k,
+            panel_stride: a.k * MR,
+            row_stride: 1,
+            k_stride: MR,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// A row-major `m × k` matrix with leading dimension `lda`, read in place.
+    pub fn rows(a: &'a [f32], m: usize, k: usize, lda: usize) -> Result<Self> {
+        check_matrix("A", a.len(), m, k, lda)?;
+        Ok(Self {
+            base: a.as_ptr(),
+            m,
+            k,
+            panel_stride: MR * lda,
+            row_stride: lda,
+            k_stride: 1,
+            _borrow: std::marker::PhantomData,
+        })
+    }
+
+    /// Pointers to the MR rows of panel `i` at `k = p0`; rows past `m` repeat the last row
+    /// (their results are never written).
+    fn row_ptrs(&self, i: usize, p0: usize) -> [*const f32; MR] {
+        let mut out = [self.base; MR];
+        for (r, o) in out.iter_mut().enumerate() {
+            let row = (i * MR + r).min(self.m.saturating_sub(1));
+            let (pi, ri) = (row / MR, row % MR);
+            *o = self
+                .base
+                .wrapping_add(pi * self.panel_stride + ri * self.row_stride + p0 * self.k_stride);
+        }
+        out
+    }
+}
+
+/// The right operand packed whole in panels of [`NR`] columns (`panel[p][c] = b[p, c]`), for
+/// a B used by many products (attention keys and values).
+#[derive(Debug, Clone, Default)]
+pub struct PackedB {
+    data: Vec<f32>,
+    n: usize,
+    k: usize,
+}
+
+impl PackedB {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Columns of the packed matrix.
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
+    /// Packs `src` (all its `k` and `n`) whole.
+    pub fn pack(&mut self, src: Rhs<'_>, k: usize, n: usize) -> Result<()> {
+        src.check(k, n)?;
+        self.n = n;
+        self.k = k;
+        self.data.clear();
+        self.data.resize(n.div_ceil(NR) * k * NR, 0.0);
+        if k == 0 {
+            return Ok(());
+        }
+        for (j, dst) in self.data.chunks_mut(k * NR).enumerate() {
+            src.pack_panel(dst, 0, k, j * NR, n);
+        }
+        Ok(())
+    }
+}
+
+/// Where B comes from.
+#[derive(Clone, Copy)]
+pub enum Rhs<'a> {
+    /// Packed whole.
+    Packed(&'a PackedB),
+    /// `B = Wᵀ` of a row-major `n × k` matrix `w` with leading dimension `ld` (a Linear
+    /// weight, or the keys in attention scores).
+    Nk { w: &'a [f32], ld: usize },
+    /// A row-major `k × n` matrix with leading dimension `ld`.
+    Kn { b: &'a [f32], ld: usize },
+    /// Row `p` of B is `data[offsets[p]..offsets[p] + n]` (shifted views of one buffer, as
+    /// in a convolution).
+    Rows { data: &'a [f32], offsets: &'a [usize] },
+}
+
+impl Rhs<'_> {
+    fn check(&self, k: usize, n: usize) -> Result<()> {
+        match *self {
+            Rhs::Packed(p) => {
+                if (p.k, p.n) != (k, n) {
+                    return err(format!("packed B is {}×{}, expected {k}×{n}", p.k, p.n));
+                }
+                Ok(())
+            }
+            Rhs::Nk { w, ld } => check_matrix("W", w.len(), n, k, ld),
+            Rhs::Kn { b, ld } => check_matrix("B", b.len(), k, n, ld),
+            Rhs::Rows { data, offsets } => {
+                if offsets.len() != k {
+                    return err(format!("B has {} row offsets, expected {k}", offsets.len()));
+                }
+                if n > 0 {
+                    if let Some(bad) = offsets
+                        .iter()
+                        .find(|&&o| o.checked_add(n).is_none_or(|e| e > data.len()))
+                    {
+                        return err(format!("B row at offset {bad} + {n} columns is past {}", data.len()));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Packs rows `p0..p0 + kc` and the [`NR`] columns from `c0` (zero past `n`) into `dst`
+    /// (`kc × NR`). Unpacked sources only; the bounds were checked by [`Rhs::check`].
+    fn pack_panel(&self, dst: &mut [f32], p0: usize, kc: usize, c0: usize, n: usize) {
+        let cols = NR.min(n - c0);
+        match *self {
+            Rhs::Packed(_) => unreachable!("a packed B is not packed again"),
+            Rhs::Nk { w, ld } => {
+                if cols < NR {
+                    dst[..kc * NR].fill(0.0);
+                }
+                for c in 0..cols {
+                    let row = &w[(c0 + c) * ld + p0..(c0 + c) * ld + p0 + kc];
+                    for (p, v) in row.iter().enumerate() {
+                        dst[p * NR + c] = *v;
+                    }
+                }
+            }
+            Rhs::Kn { b, ld } => {
+                for (p, d) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+                    let at = (p0 + p) * ld + c0;
+                    d[..cols].copy_from_slice(&b[at..at + cols]);
+                    d[cols..].fill(0.0);
+                }
+            }
+            Rhs::Rows { data, offsets } => {
+                for (d, &o) in dst.chunks_exact_mut(NR).zip(&offsets[p0..p0 + kc]) {
+                    d[..cols].copy_from_slice(&data[o + c0..o + c0 + cols]);
+                    d[cols..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// An addend broadcast over the product.
+#[derive(Clone, Copy, Default)]
+pub enum Bias<'a> {
+    #[default]
+    None,
+    /// One value per column (`n`): a Linear layer's bias.
+    Cols(&'a [f32]),
+    /// One value per row (`m`): a convolution's bias with channels as rows.
+    Rows(&'a [f32]),
+}
+
+/// Where the product goes: `c = alpha · A·B + bias`, or with `accumulate`
+/// `c = c + alpha · A·B + bias`; row-major with leading dimension `ldc`.
+pub struct Output<'a> {
+    pub c: &'a mut [f32],
+    pub ldc: usize,
+    pub alpha: f32,
+    pub bias: Bias<'a>,
+    pub accumulate: bool,
+}
+
+impl<'a> Output<'a> {
+    /// `c = A·B`.
+    pub fn new(c: &'a mut [f32], ldc: usize) -> Self {
+        Self {
+            c,
+            ldc,
+            alpha: 1.0,
+            bias: Bias::None,
+            accumulate: false,
+        }
+    }
+}
+
+/// The output as raw parts, shared by the tasks (each writes disjoint tiles).
+#[derive(Clone, Copy)]
+struct RawOut {
+    ptr: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    /// Null when absent.
+    bias_cols: *const f32,
+    bias_rows: *const f32,
+    accumulate: bool,
+    m: usize,
+    n: usize,
+}
+
+// SAFETY: the tasks of one `gemm` call write disjoint tiles of the output and only read the
+// bias; the caller's borrows outlive the call.
+unsafe impl Send for RawOut {}
+// SAFETY: as above.
+unsafe impl Sync for RawOut {}
+
+/// One micro-tile over one `k` block.
+#[derive(Clone, Copy)]
+struct Tile {
+    kc: usize,
+    a: [*const f32; MR],
+    a_step: usize,
+    b: *const f32,
+    /// Start from C (a later `k` block, or accumulating) instead of zero.
+    load_c: bool,
+    /// The last `k` block: apply alpha and the bias.
+    last: bool,
+    row0: usize,
+    col0: usize,
+}
+
+type Kernel = unsafe fn(&Tile, &RawOut);
+
+/// `C = alpha·A·B (+ C) (+ bias)` (see [`Output`]) for A `m × k` (from `a`) and B `k × n`;
+/// `par` spreads the work over rayon's pool. With `accumulate`, `alpha` must be 1.
+pub fn gemm(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool) -> Result<()> {
+    gemm_with(a, b, n, out, par, select_kernel())
+}
+
+fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kernel: Kernel) -> Result<()> {
+    let (m, k) = (a.m, a.k);
+    b.check(k, n)?;
+    check_matrix("C", out.c.len(), m, n, out.ldc)?;
+    let (bias_cols, bias_rows) = match out.bias {
+        Bias::None => (std::ptr::null(), std::ptr::null()),
+        Bias::Cols(v) if v.len() >= n => (v.as_ptr(), std::ptr::null()),
+        Bias::Rows(v) if v.len() >= m => (std::ptr::null(), v.as_ptr()),
+        Bias::Cols(v) | Bias::Rows(v) => {
+            return err(format!("bias has {} values, too few for a {m}×{n} product", v.len()))
+        }
+    };
+    if out.accumulate && out.alpha != 1.0 {
+        return err(format!("accumulating needs alpha 1, got {}", out.alpha));
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let raw = RawOut {
+        ptr: out.c.as_mut_ptr(),
+        ldc: out.ldc,
+        alpha: out.alpha,
+        bias_cols,
+        bias_rows,
+        accumulate: out.accumulate,
+        m,
+        n,
+    };
+    let (nt, mp) = (n.div_ceil(NC), m.div_ceil(MR));
+    let par = par && (m * n).saturating_mul(k.max(1)) >= 1 << 18;
+    // Row-panel groups per column block: enough tasks to keep every thread busy.
+    let groups = if par {
+        (4 * rayon::current_num_threads()).div_ceil(nt).clamp(1, mp)
+    } else {
+        1
+    };
+    let per = mp.div_ceil(groups);
+    let tasks = nt * mp.div_ceil(per);
+    let task = |buf: &mut Vec<f32>, t: usize| {
+        let (jc, g) = (t % nt, t / nt);
+        run_task(&a, &b, jc, g * per..((g + 1) * per).min(mp), &raw, buf, kernel);
+    };
+    if par && tasks > 1 {
+        (0..tasks).into_par_iter().for_each_init(Vec::new, task);
+    } else {
+        let mut buf = Vec::new();
+        (0..tasks).for_each(|t| task(&mut buf, t));
+    }
+    Ok(())
+}
+
+fn select_kernel() -> Kernel {
+    #[cfg(target_arch = "x86_64")]
+    if cpu_has_avx512f() {
+        return kernel_avx512;
+    }
+    kernel_portable
+}
+
+/// Column block `jc` ([`NC`] columns) for the row panels `panels`, over all `k` blocks.
+fn run_task(
+    a: &Lhs<'_>,
+    b: &Rhs<'_>,
+    jc: usize,
+    panels: std::ops::Range<usize>,
+    out: &RawOut,
+    buf: &mut Vec<f32>,
+    kernel: Kernel,
+) {
+    let (n, k) = (out.n, a.k);
+    let c0 = jc * NC;
+    let jp = NC.min(n - c0).div_ceil(NR);
+    let kblocks = k.div_ceil(KC).max(1);
+    for kb in 0..kblocks {
+        let p0 = kb * KC;
+        let kc = KC.min(k - p0);
+        let (bp, panel_stride) = match b {
+            Rhs::Packed(pb) => (pb.data.as_ptr().wrapping_add((c0 / NR) * k * NR + p0 * NR), k * NR),
+            _ if kc == 0 => (buf.as_ptr(), 0), // nothing is read
+            _ => {
+                buf.resize(jp * kc * NR, 0.0);
+                for (j, dst) in buf.chunks_exact_mut(kc * NR).take(jp).enumerate() {
+                    b.pack_panel(dst, p0, kc, c0 + j * NR, n);
+                }
+                (buf.as_ptr(), kc * NR)
+            }
+        };
+        for i in panels.clone() {
+            let ap = a.row_ptrs(i, p0);
+            for j in 0..jp {
+                let tile = Tile {
+                    kc,
+                    a: ap,
+                    a_step: a.k_stride,
+                    b: bp.wrapping_add(j * panel_stride),
+                    load_c: kb > 0 || out.accumulate,
+                    last: kb + 1 == kblocks,
+                    row0: i * MR,
+                    col0: c0 + j * NR,
+                };
+                // SAFETY: the A rows hold `kc` values from `p0` at step `a_step` and the B panel
+                // `kc × NR` values (both checked at entry); the kernel writes only rows < m and
+                // columns < n of this tile, which no other task writes.
+                unsafe { kernel(&tile, out) };
+            }
+        }
+    }
+}
+
+/// Masks of the valid lanes of the tile's three column vectors.
+fn col_masks(cols: usize) -> [u16; NV] {
+    let mut m = [0u16; NV];
+    for (v, x) in m.iter_mut().enumerate() {
+        let left = cols.saturating_sub(v * 16);
+        *x = if left >= 16 {
+            0xffff
+        } else {
+            ((1u32 << left) - 1) as u16
+        };
+    }
+    m
+}
+
+/// The portable micro-kernel (the same arithmetic order per element as the AVX-512 one).
+///
+/// # Safety
+/// As [`kernel_avx512`].
+unsafe fn kernel_portable(t: &Tile, out: &RawOut) {
+    let rows = MR.min(out.m - t.row0);
+    let cols = NR.min(out.n - t.col0);
+    let mut acc = [[0f32; NR]; MR];
+    for (r, row) in acc.iter_mut().enumerate().take(rows) {
+        let c = out.ptr.add((t.row0 + r) * out.ldc + t.col0);
+        if t.load_c {
+            for (x, j) in row.iter_mut().zip(0..cols) {
+                *x = *c.add(j);
+            }
+        }
+    }
+    for p in 0..t.kc {
+        let bp = t.b.add(p * NR);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = *t.a[r].add(p * t.a_step);
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = av.mul_add(*bp.add(c), *x);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(rows) {
+        let c = out.ptr.add((t.row0 + r) * out.ldc + t.col0);
+        for (j, x) in row.iter().enumerate().take(cols) {
+            let mut y = *x;
+            if t.last {
+                y *= out.alpha;
+                if !out.bias_cols.is_null() {
+                    y += *out.bias_cols.add(t.col0 + j);
+                }
+                if !out.bias_rows.is_null() {
+                    y += *out.bias_rows.add(t.row0 + r);
+                }
+            }
+            *c.add(j) = y;
+        }
+    }
+}
+
+/// The AVX-512 micro-kernel: an `MR × NR` tile in 24 zmm accumulators, per `k` three loads of
+/// B, eight broadcasts of A and 24 FMAs.
+///
+/// # Safety
+/// The CPU must have AVX512F; `t.a[r]` must hold `t.kc` values at step `t.a_step` and `t.b`
+/// `t.kc × NR`; `out` must be valid for rows `< out.m` and columns `< out.n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
+    use std::arch::x86_64::*;
+    let rows = MR.min(out.m - t.row0);
+    let masks = col_masks(NR.min(out.n - t.col0));
+    // Every row pointer of the tile (rows past `m` get empty masks: nothing is read or written).
+    let row_ptr = |r: usize| out.ptr.wrapping_add((t.row0 + r) * out.ldc + t.col0);
+    let row_mask = |r: usize, v: usize| if r < rows { masks[v] } else { 0 };
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    if t.load_c {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = _mm512_maskz_loadu_ps(row_mask(r, v), row_ptr(r).wrapping_add(v * 16));
+            }
+        }
+    }
+    let (ar, mut off, mut bp) = (t.a, 0usize, t.b);
+    for _ in 0..t.kc {
+        let mut bv = [_mm512_setzero_ps(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = _mm512_loadu_ps(bp.add(v * 16));
+        }
+        for (r, row) in acc.iter_mut().enumerate() {
+            let a = _mm512_set1_ps(*ar[r].add(off));
+            for (x, b) in row.iter_mut().zip(&bv) {
+                *x = _mm512_fmadd_ps(a, *b, *x);
+            }
+        }
+        off += t.a_step;
+        bp = bp.add(NR);
+    }
+    let alpha = _mm512_set1_ps(if t.last { out.alpha } else { 1.0 });
+    for (r, row) in acc.iter().enumerate() {
+        let row_bias = if t.last && !out.bias_rows.is_null() && r < rows {
+            *out.bias_rows.add(t.row0 + r)
+        } else {
+            0.0
+        };
+        for (v, x) in row.iter().enumerate() {
+            let mut y = _mm512_mul_ps(*x, alpha);
+            if t.last {
+                if !out.bias_cols.is_null() {
+                    y = _mm512_add_ps(
+                        y,
+                        _mm512_maskz_loadu_ps(masks[v], out.bias_cols.wrapping_add(t.col0 + v * 16)),
+                    );
+                }
+                y = _mm512_add_ps(y, _mm512_set1_ps(row_bias));
+            }
+            _mm512_mask_storeu_ps(row_ptr(r).wrapping_add(v * 16), row_mask(r, v), y);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// B's element (p, j), as the reference reads it.
+    type Entry<'a> = Box<dyn Fn(usize, usize) -> f32 + 'a>;
+
+    /// A small deterministic generator (values in [-1, 1)).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self) -> f32 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+
+        fn vec(&mut self, len: usize) -> Vec<f32> {
+            (0..len).map(|_| self.next()).collect()
+        }
+    }
+
+    /// `alpha · a·b (+ c0) + bias` in f64; a (m × k, lda), b[p][j] given by `bat`.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        a: &[f32],
+        lda: usize,
+        bat: &dyn Fn(usize, usize) -> f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        alpha: f64,
+        c0: Option<(&[f32], usize)>,
+        bias: Bias<'_>,
+    ) -> Vec<f64> {
+        let mut out = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0f64;
+                for p in 0..k {
+                    s += a[i * lda + p] as f64 * bat(p, j) as f64;
+                }
+                let mut y = alpha * s;
+                if let Some((c, ldc)) = c0 {
+                    y += c[i * ldc + j] as f64;
+                }
+                y += match bias {
+                    Bias::None => 0.0,
+                    Bias::Cols(v) => v[j] as f64,
+                    Bias::Rows(v) => v[i] as f64,
+                };
+                out[i * n + j] = y;
+            }
+        }
+        out
+    }
+
+    fn check(got: &[f32], ldc: usize, want: &[f64], m: usize, n: usize, k: usize, what: &str) {
+        for i in 0..m {
+            for j in 0..n {
+                let (g, w) = (got[i * ldc + j] as f64, want[i * n + j]);
+                // f32 rounding of k products and sums of magnitude <= k (inputs in [-1, 1)).
+                let tol = 1e-6 * (k as f64 + 4.0);
+                assert!((g - w).abs() <= tol, "{what}: ({i}, {j}) got {g}, want {w}");
+            }
+        }
+    }
+
+    /// Every source of B, both kernels, odd shapes, more than one k block, strided A and C,
+    /// alpha, both biases and accumulation, against f64.
+    #[test]
+    fn products_match_f64_for_every_operand_kind() {
+        let mut rng = Lcg(7);
+        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", kernel_portable)];
+        if cpu_has_avx512f() {
+            kernels.push(("avx512", kernel_avx512));
+        }
+        for (m, k, n) in [(1, 1, 1), (13, 29, 50), (37, 800, 250), (64, 72, 48), (9, 0, 5)] {
+            let (lda, ldc) = (k + 3, n + 5);
+            let a = rng.vec(m * lda);
+            let w = rng.vec(n * (k + 1)); // n × k, ld k + 1
+            let bkn = rng.vec(k * (n + 2)); // k × n, ld n + 2
+            let data = rng.vec(k * 3 + n + 10);
+            let offsets: Vec<usize> = (0..k).map(|p| (p * 7) % (k * 3 + 10)).collect();
+            let bias_c = rng.vec(n);
+            let bias_r = rng.vec(m);
+            let c_init = rng.vec(m * ldc);
+            let mut packed = PackedB::new();
+            packed.pack(Rhs::Nk { w: &w, ld: k + 1 }, k, n).unwrap();
+            let mut pa = PackedA::new();
+            pa.pack(&a, m, k, lda).unwrap();
+            let sources: Vec<(&str, Rhs<'_>, Entry<'_>)> = vec![
+                ("nk", Rhs::Nk { w: &w, ld: k + 1 }, Box::new(|p, j| w[j * (k + 1) + p])),
+                ("packed", Rhs::Packed(&packed), Box::new(|p, j| w[j * (k + 1) + p])),
+                (
+                    "kn",
+                    Rhs::Kn { b: &bkn, ld: n + 2 },
+                    Box::new(|p, j| bkn[p * (n + 2) + j]),
+                ),
+                (
+                    "rows",
+                    Rhs::Rows {
+                        data: &data,
+                        offsets: &offsets,
+                    },
+                    Box::new(|p, j| data[offsets[p] + j]),
+                ),
+            ];
+            for (kname, kernel) in &kernels {
+                for (sname, rhs, bat) in &sources {
+                    for (case, alpha, bias, accumulate) in [
+                        ("plain", 1.0f32, Bias::None, false),
+                        ("alpha+cols", 0.37, Bias::Cols(&bias_c), false),
+                        ("rows+acc", 1.0, Bias::Rows(&bias_r), true),
+                    ] {
+                        for packed_a in [false, true] {
+                            let lhs = if packed_a {
+                                Lhs::packed(&pa)
+                            } else {
+                                Lhs::rows(&a, m, k, lda).unwrap()
+                            };
+                            let mut c = c_init.clone();
+                            let out = Output {
+                                c: &mut c,
+                                ldc,
+                                alpha,
+                                bias,
+                                accumulate,
+                            };
+                            gemm_with(lhs, *rhs, n, out, true, *kernel).unwrap();
+                            let want = reference(
+                                &a,
+                                lda,
+                                bat.as_ref(),
+                                m,
+                                k,
+                                n,
+                                alpha as f64,
+                                accumulate.then_some((&c_init[..], ldc)),
+                                bias,
+                            );
+                            let what = format!("{kname} {sname} {case} packed_a={packed_a} {m}×{k}×{n}");
+                            check(&c, ldc, &want, m, n, k, &what);
+                            // The padding columns of each C row are untouched.
+                            for i in 0..m {
+                                assert_eq!(
+                                    c[i * ldc + n..i * ldc + ldc],
+                                    c_init[i * ldc + n..i * ldc + ldc],
+                                    "{what}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let a = vec![0f32; 12];
+        let w = vec![0f32; 12];
+        let mut c = vec![0f32; 9];
+        let lhs = Lhs::rows(&a, 3, 4, 4).unwrap();
+        assert!(Lhs::rows(&a, 4, 4, 4).is_err(), "A too short");
+        assert!(
+            gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 4, Output::new(&mut c, 3), false).is_err(),
+            "W too short"
+        );
+        assert!(
+            gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 3, Output::new(&mut c[..8], 3), false).is_err(),
+            "C too short"
+        );
+        let mut out = Output::new(&mut c, 3);
+        out.bias = Bias::Cols(&a[..2]);
+        assert!(
+            gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 3, out, false).is_err(),
+            "bias too short"
+        );
+        let mut out = Output::new(&mut c, 3);
+        (out.alpha, out.accumulate) = (2.0, true);
+        assert!(
+            gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 3, out, false).is_err(),
+            "alpha with accumulate"
+        );
+        let offsets = [0usize, 1, 2, 10];
+        let rows = Rhs::Rows {
+            data: &w,
+            offsets: &offsets,
+        };
+        assert!(
+            gemm(lhs, rows, 3, Output::new(&mut c, 3), false).is_err(),
+            "row past the data"
+        );
+        let e = gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 3, Output::new(&mut c, 3), false);
+        assert!(e.is_ok(), "{e:?}");
+    }
+}
