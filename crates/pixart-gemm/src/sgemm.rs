@@ -249,9 +249,28 @@ impl Rhs<'_> {
                 if cols < NR {
                     dst[..kc * NR].fill(0.0);
                 }
+                // Whole 8 × 8 blocks transposed in registers, the edges one by one.
+                let (c8, p8) = (cols / 8 * 8, kc / 8 * 8);
+                #[cfg(target_arch = "x86_64")]
+                if cpu_has_avx512f() {
+                    for c in (0..c8).step_by(8) {
+                        for p in (0..p8).step_by(8) {
+                            let at = (c0 + c) * ld + p0 + p;
+                            // In bounds: rows c0 + c..c0 + c + 8 <= n of W hold k >= p0 + p + 8
+                            // values at stride `ld`; dst holds kc × NR values.
+                            let (src, out) = (&w[at..at + 7 * ld + 8], &mut dst[p * NR + c..(p + 7) * NR + c + 8]);
+                            // SAFETY: AVX is there (AVX512F implies it); both slices cover the
+                            // 8 × 8 block at their strides (checked by the slicing above).
+                            unsafe { transpose8x8(src.as_ptr(), ld, out.as_mut_ptr(), NR) };
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let (c8, p8) = (0, 0);
                 for c in 0..cols {
                     let row = &w[(c0 + c) * ld + p0..(c0 + c) * ld + p0 + kc];
-                    for (p, v) in row.iter().enumerate() {
+                    let from = if c < c8 { p8 } else { 0 };
+                    for (p, v) in row.iter().enumerate().skip(from) {
                         dst[p * NR + c] = *v;
                     }
                 }
@@ -382,7 +401,7 @@ fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kerne
     let par = par && (m * n).saturating_mul(k.max(1)) >= 1 << 18;
     // Row-panel groups per column block: enough tasks to keep every thread busy.
     let groups = if par {
-        (4 * rayon::current_num_threads()).div_ceil(nt).clamp(1, mp)
+        (2 * rayon::current_num_threads()).div_ceil(nt).clamp(1, mp)
     } else {
         1
     };
@@ -456,6 +475,40 @@ fn run_task(
                 unsafe { kernel(&tile, out) };
             }
         }
+    }
+}
+
+/// `dst[j·ldd + i] = src[i·lds + j]` for an 8 × 8 block (AVX shuffles: pairs, quads, halves).
+///
+/// # Safety
+/// The CPU must have AVX; `src` must hold 8 rows of 8 values at stride `lds`, `dst` 8 rows of
+/// 8 at stride `ldd`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose8x8(src: *const f32, lds: usize, dst: *mut f32, ldd: usize) {
+    use std::arch::x86_64::*;
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * lds)));
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // q[g·4 + j]: rows 4g..4g+4, column pairs j (within each 128-bit half).
+    let q: [__m256; 8] = std::array::from_fn(|i| {
+        let (g, j) = (i / 4, i % 4);
+        let (a, b) = (t[g * 4 + j / 2], t[g * 4 + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    for j in 0..4 {
+        _mm256_storeu_ps(dst.add(j * ldd), _mm256_permute2f128_ps::<0x20>(q[j], q[4 + j]));
+        _mm256_storeu_ps(dst.add((j + 4) * ldd), _mm256_permute2f128_ps::<0x31>(q[j], q[4 + j]));
     }
 }
 

@@ -13,7 +13,8 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
     let x = x.clamp(-87.3, 88.7);
-    let k = (x * LOG2E + ROUND) - ROUND;
+    let kr = x * LOG2E + ROUND; // its low mantissa bits hold round(x·log2 e) + 2^22
+    let k = kr - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let mut p = 1.0 / 5040.0;
     p = p * r + 1.0 / 720.0;
@@ -23,7 +24,9 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    let scale = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    // 2^k from the bits of `kr` (integer lanes; an `as i32` cast would be a saturating
+    // conversion that the compiler does not vectorise).
+    let scale = f32::from_bits(kr.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     p * scale
 }
 
