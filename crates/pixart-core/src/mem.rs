@@ -29,8 +29,12 @@ fn read_status_kib(key: &str) -> Option<u64> {
 /// a fifth of a CPU training step, about a tenth of an f32 transformer forward at 256 px and of
 /// a 512 px VAE decode (`pixart bench`, 2026-11-26). Freed blocks are reused by later
 /// allocations, so the peak resident memory stays that of the live tensors plus some
-/// fragmentation (+3 % on the VAE decode). No effect off glibc.
+/// fragmentation (+3 % on the VAE decode). No effect off glibc, or with
+/// `PIXART_MALLOC=default` (glibc's own settings, for comparisons).
 pub fn tune_allocator() {
+    if std::env::var("PIXART_MALLOC").is_ok_and(|v| v == "default") {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; called before heavy allocation.
     unsafe {

@@ -209,7 +209,15 @@ pub enum Rhs<'a> {
     /// Row `p` of B is `data[offsets[p]..offsets[p] + n]` (shifted views of one buffer, as
     /// in a convolution).
     Rows { data: &'a [f32], offsets: &'a [usize] },
+    /// B packed panel by panel by the caller's function: `f(dst, p0, kc, c0)` writes
+    /// `dst[p·NR + c] = B[p0 + p, c0 + c]` for `p < kc` and `c < NR` (zero for columns past
+    /// `n`); `dst` holds `kc × NR` values. For operands that exist only implicitly (a
+    /// convolution's shifted, zero-padded input).
+    Panels(&'a PanelFn<'a>),
 }
+
+/// See [`Rhs::Panels`].
+pub type PanelFn<'a> = dyn Fn(&mut [f32], usize, usize, usize) + Sync + 'a;
 
 impl Rhs<'_> {
     fn check(&self, k: usize, n: usize) -> Result<()> {
@@ -222,6 +230,7 @@ impl Rhs<'_> {
             }
             Rhs::Nk { w, ld } => check_matrix("W", w.len(), n, k, ld),
             Rhs::Kn { b, ld } => check_matrix("B", b.len(), k, n, ld),
+            Rhs::Panels(_) => Ok(()),
             Rhs::Rows { data, offsets } => {
                 if offsets.len() != k {
                     return err(format!("B has {} row offsets, expected {k}", offsets.len()));
@@ -282,6 +291,7 @@ impl Rhs<'_> {
                     d[cols..].fill(0.0);
                 }
             }
+            Rhs::Panels(f) => f(&mut dst[..kc * NR], p0, kc, c0),
             Rhs::Rows { data, offsets } => {
                 for (d, &o) in dst.chunks_exact_mut(NR).zip(&offsets[p0..p0 + kc]) {
                     d[..cols].copy_from_slice(&data[o + c0..o + c0 + cols]);
@@ -384,9 +394,6 @@ fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kerne
     if out.accumulate && out.alpha != 1.0 {
         return err(format!("accumulating needs alpha 1, got {}", out.alpha));
     }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
     let raw = RawOut {
         ptr: out.c.as_mut_ptr(),
         ldc: out.ldc,
@@ -397,6 +404,53 @@ fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kerne
         m,
         n,
     };
+    run(a, b, raw, par, kernel);
+    Ok(())
+}
+
+/// [`gemm`] into an output given by a pointer: `c[i·ldc + j] = A·B + bias` for `i < m` (A's
+/// rows), `j < n`; for callers whose tasks each write a disjoint part of one buffer (a slice
+/// per task would overlap).
+///
+/// # Safety
+/// `c` must be valid for writes of those elements and no other thread may read or write them
+/// during the call; a `bias` must have `m` (rows) or `n` (columns) values.
+pub unsafe fn gemm_raw(
+    a: Lhs<'_>,
+    b: Rhs<'_>,
+    n: usize,
+    c: *mut f32,
+    ldc: usize,
+    bias: Bias<'_>,
+    par: bool,
+) -> Result<()> {
+    b.check(a.k, n)?;
+    let (bias_cols, bias_rows) = match bias {
+        Bias::None => (std::ptr::null(), std::ptr::null()),
+        Bias::Cols(v) if v.len() >= n => (v.as_ptr(), std::ptr::null()),
+        Bias::Rows(v) if v.len() >= a.m => (std::ptr::null(), v.as_ptr()),
+        Bias::Cols(v) | Bias::Rows(v) => return err(format!("bias has {} values, too few", v.len())),
+    };
+    let raw = RawOut {
+        ptr: c,
+        ldc,
+        alpha: 1.0,
+        bias_cols,
+        bias_rows,
+        accumulate: false,
+        m: a.m,
+        n,
+    };
+    run(a, b, raw, par, select_kernel());
+    Ok(())
+}
+
+/// Splits the product into tasks (column blocks × row-panel groups) and runs them.
+fn run(a: Lhs<'_>, b: Rhs<'_>, raw: RawOut, par: bool, kernel: Kernel) {
+    let (m, n, k) = (raw.m, raw.n, a.k);
+    if m == 0 || n == 0 {
+        return;
+    }
     let (nt, mp) = (n.div_ceil(NC), m.div_ceil(MR));
     let par = par && (m * n).saturating_mul(k.max(1)) >= 1 << 18;
     // Row-panel groups per column block: enough tasks to keep every thread busy.
@@ -417,7 +471,6 @@ fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kerne
         let mut buf = Vec::new();
         (0..tasks).for_each(|t| task(&mut buf, t));
     }
-    Ok(())
 }
 
 fn select_kernel() -> Kernel {
@@ -723,7 +776,20 @@ mod tests {
             packed.pack(Rhs::Nk { w: &w, ld: k + 1 }, k, n).unwrap();
             let mut pa = PackedA::new();
             pa.pack(&a, m, k, lda).unwrap();
+            // The k × n matrix again, packed by a caller's function.
+            let panel = |dst: &mut [f32], p0: usize, kc: usize, c0: usize| {
+                for p in 0..kc {
+                    for c in 0..NR {
+                        dst[p * NR + c] = if c0 + c < n {
+                            bkn[(p0 + p) * (n + 2) + c0 + c]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            };
             let sources: Vec<(&str, Rhs<'_>, Entry<'_>)> = vec![
+                ("panels", Rhs::Panels(&panel), Box::new(|p, j| bkn[p * (n + 2) + j])),
                 ("nk", Rhs::Nk { w: &w, ld: k + 1 }, Box::new(|p, j| w[j * (k + 1) + p])),
                 ("packed", Rhs::Packed(&packed), Box::new(|p, j| w[j * (k + 1) + p])),
                 (
@@ -787,6 +853,36 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The raw-pointer entry writes the same values as the slice one, with a row bias.
+    #[test]
+    fn raw_output_equals_slice_output() {
+        let mut rng = Lcg(3);
+        let (m, k, n) = (19, 45, 70);
+        let (a, w, bias) = (rng.vec(m * k), rng.vec(n * k), rng.vec(m));
+        let lhs = Lhs::rows(&a, m, k, k).unwrap();
+        let mut want = vec![0f32; m * n];
+        let mut out = Output::new(&mut want, n);
+        out.bias = Bias::Rows(&bias);
+        gemm(lhs, Rhs::Nk { w: &w, ld: k }, n, out, true).unwrap();
+        let mut got = vec![0f32; m * (n + 1)];
+        // SAFETY: `got` holds m rows of n + 1 values; nothing else touches it.
+        unsafe {
+            gemm_raw(
+                lhs,
+                Rhs::Nk { w: &w, ld: k },
+                n,
+                got.as_mut_ptr(),
+                n + 1,
+                Bias::Rows(&bias),
+                true,
+            )
+            .unwrap()
+        };
+        for i in 0..m {
+            assert_eq!(got[i * (n + 1)..i * (n + 1) + n], want[i * n..(i + 1) * n], "row {i}");
         }
     }
 

@@ -220,11 +220,14 @@ impl ResnetBlock2D {
 
     /// x: (b, c_in, h, w) -> (b, c_out, h, w).
     pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
-        let h = self.norm1.forward(x, true, ns)?;
-        let h = self.conv1.forward(&h)?;
-        let h = self.norm2.forward(&h, true, ns)?;
+        // Reassigned rather than shadowed, so that each intermediate is freed as soon as the
+        // next one exists (a shadowed binding lives to the end of the scope: at 1024 px that
+        // kept four more full-resolution tensors, about 2.5 GB, alive through the block).
+        let mut h = self.norm1.forward(x, true, ns)?;
+        h = self.conv1.forward(&h)?;
+        h = self.norm2.forward(&h, true, ns)?;
         // Dropout is the identity at inference.
-        let h = self.conv2.forward(&h)?;
+        h = self.conv2.forward(&h)?;
         match &self.conv_shortcut {
             Some(c) => c.forward(x)? + h,
             None => x + h,
@@ -306,9 +309,13 @@ impl Attention {
     /// x: (b, c, h, w) -> (b, c, h, w).
     pub fn forward(&self, x: &Tensor, ns: &NormStats) -> candle_core::Result<Tensor> {
         let (b, c, h, w) = x.dims4()?;
-        let hs = self.group_norm.forward(x, false, ns)?;
         // (b, c, h, w) -> (b, h*w, c)
-        let hs = hs.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()?;
+        let hs = self
+            .group_norm
+            .forward(x, false, ns)?
+            .reshape((b, c, h * w))?
+            .transpose(1, 2)?
+            .contiguous()?;
         let q = self.to_q.forward(&hs)?;
         let k = self.to_k.forward(&hs)?;
         let v = self.to_v.forward(&hs)?;

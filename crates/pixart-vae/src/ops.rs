@@ -320,6 +320,129 @@ impl SharedMut {
     }
 }
 
+/// The input and output geometry of one [`Conv3x3Op`]: `f` is the upsampling factor (1 or 2),
+/// `ho × wo` the (upsampled) size of the output and of the conv's input grid.
+#[derive(Clone, Copy)]
+struct ConvGeom {
+    c_in: usize,
+    h: usize,
+    w: usize,
+    f: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Conv3x3Op {
+    /// The conv as one GEMM per band of output rows on [`pixart_gemm::sgemm`]:
+    /// `out (c_out, positions) = A (c_out, 9·c_in) · B (9·c_in, positions) + bias`, with
+    /// `k = tap · c_in + ci` (tap = ky · 3 + kx). B, the shifted zero-padded (upsampled)
+    /// input, is never built: [`pack_conv_panel`] writes each panel the GEMM asks for straight
+    /// from `x`, and the GEMM writes its rows of the output in place (bias fused).
+    fn fwd_native(&self, x: &[f32], wt: &[f32], b: usize, c_out: usize, g: ConvGeom) -> candle_core::Result<Vec<f32>> {
+        use pixart_gemm::sgemm;
+        let gerr = |e: pixart_gemm::bf16::GemmError| candle_core::Error::Msg(e.to_string());
+        let (c_in, kk, hw_out) = (g.c_in, 9 * g.c_in, g.ho * g.wo);
+        let mut a = vec![0f32; c_out * kk];
+        for co in 0..c_out {
+            for ci in 0..c_in {
+                for t in 0..9 {
+                    a[co * kk + t * c_in + ci] = wt[(co * c_in + ci) * 9 + t];
+                }
+            }
+        }
+        let mut packed = sgemm::PackedA::new();
+        packed.pack(&a, c_out, kk, kk).map_err(gerr)?;
+        drop(a);
+        if let Some(bv) = &self.bias {
+            if bv.len() != c_out {
+                candle_core::bail!("conv3x3: {} bias values for {c_out} output channels", bv.len());
+            }
+        }
+        let bias = self.bias.as_deref().map_or(sgemm::Bias::None, sgemm::Bias::Rows);
+        // Bands of about 4096 output positions (whole rows), at least 4 per thread.
+        let threads = rayon::current_num_threads().max(1);
+        let rows = (4096 / g.wo).max(1).min(g.ho.div_ceil(4 * threads).max(1));
+        let bands = g.ho.div_ceil(rows);
+        let mut out = vec![0f32; b * c_out * hw_out];
+        let out_ptr = SharedMut(out.as_mut_ptr());
+        let in_len = c_in * g.h * g.w;
+        (0..b * bands).into_par_iter().try_for_each(|job| {
+            let (bi, y0) = (job / bands, (job % bands) * rows);
+            let n = rows.min(g.ho - y0) * g.wo;
+            let img = &x[bi * in_len..(bi + 1) * in_len];
+            let pack =
+                |dst: &mut [f32], p0: usize, kc: usize, c0: usize| pack_conv_panel(dst, img, g, y0, n, p0, kc, c0);
+            // SAFETY: this job writes output positions y0·wo..y0·wo + n of each of the c_out
+            // rows (stride ho·wo) of image bi, which no other job writes; they lie inside `out`,
+            // which outlives the parallel loop.
+            unsafe {
+                let c = out_ptr.get().add(bi * c_out * hw_out + y0 * g.wo);
+                sgemm::gemm_raw(
+                    sgemm::Lhs::packed(&packed),
+                    sgemm::Rhs::Panels(&pack),
+                    n,
+                    c,
+                    hw_out,
+                    bias,
+                    false,
+                )
+            }
+            .map_err(gerr)
+        })?;
+        Ok(out)
+    }
+}
+
+/// One panel of the conv's B for the band of output rows from `y0` (`n` positions): rows
+/// `p0..p0 + kc` of `k = tap · c_in + ci`, the [`pixart_gemm::sgemm::NR`] positions from `c0`;
+/// `B[(tap, ci), pos] = x_up[ci, oy + ky − 1, ox + kx − 1]` (zero outside the image), where
+/// `x_up` is `x` upsampled by `g.f` and `(oy, ox)` the position's output row and column.
+#[allow(clippy::too_many_arguments)]
+fn pack_conv_panel(dst: &mut [f32], x: &[f32], g: ConvGeom, y0: usize, n: usize, p0: usize, kc: usize, c0: usize) {
+    use pixart_gemm::sgemm::NR;
+    dst.fill(0.0);
+    // The panel's positions cut at output-row ends: (first column, oy, ox, length).
+    let cols = NR.min(n - c0);
+    let mut segs = [(0usize, 0usize, 0usize, 0usize); NR];
+    let (mut ns, mut j) = (0, 0);
+    while j < cols {
+        let pos = c0 + j;
+        let (oy, ox) = (y0 + pos / g.wo, pos % g.wo);
+        let len = (g.wo - ox).min(cols - j);
+        segs[ns] = (j, oy, ox, len);
+        (ns, j) = (ns + 1, j + len);
+    }
+    let plane = g.h * g.w;
+    for (p, row) in dst.chunks_exact_mut(NR).take(kc).enumerate() {
+        let (t, ci) = ((p0 + p) / g.c_in, (p0 + p) % g.c_in);
+        let (ky, kx) = (t / 3, t % 3);
+        let src_plane = &x[ci * plane..(ci + 1) * plane];
+        for &(j, oy, ox, len) in &segs[..ns] {
+            // Input row oy + ky − 1 of the upsampled grid; none above or below the image.
+            if oy + ky == 0 || oy + ky > g.ho {
+                continue;
+            }
+            let iy = (oy + ky - 1) / g.f;
+            let src = &src_plane[iy * g.w..(iy + 1) * g.w];
+            // Columns q of the segment read upsampled column ox + q + kx − 1, valid in 0..wo.
+            let q_lo = (1usize.saturating_sub(ox + kx)).min(len);
+            let q_hi = (g.wo + 1 - kx - ox).min(len);
+            if q_lo >= q_hi {
+                continue;
+            }
+            let first = ox + kx + q_lo - 1;
+            let dst_seg = &mut row[j + q_lo..j + q_hi];
+            if g.f == 1 {
+                dst_seg.copy_from_slice(&src[first..first + (q_hi - q_lo)]);
+            } else {
+                for (q, d) in dst_seg.iter_mut().enumerate() {
+                    *d = src[(first + q) >> 1];
+                }
+            }
+        }
+    }
+}
+
 impl CustomOp2 for Conv3x3Op {
     fn name(&self) -> &'static str {
         "conv3x3"
@@ -373,6 +496,11 @@ impl CustomOp2 for Conv3x3Op {
         let c_out = l2.dims()[0];
         let f = if self.upsample { 2 } else { 1 };
         let (ho, wo) = (h * f, w * f);
+        if self.native {
+            let geom = ConvGeom { c_in, h, w, f, ho, wo };
+            let out = self.fwd_native(x, wt, b, c_out, geom)?;
+            return Ok((CpuStorage::F32(out), Shape::from((b, c_out, ho, wo))));
+        }
         let (hp, wp) = (ho + 2, wo + 2);
         let plane = hp * wp;
 
@@ -398,29 +526,14 @@ impl CustomOp2 for Conv3x3Op {
                 }
             });
 
-        // The weight as the GEMM's left operand, packed once: with the sgemm, one product over
-        // k = (tap, input channel), A (c_out, 9·c_in), tap t = ky * 3 + kx; otherwise nine
-        // products, one per tap, A_t (c_out, c_in) stored as (9, c_out, c_in).
-        let native = self.native;
-        let kk = 9 * c_in;
+        // Weight taps, (9, c_out, c_in): tap t = ky * 3 + kx.
         let mut taps = vec![0f32; 9 * c_out * c_in];
         for co in 0..c_out {
             for ci in 0..c_in {
                 for t in 0..9 {
-                    let at = if native {
-                        co * kk + t * c_in + ci
-                    } else {
-                        (t * c_out + co) * c_in + ci
-                    };
-                    taps[at] = wt[(co * c_in + ci) * 9 + t];
+                    taps[(t * c_out + co) * c_in + ci] = wt[(co * c_in + ci) * 9 + t];
                 }
             }
-        }
-        let mut packed = pixart_gemm::sgemm::PackedA::new();
-        if native {
-            packed
-                .pack(&taps, c_out, kk, kk)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
 
         // Bands of output rows. Each band computes `rows` "wide" rows of wp positions (the last
@@ -430,66 +543,43 @@ impl CustomOp2 for Conv3x3Op {
         let bands_per_image = ho.div_ceil(rows);
         let mut out = vec![0f32; b * c_out * ho * wo];
         let out_ptr = SharedMut(out.as_mut_ptr());
-        let (xp, taps, packed, bias) = (&xp, &taps, &packed, self.bias.as_deref());
-        (0..b * bands_per_image).into_par_iter().try_for_each(|job| {
+        let (xp, taps, bias) = (&xp, &taps, self.bias.as_deref());
+        (0..b * bands_per_image).into_par_iter().for_each(|job| {
             let (bi, band) = (job / bands_per_image, job % bands_per_image);
             let y0 = band * rows;
             let r = rows.min(ho - y0);
             let n = r * wp;
             let mut acc = vec![0f32; c_out * n];
-            if native {
-                use pixart_gemm::sgemm;
-                // Row (t, ci) of B: input channel ci shifted by tap t, n positions.
-                let offsets: Vec<usize> = (0..kk)
-                    .map(|k| {
-                        let (t, ci) = (k / c_in, k % c_in);
-                        (bi * c_in + ci) * plane + (y0 + t / 3) * wp + t % 3
-                    })
-                    .collect();
-                let rhs = sgemm::Rhs::Rows {
-                    data: xp,
-                    offsets: &offsets,
-                };
-                sgemm::gemm(
-                    sgemm::Lhs::packed(packed),
-                    rhs,
-                    n,
-                    sgemm::Output::new(&mut acc, n),
-                    false,
-                )
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            } else {
-                for t in 0..9 {
-                    let (ky, kx) = (t / 3, t % 3);
-                    let rhs_off = bi * c_in * plane + (y0 + ky) * wp + kx;
-                    // SAFETY: dst is `acc` (c_out × n, row stride n). lhs is tap t of `taps`
-                    // (c_out × c_in, row stride c_in). rhs starts at `rhs_off` in `xp` with rows of
-                    // stride `plane` (one per input channel) and n columns; its last element is at
-                    // rhs_off + (c_in-1)*plane + n - 1 <= b*c_in*plane + 1, inside `xp` thanks to the
-                    // slack. All three buffers live for the whole call and are not aliased mutably.
-                    unsafe {
-                        gemm::gemm(
-                            c_out,
-                            n,
-                            c_in,
-                            acc.as_mut_ptr(),
-                            1,
-                            n as isize,
-                            t > 0,
-                            taps.as_ptr().add(t * c_out * c_in),
-                            1,
-                            c_in as isize,
-                            xp.as_ptr().add(rhs_off),
-                            1,
-                            plane as isize,
-                            1.0f32,
-                            1.0f32,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                    }
+            for t in 0..9 {
+                let (ky, kx) = (t / 3, t % 3);
+                let rhs_off = bi * c_in * plane + (y0 + ky) * wp + kx;
+                // SAFETY: dst is `acc` (c_out × n, row stride n). lhs is tap t of `taps`
+                // (c_out × c_in, row stride c_in). rhs starts at `rhs_off` in `xp` with rows of
+                // stride `plane` (one per input channel) and n columns; its last element is at
+                // rhs_off + (c_in-1)*plane + n - 1 <= b*c_in*plane + 1, inside `xp` thanks to the
+                // slack. All three buffers live for the whole call and are not aliased mutably.
+                unsafe {
+                    gemm::gemm(
+                        c_out,
+                        n,
+                        c_in,
+                        acc.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        t > 0,
+                        taps.as_ptr().add(t * c_out * c_in),
+                        1,
+                        c_in as isize,
+                        xp.as_ptr().add(rhs_off),
+                        1,
+                        plane as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             }
             for co in 0..c_out {
@@ -505,8 +595,7 @@ impl CustomOp2 for Conv3x3Op {
                     }
                 }
             }
-            Ok::<(), candle_core::Error>(())
-        })?;
+        });
         Ok((CpuStorage::F32(out), Shape::from((b, c_out, ho, wo))))
     }
 }
