@@ -89,6 +89,9 @@ impl Conv2d {
         if self.kernel == 3 && self.stride == 1 && self.padding == 1 {
             return ops::conv3x3(x, &self.weight, Some(&self.bias), false);
         }
+        if self.kernel == 1 && self.stride == 1 && self.padding == 0 {
+            return ops::conv1x1(x, &self.weight, &self.bias);
+        }
         let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
         // bias: (c_out) -> (1, c_out, 1, 1)
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)

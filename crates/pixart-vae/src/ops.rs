@@ -224,18 +224,78 @@ impl CustomOp3 for GroupNormApplyOp {
                 let g = (plane / c) * self.groups + ch / per_group;
                 let (mean, inv) = (stats[2 * g], stats[2 * g + 1]);
                 let (scale, shift) = (inv * w[ch], bias[ch]);
+                for (o, v) in d.iter_mut().zip(s) {
+                    *o = (v - mean) * scale + shift;
+                }
                 if self.silu {
-                    for (o, v) in d.iter_mut().zip(s) {
-                        let y = (v - mean) * scale + shift;
-                        *o = y / (1.0 + (-y).exp());
-                    }
-                } else {
-                    for (o, v) in d.iter_mut().zip(s) {
-                        *o = (v - mean) * scale + shift;
-                    }
+                    pixart_gemm::vector::silu_in_place(d);
                 }
             });
         Ok((CpuStorage::F32(dst), l1.shape().clone()))
+    }
+}
+
+/// 1×1 convolution of `x` (b, c_in, h, w) with `weight` (c_out, c_in, 1, 1) and `bias`
+/// (c_out): on the CPU in f32 one GEMM per image on [`pixart_gemm::sgemm`] (the input read
+/// as it is, bias fused), elsewhere candle's conv2d.
+pub fn conv1x1(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c_in, h, w) = x.dims4()?;
+    let (c_out, k_in, kh, kw) = weight.dims4()?;
+    if (k_in, kh, kw) != (c_in, 1, 1) || bias.dims() != [c_out] {
+        candle_core::bail!(
+            "conv1x1: weight {:?} and bias {:?} do not fit an input of {c_in} channels",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    let fast = x.device().is_cpu()
+        && [x.dtype(), weight.dtype(), bias.dtype()] == [DType::F32; 3]
+        && pixart_gemm::sgemm::native_available();
+    if !fast {
+        // bias: (c_out) -> (1, c_out, 1, 1)
+        return x
+            .conv2d(weight, 0, 1, 1, 1)?
+            .broadcast_add(&bias.reshape((1, (), 1, 1))?);
+    }
+    let x = x.contiguous()?.reshape((b, c_in, h * w))?; // (b, c_in, h, w) -> (b, c_in, h·w)
+    let w2 = weight.reshape((c_out, c_in))?.contiguous()?; // (c_out, c_in, 1, 1) -> (c_out, c_in)
+    let y = x.apply_op3_no_bwd(&w2, &bias.contiguous()?, &Conv1x1Op)?; // (b, c_out, h·w)
+    y.reshape((b, c_out, h, w))
+}
+
+struct Conv1x1Op;
+
+impl CustomOp3 for Conv1x1Op {
+    fn name(&self) -> &'static str {
+        "conv1x1"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use pixart_gemm::sgemm;
+        let (x, w, bias) = (
+            slice_of(s1, l1, "conv1x1 input")?,
+            slice_of(s2, l2, "conv1x1 weight")?,
+            slice_of(s3, l3, "conv1x1 bias")?,
+        );
+        let (b, c_in, hw) = l1.shape().dims3()?;
+        let c_out = l2.dims()[0];
+        let gerr = |e: pixart_gemm::bf16::GemmError| candle_core::Error::Msg(e.to_string());
+        let mut out = vec![0f32; b * c_out * hw];
+        for (xi, yi) in x.chunks(c_in * hw).zip(out.chunks_mut(c_out * hw)) {
+            let mut o = sgemm::Output::new(yi, hw);
+            o.bias = sgemm::Bias::Rows(bias);
+            let lhs = sgemm::Lhs::rows(w, c_out, c_in, c_in).map_err(gerr)?;
+            sgemm::gemm(lhs, sgemm::Rhs::Kn { b: xi, ld: hw }, hw, o, true).map_err(gerr)?;
+        }
+        Ok((CpuStorage::F32(out), Shape::from((b, c_out, hw))))
     }
 }
 
@@ -400,7 +460,6 @@ impl Conv3x3Op {
 #[allow(clippy::too_many_arguments)]
 fn pack_conv_panel(dst: &mut [f32], x: &[f32], g: ConvGeom, y0: usize, n: usize, p0: usize, kc: usize, c0: usize) {
     use pixart_gemm::sgemm::NR;
-    dst.fill(0.0);
     // The panel's positions cut at output-row ends: (first column, oy, ox, length).
     let cols = NR.min(n - c0);
     let mut segs = [(0usize, 0usize, 0usize, 0usize); NR];
@@ -418,28 +477,45 @@ fn pack_conv_panel(dst: &mut [f32], x: &[f32], g: ConvGeom, y0: usize, n: usize,
         let (ky, kx) = (t / 3, t % 3);
         let src_plane = &x[ci * plane..(ci + 1) * plane];
         for &(j, oy, ox, len) in &segs[..ns] {
+            let seg = &mut row[j..j + len];
             // Input row oy + ky − 1 of the upsampled grid; none above or below the image.
             if oy + ky == 0 || oy + ky > g.ho {
+                seg.fill(0.0);
                 continue;
             }
             let iy = (oy + ky - 1) / g.f;
             let src = &src_plane[iy * g.w..(iy + 1) * g.w];
             // Columns q of the segment read upsampled column ox + q + kx − 1, valid in 0..wo.
             let q_lo = (1usize.saturating_sub(ox + kx)).min(len);
-            let q_hi = (g.wo + 1 - kx - ox).min(len);
-            if q_lo >= q_hi {
+            let q_hi = (g.wo + 1 - kx - ox).min(len).max(q_lo);
+            seg[..q_lo].fill(0.0);
+            seg[q_hi..].fill(0.0);
+            let (d, first) = (&mut seg[q_lo..q_hi], ox + kx + q_lo - 1);
+            if d.is_empty() {
                 continue;
             }
-            let first = ox + kx + q_lo - 1;
-            let dst_seg = &mut row[j + q_lo..j + q_hi];
             if g.f == 1 {
-                dst_seg.copy_from_slice(&src[first..first + (q_hi - q_lo)]);
+                d.copy_from_slice(&src[first..first + d.len()]);
+                continue;
+            }
+            // Nearest 2× upsampling: each source value twice, from an odd start once first.
+            let (d, from) = if first % 2 == 1 {
+                d[0] = src[first / 2];
+                (&mut d[1..], first / 2 + 1)
             } else {
-                for (q, d) in dst_seg.iter_mut().enumerate() {
-                    *d = src[(first + q) >> 1];
-                }
+                (d, first / 2)
+            };
+            let half = d.len() / 2;
+            let mut pairs = d.chunks_exact_mut(2);
+            for (pair, v) in (&mut pairs).zip(&src[from..]) {
+                pair[0] = *v;
+                pair[1] = *v;
+            }
+            if let [last] = pairs.into_remainder() {
+                *last = src[from + half];
             }
         }
+        row[cols..].fill(0.0);
     }
 }
 
@@ -610,8 +686,15 @@ pub fn attention_single_head(
     scale: f64,
     max_scores: usize,
 ) -> candle_core::Result<Tensor> {
-    let (b, n, _d) = q.dims3()?;
+    let (b, n, d) = q.dims3()?;
     let m = k.dim(1)?;
+    if q.device().is_cpu() && pixart_gemm::sgemm::native_available() {
+        // The fused attention (scores per 64-query block), as one head: (b, n, d) -> (b, 1, n, d).
+        let f = |t: &Tensor, rows: usize| t.to_dtype(DType::F32)?.reshape((b, 1, rows, d));
+        let none = pixart_gemm::attention::ScoreBias::None;
+        let o = pixart_gemm::attention::attention_f32(&f(q, n)?, &f(k, m)?, &f(v, m)?, none, scale as f32)?;
+        return o.reshape((b, n, d))?.to_dtype(q.dtype()); // (b, 1, n, d) -> (b, n, d)
+    }
     let chunk = (max_scores / (b * m).max(1)).clamp(1, n.max(1));
     let dtype = q.dtype();
     let q = (q.to_dtype(DType::F32)? * scale)?;
@@ -762,6 +845,21 @@ pub fn attention_composed(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> can
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The 1×1 conv against candle's conv2d + bias.
+    #[test]
+    fn conv1x1_matches_candle() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 7, 5, 11), &dev)?;
+        let w = Tensor::randn(0f32, 0.3, (9, 7, 1, 1), &dev)?;
+        let bias = Tensor::randn(0f32, 1.0, 9, &dev)?;
+        let got = conv1x1(&x, &w, &bias)?;
+        let want = x.conv2d(&w, 0, 1, 1, 1)?.broadcast_add(&bias.reshape((1, 9, 1, 1))?)?;
+        let (d, _) = pixart_core::testing::max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "{d}");
+        assert!(conv1x1(&x, &w.narrow(1, 0, 6)?, &bias).is_err());
+        Ok(())
+    }
 
     /// The CPU conv (both GEMM paths, with bias and the fused upsample) against candle's
     /// upsample + conv2d + bias.
