@@ -1,7 +1,7 @@
 //! Vectorised f32 row kernels shared by the transformer, the text encoder and the VAE: e^x,
 //! softmax over a row, tanh-GELU and SiLU. Plain loops written so that the compiler vectorises
-//! them, compiled for AVX-512F or AVX2+FMA and chosen at run time (scalar elsewhere). candle runs the same
-//! operations with scalar libm calls.
+//! them, compiled for AVX-512F or AVX2+FMA and chosen at run time (scalar elsewhere). candle
+//! runs the same operations with scalar libm calls.
 
 /// e^x for f32 with a relative error of about 1e-7 (range reduction to |r| <= ln2/2 and a
 /// degree-7 polynomial). Inputs below -87.3 give ~1e-38 instead of 0, which is immaterial for
