@@ -202,6 +202,9 @@ pub fn plot_in(path: &Path, title: &str, curves: &[Curve], smooth: bool, y_range
     cv.line((l, t), (l, t + ph), [0, 0, 0]);
     cv.line((l, t + ph), (l + pw, t + ph), [0, 0, 0]);
     cv.text((l + pw / 2.0) as i64 - 16, h as i64 - 14, "step", [0, 0, 0]);
+    // The legend at the top right, wide enough for the longest label (8 px per character).
+    let longest = curves.iter().map(|c| c.label.chars().count() + 2).max().unwrap_or(0);
+    let legend_x = (l + pw - 8.0 * longest as f64 - 4.0).max(l + 4.0);
     for (k, c) in curves.iter().enumerate() {
         let raw_color = if smooth && k == 0 { [200, 200, 200] } else { c.color };
         for p in c.points.windows(2) {
@@ -219,7 +222,7 @@ pub fn plot_in(path: &Path, title: &str, curves: &[Curve], smooth: bool, y_range
             }
         }
         cv.text(
-            (l + pw - 160.0) as i64,
+            legend_x as i64,
             (t + 8.0 + 12.0 * k as f64) as i64,
             &format!("- {}", c.label),
             c.color,
