@@ -338,7 +338,11 @@ fn loss_chart(path: &Path, runs: &[PathBuf]) -> Result<()> {
         .collect();
     // The y axis up to the 95th percentile (×1.2), so that the first steps of a run from
     // scratch (losses many times the rest) do not flatten every curve.
-    let mut ys: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.1)).filter(|v| v.is_finite()).collect();
+    let mut ys: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|q| q.1))
+        .filter(|v| v.is_finite())
+        .collect();
     ys.sort_by(f64::total_cmp);
     let y_range = (!ys.is_empty()).then(|| (ys[0].min(0.0), 1.2 * ys[(ys.len() - 1) * 95 / 100]));
     plot_in(path, "training loss (smoothed)", &curves, false, y_range)?;
