@@ -10,7 +10,7 @@
 //! de Geijn, "Anatomy of high-performance matrix multiplication", ACM TOMS 34(3), 2008), as in
 //! [`crate::bf16`], with two differences:
 //!
-//! - B can be given unpacked ([`Rhs::Nk`], [`Rhs::Kn`], [`Rhs::Rows`]): each task then packs
+//! - B can be given unpacked ([`Rhs::Nk`], [`Rhs::Kn`], [`Rhs::Panels`]): each task then packs
 //!   the `KC × NC` block it needs into a buffer of its own, so a Linear layer keeps one copy of
 //!   its f32 weight (a packed copy would double the transformer's 2.4 GB) and the VAE's 3×3
 //!   convolution reads its nine shifted inputs without an im2col buffer.
@@ -206,9 +206,6 @@ pub enum Rhs<'a> {
     Nk { w: &'a [f32], ld: usize },
     /// A row-major `k × n` matrix with leading dimension `ld`.
     Kn { b: &'a [f32], ld: usize },
-    /// Row `p` of B is `data[offsets[p]..offsets[p] + n]` (shifted views of one buffer, as
-    /// in a convolution).
-    Rows { data: &'a [f32], offsets: &'a [usize] },
     /// B packed panel by panel by the caller's function: `f(dst, p0, kc, c0)` writes
     /// `dst[p·NR + c] = B[p0 + p, c0 + c]` for `p < kc` and `c < NR` (zero for columns past
     /// `n`); `dst` holds `kc × NR` values. For operands that exist only implicitly (a
@@ -231,20 +228,6 @@ impl Rhs<'_> {
             Rhs::Nk { w, ld } => check_matrix("W", w.len(), n, k, ld),
             Rhs::Kn { b, ld } => check_matrix("B", b.len(), k, n, ld),
             Rhs::Panels(_) => Ok(()),
-            Rhs::Rows { data, offsets } => {
-                if offsets.len() != k {
-                    return err(format!("B has {} row offsets, expected {k}", offsets.len()));
-                }
-                if n > 0 {
-                    if let Some(bad) = offsets
-                        .iter()
-                        .find(|&&o| o.checked_add(n).is_none_or(|e| e > data.len()))
-                    {
-                        return err(format!("B row at offset {bad} + {n} columns is past {}", data.len()));
-                    }
-                }
-                Ok(())
-            }
         }
     }
 
@@ -292,12 +275,6 @@ impl Rhs<'_> {
                 }
             }
             Rhs::Panels(f) => f(&mut dst[..kc * NR], p0, kc, c0),
-            Rhs::Rows { data, offsets } => {
-                for (d, &o) in dst.chunks_exact_mut(NR).zip(&offsets[p0..p0 + kc]) {
-                    d[..cols].copy_from_slice(&data[o + c0..o + c0 + cols]);
-                    d[cols..].fill(0.0);
-                }
-            }
         }
     }
 }
@@ -767,8 +744,6 @@ mod tests {
             let a = rng.vec(m * lda);
             let w = rng.vec(n * (k + 1)); // n × k, ld k + 1
             let bkn = rng.vec(k * (n + 2)); // k × n, ld n + 2
-            let data = rng.vec(k * 3 + n + 10);
-            let offsets: Vec<usize> = (0..k).map(|p| (p * 7) % (k * 3 + 10)).collect();
             let bias_c = rng.vec(n);
             let bias_r = rng.vec(m);
             let c_init = rng.vec(m * ldc);
@@ -796,14 +771,6 @@ mod tests {
                     "kn",
                     Rhs::Kn { b: &bkn, ld: n + 2 },
                     Box::new(|p, j| bkn[p * (n + 2) + j]),
-                ),
-                (
-                    "rows",
-                    Rhs::Rows {
-                        data: &data,
-                        offsets: &offsets,
-                    },
-                    Box::new(|p, j| data[offsets[p] + j]),
                 ),
             ];
             for (kname, kernel) in &kernels {
@@ -912,15 +879,6 @@ mod tests {
         assert!(
             gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 3, out, false).is_err(),
             "alpha with accumulate"
-        );
-        let offsets = [0usize, 1, 2, 10];
-        let rows = Rhs::Rows {
-            data: &w,
-            offsets: &offsets,
-        };
-        assert!(
-            gemm(lhs, rows, 3, Output::new(&mut c, 3), false).is_err(),
-            "row past the data"
         );
         let e = gemm(lhs, Rhs::Nk { w: &w, ld: 4 }, 3, Output::new(&mut c, 3), false);
         assert!(e.is_ok(), "{e:?}");
