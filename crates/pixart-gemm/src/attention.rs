@@ -95,11 +95,17 @@ struct AttentionBf16 {
     scale: f32,
 }
 
-fn bf16_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [bf16]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::BF16(v), Some((a, b))) => Ok(&v[a..b]),
+/// The values of a contiguous CPU tensor of element type `T` (`what` names it in the error).
+fn contiguous_data<'a, T: candle_core::WithDType>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match (s.as_slice::<T>(), l.contiguous_offsets()) {
+        (Ok(v), Some((a, b))) => Ok(&v[a..b]),
         _ => Err(candle_core::Error::Msg(format!(
-            "attention bf16: {what} must be contiguous bf16"
+            "attention: {what} must be contiguous {:?}",
+            T::DTYPE
         ))),
     }
 }
@@ -122,9 +128,9 @@ impl candle_core::CustomOp3 for AttentionBf16 {
         let (b, h, n, d, m) = attention_dims(ql, kl, vl)?;
         self.bias.check(b, h, n, m)?;
         let (qv, kv, vv) = (
-            bf16_data(qs, ql, "q")?,
-            bf16_data(ks, kl, "k")?,
-            bf16_data(vs, vl, "v")?,
+            contiguous_data::<bf16>(qs, ql, "q")?,
+            contiguous_data::<bf16>(ks, kl, "k")?,
+            contiguous_data::<bf16>(vs, vl, "v")?,
         );
         let mut out = vec![bf16::ZERO; b * h * n * d];
         if out.is_empty() || m == 0 {
@@ -223,15 +229,6 @@ struct AttentionF32 {
     scale: f32,
 }
 
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(candle_core::Error::Msg(format!(
-            "attention f32: {what} must be contiguous f32"
-        ))),
-    }
-}
-
 /// (b, h, n, d, m) of matching q, k, v layouts.
 fn attention_dims(ql: &Layout, kl: &Layout, vl: &Layout) -> candle_core::Result<(usize, usize, usize, usize, usize)> {
     let (b, h, n, d) = ql.shape().dims4()?;
@@ -265,7 +262,11 @@ impl candle_core::CustomOp3 for AttentionF32 {
         let gerr = |e: GemmError| candle_core::Error::Msg(e.to_string());
         let (b, h, n, d, m) = attention_dims(ql, kl, vl)?;
         self.bias.check(b, h, n, m)?;
-        let (qv, kv, vv) = (f32_data(qs, ql, "q")?, f32_data(ks, kl, "k")?, f32_data(vs, vl, "v")?);
+        let (qv, kv, vv) = (
+            contiguous_data::<f32>(qs, ql, "q")?,
+            contiguous_data::<f32>(ks, kl, "k")?,
+            contiguous_data::<f32>(vs, vl, "v")?,
+        );
         let mut out = vec![0f32; b * h * n * d];
         if out.is_empty() || m == 0 {
             return Ok((CpuStorage::F32(out), ql.shape().clone()));
