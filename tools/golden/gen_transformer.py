@@ -237,3 +237,5 @@ run_case("kv_conv_odd", dict(TINY, interpolation_scale=1.0), (10, 6), many, [700
 run_case("kv_uniform", dict(TINY, interpolation_scale=1.0), (8, 12), many, [300, 600], kv=("uniform", 2, (0, 1)), seed=6)
 run_case("kv_ave", dict(TINY, interpolation_scale=1.0), (8, 12), many, [300, 600], kv=("ave", 2, (1,)), seed=7)
 run_case("kv_conv_r3", dict(TINY, interpolation_scale=1.0), (12, 12), many, [250, 251], kv=("conv", 3, (0,)), seed=8)
+# Patch size 1 with interpolated positions: the built-in model's stage 5 (weak-to-strong to a finer patch).
+run_case("patch1", dict(TINY, patch_size=1, interpolation_scale=2.0), (8, 6), many, [640, 90], seed=9)

@@ -91,6 +91,11 @@ fn fractional_timesteps_and_default_interpolation_scale() {
 }
 
 #[test]
+fn patch_size_one_with_interpolated_positions() {
+    check_case("patch1");
+}
+
+#[test]
 fn micro_conditions_from_weights() {
     check_case("micro");
     let loaded = load_transformer(&case_dir("micro"), &opts()).unwrap();

@@ -47,6 +47,11 @@ pub struct ModelSection {
     /// without weights start from averaging.
     #[serde(default)]
     pub kv_compress: Option<String>,
+    /// Weak-to-strong (d): a finer patch. Only 1 is accepted when it differs from the
+    /// checkpoint's; the patch layers are rewritten by [`crate::patch::to_unit_patch`] (pair it
+    /// with `interpolation_scale` = the old patch size to keep positions in the trained range).
+    #[serde(default)]
+    pub patch_size: Option<usize>,
     /// How a from-scratch `config` initialises the caption path (`caption_projection` and the
     /// cross-attention output projections): `pixart` (the default: normal 0.02 and zero) or
     /// `pytorch` (nn.Linear's default uniform ±1/√fan_in, so the caption reaches the output
@@ -258,6 +263,9 @@ impl TrainConfig {
         if m.caption_init != CaptionInit::Pixart && m.config.is_none() {
             return Err("model.caption_init applies only to a from-scratch `config`, not to `init` weights".into());
         }
+        if m.patch_size == Some(0) {
+            return Err("model.patch_size must be positive".into());
+        }
         if let Some(s) = m.interpolation_scale.filter(|s| !positive(*s)) {
             return Err(format!("model.interpolation_scale must be positive, got {s}"));
         }
@@ -332,6 +340,9 @@ impl TrainConfig {
         }
         if let Some(s) = self.model.interpolation_scale {
             cfg.interpolation_scale = Some(s);
+        }
+        if let Some(p) = self.model.patch_size {
+            cfg.patch_size = p;
         }
         if let Some(kv) = self.kv_override(cfg.num_layers)? {
             cfg.kv_compress = kv;

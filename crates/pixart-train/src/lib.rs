@@ -8,6 +8,7 @@ pub mod diffusion;
 pub mod lora;
 pub mod metrics;
 pub mod optim;
+pub mod patch;
 pub mod trainer;
 pub mod vae;
 

@@ -182,7 +182,17 @@ impl Trainer {
                     interpolation_scale: cfg.model.interpolation_scale,
                     ..LoadOptions::default()
                 };
-                let (w, mut t) = to_diffusers(init, &opts)?;
+                let (mut w, mut t) = to_diffusers(init, &opts)?;
+                match cfg.model.patch_size {
+                    Some(p) if p != t.patch_size && p != 1 => {
+                        return Err(Error::InvalidInput(format!(
+                            "model.patch_size: {p} differs from the checkpoint's {}; only 1 (a finer patch from a trained model) is supported",
+                            t.patch_size
+                        )))
+                    }
+                    Some(1) => crate::patch::to_unit_patch(&mut w, t.patch_size, t.out_channels.unwrap_or(t.in_channels))?,
+                    _ => {}
+                }
                 cfg.apply_overrides(&mut t)?;
                 (w, t)
             }

@@ -310,7 +310,7 @@ fn bad_configs_fail_before_any_work() {
 }
 
 #[test]
-fn lora_trains_only_adapters_and_kv_compression_can_be_added() {
+fn lora_trains_only_adapters_and_weak_to_strong_switches() {
     let dir = tmp("lora");
     let mc = write_model_config(&dir, None);
     // A base run without KV compression.
@@ -337,6 +337,30 @@ fn lora_trains_only_adapters_and_kv_compression_can_be_added() {
     let v: Vec<f32> = kw.flatten_all().unwrap().to_vec1().unwrap();
     assert!(v.iter().all(|&x| (x - 0.25).abs() < 1e-7), "averaging init");
     drop(t);
+
+    // Weak-to-strong (d): a finer patch. The patch layers are rewritten (taps summed, the
+    // output's sub-positions averaged) and the run trains at 4x the tokens.
+    let model = format!(
+        "init = \"{}\"\npatch_size = 1\ninterpolation_scale = 2.0",
+        base_dir.join("transformer").display()
+    );
+    let t = run(load(&dir, &config_text(&dir, &model, 2, "")).unwrap(), false, None);
+    let w = t.current_weights().unwrap();
+    assert_eq!(w["pos_embed.proj.weight"].dims(), &[16, 4, 1, 1]);
+    assert_eq!(w["proj_out.weight"].dims(), &[8, 16]);
+    let cfg = pixart_model::TransformerConfig::from_file(&dir.join("run/transformer/config.json")).unwrap();
+    assert_eq!((cfg.patch_size, cfg.interpolation_scale), (1, Some(2.0)));
+    drop(t);
+    std::fs::remove_dir_all(dir.join("run")).unwrap();
+    let model = format!("init = \"{}\"\npatch_size = 4", base_dir.join("transformer").display());
+    let err = Trainer::new(load(&dir, &config_text(&dir, &model, 2, "")).unwrap(), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.patch_size: 4 differs from the checkpoint's 2"),
+        "{err}"
+    );
 
     // LoRA on the attention projections: the base weights stay, the adapters move.
     let model = format!("init = \"{}\"", base_dir.join("transformer").display());
