@@ -95,21 +95,6 @@ struct AttentionBf16 {
     scale: f32,
 }
 
-/// The values of a contiguous CPU tensor of element type `T` (`what` names it in the error).
-fn contiguous_data<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> candle_core::Result<&'a [T]> {
-    match (s.as_slice::<T>(), l.contiguous_offsets()) {
-        (Ok(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(candle_core::Error::Msg(format!(
-            "attention: {what} must be contiguous {:?}",
-            T::DTYPE
-        ))),
-    }
-}
-
 impl candle_core::CustomOp3 for AttentionBf16 {
     fn name(&self) -> &'static str {
         "pixart-attention-bf16"
@@ -128,9 +113,9 @@ impl candle_core::CustomOp3 for AttentionBf16 {
         let (b, h, n, d, m) = attention_dims(ql, kl, vl)?;
         self.bias.check(b, h, n, m)?;
         let (qv, kv, vv) = (
-            contiguous_data::<bf16>(qs, ql, "q")?,
-            contiguous_data::<bf16>(ks, kl, "k")?,
-            contiguous_data::<bf16>(vs, vl, "v")?,
+            crate::contiguous_data::<bf16>(qs, ql, "attention: q")?,
+            crate::contiguous_data::<bf16>(ks, kl, "attention: k")?,
+            crate::contiguous_data::<bf16>(vs, vl, "attention: v")?,
         );
         let mut out = vec![bf16::ZERO; b * h * n * d];
         if out.is_empty() || m == 0 {
@@ -263,9 +248,9 @@ impl candle_core::CustomOp3 for AttentionF32 {
         let (b, h, n, d, m) = attention_dims(ql, kl, vl)?;
         self.bias.check(b, h, n, m)?;
         let (qv, kv, vv) = (
-            contiguous_data::<f32>(qs, ql, "q")?,
-            contiguous_data::<f32>(ks, kl, "k")?,
-            contiguous_data::<f32>(vs, vl, "v")?,
+            crate::contiguous_data::<f32>(qs, ql, "attention: q")?,
+            crate::contiguous_data::<f32>(ks, kl, "attention: k")?,
+            crate::contiguous_data::<f32>(vs, vl, "attention: v")?,
         );
         let mut out = vec![0f32; b * h * n * d];
         if out.is_empty() || m == 0 {

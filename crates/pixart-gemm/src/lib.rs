@@ -29,3 +29,19 @@ pub(crate) fn fallback_forced() -> bool {
 }
 
 pub use linear::{linear, linear_b, linear_no_bias, Linear, PackedLinear};
+
+/// The elements of a contiguous CPU tensor of element type `T`, for custom ops; an error naming
+/// `what` when the storage holds another dtype or the layout is not contiguous.
+pub fn contiguous_data<'a, T: candle_core::WithDType>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [T]> {
+    match (s.as_slice::<T>(), l.contiguous_offsets()) {
+        (Ok(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{what} must be contiguous {:?}",
+            T::DTYPE
+        ))),
+    }
+}

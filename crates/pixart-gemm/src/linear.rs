@@ -129,13 +129,6 @@ fn f32_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Re
     y.reshape(out_dims) // (m, n) -> (..., n)
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Option<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Some(&v[a..b]),
-        _ => None,
-    }
-}
-
 /// The f32 custom op: x (m, k) times w (n, k)ᵀ plus bias -> (m, n).
 struct LinearF32 {
     bias: Option<Vec<f32>>,
@@ -155,9 +148,8 @@ impl candle_core::CustomOp2 for LinearF32 {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use crate::sgemm::{gemm, Bias, Lhs, Output, Rhs};
         let ((m, k), (n, kw)) = (xl.shape().dims2()?, wl.shape().dims2()?);
-        let (Some(xs), Some(ws)) = (f32_slice(x, xl), f32_slice(w, wl)) else {
-            candle_core::bail!("pixart-linear-f32: x and w must be contiguous f32");
-        };
+        let xs = crate::contiguous_data::<f32>(x, xl, "pixart-linear-f32: x")?;
+        let ws = crate::contiguous_data::<f32>(w, wl, "pixart-linear-f32: w")?;
         if kw != k {
             candle_core::bail!("pixart-linear-f32: x has {k} features, the weight {kw}");
         }

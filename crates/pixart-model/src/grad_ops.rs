@@ -4,17 +4,8 @@
 //! element-wise candle ops the composed versions record. f32 on the CPU; other dtypes and
 //! devices keep the composed ops.
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use pixart_gemm::contiguous_data;
 use rayon::prelude::*;
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{name}: input not contiguous")))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => Err(candle_core::Error::Msg(format!("{name}: f32 only"))),
-    }
-}
 
 /// Rows per parallel task: about 16 K elements.
 fn rows_per_task(dim: usize) -> usize {
@@ -69,7 +60,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = contiguous_data::<f32>(s, l, self.name())?;
         // 0.5·x·(1 + tanh(u)) = x·σ(2u), u = K·(x + C·x³)
         let out = map_rows(x, 4096, |o, x| {
             for (o, &x) in o.iter_mut().zip(x) {
@@ -98,8 +89,8 @@ impl CustomOp2 for GeluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let x = contiguous_data::<f32>(s1, l1, self.name())?;
+        let g = contiguous_data::<f32>(s2, l2, self.name())?;
         // d/dx x·σ(2u) = σ + x·σ(1−σ)·2u',  u' = K·(1 + 3C·x²)
         let out = zip_rows(x, g, 4096, |o, x, g| {
             for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
@@ -123,7 +114,7 @@ impl CustomOp1 for Softmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = contiguous_data::<f32>(s, l, self.name())?;
         let out = map_rows(x, last_dim(l), |o, x| {
             let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
@@ -156,8 +147,8 @@ impl CustomOp2 for SoftmaxGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let y = contiguous_data::<f32>(s1, l1, self.name())?;
+        let g = contiguous_data::<f32>(s2, l2, self.name())?;
         // dx = y ⊙ (g − Σ g·y)
         let out = zip_rows(y, g, last_dim(l1), |o, y, g| {
             let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
@@ -193,7 +184,7 @@ impl CustomOp1 for LayerNorm {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, self.name())?;
+        let x = contiguous_data::<f32>(s, l, self.name())?;
         let eps = self.eps;
         let out = map_rows(x, last_dim(l), |o, x| {
             let (mean, inv) = moments(x, eps);
@@ -224,8 +215,8 @@ impl CustomOp2 for LayerNormGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, self.name())?;
-        let g = f32_slice(s2, l2, self.name())?;
+        let x = contiguous_data::<f32>(s1, l1, self.name())?;
+        let g = contiguous_data::<f32>(s2, l2, self.name())?;
         let eps = self.eps;
         // x̂ = (x − μ)/σ;  dx = (g − mean(g) − x̂·mean(g·x̂)) / σ
         let out = zip_rows(x, g, last_dim(l1), |o, x, g| {

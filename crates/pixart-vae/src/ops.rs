@@ -16,6 +16,7 @@
 //! backward ([`group_stats_composed`], [`group_norm_with_stats_composed`], [`conv2d_im2col`],
 //! [`attention_composed`]).
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use pixart_gemm::contiguous_data;
 use rayon::prelude::*;
 
 /// GroupNorm over `x` (b, c, *spatial) with `groups` groups and per-channel `weight`, `bias`
@@ -156,23 +157,13 @@ fn sum_f64(s: &[f32], shift: f32, square: bool) -> f64 {
         .sum()
 }
 
-fn slice_of<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: not contiguous")))?;
-    match s {
-        CpuStorage::F32(v) => Ok(&v[start..end]),
-        _ => Err(candle_core::Error::Msg(format!("{what}: expected f32"))),
-    }
-}
-
 impl CustomOp1 for GroupStatsOp {
     fn name(&self) -> &'static str {
         "group-stats"
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice_of(s1, l1, "group_norm input")?;
+        let x = contiguous_data::<f32>(s1, l1, "group_norm input")?;
         let b = l1.dims()[0];
         let group_len = x.len() / (b * self.groups).max(1);
         // Per (batch, group): the mean, then the centred sum of squares.
@@ -203,9 +194,9 @@ impl CustomOp3 for GroupNormApplyOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice_of(s1, l1, "group_norm input")?;
-        let wb = slice_of(s2, l2, "group_norm weight/bias")?;
-        let stats = slice_of(s3, l3, "group_norm statistics")?;
+        let x = contiguous_data::<f32>(s1, l1, "group_norm input")?;
+        let wb = contiguous_data::<f32>(s2, l2, "group_norm weight/bias")?;
+        let stats = contiguous_data::<f32>(s3, l3, "group_norm statistics")?;
         let dims = l1.dims();
         let (b, c) = (dims[0], dims[1]);
         let spatial: usize = dims[2..].iter().product();
@@ -281,9 +272,9 @@ impl CustomOp3 for Conv1x1Op {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         use pixart_gemm::sgemm;
         let (x, w, bias) = (
-            slice_of(s1, l1, "conv1x1 input")?,
-            slice_of(s2, l2, "conv1x1 weight")?,
-            slice_of(s3, l3, "conv1x1 bias")?,
+            contiguous_data::<f32>(s1, l1, "conv1x1 input")?,
+            contiguous_data::<f32>(s2, l2, "conv1x1 weight")?,
+            contiguous_data::<f32>(s3, l3, "conv1x1 bias")?,
         );
         let (b, c_in, hw) = l1.shape().dims3()?;
         let c_out = l2.dims()[0];
@@ -566,8 +557,8 @@ impl CustomOp2 for Conv3x3Op {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = slice_of(s1, l1, "conv3x3 input")?;
-        let wt = slice_of(s2, l2, "conv3x3 weight")?;
+        let x = contiguous_data::<f32>(s1, l1, "conv3x3 input")?;
+        let wt = contiguous_data::<f32>(s2, l2, "conv3x3 weight")?;
         let (b, c_in, h, w) = l1.shape().dims4()?;
         let c_out = l2.dims()[0];
         let f = if self.upsample { 2 } else { 1 };
