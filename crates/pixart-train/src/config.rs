@@ -7,7 +7,7 @@ use pixart_model::{KvCompressConfig, TransformerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::LossWeighting;
-use crate::optim::OptimizerConfig;
+use crate::optim::{LrSchedule, OptimizerConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,6 +100,10 @@ pub struct TrainSection {
     pub lr: f64,
     #[serde(default)]
     pub warmup: u64,
+    /// After the warm-up: `constant` (the default, PixArt's), `cosine` or `linear` decay to 0 at
+    /// the last step.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Max global gradient norm (PixArt-Σ: 0.01 with CAME; none: no clipping).
     #[serde(default)]
     pub grad_clip: Option<f64>,

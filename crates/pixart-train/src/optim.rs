@@ -335,10 +335,36 @@ impl Optimizer for Came {
 /// diffusers' `get_constant_schedule_with_warmup`: the LR factor at optimiser step `step`
 /// (0-based): `step / warmup` during warm-up, then 1.
 pub fn warmup_factor(step: u64, warmup: u64) -> f64 {
-    if step < warmup {
-        step as f64 / warmup.max(1) as f64
-    } else {
-        1.0
+    LrSchedule::Constant.factor(step, warmup, u64::MAX)
+}
+
+/// `[train] lr_schedule`: how the learning rate moves after the linear warm-up, matching
+/// diffusers' `optimization.py` (0.42.1) schedules of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Stays at `lr` (PixArt's; `get_constant_schedule_with_warmup`).
+    #[default]
+    Constant,
+    /// Half a cosine from `lr` down to 0 at the last step (`get_cosine_schedule_with_warmup`).
+    Cosine,
+    /// A straight line from `lr` down to 0 at the last step (`get_linear_schedule_with_warmup`).
+    Linear,
+}
+
+impl LrSchedule {
+    /// The factor on the base LR for optimiser step `step` (0-based) of `total`.
+    pub fn factor(self, step: u64, warmup: u64, total: u64) -> f64 {
+        if step < warmup {
+            return step as f64 / warmup.max(1) as f64;
+        }
+        // The fraction of the post-warm-up steps done, 0 at the first.
+        let progress = (step - warmup) as f64 / total.saturating_sub(warmup).max(1) as f64;
+        match self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+            LrSchedule::Linear => (1.0 - progress).max(0.0),
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! - `pos_embed.proj` (a P×P stride-P conv) becomes a 1×1 conv whose weight is the sum of the
 //!   old P² taps: on a block whose P×P cells are equal it gives the old token embedding;
 //! - `proj_out` (hidden → P·P·C, diffusers' `nhwpqc` order, `transformer_2d` /
-//!   `PixArtTransformer2DModel.forward` unpatchify, diffusers v0.32) becomes hidden → C with the
+//!   `PixArtTransformer2DModel.forward` unpatchify, diffusers 0.42.1) becomes hidden → C with the
 //!   mean of the P² sub-positions' rows, i.e. the old prediction averaged over the block.
 //!
 //! The 2-D sin-cos positions then need `interpolation_scale = P` to stay in the trained range

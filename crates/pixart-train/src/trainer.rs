@@ -31,7 +31,7 @@ use crate::data::{Batch, TrainData};
 use crate::diffusion::GaussianDiffusion;
 use crate::lora::Lora;
 use crate::metrics::{plot, Curve, JsonlLog};
-use crate::optim::{clip_grad_norm, warmup_factor, Ema, Grads, Optimizer};
+use crate::optim::{clip_grad_norm, Ema, Grads, Optimizer};
 
 /// What the loop reports.
 #[derive(Debug, Clone)]
@@ -685,7 +685,8 @@ impl Trainer {
             }
             drop(model);
             let norm = clip_grad_norm(&mut sum, self.cfg.train.grad_clip)?;
-            let lr = self.cfg.train.lr * warmup_factor(self.step, self.cfg.train.warmup);
+            let tr = &self.cfg.train;
+            let lr = tr.lr * tr.lr_schedule.factor(self.step, tr.warmup, tr.steps);
             self.opt.step(&sum, lr)?;
             if let Some(e) = self.ema.as_mut() {
                 e.update(&self.params)?;

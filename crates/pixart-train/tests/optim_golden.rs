@@ -54,3 +54,27 @@ fn came_matches_came_pytorch() {
         2e-6,
     );
 }
+
+/// `[train] lr_schedule` against diffusers' schedules with warm-up (tools/golden/gen_lr_schedules.py):
+/// the factor of each of 30 optimiser steps, 5 of them warm-up.
+#[test]
+fn lr_schedules_match_diffusers() {
+    use pixart_train::optim::LrSchedule;
+    let g = candle_core::safetensors::load(
+        fixtures_root().join("golden/train/lr_schedules.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    for (name, s) in [
+        ("constant", LrSchedule::Constant),
+        ("cosine", LrSchedule::Cosine),
+        ("linear", LrSchedule::Linear),
+    ] {
+        let want: Vec<f64> = g[name].to_vec1().unwrap();
+        assert_eq!(want.len(), 30);
+        for (step, w) in want.iter().enumerate() {
+            let got = s.factor(step as u64, 5, 30);
+            assert!((got - w).abs() < 1e-12, "{name} step {step}: {got} vs diffusers {w}");
+        }
+    }
+}
