@@ -286,6 +286,19 @@ fn eval_vae_reads_originals_and_reconstructions() {
         "{stdout}"
     );
     assert!(lines[3].starts_with("reconstructions"), "{stdout}");
+    // The per size-and-shape counts cover every image once.
+    let kinds = lines[4]
+        .strip_prefix("shape read back from the reconstructions: ")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let counted: usize = kinds
+        .split(", ")
+        .map(|k| {
+            let (ok, n) = k.rsplit(' ').next().unwrap().split_once('/').unwrap();
+            assert!(ok.parse::<usize>().unwrap() <= n.parse::<usize>().unwrap(), "{k}");
+            n.parse::<usize>().unwrap()
+        })
+        .sum();
+    assert_eq!(counted, 5, "{stdout}");
     let img = RgbImage::from_png(&read(&sheet), "recon.png").unwrap();
     assert!(img.width > 5 * 64 && img.height > 64, "{}x{}", img.width, img.height);
     let o = bin()

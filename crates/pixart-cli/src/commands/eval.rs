@@ -645,6 +645,16 @@ fn vae_ceiling(a: VaeEvalArgs) -> Result<()> {
             cols[0], cols[1], cols[2], cols[3], cols[4], cols[5]
         );
     }
+    // Shape is what the VAE loses first (small corners come back rounded): per size and shape.
+    let mut by_kind: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for (r, c) in records.iter().zip(&recons) {
+        let kind = format!("{} {}", r.attributes.size.name(), r.attributes.shape.name());
+        let e = by_kind.entry(kind).or_default();
+        e.0 += usize::from(c.shape);
+        e.1 += 1;
+    }
+    let kinds: Vec<String> = by_kind.iter().map(|(k, (ok, n))| format!("{k} {ok}/{n}")).collect();
+    println!("shape read back from the reconstructions: {}", kinds.join(", "));
     if let Some(o) = &a.out {
         let framed: Vec<(&RgbImage, bool)> = sheet.iter().map(|(i, ok)| (i, *ok)).collect();
         pixart_core::weights::write_atomic(o, &contact_sheet(&framed, 8)?.to_png(None)?)?;
