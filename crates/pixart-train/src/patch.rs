@@ -98,20 +98,12 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors() {
-        let dev = Device::Cpu;
-        let mut w = BTreeMap::new();
-        w.insert(
-            "pos_embed.proj.weight".to_string(),
-            Tensor::zeros((2, 1, 3, 3), DType::F32, &dev).unwrap(),
-        );
-        let e = to_unit_patch(&mut w, 2, 2).unwrap_err().to_string();
-        assert!(e.contains("2x2 taps"), "{e}");
-        let mut w = BTreeMap::new();
-        w.insert(
-            "pos_embed.proj.weight".to_string(),
-            Tensor::zeros((2, 1, 2, 2), DType::F32, &dev).unwrap(),
-        );
-        let e = to_unit_patch(&mut w, 2, 2).unwrap_err().to_string();
-        assert!(e.contains("proj_out.weight"), "{e}");
+        // A 3x3 conv for patch 2; then a right conv but no proj_out.
+        for (taps, want) in [(3, "2x2 taps"), (2, "proj_out.weight")] {
+            let conv = Tensor::zeros((2, 1, taps, taps), DType::F32, &Device::Cpu).unwrap();
+            let mut w = BTreeMap::from([("pos_embed.proj.weight".to_string(), conv)]);
+            let e = to_unit_patch(&mut w, 2, 2).unwrap_err().to_string();
+            assert!(e.contains(want), "{e}");
+        }
     }
 }
