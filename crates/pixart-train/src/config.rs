@@ -126,6 +126,11 @@ pub struct TrainSection {
     /// or `inv-snr:GAMMA` (see [`LossWeighting`]).
     #[serde(default)]
     pub loss_weighting: LossWeighting,
+    /// Weight of the object's latent cells in the ε-MSE, the background's being 1
+    /// ([`crate::diffusion::object_weights`]; none: PixArt's plain mean). For images of one object
+    /// on a plain background, such as the demo dataset.
+    #[serde(default)]
+    pub object_weight: Option<f64>,
 }
 
 fn one() -> usize {
@@ -300,6 +305,9 @@ impl TrainConfig {
         }
         if let Some(c) = t.grad_clip.filter(|c| !positive(*c)) {
             return Err(format!("train.grad_clip must be positive, got {c}"));
+        }
+        if let Some(w) = t.object_weight.filter(|w| !(w.is_finite() && *w >= 1.0)) {
+            return Err(format!("train.object_weight must be a number ≥ 1, got {w}"));
         }
         if let Some(e) = t.ema.filter(|e| !(0.0..1.0).contains(e)) {
             return Err(format!("train.ema must be in [0, 1), got {e}"));

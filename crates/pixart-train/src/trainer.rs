@@ -328,7 +328,9 @@ impl Trainer {
             lora,
             opt,
             ema,
-            diffusion: GaussianDiffusion::linear(1000)?.with_weighting(cfg.train.loss_weighting),
+            diffusion: GaussianDiffusion::linear(1000)?
+                .with_weighting(cfg.train.loss_weighting)
+                .with_object_weight(cfg.train.object_weight),
             null_caption,
             scaling_factor,
             device,
