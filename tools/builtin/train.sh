@@ -10,12 +10,14 @@
 #   6. the transformer            pixart train            runs/builtin (3000 steps at 1e-3), then
 #                                                         runs/builtin-ft (1000 at 3e-4), then runs/builtin-ft2
 #                                                         (1500 at 1.5e-4), then runs/builtin-ft3 (1500 at
-#                                                         7.5e-5) -> models/builtin/transformer
+#                                                         7.5e-5), then runs/builtin-obj (1000 at 1e-4 on a
+#                                                         cosine, object-weighted ε-MSE)
+#                                                         -> models/builtin/transformer
 #   7. the evaluation             pixart eval demo        docs/images/builtin-eval.png
 #
 # Every stage is resumable: run the script again after an interruption and finished stages are
 # skipped, the VAE and transformer runs continue from their last checkpoint (bit for bit).
-# Times on the 2-core Zen 4 machine: stage 4 ≈ 48 min, 5 ≈ 3 min, 6 ≈ 58 + 18 + 31 + 25 min (docs/builtin-model.md).
+# Times on the 2-core Zen 4 machine: stage 4 ≈ 48 min, 5 ≈ 3 min, 6 ≈ 58 + 18 + 31 + 25 + 15 min (docs/builtin-model.md).
 #
 #   tools/builtin/train.sh            # everything
 #   PIXART=/path/to/pixart tools/builtin/train.sh
@@ -67,8 +69,9 @@ train configs/builtin/transformer.toml runs/builtin
 train configs/builtin/transformer-ft.toml runs/builtin-ft
 train configs/builtin/transformer-ft2.toml runs/builtin-ft2
 train configs/builtin/transformer-ft3.toml runs/builtin-ft3
+train configs/builtin/transformer-obj.toml runs/builtin-obj
 mkdir -p "$out/transformer"
-cp runs/builtin-ft3/transformer/config.json runs/builtin-ft3/transformer/diffusion_pytorch_model.safetensors \
+cp runs/builtin-obj/transformer/config.json runs/builtin-obj/transformer/diffusion_pytorch_model.safetensors \
     "$out/transformer/"
 # Last: with model_index.json the folder is a complete pipeline, and `pixart generate` takes it.
 cp configs/builtin/model_index.json "$out/model_index.json"
