@@ -131,12 +131,19 @@ fn eval_tiny(data: &Path, sheet: &Path, extra: &[&str]) -> Output {
     eval_demo(&[&args[..], extra].concat())
 }
 
+/// A fresh temporary folder `name` holding a demo dataset of `count` images at `size` px in
+/// data/; returns (the folder, data/).
+fn dataset(name: &str, count: &str, size: &str) -> (PathBuf, PathBuf) {
+    let root = tempdir(name);
+    let data = root.join("data");
+    let o = demo_data(&data, &["--count", count, "--size", size]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    (root, data)
+}
+
 #[test]
 fn eval_demo_on_the_tiny_random_pipeline() {
-    let root = tempdir("eval");
-    let data = root.join("data");
-    let o = demo_data(&data, &["--count", "2", "--size", "32"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (root, data) = dataset("eval", "2", "32");
     let (sheet, json) = (root.join("sheet.png"), root.join("results.json"));
     let eval_jsonl = data.join("eval.jsonl");
     let o = eval_tiny(&eval_jsonl, &sheet, &["--batch", "2", "--json", json.to_str().unwrap()]);
@@ -202,6 +209,40 @@ fn eval_demo_on_the_tiny_random_pipeline() {
 }
 
 #[test]
+fn eval_demo_pools_several_seeds() {
+    let (root, data) = dataset("eval-seeds", "2", "32");
+    let eval_jsonl = data.join("eval.jsonl");
+    let json = root.join("results.json");
+    let extra = ["--seeds", "0,7", "--json", json.to_str().unwrap()];
+    let o = eval_tiny(&eval_jsonl, &root.join("sheet.png"), &extra);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}\n{stdout}", stderr(&o));
+    assert!(
+        stdout.contains("seeds 0, 7") && stdout.contains("seed 7: held-out"),
+        "{stdout}"
+    );
+    // Two passes of the 5 prompts, pooled: prompt i of the second pass uses seed 7 + i.
+    let j: serde_json::Value = serde_json::from_slice(&read(&json)).unwrap();
+    assert_eq!(j["seeds"], serde_json::json!([0, 7]));
+    assert_eq!(
+        (j["heldout"]["n"].as_u64(), j["seen"]["n"].as_u64()),
+        (Some(6), Some(4))
+    );
+    let seeds: Vec<u64> = j["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seed"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seeds, [0, 1, 2, 3, 4, 7, 8, 9, 10, 11]);
+
+    let o = eval_tiny(&eval_jsonl, &root.join("s2.png"), &["--seeds", "3,3"]);
+    assert_one_line_error(&o, 2, "--seeds lists seed 3 twice");
+    let o = eval_tiny(&eval_jsonl, &root.join("s2.png"), &["--seeds", "3", "--seed", "1"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
 fn eval_demo_bad_input() {
     let root = tempdir("eval-bad");
     let pipeline = fixtures_root().join("golden/pipeline");
@@ -258,10 +299,7 @@ fn eval_demo_bad_input() {
 /// rendered images), the random VAE's reconstructions are counted, and the sheet is written.
 #[test]
 fn eval_vae_reads_originals_and_reconstructions() {
-    let root = tempdir("eval-vae");
-    let data = root.join("data");
-    let o = demo_data(&data, &["--count", "6", "--size", "64"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (root, data) = dataset("eval-vae", "6", "64");
     let sheet = root.join("recon.png");
     let o = bin()
         .args(["eval", "vae", "--limit", "5", "--batch", "2", "--vae"])
