@@ -334,15 +334,16 @@ pub fn object_weights(x0: &Tensor, alpha: f64) -> Result<Tensor> {
     }
     let data = x0.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let plane = h * w;
+    // The one-cell border ring, the same cells for every sample.
+    let ring: Vec<usize> = (0..plane)
+        .filter(|&i| {
+            let (y, x) = (i / w, i % w);
+            y == 0 || x == 0 || y == h - 1 || x == w - 1
+        })
+        .collect();
     let mut out = vec![1f32; b * plane];
     for (n, weights) in out.chunks_exact_mut(plane).enumerate() {
         let cell = |ch: usize, i: usize| data[(n * c + ch) * plane + i];
-        let ring: Vec<usize> = (0..plane)
-            .filter(|&i| {
-                let (y, x) = (i / w, i % w);
-                y == 0 || x == 0 || y == h - 1 || x == w - 1
-            })
-            .collect();
         let background: Vec<f32> = (0..c)
             .map(|ch| {
                 let mut v: Vec<f32> = ring.iter().map(|&i| cell(ch, i)).collect();
