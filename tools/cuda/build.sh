@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Build the CUDA (H100/H200, sm_90) `pixart` binary on a machine with no GPU. See docs/cuda.md.
 #
-#   tools/cuda/build.sh              # cargo build --release --features cuda (+ examples/cuda_smoke)
+#   tools/cuda/build.sh              # cargo build --release --features cuda (+ the examples, among
+#                                    # them cuda_smoke and cuda_kernels_check for the GPU machine)
 #   tools/cuda/build.sh --tests      # ... and cargo test --release --features cuda --no-run
 #
 # Environment: PIXART_CUDA_PREFIX (toolkit prefix, see install-toolkit.sh), CARGO_TARGET_DIR
 # (default: <repo>/target/cuda, kept apart from the CPU build), CUDA_COMPUTE_CAP (default 90),
-# PIXART_CUDA_DIST (default: <repo>/target/cuda-dist): where stripped copies of `pixart` and
-# `cuda_smoke` are put, ready to carry to the GPU machine.
+# PIXART_CUDA_DIST (default: <repo>/target/cuda-dist): where stripped copies of `pixart`,
+# `cuda_smoke` and `cuda_kernels_check` are put, ready to carry to the GPU machine.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -56,7 +57,8 @@ dist="${PIXART_CUDA_DIST:-$repo/target/cuda-dist}"
 mkdir -p "$dist"
 strip -o "$dist/pixart" "$CARGO_TARGET_DIR/release/pixart"
 strip -o "$dist/cuda_smoke" "$CARGO_TARGET_DIR/release/examples/cuda_smoke"
-echo "stripped copies: $(du -h "$dist/pixart" | cut -f1) $dist/pixart, $(du -h "$dist/cuda_smoke" | cut -f1) $dist/cuda_smoke"
+strip -o "$dist/cuda_kernels_check" "$CARGO_TARGET_DIR/release/examples/cuda_kernels_check"
+for f in pixart cuda_smoke cuda_kernels_check; do echo "stripped copy: $(du -h "$dist/$f" | cut -f1) $dist/$f"; done
 
 bin="$CARGO_TARGET_DIR/release/pixart"
 smoke="$CARGO_TARGET_DIR/release/examples/cuda_smoke"

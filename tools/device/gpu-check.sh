@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # GPU checks for pixart-rs, run ON the GPU machine from the repository root (issue 8).
 # Expects, carried from the build machine (see docs/cuda.md):
-#   .cuda-bin/pixart.xz, .cuda-bin/cuda_smoke.xz   the CUDA build (tools/cuda/build.sh), xz-compressed
+#   .cuda-bin/{pixart,cuda_smoke,cuda_kernels_check}.xz   the CUDA build (tools/cuda/build.sh), xz-compressed
 #   .whl/                                          diffusers 0.42.1 + importlib_metadata wheels
 # Writes logs and outputs under $OUT and prints a summary table last.
-# Stages (all by default): smoke golden bench. E.g. `tools/device/gpu-check.sh golden bench`.
+# Stages (all by default): smoke kernels golden bench. E.g. `tools/device/gpu-check.sh golden bench`.
+# The project's CUDA kernels (fused attention, norm + modulation, gated residual) are on by
+# default; PIXART_CUDA_KERNELS=candle selects candle's composed ops, which the golden (bf16) and
+# 1024 px bench stages also run, for comparison.
 set -uo pipefail
 OUT="${OUT:-/tmp/pixart-gpu}"
 mkdir -p "$OUT"
-stages="${*:-smoke golden bench}"
+stages="${*:-smoke kernels golden bench}"
 summary="$OUT/summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -31,7 +34,7 @@ PY
 )
 export LD_LIBRARY_PATH="${libdirs}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 mkdir -p /tmp/pixart-bin
-for b in pixart cuda_smoke; do
+for b in pixart cuda_smoke cuda_kernels_check; do
   [ -f ".cuda-bin/$b.xz" ] && xz -dc ".cuda-bin/$b.xz" > "/tmp/pixart-bin/$b" && chmod +x "/tmp/pixart-bin/$b"
 done
 PIX=/tmp/pixart-bin/pixart
@@ -42,17 +45,26 @@ if has smoke && [ -x /tmp/pixart-bin/cuda_smoke ]; then
   timeout 120 /tmp/pixart-bin/cuda_smoke > "$OUT/smoke.txt" 2>&1; note "cuda_smoke rc=$? ($(tail -n 1 "$OUT/smoke.txt"))"
 fi
 
+if has kernels && [ -x /tmp/pixart-bin/cuda_kernels_check ]; then
+  echo "== the project's CUDA kernels vs candle's composed ops"
+  timeout 180 /tmp/pixart-bin/cuda_kernels_check > "$OUT/kernels.txt" 2>&1
+  note "cuda_kernels_check rc=$? ($(tail -n 1 "$OUT/kernels.txt"))"
+  grep -E "FAIL|^\{" "$OUT/kernels.txt" >> "$summary"
+fi
+
 if has golden; then
   echo "== golden transformer cases on CUDA"
-  for dt in f32 bf16; do
+  # "bf16-candle": the same bf16 cases with the project's kernels switched off.
+  for dt in f32 bf16 bf16-candle; do
     mkdir -p "$OUT/golden-$dt"
     for d in fixtures/golden/transformer/*/; do
       case=$(basename "$d")
-      timeout 120 "$PIX" run transformer --device cuda --dtype "$dt" --model "$d" \
+      PIXART_CUDA_KERNELS=$([ "$dt" = bf16-candle ] && echo candle || echo pixart) \
+      timeout 120 "$PIX" run transformer --device cuda --dtype "${dt%-candle}" --model "$d" \
         --inputs "$d/io.safetensors" --out "$OUT/golden-$dt/$case.safetensors" >> "$OUT/golden-$dt.log" 2>&1 \
         || echo "$case failed" >> "$OUT/golden-$dt.log"
     done
-    python3 tools/device/compare_golden.py "$OUT/golden-$dt" "$dt" > "$OUT/golden-$dt.txt" 2>&1
+    python3 tools/device/compare_golden.py "$OUT/golden-$dt" "${dt%-candle}" > "$OUT/golden-$dt.txt" 2>&1
     note "golden $dt: $(tail -n 1 "$OUT/golden-$dt.txt")"
   done
   timeout 120 "$PIX" run text-encoder --device cuda --model fixtures/golden/text/text_encoder \
@@ -79,11 +91,12 @@ if has bench; then
     kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
     local mib
     mib=$(sort -n "$OUT/mem.txt" | tail -n 1)
-    [ -n "$line" ] && python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['gpu_peak_bytes']=int(sys.argv[2] or 0)*2**20; print(json.dumps(r))" "$line" "${mib:-0}"
+    [ -n "$line" ] && python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['gpu_peak_bytes']=int(sys.argv[2] or 0)*2**20; r['kernels']=sys.argv[3]; print(json.dumps(r))" "$line" "${mib:-0}" "${PIXART_CUDA_KERNELS:-pixart}"
   }
   run_torch() { timeout "$1" python3 tools/bench/transformer.py --device cuda --dtype bf16 --size "$2" --warmup "$3" --iters "$4" 2>>"$OUT/bench.err" | tail -n 1; }
   {
     run_torch 90 1024 3 10; run_rust 90 1024 3 10
+    PIXART_CUDA_KERNELS=candle run_rust 90 1024 3 10
     run_torch 90 2048 2 4;  run_rust 100 2048 1 3
     run_rust 100 2048 1 3 conv:2:14-27
     run_rust 150 4096 1 1;  run_rust 150 4096 1 1 conv:2:14-27
@@ -92,10 +105,10 @@ if has bench; then
   python3 - "$OUT/bench.jsonl" >> "$summary" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
-print(f"{'impl':18} {'size':>5} {'kv':>14} {'s/forward':>10} {'GPU peak GiB':>13} {'host RSS GiB':>13}")
+print(f"{'impl':28} {'size':>5} {'kv':>14} {'s/forward':>10} {'GPU peak GiB':>13} {'host RSS GiB':>13}")
 for r in rows:
-    impl = "diffusers (SDPA)" if r["bench"].endswith("pytorch") else "pixart-rs"
-    print(f"{impl:18} {r['size']:>5} {str(r.get('kv_compress')):>14} {r['seconds_per_forward']:>10.4f} "
+    impl = "diffusers (SDPA)" if r["bench"].endswith("pytorch") else f"pixart-rs ({r.get('kernels', '?')})"
+    print(f"{impl:28} {r['size']:>5} {str(r.get('kv_compress')):>14} {r['seconds_per_forward']:>10.4f} "
           f"{r.get('gpu_peak_bytes', 0)/2**30:>13.2f} {r['peak_rss_bytes']/2**30:>13.2f}")
 PY
 fi

@@ -193,6 +193,19 @@ impl Attention {
             .contiguous()
     }
 
+    /// (b, n, h*d) -> (b, h, n, d) as a strided view, for the fused CUDA kernel.
+    fn heads_view(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, n, _) = x.dims3()?;
+        x.reshape((b, n, self.heads, self.head_dim))? // (b, n, h, d)
+            .transpose(1, 2) // (b, h, n, d), not copied
+    }
+
+    /// Whether the fused CUDA attention serves these inputs (see [`crate::cuda`]);
+    /// a bias that is not a prefix mask (no `key_lens`) takes the composed path.
+    fn fused_cuda(&self, x: &Tensor, bias: Option<&Tensor>, key_lens: Option<&[usize]>) -> bool {
+        crate::cuda::attention_applies(x, self.head_dim) && (bias.is_none() || key_lens.is_some())
+    }
+
     fn attend(
         &self,
         q: &Tensor,
@@ -202,8 +215,13 @@ impl Attention {
         key_lens: Option<&[usize]>,
     ) -> candle_core::Result<Tensor> {
         let (b, n, _) = q.dims3()?;
-        let q = self.split_heads(q)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if self.fused_cuda(q, bias, key_lens) && !k.track_op() && !v.track_op() {
+            let o = crate::cuda::flash_attention(&self.heads_view(q)?, k, v, scale, key_lens)?; // (b, n, h, d)
+            let o = o.reshape((b, n, self.heads * self.head_dim))?; // (b, n, h*d)
+            return self.to_out.forward(&o);
+        }
+        let q = self.split_heads(q)?;
         let budget = if q.device().is_cpu() {
             MAX_SCORE_ELEMENTS
         } else {
@@ -223,7 +241,11 @@ impl Attention {
             k = kv.forward(&k, grid.0, grid.1)?;
             v = kv.forward(&v, grid.0, grid.1)?;
         }
-        let (k, v) = (self.split_heads(&k)?, self.split_heads(&v)?);
+        let (k, v) = if self.fused_cuda(&q, None, None) {
+            (self.heads_view(&k)?, self.heads_view(&v)?)
+        } else {
+            (self.split_heads(&k)?, self.split_heads(&v)?)
+        };
         self.attend(&q, &k, &v, None, None)
     }
 

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod block;
 pub mod checkpointing;
 pub mod config;
+pub mod cuda;
 pub mod embeddings;
 pub mod grad_ops;
 pub mod init;

@@ -141,10 +141,14 @@ fn per_batch(t: &Tensor, b: usize, c: usize) -> candle_core::Result<Vec<f32>> {
 
 /// `modulate(layer_norm_no_affine(x, eps), shift, scale)` as one parallel pass on the CPU:
 /// statistics in f32 (two passes over the row, as [`layer_norm_no_affine`]), one rounding to
-/// the output dtype (PyTorch rounds after the norm and after each of the two ops). Composed
-/// from tensor ops elsewhere and when any input needs gradients (`track_op`).
+/// the output dtype (PyTorch rounds after the norm and after each of the two ops). On a GPU the
+/// same in one CUDA kernel ([`crate::cuda::layer_norm_modulate`]); composed from tensor ops
+/// elsewhere and when any input needs gradients (`track_op`).
 /// x: (b, n, c); shift, scale: (b, 1, c).
 pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    if crate::cuda::fused_applies(x, &[shift, scale]) {
+        return crate::cuda::layer_norm_modulate(x, shift, scale, eps);
+    }
     let needs_grad = x.track_op() || shift.track_op() || scale.track_op();
     if needs_grad || !x.device().is_cpu() || x.rank() != 3 {
         return modulate(&layer_norm_no_affine(x, eps)?, shift, scale);
@@ -159,9 +163,12 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64)
     x.contiguous()?.apply_op1_no_bwd(&op)
 }
 
-/// `x + y * gate` as one parallel pass on the CPU (f32 arithmetic, one rounding); composed
-/// elsewhere and when any input needs gradients. x, y: (b, n, c); gate: (b, 1, c).
+/// `x + y * gate` as one parallel pass on the CPU (f32 arithmetic, one rounding), one CUDA
+/// kernel on a GPU; composed elsewhere and when any input needs gradients. x, y: (b, n, c); gate: (b, 1, c).
 pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+    if crate::cuda::fused_applies(x, &[gate]) && !y.track_op() && y.dims() == x.dims() && y.dtype() == x.dtype() {
+        return crate::cuda::add_gated(x, y, gate);
+    }
     let needs_grad = x.track_op() || y.track_op() || gate.track_op();
     if needs_grad || !x.device().is_cpu() || x.rank() != 3 || x.dims() != y.dims() || x.dtype() != y.dtype() {
         return x + y.broadcast_mul(gate)?;

@@ -1,0 +1,225 @@
+// Runs the CUDA kernels of this folder on the host (emulate.hpp) against double-precision
+// references. Built and run by tests/cuda_emulated.rs; exits non-zero when a case is out of
+// tolerance. An optional argument runs only the cases whose name contains it.
+//
+// flash_attention.cu: random Q, K, V rounded to the kernel's input type, strides for the
+// (b, h, n, d) or (b, n, h, d) layout, optional per-batch valid key counts; the reference is
+// softmax(scale·QKᵀ)V over the valid keys in double on the same rounded inputs. The kernel rounds
+// the probabilities and the output to the input type, so the tolerance is about an ulp.
+// fused_ops.cu: LayerNorm + modulation and the gated residual, with the modulation read from a
+// (b, 6, c) tensor as the transformer block does; one rounding of the f32 result.
+#define PIXART_CUDA_EMULATE 1
+#include "flash_attention.cu"
+#include "fused_ops.cu"
+
+#include <algorithm>
+#include <random>
+#include <string>
+
+namespace {
+
+struct Case {
+  const char *name;
+  bool f16;
+  int b, h, n, m, d;
+  bool q_tokens_major;  // Q and the output as (b, n, h, d) instead of (b, h, n, d)
+  std::vector<int> kv_lens;
+  float score_spread;  // scales Q so that the scores span about ± this
+};
+
+template <typename T>
+T round_to(float x) {
+  return pixart_cuda::from_f32<T>(x);
+}
+
+template <typename T>
+float back(T x) {
+  return pixart_cuda::to_f32(x);
+}
+
+// Relative precision of one rounding to T.
+template <typename T>
+double ulp() {
+  if constexpr (std::is_same_v<T, float>) return 1.2e-7;
+  else if constexpr (std::is_same_v<T, __half>) return 1.0 / 2048;
+  else return 1.0 / 256;
+}
+
+// The kernel of each element type (the pointer argument only picks the overload).
+#define PIXART_EMULATED_FUSED(SUFFIX, T)                                                                   \
+  void ln_kernel(const pixart_ops::LnParams &p, T *) {                                                    \
+    pixart_ln_modulate_##SUFFIX(static_cast<const T *>(p.x), static_cast<const T *>(p.shift),             \
+                                static_cast<const T *>(p.scale), static_cast<T *>(p.out), p.mod_sb, p.c,   \
+                                p.rows_per_batch, p.eps);                                                  \
+  }                                                                                                        \
+  void gate_kernel(const pixart_ops::GateParams &p, T *) {                                                \
+    pixart_add_gated_##SUFFIX(static_cast<const T *>(p.x), static_cast<const T *>(p.y),                   \
+                              static_cast<const T *>(p.gate), static_cast<T *>(p.out), p.total, p.per_batch, \
+                              p.gate_sb, p.c);                                                             \
+  }
+PIXART_EMULATED_FUSED(f32, float)
+PIXART_EMULATED_FUSED(bf16, __nv_bfloat16)
+PIXART_EMULATED_FUSED(f16, __half)
+
+// LayerNorm + modulation and the gated residual on b batch rows of n tokens of c channels.
+template <typename T>
+bool run_fused(const char *name, int b, int n, int c, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const long long rows = (long long)b * n, total = rows * c;
+  std::vector<T> x(total), y(total), mods(size_t(b) * 6 * c), ln(total), gated(total);
+  for (auto &e : x) e = round_to<T>(3.0f + 2.0f * normal(rng));  // a large mean: the two-pass statistics
+  for (auto &e : y) e = round_to<T>(normal(rng));
+  for (auto &e : mods) e = round_to<T>(0.5f * normal(rng));
+  // shift = mods[:, 0], scale = mods[:, 1], gate = mods[:, 2], each a (b, 1, c) view of stride 6c.
+  pixart_ops::LnParams lp{x.data(), mods.data(), mods.data() + c, ln.data(), 6LL * c, c, n, 1e-6f};
+  emu::launch(dim3{unsigned(rows), 1, 1}, 256, 0, [&] { ln_kernel(lp, static_cast<T *>(nullptr)); });
+  pixart_ops::GateParams gp{x.data(), y.data(), mods.data() + 2 * c, gated.data(), total, (long long)n * c, 6LL * c, c};
+  // Fewer threads than elements: the grid-stride loop runs more than once.
+  emu::launch(dim3{2, 1, 1}, 256, 0, [&] { gate_kernel(gp, static_cast<T *>(nullptr)); });
+
+  double worst_ln = 0.0, worst_g = 0.0;
+  bool finite = true;
+  for (long long r = 0; r < rows; ++r) {
+    const long long bi = r / n;
+    double mean = 0.0, var = 0.0;
+    for (int i = 0; i < c; ++i) mean += back(x[r * c + i]);
+    mean /= c;
+    for (int i = 0; i < c; ++i) var += std::pow(back(x[r * c + i]) - mean, 2);
+    const double rstd = 1.0 / std::sqrt(var / c + 1e-6);
+    for (int i = 0; i < c; ++i) {
+      const double shift = back(mods[bi * 6 * c + i]), scale = back(mods[bi * 6 * c + c + i]);
+      const double gate = back(mods[bi * 6 * c + 2 * c + i]);
+      const double want_ln = (back(x[r * c + i]) - mean) * rstd * (1.0 + scale) + shift;
+      const double want_g = back(x[r * c + i]) + double(back(y[r * c + i])) * gate;
+      const double got_ln = back(ln[r * c + i]), got_g = back(gated[r * c + i]);
+      finite &= std::isfinite(got_ln) && std::isfinite(got_g);
+      // One rounding (at most an ulp of T relative to the value) after f32 arithmetic.
+      worst_ln = std::max(worst_ln, std::abs(got_ln - want_ln) / (ulp<T>() * std::abs(want_ln) + 1e-5));
+      worst_g = std::max(worst_g, std::abs(got_g - want_g) / (ulp<T>() * std::abs(want_g) + 1e-5));
+    }
+  }
+  const bool ok = finite && worst_ln <= 1.25 && worst_g <= 1.25;
+  std::printf("%-44s %s worst error / (ulp·|ref| + 1e-5): ln_modulate %.3f, add_gated %.3f (tolerance 1.25)%s\n", name,
+              ok ? "ok  " : "FAIL", worst_ln, worst_g, finite ? "" : " non-finite output");
+  return ok;
+}
+
+template <typename T>
+bool run(const Case &c, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int b = c.b, h = c.h, n = c.n, m = c.m, d = c.d;
+  std::vector<T> q(size_t(b) * h * n * d), k(size_t(b) * h * m * d), v(size_t(b) * h * m * d);
+  const float qs = c.score_spread / std::sqrt(float(d));
+  for (auto &x : q) x = round_to<T>(normal(rng) * qs);
+  for (auto &x : k) x = round_to<T>(normal(rng));
+  for (auto &x : v) x = round_to<T>(normal(rng));
+  std::vector<T> out(q.size(), round_to<T>(NAN));
+
+  // Strides in elements. K and V are always (b, h, m, d).
+  long long q_sb, q_sh, q_sn;
+  if (c.q_tokens_major) {
+    q_sb = (long long)n * h * d, q_sh = d, q_sn = (long long)h * d;
+  } else {
+    q_sb = (long long)h * n * d, q_sh = (long long)n * d, q_sn = d;
+  }
+  auto qi = [&](int bi, int hi, int i) { return bi * q_sb + hi * q_sh + i * q_sn; };
+  auto ki = [&](int bi, int hi, int j) { return ((long long)(bi * h + hi) * m + j) * d; };
+
+  pixart_fa::Params p{};
+  p.q = q.data();
+  p.k = k.data();
+  p.v = v.data();
+  p.out = out.data();
+  p.kv_lens = c.kv_lens.empty() ? nullptr : c.kv_lens.data();
+  p.heads = h, p.n = n, p.m = m, p.d = d;
+  p.q_sb = q_sb, p.q_sh = q_sh, p.q_sn = q_sn;
+  p.k_sb = (long long)h * m * d, p.k_sh = (long long)m * d, p.k_sn = d;
+  p.v_sb = p.k_sb, p.v_sh = p.k_sh, p.v_sn = p.k_sn;
+  p.o_sb = q_sb, p.o_sh = q_sh, p.o_sn = q_sn;
+  const double scale = 1.0 / std::sqrt(double(d));
+  p.scale_log2 = float(scale * 1.4426950408889634);
+
+  const int dp = (d + 15) / 16 * 16;
+  dim3 grid{unsigned((n + 63) / 64), unsigned(h), unsigned(b)};
+  const size_t smem = pixart_fa::smem_bytes(dp, 2);
+  if (c.f16)
+    emu::launch(grid, 128, smem, [&] { pixart_flash_attention_f16(p); });
+  else
+    emu::launch(grid, 128, smem, [&] { pixart_flash_attention_bf16(p); });
+
+  double max_err = 0.0, max_ref = 0.0;
+  bool finite = true;
+  for (int bi = 0; bi < b; ++bi) {
+    const int len = c.kv_lens.empty() ? m : std::min(c.kv_lens[bi], m);
+    for (int hi = 0; hi < h; ++hi)
+      for (int i = 0; i < n; ++i) {
+        std::vector<double> s(len);
+        double mx = -1e300;
+        for (int j = 0; j < len; ++j) {
+          double acc = 0.0;
+          for (int e = 0; e < d; ++e) acc += double(back(q[qi(bi, hi, i) + e])) * back(k[ki(bi, hi, j) + e]);
+          s[j] = acc * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0.0;
+        for (auto &x : s) sum += (x = std::exp(x - mx));
+        for (int e = 0; e < d; ++e) {
+          double r = 0.0;
+          for (int j = 0; j < len; ++j) r += s[j] / sum * back(v[ki(bi, hi, j) + e]);
+          double got = back(out[qi(bi, hi, i) + e]);
+          if (!std::isfinite(got)) finite = false;
+          max_err = std::max(max_err, std::abs(got - r));
+          max_ref = std::max(max_ref, std::abs(r));
+        }
+      }
+  }
+  // The probabilities and the output are rounded to T (relative 2^-9 for bf16, 2^-12 for f16
+  // each): 1.5 × 2^-8 (bf16) or 1.5 × 2^-11 (f16) of the largest output, at least of 1.
+  const double tol = (c.f16 ? 7.5e-4 : 6e-3) * std::max(1.0, max_ref);
+  const bool ok = finite && max_err <= tol;
+  std::printf("%-44s %s max|err| %.3e (tolerance %.1e, max|ref| %.3f)%s\n", c.name, ok ? "ok  " : "FAIL", max_err,
+              tol, max_ref, finite ? "" : " non-finite output");
+  return ok;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  const std::string only = argc > 1 ? argv[1] : "";
+  std::mt19937 rng(1234);
+  const std::vector<Case> cases = {
+      // PixArt-Σ's head dim 72 (padded to 80); n, m not multiples of 64.
+      {"bf16 d72 self-attention n=m=150", false, 1, 2, 150, 150, 72, false, {}, 4.0f},
+      // Queries and output read in place from (b, n, h·d); per-row key counts as a caption mask.
+      {"bf16 d72 tokens-major q, kv_lens 37/130", false, 2, 2, 70, 130, 72, true, {37, 130}, 4.0f},
+      // Scores spanning ±40: later key blocks raise the row max (the rescaling path).
+      {"bf16 d128 wide scores, 4 key blocks", false, 1, 2, 17, 250, 128, false, {}, 40.0f},
+      {"f16 d16 one key block", true, 1, 2, 64, 20, 16, false, {}, 4.0f},
+      {"f16 d72 kv_lens 1/64/65", true, 3, 1, 65, 65, 72, true, {1, 64, 65}, 8.0f},
+      // The tiny test models' head dim.
+      {"bf16 d8 (padded to 16)", false, 2, 2, 33, 40, 8, false, {}, 4.0f},
+  };
+  bool all = true;
+  for (const auto &c : cases) {
+    if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
+    all &= c.f16 ? run<__half>(c, rng) : run<__nv_bfloat16>(c, rng);
+  }
+  struct Fused {
+    const char *name;
+    int type;  // 0 f32, 1 bf16, 2 f16
+    int b, n, c;
+  };
+  const std::vector<Fused> fused = {
+      {"fused ops f32 c=1152 (PixArt-Σ's width)", 0, 1, 2, 1152},
+      {"fused ops bf16 c=200, 2 batch rows", 1, 2, 3, 200},
+      {"fused ops f16 c=40 (fewer channels than threads)", 2, 2, 2, 40},
+  };
+  for (const auto &f : fused) {
+    if (!only.empty() && std::string(f.name).find(only) == std::string::npos) continue;
+    all &= f.type == 0   ? run_fused<float>(f.name, f.b, f.n, f.c, rng)
+           : f.type == 1 ? run_fused<__nv_bfloat16>(f.name, f.b, f.n, f.c, rng)
+                         : run_fused<__half>(f.name, f.b, f.n, f.c, rng);
+  }
+  std::printf(all ? "all cases passed\n" : "some cases FAILED\n");
+  return all ? 0 : 1;
+}

@@ -1,0 +1,218 @@
+//! LayerNorm + adaLN modulation and the gated residual, one CUDA kernel each
+//! (`cuda/fused_ops.cu`): the GPU counterparts of the CPU's fused passes in
+//! [`crate::ops::layer_norm_modulate`] and [`crate::ops::add_gated`], which call these on a GPU.
+//! Composed from candle ops the norm and modulation were about a dozen kernels over the
+//! activations (a cast to f32, two means, the centring, the division, the cast back, then the
+//! modulation), each a full pass through device memory.
+use candle_core::Tensor;
+
+/// Whether the fused kernels serve x (b, n, c) with per-batch vectors `mods` (each (b, 1, c)).
+pub fn applies(x: &Tensor, mods: &[&Tensor]) -> bool {
+    let Ok((b, _, c)) = x.dims3() else {
+        return false;
+    };
+    super::usable(x)
+        && matches!(
+            x.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16 | candle_core::DType::F16
+        )
+        && mods
+            .iter()
+            .all(|m| !m.track_op() && m.dtype() == x.dtype() && m.dims() == [b, 1, c])
+}
+
+/// A (b, 1, c) vector whose channels are contiguous, as a view when it already is one.
+fn channels_contiguous(m: &Tensor) -> candle_core::Result<Tensor> {
+    if m.dim(2)? > 1 && m.stride()[2] != 1 {
+        m.contiguous()
+    } else {
+        Ok(m.clone())
+    }
+}
+
+/// `LayerNorm(x) · (1 + scale) + shift` (no affine, f32 statistics, one rounding).
+/// x: (b, n, c); shift, scale: (b, 1, c), e.g. views into the block's (b, 6, c) modulation.
+pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let (mut shift, mut scale) = (channels_contiguous(shift)?, channels_contiguous(scale)?);
+    // The kernel takes one batch stride for both.
+    if shift.dim(0)? > 1 && shift.stride()[0] != scale.stride()[0] {
+        (shift, scale) = (shift.contiguous()?, scale.contiguous()?);
+    }
+    x.contiguous()?
+        .apply_op3_no_bwd(&shift, &scale, &LnModulate { eps: eps as f32 })
+}
+
+/// `x + y · gate` (f32 arithmetic, one rounding). x, y: (b, n, c); gate: (b, 1, c).
+pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_no_bwd(&y.contiguous()?, &channels_contiguous(gate)?, &AddGated)
+}
+
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct LnModulate {
+    eps: f32,
+}
+
+struct AddGated;
+
+super::cuda_only_op3!(LnModulate, "pixart-ln-modulate", gpu::ln_modulate);
+super::cuda_only_op3!(AddGated, "pixart-add-gated", gpu::add_gated);
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    use super::{AddGated, LnModulate};
+    use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
+    use candle_core::{CudaStorage, Layout, Shape};
+
+    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused_ops.ptx"));
+    const MODULE: &str = "pixart_fused_ops";
+    const THREADS: u32 = 256;
+
+    /// (b, n, c) of a contiguous x and the batch stride of a (b, 1, c) vector with contiguous
+    /// channels.
+    fn dims(xl: &Layout, ml: &Layout, what: &str) -> candle_core::Result<(usize, usize, usize, i64)> {
+        let (b, n, c) = xl.shape().dims3()?;
+        if !xl.is_contiguous() {
+            candle_core::bail!("{what}: x must be contiguous");
+        }
+        if ml.dims() != [b, 1, c] || (c > 1 && ml.stride()[2] != 1) {
+            candle_core::bail!("{what}: a modulation of {:?} for x {:?}", ml.dims(), xl.dims());
+        }
+        Ok((b, n, c, ml.stride()[0] as i64))
+    }
+
+    /// Runs `<kernel>_<dtype>` over three same-typed inputs on `blocks` blocks of THREADS threads;
+    /// the kernel's parameters are the three input views, the output (x's shape) and `scalars`.
+    fn run3(
+        [a, b, c]: [&CudaStorage; 3],
+        [al, bl, cl]: [&Layout; 3],
+        kernel: &str,
+        blocks: u32,
+        scalars: &[&dyn Scalar],
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let cfg = LaunchConfig {
+            grid_dim: (blocks.max(1), 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        fn go<T: DeviceRepr>(
+            dev: &CudaDevice,
+            [a, b, c]: [&CudaSlice<T>; 3],
+            [al, bl, cl]: [&Layout; 3],
+            name: &str,
+            cfg: LaunchConfig,
+            scalars: &[&dyn Scalar],
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let len = al.shape().elem_count();
+            // SAFETY: the kernel writes every element.
+            let mut out = unsafe { dev.alloc::<T>(len)? };
+            if len == 0 {
+                return Ok(out);
+            }
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+            let (a, b, c) = (
+                a.slice(al.start_offset()..),
+                b.slice(bl.start_offset()..),
+                c.slice(cl.start_offset()..),
+            );
+            {
+                let mut builder = func.builder();
+                builder.arg(&a).arg(&b).arg(&c).arg(&mut out);
+                for s in scalars {
+                    s.push(&mut builder);
+                }
+                // SAFETY: the views and the scalars match the kernel's parameters
+                // (cuda/fused_ops.cu) and the shapes checked by the caller.
+                unsafe { builder.launch(cfg) }.w()?;
+            }
+            Ok(out)
+        }
+        let dev = &a.device;
+        let layouts = [al, bl, cl];
+        let slice = match (&a.slice, &b.slice, &c.slice) {
+            (CudaStorageSlice::F32(x), CudaStorageSlice::F32(y), CudaStorageSlice::F32(z)) => {
+                CudaStorageSlice::F32(go(dev, [x, y, z], layouts, &format!("{kernel}_f32"), cfg, scalars)?)
+            }
+            (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(y), CudaStorageSlice::BF16(z)) => {
+                CudaStorageSlice::BF16(go(dev, [x, y, z], layouts, &format!("{kernel}_bf16"), cfg, scalars)?)
+            }
+            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(y), CudaStorageSlice::F16(z)) => {
+                CudaStorageSlice::F16(go(dev, [x, y, z], layouts, &format!("{kernel}_f16"), cfg, scalars)?)
+            }
+            _ => candle_core::bail!("{kernel}: the inputs must all be f32, all bf16 or all f16"),
+        };
+        Ok((
+            CudaStorage {
+                slice,
+                device: dev.clone(),
+            },
+            al.shape().clone(),
+        ))
+    }
+
+    /// A kernel scalar argument.
+    trait Scalar {
+        fn push<'a>(&'a self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>);
+    }
+    impl<T: DeviceRepr> Scalar for T {
+        fn push<'a>(&'a self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>) {
+            b.arg(self);
+        }
+    }
+
+    pub(super) fn ln_modulate(
+        op: &LnModulate,
+        x: &CudaStorage,
+        xl: &Layout,
+        shift: &CudaStorage,
+        sl: &Layout,
+        scale: &CudaStorage,
+        cl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, n, c, mod_sb) = dims(xl, sl, "ln_modulate")?;
+        let (.., scale_sb) = dims(xl, cl, "ln_modulate")?;
+        if b > 1 && scale_sb != mod_sb {
+            candle_core::bail!("ln_modulate: shift and scale must have the same batch stride");
+        }
+        let (c32, n32) = (c as i32, n.max(1) as i32);
+        // One block per row.
+        run3(
+            [x, shift, scale],
+            [xl, sl, cl],
+            "pixart_ln_modulate",
+            (b * n) as u32,
+            &[&mod_sb, &c32, &n32, &op.eps],
+        )
+    }
+
+    pub(super) fn add_gated(
+        _: &AddGated,
+        x: &CudaStorage,
+        xl: &Layout,
+        y: &CudaStorage,
+        yl: &Layout,
+        gate: &CudaStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (_, n, c, gate_sb) = dims(xl, gl, "add_gated")?;
+        if yl.dims() != xl.dims() || !yl.is_contiguous() {
+            candle_core::bail!(
+                "add_gated: y {:?} must be contiguous and match x {:?}",
+                yl.dims(),
+                xl.dims()
+            );
+        }
+        let total = xl.shape().elem_count() as i64;
+        let per_batch = (n * c).max(1) as i64;
+        let blocks = (total as u64).div_ceil(THREADS as u64).clamp(1, 1 << 20) as u32;
+        let c32 = c.max(1) as i32;
+        run3(
+            [x, y, gate],
+            [xl, yl, gl],
+            "pixart_add_gated",
+            blocks,
+            &[&total, &per_batch, &gate_sb, &c32],
+        )
+    }
+}
