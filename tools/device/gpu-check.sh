@@ -102,6 +102,11 @@ if has bench; then
     run_rust 150 4096 1 1;  run_rust 150 4096 1 1 conv:2:14-27
     run_torch 100 4096 1 2
   } | tee -a "$OUT/bench.jsonl"
+  echo "== stage profile of the 1024 px bf16 forward (kernels on, then off)"
+  for k in pixart candle; do
+    PIXART_CUDA_KERNELS=$k timeout 90 "$PIX" bench transformer --device cuda --dtype bf16 --size 1024 \
+      --warmup 2 --iters 5 --profile > "$OUT/profile-1024-$k.jsonl" 2> "$OUT/profile-1024-$k.txt"
+  done
   python3 - "$OUT/bench.jsonl" >> "$summary" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
@@ -112,5 +117,8 @@ for r in rows:
           f"{r.get('gpu_peak_bytes', 0)/2**30:>13.2f} {r['peak_rss_bytes']/2**30:>13.2f}")
 PY
 fi
+for k in pixart candle; do
+  [ -s "$OUT/profile-1024-$k.txt" ] && { echo "-- stage profile, 1024 px bf16, kernels=$k"; cat "$OUT/profile-1024-$k.txt"; } >> "$summary"
+done
 echo "================ summary"
 cat "$summary"

@@ -8,6 +8,7 @@ use pixart_gemm::{linear_b, Linear};
 
 use crate::config::KvSampling;
 use crate::ops::{chunked_attention, layer_norm_no_affine};
+use crate::profile::stage;
 
 /// Score elements one attention chunk may hold at once on the CPU (f32: 128 MiB).
 pub const MAX_SCORE_ELEMENTS: usize = 1 << 25;
@@ -206,7 +207,22 @@ impl Attention {
         crate::cuda::attention_applies(x, self.head_dim) && (bias.is_none() || key_lens.is_some())
     }
 
+    /// The attention core and the output projection; `labels`: the profile stages of the two.
     fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+        key_lens: Option<&[usize]>,
+        labels: [&'static str; 2],
+    ) -> candle_core::Result<Tensor> {
+        let o = stage(labels[0], q.device(), || self.attention_core(q, k, v, bias, key_lens))?;
+        stage(labels[1], q.device(), || self.to_out.forward(&o))
+    }
+
+    /// softmax(q·kᵀ/√d + bias)·v with the heads merged back: q (b, n, h*d) -> (b, n, h*d).
+    fn attention_core(
         &self,
         q: &Tensor,
         k: &Tensor,
@@ -218,8 +234,7 @@ impl Attention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         if self.fused_cuda(q, bias, key_lens) && !k.track_op() && !v.track_op() {
             let o = crate::cuda::flash_attention(&self.heads_view(q)?, k, v, scale, key_lens)?; // (b, n, h, d)
-            let o = o.reshape((b, n, self.heads * self.head_dim))?; // (b, n, h*d)
-            return self.to_out.forward(&o);
+            return o.reshape((b, n, self.heads * self.head_dim)); // (b, n, h*d)
         }
         let q = self.split_heads(q)?;
         let budget = if q.device().is_cpu() {
@@ -228,25 +243,28 @@ impl Attention {
             MAX_SCORE_ELEMENTS_GPU
         };
         let o = chunked_attention(&q, k, v, bias, key_lens, scale, budget)?; // (b, h, n, d)
-        let o = o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim))?; // (b, n, h*d)
-        self.to_out.forward(&o)
+        o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim)) // (b, n, h*d)
     }
 
     /// Self-attention over an (h, w) token grid. x: (b, h*w, c) -> (b, h*w, c).
     pub fn forward_self(&self, x: &Tensor, grid: (usize, usize)) -> candle_core::Result<Tensor> {
-        let q = self.to_q.forward(x)?;
-        let mut k = self.to_k.forward(x)?;
-        let mut v = self.to_v.forward(x)?;
+        let dev = x.device();
+        let (q, mut k, mut v) = stage("self-attn q, k, v", dev, || {
+            Ok::<_, candle_core::Error>((self.to_q.forward(x)?, self.to_k.forward(x)?, self.to_v.forward(x)?))
+        })?;
         if let Some(kv) = &self.kv_compress {
-            k = kv.forward(&k, grid.0, grid.1)?;
-            v = kv.forward(&v, grid.0, grid.1)?;
+            (k, v) = stage("self-attn kv compression", dev, || {
+                Ok::<_, candle_core::Error>((kv.forward(&k, grid.0, grid.1)?, kv.forward(&v, grid.0, grid.1)?))
+            })?;
         }
         let (k, v) = if self.fused_cuda(&q, None, None) {
             (self.heads_view(&k)?, self.heads_view(&v)?)
         } else {
-            (self.split_heads(&k)?, self.split_heads(&v)?)
+            stage("self-attn head split", dev, || {
+                Ok::<_, candle_core::Error>((self.split_heads(&k)?, self.split_heads(&v)?))
+            })?
         };
-        self.attend(&q, &k, &v, None, None)
+        self.attend(&q, &k, &v, None, None, ["self-attn core", "self-attn out"])
     }
 
     /// Projects context tokens to keys and values. y: (b, l, c); key_lens: see [`CrossKv`].
@@ -261,12 +279,19 @@ impl Attention {
     /// Cross-attention from x (b, n, c) to precomputed keys/values; `bias` (b, 1, 1, l) is
     /// added to the scores (0 keep, -10000 drop, as diffusers).
     pub fn forward_cross(&self, x: &Tensor, kv: &CrossKv, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let q = self.to_q.forward(x)?;
+        let q = stage("cross-attn q", x.device(), || self.to_q.forward(x))?;
         let bias = match bias {
             Some(b) => Some(b.to_dtype(q.dtype())?),
             None => None,
         };
-        self.attend(&q, &kv.k, &kv.v, bias.as_ref(), kv.key_lens.as_deref())
+        self.attend(
+            &q,
+            &kv.k,
+            &kv.v,
+            bias.as_ref(),
+            kv.key_lens.as_deref(),
+            ["cross-attn core", "cross-attn out"],
+        )
     }
 }
 

@@ -22,6 +22,9 @@ pub struct BenchSpec {
     pub device: Device,
     pub warmup: usize,
     pub iters: usize,
+    /// Time every stage of the timed forwards ([`crate::profile`]; synchronises the device
+    /// around each stage, so the totals are a little slower).
+    pub profile: bool,
 }
 
 /// Floating-point operations of one forward (multiply-add = 2), counting the linear layers,
@@ -71,11 +74,46 @@ pub struct BenchResult {
     pub cpu_seconds: Vec<f64>,
     pub flops: f64,
     pub build_seconds: f64,
+    /// With `profile`: (stage, seconds per forward, calls per forward), in the order first run.
+    pub profile: Vec<(&'static str, f64, f64)>,
+}
+
+/// [`RandomWeights`] that has the micro-condition embedders only when the config asks for them.
+/// (`RandomWeights` has every tensor, so the model would find the probe and build PixArt-α's
+/// resolution / aspect-ratio embedders, which PixArt-Σ does not have.)
+struct RandomTransformerWeights {
+    random: RandomWeights,
+    micro_conditions: bool,
+}
+
+impl candle_nn::var_builder::SimpleBackend for RandomTransformerWeights {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.random.get(s, name, h, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.random.get_unchecked(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        name != crate::transformer::MICRO_COND_PROBE || self.micro_conditions
+    }
 }
 
 /// The transformer of `config` with random weights (normal, std 0.02).
 pub fn random_transformer(config: &TransformerConfig, dtype: DType, device: &Device) -> Result<PixArtTransformer> {
-    let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), dtype, device.clone());
+    let weights = RandomTransformerWeights {
+        random: RandomWeights { std: 0.02 },
+        micro_conditions: config.use_additional_conditions == Some(true),
+    };
+    let vb = VarBuilder::from_backend(Box::new(weights), dtype, device.clone());
     Ok(PixArtTransformer::new(config, vb)?.0)
 }
 
@@ -95,6 +133,10 @@ pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) 
     let mut seconds = Vec::with_capacity(spec.iters);
     let mut cpu_seconds = Vec::with_capacity(spec.iters);
     for i in 0..spec.warmup + spec.iters {
+        if i == spec.warmup && spec.profile {
+            crate::profile::take();
+            crate::profile::set_enabled(true);
+        }
         dev.synchronize()?;
         let cpu0 = process_cpu_seconds();
         let start = Instant::now();
@@ -110,10 +152,95 @@ pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) 
             on_iter(i - spec.warmup, s);
         }
     }
+    let mut profile = Vec::new();
+    if spec.profile {
+        crate::profile::set_enabled(false);
+        let n = spec.iters as f64;
+        profile = crate::profile::take()
+            .into_iter()
+            .map(|(label, s, calls)| (label, s / n, calls as f64 / n))
+            .collect();
+    }
     Ok(BenchResult {
         seconds,
         cpu_seconds,
         flops: forward_flops(&spec.config, spec.batch, lat, lat, spec.tokens),
         build_seconds,
+        profile,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{KvCompressConfig, KvSampling};
+
+    #[test]
+    fn profile_counts_every_stage_of_every_block() {
+        let _serial = crate::profile::TEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // 3 layers of width 12, KV compression in the middle one.
+        let config = TransformerConfig {
+            num_attention_heads: 1,
+            attention_head_dim: 12,
+            num_layers: 3,
+            cross_attention_dim: Some(12),
+            sample_size: 8,
+            caption_channels: Some(6),
+            interpolation_scale: Some(1.0),
+            kv_compress: Some(KvCompressConfig {
+                sampling: KvSampling::Conv,
+                scale_factor: 2,
+                layers: vec![1],
+            }),
+            ..TransformerConfig::default()
+        };
+        let spec = BenchSpec {
+            config,
+            size: 64,
+            batch: 2,
+            tokens: 5,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            warmup: 1,
+            iters: 2,
+            profile: true,
+        };
+        // Σ's architecture: no micro-condition embedders (RandomWeights alone would add them).
+        assert!(!random_transformer(&spec.config, DType::F32, &Device::Cpu)
+            .unwrap()
+            .has_micro_conditions());
+        let res = bench_transformer(&spec, |_, _| {}).unwrap();
+        let calls = |label: &str| {
+            res.profile
+                .iter()
+                .find(|(l, ..)| *l == label)
+                .map(|r| r.2)
+                .unwrap_or_else(|| panic!("no stage {label:?} in {:?}", res.profile))
+        };
+        // Per forward: once per model, once or twice per block, kv compression in layer 1 only.
+        for (label, n) in [
+            ("caption context", 1.0),
+            ("patch embedding", 1.0),
+            ("timestep embedding", 1.0),
+            ("self-attn q, k, v", 3.0),
+            ("self-attn kv compression", 1.0),
+            ("self-attn core", 3.0),
+            ("cross-attn core", 3.0),
+            ("norm + modulate", 6.0),
+            ("gated residual", 6.0),
+            ("mlp gelu", 3.0),
+            ("final layer", 2.0),
+        ] {
+            assert_eq!(calls(label), n, "{label}");
+        }
+        let staged: f64 = res.profile.iter().map(|r| r.1).sum();
+        let mean = res.seconds.iter().sum::<f64>() / res.seconds.len() as f64;
+        assert!(
+            staged > 0.0 && staged <= mean * 1.001,
+            "stages {staged} s of a {mean} s forward"
+        );
+        // Profiling is off again afterwards.
+        crate::profile::stage("after", &Device::Cpu, || Ok::<_, candle_core::Error>(())).unwrap();
+        assert!(crate::profile::take().is_empty());
+    }
 }

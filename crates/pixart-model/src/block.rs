@@ -6,6 +6,7 @@ use pixart_gemm::{linear, Linear};
 
 use crate::attention::{Attention, CrossKv};
 use crate::ops::{add_gated, layer_norm_modulate};
+use crate::profile::stage;
 
 /// `ff`: Linear -> GELU(tanh) -> Linear (`ff.net.0.proj`, `ff.net.2`).
 #[derive(Debug, Clone)]
@@ -26,7 +27,10 @@ impl FeedForward {
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.proj_out.forward(&crate::kernels::gelu(&self.proj_in.forward(x)?)?)
+        let dev = x.device();
+        let h = stage("mlp up", dev, || self.proj_in.forward(x))?;
+        let h = stage("mlp gelu", dev, || crate::kernels::gelu(&h))?;
+        stage("mlp down", dev, || self.proj_out.forward(&h))
     }
 }
 
@@ -78,14 +82,20 @@ impl TransformerBlock {
         let (shift_msa, scale_msa, gate_msa) = (m(0)?, m(1)?, m(2)?);
         let (shift_mlp, scale_mlp, gate_mlp) = (m(3)?, m(4)?, m(5)?);
 
-        let a = layer_norm_modulate(x, &shift_msa, &scale_msa, self.eps)?;
+        let dev = x.device();
+        let a = stage("norm + modulate", dev, || {
+            layer_norm_modulate(x, &shift_msa, &scale_msa, self.eps)
+        })?;
         let a = self.attn1.forward_self(&a, grid)?;
-        let x = add_gated(x, &a, &gate_msa)?;
+        let x = stage("gated residual", dev, || add_gated(x, &a, &gate_msa))?;
 
-        let x = (&x + self.attn2.forward_cross(&x, cross, bias)?)?;
+        let c = self.attn2.forward_cross(&x, cross, bias)?;
+        let x = stage("residual", dev, || &x + c)?;
 
-        let f = layer_norm_modulate(&x, &shift_mlp, &scale_mlp, self.eps)?;
+        let f = stage("norm + modulate", dev, || {
+            layer_norm_modulate(&x, &shift_mlp, &scale_mlp, self.eps)
+        })?;
         let f = self.ff.forward(&f)?;
-        add_gated(&x, &f, &gate_mlp)
+        stage("gated residual", dev, || add_gated(&x, &f, &gate_mlp))
     }
 }

@@ -24,6 +24,7 @@ pub mod loading;
 pub mod lora;
 pub mod ops;
 pub mod original;
+pub mod profile;
 pub mod transformer;
 
 pub use config::{KvCompressConfig, KvSampling, TransformerConfig};

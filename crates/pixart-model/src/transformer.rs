@@ -13,6 +13,7 @@ use crate::checkpointing::{checkpointed_block, GradSink};
 use crate::config::TransformerConfig;
 use crate::embeddings::{sincos_pos_embed, AdaLayerNormSingle, AddedCond, CaptionProjection, PatchEmbed};
 use crate::ops::layer_norm_modulate;
+use crate::profile::stage;
 
 /// Weight name of the first micro-condition tensor; its presence turns micro-conditions on.
 pub const MICRO_COND_PROBE: &str = "adaln_single.emb.resolution_embedder.linear_1.weight";
@@ -306,7 +307,7 @@ impl PixArtTransformer {
     /// The full forward: x (b, in, H, W), t (b), y (b, l, caption_channels), mask (b, l)
     /// -> (b, out, H, W) in the model dtype.
     pub fn forward(&self, x: &Tensor, t: &Tensor, y: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let ctx = self.encode_context(y, mask)?;
+        let ctx = stage("caption context", &self.device, || self.encode_context(y, mask))?;
         self.forward_with_context(x, t, &ctx, None)
     }
 
@@ -355,11 +356,13 @@ impl PixArtTransformer {
         // 1. Patches + positions (table computed in f32, added in f32 as diffusers does).
         let pe = self.pos_embed_table(h, w)?;
         record("pos_embed", &pe);
-        let tokens = self.pos_embed.forward(&x)?; // (b, n, c)
-        let mut hs = tokens
-            .to_dtype(DType::F32)?
-            .broadcast_add(&pe.unsqueeze(0)?)?
-            .to_dtype(self.dtype)?;
+        let mut hs = stage("patch embedding", &self.device, || {
+            let tokens = self.pos_embed.forward(&x)?; // (b, n, c)
+            tokens
+                .to_dtype(DType::F32)?
+                .broadcast_add(&pe.unsqueeze(0)?)?
+                .to_dtype(self.dtype)
+        })?;
         record("x_embed", &hs);
 
         // 2. Timestep (and micro-conditions).
@@ -382,7 +385,9 @@ impl PixArtTransformer {
             }
             (_, None) => None,
         };
-        let (t0, temb) = self.adaln_single.forward(&t, cond, self.dtype)?;
+        let (t0, temb) = stage("timestep embedding", &self.device, || {
+            self.adaln_single.forward(&t, cond, self.dtype)
+        })?;
         record("temb", &temb);
         record("t0", &t0);
 
@@ -401,9 +406,11 @@ impl PixArtTransformer {
             .unsqueeze(0)?
             .broadcast_add(&temb.unsqueeze(1)?)?; // (b, 2, c)
         let (shift, scale) = (ss.narrow(1, 0, 1)?, ss.narrow(1, 1, 1)?);
-        let hs = layer_norm_modulate(&hs, &shift, &scale, 1e-6)?;
+        let hs = stage("final layer", &self.device, || {
+            layer_norm_modulate(&hs, &shift, &scale, 1e-6)
+        })?;
         record("final_norm", &hs);
-        let hs = self.proj_out.forward(&hs)?; // (b, n, p*p*out)
+        let hs = stage("final layer", &self.device, || self.proj_out.forward(&hs))?; // (b, n, p*p*out)
         record("proj_out", &hs);
 
         // 5. Unpatchify: per token (py, px, c) with c fastest.

@@ -100,6 +100,11 @@ struct TransformerBench {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also time every stage (projections, attention core, norms, MLP, ...): a `profile` object
+    /// in the JSON (seconds per forward) and a table on stderr. Synchronises the device around
+    /// each stage, so the total is a little slower.
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -235,6 +240,29 @@ fn text_encoder(b: TextEncoderBench) -> Result<()> {
     Ok(())
 }
 
+/// Prints the stage table on stderr (largest first) and returns it as a JSON object of seconds per
+/// forward.
+fn print_profile(stages: &[(&'static str, f64, f64)], seconds_per_forward: f64) -> serde_json::Value {
+    let mut rows = stages.to_vec();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let staged: f64 = rows.iter().map(|r| r.1).sum();
+    eprintln!("{:<28} {:>12} {:>7} {:>9}", "stage", "ms/forward", "share", "calls");
+    for (label, s, calls) in &rows {
+        eprintln!(
+            "{label:<28} {:>12.3} {:>6.1}% {calls:>9.0}",
+            s * 1e3,
+            100.0 * s / seconds_per_forward
+        );
+    }
+    eprintln!(
+        "{:<28} {:>12.3} {:>6.1}%",
+        "(outside the stages)",
+        (seconds_per_forward - staged) * 1e3,
+        100.0 * (seconds_per_forward - staged) / seconds_per_forward
+    );
+    serde_json::Value::Object(stages.iter().map(|(l, s, _)| (l.to_string(), json!(s))).collect())
+}
+
 fn transformer(b: TransformerBench) -> Result<()> {
     check_size(b.size)?;
     if b.iters == 0 || b.batch == 0 || b.tokens == 0 {
@@ -254,6 +282,7 @@ fn transformer(b: TransformerBench) -> Result<()> {
         device: device(&b.device)?,
         warmup: b.warmup,
         iters: b.iters,
+        profile: b.profile,
     };
     let kv_name = spec.config.kv_compress.as_ref().map(|kv| {
         format!(
@@ -275,27 +304,29 @@ fn transformer(b: TransformerBench) -> Result<()> {
     let mut sorted = res.seconds.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    println!(
-        "{}",
-        json!({
-            "bench": "transformer",
-            "size": b.size,
-            "dtype": b.dtype,
-            "device": b.device,
-            "batch": b.batch,
-            "tokens": b.tokens,
-            "kv_compress": kv_name,
-            "iters": b.iters,
-            "seconds_per_forward": median,
-            "seconds_min": sorted[0],
-            "cpu_seconds_per_forward": median_of(&res.cpu_seconds),
-            "gflop_per_forward": res.flops / 1e9,
-            "gflops": res.flops / 1e9 / median,
-            "build_seconds": res.build_seconds,
-            "threads": candle_core::utils::get_num_threads(),
-            "peak_rss_bytes": pixart_core::mem::peak_rss_bytes(),
-        })
-    );
+    let mut line = json!({
+        "bench": "transformer",
+        "size": b.size,
+        "dtype": b.dtype,
+        "device": b.device,
+        "batch": b.batch,
+        "tokens": b.tokens,
+        "kv_compress": kv_name,
+        "iters": b.iters,
+        "seconds_per_forward": median,
+        "seconds_min": sorted[0],
+        "cpu_seconds_per_forward": median_of(&res.cpu_seconds),
+        "gflop_per_forward": res.flops / 1e9,
+        "gflops": res.flops / 1e9 / median,
+        "build_seconds": res.build_seconds,
+        "threads": candle_core::utils::get_num_threads(),
+        "peak_rss_bytes": pixart_core::mem::peak_rss_bytes(),
+    });
+    if b.profile {
+        let mean = res.seconds.iter().sum::<f64>() / res.seconds.len() as f64;
+        line["profile"] = print_profile(&res.profile, mean);
+    }
+    println!("{line}");
     Ok(())
 }
 
