@@ -2,13 +2,13 @@
 // synchronisation and arithmetic can be tested on a machine with no GPU (tests/cuda_emulated.rs).
 //
 // Every thread of a block runs as a host thread; blocks run one after another. __syncthreads and
-// __syncwarp are barriers, __shfl_xor_sync exchanges through a per-block buffer. WMMA fragments
-// hold the whole 16 × 16 matrix in every lane (the real distribution over lanes is not modelled,
-// so kernels must not touch fragment elements directly); loads and stores are warp-collective,
-// check the alignment and leading-dimension rules of the CUDA programming guide (pointer 256-bit
-// aligned, ldm a multiple of 16 bytes) and the warp's lanes meet before and after each.
-// Shared memory starts filled with 0xFF bytes (NaN in f32, bf16 and f16), so a read of
-// memory the kernel never wrote shows up in the results.
+// __syncwarp are barriers, __shfl_xor_sync exchanges through a per-block buffer. The tensor-core
+// instruction mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16} is emulated with the fragment
+// layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type"): each
+// lane hands in its registers, the lanes meet, and each computes the four accumulator elements
+// the layout gives it. Shared memory starts filled with 0xFF bytes (NaN in f32, bf16 and f16), so
+// a read of memory the kernel never wrote shows up in the results; 32- and 128-bit accesses check
+// their alignment.
 //
 // Not a CUDA implementation: no memory model beyond the barriers, no occupancy or timing.
 #pragma once
@@ -78,6 +78,7 @@ struct Block {
   std::unique_ptr<std::barrier<>> block_bar;
   std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
   std::vector<float> shfl;
+  std::vector<uint32_t> mma_a, mma_b;  // per thread: the A (4) and B (2) registers of an mma
   unsigned char *smem = nullptr;
 };
 inline thread_local Block *current = nullptr;
@@ -99,6 +100,8 @@ void launch(dim3 grid, unsigned threads, size_t smem_bytes, F kernel) {
         b.block_bar = std::make_unique<std::barrier<>>(threads);
         for (unsigned w = 0; w < threads / 32; ++w) b.warp_bars.push_back(std::make_unique<std::barrier<>>(32));
         b.shfl.assign(threads, 0.0f);
+        b.mma_a.assign(threads * 4, 0);
+        b.mma_b.assign(threads * 2, 0);
         std::memset(smem, 0xff, alloc);
         b.smem = smem;
         std::vector<std::thread> ts;
@@ -129,81 +132,56 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   return r;
 }
 
-namespace nvcuda {
-namespace wmma {
+namespace emu {
 
-struct matrix_a {};
-struct matrix_b {};
-struct accumulator {};
-struct row_major {};
-struct col_major {};
-enum layout_t { mem_row_major, mem_col_major };
+inline uint16_t bits_of(__nv_bfloat16 x) { return x.bits; }
+inline uint16_t bits_of(__half x) {
+  uint16_t b;
+  std::memcpy(&b, &x.v, 2);
+  return b;
+}
+template <typename T>
+T from_bits(uint16_t b) {
+  T x;
+  std::memcpy(&x, &b, 2);
+  return x;
+}
+inline float half_value(__nv_bfloat16 *, uint16_t b) { return __bfloat162float(from_bits<__nv_bfloat16>(b)); }
+inline float half_value(__half *, uint16_t b) { return __half2float(from_bits<__half>(b)); }
 
-// The logical 16 × 16 matrix, element (r, c) at x[16 r + c], in every lane.
-template <class Use, int M, int N, int K, class T, class Layout = void>
-struct fragment {
-  static_assert(M == 16 && N == 16 && K == 16, "only the 16x16x16 shape is emulated");
-  float x[256];
-};
-
-inline float value(float v) { return v; }
-inline float value(__nv_bfloat16 v) { return __bfloat162float(v); }
-inline float value(__half v) { return __half2float(v); }
-
-template <class P>
-void check(const P *p, unsigned ldm) {
-  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) emu::fail("wmma pointer not 256-bit aligned");
-  if ((ldm * sizeof(P)) % 16 != 0) emu::fail("wmma ldm not a multiple of 16 bytes");
+// d += A·B for one warp: A 16×16 and B 16×8 of T in the lanes' registers, d 16×8 f32.
+template <typename T>
+void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  Block &blk = *current;
+  const unsigned me = threadIdx.x, base = me & ~31u;
+  for (int i = 0; i < 4; ++i) blk.mma_a[me * 4 + i] = a[i];
+  for (int i = 0; i < 2; ++i) blk.mma_b[me * 2 + i] = b[i];
+  warp_barrier();
+  // Element (r, c) of A: lane 4·(r mod 8) + (c mod 8)/2, register (r ≥ 8) + 2·(c ≥ 8), half c mod 2.
+  auto A = [&](int r, int c) {
+    uint32_t reg = blk.mma_a[(base + 4 * (r % 8) + (c % 8) / 2) * 4 + (r >= 8) + 2 * (c >= 8)];
+    return half_value(static_cast<T *>(nullptr), uint16_t(c % 2 ? reg >> 16 : reg & 0xffff));
+  };
+  // Element (k, n) of B: lane 4·n + (k mod 8)/2, register k ≥ 8, half k mod 2.
+  auto B = [&](int k, int n) {
+    uint32_t reg = blk.mma_b[(base + 4 * n + (k % 8) / 2) * 2 + (k >= 8)];
+    return half_value(static_cast<T *>(nullptr), uint16_t(k % 2 ? reg >> 16 : reg & 0xffff));
+  };
+  const int g = int(me % 32) >> 2, t = int(me % 32) & 3;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {  // c0, c1: row g; c2, c3: row g + 8; column 2t + (i mod 2)
+    const int r = g + 8 * (i >= 2), c = 2 * t + (i & 1);
+    float acc = d[i];
+    for (int k = 0; k < 16; ++k) acc += A(r, k) * B(k, c);
+    out[i] = acc;
+  }
+  warp_barrier();
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
 }
 
-template <class Use, class T, class L>
-void load_matrix_sync(fragment<Use, 16, 16, 16, T, L> &f, const T *p, unsigned ldm) {
-  static_assert(std::is_same_v<L, row_major> || std::is_same_v<L, col_major>, "a / b fragments need a layout");
-  check(p, ldm);
-  emu::warp_barrier();
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c)
-      f.x[16 * r + c] = value(std::is_same_v<L, row_major> ? p[r * ldm + c] : p[c * ldm + r]);
-  emu::warp_barrier();
+template <size_t N>
+void check_aligned(const void *p) {
+  if (reinterpret_cast<uintptr_t>(p) % N != 0) fail("misaligned vector access");
 }
 
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p, unsigned ldm,
-                             layout_t l) {
-  check(p, ldm);
-  emu::warp_barrier();
-  for (int r = 0; r < 16; ++r)
-    for (int c = 0; c < 16; ++c) f.x[16 * r + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
-  emu::warp_barrier();
-}
-
-inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f, unsigned ldm,
-                              layout_t l) {
-  check(p, ldm);
-  emu::warp_barrier();
-  if (emu::lane() == 0)
-    for (int r = 0; r < 16; ++r)
-      for (int c = 0; c < 16; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.x[16 * r + c];
-  emu::warp_barrier();
-}
-
-inline void fill_fragment(fragment<accumulator, 16, 16, 16, float> &f, float v) {
-  for (float &e : f.x) e = v;
-}
-
-template <class T, class LA, class LB>
-void mma_sync(fragment<accumulator, 16, 16, 16, float> &d, const fragment<matrix_a, 16, 16, 16, T, LA> &a,
-              const fragment<matrix_b, 16, 16, 16, T, LB> &b, const fragment<accumulator, 16, 16, 16, float> &c) {
-  emu::warp_barrier();
-  float out[256];
-  for (int r = 0; r < 16; ++r)
-    for (int n = 0; n < 16; ++n) {
-      float s = c.x[16 * r + n];
-      for (int k = 0; k < 16; ++k) s += a.x[16 * r + k] * b.x[16 * k + n];
-      out[16 * r + n] = s;
-    }
-  std::memcpy(d.x, out, sizeof out);
-  emu::warp_barrier();
-}
-
-}  // namespace wmma
-}  // namespace nvcuda
+}  // namespace emu

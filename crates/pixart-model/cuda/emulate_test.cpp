@@ -25,6 +25,7 @@ struct Case {
   bool q_tokens_major;  // Q and the output as (b, n, h, d) instead of (b, h, n, d)
   std::vector<int> kv_lens;
   float score_spread;  // scales Q so that the scores span about ± this
+  bool scalar_copies = false;  // element-wise tile copies even where 16-byte ones would do
 };
 
 template <typename T>
@@ -104,6 +105,24 @@ bool run_fused(const char *name, int b, int n, int c, std::mt19937 &rng) {
   return ok;
 }
 
+// The kernel for the padded head dim, as the Rust launcher picks it.
+#define PIXART_EMULATED_FA(SUFFIX, T)                                       \
+  void kernel(const pixart_fa::Params &p, int dp, T *) {                    \
+    switch (dp) {                                                           \
+      case 16: pixart_flash_attention_##SUFFIX##_d16(p); break;             \
+      case 32: pixart_flash_attention_##SUFFIX##_d32(p); break;             \
+      case 48: pixart_flash_attention_##SUFFIX##_d48(p); break;             \
+      case 64: pixart_flash_attention_##SUFFIX##_d64(p); break;             \
+      case 80: pixart_flash_attention_##SUFFIX##_d80(p); break;             \
+      case 96: pixart_flash_attention_##SUFFIX##_d96(p); break;             \
+      case 112: pixart_flash_attention_##SUFFIX##_d112(p); break;           \
+      case 128: pixart_flash_attention_##SUFFIX##_d128(p); break;           \
+      default: emu::fail("head dim out of range");                          \
+    }                                                                       \
+  }
+PIXART_EMULATED_FA(bf16, __nv_bfloat16)
+PIXART_EMULATED_FA(f16, __half)
+
 template <typename T>
 bool run(const Case &c, std::mt19937 &rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -138,14 +157,13 @@ bool run(const Case &c, std::mt19937 &rng) {
   p.o_sb = q_sb, p.o_sh = q_sh, p.o_sn = q_sn;
   const double scale = 1.0 / std::sqrt(double(d));
   p.scale_log2 = float(scale * 1.4426950408889634);
+  // 16-byte copies when d and every stride are multiples of 8 (the vectors' data is 16-byte aligned).
+  p.vec8 = !c.scalar_copies && d % 8 == 0 && q_sh % 8 == 0 && q_sn % 8 == 0 && q_sb % 8 == 0;
 
   const int dp = (d + 15) / 16 * 16;
   dim3 grid{unsigned((n + 63) / 64), unsigned(h), unsigned(b)};
   const size_t smem = pixart_fa::smem_bytes(dp, 2);
-  if (c.f16)
-    emu::launch(grid, 128, smem, [&] { pixart_flash_attention_f16(p); });
-  else
-    emu::launch(grid, 128, smem, [&] { pixart_flash_attention_bf16(p); });
+  emu::launch(grid, 128, smem, [&] { kernel(p, dp, static_cast<T *>(nullptr)); });
 
   double max_err = 0.0, max_ref = 0.0;
   bool finite = true;
@@ -190,14 +208,16 @@ int main(int argc, char **argv) {
   const std::vector<Case> cases = {
       // PixArt-Σ's head dim 72 (padded to 80); n, m not multiples of 64.
       {"bf16 d72 self-attention n=m=150", false, 1, 2, 150, 150, 72, false, {}, 4.0f},
+      {"bf16 d72 element-wise tile copies", false, 1, 1, 70, 100, 72, false, {}, 4.0f, true},
       // Queries and output read in place from (b, n, h·d); per-row key counts as a caption mask.
       {"bf16 d72 tokens-major q, kv_lens 37/130", false, 2, 2, 70, 130, 72, true, {37, 130}, 4.0f},
       // Scores spanning ±40: later key blocks raise the row max (the rescaling path).
       {"bf16 d128 wide scores, 4 key blocks", false, 1, 2, 17, 250, 128, false, {}, 40.0f},
       {"f16 d16 one key block", true, 1, 2, 64, 20, 16, false, {}, 4.0f},
       {"f16 d72 kv_lens 1/64/65", true, 3, 1, 65, 65, 72, true, {1, 64, 65}, 8.0f},
-      // The tiny test models' head dim.
+      // The tiny test models' head dim; a head dim that is not a multiple of 8 (element copies).
       {"bf16 d8 (padded to 16)", false, 2, 2, 33, 40, 8, false, {}, 4.0f},
+      {"bf16 d20 (padded to 32)", false, 1, 2, 40, 70, 20, true, {}, 4.0f},
   };
   bool all = true;
   for (const auto &c : cases) {

@@ -1,5 +1,6 @@
-//! Fused attention on the GPU: `cuda/flash_attention.cu` (tensor cores, online softmax, the
-//! scores never written to device memory) for bf16 and f16 inference with a head dim up to 128.
+//! Fused attention on the GPU: `cuda/flash_attention.cu` (FlashAttention-2's design on
+//! `mma.sync` tensor-core instructions: online softmax with the scores, probabilities and output
+//! in registers, never in device memory) for bf16 and f16 inference with a head dim up to 128.
 //!
 //! candle has no fused attention that builds here, so the CUDA path used to be query-chunked
 //! `matmul → softmax → matmul` with the scores materialised; on an H100 that ran at about
@@ -82,13 +83,15 @@ mod gpu {
         o_sh: i64,
         o_sn: i64,
         scale_log2: f32,
+        vec8: i32,
     }
     // SAFETY: plain-old-data with the C layout of the kernel's parameter struct.
     unsafe impl DeviceRepr for Params {}
 
-    /// Bytes of dynamic shared memory (`pixart_fa::smem_bytes`).
+    /// Bytes of dynamic shared memory (`pixart_fa::smem_bytes`): Q, K and V tiles of 64 rows of
+    /// DP + 8 elements.
     fn smem_bytes(dp: usize, elem: usize) -> usize {
-        3 * 64 * dp * elem + 4 * 16 * 64 * 4 + 4 * 16 * 64 * elem + 4 * 16 * dp * 4
+        3 * 64 * (dp + 8) * elem
     }
 
     /// (batch, head, row) element strides of a 4-D layout whose last dim is contiguous.
@@ -140,10 +143,10 @@ mod gpu {
         };
         let slice = match (&qs.slice, &ks.slice, &vs.slice) {
             (CudaStorageSlice::BF16(q), CudaStorageSlice::BF16(k), CudaStorageSlice::BF16(v)) => {
-                CudaStorageSlice::BF16(args.launch(&dev, q, k, v, "pixart_flash_attention_bf16")?)
+                CudaStorageSlice::BF16(args.launch(&dev, q, k, v, "bf16")?)
             }
             (CudaStorageSlice::F16(q), CudaStorageSlice::F16(k), CudaStorageSlice::F16(v)) => {
-                CudaStorageSlice::F16(args.launch(&dev, q, k, v, "pixart_flash_attention_f16")?)
+                CudaStorageSlice::F16(args.launch(&dev, q, k, v, "f16")?)
             }
             _ => candle_core::bail!("flash attention: q, k and v must all be bf16 or all f16"),
         };
@@ -163,7 +166,7 @@ mod gpu {
             q: &CudaSlice<T>,
             k: &CudaSlice<T>,
             v: &CudaSlice<T>,
-            kernel: &str,
+            dtype: &str,
         ) -> candle_core::Result<CudaSlice<T>> {
             let (b, h, n, m, d) = self.dims;
             let [ql, kl, vl] = self.layouts;
@@ -195,7 +198,7 @@ mod gpu {
                 let [q_sb, q_sh, q_sn] = strides(ql, "q")?;
                 let [k_sb, k_sh, k_sn] = strides(kl, "k")?;
                 let [v_sb, v_sh, v_sn] = strides(vl, "v")?;
-                let params = Params {
+                let mut params = Params {
                     q: at(qp, ql),
                     k: at(kp, kl),
                     v: at(vp, vl),
@@ -219,9 +222,21 @@ mod gpu {
                     o_sh: d as i64,
                     o_sn: (h * d) as i64,
                     scale_log2: self.op.scale * std::f32::consts::LOG2_E,
+                    vec8: 0,
                 };
-                let smem = smem_bytes(d.div_ceil(16) * 16, elem);
-                let func = dev.get_or_load_custom_func(kernel, "pixart_flash_attention", PTX)?;
+                // 16-byte tile copies when every row of q, k and v starts 16-byte aligned.
+                let rows_aligned = |p: u64, s: [i64; 3]| p % 16 == 0 && s.iter().all(|x| x % 8 == 0);
+                params.vec8 = i32::from(
+                    d % 8 == 0
+                        && elem == 2
+                        && rows_aligned(params.q, [q_sb, q_sh, q_sn])
+                        && rows_aligned(params.k, [k_sb, k_sh, k_sn])
+                        && rows_aligned(params.v, [v_sb, v_sh, v_sn]),
+                );
+                let dp = d.div_ceil(16) * 16;
+                let smem = smem_bytes(dp, elem);
+                let kernel = format!("pixart_flash_attention_{dtype}_d{dp}");
+                let func = dev.get_or_load_custom_func(&kernel, "pixart_flash_attention", PTX)?;
                 func.set_attribute(
                     CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                     smem as i32,
