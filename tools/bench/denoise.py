@@ -33,24 +33,29 @@ def main():
     ap.add_argument("--valid-tokens", type=int, default=0, help="default: all")
     ap.add_argument("--guidance", type=float, default=4.5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     valid = a.valid_tokens or a.tokens
     dtype = DTYPES[a.dtype]
     t0 = time.perf_counter()
-    model = random_sigma_transformer(a.size, dtype)
+    dev = a.device
+    cuda = dev.startswith("cuda")
+    model = random_sigma_transformer(a.size, dtype, dev)
     build = time.perf_counter() - t0
     lat = a.size // 8
-    y = torch.randn(2, a.tokens, 4096, dtype=dtype)
-    mask = torch.zeros(2, a.tokens)
+    y = torch.randn(2, a.tokens, 4096, dtype=dtype, device=dev)
+    mask = torch.zeros(2, a.tokens, device=dev)
     mask[0, 0] = 1
     mask[1, :valid] = 1
     scheduler = DPMSolverMultistepScheduler.from_config(PIXART)
     scheduler.set_timesteps(a.steps)
-    latents = (torch.randn(1, 4, lat, lat) * scheduler.init_noise_sigma).to(dtype)
+    latents = (torch.randn(1, 4, lat, lat, device=dev) * scheduler.init_noise_sigma).to(dtype)
     steps = []
     with torch.inference_mode():
+        if cuda:
+            torch.cuda.synchronize()
         s0, c0 = time.perf_counter(), time.process_time()
         for i, t in enumerate(scheduler.timesteps):
             s = time.perf_counter()
@@ -61,6 +66,8 @@ def main():
             eps = u + a.guidance * (c - u)
             eps = eps.chunk(2, dim=1)[0]  # learned sigma
             latents = scheduler.step(eps, t, latents, return_dict=False)[0]
+            if cuda:
+                torch.cuda.synchronize()
             e = time.perf_counter() - s
             steps.append(e)
             print(json.dumps({"bench": "denoise-pytorch", "step": i, "seconds": e}), flush=True)
@@ -71,6 +78,7 @@ def main():
         "seconds_per_step": statistics.median(steps), "build_seconds": build,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "device": dev, "gpu_peak_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
     }), flush=True)
 
 

@@ -4,14 +4,14 @@
 #   .cuda-bin/{pixart,cuda_smoke,cuda_kernels_check}.xz   the CUDA build (tools/cuda/build.sh), xz-compressed
 #   .whl/                                          diffusers 0.42.1 + importlib_metadata wheels
 # Writes logs and outputs under $OUT and prints a summary table last.
-# Stages (all by default): smoke kernels golden bench. E.g. `tools/device/gpu-check.sh golden bench`.
+# Stages (all by default): smoke kernels golden generate bench. E.g. `tools/device/gpu-check.sh golden bench`.
 # The project's CUDA kernels (fused attention, norm + modulation, gated residual) are on by
 # default; PIXART_CUDA_KERNELS=candle selects candle's composed ops, which the golden (bf16) and
 # 1024 px bench stages also run, for comparison.
 set -uo pipefail
 OUT="${OUT:-/tmp/pixart-gpu}"
 mkdir -p "$OUT"
-stages="${*:-smoke kernels golden bench}"
+stages="${*:-smoke kernels golden generate bench}"
 summary="$OUT/summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -78,6 +78,47 @@ print(f"golden t5 f32 on CUDA: max|diff| {(g - w).abs().max().item():.3e} (toler
 PY
 fi
 
+if has generate; then
+  echo "== pixart generate --device cuda"
+  # The built-in model (models/builtin): the same binary on the CPU and the GPU, final latents
+  # compared (f32: the same arithmetic up to reduction order; bf16 on the GPU against f32 on the CPU).
+  gen() { timeout 180 "$PIX" generate -p "a small red circle on a blue background" --seed 3 --steps 10 "$@"; }
+  gen --device cpu --output-type latent -o "$OUT/gen-builtin-cpu-f32.safetensors" > "$OUT/gen-builtin.log" 2>&1
+  for dt in f32 bf16; do
+    gen --device cuda --dtype $dt --output-type latent -o "$OUT/gen-builtin-cuda-$dt.safetensors" >> "$OUT/gen-builtin.log" 2>&1
+  done
+  gen --device cuda -o "$OUT/gen-builtin-cuda.png" >> "$OUT/gen-builtin.log" 2>&1 || echo "PNG run failed" >> "$OUT/gen-builtin.log"
+  python3 - "$OUT" >> "$summary" 2>&1 <<'PY'
+import os, sys
+from safetensors.torch import load_file
+out = sys.argv[1]
+def lat(name):
+    p = os.path.join(out, f"gen-builtin-{name}.safetensors")
+    return load_file(p)["latents"].double() if os.path.exists(p) else None
+ref = lat("cpu-f32")
+for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
+    got = lat(f"cuda-{dt}")
+    if ref is None or got is None:
+        print(f"generate builtin cuda {dt}: MISSING output (see gen-builtin.log)")
+        continue
+    rel = ((got - ref).norm() / ref.norm()).item()
+    print(f"generate builtin cuda {dt} vs cpu f32: rel L2 {rel:.3e} {'ok' if rel <= tol else 'FAIL'} (tolerance {tol:.0e})")
+PY
+  note "generate builtin PNG: $(ls "$OUT/gen-builtin-cuda.png" 2>/dev/null || echo missing)"
+  # Full size at 1024 px: XL/2 transformer, SDXL VAE, XXL-width T5 (2 layers), random weights.
+  if tools/device/make-random-pipeline.sh "$PIX" /tmp/sigma-random bf16 > "$OUT/random-pipeline.log" 2>&1; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/gen-mem.txt" 2>/dev/null &
+    smi=$!
+    timeout 300 "$PIX" generate --model /tmp/sigma-random -p "a test of the full-size pipeline" --seed 1 \
+      --width 1024 --height 1024 --dtype bf16 --steps 20 --device cuda -o "$OUT/gen-1024.png" > "$OUT/gen-1024.log" 2>&1
+    rc=$?
+    kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
+    note "generate 1024 px bf16 20 steps (random full-size pipeline) rc=$rc: $(tail -n 1 "$OUT/gen-1024.log"); GPU peak $(sort -n "$OUT/gen-mem.txt" | tail -n 1) MiB"
+  else
+    note "make-random-pipeline failed (see random-pipeline.log)"
+  fi
+fi
+
 if has bench; then
   echo "== benchmarks (bf16, batch 2, 300 tokens): Rust vs diffusers, alternating"
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1
@@ -102,6 +143,17 @@ if has bench; then
     run_rust 150 4096 1 1;  run_rust 150 4096 1 1 conv:2:14-27
     run_torch 100 4096 1 2
   } | tee -a "$OUT/bench.jsonl"
+  echo "== 20-step 1024 px denoising loop, bf16: Rust vs diffusers"
+  timeout 150 "$PIX" bench denoise --device cuda --dtype bf16 --size 1024 --steps 20 2>>"$OUT/bench.err" | tail -n 1 > "$OUT/denoise.jsonl"
+  timeout 150 python3 tools/bench/denoise.py --device cuda --dtype bf16 --size 1024 --steps 20 2>>"$OUT/bench.err" | tail -n 1 >> "$OUT/denoise.jsonl"
+  python3 - "$OUT/denoise.jsonl" >> "$summary" <<'PY'
+import json, sys
+for l in open(sys.argv[1]):
+    if l.strip().startswith("{"):
+        r = json.loads(l)
+        impl = "diffusers" if r["bench"].endswith("pytorch") else "pixart-rs"
+        print(f"denoise 1024 px bf16 20 steps {impl:10} total {r['seconds']:.3f} s, {r.get('seconds_per_step', 0):.4f} s/step")
+PY
   echo "== stage profile of the 1024 px bf16 forward (kernels on, then off)"
   for k in pixart candle; do
     PIXART_CUDA_KERNELS=$k timeout 90 "$PIX" bench transformer --device cuda --dtype bf16 --size 1024 \

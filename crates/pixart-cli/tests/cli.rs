@@ -366,3 +366,90 @@ fn training_data_commands_end_to_end() {
     assert_one_line_error(&o, 2, "d_model");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn init_transformer_and_vae_make_a_pipeline_that_generates() {
+    let dir = tempdir("init-components");
+    let builtin = fixtures_root().join("../models/builtin");
+    // A pipeline folder: the built-in model's text encoder, tokenizer and scheduler, with a
+    // freshly initialised transformer (bf16) and VAE.
+    for part in ["text_encoder", "tokenizer", "scheduler"] {
+        std::fs::create_dir_all(dir.join("p").join(part)).unwrap();
+        for f in std::fs::read_dir(builtin.join(part)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, dir.join("p").join(part).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::copy(builtin.join("model_index.json"), dir.join("p/model_index.json")).unwrap();
+    let init = |what: &str, config: PathBuf, out: PathBuf, extra: &[&str]| {
+        bin()
+            .args(["init", what, "--config"])
+            .arg(config)
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let tcfg = builtin.join("transformer/config.json");
+    let o = init(
+        "transformer",
+        tcfg.clone(),
+        dir.join("p/transformer"),
+        &["--dtype", "bf16"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = init("vae", builtin.join("vae/config.json"), dir.join("p/vae"), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same seed writes the same weights.
+    let o = init("transformer", tcfg.clone(), dir.join("again"), &["--dtype", "bf16"]);
+    assert!(o.status.success());
+    let weights = |d: PathBuf| std::fs::read(d.join("diffusion_pytorch_model.safetensors")).unwrap();
+    assert_eq!(weights(dir.join("p/transformer")), weights(dir.join("again")));
+    let t = candle_core::safetensors::load(
+        dir.join("p/transformer/diffusion_pytorch_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(t.values().all(|v| v.dtype() == candle_core::DType::BF16));
+
+    let o = bin()
+        .args([
+            "generate",
+            "-p",
+            "a red circle",
+            "--steps",
+            "2",
+            "--seed",
+            "1",
+            "--model",
+        ])
+        .arg(dir.join("p"))
+        .args(["--output-type", "latent", "-o"])
+        .arg(dir.join("out.safetensors"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.join("out.safetensors").is_file());
+
+    // Bad input: one line, exit 2.
+    assert_one_line_error(
+        &init(
+            "vae",
+            builtin.join("vae/config.json"),
+            dir.join("v2"),
+            &["--dtype", "bf16"],
+        ),
+        2,
+        "--dtype bf16",
+    );
+    assert_one_line_error(
+        &init("transformer", dir.join("nope.json"), dir.join("t2"), &[]),
+        2,
+        "nope.json",
+    );
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"num_layers\": 0}").unwrap();
+    assert_one_line_error(&init("transformer", bad, dir.join("t3"), &[]), 2, "num_layers");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
