@@ -5,9 +5,10 @@
 //! AVX-512, anything tracking gradients) through candle.
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 use half::bf16;
+use rayon::prelude::*;
 
 use crate::bf16::{matmul_nt_packed, native_available, PackedB};
 
@@ -108,10 +109,238 @@ impl Module for Linear {
             return f32_forward(x, self.weight(), self.bias());
         }
         if !self.native_for(x, DType::BF16) {
-            return self.inner.forward(x);
+            return flat_forward(x, self.weight(), self.bias());
         }
         let (n, k) = self.weight().dims2()?;
         packed_forward(x, self.prepared()?, n, k)
+    }
+}
+
+/// `x·Wᵀ + b` with candle's ops (gradients, GPUs, CPUs without the native kernels), on x
+/// flattened to one matrix of rows. `candle_nn::Linear` broadcasts the weight to x's batch dims
+/// instead: one small product per batch row, and in the backward pass a weight gradient per batch
+/// row summed by candle's single-threaded strided reduction (15 % of a training step of the
+/// built-in model). Flat, the weight gradient is one product.
+fn flat_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    if x.rank() <= 2 {
+        let y = x.matmul(&w.t()?)?;
+        return match bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        };
+    }
+    let (n, k) = w.dims2()?;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = n;
+    }
+    let x2 = x.reshape((x.elem_count() / k.max(1), k))?; // (..., k) -> (m, k)
+    let trained = x2.track_op() || w.track_op();
+    let y = if trained
+        && x2.device().is_cpu()
+        && x2.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && crate::sgemm::native_available()
+    {
+        x2.apply_op2(&w.contiguous()?, TrainedLinear)? // (m, n), with a backward on the native GEMM
+    } else {
+        x2.matmul(&w.t()?)? // (m, n)
+    };
+    let y = match bias {
+        Some(b) if (y.track_op() || b.track_op()) && y.device().is_cpu() && y.dtype() == DType::F32 => {
+            y.apply_op2(&b.contiguous()?, RowBias)?
+        }
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    y.reshape(out_dims) // (m, n) -> (..., n)
+}
+
+/// `x·Wᵀ` for x (m, k) and W (n, k), f32 on the CPU, on [`crate::sgemm`] forward and backward:
+/// dx = dy·W and dW = dyᵀ·x (dy transposed once into a buffer, m·n values against the product's
+/// m·n·k). candle's matmul runs the `gemm` crate's AVX2 kernel here (a third of a training step
+/// of the built-in model).
+struct TrainedLinear;
+
+/// The two products of [`TrainedLinear`]'s backward; no backward of their own.
+enum LinearGrad {
+    /// dx (m, k) = dy (m, n) · W (n, k).
+    Input,
+    /// dW (n, k) = dyᵀ · x (m, k).
+    Weight,
+}
+
+fn gemm_err(e: crate::bf16::GemmError) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+impl CustomOp2 for TrainedLinear {
+    fn name(&self) -> &'static str {
+        "pixart-linear-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        LinearF32 { bias: None }.cpu_fwd(xs, xl, ws, wl)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = grad.apply_op2_no_bwd(&w.contiguous()?, &LinearGrad::Input)?;
+        let dw = grad.apply_op2_no_bwd(&x.contiguous()?, &LinearGrad::Weight)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp2 for LinearGrad {
+    fn name(&self) -> &'static str {
+        "pixart-linear-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        gs: &CpuStorage,
+        gl: &Layout,
+        os: &CpuStorage,
+        ol: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        use crate::sgemm::{gemm, Lhs, Output, Rhs};
+        let (m, n) = gl.shape().dims2()?;
+        let dy = crate::contiguous_data::<f32>(gs, gl, self.name())?;
+        let other = crate::contiguous_data::<f32>(os, ol, self.name())?;
+        match self {
+            LinearGrad::Input => {
+                let (wn, k) = ol.shape().dims2()?;
+                if wn != n {
+                    candle_core::bail!("linear backward: dy has {n} columns, the weight {wn} rows");
+                }
+                let mut dx = vec![0f32; m * k];
+                gemm(
+                    Lhs::rows(dy, m, n, n).map_err(gemm_err)?,
+                    Rhs::Kn { b: other, ld: k },
+                    k,
+                    Output::new(&mut dx, k),
+                    true,
+                )
+                .map_err(gemm_err)?;
+                Ok((CpuStorage::F32(dx), Shape::from((m, k))))
+            }
+            LinearGrad::Weight => {
+                let (xm, k) = ol.shape().dims2()?;
+                if xm != m {
+                    candle_core::bail!("linear backward: dy has {m} rows, x {xm}");
+                }
+                // dyᵀ (n, m), row-major, for the GEMM's row-read A.
+                let mut dyt = vec![0f32; n * m];
+                dyt.par_chunks_mut(m.max(1)).enumerate().for_each(|(j, row)| {
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v = dy[i * n + j];
+                    }
+                });
+                let mut dw = vec![0f32; n * k];
+                gemm(
+                    Lhs::rows(&dyt, n, m, m).map_err(gemm_err)?,
+                    Rhs::Kn { b: other, ld: k },
+                    k,
+                    Output::new(&mut dw, k),
+                    true,
+                )
+                .map_err(gemm_err)?;
+                Ok((CpuStorage::F32(dw), Shape::from((n, k))))
+            }
+        }
+    }
+}
+
+/// `y + b` over the rows of y (m, n), f32 on the CPU, with a backward whose bias gradient is
+/// [`ColumnSums`] (candle's `broadcast_add` sums it with a single-threaded strided reduction).
+struct RowBias;
+
+/// (n) column sums of a contiguous (m, n) f32 matrix: parallel partial sums over row blocks.
+struct ColumnSums;
+
+impl CustomOp2 for RowBias {
+    fn name(&self) -> &'static str {
+        "row-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ys: &CpuStorage,
+        yl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = crate::contiguous_data::<f32>(ys, yl, self.name())?;
+        let b = crate::contiguous_data::<f32>(bs, bl, self.name())?;
+        let n = b.len();
+        if yl.dims().last() != Some(&n) {
+            candle_core::bail!("row-bias: a bias of {n} for rows of {:?}", yl.dims());
+        }
+        let mut out = y.to_vec();
+        let rows = (16_384 / n.max(1)).max(1);
+        out.par_chunks_mut(rows * n.max(1)).for_each(|blk| {
+            for row in blk.chunks_mut(n.max(1)) {
+                for (o, b) in row.iter_mut().zip(b) {
+                    *o += b;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), yl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _y: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gb = grad.contiguous()?.apply_op1_no_bwd(&ColumnSums)?;
+        Ok((Some(grad.clone()), Some(gb)))
+    }
+}
+
+impl CustomOp1 for ColumnSums {
+    fn name(&self) -> &'static str {
+        "column-sums"
+    }
+
+    fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = crate::contiguous_data::<f32>(gs, gl, self.name())?;
+        let n = gl.dims().last().copied().unwrap_or(1).max(1);
+        // One partial sum per block of rows (about 64 K elements), then their sum.
+        let rows = (65_536 / n).max(1);
+        let partials: Vec<Vec<f32>> = g
+            .par_chunks(rows * n)
+            .map(|blk| {
+                let mut acc = vec![0f32; n];
+                for row in blk.chunks(n) {
+                    for (a, v) in acc.iter_mut().zip(row) {
+                        *a += v;
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut out = vec![0f32; n];
+        for p in partials {
+            for (o, v) in out.iter_mut().zip(p) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 }
 
@@ -158,15 +387,14 @@ impl candle_core::CustomOp2 for LinearF32 {
         if let Some(b) = &self.bias {
             out.bias = Bias::Cols(b);
         }
-        let gerr = |e: crate::bf16::GemmError| candle_core::Error::Msg(e.to_string());
         gemm(
-            Lhs::rows(xs, m, k, k).map_err(gerr)?,
+            Lhs::rows(xs, m, k, k).map_err(gemm_err)?,
             Rhs::Nk { w: ws, ld: k },
             n,
             out,
             true,
         )
-        .map_err(gerr)?;
+        .map_err(gemm_err)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }
@@ -298,6 +526,32 @@ mod tests {
     use candle_core::Device;
 
     use pixart_core::testing::max_abs;
+
+    /// With gradients (the training path): the flattened product and the row bias give
+    /// candle_nn::Linear's values and gradients, with several partial column sums.
+    #[test]
+    fn tracked_linear_matches_candle_nn_with_gradients() {
+        let dev = Device::Cpu;
+        let (k, n) = (29, 53);
+        let var = |t: Tensor| candle_core::Var::from_tensor(&t).unwrap();
+        let x = var(Tensor::randn(0f32, 1.0, (4, 700, k), &dev).unwrap());
+        let w = var(Tensor::randn(0f32, 0.1, (n, k), &dev).unwrap());
+        let b = var(Tensor::randn(0f32, 1.0, n, &dev).unwrap());
+        let probe = Tensor::randn(0f32, 1.0, (4, 700, n), &dev).unwrap();
+        let ours = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let theirs = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let (y1, y2) = (ours.forward(&x).unwrap(), theirs.forward(&x).unwrap());
+        assert!(max_abs(&(&y1 - &y2).unwrap()) < 1e-4);
+        let g1 = (y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (y2 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, v) in [("x", &x), ("w", &w), ("b", &b)] {
+            let (a, c) = (g1.get(v.as_tensor()).unwrap(), g2.get(v.as_tensor()).unwrap());
+            assert_eq!(a.dims(), c.dims(), "{name}");
+            let scale = max_abs(c).max(1.0);
+            let d = max_abs(&(a - c).unwrap());
+            assert!(d <= 1e-4 * scale, "gradient of {name} differs by {d} (scale {scale})");
+        }
+    }
 
     /// The native path against candle's f32 product of the same bf16 values, on shapes with
     /// leading batch dims and a non-contiguous input.

@@ -150,6 +150,9 @@ pub fn layer_norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64)
         return crate::cuda::layer_norm_modulate(x, shift, scale, eps);
     }
     let needs_grad = x.track_op() || shift.track_op() || scale.track_op();
+    if needs_grad && crate::grad_ops::applies(x) && x.rank() == 3 {
+        return crate::grad_ops::modulate(&layer_norm_no_affine(x, eps)?, shift, scale);
+    }
     if needs_grad || !x.device().is_cpu() || x.rank() != 3 {
         return modulate(&layer_norm_no_affine(x, eps)?, shift, scale);
     }
@@ -170,6 +173,9 @@ pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> candle_core::Result<T
         return crate::cuda::add_gated(x, y, gate);
     }
     let needs_grad = x.track_op() || y.track_op() || gate.track_op();
+    if needs_grad && crate::grad_ops::applies(x) && x.rank() == 3 && x.dims() == y.dims() && y.dtype() == x.dtype() {
+        return crate::grad_ops::add_gated(x, y, gate);
+    }
     if needs_grad || !x.device().is_cpu() || x.rank() != 3 || x.dims() != y.dims() || x.dtype() != y.dtype() {
         return x + y.broadcast_mul(gate)?;
     }
