@@ -197,36 +197,13 @@ impl PackedA {
 }
 
 /// The left operand as the micro-kernel reads it: either packed panels or a row-major bf16
-/// matrix read in place (no copy; needs an even `k` and leading dimension).
-#[derive(Clone, Copy)]
-pub struct Lhs<'a> {
-    base: *const u32,
-    m: usize,
-    kp: usize,
-    /// u32 offsets between MR-row panels, rows within a panel, and pairs.
-    panel_stride: usize,
-    row_stride: usize,
-    pair_stride: usize,
-    _borrow: std::marker::PhantomData<&'a [u32]>,
-}
-
-// SAFETY: an `Lhs` is a shared borrow of immutable data.
-unsafe impl Send for Lhs<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for Lhs<'_> {}
+/// matrix read in place (no copy; needs an even `k` and leading dimension); `k` counts pairs.
+pub type Lhs<'a> = crate::lhs::LhsOf<'a, u32>;
 
 impl<'a> Lhs<'a> {
     /// A packed matrix.
     pub fn packed(a: &'a PackedA) -> Self {
-        Self {
-            base: a.data.as_ptr(),
-            m: a.m,
-            kp: a.kp,
-            panel_stride: a.kp * MR,
-            row_stride: 1,
-            pair_stride: MR,
-            _borrow: std::marker::PhantomData,
-        }
+        Self::from_parts(a.data.as_ptr(), a.m, a.kp, a.kp * MR, 1, MR)
     }
 
     /// A row-major bf16 `m × k` matrix with leading dimension `lda`, read in place; `k` and
@@ -236,30 +213,14 @@ impl<'a> Lhs<'a> {
         if k % 2 == 1 || lda % 2 == 1 {
             return err(format!("A read in place needs an even k and lda, got k {k}, lda {lda}"));
         }
-        Ok(Self {
-            base: a.as_ptr() as *const u32,
+        Ok(Self::from_parts(
+            a.as_ptr() as *const u32,
             m,
-            kp: k / 2,
-            panel_stride: MR * lda / 2,
-            row_stride: lda / 2,
-            pair_stride: 1,
-            _borrow: std::marker::PhantomData,
-        })
-    }
-
-    /// Pointers to the MR rows of panel `i` at pair `p0`; rows past `m` repeat the last row
-    /// (their results are never written).
-    fn row_ptrs(&self, i: usize, p0: usize) -> [*const u32; MR] {
-        let mut out = [self.base; MR];
-        for (r, o) in out.iter_mut().enumerate() {
-            let row = (i * MR + r).min(self.m.saturating_sub(1));
-            let (pi, ri) = (row / MR, row % MR);
-            // In bounds: `row < m` and `p0 < kp` (or p0 == 0 with kp == 0: nothing is read).
-            *o = self
-                .base
-                .wrapping_add(pi * self.panel_stride + ri * self.row_stride + p0 * self.pair_stride);
-        }
-        out
+            k / 2,
+            MR * lda / 2,
+            lda / 2,
+            1,
+        ))
     }
 }
 
@@ -411,8 +372,8 @@ type Kernel = unsafe fn(&Tile, &RawOut);
 
 /// `C = A·B` into `out` (see [`Output`]); `par` spreads the output blocks over rayon's pool.
 pub fn gemm(a: Lhs<'_>, b: &PackedB, out: Output<'_>, par: bool) -> Result<()> {
-    if a.kp != b.kp {
-        return err(format!("A has {} k pairs, B has {}", a.kp, b.kp));
+    if a.k != b.kp {
+        return err(format!("A has {} k pairs, B has {}", a.k, b.kp));
     }
     let (m, n) = (a.m, b.n);
     let raw = match out {
@@ -451,7 +412,7 @@ pub fn gemm(a: Lhs<'_>, b: &PackedB, out: Output<'_>, par: bool) -> Result<()> {
     }
     let kernel = select_kernel();
     let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
-    let work = (m * n).saturating_mul(a.kp.max(1));
+    let work = (m * n).saturating_mul(a.k.max(1));
     if par && mt * nt > 1 && work >= 1 << 18 {
         (0..mt * nt)
             .into_par_iter()
@@ -475,7 +436,7 @@ fn select_kernel() -> Kernel {
 
 /// One `MC × NC` output block: all its tiles over all `k` blocks.
 fn run_block(a: &Lhs<'_>, b: &PackedB, ic: usize, jc: usize, out: &RawOut, buf: &mut Vec<f32>, kernel: Kernel) {
-    let (m, n, kp) = (out.m, out.n, a.kp);
+    let (m, n, kp) = (out.m, out.n, a.k);
     let (r0, c0) = (ic * MC, jc * NC);
     let (ip, jp) = ((MC.min(m - r0)).div_ceil(MR), (NC.min(n - c0)).div_ceil(NR));
     let kblocks = kp.div_ceil(KCP).max(1);
@@ -495,8 +456,8 @@ fn run_block(a: &Lhs<'_>, b: &PackedB, ic: usize, jc: usize, out: &RawOut, buf: 
                 };
                 let tile = Tile {
                     pc,
-                    a: a.row_ptrs(r0 / MR + i, p0),
-                    a_step: a.pair_stride,
+                    a: a.row_ptrs::<MR>(r0 / MR + i, p0),
+                    a_step: a.k_stride,
                     b: b.data[bj..].as_ptr(),
                     stage,
                     first: kb == 0,

@@ -18,6 +18,7 @@
 
 pub mod attention;
 pub mod bf16;
+pub mod lhs;
 pub mod linear;
 pub mod sgemm;
 pub mod vector;

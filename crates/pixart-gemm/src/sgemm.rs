@@ -100,63 +100,18 @@ impl PackedA {
 }
 
 /// The left operand as the micro-kernel reads it.
-#[derive(Clone, Copy)]
-pub struct Lhs<'a> {
-    base: *const f32,
-    m: usize,
-    k: usize,
-    /// Offsets between MR-row panels, rows within a panel, and consecutive `k`.
-    panel_stride: usize,
-    row_stride: usize,
-    k_stride: usize,
-    _borrow: std::marker::PhantomData<&'a [f32]>,
-}
-
-// SAFETY: an `Lhs` is a shared borrow of immutable data.
-unsafe impl Send for Lhs<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for Lhs<'_> {}
+pub type Lhs<'a> = crate::lhs::LhsOf<'a, f32>;
 
 impl<'a> Lhs<'a> {
     /// A packed matrix.
     pub fn packed(a: &'a PackedA) -> Self {
-        Self {
-            base: a.data.as_ptr(),
-            m: a.m,
-            k: a.k,
-            panel_stride: a.k * MR,
-            row_stride: 1,
-            k_stride: MR,
-            _borrow: std::marker::PhantomData,
-        }
+        Self::from_parts(a.data.as_ptr(), a.m, a.k, a.k * MR, 1, MR)
     }
 
     /// A row-major `m × k` matrix with leading dimension `lda`, read in place.
     pub fn rows(a: &'a [f32], m: usize, k: usize, lda: usize) -> Result<Self> {
         check_matrix("A", a.len(), m, k, lda)?;
-        Ok(Self {
-            base: a.as_ptr(),
-            m,
-            k,
-            panel_stride: MR * lda,
-            row_stride: lda,
-            k_stride: 1,
-            _borrow: std::marker::PhantomData,
-        })
-    }
-
-    /// Pointers to the MR rows of panel `i` at `k = p0`; rows past `m` repeat the last row
-    /// (their results are never written).
-    fn row_ptrs(&self, i: usize, p0: usize) -> [*const f32; MR] {
-        let mut out = [self.base; MR];
-        for (r, o) in out.iter_mut().enumerate() {
-            let row = (i * MR + r).min(self.m.saturating_sub(1));
-            let (pi, ri) = (row / MR, row % MR);
-            *o = self
-                .base
-                .wrapping_add(pi * self.panel_stride + ri * self.row_stride + p0 * self.k_stride);
-        }
-        out
+        Ok(Self::from_parts(a.as_ptr(), m, k, MR * lda, lda, 1))
     }
 }
 
@@ -487,7 +442,7 @@ fn run_task(
             }
         };
         for i in panels.clone() {
-            let ap = a.row_ptrs(i, p0);
+            let ap = a.row_ptrs::<MR>(i, p0);
             for j in 0..jp {
                 let tile = Tile {
                     kc,
