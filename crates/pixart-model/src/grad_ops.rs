@@ -542,16 +542,7 @@ mod tests {
         let (x, y) = (var((b, n, c), 2.0), var((b, n, c), 1.0));
         let (v1, v2) = (var((b, 1, c), 0.5), var((b, 1, c), 0.5));
         let w = Tensor::randn(0f32, 1.0, (b, n, c), &dev).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let max_diff = |a: &Tensor, b: &Tensor| pixart_core::testing::max_abs_diff(a, b).0;
         type F = fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor>;
         let cases: [(&str, F, F, &Var); 2] = [
             ("modulate", super::modulate, crate::ops::modulate, &x),
