@@ -136,6 +136,10 @@ fn missing(component: &str, paths: &ComponentPaths, flag: &str) -> Error {
 }
 
 /// `dir/sub` if it is a folder.
+fn no_such_model(model: &Path) -> Error {
+    Error::InvalidInput(format!("{}: no such model folder or file", model.display()))
+}
+
 fn sub(dir: &Path, name: &str) -> Option<PathBuf> {
     Some(dir.join(name)).filter(|p| p.is_dir())
 }
@@ -174,6 +178,10 @@ impl ComponentPaths {
             }
         }
         let model = crate::hub::resolve(&self.model, hub, &wanted, &mut *progress)?;
+        // A mistyped local path is named before the base is fetched for it.
+        if !model.exists() {
+            return Err(no_such_model(&model));
+        }
         let from_base: Vec<&str> = wanted[1..]
             .iter()
             .filter(|c| !(model.is_dir() && model.join(c).is_dir()))
@@ -199,10 +207,7 @@ impl ComponentPaths {
     fn resolve_local(&self) -> Result<ResolvedPaths> {
         let model = &self.model;
         if !model.exists() {
-            return Err(Error::InvalidInput(format!(
-                "{}: no such model folder or file",
-                model.display()
-            )));
+            return Err(no_such_model(model));
         }
         if let Some(b) = &self.base {
             if !b.is_dir() {
