@@ -54,11 +54,16 @@ pub trait Scheduler {
     /// The noise levels σ of the steps plus the final one (empty for DDIM, which has none).
     fn sigmas(&self) -> &[f32];
 
-    /// Scale of the initial latent: `latents = noise · init_noise_sigma`.
-    fn init_noise_sigma(&self) -> f64;
+    /// Scale of the initial latent: `latents = noise · init_noise_sigma` (1 for the samplers
+    /// that work on unscaled latents, which is all but Euler ancestral).
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
 
-    /// The model input at step `step_index` (identity except for Euler ancestral).
-    fn scale_model_input(&self, sample: &Tensor, step_index: usize) -> Result<Tensor>;
+    /// The model input at step `step_index` (the identity for all but Euler ancestral).
+    fn scale_model_input(&self, sample: &Tensor, _step_index: usize) -> Result<Tensor> {
+        Ok(sample.clone())
+    }
 
     /// One step from `sample` at `timesteps()[step_index]` to the next noise level.
     /// Steps must be taken in order (the first one may start anywhere, as for img2img).
