@@ -67,9 +67,53 @@ impl std::fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
+/// Help and version go out as clap writes them; an argument error as one line (clap's first
+/// line and its tip, without the usage block), exit code 2.
+fn argument_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.strip_prefix("error: ")
+                .or_else(|| l.strip_prefix("tip: "))
+                .unwrap_or(l)
+        })
+        .collect();
+    let mut msg = String::new();
+    for p in parts {
+        if !msg.is_empty() {
+            msg.push_str(if msg.ends_with(':') { " " } else { "; " });
+        }
+        msg.push_str(p);
+    }
+    if msg.is_empty() {
+        msg.push_str("invalid arguments");
+    }
+    eprintln!("error: {msg} (see --help)");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     pixart_core::mem::tune_allocator();
-    let cli = Cli::parse();
+    // candle attaches a backtrace to its errors when RUST_BACKTRACE is set, which would fold
+    // into the one-line message; panics keep theirs (RUST_LIB_BACKTRACE=1 brings both back).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(e),
+    };
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
         Command::Convert(a) => commands::convert::run(a),

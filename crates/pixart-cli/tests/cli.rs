@@ -453,3 +453,40 @@ fn init_transformer_and_vae_make_a_pipeline_that_generates() {
     assert_one_line_error(&init("transformer", bad, dir.join("t3"), &[]), 2, "num_layers");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Argument errors are one line with clap's hint, exit 2; help and version still print in full.
+#[test]
+fn argument_errors_are_one_line() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["generate", "-p", "x", "--outptu", "y"],
+            "a similar argument exists: '--output'",
+        ),
+        (
+            &["generate", "-p", "x", "--output-type", "jpg"],
+            "[possible values: image, latent]",
+        ),
+        (&["generate"], "not provided: --prompt <PROMPT>"),
+        (&["frobnicate"], "unrecognized subcommand 'frobnicate'"),
+        (
+            &[
+                "run",
+                "tokenize",
+                "--model",
+                "m",
+                "--prompt",
+                "x",
+                "--max-length",
+                "18446744073709551615",
+            ],
+            "between 1 and 65536",
+        ),
+    ];
+    for (args, needle) in cases {
+        let o = bin().args(args).output().unwrap();
+        assert_one_line_error(&o, 2, needle);
+    }
+    let help = bin().args(["generate", "--help"]).output().unwrap();
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: pixart generate"));
+}

@@ -523,3 +523,152 @@ fn device_auto_runs_without_a_gpu() {
     assert!(out.is_file());
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A copy of the golden pipeline to break one file of.
+fn pipeline_copy(dir: &Path, name: &str) -> PathBuf {
+    let to = dir.join(name);
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(pipeline()).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(to.join(entry.file_name())).unwrap();
+            for f in std::fs::read_dir(entry.path()).unwrap() {
+                let f = f.unwrap();
+                std::fs::copy(f.path(), to.join(entry.file_name()).join(f.file_name())).unwrap();
+            }
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    to
+}
+
+/// Rewrites one tensor of a safetensors file.
+fn edit_tensor(file: &Path, name: &str, edit: impl FnOnce(&Tensor) -> Tensor) {
+    let mut map = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    let t = edit(&map[name]);
+    map.insert(name.to_string(), t);
+    candle_core::safetensors::save(&map, file).unwrap();
+}
+
+/// Broken inputs and model files are refused before the work, in one line naming the file at
+/// fault (exit 2); NaN spreading from a weight stops the run instead of writing a black image
+/// (exit 1). Nothing is written at the output path in any case.
+#[test]
+fn broken_inputs_and_files_are_named() {
+    let dir = tempdir("broken");
+    let out = dir.join("x.png");
+    let o = out.to_str().unwrap();
+    let small = [
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--no-resolution-binning",
+        "--steps",
+        "2",
+    ];
+    let run = |model: &Path, extra: &[&str]| {
+        let r = bin()
+            .args(["generate", "-p", "x", "-o", o, "--model"])
+            .arg(model)
+            .args(small)
+            .args(extra)
+            .output()
+            .unwrap();
+        (r.status.code(), stderr(&r))
+    };
+    let check = |(code, e): (Option<i32>, String), want: i32, needles: &[&str]| {
+        assert_eq!(code, Some(want), "{e}");
+        assert_eq!(
+            e.trim_end().lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "{e}"
+        );
+        for n in needles {
+            assert!(e.contains(n), "{n:?} not in {e}");
+        }
+        assert!(!out.exists(), "{e}");
+    };
+    let shape = [1, 4, 4, 4];
+    // --latents: NaN values, an integer dtype.
+    let nan = Tensor::full(f32::NAN, &shape[..], &Device::Cpu).unwrap();
+    let p = write_latents(&dir, &nan);
+    check(
+        run(&pipeline(), &["--latents", p.to_str().unwrap()]),
+        2,
+        &["`latents`", "NaN"],
+    );
+    let ints = Tensor::zeros(&shape[..], candle_core::DType::I64, &Device::Cpu).unwrap();
+    let p = write_latents(&dir, &ints);
+    check(
+        run(&pipeline(), &["--latents", p.to_str().unwrap()]),
+        2,
+        &["`latents` is I64"],
+    );
+    // A folder where the second image would go: refused before the work.
+    std::fs::create_dir(dir.join("x-1.png")).unwrap();
+    check(run(&pipeline(), &["--batch", "2"]), 2, &["x-1.png: is a folder"]);
+    // More images than one run makes, and an overflowing count.
+    check(run(&pipeline(), &["--batch", "65"]), 2, &["more than 64 images"]);
+    check(
+        run(&pipeline(), &["--batch", "18446744073709551615"]),
+        2,
+        &["more than 64 images"],
+    );
+
+    // A NaN weight: the denoising loop stops at the first step.
+    let m = pipeline_copy(&dir, "nan-weight");
+    edit_tensor(
+        &m.join("transformer/diffusion_pytorch_model.safetensors"),
+        "proj_out.bias",
+        |t| t.affine(0.0, f64::NAN).unwrap(),
+    );
+    check(run(&m, &[]), 1, &["the latents after step 1 of 2 hold NaN"]);
+    // An integer weight.
+    let m = pipeline_copy(&dir, "int-weight");
+    edit_tensor(
+        &m.join("vae/diffusion_pytorch_model.safetensors"),
+        "decoder.conv_in.bias",
+        |t| t.to_dtype(candle_core::DType::I64).unwrap(),
+    );
+    check(run(&m, &[]), 2, &["`decoder.conv_in.bias` is I64"]);
+    // Another component's config, an absurd size, a scheduler value no sampler runs with.
+    let m = pipeline_copy(&dir, "swapped-config");
+    std::fs::copy(m.join("vae/config.json"), m.join("transformer/config.json")).unwrap();
+    check(
+        run(&m, &[]),
+        2,
+        &["transformer/config.json", "`_class_name` is `AutoencoderKL`"],
+    );
+    let m = pipeline_copy(&dir, "huge");
+    let cfg = std::fs::read_to_string(m.join("transformer/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["num_layers"] = serde_json::json!(1_000_000_000_000u64);
+    std::fs::write(m.join("transformer/config.json"), v.to_string()).unwrap();
+    check(run(&m, &[]), 2, &["`num_layers` is 1000000000000"]);
+    let m = pipeline_copy(&dir, "scheduler");
+    let cfg = std::fs::read_to_string(m.join("scheduler/scheduler_config.json")).unwrap();
+    assert!(cfg.contains("\"_class_name\": \"DPMSolverMultistepScheduler\""));
+    let cfg = cfg.replace("\"solver_order\": 2", "\"solver_order\": 0");
+    std::fs::write(m.join("scheduler/scheduler_config.json"), cfg).unwrap();
+    check(run(&m, &[]), 2, &["scheduler_config.json", "solver_order"]);
+    // A LoRA of another model's width names the LoRA, not the base model.
+    let lora = dir.join("lora.safetensors");
+    let a = Tensor::zeros((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros((32, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let map = HashMap::from([
+        ("transformer_blocks.0.attn1.to_q.lora_A.weight".to_string(), a),
+        ("transformer_blocks.0.attn1.to_q.lora_B.weight".to_string(), b),
+    ]);
+    candle_core::safetensors::save(&map, &lora).unwrap();
+    check(
+        run(&pipeline(), &["--lora", lora.to_str().unwrap()]),
+        2,
+        &[
+            "lora.safetensors: LoRA adapters of another model's sizes",
+            "to_q.weight",
+        ],
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

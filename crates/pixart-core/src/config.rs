@@ -20,9 +20,127 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     })
 }
 
+/// Which model class a component's `config.json` may describe: the value of `key`
+/// (`_class_name` in diffusers configs, `model_type` in transformers ones), where present,
+/// must be one of `names`.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfigClass {
+    /// What the component is, for messages ("a transformer").
+    pub component: &'static str,
+    pub key: &'static str,
+    pub names: &'static [&'static str],
+}
+
+/// Reads a component's `config.json`: a JSON object (not an array, whose values serde would
+/// take by position) of the class `class` names, so that a config of another component
+/// (a VAE's given as the transformer's) is refused instead of read as defaults.
+pub fn read_component_config<T: DeserializeOwned>(path: &Path, class: ConfigClass) -> Result<T> {
+    let value: serde_json::Value = read_json(path)?;
+    let Some(object) = value.as_object() else {
+        return Err(Error::config(path, "invalid config: expected a JSON object"));
+    };
+    if let Some(found) = object.get(class.key).and_then(|v| v.as_str()) {
+        if !class.names.contains(&found) {
+            return Err(Error::config(
+                path,
+                format!(
+                    "`{}` is `{found}`, not {} ({})",
+                    class.key,
+                    class.component,
+                    class.names.join(" or ")
+                ),
+            ));
+        }
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let key = e.path().to_string();
+        Error::config(path, format!("invalid config: key `{key}`: {}", e.into_inner()))
+    })
+}
+
+/// Refuses sizes above their bounds, before anything is allocated from them:
+/// `(key, value, at most)`. The message names the key.
+pub fn check_at_most(bounds: &[(&str, usize, usize)]) -> std::result::Result<(), String> {
+    match bounds.iter().find(|(_, v, max)| v > max) {
+        Some((key, v, max)) => Err(format!("`{key}` is {v}, more than this engine supports ({max})")),
+        None => Ok(()),
+    }
+}
+
+/// The most parameters a component config may describe (400 GB in f32): beyond it the
+/// weights cannot be allocated on any machine this runs on.
+pub const MAX_PARAMETERS: u128 = 100_000_000_000;
+
+/// Refuses a config whose parameter count (computed in u128, so it cannot overflow) exceeds
+/// [`MAX_PARAMETERS`].
+pub fn check_parameters(parameters: u128) -> std::result::Result<(), String> {
+    if parameters > MAX_PARAMETERS {
+        return Err(format!(
+            "these sizes describe a model of {parameters} parameters, more than this engine supports ({MAX_PARAMETERS})"
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `value` as pretty JSON, atomically (temp file + rename).
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| Error::config(path, format!("cannot serialise: {e}")))?;
     crate::weights::write_atomic(path, text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VAE: ConfigClass = ConfigClass {
+        component: "a VAE",
+        key: "_class_name",
+        names: &["AutoencoderKL"],
+    };
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Sizes {
+        #[serde(default)]
+        a: usize,
+    }
+
+    fn read(text: &str) -> Result<Sizes> {
+        let dir = std::env::temp_dir().join(format!("pixart-core-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!(
+            "{:x}.json",
+            text.len() * 31 + text.bytes().map(usize::from).sum::<usize>()
+        ));
+        std::fs::write(&path, text).unwrap();
+        let r = read_component_config(&path, VAE);
+        std::fs::remove_file(&path).ok();
+        r
+    }
+
+    #[test]
+    fn component_configs_must_be_objects_of_their_class() {
+        assert_eq!(read(r#"{"_class_name": "AutoencoderKL", "a": 3}"#).unwrap().a, 3);
+        assert_eq!(read(r#"{"a": 4}"#).unwrap().a, 4);
+        let e = read(r#"{"_class_name": "PixArtTransformer2DModel"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`_class_name` is `PixArtTransformer2DModel`, not a VAE (AutoencoderKL)"),
+            "{e}"
+        );
+        let e = read("[1, 2]").unwrap_err().to_string();
+        assert!(e.contains("expected a JSON object"), "{e}");
+        let e = read(r#"{"a": "x"}"#).unwrap_err().to_string();
+        assert!(e.contains("key `a`"), "{e}");
+    }
+
+    #[test]
+    fn bounds_name_the_key() {
+        assert!(check_at_most(&[("a", 3, 3), ("b", 0, 1)]).is_ok());
+        let e = check_at_most(&[("a", 3, 3), ("b", 2, 1)]).unwrap_err();
+        assert_eq!(e, "`b` is 2, more than this engine supports (1)");
+        assert!(check_parameters(MAX_PARAMETERS).is_ok());
+        assert!(check_parameters(MAX_PARAMETERS + 1).unwrap_err().contains("parameters"));
+    }
 }

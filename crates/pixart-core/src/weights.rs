@@ -202,6 +202,11 @@ fn mmap_safetensors(paths: &[PathBuf]) -> Result<candle_core::safetensors::Mmape
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(paths) };
     st.map_err(|e| {
         let first = paths.first().cloned().unwrap_or_default();
+        // candle's error names the path too; the message names it once.
+        let e = match e {
+            candle_core::Error::WithPath { inner, .. } => *inner,
+            e => e,
+        };
         Error::weights(first, format!("not a valid safetensors file: {e}"))
     })
 }
@@ -367,6 +372,14 @@ impl CheckedWeights {
             ));
             return None;
         }
+        // A parameter stored as integers is not a weight (a cast would pass it silently).
+        if dtype.is_float() && !info.dtype.is_float() {
+            self.note(format!(
+                "tensor `{}` is {:?}, expected floating-point weights",
+                src.name, info.dtype
+            ));
+            return None;
+        }
         let loaded = self
             .file
             .load(&src.name, dev)
@@ -456,13 +469,17 @@ impl SimpleBackend for RandomWeights {
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename, fsync
 /// of the folder. A reader (or a crash) sees either the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_path(path);
+    let target = match output_target(path)? {
+        Target::File(t) => t,
+        Target::Stream(t) => return write_stream(path, &t, bytes),
+    };
+    let tmp = temp_path(&target);
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        sync_parent(path);
+        std::fs::rename(&tmp, &target)?;
+        sync_parent(&target);
         Ok(())
     })();
     if result.is_err() {
@@ -473,20 +490,95 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Saves tensors as safetensors at `path`, atomically (see [`write_atomic`]).
 pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let tmp = temp_path(path);
+    let target = match output_target(path)? {
+        Target::File(t) => t,
+        Target::Stream(t) => {
+            let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
+                .map_err(|e| Error::weights(path, format!("cannot serialise: {e}")))?;
+            return write_stream(path, &t, &bytes);
+        }
+    };
+    let tmp = temp_path(&target);
     let result = candle_core::safetensors::save(tensors, &tmp)
-        .map_err(Error::from)
+        .map_err(|e| match e {
+            // The temp file's name means nothing to the user: name the output.
+            candle_core::Error::Io(io) => Error::io(path, io),
+            e => Error::from(e),
+        })
         .and_then(|()| {
-            let f = std::fs::File::open(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-            sync_parent(path);
+            let f = std::fs::File::open(&tmp).map_err(|e| Error::io(path, e))?;
+            f.sync_all().map_err(|e| Error::io(path, e))?;
+            std::fs::rename(&tmp, &target).map_err(|e| Error::io(path, e))?;
+            sync_parent(&target);
             Ok(())
         });
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Where a write lands.
+enum Target {
+    /// A regular file (or none yet): written atomically.
+    File(PathBuf),
+    /// A character device or FIFO (`/dev/null`, `/dev/stdout` into a pipe): written in place,
+    /// since renaming over it would replace it.
+    Stream(PathBuf),
+}
+
+/// `path`, or the file a symbolic link there points to (the link is kept, as an editor saving
+/// through it would keep it), and how to write it. A folder is refused.
+fn output_target(path: &Path) -> Result<Target> {
+    let is_link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    let target = if is_link {
+        match std::fs::canonicalize(path) {
+            Ok(t) => t,
+            // A dangling link: the file it names is created.
+            Err(_) => {
+                let link = std::fs::read_link(path).map_err(|e| Error::io(path, e))?;
+                path.parent().map_or(link.clone(), |dir| dir.join(&link))
+            }
+        }
+    } else {
+        path.to_path_buf()
+    };
+    match std::fs::metadata(&target) {
+        Ok(m) if m.is_dir() => Err(Error::InvalidInput(format!(
+            "{}: is a folder, not a file to write",
+            path.display()
+        ))),
+        Ok(m) if !m.is_file() => {
+            use std::os::unix::fs::FileTypeExt;
+            let t = m.file_type();
+            if t.is_char_device() || t.is_fifo() {
+                Ok(Target::Stream(target))
+            } else {
+                Err(Error::InvalidInput(format!(
+                    "{}: exists and is not a file to write",
+                    path.display()
+                )))
+            }
+        }
+        _ => Ok(Target::File(target)),
+    }
+}
+
+/// Checks, before any work, that the write functions here can write `path` (it is not a
+/// folder or a socket); the folder it is in is the caller's to check.
+pub fn check_output_path(path: &Path) -> Result<()> {
+    output_target(path).map(|_| ())
+}
+
+/// Writes `bytes` into a device or FIFO.
+fn write_stream(path: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(target)
+        .map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.flush())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -570,5 +662,60 @@ impl<B: SimpleBackend> SimpleBackend for Shared<B> {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.contains_tensor(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("pixart-core-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn writes_go_through_links_into_streams_and_never_over_folders() {
+        let d = scratch("out");
+        // A link is kept; the file it points to receives the bytes.
+        std::fs::write(d.join("target.png"), b"old").unwrap();
+        std::os::unix::fs::symlink("target.png", d.join("link.png")).unwrap();
+        write_atomic(&d.join("link.png"), b"new").unwrap();
+        assert!(std::fs::symlink_metadata(d.join("link.png"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(d.join("target.png")).unwrap(), b"new");
+        // A dangling link creates its target.
+        std::os::unix::fs::symlink("later.png", d.join("dangling.png")).unwrap();
+        write_atomic(&d.join("dangling.png"), b"x").unwrap();
+        assert_eq!(std::fs::read(d.join("later.png")).unwrap(), b"x");
+        // A folder is refused, and left alone.
+        std::fs::create_dir(d.join("dir.png")).unwrap();
+        let e = write_atomic(&d.join("dir.png"), b"x").unwrap_err().to_string();
+        assert!(e.contains("is a folder"), "{e}");
+        assert!(check_output_path(&d.join("dir.png")).is_err());
+        assert!(d.join("dir.png").is_dir());
+        // A device is written in place, not replaced.
+        write_atomic(Path::new("/dev/null"), b"x").unwrap();
+        let map = HashMap::from([("t".to_string(), Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap())]);
+        save_safetensors(&map, Path::new("/dev/null")).unwrap();
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata("/dev/null").unwrap().file_type().is_char_device());
+        // A full device reports the failure.
+        if Path::new("/dev/full").exists() {
+            let e = write_atomic(Path::new("/dev/full"), b"x").unwrap_err().to_string();
+            assert!(e.starts_with("/dev/full: "), "{e}");
+        }
+        // No temp files are left anywhere.
+        let left: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        std::fs::remove_dir_all(&d).ok();
     }
 }

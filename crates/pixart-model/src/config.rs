@@ -240,7 +240,12 @@ impl Default for TransformerConfig {
 impl TransformerConfig {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let cfg: Self = pixart_core::config::read_json(path)?;
+        let class = pixart_core::config::ConfigClass {
+            component: "a PixArt transformer",
+            key: "_class_name",
+            names: &["PixArtTransformer2DModel", "Transformer2DModel"],
+        };
+        let cfg: Self = pixart_core::config::read_component_config(path, class)?;
         cfg.validate().map_err(|msg| Error::config(path, msg))?;
         Ok(cfg)
     }
@@ -270,6 +275,25 @@ impl TransformerConfig {
                 return Err(format!("`{key}` must be positive"));
             }
         }
+        pixart_core::config::check_at_most(&[
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("attention_head_dim", self.attention_head_dim, 1024),
+            ("in_channels", self.in_channels, 1024),
+            ("out_channels", self.out_channels.unwrap_or(0), 1024),
+            ("num_layers", self.num_layers, 1024),
+            // Latent pixels: 8192 px images with an 8× VAE.
+            ("sample_size", self.sample_size, 1024),
+            ("patch_size", self.patch_size, 64),
+            ("caption_channels", self.caption_channels.unwrap_or(0), 65536),
+            ("cross_attention_dim", self.cross_attention_dim.unwrap_or(0), 1 << 20),
+        ])?;
+        // Per block: q, k, v, out of self- and cross-attention (8 C²) and the 4× MLP (8 C²).
+        let c = self.inner_dim() as u128;
+        let caption = self.caption_channels.unwrap_or(0) as u128;
+        let patch = (self.patch_size * self.patch_size * (self.in_channels + self.out_channels.unwrap_or(0))) as u128;
+        pixart_core::config::check_parameters(
+            self.num_layers as u128 * 16 * c * c + caption * c + 8 * c * c + patch * c,
+        )?;
         if self.out_channels == Some(0) {
             return Err("`out_channels` must be positive".into());
         }

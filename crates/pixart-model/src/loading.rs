@@ -176,6 +176,15 @@ pub fn load_transformer(path: &Path, opts: &LoadOptions) -> Result<LoadedTransfo
         let vb = VarBuilder::from_backend(Box::new(merge.clone()), opts.dtype, opts.device.clone());
         let built = PixArtTransformer::new(&config, vb);
         backend.0.finish()?;
+        let mismatched = merge.0.mismatched();
+        if !mismatched.is_empty() {
+            let files: Vec<String> = opts.loras.iter().map(|l| l.path.display().to_string()).collect();
+            return Err(Error::InvalidInput(format!(
+                "{}: LoRA adapters of another model's sizes: {}",
+                files.join(", "),
+                mismatched.join("; ")
+            )));
+        }
         let unused = merge.0.unused();
         if !unused.is_empty() {
             return Err(Error::InvalidInput(format!(

@@ -110,6 +110,9 @@ pub struct LoraMerge<B: SimpleBackend> {
     pub inner: B,
     deltas: BTreeMap<String, Tensor>,
     used: Mutex<Vec<String>>,
+    /// Deltas whose shape is not their weight's (the weight is handed out unchanged, so that
+    /// the build goes on and the loader can name the LoRA as the fault).
+    mismatched: Mutex<Vec<String>>,
 }
 
 impl<B: SimpleBackend> LoraMerge<B> {
@@ -118,7 +121,13 @@ impl<B: SimpleBackend> LoraMerge<B> {
             inner,
             deltas,
             used: Mutex::new(Vec::new()),
+            mismatched: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The deltas that did not fit their weight, described.
+    pub fn mismatched(&self) -> Vec<String> {
+        self.mismatched.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Delta names no model weight took.
@@ -134,11 +143,18 @@ impl<B: SimpleBackend> SimpleBackend for LoraMerge<B> {
         match self.deltas.get(name) {
             None => Ok(t),
             Some(d) => {
-                if d.dims() != t.dims() {
-                    candle_core::bail!("LoRA delta for `{name}` is {:?}, the weight {:?}", d.dims(), t.dims());
-                }
                 if let Ok(mut u) = self.used.lock() {
                     u.push(name.to_string());
+                }
+                if d.dims() != t.dims() {
+                    if let Ok(mut m) = self.mismatched.lock() {
+                        m.push(format!(
+                            "the update of `{name}` is {:?}, the weight {:?}",
+                            d.dims(),
+                            t.dims()
+                        ));
+                    }
+                    return Ok(t);
                 }
                 (t.to_dtype(DType::F32)? + d.to_device(dev)?)?.to_dtype(dtype)
             }

@@ -291,7 +291,27 @@ impl PipelineComponents {
         let text_dir = pixart_text::loading::text_encoder_dir(&paths.text_encoder)?;
         pixart_text::loading::locate_weights(&text_dir)?;
         let tokenizer = T5Tokenizer::from_dir(&paths.tokenizer)?;
+        // Every id the tokenizer can produce must have an embedding row.
+        let text_config_path = text_dir.join("config.json");
+        let text_config = pixart_text::T5Config::from_file(&text_config_path)?;
+        if tokenizer.vocab_size() > text_config.vocab_size {
+            return Err(Error::config(
+                &text_config_path,
+                format!(
+                    "the tokenizer ({}) has {} tokens, more than this text encoder's vocab_size {}",
+                    paths.tokenizer.display(),
+                    tokenizer.vocab_size(),
+                    text_config.vocab_size
+                ),
+            ));
+        }
         let scheduler_config = SchedulerConfig::from_file(&paths.scheduler_config)?;
+        // The sampler the file names is built now, so that a value it cannot run with is
+        // reported against the file, before anything heavy is loaded.
+        if scheduler_config.class().is_some() {
+            pixart_schedulers::from_config(&scheduler_config, None)
+                .map_err(|e| Error::config(&paths.scheduler_config, e.to_string()))?;
+        }
         let load_opts = LoadOptions {
             dtype: opts.dtype,
             device: opts.device.clone(),

@@ -36,5 +36,7 @@ pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
 pub use image_file::{encode_png, parameters_text, sampler_name};
 pub use noise::{random_seed, NoiseSource, SeededNoise};
-pub use pipeline::{denoise_step, generate, Generated, Output, Progress, Stage, Timings};
-pub use request::{GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_SEQUENCE_LENGTH};
+pub use pipeline::{denoise_step, ensure_finite, generate, Generated, Output, Progress, Stage, Timings};
+pub use request::{
+    GenerationRequest, OutputKind, VaeTiling, ValidatedRequest, MAX_IMAGES, MAX_SEQUENCE_LENGTH, MAX_SIDE,
+};

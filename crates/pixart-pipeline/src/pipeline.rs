@@ -113,6 +113,18 @@ impl Clock<'_> {
 }
 
 /// A (batch, …) tensor of per-image noise from `noise`, in `dtype` on `device`.
+/// Fails when `t` holds NaN or an infinity: a broken weight or input spreads them through
+/// every later step, and they would come out as a black image. One reduction to a scalar.
+pub fn ensure_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
+    // x − x is 0 for every finite x and NaN for NaN and ±∞.
+    #[allow(clippy::eq_op)] // x − x is the probe, not a mistake
+    let probe = (t - t)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    if probe.is_nan() {
+        return Err(Error::NonFinite(format!("{} hold NaN or infinite values", what())));
+    }
+    Ok(())
+}
+
 fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &Device) -> Result<Tensor> {
     let per = shape[1] * shape[2] * shape[3];
     let mut all = Vec::with_capacity(shape[0] * per);
@@ -270,6 +282,8 @@ pub fn generate(
             None
         };
         latents = denoise_step(model, &ctx, &mut scheduler, &latents, i, guidance, step_noise.as_ref())?;
+        ensure_finite(&latents, || format!("the latents after step {} of {total}", i + 1))
+            .map_err(|e| Error::NonFinite(format!("{e} (a weight holds them, or the dtype overflowed)")))?;
         let seconds = start.elapsed().as_secs_f64();
         clock.timings.steps.push(seconds);
         (clock.progress)(Progress::Step {
@@ -303,7 +317,9 @@ pub fn generate(
         let image = vae.decode_with_progress(&z, r.vae_tiling.tiling(), &mut |done, total| {
             progress(Progress::DecodeTile { done, total })
         })?;
-        Ok(image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+        let image = image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        ensure_finite(&image, || "the VAE's decoded pixels".into())?;
+        Ok(image)
     })?;
 
     // 7. Back to the requested size when binned (bilinear resize + centre crop, in [-1, 1]),

@@ -11,6 +11,9 @@ use crate::components::ModelGeometry;
 
 /// Largest accepted image side in pixels.
 pub const MAX_SIDE: usize = 8192;
+/// The most images one request makes (prompts × images per prompt); they are denoised as one
+/// batch.
+pub const MAX_IMAGES: usize = 64;
 
 /// Tokens per prompt (PixArt-Σ's `max_sequence_length`).
 pub const MAX_SEQUENCE_LENGTH: usize = 300;
@@ -170,6 +173,18 @@ impl GenerationRequest {
         if self.images_per_prompt == 0 {
             return Err(invalid("--batch must be at least 1"));
         }
+        let batch = self
+            .prompts
+            .len()
+            .checked_mul(self.images_per_prompt)
+            .filter(|n| *n <= MAX_IMAGES)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "{} prompt(s) × --batch {} is more than {MAX_IMAGES} images in one run",
+                    self.prompts.len(),
+                    self.images_per_prompt
+                ))
+            })?;
         let g = geometry;
         let f = g.vae_factor;
         let multiple = f * g.patch_size;
@@ -204,7 +219,6 @@ impl GenerationRequest {
             }
             (out_height, out_width)
         };
-        let batch = self.prompts.len() * self.images_per_prompt;
         let latent_shape = [batch, g.in_channels, gen_height / f, gen_width / f];
         if let Some(l) = &self.latents {
             if l.dims() != latent_shape {

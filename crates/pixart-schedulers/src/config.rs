@@ -258,6 +258,11 @@ impl SchedulerConfig {
         if self.num_train_timesteps == Some(0) {
             return Err("`num_train_timesteps` must be at least 1".into());
         }
+        if let Some(n) = self.num_train_timesteps.filter(|n| *n > MAX_TRAIN_TIMESTEPS) {
+            return Err(format!(
+                "`num_train_timesteps` is {n}, more than this engine supports ({MAX_TRAIN_TIMESTEPS})"
+            ));
+        }
         Ok(())
     }
 
@@ -266,6 +271,9 @@ impl SchedulerConfig {
         self.class_name.as_deref().and_then(SchedulerClass::from_class_name)
     }
 }
+
+/// The largest training schedule accepted (diffusers' schedulers use 1000).
+const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
 /// Quotes the bare non-finite float tokens Python's `json` writes (`-Infinity`, `Infinity`,
 /// `NaN`) outside strings, so that serde_json can read them as strings.

@@ -86,7 +86,12 @@ pub struct FeedForward {
 impl T5Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let cfg: Self = pixart_core::config::read_json(path)?;
+        let class = pixart_core::config::ConfigClass {
+            component: "a T5 encoder",
+            key: "model_type",
+            names: &["t5"],
+        };
+        let cfg: Self = pixart_core::config::read_component_config(path, class)?;
         cfg.validate().map_err(|m| Error::config(path, m))?;
         Ok(cfg)
     }
@@ -147,6 +152,20 @@ impl T5Config {
                 return Err(format!("{name} must be positive"));
             }
         }
+        pixart_core::config::check_at_most(&[
+            ("vocab_size", self.vocab_size, 1 << 20),
+            ("d_model", self.d_model, 65536),
+            ("d_kv", self.d_kv, 4096),
+            ("d_ff", self.d_ff, 1 << 18),
+            ("num_layers", self.num_layers, 1024),
+            ("num_heads", self.num_heads, 1024),
+            (
+                "relative_attention_num_buckets",
+                self.relative_attention_num_buckets,
+                4096,
+            ),
+        ])?;
+        pixart_core::config::check_parameters(self.num_parameters() as u128)?;
         // Bidirectional buckets: half per direction, half of those exact; at least one exact.
         if self.relative_attention_num_buckets < 4 {
             return Err(format!(

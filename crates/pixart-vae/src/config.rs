@@ -151,7 +151,12 @@ impl AutoencoderKlConfig {
 
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let cfg: Self = pixart_core::config::read_json(path)?;
+        let class = pixart_core::config::ConfigClass {
+            component: "a VAE",
+            key: "_class_name",
+            names: &["AutoencoderKL"],
+        };
+        let cfg: Self = pixart_core::config::read_component_config(path, class)?;
         cfg.validate().map_err(|m| Error::config(path, m))?;
         Ok(cfg)
     }
@@ -206,6 +211,18 @@ impl AutoencoderKlConfig {
                 self.norm_num_groups
             ));
         }
+        let widest = self.block_out_channels.iter().copied().max().unwrap_or(0);
+        pixart_core::config::check_at_most(&[
+            ("block_out_channels", widest, 16384),
+            ("layers_per_block", self.layers_per_block, 64),
+            ("in_channels", self.in_channels, 1024),
+            ("out_channels", self.out_channels, 1024),
+            ("latent_channels", self.latent_channels, 1024),
+            ("sample_size", self.sample_size, 65536),
+        ])?;
+        // Encoder and decoder: (layers + 1) resnets of two 3×3 convs per block.
+        let convs = 2 * (2 * self.layers_per_block as u128 + 3) * n as u128;
+        pixart_core::config::check_parameters(convs * 9 * (widest as u128).pow(2))?;
         if self.layers_per_block == 0 {
             return Err("layers_per_block: must be at least 1".into());
         }

@@ -126,10 +126,20 @@ fn sigma_config_for(size: usize) -> TransformerConfig {
     })
 }
 
+/// The most caption tokens and batch rows a benchmark takes (beyond them nothing fits).
+const MAX_TOKENS: usize = 65536;
+const MAX_BATCH: usize = 1024;
+
 fn check_size(size: usize) -> Result<()> {
-    if size == 0 || !size.is_multiple_of(16) {
+    check_side(size, 16)
+}
+
+/// `--size`: a positive multiple of `multiple`, at most the pipeline's largest side.
+fn check_side(size: usize, multiple: usize) -> Result<()> {
+    let max = pixart_pipeline::MAX_SIDE;
+    if size == 0 || !size.is_multiple_of(multiple) || size > max {
         bail!(UsageError(format!(
-            "--size must be a positive multiple of 16, got {size}"
+            "--size must be a positive multiple of {multiple} up to {max}, got {size}"
         )));
     }
     Ok(())
@@ -138,7 +148,7 @@ fn check_size(size: usize) -> Result<()> {
 fn denoise(b: DenoiseBench) -> Result<()> {
     check_size(b.size)?;
     let valid = b.valid_tokens.unwrap_or(b.tokens);
-    if b.steps == 0 || b.tokens == 0 || valid == 0 || valid > b.tokens {
+    if b.steps == 0 || b.tokens == 0 || b.tokens > MAX_TOKENS || valid == 0 || valid > b.tokens {
         bail!(UsageError(format!(
             "--steps and --tokens must be positive and 1 ≤ --valid-tokens ≤ --tokens, got {} / {} / {valid}",
             b.steps, b.tokens
@@ -182,12 +192,7 @@ fn denoise(b: DenoiseBench) -> Result<()> {
 }
 
 fn vae_decode(b: VaeBench) -> Result<()> {
-    if b.size == 0 || !b.size.is_multiple_of(8) {
-        bail!(UsageError(format!(
-            "--size must be a positive multiple of 8, got {}",
-            b.size
-        )));
-    }
+    check_side(b.size, 8)?;
     let tiling = super::run::tiling(&b.tile)?;
     let r = pixart_vae::bench_vae_decode(b.size, tiling, &mut |done, total, s| {
         if total > 1 {
@@ -214,12 +219,14 @@ fn vae_decode(b: VaeBench) -> Result<()> {
 }
 
 fn text_encoder(b: TextEncoderBench) -> Result<()> {
-    if b.tokens == 0 || b.batch == 0 {
-        bail!(UsageError("--tokens and --batch must be positive".into()));
+    if !(1..=MAX_TOKENS).contains(&b.tokens) || !(1..=MAX_BATCH).contains(&b.batch) {
+        bail!(UsageError(format!(
+            "--tokens must be 1 to {MAX_TOKENS} and --batch 1 to {MAX_BATCH}"
+        )));
     }
     let config = match b.config.as_str() {
         "xxl" => pixart_text::T5Config::xxl(),
-        path => pixart_text::T5Config::from_file(std::path::Path::new(path))?,
+        path => pixart_text::T5Config::from_file(std::path::Path::new(path)).map_err(super::usage)?,
     };
     let r = pixart_text::bench_text_encoder_on(config, dtype(&b.dtype)?, b.tokens, b.batch, &device(&b.device)?)?;
     println!(
@@ -265,8 +272,10 @@ fn print_profile(stages: &[(&'static str, f64, f64)], seconds_per_forward: f64) 
 
 fn transformer(b: TransformerBench) -> Result<()> {
     check_size(b.size)?;
-    if b.iters == 0 || b.batch == 0 || b.tokens == 0 {
-        bail!(UsageError("--iters, --batch and --tokens must be positive".into()));
+    if b.iters == 0 || !(1..=MAX_TOKENS).contains(&b.tokens) || !(1..=MAX_BATCH).contains(&b.batch) {
+        bail!(UsageError(format!(
+            "--iters must be positive, --tokens 1 to {MAX_TOKENS} and --batch 1 to {MAX_BATCH}"
+        )));
     }
     let mut config = sigma_config_for(b.size);
     if let Some(spec) = &b.kv_compress {

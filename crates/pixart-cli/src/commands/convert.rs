@@ -37,6 +37,14 @@ pub struct ConvertArgs {
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     let dtype = dtype(&a.dtype)?;
+    if let Some(s) = a.interpolation_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(UsageError(format!("--interpolation-scale must be a positive number, got {s}")).into());
+    }
+    for (flag, v) in [("--heads", a.heads), ("--sample-size", Some(a.sample_size))] {
+        if v == Some(0) {
+            return Err(UsageError(format!("{flag} must be positive")).into());
+        }
+    }
     let mut opts = LoadOptions {
         dtype,
         heads: a.heads,

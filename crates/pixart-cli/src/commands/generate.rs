@@ -194,6 +194,23 @@ fn device_name(dev: &candle_core::Device) -> String {
     }
 }
 
+/// `--latents`: tensor `latents` of a float dtype, every value finite (usage errors).
+fn initial_latents(path: &Path) -> Result<candle_core::Tensor> {
+    let inputs = read_inputs(path).map_err(|e| UsageError(format!("{e:#}")))?;
+    let t = take(&inputs, path, "latents").map_err(|e| UsageError(e.to_string()))?;
+    if !t.dtype().is_float() {
+        return Err(UsageError(format!(
+            "{}: tensor `latents` is {:?}; initial latents must be floats",
+            path.display(),
+            t.dtype()
+        ))
+        .into());
+    }
+    pixart_pipeline::ensure_finite(t, || format!("{}: the values of tensor `latents`", path.display()))
+        .map_err(|e| UsageError(e.to_string()))?;
+    Ok(t.clone())
+}
+
 pub fn run(a: GenerateArgs) -> Result<()> {
     // Parse and check everything the user typed before loading anything.
     let sampler = sampler(a.scheduler.as_deref())?;
@@ -212,14 +229,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     });
     output_folder_exists(&output)?;
     let latents = match &a.latents {
-        Some(p) => {
-            let inputs = read_inputs(p)?;
-            Some(
-                take(&inputs, p, "latents")
-                    .map_err(|e| UsageError(e.to_string()))?
-                    .clone(),
-            )
-        }
+        Some(p) => Some(initial_latents(p)?),
         None => None,
     };
     let model = match a.model.as_deref() {
@@ -304,6 +314,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     // Validate against the config files first, so that a bad request fails before loading.
     if let Ok(geometry) = resolved.geometry() {
         request.clone().validate(&geometry).map_err(usage)?;
+    }
+    // Every image's path, so that none fails after the work (a folder named out-1.png).
+    if output_kind == OutputKind::Image {
+        let images = a.prompt.len().saturating_mul(a.batch).min(pixart_pipeline::MAX_IMAGES);
+        for k in 1..images {
+            pixart_core::weights::check_output_path(&numbered(&output, k)).map_err(usage)?;
+        }
     }
 
     let start = std::time::Instant::now();

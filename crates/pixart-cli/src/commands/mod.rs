@@ -38,14 +38,15 @@ pub fn sampler(s: Option<&str>) -> Result<Option<pixart_schedulers::SamplerKind>
     s.map(str::parse).transpose().map_err(usage)
 }
 
-/// Fails (usage error) when the folder `path` is to be written in does not exist.
+/// Fails (usage error) when the folder `path` is to be written in does not exist, or `path`
+/// is a folder: checked before any work, so that none is lost to a bad output path.
 pub fn output_folder_exists(path: &Path) -> Result<()> {
     if let Some(p) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !p.is_dir() {
             return Err(UsageError(format!("{}: the output folder does not exist", p.display())).into());
         }
     }
-    Ok(())
+    pixart_core::weights::check_output_path(path).map_err(usage)
 }
 
 /// Reads every tensor of a safetensors input file.
@@ -74,10 +75,13 @@ pub fn write_outputs(path: &Path, outputs: &[(&str, &Tensor)]) -> Result<()> {
     Ok(())
 }
 
-/// A library error as a CLI error: invalid input is a usage error (exit code 2).
+/// A library error as a CLI error: invalid input, and config or weight files that cannot be
+/// used, are usage errors (exit code 2); I/O, hub and computation failures are not (1).
 pub fn usage(e: pixart_core::Error) -> anyhow::Error {
+    use pixart_core::Error as E;
     match e {
-        pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
+        E::InvalidInput(m) => UsageError(m).into(),
+        e @ (E::Config { .. } | E::Weights { .. } | E::Shape(_)) => UsageError(e.to_string()).into(),
         other => other.into(),
     }
 }

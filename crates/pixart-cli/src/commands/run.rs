@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use pixart_model::loading::{load_transformer, LoadOptions};
 use pixart_model::{AddedCond, KvCompressConfig};
 
-use super::{device, dtype, read_inputs, take, write_outputs};
+use super::{device, dtype, output_folder_exists, read_inputs, take, write_outputs};
 use crate::UsageError;
 
 #[derive(Debug, Args)]
@@ -82,15 +82,14 @@ pub fn tiling(s: &str) -> Result<pixart_vae::Tiling> {
             };
             let (t, o) = spec.split_once(':').ok_or_else(bad)?;
             let (tile_latent, overlap_latent) = (t.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
-            if tile_latent == 0 || overlap_latent >= tile_latent {
-                bail!(UsageError(format!(
-                    "--tile `{spec}`: the overlap must be smaller than a non-zero tile"
-                )));
-            }
-            Ok(Tiling::On(TileConfig {
+            let config = TileConfig {
                 tile_latent,
                 overlap_latent,
-            }))
+            };
+            config
+                .validate()
+                .map_err(|e| UsageError(format!("--tile `{spec}`: {e}")))?;
+            Ok(Tiling::On(config))
         }
     }
 }
@@ -133,6 +132,14 @@ struct TransformerArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
+    // The output path is checked before the compute.
+    match &args.component {
+        Component::Transformer(TransformerArgs { out, .. })
+        | Component::TextEncoder(TextEncoderArgs { out, .. })
+        | Component::VaeDecode(VaeArgs { out, .. })
+        | Component::VaeEncode(VaeArgs { out, .. }) => output_folder_exists(out)?,
+        Component::Tokenize(_) => {}
+    }
     match args.component {
         Component::Transformer(a) => transformer(a),
         Component::TextEncoder(a) => text_encoder(a),
@@ -177,9 +184,15 @@ fn text_encoder(a: TextEncoderArgs) -> Result<()> {
     write_outputs(&a.out, &[("last_hidden_state", h)])
 }
 
+/// The longest `--max-length` (PixArt-Σ uses 300 tokens).
+const MAX_TOKENS: usize = 65536;
+
 fn tokenize(a: TokenizeArgs) -> Result<()> {
-    if a.max_length < 1 {
-        bail!(UsageError("--max-length must be at least 1".into()));
+    if !(1..=MAX_TOKENS).contains(&a.max_length) {
+        bail!(UsageError(format!(
+            "--max-length must be between 1 and {MAX_TOKENS}, got {}",
+            a.max_length
+        )));
     }
     let tok = pixart_text::T5Tokenizer::from_dir(&a.model)?;
     let enc = tok.encode(&a.prompt, a.max_length)?;
