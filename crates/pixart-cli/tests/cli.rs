@@ -122,7 +122,7 @@ fn bad_input_gives_one_line_errors() {
     let out = dir.join("o.safetensors");
     // a model folder that does not exist
     let o = run_transformer(&dir.join("nope"), "base", &out, &[]);
-    assert_one_line_error(&o, 1, "nope");
+    assert_one_line_error(&o, 2, "nope");
     // inputs that are not safetensors
     let o = bin()
         .args(["run", "transformer", "--model"])
@@ -133,7 +133,7 @@ fn bad_input_gives_one_line_errors() {
         .arg(&out)
         .output()
         .unwrap();
-    assert_one_line_error(&o, 1, "config.json");
+    assert_one_line_error(&o, 2, "config.json");
     // inputs of another model: wrong caption width
     let o = run_transformer(&fixture("base"), "base", &out, &[]);
     assert!(o.status.success());
@@ -150,8 +150,8 @@ fn bad_input_gives_one_line_errors() {
         .arg(&out)
         .output()
         .unwrap();
-    assert_one_line_error(&o, 1, "missing tensor `timestep`");
-    // usage errors exit 2
+    assert_one_line_error(&o, 2, "missing tensor `timestep`");
+    // other usage errors
     let o = run_transformer(&fixture("base"), "base", &out, &["--kv-compress", "conv:2:7"]);
     assert_one_line_error(&o, 2, "layer 7");
     let o = run_transformer(&fixture("base"), "base", &out, &["--dtype", "f8"]);
@@ -169,7 +169,7 @@ fn bad_input_gives_one_line_errors() {
         .arg(dir.join("c"))
         .output()
         .unwrap();
-    assert_one_line_error(&o, 1, "trunc.pth");
+    assert_one_line_error(&o, 2, "trunc.pth");
 }
 
 #[test]
@@ -220,7 +220,7 @@ fn run_tokenize_prints_ids_and_mask() {
         .args(["--prompt", "x"])
         .output()
         .unwrap();
-    assert_one_line_error(&o, 1, "spiece.model");
+    assert_one_line_error(&o, 2, "spiece.model");
 }
 
 #[test]
@@ -282,7 +282,7 @@ fn run_vae_decode_and_encode_match_golden() {
         .arg(dir.join("x.safetensors"))
         .output()
         .unwrap();
-    assert_one_line_error(&o, 1, "channel");
+    assert_one_line_error(&o, 2, "channel");
 }
 
 #[test]
@@ -489,4 +489,41 @@ fn argument_errors_are_one_line() {
     let help = bin().args(["generate", "--help"]).output().unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage: pixart generate"));
+}
+
+/// Output paths and flag values are checked before any work, and named as the user gave them.
+#[test]
+fn outputs_and_flags_are_checked_up_front() {
+    let dir = tempdir("upfront");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"keep me").unwrap();
+    let missing = dir.join("no-such-folder/out.safetensors");
+    let model = fixture("base");
+    let o = bin()
+        .args(["run", "transformer", "--model"])
+        .arg(&model)
+        .args(["--inputs", "unused.safetensors", "--out"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "no-such-folder: the output folder does not exist");
+    let o = bin()
+        .args(["convert", "--input"])
+        .arg(&model)
+        .arg("--out")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "a-file: exists and is not a folder");
+    let o = bin()
+        .args(["convert", "--input"])
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.join("converted"))
+        .args(["--interpolation-scale=-1"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "--interpolation-scale must be a positive number");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -37,6 +37,7 @@ pub struct ConvertArgs {
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     let dtype = dtype(&a.dtype)?;
+    super::output_folder_ok(&a.out)?;
     if let Some(s) = a.interpolation_scale.filter(|s| !(s.is_finite() && *s > 0.0)) {
         return Err(UsageError(format!("--interpolation-scale must be a positive number, got {s}")).into());
     }
@@ -53,12 +54,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         ..LoadOptions::default()
     };
     if let Some(spec) = &a.kv_compress {
-        let (_, cfg, _) = pixart_model::loading::open_checkpoint(&a.input, &opts)?;
+        let (_, cfg, _) = pixart_model::loading::open_checkpoint(&a.input, &opts).map_err(super::usage)?;
         let kv = KvCompressConfig::parse_spec(spec, cfg.num_layers)
             .map_err(|m| UsageError(format!("--kv-compress: {m}")))?;
         opts.kv_compress = Some(kv);
     }
-    let (tensors, config) = to_diffusers(&a.input, &opts)?;
+    let (tensors, config) = to_diffusers(&a.input, &opts).map_err(super::usage)?;
     pixart_model::loading::save_diffusers(&a.out, &tensors, &config)?;
     eprintln!(
         "wrote {} tensors to {} ({} layers, sample_size {}, interpolation_scale {})",

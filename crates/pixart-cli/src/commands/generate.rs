@@ -196,7 +196,7 @@ fn device_name(dev: &candle_core::Device) -> String {
 
 /// `--latents`: tensor `latents` of a float dtype, every value finite (usage errors).
 fn initial_latents(path: &Path) -> Result<candle_core::Tensor> {
-    let inputs = read_inputs(path).map_err(|e| UsageError(format!("{e:#}")))?;
+    let inputs = read_inputs(path)?;
     let t = take(&inputs, path, "latents").map_err(|e| UsageError(e.to_string()))?;
     if !t.dtype().is_float() {
         return Err(UsageError(format!(

@@ -46,6 +46,8 @@ struct ComponentArgs {
 }
 
 pub fn run(a: InitArgs) -> Result<()> {
+    let (Component::TextEncoder(c) | Component::Transformer(c) | Component::Vae(c)) = &a.component;
+    super::output_folder_ok(&c.out)?;
     match a.component {
         Component::TextEncoder(a) => text_encoder(a),
         Component::Transformer(a) => transformer(a),

@@ -49,20 +49,33 @@ pub fn output_folder_exists(path: &Path) -> Result<()> {
     pixart_core::weights::check_output_path(path).map_err(usage)
 }
 
+/// Fails (usage error) when an output folder to be created or filled is a file.
+pub fn output_folder_ok(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(UsageError(format!("{}: exists and is not a folder", dir.display())).into());
+    }
+    Ok(())
+}
+
 /// Reads every tensor of a safetensors input file.
 pub fn read_inputs(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(UsageError(format!("{}: no such inputs file", path.display())).into());
     }
-    candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| anyhow::anyhow!("{}: not a readable safetensors file: {e}", path.display()))
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        let e = match e {
+            candle_core::Error::WithPath { inner, .. } => *inner,
+            e => e,
+        };
+        UsageError(format!("{}: not a readable safetensors file: {e}", path.display())).into()
+    })
 }
 
 /// Takes a required tensor from the inputs.
 pub fn take<'a>(inputs: &'a HashMap<String, Tensor>, path: &Path, name: &str) -> Result<&'a Tensor> {
     inputs
         .get(name)
-        .with_context(|| format!("{}: missing tensor `{name}`", path.display()))
+        .ok_or_else(|| UsageError(format!("{}: missing tensor `{name}`", path.display())).into())
 }
 
 /// Writes output tensors (as f32) to a safetensors file atomically.

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use pixart_model::loading::{load_transformer, LoadOptions};
 use pixart_model::{AddedCond, KvCompressConfig};
 
-use super::{device, dtype, output_folder_exists, read_inputs, take, write_outputs};
+use super::{device, dtype, output_folder_exists, read_inputs, take, usage, write_outputs};
 use crate::UsageError;
 
 #[derive(Debug, Args)]
@@ -149,11 +149,21 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
 }
 
+/// An error about the tensors of the inputs file, named after it: a usage error when the
+/// tensors do not fit the model (shape, dtype), a failure otherwise.
+fn input_fault(inputs: &std::path::Path, e: pixart_core::Error) -> anyhow::Error {
+    let named = format!("{}: {e}", inputs.display());
+    match e {
+        pixart_core::Error::Shape(_) | pixart_core::Error::InvalidInput(_) => UsageError(named).into(),
+        _ => anyhow::anyhow!(named),
+    }
+}
+
 fn vae(a: VaeArgs, decode: bool) -> Result<()> {
     let tiling = tiling(&a.tile)?;
     let inputs = read_inputs(&a.inputs)?;
-    let vae = pixart_vae::load_vae(&a.model, DType::F32, &candle_core::Device::Cpu)?;
-    let ctx = |e: pixart_core::Error| anyhow::anyhow!("{}: {e}", a.inputs.display());
+    let vae = pixart_vae::load_vae(&a.model, DType::F32, &candle_core::Device::Cpu).map_err(usage)?;
+    let ctx = |e| input_fault(&a.inputs, e);
     if decode {
         let z = take(&inputs, &a.inputs, "z")?;
         let sample = vae.decode(z, tiling).map_err(ctx)?;
@@ -177,7 +187,7 @@ fn text_encoder(a: TextEncoderArgs) -> Result<()> {
     let dtype = dtype(&a.dtype)?;
     let device = device(&a.device)?;
     let inputs = read_inputs(&a.inputs)?;
-    let out = pixart_text::run_text_encoder(&a.model, &inputs, dtype, &device).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let out = pixart_text::run_text_encoder(&a.model, &inputs, dtype, &device).map_err(usage)?;
     let h = out
         .get("last_hidden_state")
         .ok_or_else(|| anyhow::anyhow!("text encoder produced no last_hidden_state"))?;
@@ -194,7 +204,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
             a.max_length
         )));
     }
-    let tok = pixart_text::T5Tokenizer::from_dir(&a.model)?;
+    let tok = pixart_text::T5Tokenizer::from_dir(&a.model).map_err(usage)?;
     let enc = tok.encode(&a.prompt, a.max_length)?;
     if enc.truncated > 0 {
         eprintln!(
@@ -223,7 +233,8 @@ fn transformer(a: TransformerArgs) -> Result<()> {
     // Validate the kv spec against the model's depth after reading its config.
     let kv = match &a.kv_compress {
         Some(spec) => {
-            let (_, cfg, _) = pixart_model::loading::open_checkpoint(&a.model, &LoadOptions::default())?;
+            let (_, cfg, _) =
+                pixart_model::loading::open_checkpoint(&a.model, &LoadOptions::default()).map_err(usage)?;
             Some(
                 KvCompressConfig::parse_spec(spec, cfg.num_layers)
                     .map_err(|m| UsageError(format!("--kv-compress: {m}")))?,
@@ -238,7 +249,7 @@ fn transformer(a: TransformerArgs) -> Result<()> {
         interpolation_scale: a.interpolation_scale,
         ..LoadOptions::default()
     };
-    let loaded = load_transformer(&a.model, &opts)?;
+    let loaded = load_transformer(&a.model, &opts).map_err(usage)?;
     let model = &loaded.model;
     let x = take(&inputs, &a.inputs, "hidden_states")?;
     let t = take(&inputs, &a.inputs, "timestep")?.to_dtype(DType::F32)?;
@@ -251,11 +262,9 @@ fn transformer(a: TransformerArgs) -> Result<()> {
         }),
         _ => None,
     };
-    let ctx = model
-        .encode_context(y, mask)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.inputs.display()))?;
+    let ctx = model.encode_context(y, mask).map_err(|e| input_fault(&a.inputs, e))?;
     let out = model
         .forward_with_context(x, &t, &ctx, cond.as_ref())
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.inputs.display()))?;
+        .map_err(|e| input_fault(&a.inputs, e))?;
     write_outputs(&a.out, &[("sample", &out)])
 }
