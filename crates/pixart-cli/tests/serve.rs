@@ -331,10 +331,21 @@ fn bad_requests_get_json_errors_naming_the_field() {
     }
     let r = s.get("/v1/nothing");
     assert_eq!(r.status, 404);
-    error_of(&r);
+    assert_eq!(error_of(&r)["message"], "no such route (see /openapi.json)");
     let r = s.delete("/v1/images/generations");
     assert_eq!(r.status, 405);
-    error_of(&r);
+    assert_eq!(
+        error_of(&r)["message"],
+        "method not allowed on this route (see /openapi.json)"
+    );
+    let r = s.post_raw(
+        "/v1/images/generations",
+        br#"{"prompt": "a cat", "response_format": "url"}"#,
+    );
+    let m = error_of(&r)["message"].as_str().unwrap().to_string();
+    assert!(m.ends_with("(for image URLs use POST /v1/jobs)"), "{m}");
+    let r = s.post_raw("/v1/jobs", br#"{"prompt": "a cat", "n": -1}"#);
+    assert_eq!(error_of(&r)["message"], "`n` must be a positive integer, got -1");
     let r = s.get("/v1/jobs/job-does-not-exist");
     assert_eq!(r.status, 404);
     error_of(&r);
@@ -576,6 +587,16 @@ fn usage_errors_exit_2_before_serving() {
             "--max-queue must be at least 1",
         ),
         (vec!["--model", m, "--shutdown-grace", "-1"], None, "--shutdown-grace"),
+        (
+            vec!["--model", m, "--max-side", "100000"],
+            None,
+            "--max-side 100000 must be between 64 and 8192",
+        ),
+        (
+            vec!["--model", m, "--max-steps", "1001"],
+            None,
+            "--max-steps 1001 is more than 1000",
+        ),
         (
             vec!["--model", "/nonexistent/pixart-model"],
             None,

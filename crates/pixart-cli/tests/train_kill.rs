@@ -248,3 +248,165 @@ fn eval_curve_over_the_checkpoints_of_a_run() {
         "{err}"
     );
 }
+
+/// Exit `code` and one error line (the last; progress lines may come before it) containing
+/// `needle`.
+fn fails(o: std::process::Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "{needle}: {err}");
+    assert!(
+        err.trim().lines().last().unwrap_or("").contains(needle),
+        "wanted `{needle}`: {err}"
+    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("error")).count(), 1, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn bad_inputs_of_the_training_commands_fail_up_front() {
+    let dir = tempdir("bad-inputs");
+    let data = fixtures_root().join("golden/data");
+
+    // train-tokenizer: records need only captions; bad flags and files exit 2 naming them.
+    let caps = dir.join("caps.jsonl");
+    std::fs::write(
+        &caps,
+        "{\"caption\": \"a red circle\"}\n{\"caption\": \"a blue square\", \"long_caption\": \"a big blue square\"}\n",
+    )
+    .unwrap();
+    let tok = |data: &Path, vocab: &str| {
+        bin()
+            .args(["train-tokenizer", "--vocab-size", vocab, "--data"])
+            .arg(data)
+            .arg("--out")
+            .arg(dir.join("tok"))
+            .output()
+            .unwrap()
+    };
+    ok(tok(&caps, "32"));
+    fails(
+        tok(&caps, "18446744073709551615"),
+        2,
+        "--vocab-size 18446744073709551615",
+    );
+    let bad = dir.join("bad.jsonl");
+    for (bytes, needle) in [
+        (
+            &b"{\"caption\": \"a\"}\n{\"caption\": \"\xff\"}\n"[..],
+            "bad.jsonl: line 2: not UTF-8",
+        ),
+        (&b"{\"caption\": \"a\"}\n{\"caption\": \n"[..], "bad.jsonl: line 2: "),
+        (&b"\n"[..], "bad.jsonl: holds no records"),
+    ] {
+        std::fs::write(&bad, bytes).unwrap();
+        fails(tok(&bad, "32"), 2, needle);
+    }
+
+    // extract: sizes bounded before anything is written; no readable image is a failure
+    // (exit 1) that leaves no index behind.
+    let extract = |data: &Path, out: &str, extra: &[&str]| {
+        bin()
+            .arg("extract")
+            .arg("--data")
+            .arg(data)
+            .arg("--vae")
+            .arg(fixtures_root().join("golden/vae/small"))
+            .arg("--text-encoder")
+            .arg(fixtures_root().join("golden/data/text_encoder"))
+            .arg("--tokenizer")
+            .arg(fixtures_root().join("golden/data/tokenizer"))
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let train = data.join("train.jsonl");
+    fails(
+        extract(&train, "f1", &["--resolution", "1000000"]),
+        2,
+        "--resolution 1000000 must be between 8 and 4096",
+    );
+    fails(
+        extract(&train, "f1", &["--max-length", "18446744073709551615"]),
+        2,
+        "--max-length 18446744073709551615",
+    );
+    assert!(!dir.join("f1").exists());
+    let img = dir.join("img");
+    std::fs::create_dir_all(&img).unwrap();
+    for f in ["000008.png", "000009.png"] {
+        std::fs::copy(data.join("images").join(f), img.join(f)).unwrap();
+    }
+    let broken = img.join("train.jsonl");
+    std::fs::write(
+        &broken,
+        "{\"path\": \"000008.png\", \"caption\": \"a\"}\n{\"path\": \"000009.png\", \"caption\": \"b\"}\n",
+    )
+    .unwrap();
+    for _ in 0..2 {
+        fails(
+            extract(&broken, "f2", &["--resolution", "16", "--max-length", "16"]),
+            1,
+            "train.jsonl: no readable images (2 skipped)",
+        );
+        assert!(!dir.join("f2/index.json").exists());
+    }
+
+    // train: a folder as --config; sampling settings checked at load, naming the key.
+    fails(
+        bin().arg("train").arg("--config").arg(&dir).output().unwrap(),
+        2,
+        "is a folder, not a config file",
+    );
+    std::fs::create_dir_all(dir.join("base")).unwrap();
+    std::fs::create_dir_all(dir.join("features")).unwrap();
+    std::fs::write(dir.join("transformer.json"), "{}").unwrap();
+    for (extra, needle) in [
+        (
+            "sample_steps = 0",
+            "output.sample_steps must be between 1 and 1000, got 0",
+        ),
+        ("sample_steps = 100000", "output.sample_steps"),
+        ("sample_guidance = inf", "output.sample_guidance"),
+    ] {
+        let cfg = write_config(&dir, "run", 3);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, format!("{text}{extra}\n")).unwrap();
+        fails(
+            bin().arg("train").arg("--config").arg(&cfg).output().unwrap(),
+            2,
+            needle,
+        );
+        assert!(!dir.join("run").exists());
+    }
+    let cfg = write_config(&dir, "run", 3);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("batch_size = 4", "batch_size = 1000000000")).unwrap();
+    fails(
+        bin().arg("train").arg("--config").arg(&cfg).output().unwrap(),
+        2,
+        "train.batch_size",
+    );
+    std::fs::write(&cfg, text.replace("lr = 1e-3", "lr = \"fast\"")).unwrap();
+    fails(
+        bin().arg("train").arg("--config").arg(&cfg).output().unwrap(),
+        2,
+        "run.toml: line 11, column 6: train.lr: invalid type",
+    );
+
+    // demo-data: a damaged dataset.json is named as such.
+    let demo = dir.join("demo");
+    std::fs::create_dir_all(&demo).unwrap();
+    std::fs::write(demo.join("dataset.json"), "{not json").unwrap();
+    fails(
+        bin()
+            .args(["demo-data", "--count", "2", "--size", "32", "--out"])
+            .arg(&demo)
+            .output()
+            .unwrap(),
+        2,
+        "dataset.json: unreadable (",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

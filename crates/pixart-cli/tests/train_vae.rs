@@ -45,6 +45,20 @@ fn bad_configs_exit_2_naming_the_key() {
         ("lr = 1e-3", "lr = 1e-3\nlearning_rate = 1.0", "learning_rate"),
         ("batch_size = 2", "batch_size = 0", "train.batch_size"),
         ("jsonl = \"train.jsonl\"", "jsonl = \"nope.jsonl\"", "data.jsonl"),
+        // Sizes that cannot be allocated: refused up front, not "memory allocation failed".
+        ("batch_size = 2", "batch_size = 100000000", "train.batch_size"),
+        (
+            "block_out_channels = [8, 16]",
+            "block_out_channels = [8000000, 8000000]",
+            "model.block_out_channels",
+        ),
+        // TOML errors: one line with the position, not the toml crate's snippet.
+        (
+            "[output]",
+            "[optimizer]\ntype = \"came\"\nbetas = [0.9]\n[output]",
+            "c.toml: line 12, column 1: ",
+        ),
+        ("lr = 1e-3", "lr = \"fast\"", "c.toml: line 11, column 6: train.lr: "),
     ] {
         let cfg = dir.join("c.toml");
         std::fs::write(&cfg, CONFIG.replace(from, to)).unwrap();
@@ -52,6 +66,10 @@ fn bad_configs_exit_2_naming_the_key() {
         assert_eq!(code, 2, "{to}: {err}");
         assert!(err.contains(key) && err.trim().lines().count() == 1, "{to}: {err}");
     }
+    // A folder as --config.
+    let (code, err) = train_vae(&dir);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a folder, not a config file"), "{err}");
     // Every image unreadable: a run-time failure naming the data file.
     std::fs::write(dir.join("c.toml"), CONFIG).unwrap();
     let (code, err) = train_vae(&dir.join("c.toml"));

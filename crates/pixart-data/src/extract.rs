@@ -188,10 +188,26 @@ impl Encoders {
     }
 }
 
+/// The largest image side (`resolution`) extraction accepts.
+pub const MAX_RESOLUTION: usize = 4096;
+/// The smallest.
+pub const MIN_RESOLUTION: usize = 8;
+/// The most tokens per caption (PixArt-Σ uses 300).
+pub const MAX_LENGTH: usize = 4096;
+
 fn check_options(o: &ExtractOptions) -> Result<()> {
     let bad = |m: String| Err(Error::InvalidInput(m));
-    if o.max_length == 0 {
-        return bad("max length must be at least 1".into());
+    if !(1..=MAX_LENGTH).contains(&o.max_length) {
+        return bad(format!(
+            "max length {} must be between 1 and {MAX_LENGTH}",
+            o.max_length
+        ));
+    }
+    if !(MIN_RESOLUTION..=MAX_RESOLUTION).contains(&o.resolution) {
+        return bad(format!(
+            "resolution {} must be between {MIN_RESOLUTION} and {MAX_RESOLUTION}",
+            o.resolution
+        ));
     }
     if o.batch == 0 {
         return bad("batch must be at least 1".into());
@@ -285,6 +301,10 @@ pub fn extract(opts: &ExtractOptions, on_event: &mut dyn FnMut(ExtractEvent)) ->
         caption_preprocessing: "lower-case and strip (diffusers without clean_caption)".into(),
     };
     let (shards, unreadable) = plan(&records, &buckets, opts.shard_size);
+    if shards.is_empty() {
+        // Nothing written: a rerun after fixing the images starts afresh.
+        return Err(no_readable_images(&opts.data, unreadable.len()));
+    }
     let planned: Vec<ShardEntry> = shards
         .iter()
         .enumerate()
@@ -299,6 +319,7 @@ pub fn extract(opts: &ExtractOptions, on_event: &mut dyn FnMut(ExtractEvent)) ->
             done: false,
         })
         .collect();
+    let created_out = !opts.out.exists();
     std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let index_path = opts.out.join(crate::index::INDEX_FILE);
     let mut index = if index_path.is_file() {
@@ -449,6 +470,16 @@ pub fn extract(opts: &ExtractOptions, on_event: &mut dyn FnMut(ExtractEvent)) ->
         index.complete = true;
         index.write(&opts.out)?;
     }
+    if index.records.is_empty() {
+        // Every image failed to decode: leave no index (a rerun would take its empty shards
+        // as done) and no folder this run made.
+        let _ = std::fs::remove_file(&index_path);
+        let _ = std::fs::remove_file(opts.out.join(NULL_CAPTION_FILE));
+        if created_out {
+            let _ = std::fs::remove_dir(&opts.out);
+        }
+        return Err(no_readable_images(&opts.data, index.skipped.len()));
+    }
     Ok(ExtractSummary {
         records: records.len(),
         extracted,
@@ -460,6 +491,14 @@ pub fn extract(opts: &ExtractOptions, on_event: &mut dyn FnMut(ExtractEvent)) ->
         buckets: index.bucket_sizes(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The error when no image of `data` could be read (a run-time failure, not a usage error).
+fn no_readable_images(data: &Path, skipped: usize) -> Error {
+    Error::io(
+        data,
+        std::io::Error::other(format!("no readable images ({skipped} skipped)")),
+    )
 }
 
 /// Checks that an existing index was made with `config` and the same plan, and marks shards

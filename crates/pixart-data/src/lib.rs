@@ -17,4 +17,4 @@ pub use dataset::{Batch, BucketInfo, FeatureDataset};
 pub use extract::{extract, ExtractEvent, ExtractOptions, ExtractSummary};
 pub use images::{BucketMode, Buckets};
 pub use index::Index;
-pub use records::{read_records, training_texts, Record};
+pub use records::{read_captions, read_records, training_texts, Record};

@@ -322,3 +322,65 @@ fn tokenizer_retrained_from_the_captions_equals_the_committed_one() {
     let committed = std::fs::read_to_string(data().join("tokenizer/tokenizer.json")).unwrap();
     assert_eq!(trained.to_json().unwrap(), committed);
 }
+
+#[test]
+fn no_readable_image_fails_and_leaves_nothing() {
+    // Only undecodable images: one without a readable header (never planned), one whose
+    // pixels do not decode (planned, fails in its shard).
+    for (name, images) in [
+        ("noheader", &["000008.png"][..]),
+        ("nodecode", &["000009.png"][..]),
+        ("neither", &["000008.png", "000009.png"][..]),
+    ] {
+        let src = tempdir(&format!("bad-{name}"));
+        std::fs::create_dir_all(&src).unwrap();
+        let mut lines = String::new();
+        for f in images {
+            std::fs::copy(data().join("images").join(f), src.join(f)).unwrap();
+            lines.push_str(&format!(
+                "{{\"path\": \"{f}\", \"caption\": \"a\", \"long_caption\": \"b\"}}\n"
+            ));
+        }
+        std::fs::write(src.join("train.jsonl"), lines).unwrap();
+        let out = src.join("features");
+        let mut opts = options(&out, BucketMode::Square);
+        opts.data = src.join("train.jsonl");
+        for _ in 0..2 {
+            let e = extract(&opts, &mut |_| {}).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                matches!(e, pixart_core::Error::Io { .. }),
+                "{name}: a run-time failure, not a usage error: {msg}"
+            );
+            assert!(
+                msg.contains("train.jsonl") && msg.contains(&format!("no readable images ({} skipped)", images.len())),
+                "{name}: {msg}"
+            );
+            assert!(!out.exists(), "{name}: {} left behind", out.display());
+        }
+        std::fs::remove_dir_all(&src).unwrap();
+    }
+}
+
+#[test]
+fn sizes_are_bounded_before_anything_is_written() {
+    let out = tempdir("bounds");
+    for (resolution, max_length, needle) in [
+        (1_000_000, 16, "resolution 1000000 must be between 8 and 4096"),
+        (4, 16, "resolution 4 must be between 8 and 4096"),
+        (
+            16,
+            usize::MAX,
+            "max length 18446744073709551615 must be between 1 and 4096",
+        ),
+        (16, 0, "max length 0 must be between 1 and 4096"),
+    ] {
+        let mut opts = options(&out, BucketMode::Square);
+        opts.resolution = resolution;
+        opts.max_length = max_length;
+        let e = extract(&opts, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, pixart_core::Error::InvalidInput(_)), "{e}");
+        assert!(e.to_string().contains(needle), "{e}");
+        assert!(!out.exists());
+    }
+}

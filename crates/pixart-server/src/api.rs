@@ -6,6 +6,7 @@
 //! stages so that every error names its field: JSON syntax (400), unknown fields (400), then
 //! types and ranges (422).
 use axum::http::{header, HeaderMap};
+use pixart_pipeline::request::MAX_SIDE;
 use pixart_pipeline::{random_seed, GenerationRequest, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest};
 use pixart_schedulers::SamplerKind;
 use serde::Deserialize;
@@ -44,6 +45,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// The engine's largest `steps` (`--max-steps` may not go above it).
+pub const MAX_STEPS: usize = 1000;
 
 /// The fields a request may carry.
 pub const FIELDS: [&str; 11] = [
@@ -145,7 +149,12 @@ pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
     serde_path_to_error::deserialize(&value).map_err(|e| {
         let field = e.path().to_string();
         let field = field.split(['.', '[']).next().unwrap_or("").to_string();
-        let got = obj.get(&field).map(json_type).unwrap_or("nothing");
+        // A number is shown as sent (`-1`, `2.5`); other values by their type.
+        let got = match obj.get(&field) {
+            Some(serde_json::Value::Number(x)) => x.to_string(),
+            Some(v) => json_type(v).to_string(),
+            None => "nothing".to_string(),
+        };
         let want = match field.as_str() {
             "n" | "steps" => "a positive integer",
             "seed" => "an integer from 0 to 18446744073709551615",
@@ -198,13 +207,16 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
             )
         })?,
     };
+    // The engine's own limit bounds `--max-side` too (the CLI refuses more; a library caller may
+    // not), so the message names `size` and a limit, never a CLI flag.
+    let max_side = limits.max_side.min(MAX_SIDE);
     for v in [width, height] {
-        if v < limits.min_side || v > limits.max_side {
+        if v < limits.min_side || v > max_side {
             return Err(ApiError::invalid(
                 "size",
                 format!(
-                    "`size` {width}x{height}: each side must be between {} and {} pixels",
-                    limits.min_side, limits.max_side
+                    "`size` {width}x{height}: each side must be between {} and {max_side} pixels",
+                    limits.min_side
                 ),
             ));
         }
@@ -218,10 +230,11 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
         }
     }
     let steps = body.steps.unwrap_or(DEFAULT_STEPS as u64);
-    if steps == 0 || steps > limits.max_steps as u64 {
+    let max_steps = limits.max_steps.min(MAX_STEPS);
+    if steps == 0 || steps > max_steps as u64 {
         return Err(ApiError::invalid(
             "steps",
-            format!("`steps` must be between 1 and {}, got {steps}", limits.max_steps),
+            format!("`steps` must be between 1 and {max_steps}, got {steps}"),
         ));
     }
     let guidance = body.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
@@ -330,6 +343,33 @@ mod tests {
         }
         let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(4001));
         assert_eq!(param(&long), (422, "prompt".into()));
+        let msg = |body: &str, limits: &Limits| {
+            let e = validate(parse_body(body.as_bytes()).unwrap(), limits, &GEOMETRY).unwrap_err();
+            e.message
+        };
+        let msg_parse = |body: &str| parse_body(body.as_bytes()).unwrap_err().message;
+        assert_eq!(
+            msg_parse(r#"{"prompt": "a", "n": -1}"#),
+            "`n` must be a positive integer, got -1"
+        );
+        assert_eq!(
+            msg_parse(r#"{"prompt": "a", "steps": 2.5}"#),
+            "`steps` must be a positive integer, got 2.5"
+        );
+        assert_eq!(
+            msg_parse(r#"{"prompt": "a", "n": "two"}"#),
+            "`n` must be a positive integer, got a string"
+        );
+        // Beyond the engine's limit: the message names `size` and the limit, not a CLI flag.
+        let wide = Limits {
+            max_side: 100_000,
+            max_steps: 5000,
+            ..Limits::default()
+        };
+        let m = msg(r#"{"prompt": "a", "size": "99999x99999"}"#, &wide);
+        assert_eq!(m, "`size` 99999x99999: each side must be between 64 and 8192 pixels");
+        let m = msg(r#"{"prompt": "a", "steps": 4000}"#, &wide);
+        assert_eq!(m, "`steps` must be between 1 and 1000, got 4000");
     }
 
     #[test]

@@ -172,31 +172,57 @@ impl IntoResponse for ApiError {
 
 /// Replaces anything in `msg` that looks like a file path (a word starting with `/`, `~/`,
 /// `./`, `../` or a drive letter) by `<path>`: messages from the libraries name files, and a
-/// client must never see the server's file system.
+/// client must never see the server's file system. Punctuation around a word (`(`, `)`, `:`,
+/// quotes, ...) is kept, and so are this server's own routes (`/openapi.json`, `/v1/jobs/{id}`),
+/// which messages name as hints.
 pub fn scrub(msg: &str) -> String {
+    const LEAD: [char; 5] = ['(', '[', '"', '\'', '`'];
+    const TRAIL: [char; 9] = [')', ']', '"', '\'', '`', ',', ';', ':', '.'];
     let looks_like_path = |w: &str| {
-        let w = w.trim_start_matches(['(', '[', '"', '\'', '`']);
+        let b = w.as_bytes();
         w.starts_with('/')
             || w.starts_with("~/")
             || w.starts_with("./")
             || w.starts_with("../")
-            || (w.len() > 2 && w.as_bytes()[1] == b':' && (w.as_bytes()[2] == b'\\' || w.as_bytes()[2] == b'/'))
+            || (b.len() > 2 && b[0].is_ascii_alphabetic() && b[1] == b':' && (b[2] == b'\\' || b[2] == b'/'))
     };
     let mut out = String::with_capacity(msg.len());
     for (i, word) in msg.split(' ').enumerate() {
         if i > 0 {
             out.push(' ');
         }
-        if looks_like_path(word) {
+        let core = word.trim_start_matches(LEAD);
+        let lead = &word[..word.len() - core.len()];
+        // A path's own trailing `.` (`./`, `../`) belongs to it; strip trailing punctuation
+        // only to find the word's end.
+        let core_end = core.trim_end_matches(TRAIL);
+        let core_end = if core_end.is_empty() { core } else { core_end };
+        let trail = &core[core_end.len()..];
+        if looks_like_path(core_end) && !is_route(core_end) {
+            out.push_str(lead);
             out.push_str("<path>");
-            if word.ends_with(':') {
-                out.push(':');
-            }
+            out.push_str(trail);
         } else {
             out.push_str(word);
         }
     }
     out
+}
+
+/// Whether `w` is one of this server's routes (`{id}`-style segments match any segment).
+fn is_route(w: &str) -> bool {
+    let w = w.split(['?', '#']).next().unwrap_or(w);
+    crate::routes::ROUTES.iter().any(|(_, route)| {
+        let (mut a, mut b) = (route.split('/'), w.split('/'));
+        loop {
+            match (a.next(), b.next()) {
+                (None, None) => return true,
+                (Some(r), Some(s)) if r == s => {}
+                (Some(r), Some(s)) if r.starts_with('{') && !s.is_empty() && !s.contains(['\\', '.']) => {}
+                _ => return false,
+            }
+        }
+    })
 }
 
 #[cfg(test)]
@@ -211,10 +237,33 @@ mod tests {
         );
         assert_eq!(
             scrub("cannot read (/tmp/a) or C:\\m\\b"),
-            "cannot read <path> or <path>"
+            "cannot read (<path>) or <path>"
         );
         assert_eq!(scrub("size 64x64 must be 1/2"), "size 64x64 must be 1/2");
         assert_eq!(scrub("see ./x and ~/y"), "see <path> and <path>");
+        assert_eq!(scrub("\"/etc/passwd\", [/a/b]."), "\"<path>\", [<path>].");
+        assert_eq!(scrub("see /v1/jobs/../../etc"), "see <path>");
+        assert_eq!(scrub("see /health.txt or /v1/jobsx"), "see <path> or <path>");
+    }
+
+    #[test]
+    fn scrub_keeps_route_hints() {
+        for msg in [
+            "no such route (see /openapi.json)",
+            "method not allowed on this route (see /openapi.json)",
+            "`response_format` must be \"b64_json\", got \"url\" (for image URLs use POST /v1/jobs)",
+            "poll /v1/jobs/job-12ab/images/0, then GET /health; see /",
+        ] {
+            assert_eq!(scrub(msg), msg);
+        }
+        assert_eq!(
+            ApiError::not_found("no such route (see /openapi.json)").body()["error"]["message"],
+            "no such route (see /openapi.json)"
+        );
+        assert_eq!(
+            ApiError::method_not_allowed().body()["error"]["message"],
+            "method not allowed on this route (see /openapi.json)"
+        );
     }
 
     #[test]

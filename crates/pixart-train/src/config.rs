@@ -202,6 +202,60 @@ fn guidance() -> f64 {
     4.5
 }
 
+/// The largest `train.batch_size` (larger ones cannot be allocated).
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// The largest `lora.rank`.
+pub const MAX_LORA_RANK: usize = 1024;
+/// The largest `output.sample_steps` (the pipeline's limit).
+pub const MAX_SAMPLE_STEPS: usize = 1000;
+/// The most `output.sample_prompts` (they are sampled as one batch).
+pub const MAX_SAMPLE_PROMPTS: usize = 64;
+/// The largest `output.sample_guidance`.
+pub const MAX_SAMPLE_GUIDANCE: f64 = 50.0;
+
+/// Parses a TOML config (`pixart train`, `pixart train-vae`). An error is one line:
+/// `line L, column C: KEY: message`, the key (`train.lr`) where serde knows it (the toml crate's
+/// own rendering is a multi-line snippet).
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> std::result::Result<T, String> {
+    let de = toml::Deserializer::parse(text).map_err(|e| toml_error(text, &e, ""))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key.is_empty() || key == "." {
+            String::new()
+        } else {
+            key
+        };
+        toml_error(text, e.inner(), &key)
+    })
+}
+
+/// `line L, column C: KEY: message` (the parts that are known) for a toml error.
+fn toml_error(text: &str, e: &toml::de::Error, key: &str) -> String {
+    let mut out = String::new();
+    if let Some(s) = e.span() {
+        let (line, column) = line_column(text, s.start);
+        out = format!("line {line}, column {column}: ");
+    }
+    if !key.is_empty() {
+        out.push_str(key);
+        out.push_str(": ");
+    }
+    out.push_str(&e.message().split_whitespace().collect::<Vec<_>>().join(" "));
+    out
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[start..].chars().count() + 1)
+}
+
 /// A finite value above zero.
 pub(crate) fn positive(v: f64) -> bool {
     v.is_finite() && v > 0.0
@@ -211,17 +265,7 @@ impl TrainConfig {
     /// Reads and checks `path`; relative paths in it are relative to the file's folder.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| {
-            let msg = e.message().to_string();
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!(" (line {line})")
-                })
-                .unwrap_or_default();
-            Error::config(path, format!("{msg}{at}"))
-        })?;
+        let mut cfg: TrainConfig = parse_toml(&text).map_err(|m| Error::config(path, m))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         cfg.resolve_paths(dir);
         cfg.validate().map_err(|m| Error::config(path, m))?;
@@ -297,6 +341,12 @@ impl TrainConfig {
         if t.batch_size == 0 {
             return Err("train.batch_size must be positive".into());
         }
+        if t.batch_size > MAX_BATCH_SIZE {
+            return Err(format!(
+                "train.batch_size {} is more than {MAX_BATCH_SIZE}",
+                t.batch_size
+            ));
+        }
         if t.grad_accum == 0 {
             return Err("train.grad_accum must be positive".into());
         }
@@ -318,6 +368,12 @@ impl TrainConfig {
             if l.rank == 0 {
                 return Err("lora.rank must be positive".into());
             }
+            if l.rank > MAX_LORA_RANK {
+                return Err(format!("lora.rank {} is more than {MAX_LORA_RANK}", l.rank));
+            }
+            if let Some(a) = l.alpha.filter(|a| !a.is_finite()) {
+                return Err(format!("lora.alpha must be a finite number, got {a}"));
+            }
             if l.targets.is_empty() {
                 return Err("lora.targets must name at least one layer".into());
             }
@@ -331,6 +387,26 @@ impl TrainConfig {
         }
         if o.sample_every > 0 && o.sample_prompts.is_empty() {
             return Err("output.sample_prompts: give prompts when sample_every > 0".into());
+        }
+        // The sampling settings are checked here even when sampling is off, so that a bad
+        // value never surfaces after training has run.
+        if o.sample_prompts.len() > MAX_SAMPLE_PROMPTS {
+            return Err(format!(
+                "output.sample_prompts: {} prompts, more than {MAX_SAMPLE_PROMPTS}",
+                o.sample_prompts.len()
+            ));
+        }
+        if !(1..=MAX_SAMPLE_STEPS).contains(&o.sample_steps) {
+            return Err(format!(
+                "output.sample_steps must be between 1 and {MAX_SAMPLE_STEPS}, got {}",
+                o.sample_steps
+            ));
+        }
+        if !(o.sample_guidance.is_finite() && (0.0..=MAX_SAMPLE_GUIDANCE).contains(&o.sample_guidance)) {
+            return Err(format!(
+                "output.sample_guidance must be between 0 and {MAX_SAMPLE_GUIDANCE}, got {}",
+                o.sample_guidance
+            ));
         }
         Ok(())
     }

@@ -50,6 +50,16 @@ impl Lora {
                 cfg.targets
             )));
         }
+        // A rank above a layer's width adds nothing and only costs memory.
+        if let Some((layer, &(o, i))) = layers.iter().min_by_key(|(_, (o, i))| (*o).min(*i)) {
+            let width = o.min(i);
+            if cfg.rank > width {
+                return Err(Error::InvalidInput(format!(
+                    "lora.rank {} is more than the width {width} of the adapted layer `{layer}`",
+                    cfg.rank
+                )));
+            }
+        }
         Ok(Self {
             layers,
             rank: cfg.rank,

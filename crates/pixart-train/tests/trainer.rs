@@ -293,11 +293,58 @@ fn bad_configs_fail_before_any_work() {
             "loss weighting",
         ),
         (good.replace("[model]", "[model]\ncaption_init = \"xavier\""), "xavier"),
+        // Sampling settings are checked when the config is loaded, even with sampling off.
+        (
+            good.replace("log_every = 1", "log_every = 1\nsample_steps = 0"),
+            "output.sample_steps",
+        ),
+        (
+            good.replace("log_every = 1", "log_every = 1\nsample_steps = 100000"),
+            "output.sample_steps must be between 1 and 1000, got 100000",
+        ),
+        (
+            good.replace("log_every = 1", "log_every = 1\nsample_guidance = nan"),
+            "output.sample_guidance",
+        ),
+        (
+            good.replace("log_every = 1", "log_every = 1\nsample_guidance = -3.0"),
+            "output.sample_guidance",
+        ),
+        (
+            good.replace(
+                "log_every = 1",
+                &format!("log_every = 1\nsample_prompts = [{}]", vec!["\"a\""; 65].join(", ")),
+            ),
+            "output.sample_prompts",
+        ),
+        // Sizes that could not be allocated.
+        (
+            good.replace("batch_size = 4", "batch_size = 1000000000"),
+            "train.batch_size",
+        ),
+        (
+            good.replace("[output]", "[lora]\nrank = 100000000\n\n[output]"),
+            "lora.rank",
+        ),
+        // TOML errors: one line, with the position.
+        (
+            good.replace("lr = 2e-3", "lr = \"fast\""),
+            "column 6: train.lr: invalid type",
+        ),
     ];
     for (text, key) in cases {
         let err = load(&dir, &text).unwrap_err().to_string();
         assert!(err.contains(key), "error `{err}` does not name `{key}`");
+        assert!(!err.contains('\n'), "{err}");
     }
+    assert!(!dir.join("run").exists(), "a bad config wrote output");
+    // A LoRA rank above the adapted layers' width is refused before training.
+    let wide = good.replace("[output]", "[lora]\nrank = 1000\n\n[output]");
+    let err = Trainer::new(load(&dir, &wide).unwrap(), false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("lora.rank 1000 is more than the width"), "{err}");
     // Resuming with another architecture is refused.
     let _ = run(load(&dir, &config_text(&dir, &model, 3, "")).unwrap(), false, None);
     let mc2 = write_model_config(&dir, Some("conv:2:0,1"));

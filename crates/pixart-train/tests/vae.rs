@@ -103,12 +103,43 @@ fn config_rejects_unknown_keys_and_impossible_values() {
         ("log_every = 2", "log_every = 0", "output.log_every"),
         ("samples = 3", "samples = 0", "output.samples"),
         ("lr = 2e-3", "lr = \"fast\"", "train.lr"),
+        // Sizes that could not be allocated are refused up front.
+        ("batch_size = 4", "batch_size = 100000000", "train.batch_size"),
+        (
+            "block_out_channels = [8, 16]",
+            "block_out_channels = [8000000, 8000000]",
+            "model.block_out_channels",
+        ),
+        (
+            "layers_per_block = 1",
+            "layers_per_block = 100000",
+            "model.layers_per_block",
+        ),
+        (
+            "latent_channels = 4",
+            "latent_channels = 100000000",
+            "model.latent_channels",
+        ),
     ] {
         let e = parse_err(&TINY.replace(from, to));
         assert!(e.contains(key), "{to}: {e}");
     }
     let e = parse_err(&format!("{TINY}\n[optimizer]\ntype = \"adamw\"\nbetas = [0.9, 1.5]\n"));
     assert!(e.contains("optimizer.betas"), "{e}");
+    // TOML errors are one line with the position, never the toml crate's snippet.
+    let text = format!("{TINY}\n[optimizer]\ntype = \"came\"\nbetas = [0.9]\n");
+    let e = parse_err(&text);
+    let line = text.lines().position(|l| l == "[optimizer]").unwrap() + 1;
+    assert!(e.starts_with(&format!("line {line}, column 1: ")), "{e}");
+    assert!(
+        e.contains("invalid length 1") && !e.contains('|') && !e.contains('\n'),
+        "{e}"
+    );
+    let e = parse_err(&TINY.replace("lr = 2e-3", "lr = \"fast\""));
+    let line = TINY.lines().position(|l| l == "lr = 2e-3").unwrap() + 1;
+    assert!(e.starts_with(&format!("line {line}, column 6: train.lr: ")), "{e}");
+    let e = parse_err(&TINY.replace("[train]", "[train"));
+    assert!(e.starts_with("line ") && !e.contains('|') && !e.contains('\n'), "{e}");
 }
 
 #[test]

@@ -1,11 +1,12 @@
 //! `pixart demo-data`: writes the synthetic shapes dataset (pixart-demo does the work).
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
 use pixart_demo::dataset::{write_dataset, DatasetConfig};
 
 use super::{progress_bar, usage};
+use crate::UsageError;
 
 #[derive(Debug, Args)]
 #[command(
@@ -31,6 +32,24 @@ pub struct DemoDataArgs {
     eval_repeat: usize,
 }
 
+/// A `dataset.json` already in `out` must at least be JSON: else the resume check would say
+/// "other parameters" about a file that is merely damaged.
+fn check_dataset_json(out: &Path) -> Result<()> {
+    let path = out.join("dataset.json");
+    if !path.exists() {
+        return Ok(());
+    }
+    let bytes = std::fs::read(&path).map_err(|e| UsageError(format!("{}: unreadable: {e}", path.display())))?;
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        return Err(UsageError(format!(
+            "{}: unreadable ({e}); remove it or choose another --out",
+            path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 pub fn run(a: DemoDataArgs) -> Result<()> {
     let config = DatasetConfig {
         seed: a.seed,
@@ -39,6 +58,7 @@ pub fn run(a: DemoDataArgs) -> Result<()> {
         eval_repeat: a.eval_repeat,
     };
     config.validate().map_err(usage)?;
+    check_dataset_json(&a.out)?;
     let start = std::time::Instant::now();
     let (bar, tty) = progress_bar(a.count, "{bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]");
     let mut last_line = 0;

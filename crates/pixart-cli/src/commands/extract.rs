@@ -27,13 +27,13 @@ pub struct ExtractArgs {
     /// Output folder; rerunning with the same arguments resumes (finished shards are kept).
     #[arg(long)]
     out: PathBuf,
-    /// Image side in pixels (square), or the 1:1 bin's side (multi).
+    /// Image side in pixels (square), or the 1:1 bin's side (multi); 8 to 4096.
     #[arg(long, default_value_t = 64)]
     resolution: usize,
     /// square: every image cropped to resolution²; multi: aspect-ratio bins scaled to the resolution.
     #[arg(long, default_value = "square")]
     buckets: String,
-    /// Tokens per caption, </s> included (longer captions are cut).
+    /// Tokens per caption, </s> included (longer captions are cut); at most 4096.
     #[arg(long, default_value_t = 120)]
     max_length: usize,
     /// Images (and captions) per forward pass.
@@ -60,6 +60,19 @@ pub fn run(a: ExtractArgs) -> Result<()> {
         if v == 0 {
             bail!(UsageError(format!("{flag} must be at least 1")));
         }
+    }
+    use pixart_data::extract::{MAX_LENGTH, MAX_RESOLUTION, MIN_RESOLUTION};
+    if !(MIN_RESOLUTION..=MAX_RESOLUTION).contains(&a.resolution) {
+        bail!(UsageError(format!(
+            "--resolution {} must be between {MIN_RESOLUTION} and {MAX_RESOLUTION}",
+            a.resolution
+        )));
+    }
+    if a.max_length > MAX_LENGTH {
+        bail!(UsageError(format!(
+            "--max-length {} is more than {MAX_LENGTH}",
+            a.max_length
+        )));
     }
     let dtype = dtype(&a.dtype)?;
     if !matches!(dtype, candle_core::DType::F32 | candle_core::DType::BF16) {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
+use pixart_pipeline::request::MAX_SIDE;
 use pixart_pipeline::{builtin_model_dir, ComponentOptions, ComponentPaths, PipelineComponents};
+use pixart_server::api::MAX_STEPS;
 use pixart_server::{Engine, Limits, Retention, ServeOptions};
 
 use super::{device, dtype};
@@ -35,10 +37,10 @@ pub struct ServeArgs {
     /// Largest `n` (images per request).
     #[arg(long = "max-n", default_value_t = 4)]
     max_n: usize,
-    /// Largest image side in pixels.
+    /// Largest image side in pixels (64 to 8192).
     #[arg(long = "max-side", default_value_t = 2048)]
     max_side: usize,
-    /// Largest `steps`.
+    /// Largest `steps` (at most 1000).
     #[arg(long = "max-steps", default_value_t = 150)]
     max_steps: usize,
     /// Largest request body in bytes.
@@ -86,8 +88,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
             return Err(UsageError(format!("{flag} must be at least 1")).into());
         }
     }
-    if a.max_side < 64 {
-        return Err(UsageError(format!("--max-side {} is below 64", a.max_side)).into());
+    if !(64..=MAX_SIDE).contains(&a.max_side) {
+        return Err(UsageError(format!("--max-side {} must be between 64 and {MAX_SIDE}", a.max_side)).into());
+    }
+    if a.max_steps > MAX_STEPS {
+        return Err(UsageError(format!("--max-steps {} is more than {MAX_STEPS}", a.max_steps)).into());
     }
     if a.max_body_bytes < 1024 {
         return Err(UsageError(format!("--max-body-bytes {} is below 1024", a.max_body_bytes)).into());

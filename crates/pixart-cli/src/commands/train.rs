@@ -30,8 +30,15 @@ fn usage(e: pixart_core::Error) -> anyhow::Error {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    if a.config.is_dir() {
+        return Err(UsageError(format!(
+            "--config {}: is a folder, not a config file",
+            a.config.display()
+        ))
+        .into());
+    }
     if !a.config.is_file() {
-        return Err(UsageError(format!("--config: {} does not exist", a.config.display())).into());
+        return Err(UsageError(format!("--config {}: no such config file", a.config.display())).into());
     }
     let cfg = TrainConfig::from_file(&a.config).map_err(usage)?;
     let data = pixart_data::FeatureDataset::open(&cfg.data.features).map_err(usage)?;

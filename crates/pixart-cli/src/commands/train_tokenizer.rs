@@ -11,10 +11,12 @@ use crate::UsageError;
 
 #[derive(Debug, Args)]
 pub struct TrainTokenizerArgs {
-    /// Captions file (JSON lines with `caption` and `long_caption`), e.g. from `pixart demo-data`.
+    /// Captions file (JSON lines with `caption` and optionally `long_caption`; other keys are
+    /// ignored), e.g. from `pixart demo-data`.
     #[arg(long)]
     data: PathBuf,
-    /// Vocabulary size, `<pad>`, `</s>` and `<unk>` included (a small corpus may give fewer).
+    /// Vocabulary size, `<pad>`, `</s>` and `<unk>` included (a small corpus may give fewer);
+    /// 8 to 1000000.
     #[arg(long, default_value_t = 256)]
     vocab_size: usize,
     /// Output folder (created; its files are replaced atomically).
@@ -22,14 +24,27 @@ pub struct TrainTokenizerArgs {
     out: PathBuf,
 }
 
+/// The largest `--vocab-size`.
+const MAX_VOCAB_SIZE: usize = 1_000_000;
+
 pub fn run(a: TrainTokenizerArgs) -> Result<()> {
-    if a.vocab_size < MIN_VOCAB_SIZE {
-        bail!(UsageError(format!("--vocab-size must be at least {MIN_VOCAB_SIZE}")));
+    if !(MIN_VOCAB_SIZE..=MAX_VOCAB_SIZE).contains(&a.vocab_size) {
+        bail!(UsageError(format!(
+            "--vocab-size {} must be between {MIN_VOCAB_SIZE} and {MAX_VOCAB_SIZE}",
+            a.vocab_size
+        )));
+    }
+    if a.data.is_dir() {
+        bail!(UsageError(format!(
+            "--data {}: is a folder, not a captions file",
+            a.data.display()
+        )));
     }
     if !a.data.is_file() {
         bail!(UsageError(format!("{}: no such captions file", a.data.display())));
     }
-    let records = pixart_data::read_records(&a.data)?;
+    // Only the captions are used: records need no `path`.
+    let records = pixart_data::read_captions(&a.data).map_err(super::usage)?;
     let texts = pixart_data::training_texts(&records);
     let opts = TrainOptions {
         vocab_size: a.vocab_size,

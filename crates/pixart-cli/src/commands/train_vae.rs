@@ -30,8 +30,15 @@ pub struct TrainVaeArgs {
 const SKIPPED_SHOWN: usize = 10;
 
 pub fn run(a: TrainVaeArgs) -> Result<()> {
+    if a.config.is_dir() {
+        return Err(UsageError(format!(
+            "--config {}: is a folder, not a config file",
+            a.config.display()
+        ))
+        .into());
+    }
     if !a.config.is_file() {
-        return Err(UsageError(format!("{}: no such config file", a.config.display())).into());
+        return Err(UsageError(format!("--config {}: no such config file", a.config.display())).into());
     }
     let cfg = VaeTrainConfig::from_file_with(&a.config, a.data.as_deref(), a.out.as_deref())
         .map_err(|e| UsageError(e.to_string()))?;

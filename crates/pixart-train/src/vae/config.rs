@@ -9,7 +9,15 @@ use pixart_core::{Error, Result};
 use pixart_vae::AutoencoderKlConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::config::parse_toml;
 use crate::optim::OptimizerConfig;
+
+/// The largest `train.batch_size`.
+pub const MAX_BATCH_SIZE: usize = 4096;
+/// The widest `model.block_out_channels` entry.
+pub const MAX_CHANNELS: usize = 8192;
+/// The largest `model.layers_per_block`.
+pub const MAX_LAYERS_PER_BLOCK: usize = 16;
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,16 +197,7 @@ impl VaeTrainConfig {
 
     /// Parses and validates TOML text (paths left as written).
     pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
-        let de = toml::Deserializer::parse(text).map_err(|e| one_line(&e.to_string()))?;
-        let cfg: Self = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = one_line(&e.into_inner().to_string());
-            if key.is_empty() || key == "." {
-                inner
-            } else {
-                format!("key `{key}`: {inner}")
-            }
-        })?;
+        let cfg: Self = parse_toml(text)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -229,6 +228,21 @@ impl VaeTrainConfig {
 
     /// Rejects impossible values, naming the key.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        // Sizes first, before anything derived from them.
+        let m = &self.model;
+        if let Some(c) = m.block_out_channels.iter().find(|c| **c > MAX_CHANNELS) {
+            return Err(format!("model.block_out_channels: {c} is more than {MAX_CHANNELS}"));
+        }
+        for (key, v, max) in [
+            ("model.latent_channels", m.latent_channels, MAX_CHANNELS),
+            ("model.norm_num_groups", m.norm_num_groups, MAX_CHANNELS),
+            ("model.layers_per_block", m.layers_per_block, MAX_LAYERS_PER_BLOCK),
+            ("train.batch_size", self.train.batch_size, MAX_BATCH_SIZE),
+        ] {
+            if v > max {
+                return Err(format!("{key}: {v} is more than {max}"));
+            }
+        }
         let vae = self.vae_config();
         vae.validate().map_err(|m| format!("model.{m}"))?;
         let f = vae.downsample_factor();
@@ -293,9 +307,4 @@ impl VaeTrainConfig {
         }
         Ok(())
     }
-}
-
-/// An error message on one line.
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
