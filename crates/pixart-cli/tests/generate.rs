@@ -206,15 +206,19 @@ fn usage_errors_exit_2_with_one_line() {
         assert!(e.contains(needle), "{args:?}: {e}");
         assert_eq!(e.trim_end().lines().count(), 1, "{args:?}: {e}");
     }
+    // Offline, with an empty Hugging Face cache.
+    let offline = |model: &Path| {
+        bin()
+            .args(["generate", "-p", "x", "-o", o, "--model"])
+            .arg(model)
+            .env("HF_HOME", dir.join("empty-hf-home"))
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
     // A mistyped local --model is named as such; the default base is not looked up for it.
-    let r = bin()
-        .args(["generate", "-p", "x", "-o", o, "--model"])
-        .arg(dir.join("no-such-model"))
-        .env("HF_HOME", dir.join("empty-hf-home"))
-        .env_remove("HF_HUB_CACHE")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let r = offline(&dir.join("no-such-model"));
     let e = stderr(&r);
     assert_eq!(r.status.code(), Some(2), "{e}");
     assert!(e.contains("no-such-model: no such model folder or file"), "{e}");
@@ -222,14 +226,7 @@ fn usage_errors_exit_2_with_one_line() {
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     // A transformer-only folder without --base takes the rest from the default base, which is
     // not in an empty cache (offline: nothing is requested); the message names it.
-    let r = bin()
-        .args(["generate", "-p", "x", "-o", o, "--model"])
-        .arg(pipeline().join("transformer"))
-        .env("HF_HOME", dir.join("empty-hf-home"))
-        .env_remove("HF_HUB_CACHE")
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
+    let r = offline(&pipeline().join("transformer"));
     let e = stderr(&r);
     assert_eq!(r.status.code(), Some(2), "{e}");
     assert!(
