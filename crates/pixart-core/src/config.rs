@@ -39,6 +39,20 @@ pub fn read_component_config<T: DeserializeOwned>(path: &Path, class: ConfigClas
     let Some(object) = value.as_object() else {
         return Err(Error::config(path, "invalid config: expected a JSON object"));
     };
+    // diffusers configs name their class in `_class_name`, transformers ones in `model_type`:
+    // the other family's key marks a config of another component.
+    for other in ["_class_name", "model_type"].into_iter().filter(|k| *k != class.key) {
+        if let Some(found) = object.get(other).and_then(|v| v.as_str()) {
+            return Err(Error::config(
+                path,
+                format!(
+                    "`{other}` is `{found}`, not {} ({})",
+                    class.component,
+                    class.names.join(" or ")
+                ),
+            ));
+        }
+    }
     if let Some(found) = object.get(class.key).and_then(|v| v.as_str()) {
         if !class.names.contains(&found) {
             return Err(Error::config(
@@ -129,6 +143,8 @@ mod tests {
             e.contains("`_class_name` is `PixArtTransformer2DModel`, not a VAE (AutoencoderKL)"),
             "{e}"
         );
+        let e = read(r#"{"model_type": "t5", "a": 1}"#).unwrap_err().to_string();
+        assert!(e.contains("`model_type` is `t5`, not a VAE"), "{e}");
         let e = read("[1, 2]").unwrap_err().to_string();
         assert!(e.contains("expected a JSON object"), "{e}");
         let e = read(r#"{"a": "x"}"#).unwrap_err().to_string();

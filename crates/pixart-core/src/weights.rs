@@ -9,6 +9,7 @@
 //! then adds the file's unused tensors and returns one error that lists them all.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -476,6 +477,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = temp_path(&target);
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
+        // A replaced file keeps its mode.
+        if let Ok(m) = std::fs::metadata(&target) {
+            f.set_permissions(m.permissions())?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &target)?;
@@ -506,6 +511,10 @@ pub fn save_safetensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Resul
             e => Error::from(e),
         })
         .and_then(|()| {
+            // The safetensors crate writes through a private (0600) temp file: give the file
+            // the mode a plain create would (or the replaced file's).
+            let mode = std::fs::metadata(&target).map_or_else(|_| 0o666 & !umask(), |m| m.permissions().mode());
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))?;
             let f = std::fs::File::open(&tmp).map_err(|e| Error::io(path, e))?;
             f.sync_all().map_err(|e| Error::io(path, e))?;
             std::fs::rename(&tmp, &target).map_err(|e| Error::io(path, e))?;
@@ -560,8 +569,30 @@ fn output_target(path: &Path) -> Result<Target> {
                 )))
             }
         }
-        _ => Ok(Target::File(target)),
+        _ => {
+            // A link into a folder that does not exist (the caller checks `path`'s own folder).
+            if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+                return Err(Error::InvalidInput(format!(
+                    "{}: the folder it writes into ({}) does not exist",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+            Ok(Target::File(target))
+        }
     }
+}
+
+/// The process's file mode creation mask (from /proc/self/status; 022 where unknown).
+fn umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o022)
 }
 
 /// Checks, before any work, that the write functions here can write `path` (it is not a
@@ -709,6 +740,20 @@ mod tests {
             let e = write_atomic(Path::new("/dev/full"), b"x").unwrap_err().to_string();
             assert!(e.starts_with("/dev/full: "), "{e}");
         }
+        // A link into a missing folder is refused before any write.
+        std::os::unix::fs::symlink("no-such-dir/t.png", d.join("into-nowhere.png")).unwrap();
+        let e = check_output_path(&d.join("into-nowhere.png")).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        // safetensors files get the mode of a plain create, or the replaced file's.
+        let st = d.join("w.safetensors");
+        save_safetensors(&map, &st).unwrap();
+        assert_eq!(
+            std::fs::metadata(&st).unwrap().permissions().mode() & 0o777,
+            0o666 & !umask()
+        );
+        std::fs::set_permissions(&st, std::fs::Permissions::from_mode(0o640)).unwrap();
+        save_safetensors(&map, &st).unwrap();
+        assert_eq!(std::fs::metadata(&st).unwrap().permissions().mode() & 0o777, 0o640);
         // No temp files are left anywhere.
         let left: Vec<_> = std::fs::read_dir(&d)
             .unwrap()

@@ -156,7 +156,7 @@ impl KvCompressConfig {
         };
         let layers = match parts.next() {
             None => (num_layers / 2..num_layers).collect(),
-            Some(list) => parse_layer_list(list)?,
+            Some(list) => parse_layer_list(list, num_layers)?,
         };
         let kv = Self {
             sampling,
@@ -169,14 +169,14 @@ impl KvCompressConfig {
 
     /// Checks the values against a model with `num_layers` blocks.
     pub fn check(&self, num_layers: usize) -> std::result::Result<(), String> {
-        if self.scale_factor == 0 {
-            return Err("kv_compress.scale_factor must be at least 1".into());
+        if !(1..=MAX_KV_RATIO).contains(&self.scale_factor) {
+            return Err(format!(
+                "kv_compress.scale_factor must be between 1 and {MAX_KV_RATIO}, got {}",
+                self.scale_factor
+            ));
         }
         if let Some(&bad) = self.layers.iter().find(|&&l| l >= num_layers) {
-            return Err(format!(
-                "kv_compress.layers names layer {bad}, but the model has {num_layers} layers (0..{})",
-                num_layers.saturating_sub(1)
-            ));
+            return Err(out_of_range(bad, num_layers));
         }
         Ok(())
     }
@@ -187,7 +187,19 @@ impl KvCompressConfig {
     }
 }
 
-fn parse_layer_list(list: &str) -> std::result::Result<Vec<usize>, String> {
+fn out_of_range(layer: usize, num_layers: usize) -> String {
+    format!(
+        "kv_compress.layers names layer {layer}, but the model has {num_layers} layers (0..{})",
+        num_layers.saturating_sub(1)
+    )
+}
+
+/// The largest KV compression ratio (the paper uses 2; a token grid is at most 1024 wide).
+pub const MAX_KV_RATIO: usize = 64;
+
+/// `2,5,14-27`: sorted, without repeats; every layer below `num_layers` (checked before a
+/// range is expanded, so `0-1000000000000` is refused rather than allocated).
+fn parse_layer_list(list: &str, num_layers: usize) -> std::result::Result<Vec<usize>, String> {
     let mut out = Vec::new();
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let num = |s: &str| {
@@ -201,9 +213,18 @@ fn parse_layer_list(list: &str) -> std::result::Result<Vec<usize>, String> {
                 if a > b {
                     return Err(format!("empty layer range `{part}`"));
                 }
+                if b >= num_layers {
+                    return Err(out_of_range(b, num_layers));
+                }
                 out.extend(a..=b);
             }
-            None => out.push(num(part)?),
+            None => {
+                let l = num(part)?;
+                if l >= num_layers {
+                    return Err(out_of_range(l, num_layers));
+                }
+                out.push(l);
+            }
         }
     }
     out.sort_unstable();
@@ -287,13 +308,7 @@ impl TransformerConfig {
             ("caption_channels", self.caption_channels.unwrap_or(0), 65536),
             ("cross_attention_dim", self.cross_attention_dim.unwrap_or(0), 1 << 20),
         ])?;
-        // Per block: q, k, v, out of self- and cross-attention (8 C²) and the 4× MLP (8 C²).
-        let c = self.inner_dim() as u128;
-        let caption = self.caption_channels.unwrap_or(0) as u128;
-        let patch = (self.patch_size * self.patch_size * (self.in_channels + self.out_channels.unwrap_or(0))) as u128;
-        pixart_core::config::check_parameters(
-            self.num_layers as u128 * 16 * c * c + caption * c + 8 * c * c + patch * c,
-        )?;
+        pixart_core::config::check_parameters(self.parameters_estimate())?;
         if self.out_channels == Some(0) {
             return Err("`out_channels` must be positive".into());
         }
@@ -339,6 +354,17 @@ impl TransformerConfig {
         Ok(())
     }
 
+    /// The parameter count to within the biases and norms, in u128 so that no config can
+    /// overflow it: per block q, k, v, out of self- and cross-attention (8 C²) and the 4× MLP
+    /// (8 C²); the caption projection, adaLN and the patch embedding and projection.
+    pub fn parameters_estimate(&self) -> u128 {
+        let c = self.inner_dim() as u128;
+        let caption = self.caption_channels.unwrap_or(0) as u128;
+        let patch =
+            (self.patch_size as u128).pow(2) * (self.in_channels as u128 + self.out_channels.unwrap_or(0) as u128);
+        self.num_layers as u128 * 16 * c * c + caption * c + 8 * c * c + patch * c
+    }
+
     /// Hidden size C = heads × head dim.
     pub fn inner_dim(&self) -> usize {
         self.num_attention_heads * self.attention_head_dim
@@ -378,6 +404,12 @@ mod tests {
         assert!(KvCompressConfig::parse_spec("bilinear", 28).is_err());
         assert!(KvCompressConfig::parse_spec("conv:x", 28).is_err());
         assert!(KvCompressConfig::parse_spec("conv:2:5-3", 28).is_err());
+        // Bounds are checked before anything is built from them (a range is not expanded).
+        let e = KvCompressConfig::parse_spec("conv:2:0-1000000000000", 28).unwrap_err();
+        assert!(e.contains("names layer 1000000000000"), "{e}");
+        let e = KvCompressConfig::parse_spec("conv:1000000000000", 28).unwrap_err();
+        assert!(e.contains("between 1 and 64"), "{e}");
+        assert!(KvCompressConfig::parse_spec("conv:2:28", 28).is_err());
     }
 
     #[test]

@@ -76,6 +76,12 @@ pub fn lora_deltas(specs: &[LoraSpec]) -> Result<BTreeMap<String, Tensor>> {
             let (_, rank_b) = b
                 .dims2()
                 .map_err(|_| Error::weights(&spec.path, format!("`{layer}.lora_B` is not a matrix")))?;
+            if rank == 0 {
+                return Err(Error::weights(
+                    &spec.path,
+                    format!("`{layer}`: rank 0 (lora_A has no rows)"),
+                ));
+            }
             if rank != rank_b {
                 return Err(Error::weights(
                     &spec.path,

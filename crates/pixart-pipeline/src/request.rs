@@ -14,6 +14,9 @@ pub const MAX_SIDE: usize = 8192;
 /// The most images one request makes (prompts × images per prompt); they are denoised as one
 /// batch.
 pub const MAX_IMAGES: usize = 64;
+/// The most pixels one request makes, all images together (one 8192² image, or 64 of
+/// 1024²): more cannot be held at once.
+pub const MAX_PIXELS: usize = MAX_SIDE * MAX_SIDE;
 
 /// Tokens per prompt (PixArt-Σ's `max_sequence_length`).
 pub const MAX_SEQUENCE_LENGTH: usize = 300;
@@ -219,6 +222,12 @@ impl GenerationRequest {
             }
             (out_height, out_width)
         };
+        let pixels = batch * gen_height.max(out_height) * gen_width.max(out_width);
+        if pixels > MAX_PIXELS {
+            return Err(invalid(format!(
+                "{batch} image(s) of {out_width}x{out_height} is more than one run makes ({MAX_PIXELS} pixels in all, e.g. 64 images of 1024x1024)"
+            )));
+        }
         let latent_shape = [batch, g.in_channels, gen_height / f, gen_width / f];
         if let Some(l) = &self.latents {
             if l.dims() != latent_shape {
@@ -275,6 +284,32 @@ mod tests {
             height,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn image_counts_and_pixels_are_bounded() {
+        let g = ModelGeometry {
+            sample_size: 16,
+            patch_size: 2,
+            in_channels: 4,
+            vae_factor: 8,
+        };
+        let ask = |n: usize, side: usize| {
+            GenerationRequest {
+                images_per_prompt: n,
+                resolution_binning: false,
+                ..request(Some(side), Some(side))
+            }
+            .validate(&g)
+        };
+        assert_eq!(ask(64, 1024).unwrap().batch, 64);
+        assert!(ask(1, 8192).is_ok());
+        let e = ask(65, 64).unwrap_err().to_string();
+        assert!(e.contains("more than 64 images"), "{e}");
+        let e = ask(usize::MAX, 64).unwrap_err().to_string();
+        assert!(e.contains("more than 64 images"), "{e}");
+        let e = ask(2, 8192).unwrap_err().to_string();
+        assert!(e.contains("2 image(s) of 8192x8192 is more than one run makes"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! stages so that every error names its field: JSON syntax (400), unknown fields (400), then
 //! types and ranges (422).
 use axum::http::{header, HeaderMap};
-use pixart_pipeline::request::MAX_SIDE;
+use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{random_seed, GenerationRequest, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest};
 use pixart_schedulers::SamplerKind;
 use serde::Deserialize;
@@ -191,10 +191,11 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
         }
     }
     let n = body.n.unwrap_or(1);
-    if n == 0 || n > limits.max_n as u64 {
+    let max_n = limits.max_n.min(MAX_IMAGES);
+    if n == 0 || n > max_n as u64 {
         return Err(ApiError::invalid(
             "n",
-            format!("`n` must be between 1 and {}, got {n}", limits.max_n),
+            format!("`n` must be between 1 and {max_n}, got {n}"),
         ));
     }
     let native = geometry.sample_size * geometry.vae_factor;
@@ -220,6 +221,14 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
                 ),
             ));
         }
+    }
+    if n as usize * width * height > MAX_PIXELS {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "`n` {n} images of `size` {width}x{height} is more than one request makes ({MAX_PIXELS} pixels in all)"
+            ),
+        ));
     }
     if let Some(f) = &body.response_format {
         if f != "b64_json" {
@@ -370,6 +379,19 @@ mod tests {
         assert_eq!(m, "`size` 99999x99999: each side must be between 64 and 8192 pixels");
         let m = msg(r#"{"prompt": "a", "steps": 4000}"#, &wide);
         assert_eq!(m, "`steps` must be between 1 and 1000, got 4000");
+        // More images than one run makes, or more pixels than it can hold: `n` is at fault.
+        let many = Limits {
+            max_n: 1_000_000,
+            max_side: 8192,
+            ..Limits::default()
+        };
+        let m = msg(r#"{"prompt": "a", "n": 65}"#, &many);
+        assert_eq!(m, "`n` must be between 1 and 64, got 65");
+        let m = msg(r#"{"prompt": "a", "n": 64, "size": "8192x8192"}"#, &many);
+        assert!(
+            m.starts_with("`n` 64 images of `size` 8192x8192 is more than one request makes"),
+            "{m}"
+        );
     }
 
     #[test]

@@ -244,6 +244,8 @@ pub fn read_init_config(path: &Path) -> Result<(T5Config, InitOptions)> {
 /// weights drawn from `seed` (each file atomically). Returns the two paths.
 pub fn init_text_encoder(config: &T5Config, opts: &InitOptions, seed: u64, out: &Path) -> Result<[PathBuf; 2]> {
     let json = transformers_config_json(config, opts.factor)?;
+    pixart_core::mem::check_fits(config.num_parameters() as u128 * 4, "the text encoder's f32 weights")
+        .map_err(Error::InvalidInput)?;
     let weights: HashMap<String, Tensor> = init_weights(config, opts, seed)?.into_iter().collect();
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("config.json");

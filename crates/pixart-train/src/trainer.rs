@@ -115,6 +115,8 @@ pub fn fresh_weights_with(
     seed: u64,
     pytorch_caption: bool,
 ) -> Result<BTreeMap<String, Tensor>> {
+    pixart_core::mem::check_fits(tcfg.parameters_estimate() * 4, "the transformer's f32 weights")
+        .map_err(Error::InvalidInput)?;
     let micro = tcfg.use_additional_conditions == Some(true);
     let init = InitWeights::new(seed, micro).pytorch_caption_path(pytorch_caption);
     let rec = Shared(Arc::new(Recording::new(init)));
@@ -172,6 +174,9 @@ impl Trainer {
             (Some(c), _) => {
                 let mut t = TransformerConfig::from_file(c)?;
                 cfg.apply_overrides(&mut t)?;
+                // f32 weights, their gradients and two optimizer moments.
+                pixart_core::mem::check_fits(t.parameters_estimate() * 16, "training this transformer's weights")
+                    .map_err(|m| Error::config(c, m))?;
                 let pytorch_caption = cfg.model.caption_init == CaptionInit::Pytorch;
                 (fresh_weights_with(&t, cfg.train.seed, pytorch_caption)?, t)
             }

@@ -161,6 +161,14 @@ impl AutoencoderKlConfig {
         Ok(cfg)
     }
 
+    /// An upper bound of the parameter count, in u128 so that no config can overflow it:
+    /// encoder and decoder, (layers + 1) resnets of two 3×3 convs per block at the widest width.
+    pub fn parameters_estimate(&self) -> u128 {
+        let widest = self.block_out_channels.iter().copied().max().unwrap_or(0) as u128;
+        let convs = 2 * (2 * self.layers_per_block as u128 + 3) * self.block_out_channels.len() as u128;
+        convs * 9 * widest * widest
+    }
+
     /// Image pixels per latent pixel along each side: `2^(blocks - 1)` (8 for SDXL).
     pub fn downsample_factor(&self) -> usize {
         1usize << self.block_out_channels.len().saturating_sub(1)
@@ -220,9 +228,7 @@ impl AutoencoderKlConfig {
             ("latent_channels", self.latent_channels, 1024),
             ("sample_size", self.sample_size, 65536),
         ])?;
-        // Encoder and decoder: (layers + 1) resnets of two 3×3 convs per block.
-        let convs = 2 * (2 * self.layers_per_block as u128 + 3) * n as u128;
-        pixart_core::config::check_parameters(convs * 9 * (widest as u128).pow(2))?;
+        pixart_core::config::check_parameters(self.parameters_estimate())?;
         if self.layers_per_block == 0 {
             return Err("layers_per_block: must be at least 1".into());
         }

@@ -117,6 +117,8 @@ fn record_into_varmap<B: SimpleBackend + 'static>(
 /// U(±1/√fan_in), GroupNorm weight 1 and bias 0), drawn from a RNG seeded with `seed`.
 pub fn init_varmap(config: &AutoencoderKlConfig, seed: u64, device: &Device) -> Result<VarMap> {
     config.validate().map_err(Error::InvalidInput)?;
+    pixart_core::mem::check_fits(config.parameters_estimate() * 4, "the VAE's f32 weights")
+        .map_err(Error::InvalidInput)?;
     record_into_varmap(config, SeededInit::new(seed), device, || Ok(()))
 }
 

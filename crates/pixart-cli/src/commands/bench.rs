@@ -148,9 +148,9 @@ fn check_side(size: usize, multiple: usize) -> Result<()> {
 fn denoise(b: DenoiseBench) -> Result<()> {
     check_size(b.size)?;
     let valid = b.valid_tokens.unwrap_or(b.tokens);
-    if b.steps == 0 || b.tokens == 0 || b.tokens > MAX_TOKENS || valid == 0 || valid > b.tokens {
+    if !(1..=1000).contains(&b.steps) || !(1..=MAX_TOKENS).contains(&b.tokens) || valid == 0 || valid > b.tokens {
         bail!(UsageError(format!(
-            "--steps and --tokens must be positive and 1 ≤ --valid-tokens ≤ --tokens, got {} / {} / {valid}",
+            "--steps must be 1 to 1000, --tokens 1 to {MAX_TOKENS} and 1 ≤ --valid-tokens ≤ --tokens, got {} / {} / {valid}",
             b.steps, b.tokens
         )));
     }

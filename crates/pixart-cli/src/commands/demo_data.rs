@@ -58,6 +58,7 @@ pub fn run(a: DemoDataArgs) -> Result<()> {
         eval_repeat: a.eval_repeat,
     };
     config.validate().map_err(usage)?;
+    super::output_folder_ok(&a.out)?;
     check_dataset_json(&a.out)?;
     let start = std::time::Instant::now();
     let (bar, tty) = progress_bar(a.count, "{bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]");

@@ -643,6 +643,7 @@ fn vae_ceiling(a: VaeEvalArgs) -> Result<()> {
             .decode(&z, pixart_vae::Tiling::Off)
             .map_err(usage)?
             .to_dtype(candle_core::DType::F32)?;
+        pixart_pipeline::ensure_finite(&y, || format!("{}: the reconstructions", dir.display()))?;
         for (r, (img, rec)) in chunk.iter().zip(images.iter().zip(to_images(&y)?)) {
             sq_err += img
                 .data

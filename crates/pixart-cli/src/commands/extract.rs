@@ -90,6 +90,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     if !a.data.is_file() {
         bail!(UsageError(format!("--data {}: no such file", a.data.display())));
     }
+    super::output_folder_ok(&a.out)?;
     let opts = ExtractOptions {
         data: a.data,
         vae: a.vae,

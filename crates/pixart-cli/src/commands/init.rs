@@ -55,6 +55,15 @@ pub fn run(a: InitArgs) -> Result<()> {
     }
 }
 
+/// An error building from `--config` (a model too large for this machine): a usage error
+/// naming the config; other failures as they are.
+fn of_config(a: &ComponentArgs, e: pixart_core::Error) -> anyhow::Error {
+    match e {
+        pixart_core::Error::InvalidInput(m) => UsageError(format!("{}: {m}", a.config.display())).into(),
+        other => other.into(),
+    }
+}
+
 fn check_config(path: &std::path::Path) -> Result<()> {
     if !path.is_file() {
         bail!(UsageError(format!("{}: no such config file", path.display())));
@@ -73,7 +82,7 @@ fn transformer(a: ComponentArgs) -> Result<()> {
     check_config(&a.config)?;
     let dtype = super::dtype(&a.dtype)?;
     let config = pixart_model::TransformerConfig::from_file(&a.config).map_err(|e| UsageError(e.to_string()))?;
-    let mut weights = pixart_train::trainer::fresh_weights(&config, a.seed)?;
+    let mut weights = pixart_train::trainer::fresh_weights(&config, a.seed).map_err(|e| of_config(&a, e))?;
     let mut params = 0;
     for t in weights.values_mut() {
         params += t.elem_count();
@@ -95,7 +104,8 @@ fn vae(a: ComponentArgs) -> Result<()> {
     check_config(&a.config)?;
     only_f32(&a, "VAE")?;
     let config = pixart_vae::AutoencoderKlConfig::from_file(&a.config).map_err(|e| UsageError(e.to_string()))?;
-    let varmap = pixart_vae::training::init_varmap(&config, a.seed, &candle_core::Device::Cpu)?;
+    let varmap =
+        pixart_vae::training::init_varmap(&config, a.seed, &candle_core::Device::Cpu).map_err(|e| of_config(&a, e))?;
     pixart_vae::training::save_diffusers(&a.out, &config, &varmap)?;
     let params: usize = varmap.all_vars().iter().map(|v| v.elem_count()).sum();
     eprintln!("vae: {params} parameters, seed {}", a.seed);
@@ -107,7 +117,7 @@ fn text_encoder(a: ComponentArgs) -> Result<()> {
     check_config(&a.config)?;
     only_f32(&a, "text encoder")?;
     let (config, factor) = pixart_text::read_init_config(&a.config).map_err(|e| UsageError(e.to_string()))?;
-    let files = pixart_text::init_text_encoder(&config, &factor, a.seed, &a.out)?;
+    let files = pixart_text::init_text_encoder(&config, &factor, a.seed, &a.out).map_err(|e| of_config(&a, e))?;
     eprintln!(
         "T5 encoder: {} layers, d_model {}, {} parameters, seed {}",
         config.num_layers,

@@ -10,7 +10,7 @@ use pixart_pipeline::{builtin_model_dir, ComponentOptions, ComponentPaths, Pipel
 use pixart_server::api::MAX_STEPS;
 use pixart_server::{Engine, Limits, Retention, ServeOptions};
 
-use super::{device, dtype};
+use super::{device, dtype, usage};
 use crate::UsageError;
 
 #[derive(Debug, Args)]
@@ -88,6 +88,14 @@ pub fn run(a: ServeArgs) -> Result<()> {
             return Err(UsageError(format!("{flag} must be at least 1")).into());
         }
     }
+    if a.max_n > pixart_pipeline::MAX_IMAGES {
+        return Err(UsageError(format!(
+            "--max-n {} is more than {} images, the most one run makes",
+            a.max_n,
+            pixart_pipeline::MAX_IMAGES
+        ))
+        .into());
+    }
     if !(64..=MAX_SIDE).contains(&a.max_side) {
         return Err(UsageError(format!("--max-side {} must be between 64 and {MAX_SIDE}", a.max_side)).into());
     }
@@ -104,12 +112,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ))
         .into());
     }
-    let usage = |e: pixart_core::Error| -> anyhow::Error {
-        match e {
-            pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
-            other => other.into(),
-        }
-    };
     let (model, name) = match &a.model {
         Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => (m.clone(), model_name(m)),
         _ => (builtin_model_dir().map_err(usage)?, "builtin".to_string()),

@@ -41,6 +41,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         return Err(UsageError(format!("--config {}: no such config file", a.config.display())).into());
     }
     let cfg = TrainConfig::from_file(&a.config).map_err(usage)?;
+    super::output_folder_ok(&cfg.output.dir)?;
     let data = pixart_data::FeatureDataset::open(&cfg.data.features).map_err(usage)?;
     let total = cfg.train.steps;
     let mut trainer = Trainer::new(cfg, a.resume).map_err(usage)?;

@@ -43,6 +43,7 @@ pub fn run(a: TrainTokenizerArgs) -> Result<()> {
     if !a.data.is_file() {
         bail!(UsageError(format!("{}: no such captions file", a.data.display())));
     }
+    super::output_folder_ok(&a.out)?;
     // Only the captions are used: records need no `path`.
     let records = pixart_data::read_captions(&a.data).map_err(super::usage)?;
     let texts = pixart_data::training_texts(&records);

@@ -42,6 +42,7 @@ pub fn run(a: TrainVaeArgs) -> Result<()> {
     }
     let cfg = VaeTrainConfig::from_file_with(&a.config, a.data.as_deref(), a.out.as_deref())
         .map_err(|e| UsageError(e.to_string()))?;
+    super::output_folder_ok(&cfg.output.dir)?;
     let device = super::device(&a.device)?;
 
     // Ctrl-C: checkpoint after the current step and stop.
