@@ -467,6 +467,21 @@ impl SimpleBackend for RandomWeights {
     }
 }
 
+/// Reads every tensor of a safetensors file onto the CPU; an unreadable file is named once,
+/// with what is wrong with it.
+pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    if !path.is_file() {
+        return Err(Error::weights(path, "no such file"));
+    }
+    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        let e = match e {
+            candle_core::Error::WithPath { inner, .. } => *inner,
+            e => e,
+        };
+        Error::weights(path, format!("not a readable safetensors file: {e}"))
+    })
+}
+
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename, fsync
 /// of the folder. A reader (or a crash) sees either the old file or the new one, never half.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -537,8 +537,10 @@ fn resume_from(mut old: Index, config: &ExtractConfig, planned: &[ShardEntry], o
         ));
     }
     for (i, s) in old.shards.iter_mut().enumerate() {
-        if s.done && s.rows > 0 && !out.join(&s.file).is_file() {
-            log::warn!("{}: missing, extracting it again", out.join(&s.file).display());
+        // A shard cut short (a full disk, a copy interrupted) is as good as missing.
+        let file = out.join(&s.file);
+        if s.done && s.rows > 0 && pixart_core::weights::WeightFile::open(&file).is_err() {
+            log::warn!("{}: missing or unreadable, extracting it again", file.display());
             s.done = false;
             s.rows = 0;
             old.records.retain(|r| r.shard != i);

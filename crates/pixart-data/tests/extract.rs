@@ -125,6 +125,11 @@ fn rerun_resumes_and_skipped_images_are_counted() {
     assert_eq!((third.shards_written, third.extracted), (1, 4));
     assert_eq!(std::fs::read(out.join("shard-00001.safetensors")).unwrap(), before);
     assert_eq!(Index::read(&out).unwrap(), index);
+    // So is one cut short.
+    std::fs::write(out.join("shard-00001.safetensors"), &before[..before.len() / 2]).unwrap();
+    let (fourth, _) = run(&opts);
+    assert_eq!((fourth.shards_written, fourth.extracted), (1, 4));
+    assert_eq!(std::fs::read(out.join("shard-00001.safetensors")).unwrap(), before);
 
     // Another configuration in the same folder is refused, naming what differs.
     let mut other = options(&out, BucketMode::Square);

@@ -107,7 +107,7 @@ fn read(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(Error::weights(path, "no such LoRA file"));
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::weights(path, e.to_string()))
+    pixart_core::weights::read_safetensors(path)
 }
 
 /// A backend that adds LoRA deltas to the weights another backend hands out, and remembers

@@ -206,6 +206,22 @@ pub fn generate(
         progress,
         timings: Timings::default(),
     };
+    // KV compression pools R×R windows of the token grid: the grid must hold one.
+    let tc = c.transformer_config();
+    if let Some(kv) = tc
+        .kv_compress
+        .as_ref()
+        .filter(|k| k.scale_factor > 1 && !k.layers.is_empty())
+    {
+        let step = c.vae_factor() * tc.patch_size;
+        let (gh, gw) = (r.gen_height / step, r.gen_width / step);
+        if gh.min(gw) < kv.scale_factor {
+            return Err(Error::InvalidInput(format!(
+                "KV compression with ratio {0} needs a token grid of at least {0}x{0}; a {1}x{2} image has {3}x{4} tokens",
+                kv.scale_factor, r.gen_width, r.gen_height, gw, gh
+            )));
+        }
+    }
 
     // 1. Preprocess the prompts (strip, lower-case unless keep_case; diffusers'
     //    `_text_preprocessing` with `clean_caption=False`) and tokenise them: 300 tokens, padded,

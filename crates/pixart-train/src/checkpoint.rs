@@ -162,7 +162,7 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
 }
 
 fn load_map(path: &Path) -> Result<BTreeMap<String, Tensor>> {
-    let m = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| Error::weights(path, e.to_string()))?;
+    let m = pixart_core::weights::read_safetensors(path)?;
     Ok(m.into_iter().collect())
 }
 

@@ -62,13 +62,7 @@ pub fn read_inputs(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(UsageError(format!("{}: no such inputs file", path.display())).into());
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        let e = match e {
-            candle_core::Error::WithPath { inner, .. } => *inner,
-            e => e,
-        };
-        UsageError(format!("{}: not a readable safetensors file: {e}", path.display())).into()
-    })
+    pixart_core::weights::read_safetensors(path).map_err(usage)
 }
 
 /// Takes a required tensor from the inputs.
