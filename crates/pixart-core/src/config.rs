@@ -12,7 +12,8 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
         let inner = e.into_inner();
-        if key.is_empty() || key == "." {
+        // `?`: the error came before any key (a syntax error at the top level).
+        if key.is_empty() || key == "." || key == "?" {
             Error::config(path, format!("invalid config: {inner}"))
         } else {
             Error::config(path, format!("invalid config: key `{key}`: {inner}"))

@@ -176,9 +176,9 @@ pub fn load_transformer(path: &Path, opts: &LoadOptions) -> Result<LoadedTransfo
         let vb = VarBuilder::from_backend(Box::new(merge.clone()), opts.dtype, opts.device.clone());
         let built = PixArtTransformer::new(&config, vb);
         backend.0.finish()?;
+        let files: Vec<String> = opts.loras.iter().map(|l| l.path.display().to_string()).collect();
         let mismatched = merge.0.mismatched();
         if !mismatched.is_empty() {
-            let files: Vec<String> = opts.loras.iter().map(|l| l.path.display().to_string()).collect();
             return Err(Error::InvalidInput(format!(
                 "{}: LoRA adapters of another model's sizes: {}",
                 files.join(", "),
@@ -188,7 +188,8 @@ pub fn load_transformer(path: &Path, opts: &LoadOptions) -> Result<LoadedTransfo
         let unused = merge.0.unused();
         if !unused.is_empty() {
             return Err(Error::InvalidInput(format!(
-                "LoRA adapters for layers this transformer does not have: {}",
+                "{}: LoRA adapters for layers this transformer does not have: {}",
+                files.join(", "),
                 unused.join(", ")
             )));
         }

@@ -59,6 +59,9 @@ pub fn output_folder_ok(dir: &Path) -> Result<()> {
 
 /// Reads every tensor of a safetensors input file.
 pub fn read_inputs(path: &Path) -> Result<HashMap<String, Tensor>> {
+    if path.is_dir() {
+        return Err(UsageError(format!("{}: is a folder, not a safetensors file", path.display())).into());
+    }
     if !path.is_file() {
         return Err(UsageError(format!("{}: no such inputs file", path.display())).into());
     }
