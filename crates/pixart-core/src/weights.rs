@@ -203,12 +203,7 @@ fn mmap_safetensors(paths: &[PathBuf]) -> Result<candle_core::safetensors::Mmape
     let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(paths) };
     st.map_err(|e| {
         let first = paths.first().cloned().unwrap_or_default();
-        // candle's error names the path too; the message names it once.
-        let e = match e {
-            candle_core::Error::WithPath { inner, .. } => *inner,
-            e => e,
-        };
-        Error::weights(first, format!("not a valid safetensors file: {e}"))
+        Error::weights(first, format!("not a valid safetensors file: {}", without_path(e)))
     })
 }
 
@@ -473,13 +468,16 @@ pub fn read_safetensors(path: &Path) -> Result<HashMap<String, Tensor>> {
     if !path.is_file() {
         return Err(Error::weights(path, "no such file"));
     }
-    candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        let e = match e {
-            candle_core::Error::WithPath { inner, .. } => *inner,
-            e => e,
-        };
-        Error::weights(path, format!("not a readable safetensors file: {e}"))
-    })
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| Error::weights(path, format!("not a readable safetensors file: {}", without_path(e))))
+}
+
+/// candle's error without the path it attaches: our messages name the file once, first.
+fn without_path(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithPath { inner, .. } => *inner,
+        e => e,
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, rename, fsync

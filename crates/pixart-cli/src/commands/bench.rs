@@ -5,7 +5,7 @@ use pixart_model::bench::{bench_transformer, BenchSpec};
 use pixart_model::{KvCompressConfig, TransformerConfig};
 use serde_json::json;
 
-use super::{device, dtype};
+use super::{device, dtype, MAX_TOKENS};
 use crate::UsageError;
 
 #[derive(Debug, Args)]
@@ -126,8 +126,7 @@ fn sigma_config_for(size: usize) -> TransformerConfig {
     })
 }
 
-/// The most caption tokens and batch rows a benchmark takes (beyond them nothing fits).
-const MAX_TOKENS: usize = 65536;
+/// The most batch rows a benchmark takes (beyond them nothing fits).
 const MAX_BATCH: usize = 1024;
 
 fn check_size(size: usize) -> Result<()> {

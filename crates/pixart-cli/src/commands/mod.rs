@@ -23,6 +23,9 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::UsageError;
 
+/// The most tokens a text takes (`--max-length`, `--tokens`; PixArt-Σ uses 300).
+pub const MAX_TOKENS: usize = 65536;
+
 /// Parses `--dtype`.
 pub fn dtype(s: &str) -> Result<DType> {
     pixart_core::device::parse_dtype(s).map_err(|e| UsageError(e.to_string()).into())

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use pixart_model::loading::{load_transformer, LoadOptions};
 use pixart_model::{AddedCond, KvCompressConfig};
 
-use super::{device, dtype, output_folder_exists, read_inputs, take, usage, write_outputs};
+use super::{device, dtype, output_folder_exists, read_inputs, take, usage, write_outputs, MAX_TOKENS};
 use crate::UsageError;
 
 #[derive(Debug, Args)]
@@ -193,9 +193,6 @@ fn text_encoder(a: TextEncoderArgs) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("text encoder produced no last_hidden_state"))?;
     write_outputs(&a.out, &[("last_hidden_state", h)])
 }
-
-/// The longest `--max-length` (PixArt-Σ uses 300 tokens).
-const MAX_TOKENS: usize = 65536;
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
     if !(1..=MAX_TOKENS).contains(&a.max_length) {
