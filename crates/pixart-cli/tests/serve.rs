@@ -126,6 +126,91 @@ fn openai_route_matches_pixart_generate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `pixart generate` ARGS into `out`; its PNG.
+fn generate_png(args: &[&std::ffi::OsStr], out: &std::path::Path) -> Png {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_pixart"))
+        .arg("generate")
+        .args(args)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    decode_png(&std::fs::read(out).unwrap())
+}
+
+#[test]
+fn model_flags_are_those_of_pixart_generate() {
+    // A transformer folder with --base, a LoRA and KV compression: served as generate makes it.
+    let dir = std::env::temp_dir().join(format!("pixart-serve-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lora = dir.join("lora.safetensors");
+    let (dev, f32) = (candle_core::Device::Cpu, candle_core::DType::F32);
+    let ramp = |n: usize, scale: f64| {
+        candle_core::Tensor::arange(0u32, n as u32, &dev)
+            .unwrap()
+            .to_dtype(f32)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .affine(scale, 0.0)
+            .unwrap()
+    };
+    // The tiny pipeline's width is 24: to_q's LoRA of rank 4.
+    let map = std::collections::HashMap::from([
+        (
+            "transformer_blocks.0.attn1.to_q.lora_A.weight".to_string(),
+            ramp(4 * 24, 0.3).reshape((4, 24)).unwrap(),
+        ),
+        (
+            "transformer_blocks.0.attn1.to_q.lora_B.weight".to_string(),
+            ramp(24 * 4, 0.3).reshape((24, 4)).unwrap(),
+        ),
+    ]);
+    candle_core::safetensors::save(&map, &lora).unwrap();
+    let root = pipeline();
+    let transformer = root.join("transformer");
+    let lora_flag = format!("{}:0.8", lora.display());
+    let flags = [
+        "--base",
+        root.to_str().unwrap(),
+        "--lora",
+        &lora_flag,
+        "--kv-compress",
+        "uniform:2:1",
+    ];
+    let s = Server::start_with_model(&transformer, &flags);
+    let r = s.post(
+        "/v1/images/generations",
+        &json!({"prompt": "a red fox", "size": "256x256", "steps": 2, "seed": 5, "response_format": "b64_json"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = decode_png(&b64(&r.json()["data"][0]["b64_json"]));
+    let request = [
+        "-p",
+        "a red fox",
+        "--width",
+        "256",
+        "--height",
+        "256",
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+    ];
+    let mut args: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), transformer.as_os_str()];
+    args.extend(flags.iter().chain(&request).map(|a| std::ffi::OsStr::new(*a)));
+    let want = generate_png(&args, &dir.join("flags.png"));
+    assert_eq!(got.pixels, want.pixels, "the server and pixart generate differ");
+    assert!(got.parameters.contains("Model: transformer,"), "{}", got.parameters);
+    // The flags change the picture: the whole pipeline without them gives other pixels.
+    let mut plain: Vec<&std::ffi::OsStr> = vec!["--model".as_ref(), root.as_os_str()];
+    plain.extend(request.iter().map(|a| std::ffi::OsStr::new(*a)));
+    let without = generate_png(&plain, &dir.join("plain.png"));
+    assert_ne!(got.pixels, without.pixels, "the LoRA and KV compression had no effect");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn job_api_progress_events_result_and_delete() {
     let s = Server::start(&[]);
@@ -601,6 +686,12 @@ fn usage_errors_exit_2_before_serving() {
             vec!["--model", "/nonexistent/pixart-model"],
             None,
             "/nonexistent/pixart-model",
+        ),
+        (vec!["--model", m, "--kv-compress", "conv:0"], None, "--kv-compress"),
+        (
+            vec!["--model", m, "--lora", "/nonexistent/lora.safetensors"],
+            None,
+            "lora.safetensors",
         ),
         // No --model and no built-in model: the message says what to do.
         (vec![], Some("/nonexistent/builtin"), "pass --model"),

@@ -31,6 +31,9 @@ pub struct ComponentPaths {
     pub tokenizer: Option<PathBuf>,
     pub vae: Option<PathBuf>,
     pub scheduler: Option<PathBuf>,
+    /// Whether the caller offers the override flags (`--text-encoder DIR`, `--vae DIR`): a
+    /// missing component's error suggests them only then, and `--base DIR` always.
+    pub override_hints: bool,
 }
 
 /// How to load.
@@ -124,13 +127,18 @@ impl std::fmt::Debug for PipelineComponents {
 /// SDXL-VAE + T5-XXL pipeline PixArt-Σ's checkpoints use.
 pub const DEFAULT_BASE: &str = "PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers";
 
-fn missing(component: &str, paths: &ComponentPaths, flag: &str) -> Error {
+/// A missing component; `flag` is the override that would give it.
+fn missing(component: &str, paths: &ComponentPaths, flag: Option<&str>) -> Error {
     let base = match &paths.base {
         Some(b) => format!(" or {}", b.display()),
         None => String::new(),
     };
+    let or_flag = match flag {
+        Some(f) if paths.override_hints => format!(" or {f}"),
+        _ => String::new(),
+    };
     Error::InvalidInput(format!(
-        "missing component `{component}`: no {component}/ folder in {}{base}; pass --base DIR (a diffusers pipeline folder) or {flag}",
+        "missing component `{component}`: no {component}/ folder in {}{base}; pass --base DIR (a diffusers pipeline folder){or_flag}",
         paths.model.display()
     ))
 }
@@ -200,6 +208,7 @@ impl ComponentPaths {
             tokenizer,
             vae,
             scheduler,
+            override_hints: self.override_hints,
         };
         local.resolve_local()
     }
@@ -231,13 +240,18 @@ impl ComponentPaths {
                 .or_else(|| self.base.as_deref().and_then(|b| sub(b, name)))
         };
         let transformer = if model.is_dir() && model.join("model_index.json").is_file() {
-            sub(model, "transformer").ok_or_else(|| missing("transformer", self, "a transformer folder as --model"))?
+            sub(model, "transformer").ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "missing component `transformer`: no transformer/ folder in {}; pass a transformer folder as --model",
+                    model.display()
+                ))
+            })?
         } else {
             model.clone()
         };
         let text_encoder = match &self.text_encoder {
             Some(p) => p.clone(),
-            None => find("text_encoder").ok_or_else(|| missing("text_encoder", self, "--text-encoder DIR"))?,
+            None => find("text_encoder").ok_or_else(|| missing("text_encoder", self, Some("--text-encoder DIR")))?,
         };
         let tokenizer = match &self.tokenizer {
             Some(p) => p.clone(),
@@ -249,18 +263,24 @@ impl ComponentPaths {
                         .and_then(Path::parent)
                         .and_then(|t| sub(t, "tokenizer"))
                 })
-                .ok_or_else(|| missing("tokenizer", self, "--text-encoder DIR with a tokenizer/ beside it"))?,
+                .ok_or_else(|| {
+                    missing(
+                        "tokenizer",
+                        self,
+                        Some("--text-encoder DIR with a tokenizer/ beside it"),
+                    )
+                })?,
         };
         let vae = match &self.vae {
             Some(p) => p.clone(),
-            None => find("vae").ok_or_else(|| missing("vae", self, "--vae DIR"))?,
+            None => find("vae").ok_or_else(|| missing("vae", self, Some("--vae DIR")))?,
         };
         let scheduler_config = match &self.scheduler {
             Some(p) if p.is_file() => p.clone(),
             Some(p) => p.join("scheduler_config.json"),
             None => find("scheduler")
                 .map(|d| d.join("scheduler_config.json"))
-                .ok_or_else(|| missing("scheduler", self, "--base DIR"))?,
+                .ok_or_else(|| missing("scheduler", self, None))?,
         };
         if !scheduler_config.is_file() {
             return Err(Error::InvalidInput(format!(

@@ -216,9 +216,19 @@ fn missing_components_are_named() {
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("missing component `text_encoder`") && e.contains("--base"),
+        e.contains("missing component `text_encoder`") && e.contains("--base") && !e.contains("--text-encoder"),
         "{e}"
     );
+    // The override flag is suggested only where the caller has it.
+    let paths = ComponentPaths {
+        model: fixtures().join("transformer"),
+        override_hints: true,
+        ..Default::default()
+    };
+    let e = PipelineComponents::load(&paths, &ComponentOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("or --text-encoder DIR"), "{e}");
     // Transformer-only folder + base: loads.
     let paths = ComponentPaths {
         model: fixtures().join("transformer"),

@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
-use pixart_model::KvCompressConfig;
 use pixart_pipeline::{
-    generate, parameters_text, random_seed, sampler_name, ComponentOptions, ComponentPaths, DownloadProgress,
-    Generated, GenerationRequest, HubConfig, OutputKind, PipelineComponents, Progress, SeededNoise, VaeTiling,
+    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, OutputKind, PipelineComponents,
+    Progress, SeededNoise, VaeTiling,
 };
 
+use super::model::{ModelArgs, ModelChoice};
 use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
 use crate::{Cancelled, UsageError};
 
@@ -68,9 +68,6 @@ pub struct GenerateArgs {
     /// VAE tiled decoding: auto (large images only), on or off.
     #[arg(long = "vae-tiling", default_value = "auto")]
     vae_tiling: String,
-    /// KV token compression: SAMPLING[:R[:LAYERS]] (conv, uniform, ave) or none.
-    #[arg(long = "kv-compress")]
-    kv_compress: Option<String>,
     /// Generate at exactly --width x --height (multiples of 16) instead of the nearest
     /// aspect-ratio bin followed by resize + crop.
     #[arg(long = "no-resolution-binning")]
@@ -81,27 +78,8 @@ pub struct GenerateArgs {
     /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
     #[arg(long)]
     latents: Option<PathBuf>,
-    /// A diffusers PixArt-Σ pipeline folder, a hub id (owner/name[@revision], downloaded into the
-    /// Hugging Face cache: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 uses the
-    /// cache only), or a transformer folder / weight file (then --base). Default (or `builtin`):
-    /// the project's own small built-in model.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// A LoRA adapter (PEFT/diffusers keys) merged into the transformer: FILE[:SCALE];
-    /// repeat for several.
-    #[arg(long = "lora")]
-    lora: Vec<String>,
-    /// A pipeline folder or hub id supplying the text encoder, tokenizer, VAE and scheduler
-    /// --model lacks [default: PixArt-alpha/pixart_sigma_sdxlvae_T5_diffusers, fetched only when
-    /// --model lacks something].
-    #[arg(long)]
-    base: Option<PathBuf>,
-    /// T5 encoder folder (or hub id) override.
-    #[arg(long = "text-encoder")]
-    text_encoder: Option<PathBuf>,
-    /// VAE folder (or hub id) override.
-    #[arg(long)]
-    vae: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// cpu, cuda, cuda:N or auto (the first GPU of a CUDA build when there is one, else the CPU).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -121,68 +99,6 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
         None => format!("{stem}-{k}"),
     };
     path.with_file_name(name)
-}
-
-/// Hub downloads: a progress bar per file on a terminal; otherwise a line per file, and one per
-/// tenth of a large file.
-struct DownloadDisplay {
-    tty: bool,
-    bar: Option<indicatif::ProgressBar>,
-    /// `repo/file`, size, bytes so far, start time.
-    current: Option<(String, u64, u64, std::time::Instant)>,
-}
-
-impl DownloadProgress for DownloadDisplay {
-    fn start(&mut self, repo: &str, file: &str, size: u64) {
-        let name = format!("{repo}/{file}");
-        if self.tty {
-            let bar = indicatif::ProgressBar::new(size);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} [{eta_precise}]",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_message(name.clone());
-            self.bar = Some(bar);
-        } else {
-            eprintln!("downloading {name} ({})", indicatif::HumanBytes(size));
-        }
-        self.current = Some((name, size, 0, std::time::Instant::now()));
-    }
-
-    fn advance(&mut self, bytes: u64) {
-        if let Some(bar) = &self.bar {
-            bar.inc(bytes);
-        }
-        if let Some((name, size, done, _)) = &mut self.current {
-            let tenth = (*size / 10).max(1);
-            let before = *done / tenth;
-            *done += bytes;
-            if !self.tty && *size >= 64 << 20 && *done / tenth > before && *done < *size {
-                eprintln!("  {name}: {}%", *done * 100 / *size);
-            }
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish();
-        }
-        if let Some((name, size, _, t)) = self.current.take() {
-            if !self.tty {
-                eprintln!(
-                    "downloaded {name} ({}, {:.1} s)",
-                    indicatif::HumanBytes(size),
-                    t.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
-
-    fn note(&mut self, message: &str) {
-        eprintln!("note: {message}");
-    }
 }
 
 /// `cpu`, `cuda:N`, ... for the messages.
@@ -232,61 +148,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(p) => Some(initial_latents(p)?),
         None => None,
     };
-    let model = match a.model.as_deref() {
-        None => pixart_pipeline::builtin_model_dir().map_err(usage)?,
-        Some(m) if m.to_str().is_some_and(pixart_pipeline::is_builtin) => {
-            pixart_pipeline::builtin_model_dir().map_err(usage)?
-        }
-        Some(m) => m.to_path_buf(),
-    };
-    let loras = a
-        .lora
-        .iter()
-        .map(|s| pixart_model::lora::LoraSpec::parse(s).map_err(|m| UsageError(format!("--lora: {m}"))))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let paths = ComponentPaths {
-        model: model.clone(),
-        base: Some(
-            a.base
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(pixart_pipeline::DEFAULT_BASE)),
-        ),
-        text_encoder: a.text_encoder.clone(),
-        vae: a.vae.clone(),
-        ..Default::default()
-    };
-    // Hub ids are downloaded here (what is missing from the cache), before anything is loaded.
-    let mut downloads = DownloadDisplay {
-        tty: std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        bar: None,
-        current: None,
-    };
-    let resolved = paths
-        .resolve_with(&HubConfig::from_env(), &mut downloads)
-        .map_err(|e| {
-            // Name the default base when it is the part that could not be had.
-            let hint = format!(
-                "{} is the default --base, for the components --model lacks; pass --base DIR",
-                pixart_pipeline::DEFAULT_BASE
-            );
-            let about_default = a.base.is_none() && e.to_string().contains(pixart_pipeline::DEFAULT_BASE);
-            match e {
-                pixart_core::Error::InvalidInput(m) if about_default => UsageError(format!("{m} ({hint})")).into(),
-                other if about_default => anyhow::Error::from(other).context(hint),
-                other => usage(other),
-            }
-        })?;
-    let kv_compress = match &a.kv_compress {
-        Some(spec) => {
-            let (_, cfg) = pixart_model::loading::locate(&resolved.transformer).map_err(usage)?;
-            let layers = match cfg {
-                Some(c) => pixart_model::TransformerConfig::from_file(&c)?.num_layers,
-                None => 28,
-            };
-            Some(KvCompressConfig::parse_spec(spec, layers).map_err(|m| UsageError(format!("--kv-compress: {m}")))?)
-        }
-        None => None,
-    };
+    let ModelChoice {
+        model,
+        resolved,
+        options,
+    } = a.model.resolve(dev, dt)?;
     let seed = a.seed.unwrap_or_else(random_seed);
 
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
@@ -324,14 +190,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     }
 
     let start = std::time::Instant::now();
-    eprintln!("loading {} on {}", model.display(), device_name(&dev));
-    let opts = ComponentOptions {
-        device: dev,
-        dtype: dt,
-        kv_compress,
-        loras,
-    };
-    let components = PipelineComponents::load_resolved(resolved, &opts).map_err(usage)?;
+    eprintln!("loading {} on {}", model.display(), device_name(&options.device));
+    let components = PipelineComponents::load_resolved(resolved, &options).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
     let request = request.validate(&components.geometry()).map_err(usage)?;
     let sampler_name = sampler_name(&components, sampler);

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod extract;
 pub mod generate;
 pub mod init;
+pub mod model;
 pub mod run;
 pub mod serve;
 pub mod train;

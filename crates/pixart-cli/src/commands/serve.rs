@@ -1,15 +1,16 @@
 //! `pixart serve`: the HTTP server (crates/pixart-server). Parsing and printing only.
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
 use pixart_pipeline::request::MAX_SIDE;
-use pixart_pipeline::{builtin_model_dir, ComponentOptions, ComponentPaths, PipelineComponents};
+use pixart_pipeline::PipelineComponents;
 use pixart_server::api::MAX_STEPS;
 use pixart_server::{Engine, Limits, Retention, ServeOptions};
 
+use super::model::{ModelArgs, ModelChoice};
 use super::{device, dtype, usage};
 use crate::UsageError;
 
@@ -21,10 +22,8 @@ GET /openapi.json, and the web page at /. SIGTERM or Ctrl-C: queued jobs are can
 one gets --shutdown-grace seconds, then the server exits 0."
 )]
 pub struct ServeArgs {
-    /// A diffusers PixArt-Σ pipeline folder or a hub id in the HF cache. Default (or `builtin`):
-    /// the project's own small built-in model.
-    #[arg(long)]
-    model: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Address to listen on (loopback by default; use 0.0.0.0 to serve the network).
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -112,21 +111,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ))
         .into());
     }
-    let (model, name) = match &a.model {
-        Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => (m.clone(), model_name(m)),
-        _ => (builtin_model_dir().map_err(usage)?, "builtin".to_string()),
+    let name = match &a.model.model {
+        Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => model_name(m),
+        _ => "builtin".to_string(),
     };
-    eprintln!("loading {}", model.display());
-    let paths = ComponentPaths {
+    let ModelChoice {
         model,
-        ..Default::default()
-    };
-    let opts = ComponentOptions {
-        device: dev,
-        dtype: dt,
-        ..ComponentOptions::default()
-    };
-    let components = PipelineComponents::load(&paths, &opts).map_err(usage)?;
+        resolved,
+        options,
+    } = a.model.resolve(dev, dt)?;
+    eprintln!("loading {}", model.display());
+    let components = PipelineComponents::load_resolved(resolved, &options).map_err(usage)?;
     let engine = Engine {
         components,
         model_name: name,
