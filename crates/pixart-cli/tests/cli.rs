@@ -4,7 +4,7 @@ use pixart_core::testing::fixtures_root;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pixart"))
@@ -198,6 +198,46 @@ fn run_text_encoder_matches_golden() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(d <= 1e-5, "max diff {d}");
+    // Inputs that do not fit the model are named: a mask of another shape, an id outside the
+    // vocabulary, a flat id list.
+    let ids = |v: Vec<i64>, shape: &[usize]| Tensor::from_vec(v, shape, &Device::Cpu).unwrap();
+    for (name, input_ids, mask, needle) in [
+        (
+            "mask.safetensors",
+            ids(vec![1, 2, 3, 4, 5, 6], &[2, 3]),
+            ids(vec![1; 6], &[3, 2]),
+            "attention_mask has shape [3, 2]",
+        ),
+        (
+            "vocab.safetensors",
+            ids(vec![1, 2, 99_999], &[1, 3]),
+            ids(vec![1; 3], &[1, 3]),
+            "input_ids holds id 99999, outside the vocabulary",
+        ),
+        (
+            "flat.safetensors",
+            ids(vec![1, 2, 3], &[3]),
+            ids(vec![1; 3], &[3]),
+            "input_ids must be (batch, length), got [3]",
+        ),
+    ] {
+        let inputs = dir.join(name);
+        let map = std::collections::HashMap::from([
+            ("input_ids".to_string(), input_ids),
+            ("attention_mask".to_string(), mask),
+        ]);
+        candle_core::safetensors::save(&map, &inputs).unwrap();
+        let o = bin()
+            .args(["run", "text-encoder", "--model"])
+            .arg(text.join("text_encoder"))
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_one_line_error(&o, 2, &format!("{name}: {needle}"));
+    }
 }
 
 #[test]

@@ -187,11 +187,15 @@ fn text_encoder(a: TextEncoderArgs) -> Result<()> {
     let dtype = dtype(&a.dtype)?;
     let device = device(&a.device)?;
     let inputs = read_inputs(&a.inputs)?;
-    let out = pixart_text::run_text_encoder(&a.model, &inputs, dtype, &device).map_err(usage)?;
-    let h = out
-        .get("last_hidden_state")
-        .ok_or_else(|| anyhow::anyhow!("text encoder produced no last_hidden_state"))?;
-    write_outputs(&a.out, &[("last_hidden_state", h)])
+    let ids = take(&inputs, &a.inputs, "input_ids")?;
+    let model = pixart_text::load_text_encoder(&a.model, dtype, &device).map_err(usage)?;
+    // Shapes and ids that do not fit the model are named against the inputs file.
+    let h = model
+        .forward(ids, inputs.get("attention_mask"))
+        .map_err(|e| input_fault(&a.inputs, e))?
+        .to_dtype(DType::F32)?
+        .to_device(&candle_core::Device::Cpu)?;
+    write_outputs(&a.out, &[("last_hidden_state", &h)])
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
