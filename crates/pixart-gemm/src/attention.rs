@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::bf16::{gemm, round_to_bf16, GemmError, Lhs, Output, PackedA, PackedB};
+use crate::bf16::{gemm, softmax_to_bf16, GemmError, Lhs, Output, PackedA, PackedB};
 use crate::vector::softmax_in_place;
 
 /// Query rows per attention task: the task's score block (rows × keys) stays in cache.
@@ -178,8 +178,7 @@ impl candle_core::CustomOp3 for AttentionBf16 {
                                 *s += *bb;
                             }
                         }
-                        softmax_in_place(row);
-                        round_to_bf16(row, prow);
+                        softmax_to_bf16(row, prow);
                         prow[m..].fill(bf16::ZERO); // the pad column (a reused buffer)
                     }
                     gemm(

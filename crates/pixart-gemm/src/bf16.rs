@@ -370,6 +370,11 @@ struct Tile {
 
 type Kernel = unsafe fn(&Tile, &RawOut);
 
+/// The micro-kernels by the number of 16-column vectors a tile needs (1 to [`NV`]): a tile
+/// at the right edge whose valid columns fit in fewer vectors skips the zero padding of its
+/// panel (the attention's `P·V` with 72 columns: 48 + 32 computed instead of 48 + 48).
+type Kernels = [Kernel; NV];
+
 /// `C = A·B` into `out` (see [`Output`]); `par` spreads the output blocks over rayon's pool.
 pub fn gemm(a: Lhs<'_>, b: &PackedB, out: Output<'_>, par: bool) -> Result<()> {
     if a.k != b.kp {
@@ -410,32 +415,32 @@ pub fn gemm(a: Lhs<'_>, b: &PackedB, out: Output<'_>, par: bool) -> Result<()> {
     if m == 0 || n == 0 {
         return Ok(());
     }
-    let kernel = select_kernel();
+    let kernels = select_kernel();
     let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
     let work = (m * n).saturating_mul(a.k.max(1));
     if par && mt * nt > 1 && work >= 1 << 18 {
         (0..mt * nt)
             .into_par_iter()
-            .for_each_init(Vec::new, |buf, t| run_block(&a, b, t / nt, t % nt, &raw, buf, kernel));
+            .for_each_init(Vec::new, |buf, t| run_block(&a, b, t / nt, t % nt, &raw, buf, kernels));
     } else {
         let mut buf = Vec::new();
         for t in 0..mt * nt {
-            run_block(&a, b, t / nt, t % nt, &raw, &mut buf, kernel);
+            run_block(&a, b, t / nt, t % nt, &raw, &mut buf, kernels);
         }
     }
     Ok(())
 }
 
-fn select_kernel() -> Kernel {
+fn select_kernel() -> Kernels {
     #[cfg(target_arch = "x86_64")]
     if cpu_has_avx512bf16() {
-        return kernel_avx512;
+        return [kernel_avx512::<1>, kernel_avx512::<2>, kernel_avx512::<NV>];
     }
-    kernel_portable
+    [kernel_portable; NV]
 }
 
 /// One `MC × NC` output block: all its tiles over all `k` blocks.
-fn run_block(a: &Lhs<'_>, b: &PackedB, ic: usize, jc: usize, out: &RawOut, buf: &mut Vec<f32>, kernel: Kernel) {
+fn run_block(a: &Lhs<'_>, b: &PackedB, ic: usize, jc: usize, out: &RawOut, buf: &mut Vec<f32>, kernels: Kernels) {
     let (m, n, kp) = (out.m, out.n, a.k);
     let (r0, c0) = (ic * MC, jc * NC);
     let (ip, jp) = ((MC.min(m - r0)).div_ceil(MR), (NC.min(n - c0)).div_ceil(NR));
@@ -448,6 +453,7 @@ fn run_block(a: &Lhs<'_>, b: &PackedB, ic: usize, jc: usize, out: &RawOut, buf: 
         let pc = KCP.min(kp - p0);
         for j in 0..jp {
             let bj = (c0 / NR + j) * kp * NR + p0 * NR;
+            let kernel = kernels[NR.min(n - c0 - j * NR).div_ceil(16) - 1];
             for i in 0..ip {
                 let stage = if kblocks > 1 {
                     buf[(j * ip + i) * MR * NR..].as_mut_ptr()
@@ -544,18 +550,20 @@ fn round_ps(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
     _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(r))
 }
 
-/// The AVX512-BF16 micro-kernel: an `MR × NR` tile in 24 zmm accumulators, one `vdpbf16ps`
-/// per row and 16 columns and `k` pair.
+/// The AVX512-BF16 micro-kernel: an `MR × 16·W` tile (the first `W` vectors of a panel's
+/// [`NR`] columns) in `MR·W` zmm accumulators (24 for the full tile), one `vdpbf16ps` per row
+/// and 16 columns and `k` pair.
 ///
 /// # Safety
 /// The CPU must have AVX512F/BW/VL and AVX512-BF16; `t.a` must hold `t.pc × MR` and `t.b`
 /// `t.pc × NR` values; `t.stage` must hold `MR × NR` floats unless the tile is both first and
-/// last; `out` must be valid for rows `< out.m` and columns `< out.n`.
+/// last; `out` must be valid for rows `< out.m` and columns `< out.n`; the tile's valid
+/// columns must fit in `W` vectors.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
+unsafe fn kernel_avx512<const W: usize>(t: &Tile, out: &RawOut) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let mut acc = [[_mm512_setzero_ps(); W]; MR];
     if !t.first {
         for (r, row) in acc.iter_mut().enumerate() {
             for (v, x) in row.iter_mut().enumerate() {
@@ -565,7 +573,7 @@ unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
     }
     let (ar, mut off, mut bp) = (t.a, 0usize, t.b);
     for _ in 0..t.pc {
-        let mut bv = [_mm512_setzero_si512(); NV];
+        let mut bv = [_mm512_setzero_si512(); W];
         for (v, x) in bv.iter_mut().enumerate() {
             *x = _mm512_loadu_si512(bp.add(v * 16) as *const __m512i);
         }
@@ -588,9 +596,9 @@ unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
     }
     // The epilogue walks the tile with run-time bounds; a copy keeps `acc` itself indexed by
     // constants only, so that it stays in registers through the main loop.
-    let mut res = [[_mm512_setzero_ps(); NV]; MR];
+    let mut res = [[_mm512_setzero_ps(); W]; MR];
     for r in 0..MR {
-        for v in 0..NV {
+        for v in 0..W {
             res[r][v] = acc[r][v];
         }
     }
@@ -674,12 +682,39 @@ pub fn round_to_bf16(src: &[f32], dst: &mut [bf16]) {
     }
 }
 
+/// `dst = round_bf16(softmax(row))` (the shorter length of the two); `row` is scratch. The
+/// same values, bit for bit, as [`crate::vector::softmax_in_place`] followed by
+/// [`round_to_bf16`], in three passes over the row instead of five where the CPU has
+/// AVX512-BF16 (the attention's softmax of every score block).
+pub fn softmax_to_bf16(row: &mut [f32], dst: &mut [bf16]) {
+    let n = row.len().min(dst.len());
+    let row = &mut row[..n];
+    #[cfg(target_arch = "x86_64")]
+    if cpu_has_avx512bf16() {
+        // SAFETY: the CPU has the features the functions are compiled for.
+        unsafe {
+            let inv = exp_sum_avx512(row);
+            scale_round_avx512(row, inv, dst);
+        }
+        return;
+    }
+    crate::vector::softmax_in_place(row);
+    round_to_bf16(row, dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,fma")]
+unsafe fn exp_sum_avx512(row: &mut [f32]) -> f32 {
+    crate::vector::exp_sum::<crate::vector::Fused>(row)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn round_avx512(src: &[f32], dst: &mut [bf16]) {
+unsafe fn scale_round_avx512(src: &[f32], inv: f32, dst: &mut [bf16]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut i16);
+    let scale = _mm512_set1_ps(inv);
     let mut i = 0;
     while i < n {
         let left = n - i;
@@ -688,11 +723,17 @@ unsafe fn round_avx512(src: &[f32], dst: &mut [bf16]) {
         } else {
             ((1u32 << left) - 1) as u16
         };
-        let v = _mm512_maskz_loadu_ps(mask, s.add(i));
-        let h = round_ps(v);
-        _mm256_mask_storeu_epi16(d.add(i), mask, h);
+        let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s.add(i)), scale);
+        _mm256_mask_storeu_epi16(d.add(i), mask, round_ps(v));
         i += 16;
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn round_avx512(src: &[f32], dst: &mut [bf16]) {
+    // x · 1 is x, bit for bit (NaNs are made quiet by the rounding either way).
+    scale_round_avx512(src, 1.0, dst)
 }
 
 #[cfg(test)]
@@ -748,8 +789,8 @@ mod tests {
         }
     }
 
-    /// Shapes around the tile and block sizes: tails in m (MR, MC), n (NR, NC), odd k and more
-    /// than one k block.
+    /// Shapes around the tile and block sizes: tails in m (MR, MC), n (NR, NC; of one, two
+    /// and three vectors), odd k and more than one k block.
     const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),
         (2, 3, 5),
@@ -760,6 +801,10 @@ mod tests {
         (33, 50, 2 * KCP),
         (200, 97, 1152),
         (13, 300, 4 * KCP + 1),
+        // Right-edge tiles of two vectors (the attention's P·V with d = 72), over several k
+        // blocks, and of exactly two.
+        (9, 72, 2 * KCP + 1),
+        (5, 80, 7),
     ];
 
     #[test]
@@ -803,7 +848,7 @@ mod tests {
             let mut buf = Vec::new();
             for ic in 0..m.div_ceil(MC) {
                 for jc in 0..n.div_ceil(NC) {
-                    run_block(&Lhs::packed(&pa), &pb, ic, jc, &out, &mut buf, kernel_portable);
+                    run_block(&Lhs::packed(&pa), &pb, ic, jc, &out, &mut buf, [kernel_portable; NV]);
                 }
             }
             let (want, mag) = reference(m, n, k, |i, kk| x[i * k + kk].to_f64(), |kk, j| w[j * k + kk].to_f64());
@@ -893,6 +938,23 @@ mod tests {
         check_bf16(&got, &want, &mag, "rows in place");
         assert!((0..m).all(|i| c[i * ldc + n..(i + 1) * ldc].iter().all(|v| v.is_nan())));
         assert!(Lhs::rows(&a, m, 39, lda).is_err(), "odd k");
+    }
+
+    #[test]
+    fn fused_softmax_rounds_the_same_bits() {
+        let mut rng = Rng(3);
+        for n in [1, 15, 16, 17, 72, 300, 4096] {
+            let row: Vec<f32> = (0..n).map(|i| rng.next() * (1 + i % 9) as f32).collect();
+            let mut want_f = row.clone();
+            crate::vector::softmax_in_place(&mut want_f);
+            let mut want = vec![bf16::ZERO; n];
+            round_to_bf16(&want_f, &mut want);
+            let (mut scratch, mut got) = (row.clone(), vec![bf16::NAN; n + 1]);
+            softmax_to_bf16(&mut scratch, &mut got);
+            assert!(got[n].is_nan(), "wrote past the row");
+            let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got[..n]), bits(&want), "n = {n}");
+        }
     }
 
     #[test]

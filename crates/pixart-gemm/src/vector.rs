@@ -3,38 +3,74 @@
 //! them, compiled for AVX-512F or AVX2+FMA and chosen at run time (scalar elsewhere). candle
 //! runs the same operations with scalar libm calls.
 
+/// How `a·b + c` is computed: [`Fused`] (one rounding, a single instruction where the caller is
+/// compiled with FMA) or [`Separate`] (a multiply and an add; without FMA hardware `mul_add`
+/// would be a slow library call).
+pub trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a.mul_add(b, c)`: for code compiled with the `fma` target feature.
+pub struct Fused;
+
+/// `a * b + c`.
+pub struct Separate;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl MulAdd for Separate {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
 /// e^x for f32 with a relative error of about 1e-7 (range reduction to |r| <= ln2/2 and a
 /// degree-7 polynomial). Inputs below -87.3 give ~1e-38 instead of 0, which is immaterial for
 /// softmax and GELU.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    exp_with::<Separate>(x)
+}
+
+/// [`exp_f32`] with the multiply-adds of `M`.
+#[inline(always)]
+pub fn exp_with<M: MulAdd>(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
     let x = x.clamp(-87.3, 88.7);
-    let kr = x * LOG2E + ROUND; // its low mantissa bits hold round(x·log2 e) + 2^22
+    let kr = M::mul_add(x, LOG2E, ROUND); // its low mantissa bits hold round(x·log2 e) + 2^22
     let k = kr - ROUND;
-    let r = x - k * LN2_HI - k * LN2_LO;
+    let r = M::mul_add(-k, LN2_LO, M::mul_add(-k, LN2_HI, x));
     let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    p = M::mul_add(p, r, 1.0 / 720.0);
+    p = M::mul_add(p, r, 1.0 / 120.0);
+    p = M::mul_add(p, r, 1.0 / 24.0);
+    p = M::mul_add(p, r, 1.0 / 6.0);
+    p = M::mul_add(p, r, 0.5);
+    p = M::mul_add(p, r, 1.0);
+    p = M::mul_add(p, r, 1.0);
     // 2^k from the bits of `kr` (integer lanes; an `as i32` cast would be a saturating
     // conversion that the compiler does not vectorise).
     let scale = f32::from_bits(kr.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     p * scale
 }
 
+/// Lanes of the reductions (max, sum): one AVX-512 vector, so that they vectorise.
+const LANES: usize = 16;
+
+/// Replaces `row` by e^(x - max(row)) and returns 1 / their sum.
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) {
-    // Eight independent lanes for the reductions so that they vectorise.
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let mut chunks = row.chunks_exact(8);
+pub(crate) fn exp_sum<M: MulAdd>(row: &mut [f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
         for (m, v) in lanes.iter_mut().zip(c) {
             if *v > *m {
@@ -44,38 +80,45 @@ fn softmax_row(row: &mut [f32]) {
     }
     let mut max = chunks.remainder().iter().copied().fold(f32::NEG_INFINITY, f32::max);
     max = lanes.iter().copied().fold(max, f32::max);
-    for v in row.iter_mut() {
-        *v = exp_f32(*v - max);
-    }
-    let mut sums = [0f32; 8];
-    let mut chunks = row.chunks_exact(8);
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (s, v) in sums.iter_mut().zip(c) {
+            *v = exp_with::<M>(*v - max);
             *s += *v;
         }
     }
-    let sum = sums.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>();
-    let inv = 1.0 / sum;
+    let mut tail = 0f32;
+    for v in chunks.into_remainder() {
+        *v = exp_with::<M>(*v - max);
+        tail += *v;
+    }
+    1.0 / (sums.iter().sum::<f32>() + tail)
+}
+
+#[inline(always)]
+fn softmax_row<M: MulAdd>(row: &mut [f32]) {
+    let inv = exp_sum::<M>(row);
     for v in row.iter_mut() {
         *v *= inv;
     }
 }
 
 #[inline(always)]
-fn gelu_slice(xs: &mut [f32]) {
+fn gelu_slice<M: MulAdd>(xs: &mut [f32]) {
     // 0.5·x·(1 + tanh(u)) = x · sigmoid(2u), u = √(2/π)·(x + 0.044715·x³)
     const K: f32 = 0.797_884_6; // √(2/π)
     for v in xs.iter_mut() {
         let x = *v;
         let u = K * (x + 0.044_715 * x * x * x);
-        *v = x / (1.0 + exp_f32(-2.0 * u));
+        *v = x / (1.0 + exp_with::<M>(-2.0 * u));
     }
 }
 
 #[inline(always)]
-fn silu_slice(xs: &mut [f32]) {
+fn silu_slice<M: MulAdd>(xs: &mut [f32]) {
     for v in xs.iter_mut() {
-        *v /= 1.0 + exp_f32(-*v);
+        *v /= 1.0 + exp_with::<M>(-*v);
     }
 }
 
@@ -119,11 +162,11 @@ macro_rules! dispatched {
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
                 fn avx512(xs: &mut [f32]) {
-                    $body(xs)
+                    $body::<Fused>(xs)
                 }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2(xs: &mut [f32]) {
-                    $body(xs)
+                    $body::<Fused>(xs)
                 }
                 match level() {
                     // SAFETY: the CPU reports the features each function is compiled for.
@@ -133,7 +176,7 @@ macro_rules! dispatched {
                     Level::Scalar => {}
                 }
             }
-            $body(xs)
+            $body::<Separate>(xs)
         }
     };
 }
