@@ -305,13 +305,17 @@ struct Tile {
 
 type Kernel = unsafe fn(&Tile, &RawOut);
 
+/// The micro-kernels by the number of 16-column vectors a tile needs (1 to [`NV`]): a tile
+/// at the right edge whose valid columns fit in fewer vectors skips its panel's zero padding.
+type Kernels = [Kernel; NV];
+
 /// `C = alpha·A·B (+ C) (+ bias)` (see [`Output`]) for A `m × k` (from `a`) and B `k × n`;
 /// `par` spreads the work over rayon's pool. With `accumulate`, `alpha` must be 1.
 pub fn gemm(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool) -> Result<()> {
     gemm_with(a, b, n, out, par, select_kernel())
 }
 
-fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kernel: Kernel) -> Result<()> {
+fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kernels: Kernels) -> Result<()> {
     let (m, k) = (a.m, a.k);
     b.check(k, n)?;
     check_matrix("C", out.c.len(), m, n, out.ldc)?;
@@ -336,7 +340,7 @@ fn gemm_with(a: Lhs<'_>, b: Rhs<'_>, n: usize, out: Output<'_>, par: bool, kerne
         m,
         n,
     };
-    run(a, b, raw, par, kernel);
+    run(a, b, raw, par, kernels);
     Ok(())
 }
 
@@ -378,7 +382,7 @@ pub unsafe fn gemm_raw(
 }
 
 /// Splits the product into tasks (column blocks × row-panel groups) and runs them.
-fn run(a: Lhs<'_>, b: Rhs<'_>, raw: RawOut, par: bool, kernel: Kernel) {
+fn run(a: Lhs<'_>, b: Rhs<'_>, raw: RawOut, par: bool, kernels: Kernels) {
     let (m, n, k) = (raw.m, raw.n, a.k);
     if m == 0 || n == 0 {
         return;
@@ -395,7 +399,7 @@ fn run(a: Lhs<'_>, b: Rhs<'_>, raw: RawOut, par: bool, kernel: Kernel) {
     let tasks = nt * mp.div_ceil(per);
     let task = |buf: &mut Vec<f32>, t: usize| {
         let (jc, g) = (t % nt, t / nt);
-        run_task(&a, &b, jc, g * per..((g + 1) * per).min(mp), &raw, buf, kernel);
+        run_task(&a, &b, jc, g * per..((g + 1) * per).min(mp), &raw, buf, kernels);
     };
     if par && tasks > 1 {
         (0..tasks).into_par_iter().for_each_init(Vec::new, task);
@@ -405,12 +409,12 @@ fn run(a: Lhs<'_>, b: Rhs<'_>, raw: RawOut, par: bool, kernel: Kernel) {
     }
 }
 
-fn select_kernel() -> Kernel {
+fn select_kernel() -> Kernels {
     #[cfg(target_arch = "x86_64")]
     if cpu_has_avx512f() {
-        return kernel_avx512;
+        return [kernel_avx512::<1>, kernel_avx512::<2>, kernel_avx512::<NV>];
     }
-    kernel_portable
+    [kernel_portable; NV]
 }
 
 /// Column block `jc` ([`NC`] columns) for the row panels `panels`, over all `k` blocks.
@@ -421,7 +425,7 @@ fn run_task(
     panels: std::ops::Range<usize>,
     out: &RawOut,
     buf: &mut Vec<f32>,
-    kernel: Kernel,
+    kernels: Kernels,
 ) {
     let (n, k) = (out.n, a.k);
     let c0 = jc * NC;
@@ -444,6 +448,7 @@ fn run_task(
         for i in panels.clone() {
             let ap = a.row_ptrs::<MR>(i, p0);
             for j in 0..jp {
+                let kernel = kernels[NR.min(n - c0 - j * NR).div_ceil(16) - 1];
                 let tile = Tile {
                     kc,
                     a: ap,
@@ -554,22 +559,24 @@ unsafe fn kernel_portable(t: &Tile, out: &RawOut) {
     }
 }
 
-/// The AVX-512 micro-kernel: an `MR × NR` tile in 24 zmm accumulators, per `k` three loads of
-/// B, eight broadcasts of A and 24 FMAs.
+/// The AVX-512 micro-kernel: an `MR × 16·W` tile (the first `W` vectors of a panel's [`NR`]
+/// columns) in `MR·W` zmm accumulators; for the full tile, per `k` three loads of B, eight
+/// broadcasts of A and 24 FMAs.
 ///
 /// # Safety
 /// The CPU must have AVX512F; `t.a[r]` must hold `t.kc` values at step `t.a_step` and `t.b`
-/// `t.kc × NR`; `out` must be valid for rows `< out.m` and columns `< out.n`.
+/// `t.kc × NR`; `out` must be valid for rows `< out.m` and columns `< out.n`; the tile's valid
+/// columns must fit in `W` vectors.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
+unsafe fn kernel_avx512<const W: usize>(t: &Tile, out: &RawOut) {
     use std::arch::x86_64::*;
     let rows = MR.min(out.m - t.row0);
     let masks = col_masks(NR.min(out.n - t.col0));
     // Every row pointer of the tile (rows past `m` get empty masks: nothing is read or written).
     let row_ptr = |r: usize| out.ptr.wrapping_add((t.row0 + r) * out.ldc + t.col0);
     let row_mask = |r: usize, v: usize| if r < rows { masks[v] } else { 0 };
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    let mut acc = [[_mm512_setzero_ps(); W]; MR];
     if t.load_c {
         for (r, row) in acc.iter_mut().enumerate() {
             for (v, x) in row.iter_mut().enumerate() {
@@ -579,7 +586,7 @@ unsafe fn kernel_avx512(t: &Tile, out: &RawOut) {
     }
     let (ar, mut off, mut bp) = (t.a, 0usize, t.b);
     for _ in 0..t.kc {
-        let mut bv = [_mm512_setzero_ps(); NV];
+        let mut bv = [_mm512_setzero_ps(); W];
         for (v, x) in bv.iter_mut().enumerate() {
             *x = _mm512_loadu_ps(bp.add(v * 16));
         }
@@ -690,11 +697,19 @@ mod tests {
     #[test]
     fn products_match_f64_for_every_operand_kind() {
         let mut rng = Lcg(7);
-        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", kernel_portable)];
+        let mut kernels: Vec<(&str, Kernels)> = vec![("portable", [kernel_portable; NV])];
         if cpu_has_avx512f() {
-            kernels.push(("avx512", kernel_avx512));
+            kernels.push(("avx512", select_kernel()));
         }
-        for (m, k, n) in [(1, 1, 1), (13, 29, 50), (37, 800, 250), (64, 72, 48), (9, 0, 5)] {
+        // n: right-edge tiles of one, two (72 = 48 + 24) and three vectors.
+        for (m, k, n) in [
+            (1, 1, 1),
+            (13, 29, 50),
+            (37, 800, 250),
+            (64, 72, 48),
+            (11, 300, 72),
+            (9, 0, 5),
+        ] {
             let (lda, ldc) = (k + 3, n + 5);
             let a = rng.vec(m * lda);
             let w = rng.vec(n * (k + 1)); // n × k, ld k + 1
