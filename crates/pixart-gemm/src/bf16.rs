@@ -533,6 +533,29 @@ unsafe fn kernel_portable(t: &Tile, out: &RawOut) {
     }
 }
 
+/// `vcvtneps2bf16`: 16 f32 to 16 bf16, rounded to nearest even, NaN kept (quiet), subnormal
+/// inputs and outputs flushed to zero. One instruction where [`round_ps`] takes seven; its
+/// intrinsic is not stable in Rust 1.95.
+///
+/// # Safety
+/// The CPU must have AVX512-BF16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+#[inline]
+unsafe fn cvtneps2bf16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m256i {
+    let r: std::arch::x86_64::__m256i;
+    // SAFETY: the caller checked AVX512-BF16; register operands only.
+    unsafe {
+        std::arch::asm!(
+            "vcvtneps2bf16 {r}, {x}",
+            x = in(zmm_reg) x,
+            r = lateout(ymm_reg) r,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    r
+}
+
 /// 16 f32 to 16 bf16, rounded to nearest even, NaN kept quiet: the same bits as
 /// `half::bf16::from_f32` (`vcvtneps2bf16` would flush subnormals, and its intrinsic is not
 /// stable in Rust 1.95).
@@ -684,8 +707,9 @@ pub fn round_to_bf16(src: &[f32], dst: &mut [bf16]) {
 
 /// `dst = round_bf16(softmax(row))` (the shorter length of the two); `row` is scratch. The
 /// same values, bit for bit, as [`crate::vector::softmax_in_place`] followed by
-/// [`round_to_bf16`], in three passes over the row instead of five where the CPU has
-/// AVX512-BF16 (the attention's softmax of every score block).
+/// [`round_to_bf16`], except that a probability below 2^-126 (an f32 subnormal) becomes 0:
+/// where the CPU has AVX512-BF16 it is three passes over the row instead of five, the last
+/// rounding with `vcvtneps2bf16` (the attention's softmax of every score block).
 pub fn softmax_to_bf16(row: &mut [f32], dst: &mut [bf16]) {
     let n = row.len().min(dst.len());
     let row = &mut row[..n];
@@ -694,7 +718,7 @@ pub fn softmax_to_bf16(row: &mut [f32], dst: &mut [bf16]) {
         // SAFETY: the CPU has the features the functions are compiled for.
         unsafe {
             let inv = exp_sum_avx512(row);
-            scale_round_avx512(row, inv, dst);
+            scale_round_avx512::<true>(row, inv, dst);
         }
         return;
     }
@@ -710,7 +734,7 @@ unsafe fn exp_sum_avx512(row: &mut [f32]) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn scale_round_avx512(src: &[f32], inv: f32, dst: &mut [bf16]) {
+unsafe fn scale_round_avx512<const NATIVE: bool>(src: &[f32], inv: f32, dst: &mut [bf16]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let (s, d) = (src.as_ptr(), dst.as_mut_ptr() as *mut i16);
@@ -724,7 +748,8 @@ unsafe fn scale_round_avx512(src: &[f32], inv: f32, dst: &mut [bf16]) {
             ((1u32 << left) - 1) as u16
         };
         let v = _mm512_mul_ps(_mm512_maskz_loadu_ps(mask, s.add(i)), scale);
-        _mm256_mask_storeu_epi16(d.add(i), mask, round_ps(v));
+        let h = if NATIVE { cvtneps2bf16(v) } else { round_ps(v) };
+        _mm256_mask_storeu_epi16(d.add(i), mask, h);
         i += 16;
     }
 }
@@ -733,7 +758,7 @@ unsafe fn scale_round_avx512(src: &[f32], inv: f32, dst: &mut [bf16]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn round_avx512(src: &[f32], dst: &mut [bf16]) {
     // x · 1 is x, bit for bit (NaNs are made quiet by the rounding either way).
-    scale_round_avx512(src, 1.0, dst)
+    scale_round_avx512::<false>(src, 1.0, dst)
 }
 
 #[cfg(test)]
@@ -955,6 +980,14 @@ mod tests {
             let bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got[..n]), bits(&want), "n = {n}");
         }
+        // Probabilities in the f32 subnormal range (e^-87.3 / 2 here) may be flushed to zero;
+        // NaN stays NaN.
+        let (mut row, mut got) = (vec![0.0, 0.0, -100.0, f32::NAN], vec![bf16::ZERO; 4]);
+        softmax_to_bf16(&mut row[..3], &mut got[..3]);
+        assert_eq!(&got[..2], &[bf16::from_f32(0.5); 2]);
+        assert!(got[2].to_f32() < f32::MIN_POSITIVE, "{}", got[2]);
+        softmax_to_bf16(&mut row, &mut got);
+        assert!(got.iter().all(|v| v.is_nan()), "{got:?}");
     }
 
     #[test]
