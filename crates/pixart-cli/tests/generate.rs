@@ -101,7 +101,7 @@ fn latent_output_matches_diffusers() {
 fn png_batch_with_parameters() {
     let dir = tempdir("png");
     let out = dir.join("cat.png");
-    let o = generate(&[
+    let request = [
         "-p",
         "a cat",
         "-n",
@@ -117,11 +117,8 @@ fn png_batch_with_parameters() {
         "euler-a",
         "--seed",
         "5",
-        "--batch",
-        "2",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    ];
+    let o = generate(&[&request[..], &["--batch", "2", "-o", out.to_str().unwrap()]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
     for (name, seed) in [("cat.png", 5), ("cat-1.png", 6)] {
         let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(dir.join(name)).unwrap()));
@@ -141,6 +138,32 @@ fn png_batch_with_parameters() {
         assert!(params.text.contains(&format!("Seed: {seed}")), "{}", params.text);
     }
     assert!(!dir.join("cat-2.png").exists());
+    // The same first image as a JPEG (by the name's extension, any case), the parameters in
+    // a COM segment.
+    let jpg = dir.join("cat.JPG");
+    let o = generate(&[&request[..], &["-o", jpg.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&jpg).unwrap();
+    let got = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+        .unwrap()
+        .to_rgb8();
+    let want =
+        image::load_from_memory_with_format(&std::fs::read(dir.join("cat.png")).unwrap(), image::ImageFormat::Png)
+            .unwrap()
+            .to_rgb8();
+    assert_eq!(got.dimensions(), (64, 48));
+    let diff: f64 = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / got.as_raw().len() as f64;
+    assert!(diff < 8.0, "mean |JPEG - PNG| = {diff}");
+    let com = bytes.windows(2).position(|w| w == [0xFF, 0xFE]).expect("a COM segment");
+    let len = u16::from_be_bytes([bytes[com + 2], bytes[com + 3]]) as usize;
+    let text = String::from_utf8(bytes[com + 4..com + 2 + len].to_vec()).unwrap();
+    assert!(text.starts_with("a cat\nNegative prompt: blurry\nSteps: 2"), "{text}");
     // A prompt past 300 tokens is cut, with a warning.
     let long = "cat ".repeat(400);
     let o = generate(&[
@@ -188,6 +211,11 @@ fn usage_errors_exit_2_with_one_line() {
         (vec!["-p", "x", "--vae-tiling", "maybe", "-o", o], "tiling"),
         (vec!["-p", "x", "--kv-compress", "conv:2:9", "-o", o], "--kv-compress"),
         (vec!["-p", "x", "--batch", "0", "-o", o], "--batch"),
+        (vec!["-p", "x", "-o", "x.webp"], "x.webp: cannot write .webp images"),
+        (
+            vec!["-p", "x", "--jpeg-quality", "0", "-o", o],
+            "--jpeg-quality 0 must be between 1 and 100",
+        ),
         (vec!["-p", "x", "--device", "tpu", "-o", o], "unknown device `tpu`"),
         (
             vec!["-p", "x", "--device", "cuda:x", "-o", o],

@@ -73,6 +73,45 @@ impl RgbImage {
         Ok(bytes)
     }
 
+    /// The baseline JPEG file at `quality` (1–100), with `comment` in a COM segment (after the
+    /// JFIF header; UTF-8, cut to the 65,533 bytes a segment holds) when given.
+    pub fn to_jpeg(&self, quality: u8, comment: Option<&str>) -> Result<Vec<u8>> {
+        self.check()?;
+        if !(1..=100).contains(&quality) {
+            return Err(Error::InvalidInput(format!(
+                "JPEG quality {quality} is not between 1 and 100"
+            )));
+        }
+        let mut bytes = Vec::new();
+        ::image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality)
+            .encode(
+                &self.data,
+                self.width as u32,
+                self.height as u32,
+                ::image::ExtendedColorType::Rgb8,
+            )
+            .map_err(|e| Error::InvalidInput(format!("JPEG: {e}")))?;
+        let Some(text) = comment else {
+            return Ok(bytes);
+        };
+        let mut end = text.len().min(65_533);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let text = &text.as_bytes()[..end];
+        // After SOI, and after the APP0 (JFIF) segment when there is one: JFIF wants it first.
+        let mut at = 2;
+        if bytes.get(2..4) == Some(&[0xFF, 0xE0]) {
+            at += 2 + bytes.get(4..6).map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+        }
+        let len = (text.len() + 2) as u16;
+        let mut segment = vec![0xFF, 0xFE];
+        segment.extend_from_slice(&len.to_be_bytes());
+        segment.extend_from_slice(text);
+        bytes.splice(at..at, segment);
+        Ok(bytes)
+    }
+
     /// Decodes an 8-bit RGB or RGBA PNG (alpha is dropped). `what` names the source in errors.
     pub fn from_png(bytes: &[u8], what: &str) -> Result<Self> {
         let bad = |e: &dyn std::fmt::Display| Error::InvalidInput(format!("{what}: not a readable PNG: {e}"));
@@ -113,6 +152,36 @@ impl RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jpeg_with_a_comment() {
+        let img = RgbImage::filled(16, 8, [200, 40, 90]);
+        // A comment longer than a segment holds is cut at a character boundary.
+        let long = "é".repeat(40_000);
+        for comment in ["a cat\nSteps: 2", long.as_str()] {
+            let bytes = img.to_jpeg(90, Some(comment)).unwrap();
+            let back = ::image::load_from_memory_with_format(&bytes, ::image::ImageFormat::Jpeg)
+                .unwrap()
+                .to_rgb8();
+            assert_eq!(back.dimensions(), (16, 8));
+            assert!(back
+                .pixels()
+                .all(|p| p.0.iter().zip([200, 40, 90]).all(|(a, b)| a.abs_diff(b) <= 3)));
+            // SOI, the JFIF header, then the comment.
+            assert_eq!(&bytes[..4], &[0xFF, 0xD8, 0xFF, 0xE0]);
+            let at = 4 + u16::from_be_bytes([bytes[4], bytes[5]]) as usize;
+            assert_eq!(&bytes[at..at + 2], &[0xFF, 0xFE]);
+            let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+            let text = std::str::from_utf8(&bytes[at + 4..at + 2 + len]).unwrap();
+            assert!(
+                comment.starts_with(text) && text.len() >= comment.len().min(65_532),
+                "{}",
+                text.len()
+            );
+        }
+        assert!(img.to_jpeg(0, None).is_err());
+        assert!(img.to_jpeg(101, None).is_err());
+    }
 
     #[test]
     fn png_round_trip_and_errors() {

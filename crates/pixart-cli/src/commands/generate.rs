@@ -55,13 +55,16 @@ pub struct GenerateArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Output file: a PNG (default out.png), or a safetensors file with --output-type latent
-    /// (default out.safetensors). Written atomically.
+    /// Output file: an image (default out.png; a `.jpg` / `.jpeg` name writes a JPEG), or a
+    /// safetensors file with --output-type latent (default out.safetensors). Written atomically.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
     /// image (PNG) or latent (safetensors with tensor `latents`).
     #[arg(long = "output-type", value_enum, default_value_t = OutputType::Image)]
     output_type: OutputType,
+    /// JPEG quality (1–100) when the output name ends in .jpg or .jpeg.
+    #[arg(long = "jpeg-quality", default_value_t = 95)]
+    jpeg_quality: u8,
     /// Transformer dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -99,6 +102,40 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
         None => format!("{stem}-{k}"),
     };
     path.with_file_name(name)
+}
+
+/// How an image is written, from the output's extension (case-insensitive): JPEG for `.jpg` and
+/// `.jpeg` (the parameters in a COM segment), PNG for `.png` or none (`-o /dev/stdout`); any
+/// other extension is a usage error rather than a PNG under a misleading name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageFormat {
+    Png,
+    Jpeg(u8),
+}
+
+impl ImageFormat {
+    fn of(path: &Path, jpeg_quality: u8) -> Result<Self> {
+        if !(1..=100).contains(&jpeg_quality) {
+            return Err(UsageError(format!("--jpeg-quality {jpeg_quality} must be between 1 and 100")).into());
+        }
+        let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+        match ext.as_deref() {
+            None | Some("png") => Ok(Self::Png),
+            Some("jpg" | "jpeg") => Ok(Self::Jpeg(jpeg_quality)),
+            Some(other) => Err(UsageError(format!(
+                "{}: cannot write .{other} images; name the output .png or .jpg",
+                path.display()
+            ))
+            .into()),
+        }
+    }
+
+    fn encode(self, img: &pixart_pipeline::RgbImage, parameters: &str) -> Result<Vec<u8>> {
+        Ok(match self {
+            Self::Png => img.to_png(Some(parameters))?,
+            Self::Jpeg(q) => img.to_jpeg(q, Some(parameters))?,
+        })
+    }
 }
 
 /// `cpu`, `cuda:N`, ... for the messages.
@@ -144,6 +181,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
     output_folder_exists(&output)?;
+    let image_format = match a.output_type {
+        OutputType::Image => Some(ImageFormat::of(&output, a.jpeg_quality)?),
+        OutputType::Latent => None,
+    };
     let latents = match &a.latents {
         Some(p) => Some(initial_latents(p)?),
         None => None,
@@ -264,7 +305,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             for (k, img) in out.images.iter().enumerate() {
                 let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
                 let path = numbered(&output, k);
-                let bytes = img.to_png(Some(&params))?;
+                let bytes = image_format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;
                 eprintln!("wrote {}", path.display());
             }
