@@ -1,8 +1,9 @@
 //! A drop-in for `candle_nn::Linear` (same weight names, same `forward`) that runs bf16 inputs
 //! on the CPU through the native GEMM in [`crate::bf16`] and f32 inputs through the AVX-512
-//! f32 GEMM in [`crate::sgemm`] (reading the weight in place: no second copy), with the bias
-//! fused into the epilogue, and everything else (other dtypes and devices, CPUs without
-//! AVX-512, anything tracking gradients) through candle.
+//! f32 GEMM in [`crate::sgemm`] (reading the weight in place: no second copy; f16 inputs and
+//! weights too, widened on the way in), with the bias fused into the epilogue, and everything
+//! else (other dtypes and devices, CPUs without AVX-512, anything tracking gradients) through
+//! candle.
 use std::sync::{Arc, OnceLock};
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
@@ -51,7 +52,7 @@ impl Linear {
         self.inner.bias()
     }
 
-    /// Whether `x` takes a native path in `dtype` (bf16 or f32): not when anything needs
+    /// Whether `x` takes a native path in `dtype` (bf16, f32 or f16): not when anything needs
     /// gradients (`track_op`: the custom ops have no backward).
     fn native_for(&self, x: &Tensor, dtype: DType) -> bool {
         let w = self.weight();
@@ -68,7 +69,7 @@ impl Linear {
             && self.bias().is_none_or(|b| b.dims() == [w.dims()[0]])
             && match dtype {
                 DType::BF16 => native_available(),
-                DType::F32 => crate::sgemm::native_available(),
+                DType::F32 | DType::F16 => crate::sgemm::native_available(),
                 _ => false,
             }
     }
@@ -105,8 +106,8 @@ impl From<candle_nn::Linear> for Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if self.native_for(x, DType::F32) {
-            return f32_forward(x, self.weight(), self.bias());
+        if self.native_for(x, DType::F32) || self.native_for(x, DType::F16) {
+            return sgemm_forward(x, self.weight(), self.bias());
         }
         if !self.native_for(x, DType::BF16) {
             return flat_forward(x, self.weight(), self.bias());
@@ -344,21 +345,27 @@ impl CustomOp1 for ColumnSums {
     }
 }
 
-/// `x·Wᵀ + b` in f32 on [`crate::sgemm`], the weight (n, k) read in place.
-fn f32_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
+/// `x·Wᵀ + b` on [`crate::sgemm`] for f32 or f16 x and W (n, k), the weight read in place.
+///
+/// f16: every f16 value is exact in f32, the products are accumulated in f32 and the result
+/// (bias added in f32) is rounded to f16 once, as PyTorch's CPU f16 Linear does. The weight
+/// stays f16 in its one copy: it is widened panel by panel while the GEMM packs it. candle's
+/// f16 matmul (the `gemm` crate's f16 kernel) ran at a third of the f32 rate.
+fn sgemm_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
     let (n, k) = w.dims2()?;
     let m = x.elem_count() / k;
     let mut out_dims = x.dims().to_vec();
     if let Some(last) = out_dims.last_mut() {
         *last = n;
     }
-    let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+    let bias = bias.map(|b| b.to_dtype(DType::F32)?.to_vec1::<f32>()).transpose()?;
     let x2 = x.contiguous()?.reshape((m, k))?; // (..., k) -> (m, k)
     let y = x2.apply_op2_no_bwd(&w.contiguous()?, &LinearF32 { bias })?; // (m, n)
     y.reshape(out_dims) // (m, n) -> (..., n)
 }
 
-/// The f32 custom op: x (m, k) times w (n, k)ᵀ plus bias -> (m, n).
+/// The custom op of [`sgemm_forward`]: x (m, k) times w (n, k)ᵀ plus bias -> (m, n), f32
+/// or f16 (f32 inside).
 struct LinearF32 {
     bias: Option<Vec<f32>>,
 }
@@ -375,26 +382,54 @@ impl candle_core::CustomOp2 for LinearF32 {
         w: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use crate::sgemm::{gemm, Bias, Lhs, Output, Rhs};
+        use crate::sgemm::{gemm, Bias, Lhs, Output, Rhs, KC, NR};
+        use half::f16;
+        use half::slice::HalfFloatSliceExt;
+        /// Rows per task of the f16 conversions.
+        const ROWS: usize = 64;
         let ((m, k), (n, kw)) = (xl.shape().dims2()?, wl.shape().dims2()?);
-        let xs = crate::contiguous_data::<f32>(x, xl, "pixart-linear-f32: x")?;
-        let ws = crate::contiguous_data::<f32>(w, wl, "pixart-linear-f32: w")?;
         if kw != k {
-            candle_core::bail!("pixart-linear-f32: x has {k} features, the weight {kw}");
+            candle_core::bail!("{}: x has {k} features, the weight {kw}", self.name());
         }
         let mut y = vec![0f32; m * n];
         let mut out = Output::new(&mut y, n);
         if let Some(b) = &self.bias {
             out.bias = Bias::Cols(b);
         }
-        gemm(
-            Lhs::rows(xs, m, k, k).map_err(gemm_err)?,
-            Rhs::Nk { w: ws, ld: k },
-            n,
-            out,
-            true,
-        )
-        .map_err(gemm_err)?;
+        if let (CpuStorage::F16(_), CpuStorage::F16(_)) = (x, w) {
+            let xs = crate::contiguous_data::<f16>(x, xl, "pixart-linear-f16: x")?;
+            let ws = crate::contiguous_data::<f16>(w, wl, "pixart-linear-f16: w")?;
+            let mut xf = vec![0f32; m * k];
+            xf.par_chunks_mut(ROWS * k.max(1))
+                .zip(xs.par_chunks(ROWS * k.max(1)))
+                .for_each(|(d, s)| s.convert_to_f32_slice(d));
+            // B = Wᵀ, panel by panel: row c0 + c of W widened, then written down column c.
+            let panel = |dst: &mut [f32], p0: usize, kc: usize, c0: usize| {
+                let mut row = [0f32; KC];
+                for c in 0..NR {
+                    if c0 + c < n {
+                        ws[(c0 + c) * k + p0..(c0 + c) * k + p0 + kc].convert_to_f32_slice(&mut row[..kc]);
+                        for (p, v) in row[..kc].iter().enumerate() {
+                            dst[p * NR + c] = *v;
+                        }
+                    } else {
+                        (0..kc).for_each(|p| dst[p * NR + c] = 0.0);
+                    }
+                }
+            };
+            let lhs = Lhs::rows(&xf, m, k, k).map_err(gemm_err)?;
+            gemm(lhs, Rhs::Panels(&panel), n, out, true).map_err(gemm_err)?;
+            drop(xf);
+            let mut yh = vec![f16::ZERO; m * n];
+            yh.par_chunks_mut(ROWS * n.max(1))
+                .zip(y.par_chunks(ROWS * n.max(1)))
+                .for_each(|(d, s)| d.convert_from_f32_slice(s));
+            return Ok((CpuStorage::F16(yh), Shape::from((m, n))));
+        }
+        let xs = crate::contiguous_data::<f32>(x, xl, "pixart-linear-f32: x")?;
+        let ws = crate::contiguous_data::<f32>(w, wl, "pixart-linear-f32: w")?;
+        let lhs = Lhs::rows(xs, m, k, k).map_err(gemm_err)?;
+        gemm(lhs, Rhs::Nk { w: ws, ld: k }, n, out, true).map_err(gemm_err)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 }
@@ -616,6 +651,55 @@ mod tests {
 
     /// The f32 path (sgemm, weight read in place) against candle's f32 Linear, and candle's
     /// path (with gradients) when the weight is a variable.
+    #[test]
+    fn f16_linear_is_the_f32_product_rounded_once() {
+        if !crate::sgemm::native_available() {
+            return; // candle's f16 path, tested by candle
+        }
+        let dev = Device::Cpu;
+        // k past one 384-deep block, n off the 48-column panels, a strided x.
+        for (dims, n, bias) in [
+            (vec![2usize, 37, 700], 53usize, true),
+            (vec![3, 100], 1, false),
+            (vec![2, 3, 5, 64], 300, true),
+        ] {
+            let k = *dims.last().unwrap();
+            let h = |t: Tensor| t.to_dtype(DType::F16).unwrap();
+            let x = h(Tensor::randn(0f32, 1.0, dims.as_slice(), &dev).unwrap());
+            let w = h(Tensor::randn(0f32, 0.1, (n, k), &dev).unwrap());
+            let b = h(Tensor::randn(0f32, 1.0, n, &dev).unwrap());
+            let got = Linear::new(w.clone(), bias.then(|| b.clone())).forward(&x).unwrap();
+            assert_eq!(got.dtype(), DType::F16);
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let want = candle_nn::Linear::new(f(&w), bias.then(|| f(&b)))
+                .forward(&f(&x))
+                .unwrap();
+            let want = f(&h(want));
+            assert_eq!(got.dims(), want.dims());
+            // At most one f16 rounding step apart (the f32 sums may differ in their last bits).
+            let diff = max_abs(&(&f(&got) - &want).unwrap());
+            assert!(diff <= 1e-3 * max_abs(&want).max(1.0), "{dims:?}x{n}: {diff}");
+        }
+        let x = Tensor::randn(0f32, 1.0, (16, 8), &dev)
+            .unwrap()
+            .t()
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let w = Tensor::randn(0f32, 0.1, (5, 16), &dev)
+            .unwrap()
+            .to_dtype(DType::F16)
+            .unwrap();
+        let got = Linear::new(w.clone(), None).forward(&x).unwrap();
+        let want = x
+            .to_dtype(DType::F32)
+            .unwrap()
+            .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+            .unwrap();
+        let diff = max_abs(&(&got.to_dtype(DType::F32).unwrap() - &want).unwrap());
+        assert!(diff <= 1e-3 * max_abs(&want).max(1.0), "strided: {diff}");
+    }
+
     #[test]
     fn f32_linear_matches_candle_and_keeps_gradients() {
         let dev = Device::Cpu;
