@@ -5,6 +5,8 @@ use std::process::{Command, Output};
 
 use candle_core::{Device, Tensor};
 
+mod common;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_pixart"))
 }
@@ -143,26 +145,12 @@ fn png_batch_with_parameters() {
     let jpg = dir.join("cat.JPG");
     let o = generate(&[&request[..], &["-o", jpg.to_str().unwrap()]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
-    let bytes = std::fs::read(&jpg).unwrap();
-    let got = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
-        .unwrap()
-        .to_rgb8();
-    let want =
-        image::load_from_memory_with_format(&std::fs::read(dir.join("cat.png")).unwrap(), image::ImageFormat::Png)
-            .unwrap()
-            .to_rgb8();
-    assert_eq!(got.dimensions(), (64, 48));
-    let diff: f64 = got
-        .as_raw()
-        .iter()
-        .zip(want.as_raw())
-        .map(|(a, b)| (*a as f64 - *b as f64).abs())
-        .sum::<f64>()
-        / got.as_raw().len() as f64;
+    let (dims, diff, text) = common::jpeg_against_png(
+        &std::fs::read(&jpg).unwrap(),
+        &std::fs::read(dir.join("cat.png")).unwrap(),
+    );
+    assert_eq!(dims, (64, 48));
     assert!(diff < 8.0, "mean |JPEG - PNG| = {diff}");
-    let com = bytes.windows(2).position(|w| w == [0xFF, 0xFE]).expect("a COM segment");
-    let len = u16::from_be_bytes([bytes[com + 2], bytes[com + 3]]) as usize;
-    let text = String::from_utf8(bytes[com + 4..com + 2 + len].to_vec()).unwrap();
     assert!(text.starts_with("a cat\nNegative prompt: blurry\nSteps: 2"), "{text}");
     // A prompt past 300 tokens is cut, with a warning.
     let long = "cat ".repeat(400);

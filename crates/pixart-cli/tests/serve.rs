@@ -212,6 +212,33 @@ fn model_flags_are_those_of_pixart_generate() {
 }
 
 #[test]
+fn jpeg_output_format() {
+    let s = Server::start(&[]);
+    let body =
+        |format: &str| json!({"prompt": "a boat", "size": "256x256", "steps": 2, "seed": 9, "output_format": format});
+    let image = |format: &str| {
+        let r = s.post("/v1/images/generations", &body(format));
+        assert_eq!(r.status, 200, "{}", r.text());
+        b64(&r.json()["data"][0]["b64_json"])
+    };
+    let (jpeg, png) = (image("jpeg"), image("png"));
+    let (dims, diff, text) = common::jpeg_against_png(&jpeg, &png);
+    assert_eq!(dims, (256, 256));
+    assert!(diff < 8.0, "mean |JPEG - PNG| = {diff}");
+    assert!(text.starts_with("a boat\n"), "{text}");
+    // The job API serves it as image/jpeg.
+    let r = s.post("/v1/jobs", &body("jpeg"));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    s.wait_until(60, "the job to finish", || {
+        s.get(&format!("/v1/jobs/{id}")).json()["status"] == "succeeded"
+    });
+    let img = s.get(&format!("/v1/jobs/{id}/images/0"));
+    assert_eq!((img.status, img.header("content-type")), (200, Some("image/jpeg")));
+    assert_eq!(img.body, jpeg);
+}
+
+#[test]
 fn job_api_progress_events_result_and_delete() {
     let s = Server::start(&[]);
     let r = s.post(

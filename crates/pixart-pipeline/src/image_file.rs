@@ -1,6 +1,6 @@
-//! Writing results: PNG encoding with the generation parameters in a `parameters` text chunk
-//! (the convention of the AUTOMATIC1111 / ComfyUI tools), shared by `pixart generate` and
-//! `pixart serve`.
+//! Writing results: PNG (or JPEG) encoding with the generation parameters in a `parameters`
+//! text chunk (the convention of the AUTOMATIC1111 / ComfyUI tools; a COM segment in a JPEG),
+//! shared by `pixart generate` and `pixart serve`.
 use pixart_core::Result;
 use pixart_schedulers::SamplerKind;
 
@@ -50,7 +50,35 @@ pub fn parameters_text(
 /// An 8-bit RGB PNG of `image` with `parameters` in a `tEXt` chunk (`iTXt` when it has
 /// characters outside Latin-1).
 pub fn encode_png(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
-    image.to_png(Some(parameters))
+    ImageFormat::Png.encode(image, parameters)
+}
+
+/// The file format of a generated image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImageFormat {
+    /// PNG, the parameters in a `parameters` text chunk.
+    #[default]
+    Png,
+    /// Baseline JPEG at `quality` (1–100), the parameters in a COM segment.
+    Jpeg { quality: u8 },
+}
+
+impl ImageFormat {
+    /// The `Content-Type`.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Png => "image/png",
+            Self::Jpeg { .. } => "image/jpeg",
+        }
+    }
+
+    /// The file of `image` with the generation `parameters`.
+    pub fn encode(self, image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
+        match self {
+            Self::Png => image.to_png(Some(parameters)),
+            Self::Jpeg { quality } => image.to_jpeg(quality, Some(parameters)),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ pub use components::{
 };
 pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
-pub use image_file::{encode_png, parameters_text, sampler_name};
+pub use image_file::{encode_png, parameters_text, sampler_name, ImageFormat};
 pub use noise::{random_seed, NoiseSource, SeededNoise};
 pub use pipeline::{denoise_step, ensure_finite, generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{

@@ -7,7 +7,9 @@
 //! types and ranges (422).
 use axum::http::{header, HeaderMap};
 use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
-use pixart_pipeline::{random_seed, GenerationRequest, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest};
+use pixart_pipeline::{
+    random_seed, GenerationRequest, ImageFormat, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest,
+};
 use pixart_schedulers::SamplerKind;
 use serde::Deserialize;
 
@@ -50,11 +52,12 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = 1000;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 11] = [
+pub const FIELDS: [&str; 12] = [
     "prompt",
     "n",
     "size",
     "response_format",
+    "output_format",
     "model",
     "user",
     "negative_prompt",
@@ -72,6 +75,8 @@ pub struct GenerationBody {
     pub n: Option<u64>,
     pub size: Option<String>,
     pub response_format: Option<String>,
+    /// `png` (default) or `jpeg`, as in OpenAI's images API.
+    pub output_format: Option<String>,
     /// Accepted and ignored (this server serves one model).
     pub model: Option<String>,
     /// Accepted and ignored.
@@ -93,7 +98,12 @@ pub struct JobParams {
     pub request: ValidatedRequest,
     /// The seed used (given or drawn), returned to the client.
     pub seed: u64,
+    /// How the images are encoded (`output_format`).
+    pub format: ImageFormat,
 }
+
+/// JPEG quality of `output_format: "jpeg"`.
+pub const JPEG_QUALITY: u8 = 95;
 
 /// Checks the `Content-Type` (JSON only: this also keeps other web sites from posting to a
 /// server on the loopback without a CORS preflight) and the size of a body.
@@ -238,6 +248,16 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
             ));
         }
     }
+    let format = match body.output_format.as_deref() {
+        None | Some("png") => ImageFormat::Png,
+        Some("jpeg") => ImageFormat::Jpeg { quality: JPEG_QUALITY },
+        Some(f) => {
+            return Err(ApiError::invalid(
+                "output_format",
+                format!("`output_format` must be \"png\" or \"jpeg\", got {f:?}"),
+            ))
+        }
+    };
     let steps = body.steps.unwrap_or(DEFAULT_STEPS as u64);
     let max_steps = limits.max_steps.min(MAX_STEPS);
     if steps == 0 || steps > max_steps as u64 {
@@ -283,7 +303,7 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
     .validate(geometry)
     // The remaining checks are about the image geometry (aspect-ratio bins).
     .map_err(|e| ApiError::invalid("size", e.to_string()))?;
-    Ok(JobParams { request, seed })
+    Ok(JobParams { request, seed, format })
 }
 
 #[cfg(test)]
@@ -312,6 +332,9 @@ mod tests {
         let r = &p.request;
         assert_eq!((r.out_width, r.out_height), (256, 256));
         assert_eq!((r.steps, r.guidance, r.batch), (20, 4.5, 1));
+        assert_eq!(p.format, ImageFormat::Png);
+        let p = check(r#"{"prompt": "a cat", "output_format": "jpeg"}"#).unwrap();
+        assert_eq!(p.format, ImageFormat::Jpeg { quality: JPEG_QUALITY });
         let p = check(r#"{"prompt":"a cat","n":2,"size":"320x192","steps":3,"guidance_scale":1,"seed":7,"scheduler":"ddim","negative_prompt":"dark","response_format":"b64_json"}"#).unwrap();
         let r = &p.request;
         assert_eq!(
@@ -346,6 +369,8 @@ mod tests {
             (r#"{"prompt": "a", "seed": -3}"#, 422, "seed"),
             (r#"{"prompt": "a", "scheduler": "plms"}"#, 422, "scheduler"),
             (r#"{"prompt": "a", "response_format": "url"}"#, 422, "response_format"),
+            (r#"{"prompt": "a", "output_format": "webp"}"#, 422, "output_format"),
+            (r#"{"prompt": "a", "output_format": 1}"#, 422, "output_format"),
         ];
         for (body, status, field) in cases {
             assert_eq!(param(body), (*status, field.to_string()), "{body}");

@@ -58,7 +58,7 @@ pub struct JobState {
     pub cancel_requested: bool,
     /// A message for the client (no paths, no internals).
     pub error: Option<String>,
-    /// The PNGs, when succeeded.
+    /// The image files (PNG or JPEG), when succeeded.
     pub images: Arc<Vec<Vec<u8>>>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,

@@ -112,10 +112,10 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "text/event-stream", "content": {"text/event-stream": {}}}, "404": error_response("No such job")}
             }},
             "/v1/jobs/{id}/images/{index}": {"get": {
-                "summary": "Image `index` of a succeeded job, as PNG (generation parameters in its `parameters` text chunk)",
+                "summary": "Image `index` of a succeeded job, as PNG (generation parameters in its `parameters` text chunk) or JPEG (in a COM segment), as the request's `output_format` asked",
                 "parameters": [id_param(), {"name": "index", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
                 "responses": {
-                    "200": {"description": "PNG", "content": {"image/png": {}}},
+                    "200": {"description": "PNG or JPEG", "content": {"image/png": {}, "image/jpeg": {}}},
                     "404": error_response("No such job or image"),
                     "409": error_response("The job has not succeeded")
                 }
@@ -131,6 +131,7 @@ pub fn document() -> Value {
                     "n": {"type": "integer", "minimum": 1, "default": 1, "description": "Images; at most the server's max_n (see /health)"},
                     "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$", "description": "WIDTHxHEIGHT; default the model's native size; each side within /health's limits. Generated at the nearest aspect-ratio bin, then resized and cropped"},
                     "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
+                    "output_format": {"type": "string", "enum": ["png", "jpeg"], "default": "png", "description": "The images' format; JPEG at quality 95"},
                     "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
                     "user": {"type": "string", "description": "Accepted and ignored"},
                     "negative_prompt": {"type": "string", "default": ""},

@@ -426,7 +426,7 @@ async fn job_events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
 }
 
-/// `GET /v1/jobs/{id}/images/{index}`: the PNG.
+/// `GET /v1/jobs/{id}/images/{index}`: the image (PNG or JPEG, as the request asked).
 async fn job_image(
     State(app): State<AppState>,
     Path((id, index)): Path<(String, String)>,
@@ -440,18 +440,19 @@ async fn job_image(
             s.status.name()
         )));
     }
-    let png = index
+    let bytes = index
         .trim_end_matches(".png")
+        .trim_end_matches(".jpg")
         .parse::<usize>()
         .ok()
         .and_then(|k| s.images.get(k))
         .ok_or_else(|| ApiError::not_found(format!("job {} has {} image(s)", job.id, s.images.len())))?;
     Ok((
         [
-            (header::CONTENT_TYPE, "image/png"),
+            (header::CONTENT_TYPE, job.params.format.mime()),
             (header::CACHE_CONTROL, "private, max-age=3600"),
         ],
-        png.clone(),
+        bytes.clone(),
     )
         .into_response())
 }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use pixart_pipeline::{
-    encode_png, generate, parameters_text, sampler_name, Generated, PipelineComponents, Progress, SeededNoise,
-};
+use pixart_pipeline::{generate, parameters_text, sampler_name, Generated, PipelineComponents, Progress, SeededNoise};
 
 use crate::jobs::{Job, Jobs, Status};
 
@@ -63,7 +61,7 @@ fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
                 .enumerate()
                 .map(|(k, img)| {
                     let params = parameters_text(r, k, img, &sampler, &engine.model_name, &engine.dtype_name);
-                    encode_png(img, &params)
+                    job.params.format.encode(img, &params)
                 })
                 .collect();
             match pngs {

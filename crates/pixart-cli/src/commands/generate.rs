@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
-    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, OutputKind, PipelineComponents,
-    Progress, SeededNoise, VaeTiling,
+    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, OutputKind,
+    PipelineComponents, Progress, SeededNoise, VaeTiling,
 };
 
 use super::model::{ModelArgs, ModelChoice};
@@ -104,37 +104,22 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// How an image is written, from the output's extension (case-insensitive): JPEG for `.jpg` and
+/// How images are written, from the output's extension (case-insensitive): JPEG for `.jpg` and
 /// `.jpeg` (the parameters in a COM segment), PNG for `.png` or none (`-o /dev/stdout`); any
 /// other extension is a usage error rather than a PNG under a misleading name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ImageFormat {
-    Png,
-    Jpeg(u8),
-}
-
-impl ImageFormat {
-    fn of(path: &Path, jpeg_quality: u8) -> Result<Self> {
-        if !(1..=100).contains(&jpeg_quality) {
-            return Err(UsageError(format!("--jpeg-quality {jpeg_quality} must be between 1 and 100")).into());
-        }
-        let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
-        match ext.as_deref() {
-            None | Some("png") => Ok(Self::Png),
-            Some("jpg" | "jpeg") => Ok(Self::Jpeg(jpeg_quality)),
-            Some(other) => Err(UsageError(format!(
-                "{}: cannot write .{other} images; name the output .png or .jpg",
-                path.display()
-            ))
-            .into()),
-        }
+fn image_format(path: &Path, jpeg_quality: u8) -> Result<ImageFormat> {
+    if !(1..=100).contains(&jpeg_quality) {
+        return Err(UsageError(format!("--jpeg-quality {jpeg_quality} must be between 1 and 100")).into());
     }
-
-    fn encode(self, img: &pixart_pipeline::RgbImage, parameters: &str) -> Result<Vec<u8>> {
-        Ok(match self {
-            Self::Png => img.to_png(Some(parameters))?,
-            Self::Jpeg(q) => img.to_jpeg(q, Some(parameters))?,
-        })
+    let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase());
+    match ext.as_deref() {
+        None | Some("png") => Ok(ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg { quality: jpeg_quality }),
+        Some(other) => Err(UsageError(format!(
+            "{}: cannot write .{other} images; name the output .png or .jpg",
+            path.display()
+        ))
+        .into()),
     }
 }
 
@@ -181,8 +166,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
     output_folder_exists(&output)?;
-    let image_format = match a.output_type {
-        OutputType::Image => Some(ImageFormat::of(&output, a.jpeg_quality)?),
+    let format = match a.output_type {
+        OutputType::Image => Some(image_format(&output, a.jpeg_quality)?),
         OutputType::Latent => None,
     };
     let latents = match &a.latents {
@@ -305,7 +290,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             for (k, img) in out.images.iter().enumerate() {
                 let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
                 let path = numbered(&output, k);
-                let bytes = image_format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
+                let bytes = format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
                 pixart_core::weights::write_atomic(&path, &bytes)?;
                 eprintln!("wrote {}", path.display());
             }

@@ -20,6 +20,24 @@ pub fn pipeline() -> PathBuf {
         .unwrap()
 }
 
+/// A JPEG next to the PNG of the same image: the JPEG's (width, height), the mean absolute
+/// difference of their RGB values, and the text of the JPEG's COM segment.
+pub fn jpeg_against_png(jpeg: &[u8], png: &[u8]) -> ((u32, u32), f64, String) {
+    let rgb = |bytes: &[u8], f| image::load_from_memory_with_format(bytes, f).unwrap().to_rgb8();
+    let (got, want) = (rgb(jpeg, image::ImageFormat::Jpeg), rgb(png, image::ImageFormat::Png));
+    let diff = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| (*a as f64 - *b as f64).abs())
+        .sum::<f64>()
+        / got.as_raw().len() as f64;
+    let com = jpeg.windows(2).position(|w| w == [0xFF, 0xFE]).expect("a COM segment");
+    let len = u16::from_be_bytes([jpeg[com + 2], jpeg[com + 3]]) as usize;
+    let text = String::from_utf8(jpeg[com + 4..com + 2 + len].to_vec()).unwrap();
+    (got.dimensions(), diff, text)
+}
+
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
