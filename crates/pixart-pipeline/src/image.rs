@@ -1,5 +1,6 @@
-//! [`RgbImage`], the 8-bit RGB picture the pipeline returns, and its PNG encoding and decoding
-//! (shared by `pixart generate`, the demo dataset and the evaluation's contact sheet).
+//! [`RgbImage`], the 8-bit RGB picture the pipeline returns, its PNG encoding and decoding and
+//! its JPEG encoding (shared by `pixart generate`, `pixart serve`, the demo dataset and the
+//! evaluation's contact sheet).
 use pixart_core::{Error, Result};
 
 /// An 8-bit RGB image, rows top to bottom, pixels as `r, g, b`.
