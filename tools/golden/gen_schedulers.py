@@ -1,7 +1,7 @@
 """Golden files for pixart-schedulers, from diffusers' schedulers (diffusers 0.42.1, torch 2.15.0).
 
-Drives DPMSolverMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler and
-SASolverScheduler with a deterministic fake model from a fixed initial latent (1x4x4x4), and
+Drives DPMSolverMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler,
+SASolverScheduler and DDPMScheduler (also as PixArt's IDDPM sampler) with a deterministic fake model from a fixed initial latent (1x4x4x4), and
 stores every step of the trajectory in fixtures/golden/schedulers/<case>_<steps>.safetensors:
 
   timesteps (n,) f64      the scheduler's timesteps after set_timesteps(n)
@@ -14,9 +14,13 @@ stores every step of the trajectory in fixtures/golden/schedulers/<case>_<steps>
   model_input (n, ...)    scale_model_input(sample, t) at each step
   model_output (n, ...)   fake model output at each step
   prev_sample (n, ...)    step(...).prev_sample at each step
+  variance (n, ...)       for a learned variance (DDPM `learned`/`learned_range`, IDDPM): the
+                          model's extra channels, handed to step() as channels C..2C
 
 The fake model is  model_output = model_input * 0.9 + r[i] * 0.1 + (t / 1000 * 0.05)
-(f32 tensor ops, the scalar added as an f32).  cases.json lists each case: the scheduler
+(f32 tensor ops, the scalar added as an f32); its variance channels are tanh(r_v[i]) for
+`learned_range` (the [-1, 1] range of a learned-sigma model) and 0.01 + 0.05·sigmoid(r_v[i]) for
+`learned` (a variance itself).  cases.json lists each case: the scheduler
 config JSON (as diffusers writes it, e.g. `-Infinity`), the sampler kind to build from it
 (null: the config's own class), the step count and DDIM's eta.  schedule_<beta>.safetensors
 hold betas and alphas_cumprod for the three beta schedules.
@@ -29,11 +33,14 @@ import os
 import torch
 from diffusers import (
     DDIMScheduler,
+    DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     SASolverScheduler,
 )
+import diffusers.schedulers.scheduling_ddpm as ddpm_mod
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_mod
+import numpy as np
 import diffusers.schedulers.scheduling_sasolver as sa_mod
 from safetensors.torch import save_file
 
@@ -73,12 +80,15 @@ CLASSES = {
     "DDIMScheduler": DDIMScheduler,
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "SASolverScheduler": SASolverScheduler,
+    "DDPMScheduler": DDPMScheduler,
 }
 KIND_CLASS = {
     "dpm++": DPMSolverMultistepScheduler,
     "ddim": DDIMScheduler,
     "euler-a": EulerAncestralDiscreteScheduler,
     "sa-solver": SASolverScheduler,
+    "ddpm": DDPMScheduler,
+    "iddpm": DDPMScheduler,
 }
 
 
@@ -117,7 +127,27 @@ CASES = {
     # tau_func=lambda t: 1 if 200 <= t <= 800 else 0) (which is also the class default tau).
     "sa_solver": (PIXART, "sa-solver", {"algorithm_type": "data_prediction"}, 0.0),
     "sa_solver_karras": (dpm(use_karras_sigmas=True), "sa-solver", {"algorithm_type": "data_prediction"}, 0.0),
+    # PixArt's IDDPM sampler (scripts/inference.py --sampling_algo iddpm): DDPMScheduler with the
+    # learned-range variance, no clipping, on the respaced timesteps (see iddpm_timesteps); also
+    # checked against an f64 transcription of the original equations (iddpm_reference).
+    "iddpm": (PIXART, "iddpm", {"variance_type": "learned_range", "clip_sample": False}, 0.0),
+    # `--sampler ddpm` on PixArt's file: the fixed posterior variance, no clipping.
+    "ddpm_pixart": (PIXART, "ddpm", {"variance_type": "fixed_small", "clip_sample": False}, 0.0),
+    # DDPMScheduler files: class defaults (clip_sample on, leading), and the other variance types.
+    "ddpm_default": ({"_class_name": "DDPMScheduler"}, None, {}, 0.0),
+    "ddpm_large_trailing_vpred": ({"_class_name": "DDPMScheduler", "variance_type": "fixed_large",
+                                   "timestep_spacing": "trailing", "prediction_type": "v_prediction",
+                                   "clip_sample": False}, None, {}, 0.0),
+    "ddpm_smalllog_linspace_x0": ({"_class_name": "DDPMScheduler", "variance_type": "fixed_small_log",
+                                   "timestep_spacing": "linspace", "prediction_type": "sample",
+                                   "beta_schedule": "squaredcos_cap_v2", "clip_sample": False}, None, {}, 0.0),
+    "ddpm_learned_offset": ({"_class_name": "DDPMScheduler", "variance_type": "learned", "steps_offset": 1,
+                             "clip_sample_range": 2.0}, None, {}, 0.0),
+    "ddpm_learned_range": ({"_class_name": "DDPMScheduler", "variance_type": "learned_range",
+                            "timestep_spacing": "linspace", "clip_sample": False}, None, {}, 0.0),
 }
+# Extra step counts per case (IDDPM's default in PixArt's scripts/inference.py is 100).
+EXTRA_STEPS = {"iddpm": (100,)}
 
 
 class NoiseFeed:
@@ -134,6 +164,55 @@ class NoiseFeed:
 FEED = NoiseFeed()
 euler_mod.randn_tensor = FEED
 sa_mod.randn_tensor = FEED
+ddpm_mod.randn_tensor = FEED
+
+
+def iddpm_timesteps(num_timesteps, n):
+    """IDDPM's timestep respacing with one section of n steps (PixArt-alpha/PixArt-sigma@1ce521a,
+    diffusion/model/respace.py `space_timesteps(T, "n")`), descending: the fractional stride
+    (T-1)/(n-1) accumulated by addition, each value rounded as Python's round()."""
+    stride = 1 if n <= 1 else (num_timesteps - 1) / (n - 1)
+    kept, cur = set(), 0.0
+    for _ in range(n):
+        kept.add(round(cur))
+        cur += stride
+    return sorted(kept, reverse=True)
+
+
+def iddpm_reference(x_T, r, rv, noise, kept):
+    """The original IDDPM sampling loop in float64 numpy, transcribed from the equations of
+    PixArt-alpha/PixArt-sigma@1ce521a diffusion/model/respace.py (SpacedDiffusion's respaced
+    betas) and gaussian_diffusion.py (posterior coefficients, learned-range log variance between
+    the clipped posterior log variance and log beta, p_sample with no noise at t = 0), with the
+    fake model of this file. Returns the trajectory."""
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    acp_train = np.cumprod(1.0 - betas)
+    asc = sorted(kept)
+    new_betas, last = [], 1.0
+    for t in asc:
+        new_betas.append(1.0 - acp_train[t] / last)
+        last = acp_train[t]
+    b = np.array(new_betas)
+    alphas = 1.0 - b
+    acp = np.cumprod(alphas)
+    acp_prev = np.append(1.0, acp[:-1])
+    post_var = b * (1.0 - acp_prev) / (1.0 - acp)
+    post_log_var = np.log(np.append(post_var[1], post_var[1:])) if len(b) > 1 else np.log(np.maximum(post_var, 1e-20))
+    coef1 = b * np.sqrt(acp_prev) / (1.0 - acp)
+    coef2 = (1.0 - acp_prev) * np.sqrt(alphas) / (1.0 - acp)
+    x = x_T.double().numpy()
+    traj = []
+    for k, i in enumerate(range(len(asc) - 1, -1, -1)):
+        t = asc[i]
+        eps = x * 0.9 + r[k].double().numpy() * 0.1 + t / 1000.0 * 0.05
+        v = np.tanh(rv[k].double().numpy())
+        frac = (v + 1.0) / 2.0
+        log_var = frac * np.log(b[i]) + (1.0 - frac) * post_log_var[i]
+        x0 = np.sqrt(1.0 / acp[i]) * x - np.sqrt(1.0 / acp[i] - 1.0) * eps
+        mean = coef1[i] * x0 + coef2[i] * x
+        x = mean + (0.0 if i == 0 else 1.0) * np.exp(0.5 * log_var) * noise[k].double().numpy()
+        traj.append(x)
+    return np.stack(traj)
 
 
 def fake_model(x, t, r):
@@ -143,18 +222,31 @@ def fake_model(x, t, r):
 def run(name, cfg, kind, extra, eta, n, seed):
     cls = KIND_CLASS[kind] if kind else CLASSES[cfg["_class_name"]]
     sched = cls.from_config(cfg, **extra)
-    sched.set_timesteps(n)
+    if kind == "iddpm":
+        sched.set_timesteps(timesteps=iddpm_timesteps(sched.config.num_train_timesteps, n))
+    else:
+        sched.set_timesteps(n)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(SHAPE, generator=g)
     r = torch.randn((n, *SHAPE), generator=g)
     noise = torch.randn((n, *SHAPE), generator=g)
-    ins, outs, prevs = [], [], []
+    learned = isinstance(sched, DDPMScheduler) and sched.config.variance_type in ("learned", "learned_range")
+    rv = torch.randn((n, *SHAPE), generator=g) if learned else None
+    ins, outs, prevs, variances = [], [], [], []
     init = sched.init_noise_sigma
     x = x_T * init
     for i, t in enumerate(sched.timesteps):
         inp = sched.scale_model_input(x, t)
         out = fake_model(inp, t, r[i])
-        if isinstance(sched, DDIMScheduler):
+        if learned:
+            if sched.config.variance_type == "learned_range":
+                v = torch.tanh(rv[i])
+            else:
+                v = 0.01 + 0.05 * torch.sigmoid(rv[i])
+            variances.append(v)
+            FEED.queue = [noise[i]]
+            x = sched.step(torch.cat([out, v], dim=1), t, x).prev_sample
+        elif isinstance(sched, DDIMScheduler):
             x = sched.step(out, t, x, eta=eta, variance_noise=noise[i] if eta > 0 else None).prev_sample
         else:
             FEED.queue = [noise[i]]
@@ -174,6 +266,13 @@ def run(name, cfg, kind, extra, eta, n, seed):
     }
     if hasattr(sched, "sigmas"):
         t["sigmas"] = sched.sigmas.to(torch.float32)
+    if learned:
+        t["variance"] = torch.stack(variances)
+    if kind == "iddpm":
+        want = iddpm_reference(x_T, r, rv, noise, [int(v) for v in sched.timesteps])
+        diff = np.abs(want - t["prev_sample"].double().numpy()).max()
+        assert diff < 1e-4, f"{name}_{n}: diffusers' DDPMScheduler is {diff:.2e} from the original IDDPM"
+        print(f"{name}_{n}: DDPMScheduler (learned_range, respaced) vs the original IDDPM equations: {diff:.1e}")
     fname = f"{name}_{n}.safetensors"
     save_file({k: v.contiguous() for k, v in t.items()}, os.path.join(OUT, fname))
     return fname
@@ -183,7 +282,7 @@ def main():
     os.makedirs(OUT, exist_ok=True)
     manifest = []
     for ci, (name, (cfg, kind, extra, eta)) in enumerate(CASES.items()):
-        for n in STEPS:
+        for n in STEPS + EXTRA_STEPS.get(name, ()):
             fname = run(name, cfg, kind, extra, eta, n, seed=1000 * ci + n)
             manifest.append({
                 "name": f"{name}_{n}",

@@ -2,7 +2,7 @@
 //!
 //! Every key is optional: a key the file lacks takes the diffusers default of the scheduler
 //! class being built (diffusers 0.42.1, the `__init__` defaults of `DPMSolverMultistepScheduler`,
-//! `DDIMScheduler`, `EulerAncestralDiscreteScheduler` and `SASolverScheduler`), exactly as
+//! `DDIMScheduler`, `EulerAncestralDiscreteScheduler`, `SASolverScheduler` and `DDPMScheduler`), exactly as
 //! `Class.from_config(file)` does. Unknown keys are ignored. diffusers writes non-finite floats
 //! as the bare JSON extensions `-Infinity`, `Infinity` and `NaN` (PixArt-Σ's file has
 //! `"lambda_min_clipped": -Infinity`); they are accepted here and then validated.
@@ -22,6 +22,8 @@ pub enum SchedulerClass {
     EulerAncestralDiscrete,
     /// `SASolverScheduler`.
     SaSolver,
+    /// `DDPMScheduler`.
+    Ddpm,
 }
 
 impl SchedulerClass {
@@ -32,6 +34,7 @@ impl SchedulerClass {
             "DDIMScheduler" => Some(Self::Ddim),
             "EulerAncestralDiscreteScheduler" => Some(Self::EulerAncestralDiscrete),
             "SASolverScheduler" => Some(Self::SaSolver),
+            "DDPMScheduler" => Some(Self::Ddpm),
             _ => None,
         }
     }

@@ -7,11 +7,11 @@ use pixart_core::{Error, Result};
 
 use crate::config::{SchedulerClass, SchedulerConfig};
 use crate::{
-    Ddim, DdimConfig, DpmSolverConfig, DpmSolverPp, EulerAncestral, EulerAncestralConfig, SaSolver, SaSolverConfig,
-    Scheduler,
+    Ddim, DdimConfig, Ddpm, DdpmConfig, DdpmSpacing, DpmSolverConfig, DpmSolverPp, EulerAncestral,
+    EulerAncestralConfig, SaSolver, SaSolverConfig, Scheduler,
 };
 
-/// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`.
+/// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`, `iddpm`, `ddpm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplerKind {
     /// `dpm++`: DPM-Solver++ multistep.
@@ -22,11 +22,24 @@ pub enum SamplerKind {
     Ddim,
     /// `euler-a`: Euler ancestral.
     EulerAncestral,
+    /// `iddpm`: PixArt's IDDPM sampler (respaced DDPM with the model's learned variance; the
+    /// original repository runs it with 100 steps).
+    Iddpm,
+    /// `ddpm`: diffusers' `DDPMScheduler` (from a `DDPMScheduler` file: its variance type;
+    /// otherwise the fixed posterior variance).
+    Ddpm,
 }
 
 impl SamplerKind {
     /// All kinds, in CLI order.
-    pub const ALL: [SamplerKind; 4] = [Self::DpmSolverPp, Self::SaSolver, Self::Ddim, Self::EulerAncestral];
+    pub const ALL: [SamplerKind; 6] = [
+        Self::DpmSolverPp,
+        Self::SaSolver,
+        Self::Ddim,
+        Self::EulerAncestral,
+        Self::Iddpm,
+        Self::Ddpm,
+    ];
 
     /// The CLI name.
     pub fn name(self) -> &'static str {
@@ -35,6 +48,8 @@ impl SamplerKind {
             Self::SaSolver => "sa-solver",
             Self::Ddim => "ddim",
             Self::EulerAncestral => "euler-a",
+            Self::Iddpm => "iddpm",
+            Self::Ddpm => "ddpm",
         }
     }
 
@@ -45,6 +60,7 @@ impl SamplerKind {
             SchedulerClass::Ddim => Self::Ddim,
             SchedulerClass::EulerAncestralDiscrete => Self::EulerAncestral,
             SchedulerClass::SaSolver => Self::SaSolver,
+            SchedulerClass::Ddpm => Self::Ddpm,
         }
     }
 }
@@ -59,10 +75,10 @@ impl FromStr for SamplerKind {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
-            Error::InvalidInput(format!("unknown sampler {s:?}; expected one of: {}", names.join(", ")))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| Error::InvalidInput(format!("unknown sampler {s:?}; expected one of: {}", kind_names())))
     }
 }
 
@@ -73,6 +89,8 @@ pub enum Sampler {
     SaSolver(SaSolver),
     Ddim(Ddim),
     EulerAncestral(EulerAncestral),
+    /// `ddpm` and `iddpm` (told apart by [`Sampler::kind`]).
+    Ddpm(Ddpm),
 }
 
 impl Sampler {
@@ -83,6 +101,8 @@ impl Sampler {
             Self::SaSolver(_) => SamplerKind::SaSolver,
             Self::Ddim(_) => SamplerKind::Ddim,
             Self::EulerAncestral(_) => SamplerKind::EulerAncestral,
+            Self::Ddpm(d) if d.config().spacing == DdpmSpacing::Respaced => SamplerKind::Iddpm,
+            Self::Ddpm(_) => SamplerKind::Ddpm,
         }
     }
 
@@ -92,6 +112,7 @@ impl Sampler {
             Self::SaSolver(s) => s,
             Self::Ddim(s) => s,
             Self::EulerAncestral(s) => s,
+            Self::Ddpm(s) => s,
         }
     }
 
@@ -101,6 +122,7 @@ impl Sampler {
             Self::SaSolver(s) => s,
             Self::Ddim(s) => s,
             Self::EulerAncestral(s) => s,
+            Self::Ddpm(s) => s,
         }
     }
 }
@@ -136,6 +158,9 @@ impl Scheduler for Sampler {
     fn needs_noise(&self) -> bool {
         self.inner().needs_noise()
     }
+    fn model_variance(&self) -> bool {
+        self.inner().model_variance()
+    }
     fn num_train_timesteps(&self) -> usize {
         self.inner().num_train_timesteps()
     }
@@ -151,11 +176,13 @@ pub fn from_config(cfg: &SchedulerConfig, kind_override: Option<SamplerKind>) ->
         (None, None) => {
             return Err(Error::InvalidInput(match &cfg.class_name {
                 Some(name) => format!(
-                    "scheduler class {name:?} is not supported; choose a sampler (dpm++, sa-solver, ddim, euler-a)"
+                    "scheduler class {name:?} is not supported; choose a sampler ({})",
+                    kind_names()
                 ),
-                None => {
-                    "scheduler config has no `_class_name`; choose a sampler (dpm++, sa-solver, ddim, euler-a)".into()
-                }
+                None => format!(
+                    "scheduler config has no `_class_name`; choose a sampler ({})",
+                    kind_names()
+                ),
             }))
         }
     };
@@ -168,5 +195,13 @@ pub fn from_config(cfg: &SchedulerConfig, kind_override: Option<SamplerKind>) ->
         SamplerKind::EulerAncestral => {
             Sampler::EulerAncestral(EulerAncestral::new(EulerAncestralConfig::from_scheduler_config(cfg)?)?)
         }
+        SamplerKind::Iddpm => Sampler::Ddpm(Ddpm::new(DdpmConfig::iddpm(cfg)?)?),
+        SamplerKind::Ddpm => Sampler::Ddpm(Ddpm::new(DdpmConfig::from_scheduler_config(cfg)?)?),
     })
+}
+
+/// The CLI names, comma-separated.
+fn kind_names() -> String {
+    let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+    names.join(", ")
 }

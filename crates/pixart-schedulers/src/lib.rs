@@ -11,6 +11,7 @@
 //! - [`SaSolver`], `SASolverScheduler` (data prediction, PixArt's demo option).
 //! - [`Ddim`], `DDIMScheduler`.
 //! - [`EulerAncestral`], `EulerAncestralDiscreteScheduler`.
+//! - [`Ddpm`], `DDPMScheduler`, and PixArt's own IDDPM sampler on top of it (learned variance).
 //!
 //! [`SchedulerConfig`] reads diffusers' `scheduler/scheduler_config.json`; [`from_config`] builds
 //! the sampler that file (or a [`SamplerKind`] override) names. The update arithmetic is done in
@@ -20,6 +21,7 @@
 
 pub mod config;
 pub mod ddim;
+pub mod ddpm;
 pub mod dpm_solver_pp;
 pub mod euler_ancestral;
 pub mod factory;
@@ -34,6 +36,7 @@ pub use config::{
     TimestepSpacing,
 };
 pub use ddim::{Ddim, DdimConfig};
+pub use ddpm::{Ddpm, DdpmConfig, DdpmSpacing, VarianceType};
 pub use dpm_solver_pp::{DpmSolverConfig, DpmSolverPp};
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
 pub use factory::{from_config, Sampler, SamplerKind};
@@ -82,6 +85,13 @@ pub trait Scheduler {
 
     /// Whether [`Scheduler::step`] needs fresh noise at each step.
     fn needs_noise(&self) -> bool;
+
+    /// Whether [`Scheduler::step`] takes the model's predicted variance too: a `model_output`
+    /// of 2·C channels, the variance in channels C..2C (learned-sigma models), as DDPM with a
+    /// learned variance does. The others take the C prediction channels only.
+    fn model_variance(&self) -> bool {
+        false
+    }
 
     /// `num_train_timesteps` of the training schedule.
     fn num_train_timesteps(&self) -> usize;

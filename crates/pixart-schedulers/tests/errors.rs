@@ -32,7 +32,7 @@ fn zero_and_too_many_steps() {
 fn unknown_sampler_name() {
     let e = one_line("heun".parse::<SamplerKind>().unwrap_err());
     assert!(
-        e.contains("\"heun\"") && e.contains("dpm++, sa-solver, ddim, euler-a"),
+        e.contains("\"heun\"") && e.contains("dpm++, sa-solver, ddim, euler-a, iddpm, ddpm"),
         "{e}"
     );
     for k in SamplerKind::ALL {
@@ -91,24 +91,53 @@ fn unsupported_class_and_options() {
     assert!(one_line(from_config(&cfg, None).unwrap_err()).contains("thresholding"));
     let cfg = SchedulerConfig::from_json(r#"{"_class_name": "DPMSolverMultistepScheduler", "beta_end": 1.5}"#).unwrap();
     assert!(one_line(from_config(&cfg, None).unwrap_err()).contains("[0, 1)"));
+    // DDPM files: their variance type is read, the diffusers NaN one refused.
+    let cfg =
+        SchedulerConfig::from_json(r#"{"_class_name": "DDPMScheduler", "variance_type": "fixed_large_log"}"#).unwrap();
+    assert!(one_line(from_config(&cfg, None).unwrap_err()).contains("fixed_large_log"));
+    let cfg =
+        SchedulerConfig::from_json(r#"{"_class_name": "DDPMScheduler", "variance_type": "learned_range"}"#).unwrap();
+    let s = from_config(&cfg, None).unwrap();
+    assert_eq!(s.kind(), SamplerKind::Ddpm);
+    assert!(s.model_variance());
+    // ... but a DPM-Solver++ file's variance type is not DDPM's business.
+    let cfg = SchedulerConfig::from_json(r#"{"_class_name": "DDPMScheduler", "thresholding": true}"#).unwrap();
+    assert!(one_line(from_config(&cfg, Some(SamplerKind::Iddpm)).unwrap_err()).contains("thresholding"));
 }
 
 #[test]
 fn step_sequence_and_noise_errors() {
     let x = Tensor::zeros((1, 4, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
     for mut s in all_samplers() {
-        let e = one_line(s.step(&x, 0, &x, Some(&x)).unwrap_err());
+        // Samplers that take the model's variance get the 2·C channels of a learned-sigma model.
+        let c = if s.model_variance() { 8 } else { 4 };
+        let out = Tensor::zeros((1, c, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let e = one_line(s.step(&out, 0, &x, Some(&x)).unwrap_err());
         assert!(e.contains("set_timesteps"), "{}: {e}", s.kind());
         s.set_timesteps(10).unwrap();
-        let e = one_line(s.step(&x, 10, &x, Some(&x)).unwrap_err());
+        let e = one_line(s.step(&out, 10, &x, Some(&x)).unwrap_err());
         assert!(e.contains("out of range"), "{}: {e}", s.kind());
-        s.step(&x, 0, &x, Some(&x)).unwrap();
-        let e = one_line(s.step(&x, 2, &x, Some(&x)).unwrap_err());
+        s.step(&out, 0, &x, Some(&x)).unwrap();
+        let e = one_line(s.step(&out, 2, &x, Some(&x)).unwrap_err());
         assert!(e.contains("in order"), "{}: {e}", s.kind());
-        let bad = Tensor::zeros((1, 4, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let bad = Tensor::zeros((1, c, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
         let e = one_line(s.step(&bad, 1, &x, Some(&x)).unwrap_err());
         assert!(e.contains("shape"), "{}: {e}", s.kind());
+        if s.model_variance() {
+            // Without the variance channels (a model with fixed sigma).
+            let e = one_line(s.step(&x, 1, &x, Some(&x)).unwrap_err());
+            assert!(e.contains("variance channels") && e.contains("8"), "{}: {e}", s.kind());
+        }
     }
+    let mut s = from_config(&SchedulerConfig::pixart_sigma(), Some(SamplerKind::Iddpm)).unwrap();
+    assert_eq!(s.kind(), SamplerKind::Iddpm);
+    assert!(s.needs_noise() && s.model_variance());
+    s.set_timesteps(10).unwrap();
+    let out = Tensor::zeros((1, 8, 2, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
+    assert!(one_line(s.step(&out, 0, &x, None).unwrap_err()).contains("noise"));
+    let ddpm = from_config(&SchedulerConfig::pixart_sigma(), Some(SamplerKind::Ddpm)).unwrap();
+    assert_eq!(ddpm.kind(), SamplerKind::Ddpm);
+    assert!(ddpm.needs_noise() && !ddpm.model_variance());
     let mut s = from_config(&SchedulerConfig::pixart_sigma(), Some(SamplerKind::EulerAncestral)).unwrap();
     s.set_timesteps(10).unwrap();
     assert!(s.needs_noise());

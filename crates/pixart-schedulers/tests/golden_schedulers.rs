@@ -11,7 +11,7 @@ use pixart_schedulers::{from_config, BetaConfig, BetaSchedule, Sampler, SamplerK
 
 /// Elementwise bound: |got − want| <= ATOL + RTOL·|want|.
 ///
-/// DPM-Solver++, DDIM and SA-Solver stay within ~1e-6 (a few f32 ulps: torch 2.15's CPU f32
+/// DPM-Solver++, DDIM, SA-Solver and DDPM stay within ~1e-6 (a few f32 ulps: torch 2.15's CPU f32
 /// `sqrt`/`** 0.5` is not always correctly rounded, Rust's is). Euler ancestral starts at
 /// σ_max ≈ 157 (|x| up to ~300), so a 1-ulp difference in σ_up times the noise is ~2e-5 in
 /// absolute terms; relative to the values it stays below 6e-6, hence the relative term.
@@ -114,7 +114,12 @@ fn run_case(case: &Case) -> f32 {
             &inp,
             &f["model_input"].i(i).unwrap(),
         ));
-        let out = fake_model(&inp, t, &f["r"].i(i).unwrap());
+        let mut out = fake_model(&inp, t, &f["r"].i(i).unwrap());
+        if let Some(v) = f.get("variance") {
+            // A learned variance: channels C..2C of the model output.
+            assert!(s.model_variance(), "{name}: the sampler ignores the model's variance");
+            out = Tensor::cat(&[out, v.i(i).unwrap()], 1).unwrap();
+        }
         let noise = f["noise"].i(i).unwrap();
         let noise = s.needs_noise().then_some(&noise);
         x = s.step(&out, i, &x, noise).unwrap();
@@ -191,6 +196,18 @@ fn euler_ancestral() {
 #[test]
 fn sa_solver() {
     run_prefix("sa_solver");
+}
+
+/// PixArt's IDDPM sampler: diffusers' DDPMScheduler with the learned-range variance on the
+/// respaced timesteps (the generator checks that trajectory against the original equations).
+#[test]
+fn iddpm() {
+    run_prefix("iddpm");
+}
+
+#[test]
+fn ddpm() {
+    run_prefix("ddpm_");
 }
 
 #[test]
