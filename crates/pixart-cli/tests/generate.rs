@@ -685,3 +685,92 @@ fn broken_inputs_and_files_are_named() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--scheduler iddpm`: PixArt's 100 steps by default, named in the PNG's parameters; a
+/// transformer without learned sigma (out_channels = in_channels) is refused before the work.
+#[test]
+fn iddpm_sampler_defaults_and_needs_learned_sigma() {
+    let dir = tempdir("iddpm");
+    let out = dir.join("i.png");
+    let size = [
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--no-resolution-binning",
+        "--seed",
+        "1",
+    ];
+    let o = generate(
+        &[
+            &size[..],
+            &["-p", "a cat", "--scheduler", "iddpm", "-o", out.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("100 steps") && stderr(&o).contains("sampler iddpm"),
+        "{}",
+        stderr(&o)
+    );
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let params = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .expect("parameters chunk")
+        .text
+        .clone();
+    assert!(
+        params.contains("Steps: 100") && params.contains("Sampler: iddpm"),
+        "{params}"
+    );
+
+    // The same transformer cut to its first 4 output channels (no variance).
+    let m = pipeline_copy(&dir, "fixed-sigma");
+    let cfg = std::fs::read_to_string(m.join("transformer/config.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    v["out_channels"] = serde_json::json!(4);
+    std::fs::write(m.join("transformer/config.json"), v.to_string()).unwrap();
+    let weights = m.join("transformer/diffusion_pytorch_model.safetensors");
+    // proj_out rows are (p, q, c) with c fastest: keep c < 4 of each of the 2x2 patch positions.
+    let keep = |t: &Tensor| {
+        let rows = t.dims()[0];
+        let parts: Vec<Tensor> = (0..rows / 8).map(|k| t.narrow(0, 8 * k, 4).unwrap()).collect();
+        Tensor::cat(&parts, 0).unwrap()
+    };
+    edit_tensor(&weights, "proj_out.weight", keep);
+    edit_tensor(&weights, "proj_out.bias", keep);
+    let bad = dir.join("bad.png");
+    let run = |sampler: &str| {
+        bin()
+            .args([
+                "generate",
+                "-p",
+                "x",
+                "--steps",
+                "2",
+                "-o",
+                bad.to_str().unwrap(),
+                "--model",
+            ])
+            .arg(&m)
+            .args(size)
+            .args(["--scheduler", sampler])
+            .output()
+            .unwrap()
+    };
+    let o = run("iddpm");
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("sampler iddpm") && e.contains("out_channels 4"), "{e}");
+    assert_eq!(e.lines().filter(|l| l.starts_with("error:")).count(), 1, "{e}");
+    assert!(!bad.exists());
+    // Other samplers run it.
+    let o = run("ddpm");
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::remove_dir_all(&dir).ok();
+}

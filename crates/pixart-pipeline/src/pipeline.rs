@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use pixart_core::{Error, Result};
 use pixart_model::{Context, PixArtTransformer};
-use pixart_schedulers::{from_config, Sampler, Scheduler};
+use pixart_schedulers::{from_config, Sampler, SamplerKind, Scheduler};
 use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
 
 use crate::aspect_bins::resize_and_crop;
@@ -148,6 +148,12 @@ fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &D
 /// unconditional rows first in `ctx`), the first `in_channels` of a learned-sigma output,
 /// ε = ε_u + g(ε_c − ε_u), then sampler step `i`. `noise` is the step's noise for samplers
 /// that draw some ([`Scheduler::needs_noise`]). latents: (b, c, h, w) -> (b, c, h, w).
+///
+/// Samplers that take the model's variance ([`Scheduler::model_variance`]) get all 2c output
+/// channels, the variance channels from the conditional rows. PixArt's IDDPM sampler guides as
+/// the original `PixArtMS.forward_with_cfg` does (PixArt-alpha/PixArt-sigma@1ce521a,
+/// diffusion/model/nets/PixArtMS.py: `eps, rest = model_out[:, :3], model_out[:, 3:]`): only the
+/// first three latent channels; the fourth, like the variance, is the conditional prediction.
 pub fn denoise_step(
     model: &PixArtTransformer,
     ctx: &Context,
@@ -171,22 +177,39 @@ pub fn denoise_step(
     let x_in = scheduler.scale_model_input(&x_in, i)?;
     let t_in = Tensor::full(t as f32, x_in.dim(0)?, latents.device())?;
     let out = model.forward_with_context(&x_in, &t_in, ctx, None)?;
+    let (in_ch, out_ch) = (model.config().in_channels, model.config().out_channels());
+    let learned_sigma = out_ch == 2 * in_ch;
+    // The channels the sampler takes, and those of them that are guided.
+    let keep = if learned_sigma && !scheduler.model_variance() {
+        in_ch
+    } else {
+        out_ch
+    };
+    let guided = if scheduler.kind() == SamplerKind::Iddpm {
+        ORIGINAL_GUIDED_CHANNELS.min(in_ch)
+    } else {
+        keep.min(in_ch)
+    };
     let eps = match guidance {
         Some(g) => {
-            let u = out.narrow(0, 0, batch)?;
+            let u = out.narrow(0, 0, batch)?.narrow(1, 0, guided)?;
             let cond = out.narrow(0, batch, batch)?;
-            (&u + (cond - &u)?.affine(g, 0.0)?)?
+            let mixed = (&u + (cond.narrow(1, 0, guided)? - &u)?.affine(g, 0.0)?)?;
+            if keep > guided {
+                // (b, guided, h, w) ++ (b, keep - guided, h, w) -> (b, keep, h, w)
+                Tensor::cat(&[&mixed, &cond.narrow(1, guided, keep - guided)?], 1)?
+            } else {
+                mixed
+            }
         }
+        None if keep < out_ch => out.narrow(1, 0, keep)?.contiguous()?, // (b, 2c, h, w) -> (b, c, h, w)
         None => out,
-    };
-    let in_ch = model.config().in_channels;
-    let eps = if model.config().out_channels() / 2 == in_ch {
-        eps.narrow(1, 0, in_ch)?.contiguous()? // learned sigma: (b, 2c, h, w) -> (b, c, h, w)
-    } else {
-        eps
     };
     scheduler.step(&eps, i, latents, noise)
 }
+
+/// The latent channels the original PixArt code guides under its IDDPM sampler.
+const ORIGINAL_GUIDED_CHANNELS: usize = 3;
 
 /// Generates `request` with `components`. `noise` supplies the initial latents (unless the
 /// request carries them) and the per-step noise of samplers that need it; `progress` receives
@@ -221,6 +244,18 @@ pub fn generate(
                 kv.scale_factor, r.gen_width, r.gen_height, gw, gh
             )));
         }
+    }
+
+    // The sampler, before any heavy work: a bad sampler setting fails at once.
+    let mut scheduler = from_config(&c.scheduler_config, r.sampler)?;
+    scheduler.set_timesteps(r.steps)?;
+    if scheduler.model_variance() && tc.out_channels() != 2 * tc.in_channels {
+        return Err(Error::InvalidInput(format!(
+            "sampler {} uses the variance the transformer predicts, but this transformer has out_channels {} (a learned-sigma model has 2 x in_channels = {}); choose another sampler",
+            scheduler.kind(),
+            tc.out_channels(),
+            2 * tc.in_channels
+        )));
     }
 
     // 1. Preprocess the prompts (strip, lower-case unless keep_case; diffusers'
@@ -272,8 +307,6 @@ pub fn generate(
 
     // 4. Initial latents: the given x_T, or standard normal noise per image (seed + k), drawn
     //    here rather than in the sampler; both times the sampler's init_noise_sigma.
-    let mut scheduler = from_config(&c.scheduler_config, r.sampler)?;
-    scheduler.set_timesteps(r.steps)?;
     let mut latents = clock.run(Stage::PrepareLatents, |_| {
         let x = match &r.latents {
             Some(l) => l.to_device(device)?.to_dtype(DType::F32)?,

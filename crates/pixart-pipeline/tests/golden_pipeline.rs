@@ -31,13 +31,14 @@ fn components() -> PipelineComponents {
 
 use pixart_core::testing::max_abs;
 
-fn run_case(
-    c: &PipelineComponents,
+/// The request a case of the generators' JSON describes (binning off unless it says so), from
+/// the case's initial latents `<name>.latents_in`.
+fn case_request(
     name: &str,
     case: &serde_json::Value,
     io: &std::collections::HashMap<String, Tensor>,
     output: OutputKind,
-) -> pixart_pipeline::Output {
+) -> GenerationRequest {
     let prompts = match &case["prompt"] {
         serde_json::Value::String(s) => vec![s.clone()],
         v => v
@@ -47,7 +48,7 @@ fn run_case(
             .map(|p| p.as_str().unwrap().to_string())
             .collect(),
     };
-    let req = GenerationRequest {
+    GenerationRequest {
         prompts,
         negative_prompt: case["negative_prompt"].as_str().unwrap().to_string(),
         width: Some(case["width"].as_u64().unwrap() as usize),
@@ -55,13 +56,21 @@ fn run_case(
         steps: case["steps"].as_u64().unwrap() as usize,
         guidance: case["guidance"].as_f64().unwrap(),
         images_per_prompt: case["per_prompt"].as_u64().unwrap() as usize,
-        resolution_binning: case["binning"].as_bool().unwrap(),
+        resolution_binning: case["binning"].as_bool().unwrap_or(false),
         latents: Some(io[&format!("{name}.latents_in")].clone()),
         output,
         ..Default::default()
     }
-    .validate(&c.geometry())
-    .unwrap();
+}
+
+fn run_case(
+    c: &PipelineComponents,
+    name: &str,
+    case: &serde_json::Value,
+    io: &std::collections::HashMap<String, Tensor>,
+    output: OutputKind,
+) -> pixart_pipeline::Output {
+    let req = case_request(name, case, io, output).validate(&c.geometry()).unwrap();
     assert_eq!(req.gen_height, case["bin_height"].as_u64().unwrap() as usize);
     assert_eq!(req.gen_width, case["bin_width"].as_u64().unwrap() as usize);
     match generate(c, &req, &mut SeededNoise::new(0), &mut |_| {}, &AtomicBool::new(false)).unwrap() {
@@ -70,23 +79,32 @@ fn run_case(
     }
 }
 
+/// `<stem>.json` (the cases) and `<stem>.safetensors` (their tensors) of the fixture folder.
+fn load_cases(stem: &str) -> (serde_json::Value, std::collections::HashMap<String, Tensor>) {
+    let dir = fixtures();
+    let cases = serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{stem}.json"))).unwrap()).unwrap();
+    let io = candle_core::safetensors::load(dir.join(format!("{stem}.safetensors")), &Device::Cpu).unwrap();
+    (cases, io)
+}
+
+/// The final latents within [`LATENT_RTOL`] of the reference's.
+fn check_latents(name: &str, got: &Tensor, want: &Tensor) {
+    let diff = max_abs(&(got - want).unwrap());
+    let rel = diff / max_abs(want);
+    println!("{name}: latents max diff {diff:.3e} (relative {rel:.3e})");
+    assert!(
+        rel <= LATENT_RTOL,
+        "{name}: latents relative diff {rel:.3e} > {LATENT_RTOL:e}"
+    );
+}
+
 #[test]
 fn pipeline_matches_diffusers() {
     let c = components();
-    let dir = fixtures();
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let io = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let (cases, io) = load_cases("cases");
     for (name, case) in cases.as_object().unwrap() {
         let out = run_case(&c, name, case, &io, OutputKind::Image);
-        let want = &io[&format!("{name}.latents_out")];
-        let diff = max_abs(&(&out.latents - want).unwrap());
-        let rel = diff / max_abs(want);
-        println!("{name}: latents max diff {diff:.3e} (relative {rel:.3e})");
-        assert!(
-            rel <= LATENT_RTOL,
-            "{name}: latents relative diff {rel:.3e} > {LATENT_RTOL:e}"
-        );
+        check_latents(name, &out.latents, &io[&format!("{name}.latents_out")]);
 
         let pixels = out.pixels.unwrap().permute((0, 2, 3, 1)).unwrap(); // (b, h, w, 3)
         let want = &io[&format!("{name}.image")];
@@ -103,10 +121,7 @@ fn pipeline_matches_diffusers() {
 #[test]
 fn latent_output_skips_the_vae() {
     let c = components();
-    let dir = fixtures();
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let io = candle_core::safetensors::load(dir.join("cases.safetensors"), &Device::Cpu).unwrap();
+    let (cases, io) = load_cases("cases");
     let name = "no_cfg_two_prompts";
     let out = run_case(&c, name, &cases[name], &io, OutputKind::Latent);
     assert!(out.pixels.is_none() && out.images.is_empty());
@@ -300,4 +315,68 @@ fn hub_ids_resolve_in_the_hf_cache() {
         .to_string();
     assert!(e.contains("is not in the HF cache"), "{e}");
     std::fs::remove_dir_all(&tmp).ok();
+}
+
+/// Replays stored per-step noise: image k's draw number i is `noise[i, k]`.
+struct ReplayNoise {
+    per_image: Vec<std::collections::VecDeque<Vec<f32>>>,
+}
+
+impl ReplayNoise {
+    /// noise: (steps, batch, c, h, w).
+    fn new(noise: &Tensor) -> Self {
+        let (steps, batch) = (noise.dims()[0], noise.dims()[1]);
+        let per_image = (0..batch)
+            .map(|k| {
+                (0..steps)
+                    .map(|i| {
+                        noise
+                            .get(i)
+                            .unwrap()
+                            .get(k)
+                            .unwrap()
+                            .flatten_all()
+                            .unwrap()
+                            .to_vec1()
+                            .unwrap()
+                    })
+                    .collect()
+            })
+            .collect();
+        Self { per_image }
+    }
+}
+
+impl pixart_pipeline::NoiseSource for ReplayNoise {
+    fn draw(&mut self, image: usize, len: usize) -> Vec<f32> {
+        let v = self.per_image[image]
+            .pop_front()
+            .expect("more noise draws than stored steps");
+        assert_eq!(v.len(), len);
+        v
+    }
+}
+
+/// `--scheduler iddpm` against PixArt's own IDDPM sampling (tools/golden/gen_pipeline_iddpm.py:
+/// respaced timesteps, the learned-range variance, guidance on the first three latent channels
+/// as the original `forward_with_cfg`), with the same initial latents and per-step noise.
+#[test]
+fn iddpm_matches_the_original_sampling() {
+    let c = components();
+    let (cases, io) = load_cases("iddpm");
+    for (name, case) in cases.as_object().unwrap() {
+        let req = GenerationRequest {
+            sampler: Some("iddpm".parse().unwrap()),
+            ..case_request(name, case, &io, OutputKind::Latent)
+        }
+        .validate(&c.geometry())
+        .unwrap();
+        let mut noise = ReplayNoise::new(&io[&format!("{name}.noise")]);
+        let out = match generate(&c, &req, &mut noise, &mut |_| {}, &AtomicBool::new(false)).unwrap() {
+            Generated::Finished(o) => o,
+            Generated::Cancelled { .. } => panic!("cancelled"),
+        };
+        assert!(noise.per_image.iter().all(|q| q.is_empty()), "{name}: noise left over");
+        check_latents(name, &out.latents, &io[&format!("{name}.latents_out")]);
+    }
 }

@@ -11,6 +11,15 @@ use crate::{
     EulerAncestralConfig, SaSolver, SaSolverConfig, Scheduler,
 };
 
+/// diffusers' `PixArtSigmaPipeline` default number of steps.
+pub const DEFAULT_STEPS: usize = 20;
+
+/// Steps for a request that names none: [`SamplerKind::default_steps`] of the requested
+/// sampler, [`DEFAULT_STEPS`] when the model's own scheduler runs (as diffusers' pipeline).
+pub fn default_steps(requested: Option<SamplerKind>) -> usize {
+    requested.map_or(DEFAULT_STEPS, SamplerKind::default_steps)
+}
+
 /// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`, `iddpm`, `ddpm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplerKind {
@@ -50,6 +59,17 @@ impl SamplerKind {
             Self::EulerAncestral => "euler-a",
             Self::Iddpm => "iddpm",
             Self::Ddpm => "ddpm",
+        }
+    }
+
+    /// Steps when the user names this sampler and no step count: PixArt's own defaults
+    /// (PixArt-alpha/PixArt-sigma@1ce521a, scripts/inference.py `sample_steps_dict`: 20 for
+    /// DPM-Solver, 25 for SA-Solver, 100 for IDDPM), else diffusers' pipeline default of 20.
+    pub fn default_steps(self) -> usize {
+        match self {
+            Self::SaSolver => 25,
+            Self::Iddpm => 100,
+            Self::DpmSolverPp | Self::Ddim | Self::EulerAncestral | Self::Ddpm => DEFAULT_STEPS,
         }
     }
 

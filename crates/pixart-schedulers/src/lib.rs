@@ -39,7 +39,7 @@ pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig, DdpmSpacing, VarianceType};
 pub use dpm_solver_pp::{DpmSolverConfig, DpmSolverPp};
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
-pub use factory::{from_config, Sampler, SamplerKind};
+pub use factory::{default_steps, from_config, Sampler, SamplerKind, DEFAULT_STEPS};
 pub use sa_solver::{SaSolver, SaSolverConfig, Tau};
 pub use schedule::BetaConfig;
 

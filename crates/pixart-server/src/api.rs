@@ -10,7 +10,7 @@ use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{
     random_seed, GenerationRequest, ImageFormat, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest,
 };
-use pixart_schedulers::SamplerKind;
+use pixart_schedulers::{default_steps, SamplerKind};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -88,8 +88,9 @@ pub struct GenerationBody {
     pub scheduler: Option<String>,
 }
 
-/// Defaults when a field is absent.
-pub const DEFAULT_STEPS: usize = 20;
+/// Defaults when a field is absent (`steps`: 25 with `"scheduler": "sa-solver"`, 100 with
+/// `"iddpm"`, as PixArt's own inference script).
+pub const DEFAULT_STEPS: usize = pixart_schedulers::DEFAULT_STEPS;
 pub const DEFAULT_GUIDANCE: f64 = 4.5;
 
 /// A checked request, ready for the worker.
@@ -258,7 +259,17 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
             ))
         }
     };
-    let steps = body.steps.unwrap_or(DEFAULT_STEPS as u64);
+    let sampler = match &body.scheduler {
+        None => None,
+        Some(s) => Some(s.parse::<SamplerKind>().map_err(|_| {
+            let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+            ApiError::invalid(
+                "scheduler",
+                format!("unknown `scheduler` {s:?}; expected one of: {}", names.join(", ")),
+            )
+        })?),
+    };
+    let steps = body.steps.unwrap_or(default_steps(sampler) as u64);
     let max_steps = limits.max_steps.min(MAX_STEPS);
     if steps == 0 || steps > max_steps as u64 {
         return Err(ApiError::invalid(
@@ -273,16 +284,6 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
             format!("`guidance_scale` must be between 0 and 50, got {guidance}"),
         ));
     }
-    let sampler = match &body.scheduler {
-        None => None,
-        Some(s) => Some(s.parse::<SamplerKind>().map_err(|_| {
-            let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
-            ApiError::invalid(
-                "scheduler",
-                format!("unknown `scheduler` {s:?}; expected one of: {}", names.join(", ")),
-            )
-        })?),
-    };
     let seed = body.seed.unwrap_or_else(random_seed);
     let request = GenerationRequest {
         prompts: vec![prompt],

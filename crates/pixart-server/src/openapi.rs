@@ -29,6 +29,7 @@ fn request_body() -> Value {
 
 /// The document.
 pub fn document() -> Value {
+    let schedulers: Vec<&str> = pixart_schedulers::SamplerKind::ALL.iter().map(|k| k.name()).collect();
     let bad = error_response("Malformed JSON or an unknown field (400), or a field of the wrong type or out of range (422); `error.param` names the field");
     json!({
         "openapi": "3.1.0",
@@ -135,10 +136,10 @@ pub fn document() -> Value {
                     "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
                     "user": {"type": "string", "description": "Accepted and ignored"},
                     "negative_prompt": {"type": "string", "default": ""},
-                    "steps": {"type": "integer", "minimum": 1, "default": 20},
+                    "steps": {"type": "integer", "minimum": 1, "default": 20, "description": "Default 20; 25 with scheduler sa-solver, 100 with iddpm"},
                     "guidance_scale": {"type": "number", "minimum": 0, "maximum": 50, "default": 4.5, "description": "Classifier-free guidance; ≤ 1 turns it off"},
                     "seed": {"type": "integer", "minimum": 0, "description": "Image k uses seed + k; default random (returned)"},
-                    "scheduler": {"type": "string", "enum": ["dpm++", "sa-solver", "ddim", "euler-a"], "description": "Default: the model's scheduler_config.json"}
+                    "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"}
                 }
             },
             "ImagesResponse": {

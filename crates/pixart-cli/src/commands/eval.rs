@@ -11,6 +11,7 @@ use pixart_demo::eval::{
     contact_sheet, evaluate, item_results, validate, Accuracy, CaptionKind, EvalItem, EvalOptions, Report,
 };
 use pixart_pipeline::{builtin_model_dir, is_builtin, ComponentOptions, ComponentPaths, PipelineComponents, RgbImage};
+use pixart_schedulers::default_steps;
 use pixart_train::metrics::{plot_in, Curve};
 use pixart_train::TrainConfig;
 
@@ -91,9 +92,10 @@ struct EvalSettings {
     /// The evaluation prompts: eval.jsonl written by `pixart demo-data`.
     #[arg(long)]
     data: PathBuf,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Denoising steps (default 20; with --scheduler sa-solver 25 and iddpm 100, as PixArt's own
+    /// inference script).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Classifier-free guidance scale; ≤ 1 turns CFG off.
     #[arg(long, default_value_t = 4.5, allow_negative_numbers = true)]
     guidance: f64,
@@ -106,7 +108,8 @@ struct EvalSettings {
     /// The prompt: the short caption ("a red circle") or the long one (every attribute).
     #[arg(long, default_value = "long")]
     caption: String,
-    /// Sampler: dpm++, sa-solver, ddim or euler-a (default: the one scheduler_config.json names).
+    /// Sampler: dpm++, sa-solver, ddim, euler-a, iddpm (PixArt's IDDPM, learned variance) or ddpm
+    /// (default: the one scheduler_config.json names).
     #[arg(long)]
     scheduler: Option<String>,
     /// Prompts per pipeline call.
@@ -175,7 +178,7 @@ impl EvalSettings {
         Ok(Prepared {
             records,
             opts: EvalOptions {
-                steps: self.steps,
+                steps: self.steps.unwrap_or_else(|| default_steps(sampler)),
                 guidance: self.guidance,
                 seed: self.seed,
                 caption,
@@ -281,7 +284,7 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
         "{} prompts from {}, {} steps, guidance {}, seed{} {seed_list}, {} captions ({seconds:.1} s)",
         items.len(),
         e.data.display(),
-        e.steps,
+        prepared.opts.steps,
         e.guidance,
         if seeds.len() > 1 { "s" } else { "" },
         e.caption
@@ -314,7 +317,7 @@ fn demo(a: DemoEvalArgs) -> Result<()> {
             "model": model,
             "base": a.base,
             "data": e.data,
-            "steps": e.steps,
+            "steps": prepared.opts.steps,
             "guidance": e.guidance,
             "seed": seeds[0],
             "seeds": seeds,
@@ -566,7 +569,7 @@ fn curve(a: CurveEvalArgs) -> Result<()> {
             .collect();
         let summary = serde_json::json!({
             "data": a.eval.data,
-            "steps": a.eval.steps,
+            "steps": prepared.opts.steps,
             "guidance": a.eval.guidance,
             "seed": a.eval.seed,
             "caption": prepared.opts.caption,

@@ -8,6 +8,7 @@ use pixart_pipeline::{
     generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, OutputKind,
     PipelineComponents, Progress, SeededNoise, VaeTiling,
 };
+use pixart_schedulers::default_steps;
 
 use super::model::{ModelArgs, ModelChoice};
 use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
@@ -40,13 +41,15 @@ pub struct GenerateArgs {
     /// Image height in pixels (default: the model's native size).
     #[arg(long)]
     height: Option<usize>,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    steps: usize,
+    /// Denoising steps (default 20; with --scheduler sa-solver 25 and iddpm 100, as PixArt's own
+    /// inference script).
+    #[arg(long)]
+    steps: Option<usize>,
     /// Classifier-free guidance scale; ≤ 1 turns CFG off.
     #[arg(long, default_value_t = 4.5, allow_negative_numbers = true)]
     guidance: f64,
-    /// Sampler: dpm++, sa-solver, ddim or euler-a (default: the one scheduler_config.json names).
+    /// Sampler: dpm++, sa-solver, ddim, euler-a, iddpm (PixArt's IDDPM, learned variance) or ddpm
+    /// (default: the one scheduler_config.json names).
     #[arg(long)]
     scheduler: Option<String>,
     /// Random seed (default: random, printed).
@@ -155,7 +158,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
     let dt = dtype(&a.dtype)?;
     let dev = device(&a.device)?;
-    if a.steps == 0 {
+    let steps = a.steps.unwrap_or_else(|| default_steps(sampler));
+    if steps == 0 {
         return Err(UsageError("--steps must be at least 1".into()).into());
     }
     if !a.guidance.is_finite() {
@@ -192,7 +196,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         negative_prompt: a.negative_prompt.clone(),
         width: a.width,
         height: a.height,
-        steps: a.steps,
+        steps,
         guidance: a.guidance,
         seed,
         images_per_prompt: a.batch,
