@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from gen_schedulers import iddpm_timesteps  # noqa: E402
+from pipeline_loop import Feed, encode, model_output  # noqa: E402
 
 torch.set_num_threads(1)
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "golden", "pipeline")
@@ -45,38 +46,18 @@ CASES = {
 }
 
 
-class Feed:
-    """Stands in for diffusers' randn_tensor inside DDPMScheduler.step: the stored noise."""
-
-    def __init__(self):
-        self.next = None
-
-    def __call__(self, shape, generator=None, device=None, dtype=None, **kw):
-        assert tuple(shape) == tuple(self.next.shape), (shape, self.next.shape)
-        return self.next.to(dtype)
-
-
 FEED = Feed()
 ddpm_mod.randn_tensor = FEED
 
 
 def sample(pipe, c, latents, noise):
-    cfg = c["guidance"] > 1.0
-    emb, mask, neg, neg_mask = pipe.encode_prompt(
-        c["prompt"], do_classifier_free_guidance=cfg, negative_prompt=c["negative_prompt"],
-        num_images_per_prompt=c["per_prompt"], clean_caption=False, max_sequence_length=300,
-    )
-    if cfg:
-        emb, mask = torch.cat([neg, emb]), torch.cat([neg_mask, mask])
+    cfg, emb, mask = encode(pipe, c)
     sched = DDPMScheduler.from_config(pipe.scheduler.config, variance_type="learned_range", clip_sample=False)
     sched.set_timesteps(timesteps=iddpm_timesteps(sched.config.num_train_timesteps, c["steps"]))
     x = latents.clone()
     for i, t in enumerate(sched.timesteps):
         x_in = torch.cat([x, x]) if cfg else x
-        out = pipe.transformer(
-            x_in, encoder_hidden_states=emb, encoder_attention_mask=mask,
-            timestep=t.expand(x_in.shape[0]), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-        ).sample
+        out = model_output(pipe, x_in, t, emb, mask)
         if cfg:
             u, cond = out.chunk(2)
             guided = u[:, :3] + c["guidance"] * (cond[:, :3] - u[:, :3])

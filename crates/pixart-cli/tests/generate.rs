@@ -774,3 +774,85 @@ fn iddpm_sampler_defaults_and_needs_learned_sigma() {
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `--image` / `--strength`: image to image at the image's own size by default, the strength
+/// in the banner and the parameters; bad values and files are usage errors naming them.
+#[test]
+fn image_to_image_flags() {
+    let dir = tempdir("img2img");
+    let init = pipeline().join("img2img_init.png"); // 64x48
+    let out = dir.join("i.png");
+    let o = generate(&[
+        "-p",
+        "a cat",
+        "--image",
+        init.to_str().unwrap(),
+        "--strength",
+        "0.5",
+        "--steps",
+        "10",
+        "--seed",
+        "3",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("5 of 10 steps (image to image, strength 0.5)"), "{e}");
+    assert!(e.contains("step 5/5") && !e.contains("step 6/"), "{e}");
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    assert_eq!((reader.info().width, reader.info().height), (64, 48));
+    let params = &reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .unwrap()
+        .text;
+    assert!(
+        params.contains("Steps: 10") && params.contains("Denoising strength: 0.5"),
+        "{params}"
+    );
+
+    let bad = dir.join("bad.png");
+    let not_image = dir.join("notes.txt");
+    std::fs::write(&not_image, "hello").unwrap();
+    let latents = dir.join("l.safetensors");
+    std::fs::write(&latents, "x").unwrap();
+    let img = init.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--image", img, "--strength", "0"],
+            "--strength must be in (0, 1], got 0",
+        ),
+        (
+            vec!["--image", img, "--strength", "1.5"],
+            "--strength must be in (0, 1]",
+        ),
+        (
+            vec!["--image", img, "--strength", "0.05", "--steps", "10"],
+            "leaves no step to run",
+        ),
+        (vec!["--strength", "0.5"], "--image"),
+        (
+            vec!["--image", not_image.to_str().unwrap()],
+            "notes.txt: not a readable PNG, JPEG or WebP image",
+        ),
+        (
+            vec!["--image", dir.join("missing.png").to_str().unwrap()],
+            "missing.png",
+        ),
+        (
+            vec!["--image", img, "--latents", latents.to_str().unwrap()],
+            "--latents",
+        ),
+    ] {
+        let o = generate(&[&["-p", "x", "-o", bad.to_str().unwrap()], &args[..]].concat());
+        let e = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+        assert!(e.contains(needle), "{args:?}: {e}");
+        assert!(!bad.exists());
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

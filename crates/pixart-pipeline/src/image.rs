@@ -113,6 +113,35 @@ impl RgbImage {
         Ok(bytes)
     }
 
+    /// Decodes a PNG, JPEG or WebP image (the format is read from the bytes); any colour type
+    /// and bit depth is converted to 8-bit RGB, alpha dropped. `what` names the source in errors.
+    pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
+        let img = ::image::load_from_memory(bytes)
+            .map_err(|e| Error::InvalidInput(format!("{what}: not a readable PNG, JPEG or WebP image: {e}")))?;
+        let rgb = img.to_rgb8();
+        let (w, h) = rgb.dimensions();
+        let out = Self {
+            width: w as usize,
+            height: h as usize,
+            data: rgb.into_raw(),
+        };
+        out.check().map_err(|e| Error::InvalidInput(format!("{what}: {e}")))?;
+        Ok(out)
+    }
+
+    /// The pixels as 3 planes (r, g, b) of `height × width` f32 in [-1, 1]: `v / 255`, then
+    /// `2x − 1`, as diffusers' `VaeImageProcessor` (`pil_to_numpy`, `normalize`).
+    pub fn to_planes(&self) -> Vec<f32> {
+        let plane = self.width * self.height;
+        let mut out = vec![0f32; 3 * plane];
+        for (p, px) in self.data.chunks_exact(3).enumerate() {
+            for (c, &v) in px.iter().enumerate() {
+                out[c * plane + p] = 2.0 * (v as f32 / 255.0) - 1.0;
+            }
+        }
+        out
+    }
+
     /// Decodes an 8-bit RGB or RGBA PNG (alpha is dropped). `what` names the source in errors.
     pub fn from_png(bytes: &[u8], what: &str) -> Result<Self> {
         let bad = |e: &dyn std::fmt::Display| Error::InvalidInput(format!("{what}: not a readable PNG: {e}"));

@@ -34,9 +34,14 @@ pub fn parameters_text(
         .get(k / r.images_per_prompt.max(1))
         .map(String::as_str)
         .unwrap_or_default();
+    let strength = r
+        .init_image
+        .as_ref()
+        .map(|i| format!(", Denoising strength: {}", i.strength))
+        .unwrap_or_default();
     format!(
         "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, \
-         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}",
+         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}{strength}",
         r.negative_prompt,
         r.steps,
         r.guidance,

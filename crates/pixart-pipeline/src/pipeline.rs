@@ -1,5 +1,8 @@
 //! [`generate`]: text to image in numbered steps, as diffusers 0.42.1
-//! `PixArtSigmaPipeline.__call__` (`pipelines/pixart_alpha/pipeline_pixart_sigma.py`).
+//! `PixArtSigmaPipeline.__call__` (`pipelines/pixart_alpha/pipeline_pixart_sigma.py`), and image
+//! to image with the start of diffusers' `StableDiffusionImg2ImgPipeline`
+//! (`pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py`: `get_timesteps`,
+//! `prepare_latents`).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -26,6 +29,8 @@ pub enum Stage {
     EncodeContext,
     /// Initial latents.
     PrepareLatents,
+    /// Image to image: the init image through the VAE encoder, then noised.
+    EncodeImage,
     /// The denoising loop.
     Denoise,
     /// VAE decode.
@@ -42,6 +47,7 @@ impl Stage {
             Self::EncodeText => "text encode",
             Self::EncodeContext => "context",
             Self::PrepareLatents => "latents",
+            Self::EncodeImage => "vae encode",
             Self::Denoise => "denoise",
             Self::Decode => "vae decode",
             Self::Postprocess => "postprocess",
@@ -211,6 +217,37 @@ pub fn denoise_step(
 /// The latent channels the original PixArt code guides under its IDDPM sampler.
 const ORIGINAL_GUIDED_CHANNELS: usize = 3;
 
+/// Image to image: the init image resized to cover the generation size and centre-cropped
+/// (bilinear, as the back-mapping after binning), in [-1, 1], through the VAE encoder; per image
+/// k a posterior sample `mean + std · ε_k` times the scaling factor (diffusers'
+/// `latent_dist.sample()` · `scaling_factor`), then the sampler's `add_noise` with fresh noise
+/// at step `start_step` (diffusers' img2img `prepare_latents`). Both draws come from image k's
+/// own stream, so image k is what a single-image run with seed + k makes (diffusers draws one
+/// posterior sample for the whole batch). Returns (batch, c, h, w) f32 latents.
+fn init_latents(
+    c: &PipelineComponents,
+    r: &ValidatedRequest,
+    image: &RgbImage,
+    scheduler: &Sampler,
+    noise: &mut dyn NoiseSource,
+) -> Result<Tensor> {
+    let vae = &c.vae;
+    let (gh, gw) = (r.gen_height, r.gen_width);
+    let planes = resize_and_crop(image.to_planes(), 3, (image.height, image.width), (gh, gw));
+    let x = Tensor::from_vec(planes, (1, 3, gh, gw), &c.device)?.to_dtype(vae.dtype())?; // (1, 3, H, W)
+    let posterior = vae.encode(&x, r.vae_tiling.tiling())?;
+    let (mean, std) = (
+        posterior.mean.to_dtype(DType::F32)?,
+        posterior.std.to_dtype(DType::F32)?,
+    );
+    ensure_finite(&mean, || "the VAE's encoding of the init image".into())?;
+    let eps = draw(noise, r.latent_shape, DType::F32, &c.device)?;
+    let z = mean.broadcast_add(&std.broadcast_mul(&eps)?)?; // (1, c, h, w) -> (batch, c, h, w)
+    let z = vae.scale_latents(&z)?;
+    let fresh = draw(noise, r.latent_shape, DType::F32, &c.device)?;
+    scheduler.add_noise(&z, &fresh, r.start_step)
+}
+
 /// Generates `request` with `components`. `noise` supplies the initial latents (unless the
 /// request carries them) and the per-step noise of samplers that need it; `progress` receives
 /// [`Progress`] events; `cancel` is checked between steps (set it from a signal handler).
@@ -306,38 +343,50 @@ pub fn generate(
     drop(hidden);
 
     // 4. Initial latents: the given x_T, or standard normal noise per image (seed + k), drawn
-    //    here rather than in the sampler; both times the sampler's init_noise_sigma.
-    let mut latents = clock.run(Stage::PrepareLatents, |_| {
-        let x = match &r.latents {
-            Some(l) => l.to_device(device)?.to_dtype(DType::F32)?,
-            None => draw(noise, r.latent_shape, DType::F32, device)?,
-        };
-        Ok((x * scheduler.init_noise_sigma())?.to_dtype(model.dtype())?)
-    })?;
+    //    here rather than in the sampler; both times the sampler's init_noise_sigma. Image to
+    //    image instead starts at step `start_step` from the init image's latents noised to that
+    //    step's level ([`init_latents`]).
+    let start = r.start_step;
+    let mut latents = match &r.init_image {
+        Some(init) => clock.run(Stage::EncodeImage, |_| {
+            let x = init_latents(c, r, &init.image, &scheduler, noise)?;
+            Ok(x.to_dtype(model.dtype())?)
+        })?,
+        None => clock.run(Stage::PrepareLatents, |_| {
+            let x = match &r.latents {
+                Some(l) => l.to_device(device)?.to_dtype(DType::F32)?,
+                None => draw(noise, r.latent_shape, DType::F32, device)?,
+            };
+            Ok((x * scheduler.init_noise_sigma())?.to_dtype(model.dtype())?)
+        })?,
+    };
 
     // 5. The denoising loop ([`denoise_step`]).
     let total = scheduler.timesteps().len();
     let guidance = r.cfg.then_some(r.guidance);
     (clock.progress)(Progress::Stage(Stage::Denoise));
     let denoise_start = Instant::now();
-    for i in 0..total {
+    for i in start..total {
         if cancel.load(Ordering::Relaxed) {
-            return Ok(Generated::Cancelled { completed_steps: i });
+            return Ok(Generated::Cancelled {
+                completed_steps: i - start,
+            });
         }
-        let start = Instant::now();
+        let step_start = Instant::now();
         let step_noise = if scheduler.needs_noise() {
             Some(draw(noise, r.latent_shape, latents.dtype(), device)?)
         } else {
             None
         };
         latents = denoise_step(model, &ctx, &mut scheduler, &latents, i, guidance, step_noise.as_ref())?;
-        ensure_finite(&latents, || format!("the latents after step {} of {total}", i + 1))
+        let (done, run) = (i + 1 - start, total - start);
+        ensure_finite(&latents, || format!("the latents after step {done} of {run}"))
             .map_err(|e| Error::NonFinite(format!("{e} (a weight holds them, or the dtype overflowed)")))?;
-        let seconds = start.elapsed().as_secs_f64();
+        let seconds = step_start.elapsed().as_secs_f64();
         clock.timings.steps.push(seconds);
         (clock.progress)(Progress::Step {
-            done: i + 1,
-            total,
+            done,
+            total: run,
             seconds,
         });
     }
@@ -356,7 +405,9 @@ pub fn generate(
         }));
     }
     if cancel.load(Ordering::Relaxed) {
-        return Ok(Generated::Cancelled { completed_steps: total });
+        return Ok(Generated::Cancelled {
+            completed_steps: total - start,
+        });
     }
 
     // 6. Decode latents / scaling_factor with the VAE (tiled when large, or as requested).

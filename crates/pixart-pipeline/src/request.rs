@@ -8,6 +8,7 @@ use pixart_vae::{TileConfig, Tiling};
 
 use crate::aspect_bins;
 use crate::components::ModelGeometry;
+use crate::image::RgbImage;
 
 /// Largest accepted image side in pixels.
 pub const MAX_SIDE: usize = 8192;
@@ -56,6 +57,20 @@ impl VaeTiling {
     }
 }
 
+/// The input of image-to-image generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// The picture to start from (resized to cover the generation size, centre-cropped).
+    pub image: RgbImage,
+    /// How much of the noise schedule runs, in (0, 1]: the last `int(steps · strength)` steps
+    /// from the image noised to their first level (diffusers' img2img `strength`; 1 keeps
+    /// nothing of the image but its influence through the noised start).
+    pub strength: f64,
+}
+
+/// diffusers' image-to-image default `strength`.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+
 /// What [`crate::generate`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputKind {
@@ -73,7 +88,8 @@ pub struct GenerationRequest {
     pub prompts: Vec<String>,
     /// The negative prompt (diffusers' default: empty), used for every image when CFG is on.
     pub negative_prompt: String,
-    /// Requested size in pixels; `None`: `sample_size · vae factor` (1024 for the 1024 model).
+    /// Requested size in pixels; `None`: the init image's size, else `sample_size · vae factor`
+    /// (1024 for the 1024 model).
     pub width: Option<usize>,
     pub height: Option<usize>,
     /// Denoising steps (> 0).
@@ -96,6 +112,8 @@ pub struct GenerationRequest {
     /// Initial latents x_T (batch, in_channels, h/f, w/f) in place of seeded noise (they are
     /// still multiplied by the sampler's `init_noise_sigma`).
     pub latents: Option<Tensor>,
+    /// Image-to-image: start from this picture instead of pure noise.
+    pub init_image: Option<InitImage>,
 }
 
 impl Default for GenerationRequest {
@@ -116,6 +134,7 @@ impl Default for GenerationRequest {
             vae_tiling: VaeTiling::Auto,
             output: OutputKind::Image,
             latents: None,
+            init_image: None,
         }
     }
 }
@@ -146,8 +165,20 @@ pub struct ValidatedRequest {
     pub vae_tiling: VaeTiling,
     pub output: OutputKind,
     pub latents: Option<Tensor>,
+    pub init_image: Option<InitImage>,
+    /// The sampler step the loop starts at: `steps − int(steps · strength)` for image to image,
+    /// else 0.
+    pub start_step: usize,
     /// Latent shape (batch, channels, h, w).
     pub latent_shape: [usize; 4],
+}
+
+impl ValidatedRequest {
+    /// The denoising steps the loop runs: all of them, or the last `steps · strength` for image
+    /// to image.
+    pub fn steps_to_run(&self) -> usize {
+        self.steps - self.start_step
+    }
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -188,12 +219,36 @@ impl GenerationRequest {
                     self.images_per_prompt
                 ))
             })?;
+        let mut start_step = 0;
+        if let Some(init) = &self.init_image {
+            let s = init.strength;
+            if !(s.is_finite() && s > 0.0 && s <= 1.0) {
+                return Err(invalid(format!("--strength must be in (0, 1], got {s}")));
+            }
+            // diffusers' `get_timesteps`: int(num_inference_steps · strength) steps run.
+            let run = ((self.steps as f64 * s) as usize).min(self.steps);
+            if run == 0 {
+                return Err(invalid(format!(
+                    "--strength {s} of {} steps leaves no step to run (steps x strength must be at least 1)",
+                    self.steps
+                )));
+            }
+            if self.latents.is_some() {
+                return Err(invalid("initial latents and an init image cannot both be given"));
+            }
+            init.image.check()?;
+            start_step = self.steps - run;
+        }
         let g = geometry;
         let f = g.vae_factor;
         let multiple = f * g.patch_size;
         let default_side = g.sample_size * f;
-        let out_height = self.height.unwrap_or(default_side);
-        let out_width = self.width.unwrap_or(default_side);
+        let (default_w, default_h) = match &self.init_image {
+            Some(init) => (init.image.width, init.image.height),
+            None => (default_side, default_side),
+        };
+        let out_height = self.height.unwrap_or(default_h);
+        let out_width = self.width.unwrap_or(default_w);
         for (what, v) in [("height", out_height), ("width", out_width)] {
             if v == 0 || v > MAX_SIDE {
                 return Err(invalid(format!("--{what} {v} must be between 1 and {MAX_SIDE}")));
@@ -259,6 +314,8 @@ impl GenerationRequest {
             vae_tiling: self.vae_tiling,
             output: self.output,
             latents: self.latents,
+            init_image: self.init_image,
+            start_step,
             latent_shape,
         })
     }

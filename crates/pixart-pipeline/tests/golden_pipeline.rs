@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 
 use candle_core::{Device, Tensor};
 use pixart_pipeline::{
-    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, OutputKind, PipelineComponents,
-    SeededNoise,
+    generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, InitImage, OutputKind,
+    PipelineComponents, RgbImage, SeededNoise,
 };
 
 /// max |a − b| / max |b| allowed for the final latents. The random tiny transformer is far from
@@ -57,7 +57,7 @@ fn case_request(
         guidance: case["guidance"].as_f64().unwrap(),
         images_per_prompt: case["per_prompt"].as_u64().unwrap() as usize,
         resolution_binning: case["binning"].as_bool().unwrap_or(false),
-        latents: Some(io[&format!("{name}.latents_in")].clone()),
+        latents: io.get(&format!("{name}.latents_in")).cloned(),
         output,
         ..Default::default()
     }
@@ -317,33 +317,28 @@ fn hub_ids_resolve_in_the_hf_cache() {
     std::fs::remove_dir_all(&tmp).ok();
 }
 
-/// Replays stored per-step noise: image k's draw number i is `noise[i, k]`.
+/// Replays stored noise: `draws[i]` (batch, ...) is what every image draws the i-th time.
 struct ReplayNoise {
     per_image: Vec<std::collections::VecDeque<Vec<f32>>>,
 }
 
 impl ReplayNoise {
-    /// noise: (steps, batch, c, h, w).
-    fn new(noise: &Tensor) -> Self {
-        let (steps, batch) = (noise.dims()[0], noise.dims()[1]);
+    fn new(draws: &[Tensor]) -> Self {
+        let batch = draws.first().map_or(0, |d| d.dims()[0]);
         let per_image = (0..batch)
             .map(|k| {
-                (0..steps)
-                    .map(|i| {
-                        noise
-                            .get(i)
-                            .unwrap()
-                            .get(k)
-                            .unwrap()
-                            .flatten_all()
-                            .unwrap()
-                            .to_vec1()
-                            .unwrap()
-                    })
+                draws
+                    .iter()
+                    .map(|d| d.get(k).unwrap().flatten_all().unwrap().to_vec1().unwrap())
                     .collect()
             })
             .collect();
         Self { per_image }
+    }
+
+    /// The draws of a (steps, batch, ...) tensor, one per step.
+    fn steps(t: &Tensor) -> Vec<Tensor> {
+        (0..t.dims()[0]).map(|i| t.get(i).unwrap()).collect()
     }
 }
 
@@ -371,7 +366,50 @@ fn iddpm_matches_the_original_sampling() {
         }
         .validate(&c.geometry())
         .unwrap();
-        let mut noise = ReplayNoise::new(&io[&format!("{name}.noise")]);
+        let mut noise = ReplayNoise::new(&ReplayNoise::steps(&io[&format!("{name}.noise")]));
+        let out = match generate(&c, &req, &mut noise, &mut |_| {}, &AtomicBool::new(false)).unwrap() {
+            Generated::Finished(o) => o,
+            Generated::Cancelled { .. } => panic!("cancelled"),
+        };
+        assert!(noise.per_image.iter().all(|q| q.is_empty()), "{name}: noise left over");
+        check_latents(name, &out.latents, &io[&format!("{name}.latents_out")]);
+    }
+}
+
+/// Image to image against diffusers' img2img start (tools/golden/gen_pipeline_img2img.py:
+/// `get_timesteps`, the VAE posterior sample, `add_noise` at the first step that runs) and
+/// PixArt-Σ's denoising loop, from the same init image (a PNG in the fixtures) and noise, with
+/// three samplers, with and without CFG, at the image's size and resized + cropped.
+#[test]
+fn img2img_matches_diffusers() {
+    let c = components();
+    let (cases, io) = load_cases("img2img");
+    for (name, case) in cases.as_object().unwrap() {
+        let bytes = std::fs::read(fixtures().join(case["image"].as_str().unwrap())).unwrap();
+        let image = RgbImage::decode(&bytes, "init").unwrap();
+        let latents_shape = io[&format!("{name}.noise")].dims().to_vec();
+        let sampler = case["sampler"].as_str().map(|s| s.parse().unwrap());
+        let req = GenerationRequest {
+            latents: None,
+            sampler,
+            init_image: Some(InitImage {
+                image,
+                strength: case["strength"].as_f64().unwrap(),
+            }),
+            ..case_request(name, case, &io, OutputKind::Latent)
+        }
+        .validate(&c.geometry())
+        .unwrap();
+        assert_eq!(req.latent_shape.to_vec(), latents_shape, "{name}");
+        assert_eq!(req.steps_to_run() as u64, case["steps_run"].as_u64().unwrap(), "{name}");
+        let mut draws = vec![
+            io[&format!("{name}.posterior_noise")].clone(),
+            io[&format!("{name}.noise")].clone(),
+        ];
+        if let Some(s) = io.get(&format!("{name}.step_noise")) {
+            draws.extend(ReplayNoise::steps(s));
+        }
+        let mut noise = ReplayNoise::new(&draws);
         let out = match generate(&c, &req, &mut noise, &mut |_| {}, &AtomicBool::new(false)).unwrap() {
             Generated::Finished(o) => o,
             Generated::Cancelled { .. } => panic!("cancelled"),

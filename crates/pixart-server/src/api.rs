@@ -300,6 +300,7 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
         vae_tiling: VaeTiling::Auto,
         output: OutputKind::Image,
         latents: None,
+        init_image: None,
     }
     .validate(geometry)
     // The remaining checks are about the image geometry (aspect-ratio bins).

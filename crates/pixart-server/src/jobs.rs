@@ -211,7 +211,7 @@ impl Jobs {
         while st.jobs.contains_key(&id) {
             id = new_id();
         }
-        let total_steps = params.request.steps;
+        let total_steps = params.request.steps_to_run();
         let (state, _) = watch::channel(JobState {
             status: Status::Queued,
             stage: None,

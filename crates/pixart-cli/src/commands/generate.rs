@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
-    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, OutputKind,
-    PipelineComponents, Progress, SeededNoise, VaeTiling,
+    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, InitImage,
+    OutputKind, PipelineComponents, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::default_steps;
 
@@ -82,8 +82,16 @@ pub struct GenerateArgs {
     #[arg(long = "keep-case")]
     keep_case: bool,
     /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "image")]
     latents: Option<PathBuf>,
+    /// Image to image: start from this picture (PNG, JPEG or WebP) instead of pure noise. It is
+    /// resized to cover the generation size and centre-cropped; the default size is its own.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// With --image: how much of the schedule runs, in (0, 1] (the last steps x strength
+    /// steps); low values keep more of the image.
+    #[arg(long, requires = "image", allow_negative_numbers = true)]
+    strength: Option<f64>,
     #[command(flatten)]
     model: ModelArgs,
     /// cpu, cuda, cuda:N or auto (the first GPU of a CUDA build when there is one, else the CPU).
@@ -135,6 +143,15 @@ fn device_name(dev: &candle_core::Device) -> String {
     }
 }
 
+/// `--image`: a PNG, JPEG or WebP file (usage errors name it).
+fn read_image(path: &Path) -> Result<RgbImage> {
+    if path.is_dir() {
+        return Err(UsageError(format!("{}: is a folder, not an image", path.display())).into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    RgbImage::decode(&bytes, &path.display().to_string()).map_err(usage)
+}
+
 /// `--latents`: tensor `latents` of a float dtype, every value finite (usage errors).
 fn initial_latents(path: &Path) -> Result<candle_core::Tensor> {
     let inputs = read_inputs(path)?;
@@ -178,6 +195,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(p) => Some(initial_latents(p)?),
         None => None,
     };
+    let init_image = match &a.image {
+        Some(p) => Some(InitImage {
+            image: read_image(p)?,
+            strength: a.strength.unwrap_or(DEFAULT_STRENGTH),
+        }),
+        None => None,
+    };
     let ModelChoice {
         model,
         resolved,
@@ -206,6 +230,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         vae_tiling,
         output: output_kind,
         latents,
+        init_image,
     };
     // Validate against the config files first, so that a bad request fails before loading.
     if let Ok(geometry) = resolved.geometry() {
@@ -225,19 +250,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let load_seconds = start.elapsed().as_secs_f64();
     let request = request.validate(&components.geometry()).map_err(usage)?;
     let sampler_name = sampler_name(&components, sampler);
+    let steps = match &request.init_image {
+        Some(init) => format!(
+            "{} of {} steps (image to image, strength {})",
+            request.steps_to_run(),
+            request.steps,
+            init.strength
+        ),
+        None => format!("{} steps", request.steps),
+    };
     eprintln!(
-        "{} image(s) of {}x{} (generated at {}x{}), {} steps, guidance {}, seed {seed}, sampler {sampler_name}",
-        request.batch,
-        request.out_width,
-        request.out_height,
-        request.gen_width,
-        request.gen_height,
-        request.steps,
-        request.guidance
+        "{} image(s) of {}x{} (generated at {}x{}), {steps}, guidance {}, seed {seed}, sampler {sampler_name}",
+        request.batch, request.out_width, request.out_height, request.gen_width, request.gen_height, request.guidance
     );
 
     let (bar, tty) = progress_bar(
-        request.steps,
+        request.steps_to_run(),
         "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
     );
     let mut on_progress = |p: Progress| match p {
@@ -277,7 +305,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             bar.abandon();
             return Err(Cancelled(format!(
                 "cancelled after {completed_steps} of {} steps; nothing written",
-                request.steps
+                request.steps_to_run()
             ))
             .into());
         }
