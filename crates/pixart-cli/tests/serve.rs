@@ -211,6 +211,72 @@ fn model_flags_are_those_of_pixart_generate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `image` + `strength` (image to image): the same pixels as `pixart generate --image`, the
+/// strength in the parameters and the job; a data URL works as well as bare base64; a strength
+/// that leaves no step, or an image body over the text limit, are refused.
+#[test]
+fn image_to_image_matches_pixart_generate() {
+    let s = Server::start(&[]);
+    let init = pipeline().join("img2img_init.png");
+    let file = std::fs::read(&init).unwrap();
+    let b64_file = base64::engine::general_purpose::STANDARD.encode(&file);
+    let body = |image: String, strength: f64| json!({"prompt": "a boat", "size": "128x96", "steps": 4, "seed": 1, "image": image, "strength": strength});
+    let r = s.post("/v1/images/generations", &body(b64_file.clone(), 0.5));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = decode_png(&b64(&r.json()["data"][0]["b64_json"]));
+    assert_eq!((got.width, got.height), (128, 96));
+    assert!(got.parameters.contains("Denoising strength: 0.5"), "{}", got.parameters);
+    let dir = std::env::temp_dir().join(format!("pixart-serve-i2i-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = pipeline();
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "-p",
+        "a boat",
+        "--width",
+        "128",
+        "--height",
+        "96",
+    ];
+    let more = [
+        "--steps",
+        "4",
+        "--seed",
+        "1",
+        "--strength",
+        "0.5",
+        "--image",
+        init.to_str().unwrap(),
+    ];
+    let os: Vec<&std::ffi::OsStr> = args.iter().chain(&more).map(std::ffi::OsStr::new).collect();
+    let want = generate_png(&os, &dir.join("boat.png"));
+    assert_eq!(got.pixels, want.pixels, "differs from pixart generate --image");
+    // As a data URL, through the job API.
+    let r = s.post("/v1/jobs", &body(format!("data:image/png;base64,{b64_file}"), 0.5));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    s.wait_until(60, "the job to finish", || {
+        s.get(&format!("/v1/jobs/{id}")).json()["status"] == "succeeded"
+    });
+    let job = s.get(&format!("/v1/jobs/{id}")).json();
+    assert_eq!(
+        (job["strength"].as_f64(), job["total_steps"].as_u64()),
+        (Some(0.5), Some(2))
+    );
+    assert_eq!(
+        decode_png(&s.get(&format!("/v1/jobs/{id}/images/0")).body).pixels,
+        got.pixels
+    );
+    // No step left: 4 x 0.1 < 1.
+    let r = s.post("/v1/images/generations", &body(b64_file.clone(), 0.1));
+    assert_eq!(r.status, 422, "{}", r.text());
+    let e = error_of(&r);
+    assert_eq!(e["param"], "strength");
+    assert!(e["message"].as_str().unwrap().contains("`strength` 0.1"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn jpeg_output_format() {
     let s = Server::start(&[]);
@@ -403,7 +469,16 @@ fn bad_requests_get_json_errors_naming_the_field() {
     let cases: &[(&[u8], u16, &str)] = &[
         (br#"{"prompt": "a cat", "steps": }"#, 400, "body"),
         (br#"["a cat"]"#, 400, "body"),
-        (br#"{"prompt": "a cat", "strength": 0.5}"#, 400, "strength"),
+        (br#"{"prompt": "a cat", "strength": 0.5}"#, 422, "strength"),
+        (br#"{"prompt": "a cat", "image": "%%%"}"#, 422, "image"),
+        (br#"{"prompt": "a cat", "image": "aGVsbG8="}"#, 422, "image"),
+        (br#"{"prompt": "a cat", "image": "data:image/png,abc"}"#, 422, "image"),
+        (br#"{"prompt": "a cat", "image": 7}"#, 422, "image"),
+        (
+            br#"{"prompt": "a cat", "image": "aGVsbG8=", "strength": "high"}"#,
+            422,
+            "strength",
+        ),
         (br#"{"prompt": "a cat", "size": "100000x64"}"#, 422, "size"),
         (br#"{"prompt": "a cat", "size": "32x32"}"#, 422, "size"),
         (br#"{"prompt": "a cat", "size": "square"}"#, 422, "size"),

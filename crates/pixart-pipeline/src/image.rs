@@ -3,6 +3,9 @@
 //! evaluation's contact sheet).
 use pixart_core::{Error, Result};
 
+/// The largest picture [`RgbImage::decode`] accepts (8192 x 8192).
+pub const MAX_DECODED_PIXELS: u64 = 8192 * 8192;
+
 /// An 8-bit RGB image, rows top to bottom, pixels as `r, g, b`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RgbImage {
@@ -116,8 +119,22 @@ impl RgbImage {
     /// Decodes a PNG, JPEG or WebP image (the format is read from the bytes); any colour type
     /// and bit depth is converted to 8-bit RGB, alpha dropped. `what` names the source in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
-        let img = ::image::load_from_memory(bytes)
-            .map_err(|e| Error::InvalidInput(format!("{what}: not a readable PNG, JPEG or WebP image: {e}")))?;
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::InvalidInput(format!("{what}: not a readable PNG, JPEG or WebP image: {e}"))
+        };
+        let reader = || {
+            ::image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| bad(&e))
+        };
+        // The size from the header first: a small file may claim a huge picture.
+        let (w, h) = reader()?.into_dimensions().map_err(|e| bad(&e))?;
+        if w as u64 * h as u64 > MAX_DECODED_PIXELS {
+            return Err(Error::InvalidInput(format!(
+                "{what}: a {w}x{h} image is larger than accepted ({MAX_DECODED_PIXELS} pixels)"
+            )));
+        }
+        let img = reader()?.decode().map_err(|e| bad(&e))?;
         let rgb = img.to_rgb8();
         let (w, h) = rgb.dimensions();
         let out = Self {

@@ -2,13 +2,16 @@
 //!
 //! The fields are OpenAI's images API (`prompt`, `n`, `size` "WxH", `response_format`; `model`
 //! and `user` are accepted and ignored, as OpenAI clients send them) plus ours
-//! (`negative_prompt`, `steps`, `guidance_scale`, `seed`, `scheduler`). Parsing goes in three
+//! (`negative_prompt`, `steps`, `guidance_scale`, `seed`, `scheduler`, and `image` + `strength`
+//! for image to image). Parsing goes in three
 //! stages so that every error names its field: JSON syntax (400), unknown fields (400), then
 //! types and ranges (422).
 use axum::http::{header, HeaderMap};
+use base64::Engine as _;
 use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{
-    random_seed, GenerationRequest, ImageFormat, ModelGeometry, OutputKind, VaeTiling, ValidatedRequest,
+    random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, RgbImage, VaeTiling,
+    ValidatedRequest, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::{default_steps, SamplerKind};
 use serde::Deserialize;
@@ -30,6 +33,8 @@ pub struct Limits {
     pub max_steps: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Largest body of a request that carries an `image` (base64 makes it 4/3 of the file).
+    pub max_image_body_bytes: usize,
     /// Longest prompt / negative prompt in characters.
     pub max_prompt_chars: usize,
 }
@@ -43,6 +48,7 @@ impl Default for Limits {
             min_side: 64,
             max_steps: 150,
             max_body_bytes: 64 * 1024,
+            max_image_body_bytes: 16 * 1024 * 1024,
             max_prompt_chars: 4000,
         }
     }
@@ -52,7 +58,7 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = 1000;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 12] = [
+pub const FIELDS: [&str; 14] = [
     "prompt",
     "n",
     "size",
@@ -65,6 +71,8 @@ pub const FIELDS: [&str; 12] = [
     "guidance_scale",
     "seed",
     "scheduler",
+    "image",
+    "strength",
 ];
 
 /// The body as sent (types checked, ranges not yet).
@@ -86,6 +94,11 @@ pub struct GenerationBody {
     pub guidance_scale: Option<f64>,
     pub seed: Option<u64>,
     pub scheduler: Option<String>,
+    /// Image to image: the start picture, a base64 PNG, JPEG or WebP file (optionally as a
+    /// `data:image/...;base64,` URL).
+    pub image: Option<String>,
+    /// With `image`: the share of the schedule that runs, in (0, 1] (default 0.8).
+    pub strength: Option<f64>,
 }
 
 /// Defaults when a field is absent (`steps`: 25 with `"scheduler": "sa-solver"`, 100 with
@@ -169,11 +182,27 @@ pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
         let want = match field.as_str() {
             "n" | "steps" => "a positive integer",
             "seed" => "an integer from 0 to 18446744073709551615",
-            "guidance_scale" => "a number",
+            "guidance_scale" | "strength" => "a number",
             _ => "a string",
         };
         ApiError::invalid(&field, format!("`{field}` must be {want}, got {got}"))
     })
+}
+
+/// The `image` field: base64 (standard alphabet, padding optional) of a PNG, JPEG or WebP
+/// file, bare or as a `data:` URL.
+fn decode_image(data: &str) -> Result<RgbImage, ApiError> {
+    let b64 = match data.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(";base64,")
+            .map(|(_, b)| b)
+            .ok_or_else(|| ApiError::invalid("image", "`image` as a data URL must be `data:<type>;base64,<data>`"))?,
+        None => data,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(b64.trim().trim_end_matches('='))
+        .map_err(|e| ApiError::invalid("image", format!("`image` is not base64: {e}")))?;
+    RgbImage::decode(&bytes, "`image`").map_err(|e| ApiError::invalid("image", e.to_string()))
 }
 
 /// Parses `"WxH"`.
@@ -209,9 +238,31 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
             format!("`n` must be between 1 and {max_n}, got {n}"),
         ));
     }
+    let init_image = match &body.image {
+        Some(data) => {
+            let strength = body.strength.unwrap_or(DEFAULT_STRENGTH);
+            if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
+                return Err(ApiError::invalid(
+                    "strength",
+                    format!("`strength` must be in (0, 1], got {strength}"),
+                ));
+            }
+            Some(InitImage {
+                image: decode_image(data)?,
+                strength,
+            })
+        }
+        None if body.strength.is_some() => {
+            return Err(ApiError::invalid("strength", "`strength` needs an `image`"));
+        }
+        None => None,
+    };
     let native = geometry.sample_size * geometry.vae_factor;
     let (width, height) = match &body.size {
-        None => (native, native),
+        None => match &init_image {
+            Some(i) => (i.image.width, i.image.height),
+            None => (native, native),
+        },
         Some(s) => parse_size(s).ok_or_else(|| {
             ApiError::invalid(
                 "size",
@@ -300,11 +351,19 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
         vae_tiling: VaeTiling::Auto,
         output: OutputKind::Image,
         latents: None,
-        init_image: None,
+        init_image,
     }
     .validate(geometry)
-    // The remaining checks are about the image geometry (aspect-ratio bins).
-    .map_err(|e| ApiError::invalid("size", e.to_string()))?;
+    // The remaining checks are about the image geometry (aspect-ratio bins) and the steps that
+    // `strength` leaves.
+    .map_err(|e| {
+        let msg = e.to_string();
+        let field = if msg.contains("strength") { "strength" } else { "size" };
+        ApiError::invalid(
+            field,
+            msg.replace("--strength", "`strength`").replace("--steps", "`steps`"),
+        )
+    })?;
     Ok(JobParams { request, seed, format })
 }
 

@@ -139,7 +139,9 @@ pub fn document() -> Value {
                     "steps": {"type": "integer", "minimum": 1, "default": 20, "description": "Default 20; 25 with scheduler sa-solver, 100 with iddpm"},
                     "guidance_scale": {"type": "number", "minimum": 0, "maximum": 50, "default": 4.5, "description": "Classifier-free guidance; ≤ 1 turns it off"},
                     "seed": {"type": "integer", "minimum": 0, "description": "Image k uses seed + k; default random (returned)"},
-                    "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"}
+                    "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"},
+                    "image": {"type": "string", "contentEncoding": "base64", "description": "Image to image: the start picture, a base64 PNG, JPEG or WebP file or a data: URL (body up to /health's max_image_body_bytes). Default size: the image's"},
+                    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image"}
                 }
             },
             "ImagesResponse": {

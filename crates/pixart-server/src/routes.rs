@@ -75,9 +75,11 @@ async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
 }
 
-/// Reads and checks a JSON body of at most `limits.max_body_bytes`, then validates it.
+/// Reads and checks a JSON body of at most `limits.max_body_bytes` (`max_image_body_bytes` when
+/// it carries an `image`), then validates it.
 async fn read_request(app: &AppState, headers: &HeaderMap, body: Body) -> Result<api::JobParams, ApiError> {
-    let limit = app.limits.max_body_bytes;
+    let text_limit = app.limits.max_body_bytes;
+    let limit = text_limit.max(app.limits.max_image_body_bytes);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -90,6 +92,9 @@ async fn read_request(app: &AppState, headers: &HeaderMap, body: Body) -> Result
         .await
         .map_err(|_| ApiError::too_large(limit))?;
     let parsed = api::parse_body(&bytes)?;
+    if parsed.image.is_none() && bytes.len() > text_limit {
+        return Err(ApiError::too_large(text_limit));
+    }
     api::validate(parsed, &app.limits, &app.geometry)
 }
 
@@ -118,7 +123,8 @@ async fn health(State(app): State<AppState>) -> Response {
             "defaults": {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, "scheduler": app.default_sampler.as_str()},
             "limits": {
                 "max_n": l.max_n, "min_side": l.min_side, "max_side": l.max_side,
-                "max_steps": l.max_steps, "max_body_bytes": l.max_body_bytes, "max_prompt_chars": l.max_prompt_chars,
+                "max_steps": l.max_steps, "max_body_bytes": l.max_body_bytes,
+                "max_image_body_bytes": l.max_image_body_bytes, "max_prompt_chars": l.max_prompt_chars,
             },
             "schedulers": SamplerKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
         }),
@@ -335,6 +341,7 @@ fn job_json(app: &AppState, job: &Job, s: &JobState, b64_images: bool) -> Value 
         "steps": r.steps,
         "guidance_scale": r.guidance,
         "seed": job.params.seed,
+        "strength": r.init_image.as_ref().map(|i| i.strength),
         "error": s.error,
         "result": result,
     })

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes.
     #[arg(long = "max-body-bytes", default_value_t = 65536)]
     max_body_bytes: usize,
+    /// Largest body of a request that carries an `image` (image to image; base64 is 4/3 of
+    /// the file).
+    #[arg(long = "max-image-body-bytes", default_value_t = 16 * 1024 * 1024)]
+    max_image_body_bytes: usize,
     /// Finished jobs kept for GET /v1/jobs/{id} (oldest dropped first).
     #[arg(long = "keep-jobs", default_value_t = 64)]
     keep_jobs: usize,
@@ -135,6 +139,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
             max_side: a.max_side,
             max_steps: a.max_steps,
             max_body_bytes: a.max_body_bytes,
+            max_image_body_bytes: a.max_image_body_bytes,
             ..Limits::default()
         },
         retention: Retention {

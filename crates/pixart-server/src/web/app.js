@@ -127,6 +127,17 @@ async function generate(ev) {
     seed: numberOrUndefined("seed"),
     scheduler: $("scheduler").value || undefined,
   };
+  const file = $("image").files[0];
+  if (file) {
+    // Image to image: the file as a data URL; the size field still sets the output size.
+    body.image = await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file);
+    });
+    body.strength = numberOrUndefined("strength");
+  }
   setState("running");
   $("progress").value = 0;
   $("status").textContent = "submitting…";
