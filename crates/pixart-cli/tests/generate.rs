@@ -815,12 +815,41 @@ fn image_to_image_flags() {
         "{params}"
     );
 
+    // Inpainting with the mask of the fixtures.
+    let mask = pipeline().join("img2img_mask.png");
+    let o = generate(&[
+        "-p",
+        "a cat",
+        "--image",
+        init.to_str().unwrap(),
+        "--mask",
+        mask.to_str().unwrap(),
+        "--strength",
+        "1",
+        "--steps",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("4 of 4 steps (inpainting, strength 1)"), "{e}");
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&out).unwrap()))
+        .read_info()
+        .unwrap();
+    let text = &reader.info().uncompressed_latin1_text;
+    let params = &text.iter().find(|t| t.keyword == "parameters").unwrap().text;
+    assert!(params.contains("Denoising strength: 1, Inpainting: true"), "{params}");
+
     let bad = dir.join("bad.png");
     let not_image = dir.join("notes.txt");
     std::fs::write(&not_image, "hello").unwrap();
     let latents = dir.join("l.safetensors");
     std::fs::write(&latents, "x").unwrap();
     let img = init.to_str().unwrap();
+    let small = dir.join("small.png");
+    let white = pixart_pipeline::RgbImage::filled(16, 16, [255; 3]);
+    std::fs::write(&small, white.to_png(None).unwrap()).unwrap();
     for (args, needle) in [
         (
             vec!["--image", img, "--strength", "0"],
@@ -846,6 +875,11 @@ fn image_to_image_flags() {
         (
             vec!["--image", img, "--latents", latents.to_str().unwrap()],
             "--latents",
+        ),
+        (vec!["--mask", img], "--image"),
+        (
+            vec!["--image", img, "--mask", small.to_str().unwrap()],
+            "the mask is 16x16 but the image is 64x48",
         ),
     ] {
         let o = generate(&[&["-p", "x", "-o", bad.to_str().unwrap()], &args[..]].concat());

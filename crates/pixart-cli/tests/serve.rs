@@ -43,6 +43,13 @@ fn b64(s: &Value) -> Vec<u8> {
         .unwrap()
 }
 
+/// The first image of a `POST /v1/images/generations` that must succeed.
+fn generations_png(s: &Server, body: &Value) -> Png {
+    let r = s.post("/v1/images/generations", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    decode_png(&b64(&r.json()["data"][0]["b64_json"]))
+}
+
 /// The error object of a JSON error response, after checking that it names no file.
 fn error_of(r: &client::Response) -> Value {
     let text = r.text();
@@ -180,12 +187,10 @@ fn model_flags_are_those_of_pixart_generate() {
         "uniform:2:1",
     ];
     let s = Server::start_with_model(&transformer, &flags);
-    let r = s.post(
-        "/v1/images/generations",
+    let got = generations_png(
+        &s,
         &json!({"prompt": "a red fox", "size": "256x256", "steps": 2, "seed": 5, "response_format": "b64_json"}),
     );
-    assert_eq!(r.status, 200, "{}", r.text());
-    let got = decode_png(&b64(&r.json()["data"][0]["b64_json"]));
     let request = [
         "-p",
         "a red fox",
@@ -221,9 +226,7 @@ fn image_to_image_matches_pixart_generate() {
     let file = std::fs::read(&init).unwrap();
     let b64_file = base64::engine::general_purpose::STANDARD.encode(&file);
     let body = |image: String, strength: f64| json!({"prompt": "a boat", "size": "128x96", "steps": 4, "seed": 1, "image": image, "strength": strength});
-    let r = s.post("/v1/images/generations", &body(b64_file.clone(), 0.5));
-    assert_eq!(r.status, 200, "{}", r.text());
-    let got = decode_png(&b64(&r.json()["data"][0]["b64_json"]));
+    let got = generations_png(&s, &body(b64_file.clone(), 0.5));
     assert_eq!((got.width, got.height), (128, 96));
     assert!(got.parameters.contains("Denoising strength: 0.5"), "{}", got.parameters);
     let dir = std::env::temp_dir().join(format!("pixart-serve-i2i-{}", std::process::id()));
@@ -239,18 +242,18 @@ fn image_to_image_matches_pixart_generate() {
         "--height",
         "96",
     ];
-    let more = [
-        "--steps",
-        "4",
-        "--seed",
-        "1",
-        "--strength",
-        "0.5",
-        "--image",
-        init.to_str().unwrap(),
-    ];
-    let os: Vec<&std::ffi::OsStr> = args.iter().chain(&more).map(std::ffi::OsStr::new).collect();
-    let want = generate_png(&os, &dir.join("boat.png"));
+    // `pixart generate` with ARGS, `--steps 4 --seed 1 --image INIT` and `extra`, into `name`.
+    let cli = |extra: &[&str], name: &str| {
+        let fixed = ["--steps", "4", "--seed", "1", "--image", init.to_str().unwrap()];
+        let os: Vec<&std::ffi::OsStr> = args
+            .iter()
+            .chain(&fixed)
+            .chain(extra)
+            .map(std::ffi::OsStr::new)
+            .collect();
+        generate_png(&os, &dir.join(name))
+    };
+    let want = cli(&["--strength", "0.5"], "boat.png");
     assert_eq!(got.pixels, want.pixels, "differs from pixart generate --image");
     // As a data URL, through the job API.
     let r = s.post("/v1/jobs", &body(format!("data:image/png;base64,{b64_file}"), 0.5));
@@ -268,6 +271,20 @@ fn image_to_image_matches_pixart_generate() {
         decode_png(&s.get(&format!("/v1/jobs/{id}/images/0")).body).pixels,
         got.pixels
     );
+    // Inpainting: with the mask of the fixtures, as `pixart generate --mask`.
+    let mask = pipeline().join("img2img_mask.png");
+    let mut inpaint = body(b64_file.clone(), 0.75);
+    inpaint["mask"] = json!(base64::engine::general_purpose::STANDARD.encode(std::fs::read(&mask).unwrap()));
+    let got_inpaint = generations_png(&s, &inpaint);
+    let want = cli(&["--strength", "0.75", "--mask", mask.to_str().unwrap()], "inpaint.png");
+    assert_eq!(got_inpaint.pixels, want.pixels);
+    assert_ne!(got_inpaint.pixels, got.pixels);
+    // A mask of another size.
+    let small = pixart_pipeline::RgbImage::filled(8, 8, [255; 3]).to_png(None).unwrap();
+    inpaint["mask"] = json!(base64::engine::general_purpose::STANDARD.encode(small));
+    let r = s.post("/v1/images/generations", &inpaint);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(error_of(&r)["param"], "mask");
     // No step left: 4 x 0.1 < 1.
     let r = s.post("/v1/images/generations", &body(b64_file.clone(), 0.1));
     assert_eq!(r.status, 422, "{}", r.text());
@@ -474,6 +491,7 @@ fn bad_requests_get_json_errors_naming_the_field() {
         (br#"{"prompt": "a cat", "image": "aGVsbG8="}"#, 422, "image"),
         (br#"{"prompt": "a cat", "image": "data:image/png,abc"}"#, 422, "image"),
         (br#"{"prompt": "a cat", "image": 7}"#, 422, "image"),
+        (br#"{"prompt": "a cat", "mask": "aGVsbG8="}"#, 422, "mask"),
         (
             br#"{"prompt": "a cat", "image": "aGVsbG8=", "strength": "high"}"#,
             422,

@@ -37,7 +37,10 @@ pub fn parameters_text(
     let strength = r
         .init_image
         .as_ref()
-        .map(|i| format!(", Denoising strength: {}", i.strength))
+        .map(|i| {
+            let mask = if i.mask.is_some() { ", Inpainting: true" } else { "" };
+            format!(", Denoising strength: {}{mask}", i.strength)
+        })
         .unwrap_or_default();
     format!(
         "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, \

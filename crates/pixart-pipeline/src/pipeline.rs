@@ -2,7 +2,10 @@
 //! `PixArtSigmaPipeline.__call__` (`pipelines/pixart_alpha/pipeline_pixart_sigma.py`), and image
 //! to image with the start of diffusers' `StableDiffusionImg2ImgPipeline`
 //! (`pipelines/stable_diffusion/pipeline_stable_diffusion_img2img.py`: `get_timesteps`,
-//! `prepare_latents`).
+//! `prepare_latents`) — and inpainting with the mask blending of diffusers'
+//! `StableDiffusionXLInpaintPipeline` for models without mask channels
+//! (`pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl_inpaint.py`, the
+//! `num_channels_unet == 4` branch).
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -16,7 +19,7 @@ use crate::aspect_bins::resize_and_crop;
 use crate::components::PipelineComponents;
 use crate::image::RgbImage;
 use crate::noise::NoiseSource;
-use crate::request::{OutputKind, ValidatedRequest, MAX_SEQUENCE_LENGTH};
+use crate::request::{InitImage, OutputKind, ValidatedRequest, MAX_SEQUENCE_LENGTH};
 
 /// The stages of a generation, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,21 +220,51 @@ pub fn denoise_step(
 /// The latent channels the original PixArt code guides under its IDDPM sampler.
 const ORIGINAL_GUIDED_CHANNELS: usize = 3;
 
+/// Inpainting state: after every step the kept region (mask 0) is replaced by the image's
+/// latents noised to the level of the next step (clean after the last), as diffusers' SDXL
+/// inpainting does for models without mask input channels.
+struct Inpaint {
+    /// (1, 1, h, w): 1 where the picture is repainted.
+    mask: Tensor,
+    /// (batch, c, h, w) f32: the image's latents (posterior sample · scaling factor).
+    image_latents: Tensor,
+    /// (batch, c, h, w) f32: the noise of the initial latents, reused at every step.
+    noise: Tensor,
+}
+
+impl Inpaint {
+    /// `(1 − m)·proper + m·latents`, `proper` the image latents at the level of step `next`.
+    fn blend(&self, latents: &Tensor, scheduler: &Sampler, next: usize) -> Result<Tensor> {
+        let proper = if next < scheduler.timesteps().len() {
+            scheduler.add_noise(&self.image_latents, &self.noise, next)?
+        } else {
+            self.image_latents.clone()
+        };
+        let dtype = latents.dtype();
+        let m = self.mask.to_dtype(dtype)?;
+        let keep = m.affine(-1.0, 1.0)?; // 1 − m
+        Ok((keep.broadcast_mul(&proper.to_dtype(dtype)?)? + m.broadcast_mul(latents)?)?)
+    }
+}
+
 /// Image to image: the init image resized to cover the generation size and centre-cropped
 /// (bilinear, as the back-mapping after binning), in [-1, 1], through the VAE encoder; per image
 /// k a posterior sample `mean + std · ε_k` times the scaling factor (diffusers'
 /// `latent_dist.sample()` · `scaling_factor`), then the sampler's `add_noise` with fresh noise
 /// at step `start_step` (diffusers' img2img `prepare_latents`). Both draws come from image k's
 /// own stream, so image k is what a single-image run with seed + k makes (diffusers draws one
-/// posterior sample for the whole batch). Returns (batch, c, h, w) f32 latents.
+/// posterior sample for the whole batch). With a mask (inpainting) and strength 1 the start is
+/// the fresh noise times `init_noise_sigma` instead, as diffusers' SDXL inpainting. Returns
+/// (batch, c, h, w) f32 latents and the inpainting state.
 fn init_latents(
     c: &PipelineComponents,
     r: &ValidatedRequest,
-    image: &RgbImage,
+    init: &InitImage,
     scheduler: &Sampler,
     noise: &mut dyn NoiseSource,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Option<Inpaint>)> {
     let vae = &c.vae;
+    let image = &init.image;
     let (gh, gw) = (r.gen_height, r.gen_width);
     let planes = resize_and_crop(image.to_planes(), 3, (image.height, image.width), (gh, gw));
     let x = Tensor::from_vec(planes, (1, 3, gh, gw), &c.device)?.to_dtype(vae.dtype())?; // (1, 3, H, W)
@@ -245,7 +278,60 @@ fn init_latents(
     let z = mean.broadcast_add(&std.broadcast_mul(&eps)?)?; // (1, c, h, w) -> (batch, c, h, w)
     let z = vae.scale_latents(&z)?;
     let fresh = draw(noise, r.latent_shape, DType::F32, &c.device)?;
-    scheduler.add_noise(&z, &fresh, r.start_step)
+    let Some(mask) = &init.mask else {
+        return Ok((scheduler.add_noise(&z, &fresh, r.start_step)?, None));
+    };
+    let [_, _, lh, lw] = r.latent_shape;
+    let m = latent_mask(mask, (gh, gw), (lh, lw));
+    let mask = Tensor::from_vec(m, (1, 1, lh, lw), &c.device)?;
+    let latents = if init.strength >= 1.0 {
+        (&fresh * scheduler.init_noise_sigma())?
+    } else {
+        scheduler.add_noise(&z, &fresh, r.start_step)?
+    };
+    Ok((
+        latents,
+        Some(Inpaint {
+            mask,
+            image_latents: z,
+            noise: fresh,
+        }),
+    ))
+}
+
+/// The inpainting mask at latent size, 1 = repaint: the mask picture's luma (PIL's
+/// `convert("L")`: (19595 R + 38470 G + 7471 B + 2¹⁵) >> 16), nearest-neighbour resized to cover
+/// the generation size and centre-cropped like the image, binarised at 0.5 (diffusers' mask
+/// processor), then sampled at latent size as `F.interpolate(mode="nearest")`: row
+/// `floor(i · H/h)`, column `floor(j · W/w)`.
+fn latent_mask(mask: &RgbImage, (gh, gw): (usize, usize), (lh, lw): (usize, usize)) -> Vec<f32> {
+    let (mh, mw) = (mask.height, mask.width);
+    // Cover: scale by max(gh/mh, gw/mw), then crop the centre.
+    let r = (gh as f64 / mh as f64).max(gw as f64 / mw as f64);
+    let (rh, rw) = (((mh as f64 * r) as usize).max(gh), ((mw as f64 * r) as usize).max(gw));
+    let (oy, ox) = ((rh - gh) / 2, (rw - gw) / 2);
+    let repaint = |y: usize, x: usize| -> f32 {
+        let sy = ((y + oy) * mh / rh).min(mh - 1);
+        let sx = ((x + ox) * mw / rw).min(mw - 1);
+        let p = 3 * (sy * mw + sx);
+        let (r, g, b) = (mask.data[p] as u32, mask.data[p + 1] as u32, mask.data[p + 2] as u32);
+        let luma = (19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16;
+        if luma as f32 / 255.0 >= 0.5 {
+            1.0
+        } else {
+            0.0
+        }
+    };
+    let (sh, sw) = (gh as f32 / lh as f32, gw as f32 / lw as f32);
+    let mut out = Vec::with_capacity(lh * lw);
+    for i in 0..lh {
+        let y = ((i as f32 * sh).floor() as usize).min(gh - 1);
+        for j in 0..lw {
+            let x = ((j as f32 * sw).floor() as usize).min(gw - 1);
+            out.push(repaint(y, x));
+        }
+    }
+    out
 }
 
 /// Generates `request` with `components`. `noise` supplies the initial latents (unless the
@@ -347,17 +433,17 @@ pub fn generate(
     //    image instead starts at step `start_step` from the init image's latents noised to that
     //    step's level ([`init_latents`]).
     let start = r.start_step;
-    let mut latents = match &r.init_image {
+    let (mut latents, inpaint) = match &r.init_image {
         Some(init) => clock.run(Stage::EncodeImage, |_| {
-            let x = init_latents(c, r, &init.image, &scheduler, noise)?;
-            Ok(x.to_dtype(model.dtype())?)
+            let (x, inpaint) = init_latents(c, r, init, &scheduler, noise)?;
+            Ok((x.to_dtype(model.dtype())?, inpaint))
         })?,
         None => clock.run(Stage::PrepareLatents, |_| {
             let x = match &r.latents {
                 Some(l) => l.to_device(device)?.to_dtype(DType::F32)?,
                 None => draw(noise, r.latent_shape, DType::F32, device)?,
             };
-            Ok((x * scheduler.init_noise_sigma())?.to_dtype(model.dtype())?)
+            Ok(((x * scheduler.init_noise_sigma())?.to_dtype(model.dtype())?, None))
         })?,
     };
 
@@ -379,6 +465,9 @@ pub fn generate(
             None
         };
         latents = denoise_step(model, &ctx, &mut scheduler, &latents, i, guidance, step_noise.as_ref())?;
+        if let Some(p) = &inpaint {
+            latents = p.blend(&latents, &scheduler, i + 1)?;
+        }
         let (done, run) = (i + 1 - start, total - start);
         ensure_finite(&latents, || format!("the latents after step {done} of {run}"))
             .map_err(|e| Error::NonFinite(format!("{e} (a weight holds them, or the dtype overflowed)")))?;

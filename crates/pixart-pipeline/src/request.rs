@@ -66,6 +66,9 @@ pub struct InitImage {
     /// from the image noised to their first level (diffusers' img2img `strength`; 1 keeps
     /// nothing of the image but its influence through the noised start).
     pub strength: f64,
+    /// Inpainting: white (luma ≥ 0.5) where the picture is repainted, black where it is kept;
+    /// the image's size.
+    pub mask: Option<RgbImage>,
 }
 
 /// diffusers' image-to-image default `strength`.
@@ -237,6 +240,15 @@ impl GenerationRequest {
                 return Err(invalid("initial latents and an init image cannot both be given"));
             }
             init.image.check()?;
+            if let Some(m) = &init.mask {
+                m.check()?;
+                if (m.width, m.height) != (init.image.width, init.image.height) {
+                    return Err(invalid(format!(
+                        "the mask is {}x{} but the image is {}x{}; they must be the same size",
+                        m.width, m.height, init.image.width, init.image.height
+                    )));
+                }
+            }
             start_step = self.steps - run;
         }
         let g = geometry;

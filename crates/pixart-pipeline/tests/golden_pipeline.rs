@@ -379,7 +379,8 @@ fn iddpm_matches_the_original_sampling() {
 /// Image to image against diffusers' img2img start (tools/golden/gen_pipeline_img2img.py:
 /// `get_timesteps`, the VAE posterior sample, `add_noise` at the first step that runs) and
 /// PixArt-Σ's denoising loop, from the same init image (a PNG in the fixtures) and noise, with
-/// three samplers, with and without CFG, at the image's size and resized + cropped.
+/// three samplers, with and without CFG, at the image's size and resized + cropped; and
+/// inpainting with SDXL-inpaint's mask blending after every step (strength < 1 and = 1).
 #[test]
 fn img2img_matches_diffusers() {
     let c = components();
@@ -395,6 +396,9 @@ fn img2img_matches_diffusers() {
             init_image: Some(InitImage {
                 image,
                 strength: case["strength"].as_f64().unwrap(),
+                mask: case["mask"]
+                    .as_str()
+                    .map(|m| RgbImage::decode(&std::fs::read(fixtures().join(m)).unwrap(), "mask").unwrap()),
             }),
             ..case_request(name, case, &io, OutputKind::Latent)
         }

@@ -58,7 +58,7 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = 1000;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 14] = [
+pub const FIELDS: [&str; 15] = [
     "prompt",
     "n",
     "size",
@@ -73,6 +73,7 @@ pub const FIELDS: [&str; 14] = [
     "scheduler",
     "image",
     "strength",
+    "mask",
 ];
 
 /// The body as sent (types checked, ranges not yet).
@@ -99,6 +100,9 @@ pub struct GenerationBody {
     pub image: Option<String>,
     /// With `image`: the share of the schedule that runs, in (0, 1] (default 0.8).
     pub strength: Option<f64>,
+    /// With `image`: inpainting, a picture of the image's size (base64 like `image`), white
+    /// where it is repainted, black where it is kept.
+    pub mask: Option<String>,
 }
 
 /// Defaults when a field is absent (`steps`: 25 with `"scheduler": "sa-solver"`, 100 with
@@ -189,20 +193,22 @@ pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
     })
 }
 
-/// The `image` field: base64 (standard alphabet, padding optional) of a PNG, JPEG or WebP
-/// file, bare or as a `data:` URL.
-fn decode_image(data: &str) -> Result<RgbImage, ApiError> {
+/// The `image` or `mask` field: base64 (standard alphabet, padding optional) of a PNG, JPEG
+/// or WebP file, bare or as a `data:` URL.
+fn decode_image(field: &str, data: &str) -> Result<RgbImage, ApiError> {
     let b64 = match data.strip_prefix("data:") {
-        Some(rest) => rest
-            .split_once(";base64,")
-            .map(|(_, b)| b)
-            .ok_or_else(|| ApiError::invalid("image", "`image` as a data URL must be `data:<type>;base64,<data>`"))?,
+        Some(rest) => rest.split_once(";base64,").map(|(_, b)| b).ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!("`{field}` as a data URL must be `data:<type>;base64,<data>`"),
+            )
+        })?,
         None => data,
     };
     let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
         .decode(b64.trim().trim_end_matches('='))
-        .map_err(|e| ApiError::invalid("image", format!("`image` is not base64: {e}")))?;
-    RgbImage::decode(&bytes, "`image`").map_err(|e| ApiError::invalid("image", e.to_string()))
+        .map_err(|e| ApiError::invalid(field, format!("`{field}` is not base64: {e}")))?;
+    RgbImage::decode(&bytes, &format!("`{field}`")).map_err(|e| ApiError::invalid(field, e.to_string()))
 }
 
 /// Parses `"WxH"`.
@@ -248,12 +254,16 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
                 ));
             }
             Some(InitImage {
-                image: decode_image(data)?,
+                image: decode_image("image", data)?,
                 strength,
+                mask: body.mask.as_deref().map(|m| decode_image("mask", m)).transpose()?,
             })
         }
         None if body.strength.is_some() => {
             return Err(ApiError::invalid("strength", "`strength` needs an `image`"));
+        }
+        None if body.mask.is_some() => {
+            return Err(ApiError::invalid("mask", "`mask` needs an `image`"));
         }
         None => None,
     };
@@ -358,7 +368,13 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
     // `strength` leaves.
     .map_err(|e| {
         let msg = e.to_string();
-        let field = if msg.contains("strength") { "strength" } else { "size" };
+        let field = if msg.contains("strength") {
+            "strength"
+        } else if msg.contains("the mask is") {
+            "mask"
+        } else {
+            "size"
+        };
         ApiError::invalid(
             field,
             msg.replace("--strength", "`strength`").replace("--steps", "`steps`"),

@@ -141,7 +141,8 @@ pub fn document() -> Value {
                     "seed": {"type": "integer", "minimum": 0, "description": "Image k uses seed + k; default random (returned)"},
                     "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"},
                     "image": {"type": "string", "contentEncoding": "base64", "description": "Image to image: the start picture, a base64 PNG, JPEG or WebP file or a data: URL (body up to /health's max_image_body_bytes). Default size: the image's"},
-                    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image"}
+                    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image"},
+                    "mask": {"type": "string", "contentEncoding": "base64", "description": "With image: inpainting. A picture of the image's size (base64 like image), white where it is repainted, black where it is kept"}
                 }
             },
             "ImagesResponse": {

@@ -92,6 +92,10 @@ pub struct GenerateArgs {
     /// steps); low values keep more of the image.
     #[arg(long, requires = "image", allow_negative_numbers = true)]
     strength: Option<f64>,
+    /// With --image: inpainting. A picture of the image's size, white where it is repainted and
+    /// black where it is kept (binarised at half brightness).
+    #[arg(long, requires = "image")]
+    mask: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
     /// cpu, cuda, cuda:N or auto (the first GPU of a CUDA build when there is one, else the CPU).
@@ -143,7 +147,7 @@ fn device_name(dev: &candle_core::Device) -> String {
     }
 }
 
-/// `--image`: a PNG, JPEG or WebP file (usage errors name it).
+/// `--image`, `--mask`: a PNG, JPEG or WebP file (usage errors name it).
 fn read_image(path: &Path) -> Result<RgbImage> {
     if path.is_dir() {
         return Err(UsageError(format!("{}: is a folder, not an image", path.display())).into());
@@ -199,6 +203,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         Some(p) => Some(InitImage {
             image: read_image(p)?,
             strength: a.strength.unwrap_or(DEFAULT_STRENGTH),
+            mask: a.mask.as_deref().map(read_image).transpose()?,
         }),
         None => None,
     };
@@ -252,9 +257,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let sampler_name = sampler_name(&components, sampler);
     let steps = match &request.init_image {
         Some(init) => format!(
-            "{} of {} steps (image to image, strength {})",
+            "{} of {} steps ({}, strength {})",
             request.steps_to_run(),
             request.steps,
+            if init.mask.is_some() {
+                "inpainting"
+            } else {
+                "image to image"
+            },
             init.strength
         ),
         None => format!("{} steps", request.steps),
