@@ -133,6 +133,30 @@ fn openai_route_matches_pixart_generate() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `pixart generate` on the fixture pipeline with the request the image-input tests send (`a
+/// boat`, 128x96, 4 steps, seed 1, `--image IMAGE`) and `extra`, into `out`.
+fn generate_boat(image: &std::path::Path, extra: &[&str], out: &std::path::Path) -> Png {
+    let model = pipeline();
+    let args = [
+        "--model",
+        model.to_str().unwrap(),
+        "-p",
+        "a boat",
+        "--width",
+        "128",
+        "--height",
+        "96",
+        "--steps",
+        "4",
+        "--seed",
+        "1",
+        "--image",
+        image.to_str().unwrap(),
+    ];
+    let os: Vec<&std::ffi::OsStr> = args.iter().chain(extra).map(std::ffi::OsStr::new).collect();
+    generate_png(&os, out)
+}
+
 /// `pixart generate` ARGS into `out`; its PNG.
 fn generate_png(args: &[&std::ffi::OsStr], out: &std::path::Path) -> Png {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_pixart"))
@@ -231,28 +255,7 @@ fn image_to_image_matches_pixart_generate() {
     assert!(got.parameters.contains("Denoising strength: 0.5"), "{}", got.parameters);
     let dir = std::env::temp_dir().join(format!("pixart-serve-i2i-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let model = pipeline();
-    let args = [
-        "--model",
-        model.to_str().unwrap(),
-        "-p",
-        "a boat",
-        "--width",
-        "128",
-        "--height",
-        "96",
-    ];
-    // `pixart generate` with ARGS, `--steps 4 --seed 1 --image INIT` and `extra`, into `name`.
-    let cli = |extra: &[&str], name: &str| {
-        let fixed = ["--steps", "4", "--seed", "1", "--image", init.to_str().unwrap()];
-        let os: Vec<&std::ffi::OsStr> = args
-            .iter()
-            .chain(&fixed)
-            .chain(extra)
-            .map(std::ffi::OsStr::new)
-            .collect();
-        generate_png(&os, &dir.join(name))
-    };
+    let cli = |extra: &[&str], name: &str| generate_boat(&init, extra, &dir.join(name));
     let want = cli(&["--strength", "0.5"], "boat.png");
     assert_eq!(got.pixels, want.pixels, "differs from pixart generate --image");
     // As a data URL, through the job API.
@@ -822,4 +825,153 @@ fn usage_errors_exit_2_before_serving() {
         assert!(err.contains(needle), "{args:?}: {err}");
         assert!(!err.contains("listening on"), "{err}");
     }
+}
+
+/// A form part: name, file name (empty for a text field), bytes.
+type Part<'a> = (&'a str, &'a str, &'a [u8]);
+
+/// A `multipart/form-data` POST of `parts`, with extra headers.
+fn post_form(s: &Server, path: &str, parts: &[Part], headers: &str) -> client::Response {
+    let boundary = "pixart-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"").as_bytes());
+        if !file.is_empty() {
+            body.extend_from_slice(format!("; filename=\"{file}\"\r\nContent-Type: image/png").as_bytes());
+        }
+        body.extend_from_slice(b"\r\n\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {}\r\n\r\n",
+        s.addr,
+        body.len()
+    );
+    client::send_raw(s.addr, &[head.as_bytes(), &body].concat(), TIMEOUT).unwrap()
+}
+
+/// An RGBA PNG.
+fn rgba_png(width: u32, height: u32, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, width, height);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    let mut data = Vec::with_capacity((4 * width * height) as usize);
+    for y in 0..height {
+        for x in 0..width {
+            data.extend_from_slice(&pixel(x, y));
+        }
+    }
+    enc.write_header().unwrap().write_image_data(&data).unwrap();
+    out
+}
+
+/// OpenAI's edits route (multipart): an alpha mask (transparent = repaint) and an image with
+/// transparent pixels and no mask both inpaint as `pixart generate --mask` with the black and
+/// white mask of the same region; without any mask it is image to image; form errors name the
+/// field, a cross-origin page is refused, JSON is 415.
+#[test]
+fn edits_route_takes_openai_multipart() {
+    let s = Server::start(&[]);
+    let dir = std::env::temp_dir().join(format!("pixart-serve-edits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inside = |x: u32, y: u32| (16..48).contains(&x) && (8..40).contains(&y);
+    let picture = |x: u32, y: u32| [(x * 4) as u8, (y * 5) as u8, 90];
+    let image = rgba_png(64, 48, |x, y| {
+        let [r, g, b] = picture(x, y);
+        [r, g, b, 255]
+    });
+    let alpha_mask = rgba_png(64, 48, |x, y| [0, 0, 0, if inside(x, y) { 0 } else { 255 }]);
+    let holed = rgba_png(64, 48, |x, y| {
+        let [r, g, b] = picture(x, y);
+        [r, g, b, if inside(x, y) { 0 } else { 255 }]
+    });
+    let bw = rgba_png(64, 48, |x, y| {
+        if inside(x, y) {
+            [255, 255, 255, 255]
+        } else {
+            [0, 0, 0, 255]
+        }
+    });
+    for (name, bytes) in [("image.png", &image), ("holed.png", &holed), ("bw.png", &bw)] {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let text = [
+        ("prompt", "", &b"a boat"[..]),
+        ("size", "", b"128x96"),
+        ("steps", "", b"4"),
+        ("seed", "", b"1"),
+    ];
+    let edit = |files: &[Part]| {
+        let parts: Vec<Part> = text.iter().chain(files).copied().collect();
+        let r = post_form(&s, "/v1/images/edits", &parts, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        decode_png(&b64(&r.json()["data"][0]["b64_json"]))
+    };
+    let cli = |image: &str, extra: &[&str], name: &str| generate_boat(&dir.join(image), extra, &dir.join(name));
+    let mask_path = dir.join("bw.png");
+    let mask_flag = ["--mask", mask_path.to_str().unwrap()];
+    let masked = edit(&[("image", "image.png", &image), ("mask", "mask.png", &alpha_mask)]);
+    assert!(
+        masked.parameters.contains("Denoising strength: 1, Inpainting: true"),
+        "{}",
+        masked.parameters
+    );
+    assert_eq!(masked.pixels, cli("image.png", &mask_flag, "a.png").pixels);
+    let from_alpha = edit(&[("image[]", "holed.png", &holed)]);
+    assert_eq!(from_alpha.pixels, cli("holed.png", &mask_flag, "b.png").pixels);
+    let plain = edit(&[("image", "image.png", &image)]);
+    assert!(plain.parameters.contains("Denoising strength: 0.8") && !plain.parameters.contains("Inpainting"));
+    assert_eq!(plain.pixels, cli("image.png", &[], "c.png").pixels);
+
+    // Errors.
+    let img = ("image", "image.png", &image[..]);
+    let cases: &[(&[Part], u16, &str)] = &[
+        (&[("prompt", "", b"a boat")], 422, "image"),
+        (&[img], 422, "prompt"),
+        (
+            &[img, ("prompt", "", b"a boat"), ("quality", "", b"high")],
+            400,
+            "quality",
+        ),
+        (&[img, ("prompt", "", b"a boat"), ("n", "", b"two")], 422, "n"),
+        (
+            &[img, ("prompt", "", b"a boat"), ("strength", "", b"1.5")],
+            422,
+            "strength",
+        ),
+        (&[img, img, ("prompt", "", b"a boat")], 422, "image"),
+        (
+            &[("image", "x.png", b"not an image"), ("prompt", "", b"a boat")],
+            422,
+            "image",
+        ),
+        (
+            &[img, ("prompt", "", b"a boat"), ("mask", "m.png", &bw[..100])],
+            422,
+            "mask",
+        ),
+    ];
+    for (parts, status, field) in cases {
+        let r = post_form(&s, "/v1/images/edits", parts, "");
+        assert_eq!(r.status, *status, "{field}: {}", r.text());
+        assert_eq!(error_of(&r)["param"], *field, "{}", r.text());
+    }
+    let r = post_form(
+        &s,
+        "/v1/images/edits",
+        &[img, ("prompt", "", b"a boat")],
+        "Origin: http://evil.example\r\n",
+    );
+    assert_eq!(
+        (r.status, error_of(&r)["param"].as_str()),
+        (403, Some("origin")),
+        "{}",
+        r.text()
+    );
+    let r = s.post("/v1/images/edits", &json!({"prompt": "a boat"}));
+    assert_eq!(r.status, 415, "{}", r.text());
+    let _ = std::fs::remove_dir_all(&dir);
 }

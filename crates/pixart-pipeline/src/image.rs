@@ -119,6 +119,12 @@ impl RgbImage {
     /// Decodes a PNG, JPEG or WebP image (the format is read from the bytes); any colour type
     /// and bit depth is converted to 8-bit RGB, alpha dropped. `what` names the source in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
+        Ok(Self::decode_with_alpha(bytes, what)?.0)
+    }
+
+    /// [`Self::decode`], and the 8-bit alpha plane (`width · height`, rows top to bottom) when
+    /// the file has one.
+    pub fn decode_with_alpha(bytes: &[u8], what: &str) -> Result<(Self, Option<Vec<u8>>)> {
         let bad = |e: &dyn std::fmt::Display| {
             Error::InvalidInput(format!("{what}: not a readable PNG, JPEG or WebP image: {e}"))
         };
@@ -135,15 +141,18 @@ impl RgbImage {
             )));
         }
         let img = reader()?.decode().map_err(|e| bad(&e))?;
+        let alpha = img
+            .color()
+            .has_alpha()
+            .then(|| img.to_rgba8().pixels().map(|p| p.0[3]).collect());
         let rgb = img.to_rgb8();
-        let (w, h) = rgb.dimensions();
         let out = Self {
             width: w as usize,
             height: h as usize,
             data: rgb.into_raw(),
         };
         out.check().map_err(|e| Error::InvalidInput(format!("{what}: {e}")))?;
-        Ok(out)
+        Ok((out, alpha))
     }
 
     /// The pixels as 3 planes (r, g, b) of `height × width` f32 in [-1, 1]: `v / 255`, then

@@ -73,6 +73,9 @@ pub struct InitImage {
 
 /// diffusers' image-to-image default `strength`.
 pub const DEFAULT_STRENGTH: f64 = 0.8;
+/// The default `strength` with a mask: the masked part is drawn anew (diffusers' SD
+/// inpainting default).
+pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
 
 /// What [`crate::generate`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -11,7 +11,7 @@ use base64::Engine as _;
 use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{
     random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, RgbImage, VaeTiling,
-    ValidatedRequest, DEFAULT_STRENGTH,
+    ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::{default_steps, SamplerKind};
 use serde::Deserialize;
@@ -165,6 +165,12 @@ pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
             e.column()
         ))
     })?;
+    parse_value(value)
+}
+
+/// The typed stages of [`parse_body`] on a parsed value: an object (400), known fields only
+/// (400), `prompt` present and every field of its type (422, naming the field).
+pub fn parse_value(value: serde_json::Value) -> Result<GenerationBody, ApiError> {
     let obj = value
         .as_object()
         .ok_or_else(|| ApiError::malformed(format!("the body must be a JSON object, got {}", json_type(&value))))?;
@@ -217,8 +223,68 @@ pub fn parse_size(s: &str) -> Option<(usize, usize)> {
     Some((w.trim().parse().ok()?, h.trim().parse().ok()?))
 }
 
-/// Checks ranges and turns the body into a validated pipeline request for `geometry`.
+/// The pictures of an image-to-image request, decoded.
+#[derive(Debug, Clone)]
+pub struct InputImages {
+    pub image: RgbImage,
+    /// Inpainting: white where the picture is repainted.
+    pub mask: Option<RgbImage>,
+}
+
+/// OpenAI's edits semantics for uploaded files: a mask with an alpha channel marks the part to
+/// edit by full transparency (alpha 0); one without alpha is read as `pixart generate --mask`
+/// (white = repaint). Without a mask, fully transparent pixels of the image, if any, are the
+/// mask (as OpenAI's DALL·E 2 edits); otherwise it is plain image to image.
+pub fn edit_images(image: &[u8], mask: Option<&[u8]>) -> Result<InputImages, ApiError> {
+    let (img, img_alpha) =
+        RgbImage::decode_with_alpha(image, "`image`").map_err(|e| ApiError::invalid("image", e.to_string()))?;
+    let from_alpha = |alpha: &[u8], width: usize, height: usize| RgbImage {
+        width,
+        height,
+        data: alpha
+            .iter()
+            .flat_map(|&a| if a == 0 { [255u8; 3] } else { [0u8; 3] })
+            .collect(),
+    };
+    let mask = match mask {
+        Some(bytes) => {
+            let (m, alpha) =
+                RgbImage::decode_with_alpha(bytes, "`mask`").map_err(|e| ApiError::invalid("mask", e.to_string()))?;
+            Some(match alpha {
+                Some(a) => from_alpha(&a, m.width, m.height),
+                None => m,
+            })
+        }
+        None => img_alpha
+            .filter(|a| a.contains(&0))
+            .map(|a| from_alpha(&a, img.width, img.height)),
+    };
+    Ok(InputImages { image: img, mask })
+}
+
+/// Checks ranges and turns the body into a validated pipeline request for `geometry`; `image`
+/// and `mask` come from the body's base64 fields.
 pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry) -> Result<JobParams, ApiError> {
+    let images = match &body.image {
+        Some(data) => Some(InputImages {
+            image: decode_image("image", data)?,
+            mask: body.mask.as_deref().map(|m| decode_image("mask", m)).transpose()?,
+        }),
+        None if body.mask.is_some() => {
+            return Err(ApiError::invalid("mask", "`mask` needs an `image`"));
+        }
+        None => None,
+    };
+    validate_with(body, images, limits, geometry)
+}
+
+/// [`validate`] with the pictures already decoded (the multipart edits route).
+pub fn validate_with(
+    body: GenerationBody,
+    images: Option<InputImages>,
+    limits: &Limits,
+    geometry: &ModelGeometry,
+) -> Result<JobParams, ApiError> {
     let prompt = body.prompt;
     if prompt.trim().is_empty() {
         return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
@@ -244,26 +310,24 @@ pub fn validate(body: GenerationBody, limits: &Limits, geometry: &ModelGeometry)
             format!("`n` must be between 1 and {max_n}, got {n}"),
         ));
     }
-    let init_image = match &body.image {
-        Some(data) => {
-            let strength = body.strength.unwrap_or(DEFAULT_STRENGTH);
+    let init_image = match images {
+        Some(InputImages { image, mask }) => {
+            let default = if mask.is_some() {
+                DEFAULT_INPAINT_STRENGTH
+            } else {
+                DEFAULT_STRENGTH
+            };
+            let strength = body.strength.unwrap_or(default);
             if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
                 return Err(ApiError::invalid(
                     "strength",
                     format!("`strength` must be in (0, 1], got {strength}"),
                 ));
             }
-            Some(InitImage {
-                image: decode_image("image", data)?,
-                strength,
-                mask: body.mask.as_deref().map(|m| decode_image("mask", m)).transpose()?,
-            })
+            Some(InitImage { image, strength, mask })
         }
         None if body.strength.is_some() => {
             return Err(ApiError::invalid("strength", "`strength` needs an `image`"));
-        }
-        None if body.mask.is_some() => {
-            return Err(ApiError::invalid("mask", "`mask` needs an `image`"));
         }
         None => None,
     };

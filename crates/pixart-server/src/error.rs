@@ -88,6 +88,29 @@ impl ApiError {
         .param("content-type")
     }
 
+    /// 415: not `multipart/form-data` (the edits route).
+    pub fn not_multipart() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            "unsupported_media_type",
+            "the request body must be `multipart/form-data` (image, prompt, optional mask, ...)",
+        )
+        .param("content-type")
+    }
+
+    /// 403: a browser page of another origin posting a form (the multipart route takes no
+    /// JSON content type that would force a CORS preflight).
+    pub fn cross_origin() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "cross_origin",
+            "requests from another origin's web page are refused",
+        )
+        .param("origin")
+    }
+
     /// 429 with `Retry-After`.
     pub fn queue_full(capacity: usize, retry_after: u64) -> Self {
         let mut e = Self::new(

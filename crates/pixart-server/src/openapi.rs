@@ -69,6 +69,35 @@ pub fn document() -> Value {
                     "503": error_response("The server is shutting down")
                 }
             }},
+            "/v1/images/edits": {"post": {
+                "summary": "OpenAI-compatible image edits (multipart/form-data): image to image, or inpainting with a mask; answers like /v1/images/generations",
+                "requestBody": {
+                    "required": true,
+                    "content": {"multipart/form-data": {"schema": {
+                        "type": "object",
+                        "required": ["image", "prompt"],
+                        "properties": {
+                            "image": {"type": "string", "format": "binary", "description": "PNG, JPEG or WebP (also as `image[]`, one file). Without a mask, its fully transparent pixels, if any, are the part to repaint"},
+                            "mask": {"type": "string", "format": "binary", "description": "The image's size. With an alpha channel: fully transparent = repaint (OpenAI); without: white = repaint"},
+                            "prompt": {"type": "string"},
+                            "n": {"type": "integer"}, "size": {"type": "string"}, "response_format": {"type": "string"},
+                            "output_format": {"type": "string"}, "model": {"type": "string"}, "user": {"type": "string"},
+                            "negative_prompt": {"type": "string"}, "steps": {"type": "integer"}, "guidance_scale": {"type": "number"},
+                            "seed": {"type": "integer"}, "scheduler": {"type": "string", "enum": schedulers},
+                            "strength": {"type": "number", "description": "Default 0.8; 1 with a mask"}
+                        }
+                    }}}
+                },
+                "responses": {
+                    "200": {"description": "The images", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ImagesResponse"}}}},
+                    "400": bad.clone(), "422": bad.clone(),
+                    "403": error_response("Sent by a web page of another origin"),
+                    "415": error_response("The body is not multipart/form-data"),
+                    "429": error_response("The queue is full; retry after `Retry-After` seconds"),
+                    "500": error_response("The generation failed (details only in the server log)"),
+                    "503": error_response("The server is shutting down")
+                }
+            }},
             "/v1/jobs": {
                 "post": {
                     "summary": "Queue a generation; poll it, follow its events, or cancel it",
@@ -141,7 +170,7 @@ pub fn document() -> Value {
                     "seed": {"type": "integer", "minimum": 0, "description": "Image k uses seed + k; default random (returned)"},
                     "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"},
                     "image": {"type": "string", "contentEncoding": "base64", "description": "Image to image: the start picture, a base64 PNG, JPEG or WebP file or a data: URL (body up to /health's max_image_body_bytes). Default size: the image's"},
-                    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image"},
+                    "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image. Default 0.8, 1 with a mask"},
                     "mask": {"type": "string", "contentEncoding": "base64", "description": "With image: inpainting. A picture of the image's size (base64 like image), white where it is repainted, black where it is kept"}
                 }
             },

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +34,7 @@ pub struct AppState {
 }
 
 /// Every route, for the router and the OpenAPI document's test.
-pub const ROUTES: [(&str, &str); 13] = [
+pub const ROUTES: [(&str, &str); 14] = [
     ("get", "/"),
     ("get", "/app.js"),
     ("get", "/style.css"),
@@ -41,6 +42,7 @@ pub const ROUTES: [(&str, &str); 13] = [
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("post", "/v1/images/generations"),
+    ("post", "/v1/images/edits"),
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
@@ -50,6 +52,7 @@ pub const ROUTES: [(&str, &str); 13] = [
 ];
 
 pub fn router(state: AppState) -> Router {
+    let upload_limit = state.limits.max_image_body_bytes.max(state.limits.max_body_bytes);
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
@@ -58,6 +61,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/v1/images/generations", post(generations))
+        .route(
+            "/v1/images/edits",
+            post(edits).layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/v1/jobs", post(create_job).get(list_jobs))
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/events", get(job_events))
@@ -271,6 +278,90 @@ fn b64(bytes: &[u8]) -> String {
 /// `POST /v1/images/generations`: queues the job and answers when it is done.
 async fn generations(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let params = read_request(&app, &headers, body).await?;
+    answer_images(app, params).await
+}
+
+/// Refuses a request that a web page of another origin sent (its `Origin` is not this host).
+fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, h)| h.trim_end_matches('/'));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin_host, host) {
+        (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
+        _ => Err(ApiError::cross_origin()),
+    }
+}
+
+/// A multipart text field as JSON: the numeric fields as numbers when they parse (else the
+/// string, which the type check then names), the others as strings.
+fn form_value(name: &str, text: String) -> Value {
+    let number = match name {
+        "n" | "steps" | "seed" => text.trim().parse::<u64>().ok().map(Value::from),
+        "guidance_scale" | "strength" => text.trim().parse::<f64>().ok().map(Value::from),
+        _ => None,
+    };
+    number.unwrap_or(Value::String(text))
+}
+
+fn form_error(limit: usize) -> impl Fn(MultipartError) -> ApiError {
+    move |e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::malformed(format!("the multipart body cannot be read: {}", e.body_text()))
+        }
+    }
+}
+
+/// `POST /v1/images/edits`: OpenAI's edits API as `multipart/form-data`: `image` (or
+/// `image[]`, one file), optional `mask`, `prompt` and the fields of the generations route.
+/// Image to image, or inpainting with a mask ([`api::edit_images`]); answers like
+/// `/v1/images/generations`.
+async fn edits(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    check_origin(&headers)?;
+    let mut form = form.map_err(|e| match e {
+        MultipartRejection::InvalidBoundary(_) => ApiError::not_multipart(),
+        other => ApiError::malformed(other.body_text()),
+    })?;
+    let limit = app.limits.max_image_body_bytes.max(app.limits.max_body_bytes);
+    let mut fields = serde_json::Map::new();
+    let (mut image, mut mask): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
+    while let Some(field) = form.next_field().await.map_err(form_error(limit))? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "image" | "image[]" | "mask" => {
+                let bytes = field.bytes().await.map_err(form_error(limit))?.to_vec();
+                let slot = if name == "mask" { &mut mask } else { &mut image };
+                if slot.replace(bytes).is_some() {
+                    let what = if name == "mask" { "mask" } else { "image" };
+                    return Err(ApiError::invalid(what, format!("one `{what}` file per request")));
+                }
+            }
+            _ => {
+                let text = field.text().await.map_err(form_error(limit))?;
+                fields.insert(name.clone(), form_value(&name, text));
+            }
+        }
+    }
+    let image = image.ok_or_else(|| ApiError::invalid("image", "`image` (a file) is required"))?;
+    let body = api::parse_value(Value::Object(fields))?;
+    let images = api::edit_images(&image, mask.as_deref())?;
+    let params = api::validate_with(body, Some(images), &app.limits, &app.geometry)?;
+    answer_images(app, params).await
+}
+
+/// Queues `params` and answers with the images (`b64_json`) when the job is done.
+async fn answer_images(app: AppState, params: api::JobParams) -> Result<Response, ApiError> {
     let job = app.jobs.submit(params)?;
     let _guard = DiscardOnDrop {
         jobs: app.jobs.clone(),

@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
     generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, InitImage,
-    OutputKind, PipelineComponents, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_STRENGTH,
+    OutputKind, PipelineComponents, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_INPAINT_STRENGTH,
+    DEFAULT_STRENGTH,
 };
 use pixart_schedulers::default_steps;
 
@@ -89,7 +90,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     image: Option<PathBuf>,
     /// With --image: how much of the schedule runs, in (0, 1] (the last steps x strength
-    /// steps); low values keep more of the image.
+    /// steps); low values keep more of the image. Default 0.8, with --mask 1.
     #[arg(long, requires = "image", allow_negative_numbers = true)]
     strength: Option<f64>,
     /// With --image: inpainting. A picture of the image's size, white where it is repainted and
@@ -202,7 +203,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let init_image = match &a.image {
         Some(p) => Some(InitImage {
             image: read_image(p)?,
-            strength: a.strength.unwrap_or(DEFAULT_STRENGTH),
+            strength: a.strength.unwrap_or(if a.mask.is_some() {
+                DEFAULT_INPAINT_STRENGTH
+            } else {
+                DEFAULT_STRENGTH
+            }),
             mask: a.mask.as_deref().map(read_image).transpose()?,
         }),
         None => None,
