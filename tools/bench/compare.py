@@ -7,7 +7,7 @@ which goes first, and prints a markdown table: time, ratio Rust/PyTorch, peak RS
     PIXART_REF_PYTHON=<venv>/bin/python python3 tools/bench/compare.py [--cases a,b] [--threads 2]
 
 Cases (default: all, about an hour on 2 cores): transformer-{256,512,1024}-{f32,bf16},
-vae-{512,1024}, t5-large-bf16, t5-xxl-bf16 (2 × 300 tokens), denoise-512-{f32,bf16} (20 steps,
+vae-{512,1024} (decode), vae-encode-{512,1024}, t5-large-bf16, t5-xxl-bf16 (2 × 300 tokens), denoise-512-{f32,bf16} (20 steps,
 CFG) and denoise-512-bf16-20tok (the prompt has 20 valid tokens, as a typical one).
 The Rust binary: PIXART_BIN or target/release/pixart (built with cargo build --release).
 """
@@ -47,6 +47,10 @@ def cases(threads):
             ["bench", "vae-decode", "--size", str(size), "--tile", "off"],
             ["vae_decode.py", "--size", str(size)],
             "seconds_per_decode", None)
+        out[f"vae-encode-{size}"] = (
+            ["bench", "vae-encode", "--size", str(size), "--tile", "off"],
+            ["vae_decode.py", "--size", str(size), "--encode"],
+            "seconds_per_encode", None)
     for name, cfg, shape in (("t5-large-bf16", os.path.join(BENCH, "t5-large.json"), T5_LARGE),
                              ("t5-xxl-bf16", "xxl", T5_XXL)):
         out[name] = (

@@ -280,4 +280,61 @@ fn the_web_page_generates_in_headless_chromium() {
         10,
         "the gallery",
     );
+
+    // 5. The steps follow the sampler's default until the user types another count.
+    let pick = |b: &mut Browser, name: &str| {
+        b.eval(&format!(
+            "(() => {{ const s = document.getElementById('scheduler'); s.value = {}; s.dispatchEvent(new Event('change')); return document.getElementById('steps').value; }})()",
+            json!(name)
+        ))
+    };
+    assert_eq!(pick(&mut b, "iddpm"), "100");
+    assert_eq!(pick(&mut b, "sa-solver"), "25");
+    assert_eq!(pick(&mut b, "dpm++"), "20");
+    set_fields(&mut b, &[("steps", "7")]);
+    assert_eq!(pick(&mut b, "iddpm"), "7");
+    pick(&mut b, "dpm++");
+
+    // 6. Image to image: a start picture chosen in the file field.
+    let init = std::fs::read(common::pipeline().join("img2img_init.png")).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(init);
+    b.eval(&format!(
+        "(() => {{ const bytes = Uint8Array.from(atob({}), c => c.charCodeAt(0)); const dt = new DataTransfer(); \
+         dt.items.add(new File([bytes], 'init.png', {{type: 'image/png'}})); \
+         document.getElementById('image').files = dt.files; return true; }})()",
+        json!(b64)
+    ));
+    set_fields(
+        &mut b,
+        &[
+            ("prompt", "a boat"),
+            ("steps", "4"),
+            ("strength", "0.5"),
+            ("width", "128"),
+            ("height", "96"),
+            ("seed", "1"),
+        ],
+    );
+    b.eval("document.getElementById('generate').click(); true");
+    b.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state)",
+        60,
+        "the image-to-image generation",
+    );
+    assert_eq!(
+        b.state(),
+        "done",
+        "{}",
+        b.eval("document.getElementById('error').textContent")
+    );
+    let id = b.eval("document.body.dataset.job");
+    let job = server.get(&format!("/v1/jobs/{}", id.as_str().unwrap())).json();
+    assert_eq!(
+        (
+            job["strength"].as_f64(),
+            job["total_steps"].as_u64(),
+            job["size"].as_str()
+        ),
+        (Some(0.5), Some(2), Some("128x96"))
+    );
 }

@@ -218,7 +218,8 @@ pub fn document() -> Value {
                 "default_size": {"type": "string"},
                 "defaults": {"type": "object"},
                 "limits": {"type": "object"},
-                "schedulers": {"type": "array", "items": {"type": "string"}}
+                "schedulers": {"type": "array", "items": {"type": "string"}},
+                "scheduler_steps": {"type": "object", "additionalProperties": {"type": "integer"}, "description": "Each sampler's default steps"}
             }},
             "Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
                 "message": {"type": "string"},

@@ -134,6 +134,7 @@ async fn health(State(app): State<AppState>) -> Response {
                 "max_image_body_bytes": l.max_image_body_bytes, "max_prompt_chars": l.max_prompt_chars,
             },
             "schedulers": SamplerKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "scheduler_steps": SamplerKind::ALL.iter().map(|k| (k.name().to_string(), json!(k.default_steps()))).collect::<serde_json::Map<_, _>>(),
         }),
     )
 }

@@ -85,7 +85,7 @@ pub fn run_vae_encode(
     Ok(out)
 }
 
-/// What [`bench_vae_decode`] measured.
+/// What [`bench_vae_decode`] / [`bench_vae_encode`] measured.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BenchResult {
     /// Wall time of the decode alone (model construction excluded).
@@ -94,6 +94,20 @@ pub struct BenchResult {
     pub peak_rss_bytes: Option<u64>,
     /// Number of tiles decoded (1 when untiled).
     pub tiles: usize,
+}
+
+/// The SDXL VAE with random weights (f32, CPU) and its downsampling factor, after checking
+/// that `size_px` is a positive multiple of it.
+fn random_sdxl_vae(size_px: usize) -> Result<(AutoencoderKlConfig, AutoencoderKl, usize)> {
+    let cfg = AutoencoderKlConfig::sdxl();
+    let f = cfg.downsample_factor();
+    if size_px == 0 || !size_px.is_multiple_of(f) {
+        return Err(Error::InvalidInput(format!(
+            "image size {size_px} is not a positive multiple of {f}"
+        )));
+    }
+    let vae = random_vae(&cfg, DType::F32, &Device::Cpu)?;
+    Ok((cfg, vae, f))
 }
 
 /// Decodes one random latent of `size_px / 8` square with the full SDXL VAE architecture and
@@ -105,14 +119,7 @@ pub fn bench_vae_decode(
     tiling: Tiling,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<BenchResult> {
-    let cfg = AutoencoderKlConfig::sdxl();
-    let f = cfg.downsample_factor();
-    if size_px == 0 || !size_px.is_multiple_of(f) {
-        return Err(Error::InvalidInput(format!(
-            "image size {size_px} is not a positive multiple of {f}"
-        )));
-    }
-    let vae = random_vae(&cfg, DType::F32, &Device::Cpu)?;
+    let (cfg, vae, f) = random_sdxl_vae(size_px)?;
     let n = size_px / f;
     let z = Tensor::randn(0f32, 1f32, (1, cfg.latent_channels, n, n), &Device::Cpu)?;
     let start = std::time::Instant::now();
@@ -131,5 +138,28 @@ pub fn bench_vae_decode(
         seconds,
         peak_rss_bytes: pixart_core::mem::peak_rss_bytes(),
         tiles,
+    })
+}
+
+/// Encodes one random image of `size_px` square (values in [-1, 1]) with the full SDXL VAE
+/// encoder and random weights (f32, CPU), as image to image does, and reports the time of the
+/// encode (posterior moments) and the process's peak RSS. `tiles` is 1 untiled, else 0 (the
+/// tiled encoder does not count its tiles).
+pub fn bench_vae_encode(size_px: usize, tiling: Tiling) -> Result<BenchResult> {
+    let (cfg, vae, f) = random_sdxl_vae(size_px)?;
+    let x = Tensor::rand(-1f32, 1f32, (1, cfg.in_channels, size_px, size_px), &Device::Cpu)?;
+    let start = std::time::Instant::now();
+    let posterior = vae.encode(&x, tiling)?;
+    let dims = posterior.mean.dims().to_vec();
+    let seconds = start.elapsed().as_secs_f64();
+    let n = size_px / f;
+    if dims != [1, cfg.latent_channels, n, n] {
+        return Err(Error::Shape(format!("encoded shape {dims:?}")));
+    }
+    let untiled = matches!(tiling, Tiling::Off);
+    Ok(BenchResult {
+        seconds,
+        peak_rss_bytes: pixart_core::mem::peak_rss_bytes(),
+        tiles: usize::from(untiled),
     })
 }

@@ -22,6 +22,8 @@ enum What {
     TextEncoder(TextEncoderBench),
     /// The full SDXL VAE decoder with random weights (f32, CPU).
     VaeDecode(VaeBench),
+    /// The full SDXL VAE encoder with random weights (f32, CPU), as image to image runs it.
+    VaeEncode(VaeBench),
     /// The denoising loop of one image: the transformer with random weights, DPM-Solver++
     /// with classifier-free guidance (model batch 2), caption keys/values computed once.
     Denoise(DenoiseBench),
@@ -112,6 +114,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         What::Transformer(b) => transformer(b),
         What::TextEncoder(b) => text_encoder(b),
         What::VaeDecode(b) => vae_decode(b),
+        What::VaeEncode(b) => vae_encode(b),
         What::Denoise(b) => denoise(b),
     }
 }
@@ -210,6 +213,24 @@ fn vae_decode(b: VaeBench) -> Result<()> {
             "tile": b.tile,
             "tiles": r.tiles,
             "seconds_per_decode": r.seconds,
+            "threads": candle_core::utils::get_num_threads(),
+            "peak_rss_bytes": r.peak_rss_bytes,
+        })
+    );
+    Ok(())
+}
+
+fn vae_encode(b: VaeBench) -> Result<()> {
+    check_side(b.size, 8)?;
+    let tiling = super::run::tiling(&b.tile)?;
+    let r = pixart_vae::bench_vae_encode(b.size, tiling)?;
+    println!(
+        "{}",
+        json!({
+            "bench": "vae-encode",
+            "size": b.size,
+            "tile": b.tile,
+            "seconds_per_encode": r.seconds,
             "threads": candle_core::utils::get_num_threads(),
             "peak_rss_bytes": r.peak_rss_bytes,
         })

@@ -110,6 +110,16 @@ function follow(job) {
   };
 }
 
+// A file as a `data:` URL.
+function readDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
 function numberOrUndefined(id) {
   const v = $(id).value.trim();
   return v === "" ? undefined : Number(v);
@@ -130,13 +140,10 @@ async function generate(ev) {
   const file = $("image").files[0];
   if (file) {
     // Image to image: the file as a data URL; the size field still sets the output size.
-    body.image = await new Promise((resolve, reject) => {
-      const reader = new FileReader();
-      reader.onload = () => resolve(reader.result);
-      reader.onerror = () => reject(reader.error);
-      reader.readAsDataURL(file);
-    });
+    body.image = await readDataUrl(file);
     body.strength = numberOrUndefined("strength");
+    const mask = $("mask").files[0];
+    if (mask) body.mask = await readDataUrl(mask);
   }
   setState("running");
   $("progress").value = 0;
@@ -199,6 +206,15 @@ async function init() {
       o.selected = name === h.defaults.scheduler;
       $("scheduler").append(o);
     }
+    // Each sampler's default step count: follow the sampler unless the user typed another.
+    const stepsFor = (name) => (h.scheduler_steps && h.scheduler_steps[name]) || h.defaults.steps;
+    let shownDefault = Number($("steps").value);
+    $("scheduler").addEventListener("change", () => {
+      if (Number($("steps").value) === shownDefault) {
+        shownDefault = stepsFor($("scheduler").value);
+        $("steps").value = shownDefault;
+      }
+    });
     const jobs = await (await fetch("/v1/jobs")).json();
     for (const job of jobs.data) {
       if (job.status === "succeeded") addToGallery(job);
