@@ -88,6 +88,15 @@ if has generate; then
     gen --device cuda --dtype $dt --output-type latent -o "$OUT/gen-builtin-cuda-$dt.safetensors" >> "$OUT/gen-builtin.log" 2>&1
   done
   gen --device cuda -o "$OUT/gen-builtin-cuda.png" >> "$OUT/gen-builtin.log" 2>&1 || echo "PNG run failed" >> "$OUT/gen-builtin.log"
+  # Image to image and inpainting (VAE encode, add_noise, mask blending on the device), f32.
+  init=fixtures/golden/pipeline/img2img_init.png
+  for mode in img2img inpaint; do
+    extra=(--image "$init" --strength 0.6)
+    [ "$mode" = inpaint ] && extra+=(--mask fixtures/golden/pipeline/img2img_mask.png)
+    for dev in cpu cuda; do
+      gen --device $dev "${extra[@]}" --output-type latent -o "$OUT/gen-builtin-$mode-$dev.safetensors" >> "$OUT/gen-builtin.log" 2>&1
+    done
+  done
   python3 - "$OUT" >> "$summary" 2>&1 <<'PY'
 import os, sys
 from safetensors.torch import load_file
@@ -103,6 +112,13 @@ for dt, tol in (("f32", 1e-3), ("bf16", 5e-2)):
         continue
     rel = ((got - ref).norm() / ref.norm()).item()
     print(f"generate builtin cuda {dt} vs cpu f32: rel L2 {rel:.3e} {'ok' if rel <= tol else 'FAIL'} (tolerance {tol:.0e})")
+for mode in ("img2img", "inpaint"):
+    ref, got = lat(f"{mode}-cpu"), lat(f"{mode}-cuda")
+    if ref is None or got is None:
+        print(f"generate builtin {mode} cuda f32: MISSING output (see gen-builtin.log)")
+        continue
+    rel = ((got - ref).norm() / ref.norm()).item()
+    print(f"generate builtin {mode} cuda f32 vs cpu f32: rel L2 {rel:.3e} {'ok' if rel <= 1e-3 else 'FAIL'} (tolerance 1e-03)")
 PY
   note "generate builtin PNG: $(ls "$OUT/gen-builtin-cuda.png" 2>/dev/null || echo missing)"
   # Full size at 1024 px: XL/2 transformer, SDXL VAE, XXL-width T5 (2 layers), random weights.
