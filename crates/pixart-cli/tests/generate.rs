@@ -152,6 +152,20 @@ fn png_batch_with_parameters() {
     assert_eq!(dims, (64, 48));
     assert!(diff < 8.0, "mean |JPEG - PNG| = {diff}");
     assert!(text.starts_with("a cat\nNegative prompt: blurry\nSteps: 2"), "{text}");
+    // As a lossless WebP: the PNG's pixels exactly, the parameters in XMP.
+    let webp = dir.join("cat.webp");
+    let o = generate(&[&request[..], &["-o", webp.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = std::fs::read(&webp).unwrap();
+    assert_eq!(&bytes[8..12], b"WEBP");
+    let back = pixart_pipeline::RgbImage::decode(&bytes, "cat.webp").unwrap();
+    let png = pixart_pipeline::RgbImage::decode(&std::fs::read(dir.join("cat.png")).unwrap(), "cat.png").unwrap();
+    assert_eq!(back, png);
+    let xmp = String::from_utf8_lossy(&bytes);
+    assert!(
+        xmp.contains("a cat\nNegative prompt: blurry\nSteps: 2"),
+        "no parameters in the XMP"
+    );
     // A prompt past 300 tokens is cut, with a warning.
     let long = "cat ".repeat(400);
     let o = generate(&[
@@ -199,7 +213,10 @@ fn usage_errors_exit_2_with_one_line() {
         (vec!["-p", "x", "--vae-tiling", "maybe", "-o", o], "tiling"),
         (vec!["-p", "x", "--kv-compress", "conv:2:9", "-o", o], "--kv-compress"),
         (vec!["-p", "x", "--batch", "0", "-o", o], "--batch"),
-        (vec!["-p", "x", "-o", "x.webp"], "x.webp: cannot write .webp images"),
+        (
+            vec!["-p", "x", "-o", "x.gif"],
+            "x.gif: cannot write .gif images; name the output .png, .jpg or .webp",
+        ),
         (
             vec!["-p", "x", "--jpeg-quality", "0", "-o", o],
             "--jpeg-quality 0 must be between 1 and 100",

@@ -322,6 +322,23 @@ fn jpeg_output_format() {
     let img = s.get(&format!("/v1/jobs/{id}/images/0"));
     assert_eq!((img.status, img.header("content-type")), (200, Some("image/jpeg")));
     assert_eq!(img.body, jpeg);
+    // WebP is lossless: the PNG's pixels.
+    let webp = image("webp");
+    assert_eq!(&webp[8..12], b"WEBP");
+    let decode = |b: &[u8]| pixart_pipeline::RgbImage::decode(b, "image").unwrap();
+    assert_eq!(decode(&webp), decode(&png));
+    // `output_compression` is the JPEG quality.
+    let mut low = body("jpeg");
+    low["output_compression"] = json!(20);
+    let r = s.post("/v1/images/generations", &low);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(b64(&r.json()["data"][0]["b64_json"]).len() < jpeg.len());
+    low["output_compression"] = json!(101);
+    let r = s.post("/v1/images/generations", &low);
+    assert_eq!(
+        (r.status, error_of(&r)["param"].as_str()),
+        (422, Some("output_compression"))
+    );
 }
 
 #[test]

@@ -3,6 +3,27 @@
 //! evaluation's contact sheet).
 use pixart_core::{Error, Result};
 
+/// An XMP packet whose `dc:description` is `text` (XML-escaped).
+fn xmp_description(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            c => escaped.push(c),
+        }
+    }
+    format!(
+        "<?xpacket begin=\"\u{feff}\" id=\"W5M0MpCehiHzreSzNTczkc9d\"?>\
+         <x:xmpmeta xmlns:x=\"adobe:ns:meta/\"><rdf:RDF xmlns:rdf=\"http://www.w3.org/1999/02/22-rdf-syntax-ns#\">\
+         <rdf:Description rdf:about=\"\" xmlns:dc=\"http://purl.org/dc/elements/1.1/\"><dc:description><rdf:Alt>\
+         <rdf:li xml:lang=\"x-default\">{escaped}</rdf:li></rdf:Alt></dc:description></rdf:Description></rdf:RDF>\
+         </x:xmpmeta><?xpacket end=\"r\"?>"
+    )
+}
+
 /// The largest picture [`RgbImage::decode`] accepts (8192 x 8192).
 pub const MAX_DECODED_PIXELS: u64 = 8192 * 8192;
 
@@ -74,6 +95,24 @@ impl RgbImage {
             writer.write_image_data(&self.data).map_err(png_error)?;
             writer.finish().map_err(png_error)?;
         }
+        Ok(bytes)
+    }
+
+    /// A lossless WebP file, with `parameters` as the XMP `dc:description` when given.
+    pub fn to_webp(&self, parameters: Option<&str>) -> Result<Vec<u8>> {
+        self.check()?;
+        let mut bytes = Vec::new();
+        let mut enc = image_webp::WebPEncoder::new(&mut bytes);
+        if let Some(p) = parameters {
+            enc.set_xmp_metadata(xmp_description(p).into_bytes());
+        }
+        enc.encode(
+            &self.data,
+            self.width as u32,
+            self.height as u32,
+            image_webp::ColorType::Rgb8,
+        )
+        .map_err(|e| Error::InvalidInput(format!("WebP: {e}")))?;
         Ok(bytes)
     }
 
@@ -237,6 +276,38 @@ mod tests {
         }
         assert!(img.to_jpeg(0, None).is_err());
         assert!(img.to_jpeg(101, None).is_err());
+    }
+
+    #[test]
+    fn webp_is_lossless_and_carries_the_parameters() {
+        let img = RgbImage {
+            width: 7,
+            height: 5,
+            data: (0..105).map(|v| (v * 37 % 256) as u8).collect(),
+        };
+        let text = "a <cat> & \"dog\"\nSteps: 4, ein Kätzchen";
+        let bytes = img.to_webp(Some(text)).unwrap();
+        let back = ::image::load_from_memory_with_format(&bytes, ::image::ImageFormat::WebP)
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(back.into_raw(), img.data);
+        assert_eq!(RgbImage::decode(&bytes, "x.webp").unwrap(), img);
+        // RIFF chunks after the 12-byte header: the XMP one holds the escaped text.
+        let mut at = 12;
+        let mut xmp = None;
+        while at + 8 <= bytes.len() {
+            let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap()) as usize;
+            if &bytes[at..at + 4] == b"XMP " {
+                xmp = Some(String::from_utf8(bytes[at + 8..at + 8 + len].to_vec()).unwrap());
+            }
+            at += 8 + len + (len & 1);
+        }
+        let xmp = xmp.expect("an XMP chunk");
+        assert!(
+            xmp.contains("a &lt;cat&gt; &amp; &quot;dog&quot;\nSteps: 4, ein Kätzchen</rdf:li>"),
+            "{xmp}"
+        );
+        assert!(img.to_webp(None).unwrap().len() < bytes.len());
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub enum ImageFormat {
     Png,
     /// Baseline JPEG at `quality` (1–100), the parameters in a COM segment.
     Jpeg { quality: u8 },
+    /// Lossless WebP, the parameters in the XMP `dc:description`.
+    Webp,
 }
 
 impl ImageFormat {
@@ -77,6 +79,7 @@ impl ImageFormat {
         match self {
             Self::Png => "image/png",
             Self::Jpeg { .. } => "image/jpeg",
+            Self::Webp => "image/webp",
         }
     }
 
@@ -85,6 +88,7 @@ impl ImageFormat {
         match self {
             Self::Png => image.to_png(Some(parameters)),
             Self::Jpeg { quality } => image.to_jpeg(quality, Some(parameters)),
+            Self::Webp => image.to_webp(Some(parameters)),
         }
     }
 }

@@ -58,12 +58,13 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = 1000;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 16] = [
     "prompt",
     "n",
     "size",
     "response_format",
     "output_format",
+    "output_compression",
     "model",
     "user",
     "negative_prompt",
@@ -84,8 +85,10 @@ pub struct GenerationBody {
     pub n: Option<u64>,
     pub size: Option<String>,
     pub response_format: Option<String>,
-    /// `png` (default) or `jpeg`, as in OpenAI's images API.
+    /// `png` (default), `jpeg` or `webp`, as in OpenAI's images API.
     pub output_format: Option<String>,
+    /// OpenAI's `output_compression`: the JPEG quality (0-100).
+    pub output_compression: Option<u64>,
     /// Accepted and ignored (this server serves one model).
     pub model: Option<String>,
     /// Accepted and ignored.
@@ -191,6 +194,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<GenerationBody, ApiError>
         };
         let want = match field.as_str() {
             "n" | "steps" => "a positive integer",
+            "output_compression" => "an integer from 0 to 100",
             "seed" => "an integer from 0 to 18446744073709551615",
             "guidance_scale" | "strength" => "a number",
             _ => "a string",
@@ -374,13 +378,26 @@ pub fn validate_with(
             ));
         }
     }
+    // OpenAI's `output_compression` (0-100, default 100) is the JPEG quality here (at least 1);
+    // PNG and WebP (lossless) ignore it.
+    let quality = match body.output_compression {
+        None => JPEG_QUALITY,
+        Some(c) if c <= 100 => c.max(1) as u8,
+        Some(c) => {
+            return Err(ApiError::invalid(
+                "output_compression",
+                format!("`output_compression` must be between 0 and 100, got {c}"),
+            ))
+        }
+    };
     let format = match body.output_format.as_deref() {
         None | Some("png") => ImageFormat::Png,
-        Some("jpeg") => ImageFormat::Jpeg { quality: JPEG_QUALITY },
+        Some("jpeg") => ImageFormat::Jpeg { quality },
+        Some("webp") => ImageFormat::Webp,
         Some(f) => {
             return Err(ApiError::invalid(
                 "output_format",
-                format!("`output_format` must be \"png\" or \"jpeg\", got {f:?}"),
+                format!("`output_format` must be \"png\", \"jpeg\" or \"webp\", got {f:?}"),
             ))
         }
     };

@@ -81,7 +81,7 @@ pub fn document() -> Value {
                             "mask": {"type": "string", "format": "binary", "description": "The image's size. With an alpha channel: fully transparent = repaint (OpenAI); without: white = repaint"},
                             "prompt": {"type": "string"},
                             "n": {"type": "integer"}, "size": {"type": "string"}, "response_format": {"type": "string"},
-                            "output_format": {"type": "string"}, "model": {"type": "string"}, "user": {"type": "string"},
+                            "output_format": {"type": "string"}, "output_compression": {"type": "integer"}, "model": {"type": "string"}, "user": {"type": "string"},
                             "negative_prompt": {"type": "string"}, "steps": {"type": "integer"}, "guidance_scale": {"type": "number"},
                             "seed": {"type": "integer"}, "scheduler": {"type": "string", "enum": schedulers},
                             "strength": {"type": "number", "description": "Default 0.8; 1 with a mask"}
@@ -161,7 +161,8 @@ pub fn document() -> Value {
                     "n": {"type": "integer", "minimum": 1, "default": 1, "description": "Images; at most the server's max_n (see /health)"},
                     "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$", "description": "WIDTHxHEIGHT; default the model's native size; each side within /health's limits. Generated at the nearest aspect-ratio bin, then resized and cropped"},
                     "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
-                    "output_format": {"type": "string", "enum": ["png", "jpeg"], "default": "png", "description": "The images' format; JPEG at quality 95"},
+                    "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "default": "png", "description": "The images' format; JPEG at quality 95 (or output_compression), WebP lossless"},
+                    "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "description": "The JPEG quality (default 95); PNG and WebP are lossless"},
                     "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
                     "user": {"type": "string", "description": "Accepted and ignored"},
                     "negative_prompt": {"type": "string", "default": ""},

@@ -59,7 +59,8 @@ pub struct GenerateArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// Output file: an image (default out.png; a `.jpg` / `.jpeg` name writes a JPEG), or a
+    /// Output file: an image (default out.png; a `.jpg` / `.jpeg` name writes a JPEG, `.webp` a
+    /// lossless WebP), or a
     /// safetensors file with --output-type latent (default out.safetensors). Written atomically.
     #[arg(short = 'o', long = "output")]
     output: Option<PathBuf>,
@@ -121,8 +122,9 @@ pub fn numbered(path: &Path, k: usize) -> PathBuf {
 }
 
 /// How images are written, from the output's extension (case-insensitive): JPEG for `.jpg` and
-/// `.jpeg` (the parameters in a COM segment), PNG for `.png` or none (`-o /dev/stdout`); any
-/// other extension is a usage error rather than a PNG under a misleading name.
+/// `.jpeg` (the parameters in a COM segment), lossless WebP for `.webp` (in XMP), PNG for `.png`
+/// or none (`-o /dev/stdout`); any other extension is a usage error rather than a PNG under a
+/// misleading name.
 fn image_format(path: &Path, jpeg_quality: u8) -> Result<ImageFormat> {
     if !(1..=100).contains(&jpeg_quality) {
         return Err(UsageError(format!("--jpeg-quality {jpeg_quality} must be between 1 and 100")).into());
@@ -131,8 +133,9 @@ fn image_format(path: &Path, jpeg_quality: u8) -> Result<ImageFormat> {
     match ext.as_deref() {
         None | Some("png") => Ok(ImageFormat::Png),
         Some("jpg" | "jpeg") => Ok(ImageFormat::Jpeg { quality: jpeg_quality }),
+        Some("webp") => Ok(ImageFormat::Webp),
         Some(other) => Err(UsageError(format!(
-            "{}: cannot write .{other} images; name the output .png or .jpg",
+            "{}: cannot write .{other} images; name the output .png, .jpg or .webp",
             path.display()
         ))
         .into()),
