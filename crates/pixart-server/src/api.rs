@@ -527,7 +527,7 @@ mod tests {
             (r#"{"prompt": "a", "seed": -3}"#, 422, "seed"),
             (r#"{"prompt": "a", "scheduler": "plms"}"#, 422, "scheduler"),
             (r#"{"prompt": "a", "response_format": "url"}"#, 422, "response_format"),
-            (r#"{"prompt": "a", "output_format": "webp"}"#, 422, "output_format"),
+            (r#"{"prompt": "a", "output_format": "gif"}"#, 422, "output_format"),
             (r#"{"prompt": "a", "output_format": 1}"#, 422, "output_format"),
         ];
         for (body, status, field) in cases {
