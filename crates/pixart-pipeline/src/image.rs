@@ -155,8 +155,9 @@ impl RgbImage {
         Ok(bytes)
     }
 
-    /// Decodes a PNG, JPEG or WebP image (the format is read from the bytes); any colour type
-    /// and bit depth is converted to 8-bit RGB, alpha dropped. `what` names the source in errors.
+    /// Decodes a PNG, JPEG or WebP image (the format is read from the bytes), turned upright by
+    /// its Exif orientation; any colour type and bit depth is converted to 8-bit RGB, alpha
+    /// dropped. `what` names the source in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
         Ok(Self::decode_with_alpha(bytes, what)?.0)
     }
@@ -179,7 +180,13 @@ impl RgbImage {
                 "{what}: a {w}x{h} image is larger than accepted ({MAX_DECODED_PIXELS} pixels)"
             )));
         }
-        let img = reader()?.decode().map_err(|e| bad(&e))?;
+        // Turned upright by the Exif orientation (photos), as diffusers' `load_image` does
+        // (`ImageOps.exif_transpose`).
+        let mut decoder = reader()?.into_decoder().map_err(|e| bad(&e))?;
+        let orientation = ::image::ImageDecoder::orientation(&mut decoder).map_err(|e| bad(&e))?;
+        let mut img = ::image::DynamicImage::from_decoder(decoder).map_err(|e| bad(&e))?;
+        img.apply_orientation(orientation);
+        let (w, h) = (img.width(), img.height());
         let alpha = img
             .color()
             .has_alpha()
@@ -308,6 +315,38 @@ mod tests {
             "{xmp}"
         );
         assert!(img.to_webp(None).unwrap().len() < bytes.len());
+    }
+
+    #[test]
+    fn exif_orientation_turns_photos_upright() {
+        // 16 wide, 8 high: red on the left half, blue on the right.
+        let mut img = RgbImage::filled(16, 8, [0, 0, 255]);
+        for y in 0..8 {
+            for x in 0..8 {
+                img.data[3 * (y * 16 + x)..3 * (y * 16 + x) + 3].copy_from_slice(&[255, 0, 0]);
+            }
+        }
+        let mut jpeg = img.to_jpeg(95, None).unwrap();
+        // An APP1 Exif segment right after SOI: little-endian TIFF, one IFD entry,
+        // Orientation (0x0112) SHORT = 6 ("rotate 90° clockwise to display").
+        let tiff: [u8; 26] = [
+            b'I', b'I', 42, 0, 8, 0, 0, 0, // header, IFD at 8
+            1, 0, // one entry
+            0x12, 0x01, 3, 0, 1, 0, 0, 0, 6, 0, 0, 0, // Orientation = 6
+            0, 0, 0, 0, // no next IFD
+        ];
+        let mut app1 = vec![0xFF, 0xE1];
+        app1.extend_from_slice(&((2 + 6 + tiff.len()) as u16).to_be_bytes());
+        app1.extend_from_slice(b"Exif\0\0");
+        app1.extend_from_slice(&tiff);
+        jpeg.splice(2..2, app1);
+        let got = RgbImage::decode(&jpeg, "photo.jpg").unwrap();
+        assert_eq!((got.width, got.height), (8, 16));
+        // Turned clockwise: the left (red) half is now on top.
+        let top = got.pixel(4, 2).unwrap();
+        let bottom = got.pixel(4, 13).unwrap();
+        assert!(top[0] > 200 && top[2] < 60, "{top:?}");
+        assert!(bottom[2] > 200 && bottom[0] < 60, "{bottom:?}");
     }
 
     #[test]
