@@ -1,7 +1,7 @@
 """Golden files for pixart-schedulers, from diffusers' schedulers (diffusers 0.42.1, torch 2.15.0).
 
 Drives DPMSolverMultistepScheduler, DDIMScheduler, EulerAncestralDiscreteScheduler,
-SASolverScheduler and DDPMScheduler (also as PixArt's IDDPM sampler) with a deterministic fake model from a fixed initial latent (1x4x4x4), and
+SASolverScheduler, DDPMScheduler (also as PixArt's IDDPM sampler) and LCMScheduler with a deterministic fake model from a fixed initial latent (1x4x4x4), and
 stores every step of the trajectory in fixtures/golden/schedulers/<case>_<steps>.safetensors:
 
   timesteps (n,) f64      the scheduler's timesteps after set_timesteps(n)
@@ -36,10 +36,12 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
+    LCMScheduler,
     SASolverScheduler,
 )
 import diffusers.schedulers.scheduling_ddpm as ddpm_mod
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_mod
+import diffusers.schedulers.scheduling_lcm as lcm_mod
 import numpy as np
 import diffusers.schedulers.scheduling_sasolver as sa_mod
 from safetensors.torch import save_file
@@ -81,6 +83,7 @@ CLASSES = {
     "EulerAncestralDiscreteScheduler": EulerAncestralDiscreteScheduler,
     "SASolverScheduler": SASolverScheduler,
     "DDPMScheduler": DDPMScheduler,
+    "LCMScheduler": LCMScheduler,
 }
 KIND_CLASS = {
     "dpm++": DPMSolverMultistepScheduler,
@@ -89,6 +92,7 @@ KIND_CLASS = {
     "sa-solver": SASolverScheduler,
     "ddpm": DDPMScheduler,
     "iddpm": DDPMScheduler,
+    "lcm": LCMScheduler,
 }
 
 
@@ -145,9 +149,14 @@ CASES = {
                              "clip_sample_range": 2.0}, None, {}, 0.0),
     "ddpm_learned_range": ({"_class_name": "DDPMScheduler", "variance_type": "learned_range",
                             "timestep_spacing": "linspace", "clip_sample": False}, None, {}, 0.0),
+    # LCM (PixArt-LCM's sampler, usually 4 steps) on PixArt's training schedule, and an
+    # LCMScheduler file with its other options.
+    "lcm_pixart": (PIXART, "lcm", {}, 0.0),
+    "lcm_own_vpred": ({"_class_name": "LCMScheduler", "original_inference_steps": 25, "prediction_type": "v_prediction",
+                       "timestep_scaling": 5.0, "clip_sample": True, "clip_sample_range": 2.0}, None, {}, 0.0),
 }
-# Extra step counts per case (IDDPM's default in PixArt's scripts/inference.py is 100).
-EXTRA_STEPS = {"iddpm": (100,)}
+# Extra step counts per case (IDDPM's default in PixArt's scripts/inference.py is 100; LCM's 4).
+EXTRA_STEPS = {"iddpm": (100,), "lcm_pixart": (1, 4)}
 
 
 class NoiseFeed:
@@ -165,6 +174,7 @@ FEED = NoiseFeed()
 euler_mod.randn_tensor = FEED
 sa_mod.randn_tensor = FEED
 ddpm_mod.randn_tensor = FEED
+lcm_mod.randn_tensor = FEED
 
 
 def iddpm_timesteps(num_timesteps, n):

@@ -907,3 +907,51 @@ fn image_to_image_flags() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A model whose scheduler_config.json names `LCMScheduler` runs 4 LCM steps without
+/// classifier-free guidance unless told otherwise.
+#[test]
+fn lcm_model_defaults_to_four_steps_without_guidance() {
+    let dir = tempdir("lcm");
+    let m = pipeline_copy(&dir, "lcm-model");
+    std::fs::write(
+        m.join("scheduler/scheduler_config.json"),
+        r#"{"_class_name": "LCMScheduler", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
+            "original_inference_steps": 50, "timestep_scaling": 10.0, "clip_sample": false}"#,
+    )
+    .unwrap();
+    let out = dir.join("l.png");
+    let run = |extra: &[&str]| {
+        bin()
+            .args([
+                "generate",
+                "-p",
+                "a cat",
+                "--width",
+                "32",
+                "--height",
+                "32",
+                "--no-resolution-binning",
+            ])
+            .args(["-o", out.to_str().unwrap(), "--model"])
+            .arg(&m)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    let e = stderr(&o);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("4 steps, guidance 0,") && e.contains("sampler lcm"), "{e}");
+    let o = run(&["--scheduler", "dpm++"]);
+    let e = stderr(&o);
+    assert!(o.status.success() && e.contains("20 steps, guidance 4.5,"), "{e}");
+    let o = run(&["--steps", "60"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("more than the 50 steps of the distillation schedule"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -85,6 +85,15 @@ pub struct ModelGeometry {
 impl ResolvedPaths {
     /// The geometry from the config files alone (no weights read), to validate a request before
     /// loading. Fails for a transformer without `config.json` (an original checkpoint).
+    /// The sampler the model's `scheduler_config.json` names, if it is readable and names one
+    /// (for defaults before loading; loading reports a bad file).
+    pub fn scheduler_kind(&self) -> Option<pixart_schedulers::SamplerKind> {
+        SchedulerConfig::from_file(&self.scheduler_config)
+            .ok()?
+            .class()
+            .map(pixart_schedulers::SamplerKind::of_class)
+    }
+
     pub fn geometry(&self) -> Result<ModelGeometry> {
         let (_, cfg) = pixart_model::loading::locate(&self.transformer)?;
         let cfg = cfg.ok_or_else(|| Error::config(&self.transformer, "no config.json"))?;

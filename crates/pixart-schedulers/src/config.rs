@@ -2,7 +2,7 @@
 //!
 //! Every key is optional: a key the file lacks takes the diffusers default of the scheduler
 //! class being built (diffusers 0.42.1, the `__init__` defaults of `DPMSolverMultistepScheduler`,
-//! `DDIMScheduler`, `EulerAncestralDiscreteScheduler`, `SASolverScheduler` and `DDPMScheduler`), exactly as
+//! `DDIMScheduler`, `EulerAncestralDiscreteScheduler`, `SASolverScheduler`, `DDPMScheduler` and `LCMScheduler`), exactly as
 //! `Class.from_config(file)` does. Unknown keys are ignored. diffusers writes non-finite floats
 //! as the bare JSON extensions `-Infinity`, `Infinity` and `NaN` (PixArt-Σ's file has
 //! `"lambda_min_clipped": -Infinity`); they are accepted here and then validated.
@@ -24,6 +24,8 @@ pub enum SchedulerClass {
     SaSolver,
     /// `DDPMScheduler`.
     Ddpm,
+    /// `LCMScheduler`.
+    Lcm,
 }
 
 impl SchedulerClass {
@@ -35,6 +37,7 @@ impl SchedulerClass {
             "EulerAncestralDiscreteScheduler" => Some(Self::EulerAncestralDiscrete),
             "SASolverScheduler" => Some(Self::SaSolver),
             "DDPMScheduler" => Some(Self::Ddpm),
+            "LCMScheduler" => Some(Self::Lcm),
             _ => None,
         }
     }
@@ -170,6 +173,10 @@ pub struct SchedulerConfig {
     #[serde(default, deserialize_with = "de_f64")]
     pub clip_sample_range: Option<f64>,
     pub set_alpha_to_one: Option<bool>,
+    // LCM
+    pub original_inference_steps: Option<usize>,
+    #[serde(default, deserialize_with = "de_f64")]
+    pub timestep_scaling: Option<f64>,
 }
 
 impl SchedulerConfig {
@@ -240,6 +247,7 @@ impl SchedulerConfig {
             ("sample_max_value", self.sample_max_value),
             ("flow_shift", self.flow_shift),
             ("clip_sample_range", self.clip_sample_range),
+            ("timestep_scaling", self.timestep_scaling),
         ];
         for (key, v) in finite {
             if let Some(v) = v {

@@ -146,10 +146,6 @@ impl Scheduler for Ddim {
         &self.timesteps
     }
 
-    fn sigmas(&self) -> &[f32] {
-        &[]
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,

@@ -23,7 +23,7 @@ use crate::config::{PredictionType, SchedulerClass, SchedulerConfig, TimestepSpa
 use crate::ddim::add_noise_vp;
 use crate::dpm_solver_pp::{beta_config, unsupported_common};
 use crate::schedule::{self, BetaConfig};
-use crate::{at, div_s, f32, mul_s, same_shape, Scheduler, StepCounter};
+use crate::{at, div_s, f32, mul_s, predict_x0, same_shape, Scheduler, StepCounter};
 
 /// `variance_type`: the σ² of each step's added noise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,10 +235,6 @@ impl Scheduler for Ddpm {
         &self.timesteps
     }
 
-    fn sigmas(&self) -> &[f32] {
-        &[]
-    }
-
     fn step(
         &mut self,
         model_output: &Tensor,
@@ -278,19 +274,8 @@ impl Scheduler for Ddpm {
 
         let out_dtype = model_output.dtype();
         let (mo, sample) = (f32(&mo)?, f32(sample)?);
-        let (sa, sb) = (alpha_prod_t.sqrt(), beta_prod_t.sqrt());
-        let mut x0 = match cfg.prediction_type {
-            PredictionType::Epsilon => div_s(&(&sample - mul_s(&mo, sb)?)?, sa)?,
-            PredictionType::Sample => mo.clone(),
-            PredictionType::VPrediction => (mul_s(&sample, sa)? - mul_s(&mo, sb)?)?,
-            PredictionType::FlowPrediction => {
-                return Err(Error::InvalidInput("DDPM: flow_prediction is not supported".into()))
-            }
-        };
-        if cfg.clip_sample {
-            let r = cfg.clip_sample_range as f32;
-            x0 = x0.clamp(-r, r)?;
-        }
+        let clip = cfg.clip_sample.then_some(cfg.clip_sample_range);
+        let x0 = predict_x0(cfg.prediction_type, &mo, &sample, alpha_prod_t, clip, "DDPM")?;
         let x0_coeff = (alpha_prod_t_prev.sqrt() * current_beta_t) / beta_prod_t;
         let sample_coeff = current_alpha_t.sqrt() * beta_prod_t_prev / beta_prod_t;
         let mut prev = (mul_s(&x0, x0_coeff)? + mul_s(&sample, sample_coeff)?)?;

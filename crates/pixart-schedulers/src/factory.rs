@@ -8,19 +8,28 @@ use pixart_core::{Error, Result};
 use crate::config::{SchedulerClass, SchedulerConfig};
 use crate::{
     Ddim, DdimConfig, Ddpm, DdpmConfig, DdpmSpacing, DpmSolverConfig, DpmSolverPp, EulerAncestral,
-    EulerAncestralConfig, SaSolver, SaSolverConfig, Scheduler,
+    EulerAncestralConfig, Lcm, LcmConfig, SaSolver, SaSolverConfig, Scheduler,
 };
 
 /// diffusers' `PixArtSigmaPipeline` default number of steps.
 pub const DEFAULT_STEPS: usize = 20;
+/// diffusers' `PixArtSigmaPipeline` default guidance scale.
+pub const DEFAULT_GUIDANCE: f64 = 4.5;
 
-/// Steps for a request that names none: [`SamplerKind::default_steps`] of the requested
-/// sampler, [`DEFAULT_STEPS`] when the model's own scheduler runs (as diffusers' pipeline).
-pub fn default_steps(requested: Option<SamplerKind>) -> usize {
-    requested.map_or(DEFAULT_STEPS, SamplerKind::default_steps)
+/// Steps for a request that names none: [`SamplerKind::default_steps`] of the sampler that
+/// runs (the requested one, else the model's own), [`DEFAULT_STEPS`] when neither is known.
+pub fn default_steps(sampler: Option<SamplerKind>) -> usize {
+    sampler.map_or(DEFAULT_STEPS, SamplerKind::default_steps)
 }
 
-/// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`, `iddpm`, `ddpm`.
+/// Guidance for a request that names none: [`SamplerKind::default_guidance`] of the sampler
+/// that runs, [`DEFAULT_GUIDANCE`] when it is not known.
+pub fn default_guidance(sampler: Option<SamplerKind>) -> f64 {
+    sampler.map_or(DEFAULT_GUIDANCE, SamplerKind::default_guidance)
+}
+
+/// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`, `iddpm`, `ddpm`,
+/// `lcm`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplerKind {
     /// `dpm++`: DPM-Solver++ multistep.
@@ -37,17 +46,20 @@ pub enum SamplerKind {
     /// `ddpm`: diffusers' `DDPMScheduler` (from a `DDPMScheduler` file: its variance type;
     /// otherwise the fixed posterior variance).
     Ddpm,
+    /// `lcm`: the LCM sampler of consistency-distilled models (4 steps, no guidance).
+    Lcm,
 }
 
 impl SamplerKind {
     /// All kinds, in CLI order.
-    pub const ALL: [SamplerKind; 6] = [
+    pub const ALL: [SamplerKind; 7] = [
         Self::DpmSolverPp,
         Self::SaSolver,
         Self::Ddim,
         Self::EulerAncestral,
         Self::Iddpm,
         Self::Ddpm,
+        Self::Lcm,
     ];
 
     /// The CLI name.
@@ -59,6 +71,7 @@ impl SamplerKind {
             Self::EulerAncestral => "euler-a",
             Self::Iddpm => "iddpm",
             Self::Ddpm => "ddpm",
+            Self::Lcm => "lcm",
         }
     }
 
@@ -69,7 +82,17 @@ impl SamplerKind {
         match self {
             Self::SaSolver => 25,
             Self::Iddpm => 100,
+            Self::Lcm => 4,
             Self::DpmSolverPp | Self::Ddim | Self::EulerAncestral | Self::Ddpm => DEFAULT_STEPS,
+        }
+    }
+
+    /// Guidance when the request gives none: 0 (no classifier-free guidance) for `lcm`, as
+    /// consistency-distilled models such as PixArt-LCM are run, else [`DEFAULT_GUIDANCE`].
+    pub fn default_guidance(self) -> f64 {
+        match self {
+            Self::Lcm => 0.0,
+            _ => DEFAULT_GUIDANCE,
         }
     }
 
@@ -81,6 +104,7 @@ impl SamplerKind {
             SchedulerClass::EulerAncestralDiscrete => Self::EulerAncestral,
             SchedulerClass::SaSolver => Self::SaSolver,
             SchedulerClass::Ddpm => Self::Ddpm,
+            SchedulerClass::Lcm => Self::Lcm,
         }
     }
 }
@@ -111,6 +135,7 @@ pub enum Sampler {
     EulerAncestral(EulerAncestral),
     /// `ddpm` and `iddpm` (told apart by [`Sampler::kind`]).
     Ddpm(Ddpm),
+    Lcm(Lcm),
 }
 
 impl Sampler {
@@ -123,6 +148,7 @@ impl Sampler {
             Self::EulerAncestral(_) => SamplerKind::EulerAncestral,
             Self::Ddpm(d) if d.config().spacing == DdpmSpacing::Respaced => SamplerKind::Iddpm,
             Self::Ddpm(_) => SamplerKind::Ddpm,
+            Self::Lcm(_) => SamplerKind::Lcm,
         }
     }
 
@@ -133,6 +159,7 @@ impl Sampler {
             Self::Ddim(s) => s,
             Self::EulerAncestral(s) => s,
             Self::Ddpm(s) => s,
+            Self::Lcm(s) => s,
         }
     }
 
@@ -143,6 +170,7 @@ impl Sampler {
             Self::Ddim(s) => s,
             Self::EulerAncestral(s) => s,
             Self::Ddpm(s) => s,
+            Self::Lcm(s) => s,
         }
     }
 }
@@ -217,6 +245,7 @@ pub fn from_config(cfg: &SchedulerConfig, kind_override: Option<SamplerKind>) ->
         }
         SamplerKind::Iddpm => Sampler::Ddpm(Ddpm::new(DdpmConfig::iddpm(cfg)?)?),
         SamplerKind::Ddpm => Sampler::Ddpm(Ddpm::new(DdpmConfig::from_scheduler_config(cfg)?)?),
+        SamplerKind::Lcm => Sampler::Lcm(Lcm::new(LcmConfig::from_scheduler_config(cfg)?)?),
     })
 }
 

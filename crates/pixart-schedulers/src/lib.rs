@@ -12,6 +12,7 @@
 //! - [`Ddim`], `DDIMScheduler`.
 //! - [`EulerAncestral`], `EulerAncestralDiscreteScheduler`.
 //! - [`Ddpm`], `DDPMScheduler`, and PixArt's own IDDPM sampler on top of it (learned variance).
+//! - [`Lcm`], `LCMScheduler` (consistency-distilled models such as PixArt-LCM).
 //!
 //! [`SchedulerConfig`] reads diffusers' `scheduler/scheduler_config.json`; [`from_config`] builds
 //! the sampler that file (or a [`SamplerKind`] override) names. The update arithmetic is done in
@@ -25,6 +26,7 @@ pub mod ddpm;
 pub mod dpm_solver_pp;
 pub mod euler_ancestral;
 pub mod factory;
+pub mod lcm;
 pub mod sa_solver;
 pub mod schedule;
 
@@ -39,7 +41,10 @@ pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig, DdpmSpacing, VarianceType};
 pub use dpm_solver_pp::{DpmSolverConfig, DpmSolverPp};
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
-pub use factory::{default_steps, from_config, Sampler, SamplerKind, DEFAULT_STEPS};
+pub use factory::{
+    default_guidance, default_steps, from_config, Sampler, SamplerKind, DEFAULT_GUIDANCE, DEFAULT_STEPS,
+};
+pub use lcm::{Lcm, LcmConfig};
 pub use sa_solver::{SaSolver, SaSolverConfig, Tau};
 pub use schedule::BetaConfig;
 
@@ -54,8 +59,11 @@ pub trait Scheduler {
     /// linspace spacing, whose timesteps are fractional f32 values).
     fn timesteps(&self) -> &[f64];
 
-    /// The noise levels σ of the steps plus the final one (empty for DDIM, which has none).
-    fn sigmas(&self) -> &[f32];
+    /// The noise levels σ of the steps plus the final one (empty for the samplers that work on
+    /// ᾱ directly: DDIM, DDPM, LCM).
+    fn sigmas(&self) -> &[f32] {
+        &[]
+    }
 
     /// Scale of the initial latent: `latents = noise · init_noise_sigma` (1 for the samplers
     /// that work on unscaled latents, which is all but Euler ancestral).
@@ -111,6 +119,30 @@ pub(crate) fn div_s(t: &Tensor, c: f32) -> Result<Tensor> {
 /// Upcasts to f32 (diffusers computes steps on f32 samples).
 pub(crate) fn f32(t: &Tensor) -> Result<Tensor> {
     Ok(t.to_dtype(DType::F32)?)
+}
+
+/// x̂0 from an f32 model output at ᾱ_t (diffusers' DDPM / LCM `step`), clamped to
+/// ±`clip` when given. `who` names the sampler in errors.
+pub(crate) fn predict_x0(
+    prediction_type: config::PredictionType,
+    model_output: &Tensor,
+    sample: &Tensor,
+    alpha_prod_t: f32,
+    clip: Option<f64>,
+    who: &str,
+) -> Result<Tensor> {
+    use config::PredictionType as P;
+    let (sa, sb) = (alpha_prod_t.sqrt(), (1.0 - alpha_prod_t).sqrt());
+    let x0 = match prediction_type {
+        P::Epsilon => div_s(&(sample - mul_s(model_output, sb)?)?, sa)?,
+        P::Sample => model_output.clone(),
+        P::VPrediction => (mul_s(sample, sa)? - mul_s(model_output, sb)?)?,
+        P::FlowPrediction => return Err(Error::InvalidInput(format!("{who}: flow_prediction is not supported"))),
+    };
+    Ok(match clip {
+        Some(r) => x0.clamp(-r as f32, r as f32)?,
+        None => x0,
+    })
 }
 
 /// Checks that `b` has the shape of `a`.

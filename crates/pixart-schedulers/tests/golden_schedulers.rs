@@ -210,6 +210,12 @@ fn ddpm() {
     run_prefix("ddpm_");
 }
 
+/// LCM on PixArt's schedule (1, 4, 14, 20, 25 steps) and an LCMScheduler file's options.
+#[test]
+fn lcm() {
+    run_prefix("lcm_");
+}
+
 #[test]
 fn beta_schedules_match_diffusers() {
     for (beta, start, end) in [

@@ -13,7 +13,7 @@ use pixart_pipeline::{
     random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, RgbImage, VaeTiling,
     ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
-use pixart_schedulers::{default_steps, SamplerKind};
+use pixart_schedulers::{default_guidance, default_steps, SamplerKind};
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -37,6 +37,10 @@ pub struct Limits {
     pub max_image_body_bytes: usize,
     /// Longest prompt / negative prompt in characters.
     pub max_prompt_chars: usize,
+    /// The sampler the model's scheduler_config.json names: the defaults of `steps` and
+    /// `guidance_scale` follow it when a request names no `scheduler` (an LCM model: 4 steps,
+    /// no guidance).
+    pub model_sampler: Option<SamplerKind>,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_image_body_bytes: 16 * 1024 * 1024,
             max_prompt_chars: 4000,
+            model_sampler: None,
         }
     }
 }
@@ -111,7 +116,7 @@ pub struct GenerationBody {
 /// Defaults when a field is absent (`steps`: 25 with `"scheduler": "sa-solver"`, 100 with
 /// `"iddpm"`, as PixArt's own inference script).
 pub const DEFAULT_STEPS: usize = pixart_schedulers::DEFAULT_STEPS;
-pub const DEFAULT_GUIDANCE: f64 = 4.5;
+pub const DEFAULT_GUIDANCE: f64 = pixart_schedulers::DEFAULT_GUIDANCE;
 
 /// A checked request, ready for the worker.
 #[derive(Debug, Clone)]
@@ -411,7 +416,8 @@ pub fn validate_with(
             )
         })?),
     };
-    let steps = body.steps.unwrap_or(default_steps(sampler) as u64);
+    let runs = sampler.or(limits.model_sampler);
+    let steps = body.steps.unwrap_or(default_steps(runs) as u64);
     let max_steps = limits.max_steps.min(MAX_STEPS);
     if steps == 0 || steps > max_steps as u64 {
         return Err(ApiError::invalid(
@@ -419,7 +425,7 @@ pub fn validate_with(
             format!("`steps` must be between 1 and {max_steps}, got {steps}"),
         ));
     }
-    let guidance = body.guidance_scale.unwrap_or(DEFAULT_GUIDANCE);
+    let guidance = body.guidance_scale.unwrap_or_else(|| default_guidance(runs));
     if !guidance.is_finite() || !(0.0..=50.0).contains(&guidance) {
         return Err(ApiError::invalid(
             "guidance_scale",
@@ -490,6 +496,30 @@ mod tests {
         let r = &p.request;
         assert_eq!((r.out_width, r.out_height), (256, 256));
         assert_eq!((r.steps, r.guidance, r.batch), (20, 4.5, 1));
+        // The defaults follow the sampler that runs: requested, else the model's own.
+        let lcm_model = Limits {
+            model_sampler: Some(SamplerKind::Lcm),
+            ..Limits::default()
+        };
+        let run = |body: &str, limits: &Limits| {
+            let r = validate(parse_body(body.as_bytes()).unwrap(), limits, &GEOMETRY)
+                .unwrap()
+                .request;
+            (r.steps, r.guidance, r.cfg)
+        };
+        assert_eq!(run(r#"{"prompt": "a"}"#, &lcm_model), (4, 0.0, false));
+        assert_eq!(
+            run(r#"{"prompt": "a", "scheduler": "dpm++"}"#, &lcm_model),
+            (20, 4.5, true)
+        );
+        assert_eq!(
+            run(r#"{"prompt": "a", "scheduler": "iddpm"}"#, &Limits::default()),
+            (100, 4.5, true)
+        );
+        assert_eq!(
+            run(r#"{"prompt": "a", "guidance_scale": 2, "steps": 3}"#, &lcm_model),
+            (3, 2.0, true)
+        );
         assert_eq!(p.format, ImageFormat::Png);
         let p = check(r#"{"prompt": "a cat", "output_format": "jpeg"}"#).unwrap();
         assert_eq!(p.format, ImageFormat::Jpeg { quality: JPEG_QUALITY });

@@ -112,6 +112,11 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         .build()?;
     let geometry = engine.components.geometry();
     let default_sampler = pixart_pipeline::sampler_name(&engine.components, None);
+    let model_sampler = engine
+        .components
+        .scheduler_config
+        .class()
+        .map(pixart_schedulers::SamplerKind::of_class);
     let model_name = engine.model_name.clone();
     let jobs = Arc::new(jobs::Jobs::new(opts.limits.max_queue, opts.retention));
     let (listener, addr) = rt.block_on(async {
@@ -127,7 +132,10 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let worker = worker::spawn(jobs.clone(), engine)?;
     let state = routes::AppState {
         jobs: jobs.clone(),
-        limits: Arc::new(opts.limits.clone()),
+        limits: Arc::new(Limits {
+            model_sampler,
+            ..opts.limits.clone()
+        }),
         geometry,
         model_name: Arc::new(model_name),
         default_sampler: Arc::new(default_sampler),

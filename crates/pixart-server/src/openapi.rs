@@ -166,7 +166,7 @@ pub fn document() -> Value {
                     "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
                     "user": {"type": "string", "description": "Accepted and ignored"},
                     "negative_prompt": {"type": "string", "default": ""},
-                    "steps": {"type": "integer", "minimum": 1, "default": 20, "description": "Default 20; 25 with scheduler sa-solver, 100 with iddpm"},
+                    "steps": {"type": "integer", "minimum": 1, "default": 20, "description": "Default: the sampler's (the requested one, else the model's): 20; 25 for sa-solver, 100 for iddpm, 4 for lcm"},
                     "guidance_scale": {"type": "number", "minimum": 0, "maximum": 50, "default": 4.5, "description": "Classifier-free guidance; ≤ 1 turns it off"},
                     "seed": {"type": "integer", "minimum": 0, "description": "Image k uses seed + k; default random (returned)"},
                     "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"},

@@ -17,7 +17,7 @@ use pixart_pipeline::ModelGeometry;
 use pixart_schedulers::SamplerKind;
 use serde_json::{json, Value};
 
-use crate::api::{self, Limits, DEFAULT_GUIDANCE, DEFAULT_STEPS};
+use crate::api::{self, Limits};
 use crate::error::ApiError;
 use crate::jobs::{Job, JobState, Jobs, Status};
 use crate::{json_response, openapi, web};
@@ -127,7 +127,11 @@ async fn health(State(app): State<AppState>) -> Response {
             "max_queue": app.jobs.max_queue(),
             "running": app.jobs.running(),
             "default_size": format!("{native}x{native}"),
-            "defaults": {"steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, "scheduler": app.default_sampler.as_str()},
+            "defaults": {
+                "steps": pixart_schedulers::default_steps(l.model_sampler),
+                "guidance_scale": pixart_schedulers::default_guidance(l.model_sampler),
+                "scheduler": app.default_sampler.as_str(),
+            },
             "limits": {
                 "max_n": l.max_n, "min_side": l.min_side, "max_side": l.max_side,
                 "max_steps": l.max_steps, "max_body_bytes": l.max_body_bytes,

@@ -9,7 +9,7 @@ use pixart_pipeline::{
     OutputKind, PipelineComponents, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_INPAINT_STRENGTH,
     DEFAULT_STRENGTH,
 };
-use pixart_schedulers::default_steps;
+use pixart_schedulers::{default_guidance, default_steps};
 
 use super::model::{ModelArgs, ModelChoice};
 use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
@@ -42,13 +42,13 @@ pub struct GenerateArgs {
     /// Image height in pixels (default: the model's native size).
     #[arg(long)]
     height: Option<usize>,
-    /// Denoising steps (default 20; with --scheduler sa-solver 25 and iddpm 100, as PixArt's own
-    /// inference script).
+    /// Denoising steps (default 20; 25 for sa-solver and 100 for iddpm, as PixArt's own
+    /// inference script, and 4 for lcm; the sampler is --scheduler or the model's own).
     #[arg(long)]
     steps: Option<usize>,
-    /// Classifier-free guidance scale; ≤ 1 turns CFG off.
-    #[arg(long, default_value_t = 4.5, allow_negative_numbers = true)]
-    guidance: f64,
+    /// Classifier-free guidance scale; ≤ 1 turns CFG off (default 4.5; 0 with the lcm sampler).
+    #[arg(long, allow_negative_numbers = true)]
+    guidance: Option<f64>,
     /// Sampler: dpm++, sa-solver, ddim, euler-a, iddpm (PixArt's IDDPM, learned variance) or ddpm
     /// (default: the one scheduler_config.json names).
     #[arg(long)]
@@ -183,12 +183,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
     let dt = dtype(&a.dtype)?;
     let dev = device(&a.device)?;
-    let steps = a.steps.unwrap_or_else(|| default_steps(sampler));
-    if steps == 0 {
+    if a.steps == Some(0) {
         return Err(UsageError("--steps must be at least 1".into()).into());
     }
-    if !a.guidance.is_finite() {
-        return Err(UsageError(format!("--guidance must be a finite number, got {}", a.guidance)).into());
+    if let Some(g) = a.guidance.filter(|g| !g.is_finite()) {
+        return Err(UsageError(format!("--guidance must be a finite number, got {g}")).into());
     }
     let output = a.output.clone().unwrap_or_else(|| match a.output_type {
         OutputType::Image => PathBuf::from("out.png"),
@@ -221,6 +220,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         options,
     } = a.model.resolve(dev, dt)?;
     let seed = a.seed.unwrap_or_else(random_seed);
+    // Steps and guidance default to those of the sampler that runs: the requested one, else
+    // the one the model's scheduler_config.json names (an LCM model: 4 steps, no CFG).
+    let runs = sampler.or_else(|| resolved.scheduler_kind());
+    let steps = a.steps.unwrap_or_else(|| default_steps(runs));
+    let guidance = a.guidance.unwrap_or_else(|| default_guidance(runs));
 
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
 
@@ -234,7 +238,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         width: a.width,
         height: a.height,
         steps,
-        guidance: a.guidance,
+        guidance,
         seed,
         images_per_prompt: a.batch,
         sampler,
