@@ -16,6 +16,7 @@ use pixart_text::T5Tokenizer;
 use pixart_vae::{load_vae, AutoencoderKl};
 
 use crate::hub::{DownloadProgress, HubConfig};
+use crate::request::MAX_SEQUENCE_LENGTH;
 
 /// Where the components come from.
 #[derive(Debug, Clone, Default)]
@@ -68,6 +69,26 @@ pub struct ResolvedPaths {
     pub tokenizer: PathBuf,
     pub vae: PathBuf,
     pub scheduler_config: PathBuf,
+    /// Caption tokens: 300 (PixArt-Σ), or 120 when the pipeline folder's `model_index.json`
+    /// names `PixArtAlphaPipeline` (PixArt-α and PixArt-LCM, as diffusers runs them).
+    pub max_sequence_length: usize,
+}
+
+/// Caption tokens of a diffusers `PixArtAlphaPipeline` (`max_sequence_length` default).
+pub const ALPHA_MAX_SEQUENCE_LENGTH: usize = 120;
+
+/// The caption length of the pipeline whose `model_index.json` is in `dir`: 120 for
+/// `PixArtAlphaPipeline`, else 300 (also when there is none or it cannot be read: loading
+/// reports broken files).
+fn max_sequence_length_of(dir: &Path) -> usize {
+    let class = std::fs::read_to_string(dir.join("model_index.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_owned));
+    match class.as_deref() {
+        Some("PixArtAlphaPipeline") => ALPHA_MAX_SEQUENCE_LENGTH,
+        _ => MAX_SEQUENCE_LENGTH,
+    }
 }
 
 /// What request validation needs to know about the models.
@@ -297,12 +318,19 @@ impl ComponentPaths {
                 scheduler_config.display()
             )));
         }
+        // The pipeline class of the folder the transformer comes from, else of the base.
+        let max_sequence_length = if model.is_dir() && model.join("model_index.json").is_file() {
+            max_sequence_length_of(model)
+        } else {
+            self.base.as_deref().map_or(MAX_SEQUENCE_LENGTH, max_sequence_length_of)
+        };
         Ok(ResolvedPaths {
             transformer,
             text_encoder,
             tokenizer,
             vae,
             scheduler_config,
+            max_sequence_length,
         })
     }
 }

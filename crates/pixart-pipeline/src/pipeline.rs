@@ -19,7 +19,7 @@ use crate::aspect_bins::resize_and_crop;
 use crate::components::PipelineComponents;
 use crate::image::RgbImage;
 use crate::noise::NoiseSource;
-use crate::request::{InitImage, OutputKind, ValidatedRequest, MAX_SEQUENCE_LENGTH};
+use crate::request::{InitImage, OutputKind, ValidatedRequest};
 
 /// The stages of a generation, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +67,13 @@ pub enum Progress {
     Step { done: usize, total: usize, seconds: f64 },
     /// VAE tile `done` of `total` decoded.
     DecodeTile { done: usize, total: usize },
-    /// A prompt (`negative: true`: the negative prompt) was cut to 300 tokens; `dropped` tokens
-    /// were lost (diffusers warns the same way).
+    /// A prompt (`negative: true`: the negative prompt) was cut to `limit` tokens (300, 120 for
+    /// a PixArt-α pipeline); `dropped` tokens were lost (diffusers warns the same way).
     Truncated {
         prompt: usize,
         negative: bool,
         dropped: usize,
+        limit: usize,
     },
 }
 
@@ -382,7 +383,8 @@ pub fn generate(
     }
 
     // 1. Preprocess the prompts (strip, lower-case unless keep_case; diffusers'
-    //    `_text_preprocessing` with `clean_caption=False`) and tokenise them: 300 tokens, padded,
+    //    `_text_preprocessing` with `clean_caption=False`) and tokenise them: 300 tokens (120 for a
+    //    PixArt-α pipeline), padded,
     //    with the attention mask. With CFG the negative prompt comes first: [negative, prompts...].
     let mut texts: Vec<String> = Vec::with_capacity(r.prompts.len() + 1);
     if r.cfg {
@@ -390,12 +392,14 @@ pub fn generate(
     }
     texts.extend(r.prompts.iter().map(|p| preprocess_caption(p, r.keep_case)));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let encodings = c.tokenizer.encode_batch(&refs, MAX_SEQUENCE_LENGTH)?;
+    let limit = c.paths.max_sequence_length;
+    let encodings = c.tokenizer.encode_batch(&refs, limit)?;
     for (i, e) in encodings.iter().enumerate().filter(|(_, e)| e.truncated > 0) {
         (clock.progress)(Progress::Truncated {
             prompt: i.saturating_sub(usize::from(r.cfg)),
             negative: r.cfg && i == 0,
             dropped: e.truncated,
+            limit,
         });
     }
     let (ids, mask) = to_tensors(&encodings, device)?;

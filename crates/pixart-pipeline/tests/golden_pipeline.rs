@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{Device, Tensor};
 use pixart_pipeline::{
     generate, ComponentOptions, ComponentPaths, Generated, GenerationRequest, InitImage, OutputKind,
-    PipelineComponents, RgbImage, SeededNoise,
+    PipelineComponents, Progress, RgbImage, SeededNoise,
 };
 
 /// max |a − b| / max |b| allowed for the final latents. The random tiny transformer is far from
@@ -421,4 +421,67 @@ fn img2img_matches_diffusers() {
         assert!(noise.per_image.iter().all(|q| q.is_empty()), "{name}: noise left over");
         check_latents(name, &out.latents, &io[&format!("{name}.latents_out")]);
     }
+}
+
+/// A pipeline folder whose model_index.json names `PixArtAlphaPipeline` (PixArt-α, PixArt-LCM)
+/// keeps 120 caption tokens, as diffusers' α pipeline (tools/golden/gen_pipeline_alpha.py: a
+/// 173-token prompt); the same folder as PixArt-Σ keeps all 173 and draws another picture.
+#[test]
+fn alpha_pipeline_keeps_120_tokens() {
+    let dir = std::env::temp_dir().join(format!("pixart-alpha-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixtures(), &dir);
+    let index = std::fs::read_to_string(dir.join("model_index.json")).unwrap();
+    std::fs::write(
+        dir.join("model_index.json"),
+        index.replace("PixArtSigmaPipeline", "PixArtAlphaPipeline"),
+    )
+    .unwrap();
+    let load = |model: PathBuf| {
+        let paths = ComponentPaths {
+            model,
+            ..Default::default()
+        };
+        PipelineComponents::load(&paths, &ComponentOptions::default()).unwrap()
+    };
+    let (alpha, sigma) = (load(dir.clone()), components());
+    assert_eq!(
+        (alpha.paths.max_sequence_length, sigma.paths.max_sequence_length),
+        (120, 300)
+    );
+    let (cases, io) = load_cases("alpha");
+    for (name, case) in cases.as_object().unwrap() {
+        let run = |c: &PipelineComponents| {
+            let req = case_request(name, case, &io, OutputKind::Latent)
+                .validate(&c.geometry())
+                .unwrap();
+            let mut cut = Vec::new();
+            let out = generate(
+                c,
+                &req,
+                &mut SeededNoise::new(0),
+                &mut |p| {
+                    if let Progress::Truncated { dropped, limit, .. } = p {
+                        cut.push((dropped, limit));
+                    }
+                },
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+            match out {
+                Generated::Finished(o) => (o.latents, cut),
+                Generated::Cancelled { .. } => panic!("cancelled"),
+            }
+        };
+        let tokens = case["prompt_tokens"].as_u64().unwrap() as usize;
+        let (latents, cut) = run(&alpha);
+        // The tokenizer appends </s>: the prompt's tokens past 119 are dropped.
+        assert_eq!(cut, vec![(tokens - 120, 120)], "{name}");
+        check_latents(name, &latents, &io[&format!("{name}.latents_out")]);
+        let (sigma_latents, cut) = run(&sigma);
+        assert!(cut.is_empty());
+        let diff = pixart_core::testing::max_abs(&(&sigma_latents - &latents).unwrap());
+        assert!(diff > 1e-2, "{name}: the 300-token pipeline should differ ({diff})");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -307,6 +307,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             prompt,
             negative,
             dropped,
+            limit,
         } => {
             let which = if negative {
                 "the negative prompt".to_string()
@@ -314,7 +315,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 format!("prompt {}", prompt + 1)
             };
             bar.suspend(|| {
-                eprintln!("warning: {which} is longer than 300 tokens; its last {dropped} tokens were dropped")
+                eprintln!("warning: {which} is longer than {limit} tokens; its last {dropped} tokens were dropped")
             });
         }
         _ => {}
