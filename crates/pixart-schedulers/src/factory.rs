@@ -8,7 +8,8 @@ use pixart_core::{Error, Result};
 use crate::config::{SchedulerClass, SchedulerConfig};
 use crate::{
     Ddim, DdimConfig, Ddpm, DdpmConfig, DdpmSpacing, DpmSolverConfig, DpmSolverPp, EulerAncestral,
-    EulerAncestralConfig, Lcm, LcmConfig, SaSolver, SaSolverConfig, Scheduler,
+    EulerAncestralConfig, Lcm, LcmConfig, OriginalDpmSolver, OriginalDpmSolverConfig, SaSolver, SaSolverConfig,
+    Scheduler,
 };
 
 /// diffusers' `PixArtSigmaPipeline` default number of steps.
@@ -29,7 +30,7 @@ pub fn default_guidance(sampler: Option<SamplerKind>) -> f64 {
 }
 
 /// The samplers, by their CLI names: `dpm++`, `sa-solver`, `ddim`, `euler-a`, `iddpm`, `ddpm`,
-/// `lcm`.
+/// `lcm`, `dpm-solver`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SamplerKind {
     /// `dpm++`: DPM-Solver++ multistep.
@@ -48,11 +49,14 @@ pub enum SamplerKind {
     Ddpm,
     /// `lcm`: the LCM sampler of consistency-distilled models (4 steps, no guidance).
     Lcm,
+    /// `dpm-solver`: the original PixArt repository's default sampler (its own DPM-Solver++
+    /// 2M on time-uniform continuous steps), as opposed to diffusers' `dpm++`.
+    DpmSolverOriginal,
 }
 
 impl SamplerKind {
     /// All kinds, in CLI order.
-    pub const ALL: [SamplerKind; 7] = [
+    pub const ALL: [SamplerKind; 8] = [
         Self::DpmSolverPp,
         Self::SaSolver,
         Self::Ddim,
@@ -60,6 +64,7 @@ impl SamplerKind {
         Self::Iddpm,
         Self::Ddpm,
         Self::Lcm,
+        Self::DpmSolverOriginal,
     ];
 
     /// The CLI name.
@@ -72,6 +77,7 @@ impl SamplerKind {
             Self::Iddpm => "iddpm",
             Self::Ddpm => "ddpm",
             Self::Lcm => "lcm",
+            Self::DpmSolverOriginal => "dpm-solver",
         }
     }
 
@@ -83,7 +89,9 @@ impl SamplerKind {
             Self::SaSolver => 25,
             Self::Iddpm => 100,
             Self::Lcm => 4,
-            Self::DpmSolverPp | Self::Ddim | Self::EulerAncestral | Self::Ddpm => DEFAULT_STEPS,
+            Self::DpmSolverPp | Self::Ddim | Self::EulerAncestral | Self::Ddpm | Self::DpmSolverOriginal => {
+                DEFAULT_STEPS
+            }
         }
     }
 
@@ -136,6 +144,7 @@ pub enum Sampler {
     /// `ddpm` and `iddpm` (told apart by [`Sampler::kind`]).
     Ddpm(Ddpm),
     Lcm(Lcm),
+    DpmSolverOriginal(OriginalDpmSolver),
 }
 
 impl Sampler {
@@ -149,6 +158,7 @@ impl Sampler {
             Self::Ddpm(d) if d.config().spacing == DdpmSpacing::Respaced => SamplerKind::Iddpm,
             Self::Ddpm(_) => SamplerKind::Ddpm,
             Self::Lcm(_) => SamplerKind::Lcm,
+            Self::DpmSolverOriginal(_) => SamplerKind::DpmSolverOriginal,
         }
     }
 
@@ -160,6 +170,7 @@ impl Sampler {
             Self::EulerAncestral(s) => s,
             Self::Ddpm(s) => s,
             Self::Lcm(s) => s,
+            Self::DpmSolverOriginal(s) => s,
         }
     }
 
@@ -171,6 +182,7 @@ impl Sampler {
             Self::EulerAncestral(s) => s,
             Self::Ddpm(s) => s,
             Self::Lcm(s) => s,
+            Self::DpmSolverOriginal(s) => s,
         }
     }
 }
@@ -246,6 +258,9 @@ pub fn from_config(cfg: &SchedulerConfig, kind_override: Option<SamplerKind>) ->
         SamplerKind::Iddpm => Sampler::Ddpm(Ddpm::new(DdpmConfig::iddpm(cfg)?)?),
         SamplerKind::Ddpm => Sampler::Ddpm(Ddpm::new(DdpmConfig::from_scheduler_config(cfg)?)?),
         SamplerKind::Lcm => Sampler::Lcm(Lcm::new(LcmConfig::from_scheduler_config(cfg)?)?),
+        SamplerKind::DpmSolverOriginal => Sampler::DpmSolverOriginal(OriginalDpmSolver::new(
+            OriginalDpmSolverConfig::from_scheduler_config(cfg)?,
+        )?),
     })
 }
 

@@ -13,6 +13,8 @@
 //! - [`EulerAncestral`], `EulerAncestralDiscreteScheduler`.
 //! - [`Ddpm`], `DDPMScheduler`, and PixArt's own IDDPM sampler on top of it (learned variance).
 //! - [`Lcm`], `LCMScheduler` (consistency-distilled models such as PixArt-LCM).
+//! - [`OriginalDpmSolver`], the original PixArt repository's default DPM-Solver (time-uniform
+//!   continuous steps on the interpolated discrete schedule).
 //!
 //! [`SchedulerConfig`] reads diffusers' `scheduler/scheduler_config.json`; [`from_config`] builds
 //! the sampler that file (or a [`SamplerKind`] override) names. The update arithmetic is done in
@@ -23,6 +25,7 @@
 pub mod config;
 pub mod ddim;
 pub mod ddpm;
+pub mod dpm_solver_original;
 pub mod dpm_solver_pp;
 pub mod euler_ancestral;
 pub mod factory;
@@ -39,6 +42,7 @@ pub use config::{
 };
 pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig, DdpmSpacing, VarianceType};
+pub use dpm_solver_original::{OriginalDpmSolver, OriginalDpmSolverConfig};
 pub use dpm_solver_pp::{DpmSolverConfig, DpmSolverPp};
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
 pub use factory::{

@@ -133,8 +133,13 @@ fn run_case(case: &Case) -> f32 {
 }
 
 fn cases(prefix: &str) -> Vec<Case> {
-    let text = std::fs::read_to_string(dir().join("cases.json")).unwrap();
-    let all: Vec<Case> = serde_json::from_str(&text).unwrap();
+    // cases.json (diffusers) and cases_original.json (the original PixArt DPM-Solver,
+    // tools/golden/gen_dpm_solver_original.py).
+    let mut all: Vec<Case> = Vec::new();
+    for file in ["cases.json", "cases_original.json"] {
+        let text = std::fs::read_to_string(dir().join(file)).unwrap();
+        all.extend(serde_json::from_str::<Vec<Case>>(&text).unwrap());
+    }
     let v: Vec<Case> = all.into_iter().filter(|c| c.name.starts_with(prefix)).collect();
     assert!(!v.is_empty(), "no cases for {prefix}");
     v
@@ -214,6 +219,13 @@ fn ddpm() {
 #[test]
 fn lcm() {
     run_prefix("lcm_");
+}
+
+/// `dpm-solver`: the original PixArt repository's DPM-Solver run from its own source (model
+/// input times, every step of the trajectory).
+#[test]
+fn dpm_solver_original() {
+    run_prefix("dpm_solver_original");
 }
 
 #[test]
