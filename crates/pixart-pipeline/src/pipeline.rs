@@ -225,8 +225,10 @@ const ORIGINAL_GUIDED_CHANNELS: usize = 3;
 /// latents noised to the level of the next step (clean after the last), as diffusers' SDXL
 /// inpainting does for models without mask input channels.
 struct Inpaint {
-    /// (1, 1, h, w): 1 where the picture is repainted.
+    /// (1, 1, h, w): 1 where the picture is repainted, in the latents' dtype.
     mask: Tensor,
+    /// 1 − mask.
+    keep: Tensor,
     /// (batch, c, h, w) f32: the image's latents (posterior sample · scaling factor).
     image_latents: Tensor,
     /// (batch, c, h, w) f32: the noise of the initial latents, reused at every step.
@@ -241,10 +243,8 @@ impl Inpaint {
         } else {
             self.image_latents.clone()
         };
-        let dtype = latents.dtype();
-        let m = self.mask.to_dtype(dtype)?;
-        let keep = m.affine(-1.0, 1.0)?; // 1 − m
-        Ok((keep.broadcast_mul(&proper.to_dtype(dtype)?)? + m.broadcast_mul(latents)?)?)
+        let proper = proper.to_dtype(latents.dtype())?;
+        Ok((self.keep.broadcast_mul(&proper)? + self.mask.broadcast_mul(latents)?)?)
     }
 }
 
@@ -284,7 +284,8 @@ fn init_latents(
     };
     let [_, _, lh, lw] = r.latent_shape;
     let m = latent_mask(mask, (gh, gw), (lh, lw));
-    let mask = Tensor::from_vec(m, (1, 1, lh, lw), &c.device)?;
+    let mask = Tensor::from_vec(m, (1, 1, lh, lw), &c.device)?.to_dtype(c.transformer.dtype())?;
+    let keep = mask.affine(-1.0, 1.0)?; // 1 − m
     let latents = if init.strength >= 1.0 {
         (&fresh * scheduler.init_noise_sigma())?
     } else {
@@ -294,6 +295,7 @@ fn init_latents(
         latents,
         Some(Inpaint {
             mask,
+            keep,
             image_latents: z,
             noise: fresh,
         }),

@@ -175,9 +175,8 @@ impl Scheduler for OriginalDpmSolver {
         model_output: &Tensor,
         step_index: usize,
         sample: &Tensor,
-        noise: Option<&Tensor>,
+        _noise: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let _ = noise;
         let n = self.timesteps.len();
         self.counter.begin(step_index, n)?;
         same_shape("model_output", sample, model_output)?;
