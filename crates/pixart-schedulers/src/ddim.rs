@@ -197,9 +197,7 @@ impl Scheduler for Ddim {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
-        same_shape("noise", original, noise)?;
-        let t = at(&self.timesteps, step_index, "timestep")? as usize;
-        add_noise_vp(&self.alphas_cumprod, original, noise, t)
+        add_noise_vp(&self.alphas_cumprod, &self.timesteps, original, noise, step_index)
     }
 
     fn needs_noise(&self) -> bool {
@@ -211,8 +209,17 @@ impl Scheduler for Ddim {
     }
 }
 
-/// √ᾱ_t·x0 + √(1 − ᾱ_t)·noise at training timestep `t` (DDIM / SA-Solver `add_noise`).
-pub(crate) fn add_noise_vp(alphas_cumprod: &[f32], original: &Tensor, noise: &Tensor, t: usize) -> Result<Tensor> {
+/// √ᾱ_t·x0 + √(1 − ᾱ_t)·noise at the training timestep of step `step_index` (the `add_noise`
+/// of DDIM, DDPM, LCM and SA-Solver).
+pub(crate) fn add_noise_vp(
+    alphas_cumprod: &[f32],
+    timesteps: &[f64],
+    original: &Tensor,
+    noise: &Tensor,
+    step_index: usize,
+) -> Result<Tensor> {
+    same_shape("noise", original, noise)?;
+    let t = at(timesteps, step_index, "timestep")? as usize;
     let a = at(alphas_cumprod, t, "timestep")?;
     let dtype = original.dtype();
     let x = (mul_s(&f32(original)?, a.sqrt())? + mul_s(&f32(noise)?, (1.0 - a).sqrt())?)?;

@@ -308,9 +308,7 @@ impl Scheduler for Ddpm {
     }
 
     fn add_noise(&self, original: &Tensor, noise: &Tensor, step_index: usize) -> Result<Tensor> {
-        same_shape("noise", original, noise)?;
-        let t = at(&self.timesteps, step_index, "timestep")? as usize;
-        add_noise_vp(&self.alphas_cumprod, original, noise, t)
+        add_noise_vp(&self.alphas_cumprod, &self.timesteps, original, noise, step_index)
     }
 
     fn needs_noise(&self) -> bool {
