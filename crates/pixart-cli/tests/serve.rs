@@ -992,3 +992,95 @@ fn edits_route_takes_openai_multipart() {
     assert_eq!(r.status, 415, "{}", r.text());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `method path` with extra header lines (each ending in CRLF) and an optional JSON body.
+fn request_with(s: &Server, method: &str, path: &str, headers: &str, body: Option<&Value>) -> client::Response {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let content = if body.is_empty() {
+        String::new()
+    } else {
+        format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len())
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{headers}{content}\r\n",
+        s.addr
+    );
+    client::send_raw(s.addr, &[head.as_bytes(), body.as_bytes()].concat(), TIMEOUT).unwrap()
+}
+
+#[test]
+fn api_key_guards_the_v1_routes() {
+    let key = "sk-pixart-test-0123";
+    let s = Server::start(&["--api-key", key]);
+    let bearer = format!("Authorization: Bearer {key}\r\n");
+    let cookie = format!("Cookie: theme=dark; pixart_api_key={key}\r\n");
+    let body = json!({"prompt": "a cat", "steps": 2, "seed": 3});
+
+    // The page, /health, /metrics and /openapi.json stay open; /health says a key is needed.
+    for path in ["/", "/app.js", "/health", "/metrics", "/openapi.json"] {
+        assert_eq!(s.get(path).status, 200, "{path}");
+    }
+    assert_eq!(s.get("/health").json()["auth"], "api_key");
+    // An unknown route is still 404, not 401.
+    assert_eq!(s.get("/v1/nothing").status, 404);
+
+    // Without the key, or with another one: 401 in OpenAI's shape, with WWW-Authenticate.
+    for headers in [
+        String::new(),
+        "Authorization: Bearer sk-pixart-test-0124\r\n".to_string(),
+        format!("Authorization: Basic {key}\r\n"),
+        "Cookie: pixart_api_key=nope\r\n".to_string(),
+    ] {
+        for (method, path, body) in [
+            ("GET", "/v1/jobs", None),
+            ("POST", "/v1/jobs", Some(&body)),
+            ("POST", "/v1/images/generations", Some(&body)),
+            ("GET", "/v1/jobs/job-1/events", None),
+        ] {
+            let r = request_with(&s, method, path, &headers, body);
+            assert_eq!(r.status, 401, "{method} {path} {headers:?}: {}", r.text());
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+            let e = error_of(&r);
+            assert_eq!(e["code"], "invalid_api_key");
+            assert!(!r.text().contains(key));
+        }
+    }
+    assert_eq!(s.metric("pixart_jobs_total{status=\"succeeded\"}"), 0.0);
+
+    // With the key as a bearer token: the OpenAI route and the job API work.
+    let r = request_with(&s, "POST", "/v1/images/generations", &bearer, Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = request_with(&s, "POST", "/v1/jobs", &bearer, Some(&body));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // With the web page's cookie: the job, its image.
+    s.wait_until(30, "the job to finish", || {
+        request_with(&s, "GET", &format!("/v1/jobs/{id}"), &cookie, None).json()["status"] == "succeeded"
+    });
+    let img = request_with(&s, "GET", &format!("/v1/jobs/{id}/images/0"), &cookie, None);
+    assert_eq!(img.status, 200);
+    assert_eq!(img.header("content-type"), Some("image/png"));
+    assert_eq!(
+        request_with(&s, "GET", &format!("/v1/jobs/{id}/images/0"), "", None).status,
+        401
+    );
+    // The key never reaches the log.
+    assert!(!s.log().contains(key), "{}", s.log());
+}
+
+#[test]
+fn a_bad_api_key_is_a_usage_error() {
+    for (key, needle) in [("short", "5 characters"), ("has space in it", "' '")] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_pixart"))
+            .args(["serve", "--model"])
+            .arg(pipeline())
+            .args(["--port", "0"])
+            .env("PIXART_API_KEY", key)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.contains("--api-key") && err.contains(needle), "{err}");
+        assert!(!err.contains("listening on"), "{err}");
+    }
+}

@@ -63,7 +63,9 @@ impl Drop for Browser {
 impl Browser {
     /// Starts headless Chromium on `url` and attaches to the page.
     fn open(exe: &Path, url: &str) -> Self {
-        let profile = std::env::temp_dir().join(format!("pixart-chromium-{}", std::process::id()));
+        static OPENED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = OPENED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let profile = std::env::temp_dir().join(format!("pixart-chromium-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&profile);
         let mut cmd = Command::new(exe);
         cmd.args([
@@ -336,5 +338,54 @@ fn the_web_page_generates_in_headless_chromium() {
             job["size"].as_str()
         ),
         (Some(0.5), Some(2), Some("128x96"))
+    );
+}
+
+#[test]
+fn the_web_page_asks_for_the_api_key() {
+    let Some(exe) = chromium() else { return };
+    let key = "sk-browser-key-42";
+    let server = Server::start(&["--api-key", key]);
+    let url = format!("http://{}/", server.addr);
+    let mut b = Browser::open(&exe, &url);
+    b.wait_for(
+        "document.body && document.body.dataset.state === 'auth'",
+        30,
+        "the key form",
+    );
+    assert_eq!(b.eval("document.getElementById('auth').hidden"), false);
+    // A wrong key: asked again.
+    set_fields(&mut b, &[("apikey", "sk-wrong-key-00")]);
+    b.eval("document.getElementById('savekey').click(); true");
+    b.wait_for(
+        "document.body.dataset.state === 'auth' && !document.getElementById('auth').hidden",
+        20,
+        "the key form again",
+    );
+    // The right key: the page works, events and the image included (the cookie carries it).
+    set_fields(&mut b, &[("apikey", key)]);
+    b.eval("document.getElementById('savekey').click(); true");
+    b.wait_for(
+        "document.body.dataset.state === 'idle'",
+        20,
+        "the page to accept the key",
+    );
+    set_fields(&mut b, &[("prompt", "a red circle"), ("steps", "3"), ("seed", "5")]);
+    b.eval("document.getElementById('generate').click(); true");
+    b.wait_for(
+        "['done', 'error'].includes(document.body.dataset.state)",
+        60,
+        "the generation",
+    );
+    assert_eq!(
+        b.state(),
+        "done",
+        "{}",
+        b.eval("document.getElementById('error').textContent")
+    );
+    b.wait_for(
+        "(() => { const i = document.getElementById('result'); return !i.hidden && i.complete && i.naturalWidth > 0; })()",
+        20,
+        "the image to load",
     );
 }

@@ -111,6 +111,17 @@ impl ApiError {
         .param("origin")
     }
 
+    /// 401: `--api-key` is set and the request does not carry it (OpenAI's `invalid_api_key`).
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+            "this server needs an API key: send `Authorization: Bearer KEY`",
+        )
+        .param("authorization")
+    }
+
     /// 429 with `Retry-After`.
     pub fn queue_full(capacity: usize, retry_after: u64) -> Self {
         let mut e = Self::new(

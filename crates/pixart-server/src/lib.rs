@@ -18,6 +18,7 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod error;
 pub mod jobs;
@@ -35,6 +36,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
 pub use api::Limits;
+pub use auth::ApiKey;
 pub use jobs::Retention;
 pub use worker::Engine;
 
@@ -46,6 +48,8 @@ pub struct ServeOptions {
     pub retention: Retention,
     /// How long a running job may go on after SIGTERM before it is cancelled.
     pub shutdown_grace: Duration,
+    /// When set, every `/v1/…` route needs this key ([`auth`]).
+    pub api_key: Option<ApiKey>,
 }
 
 /// What `serve` could not do.
@@ -139,6 +143,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         geometry,
         model_name: Arc::new(model_name),
         default_sampler: Arc::new(default_sampler),
+        api_key: opts.api_key.clone(),
     };
     let app = routes::router(state);
     let grace = opts.shutdown_grace;

@@ -151,7 +151,9 @@ pub fn document() -> Value {
                 }
             }}
         },
-        "components": {"schemas": {
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer", "description": "Needed on /v1 when the server runs with --api-key (PIXART_API_KEY); the web page's cookie `pixart_api_key` is accepted too"}
+        }, "schemas": {
             "GenerationRequest": {
                 "type": "object",
                 "additionalProperties": false,

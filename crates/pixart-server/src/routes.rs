@@ -18,6 +18,7 @@ use pixart_schedulers::SamplerKind;
 use serde_json::{json, Value};
 
 use crate::api::{self, Limits};
+use crate::auth::{self, ApiKey};
 use crate::error::ApiError;
 use crate::jobs::{Job, JobState, Jobs, Status};
 use crate::{json_response, openapi, web};
@@ -31,6 +32,8 @@ pub struct AppState {
     /// A name, never a path.
     pub model_name: Arc<String>,
     pub default_sampler: Arc<String>,
+    /// Required by the `/v1/…` routes when set.
+    pub api_key: Option<ApiKey>,
 }
 
 /// Every route, for the router and the OpenAPI document's test.
@@ -53,13 +56,15 @@ pub const ROUTES: [(&str, &str); 14] = [
 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.limits.max_image_body_bytes.max(state.limits.max_body_bytes);
-    Router::new()
+    let open = Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
         .route("/style.css", get(web::style))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(openapi_json));
+    // `route_layer`: the key is checked on matched routes only, so an unknown path is still 404.
+    let v1 = Router::new()
         .route("/v1/images/generations", post(generations))
         .route(
             "/v1/images/edits",
@@ -69,6 +74,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/jobs/{id}/images/{index}", get(job_image))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.api_key.clone(),
+            auth::require,
+        ));
+    open.merge(v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -137,6 +147,7 @@ async fn health(State(app): State<AppState>) -> Response {
                 "max_steps": l.max_steps, "max_body_bytes": l.max_body_bytes,
                 "max_image_body_bytes": l.max_image_body_bytes, "max_prompt_chars": l.max_prompt_chars,
             },
+            "auth": if app.api_key.is_some() { "api_key" } else { "none" },
             "schedulers": SamplerKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "scheduler_steps": SamplerKind::ALL.iter().map(|k| (k.name().to_string(), json!(k.default_steps()))).collect::<serde_json::Map<_, _>>(),
         }),

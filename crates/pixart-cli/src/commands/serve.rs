@@ -8,7 +8,7 @@ use clap::Args;
 use pixart_pipeline::request::MAX_SIDE;
 use pixart_pipeline::PipelineComponents;
 use pixart_server::api::MAX_STEPS;
-use pixart_server::{Engine, Limits, Retention, ServeOptions};
+use pixart_server::{ApiKey, Engine, Limits, Retention, ServeOptions};
 
 use super::model::{ModelArgs, ModelChoice};
 use super::{device, dtype, usage};
@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Require this key on every /v1 route (`Authorization: Bearer KEY`; the web page asks for
+    /// it once). Prefer the environment variable: a flag shows in the process list.
+    #[arg(long = "api-key", env = "PIXART_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 /// How the model is named to clients and in PNG metadata: a folder's name or a hub id, never a
@@ -115,6 +119,12 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ))
         .into());
     }
+    let api_key = a
+        .api_key
+        .as_deref()
+        .map(ApiKey::new)
+        .transpose()
+        .map_err(|e| UsageError(format!("--api-key: {e}")))?;
     let name = match &a.model.model {
         Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => model_name(m),
         _ => "builtin".to_string(),
@@ -147,10 +157,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
             ttl: Duration::from_secs(a.job_ttl),
         },
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
+        api_key,
     };
-    if !a.host.is_loopback() {
+    if !a.host.is_loopback() && options.api_key.is_none() {
         eprintln!(
-            "warning: serving on {} (not the loopback): anyone who can reach it can queue jobs; there is no authentication",
+            "warning: serving on {} (not the loopback) without --api-key: anyone who can reach it can queue jobs",
             a.host
         );
     }

@@ -1,7 +1,10 @@
 // The pixart serve web page: queues a job (POST /v1/jobs), follows its server-sent events
 // (GET /v1/jobs/{id}/events) into the progress bar, shows the image and keeps a gallery of the
 // server's finished jobs (GET /v1/jobs). No dependencies; the page state is mirrored in
-// document.body.dataset.state (loading, idle, running, done, cancelled, error) for tests.
+// document.body.dataset.state (loading, idle, running, done, cancelled, error, auth) for tests.
+// A server started with --api-key answers 401 on /v1: the page then asks for the key and keeps
+// it in a same-site cookie, which the server accepts like a bearer token (an EventSource or an
+// <img> cannot send headers).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -125,6 +128,16 @@ function numberOrUndefined(id) {
   return v === "" ? undefined : Number(v);
 }
 
+const KEY_COOKIE = "pixart_api_key";
+
+// Shows the key form (after a 401).
+function askForKey(message) {
+  $("auth").hidden = false;
+  showError({ message: message || "this server needs an API key" });
+  setState("auth");
+  $("apikey").focus();
+}
+
 async function generate(ev) {
   ev.preventDefault();
   showError(null);
@@ -155,6 +168,10 @@ async function generate(ev) {
       body: JSON.stringify(body),
     });
     const j = await r.json();
+    if (r.status === 401) {
+      askForKey(j.error.message);
+      return;
+    }
     if (!r.ok) {
       const retry = r.headers.get("Retry-After");
       showError(retry ? { message: `${j.error.message}` } : j.error);
@@ -183,9 +200,38 @@ async function refreshQueue() {
   }
 }
 
+// The finished jobs into the gallery; asks for the key when the server wants one.
+async function loadJobs() {
+  const listed = await fetch("/v1/jobs");
+  if (listed.status === 401) {
+    askForKey((await listed.json()).error.message);
+    return;
+  }
+  const jobs = await listed.json();
+  for (const job of jobs.data) {
+    if (job.status === "succeeded") addToGallery(job);
+  }
+  $("status").textContent = "ready";
+  setState("idle");
+}
+
+function saveKey(ev) {
+  ev.preventDefault();
+  const key = $("apikey").value.trim();
+  document.cookie = `${KEY_COOKIE}=${key}; path=/; SameSite=Strict`;
+  $("apikey").value = "";
+  $("auth").hidden = true;
+  showError(null);
+  loadJobs().catch((e) => {
+    showError({ message: `cannot reach the server: ${e}` });
+    setState("error");
+  });
+}
+
 async function init() {
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
+  $("auth").addEventListener("submit", saveKey);
   try {
     const h = await (await fetch("/health")).json();
     $("model").textContent = `model: ${h.model}`;
@@ -215,12 +261,7 @@ async function init() {
         $("steps").value = shownDefault;
       }
     });
-    const jobs = await (await fetch("/v1/jobs")).json();
-    for (const job of jobs.data) {
-      if (job.status === "succeeded") addToGallery(job);
-    }
-    $("status").textContent = "ready";
-    setState("idle");
+    await loadJobs();
   } catch (e) {
     showError({ message: `cannot reach the server: ${e}` });
     setState("error");
