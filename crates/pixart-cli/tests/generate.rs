@@ -955,3 +955,71 @@ fn lcm_model_defaults_to_four_steps_without_guidance() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn preview_file_is_written_while_denoising() {
+    let dir = tempdir("preview");
+    let (out, preview) = (dir.join("out.png"), dir.join("live.png"));
+    let o = generate(&[
+        "-p",
+        "a boat",
+        "--width",
+        "128",
+        "--height",
+        "96",
+        "--batch",
+        "2",
+        "--steps",
+        "4",
+        "--seed",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+        "--preview",
+        preview.to_str().unwrap(),
+        "--preview-every",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    // Stderr is not a terminal here: a line per preview.
+    assert!(
+        err.contains("preview after step 2/4") && err.contains("preview after step 4/4"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("preview after step 1/4") && !err.contains("preview after step 3/4"),
+        "{err}"
+    );
+    let img = image::open(&preview).unwrap().to_rgb8();
+    // The batch side by side, at the output size; after the last step it is the images.
+    assert_eq!(img.dimensions(), (256, 96));
+    let first = image::open(&out).unwrap().to_rgb8();
+    let second = image::open(dir.join("out-1.png")).unwrap().to_rgb8();
+    let (w, h) = first.dimensions();
+    let same = |x0: u32, im: &image::RgbImage| {
+        (0..h).all(|y| {
+            (0..w).all(|x| {
+                let (a, b) = (img.get_pixel(x0 + x, y).0, im.get_pixel(x, y).0);
+                a.iter().zip(b).all(|(p, q)| p.abs_diff(q) <= 1)
+            })
+        })
+    };
+    assert!(same(0, &first) && same(w, &second));
+
+    for (args, needle) in [
+        (
+            vec!["--preview", "p.png", "--preview-every", "0"],
+            "--preview-every must be at least 1",
+        ),
+        (vec!["--preview", "p.jpg"], "previews are PNG"),
+        (vec!["--preview-every", "2"], "--preview"),
+    ] {
+        let mut all = vec!["-p", "a boat", "--steps", "2"];
+        all.extend(args.iter().copied());
+        let o = generate(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1084,3 +1084,66 @@ fn a_bad_api_key_is_a_usage_error() {
         assert!(!err.contains("listening on"), "{err}");
     }
 }
+
+#[test]
+fn jobs_with_preview_show_the_denoising_as_it_goes() {
+    let s = Server::start(&[]);
+    let r = s.post(
+        "/v1/jobs",
+        &json!({"prompt": "a boat", "steps": 6, "seed": 3, "n": 2, "size": "128x96", "preview": true}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    // The events carry the preview's step as it changes.
+    let mut events = s.events(&id);
+    let mut seen = Vec::new();
+    let done = loop {
+        let ev = events.next_event().unwrap().expect("stream ended before `done`");
+        let v: Value = serde_json::from_str(&ev.data).unwrap();
+        if let Some(step) = v["preview"]["step"].as_u64() {
+            if seen.last() != Some(&step) {
+                seen.push(step);
+                assert_eq!(
+                    v["preview"]["url"].as_str().unwrap(),
+                    format!("/v1/jobs/{id}/preview?step={step}")
+                );
+            }
+        }
+        if ev.event == "done" {
+            break v;
+        }
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The first preview comes after step 1; none after the last step.
+    assert_eq!(seen.first(), Some(&1), "{seen:?}");
+    assert!(seen.iter().all(|&k| k < 6), "{seen:?}");
+    let p = s.get(&format!("/v1/jobs/{id}/preview"));
+    assert_eq!((p.status, p.header("content-type")), (200, Some("image/png")));
+    assert_eq!(
+        p.header("x-preview-step"),
+        Some(seen.last().unwrap().to_string().as_str())
+    );
+    // The batch side by side, at the output size.
+    let png = decode_png(&p.body);
+    assert_eq!((png.width, png.height), (256, 96));
+
+    // Without "preview": none, and the 404 says why.
+    let r = s.post("/v1/jobs", &json!({"prompt": "a boat", "steps": 2, "seed": 3}));
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    s.wait_until(30, "the job to finish", || {
+        s.get(&format!("/v1/jobs/{id}")).json()["status"] == "succeeded"
+    });
+    assert!(s.get(&format!("/v1/jobs/{id}")).json()["preview"].is_null());
+    let e = s.get(&format!("/v1/jobs/{id}/preview"));
+    assert_eq!(e.status, 404);
+    assert!(error_of(&e)["message"]
+        .as_str()
+        .unwrap()
+        .contains("did not ask for previews"));
+    // A preview that is not a boolean.
+    let r = s.post("/v1/jobs", &json!({"prompt": "a boat", "preview": "yes"}));
+    assert_eq!(r.status, 422);
+    let e = error_of(&r);
+    assert_eq!(e["param"], "preview");
+    assert!(e["message"].as_str().unwrap().contains("true or false"), "{e}");
+}

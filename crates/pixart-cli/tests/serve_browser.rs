@@ -175,6 +175,22 @@ fn set_fields(b: &mut Browser, fields: &[(&str, &str)]) {
     }
 }
 
+/// Waits for the page's job to end, checks that it succeeded and that its image loaded.
+fn wait_done_with_image(b: &mut Browser, what: &str) {
+    b.wait_for("['done', 'error'].includes(document.body.dataset.state)", 60, what);
+    assert_eq!(
+        b.state(),
+        "done",
+        "{}",
+        b.eval("document.getElementById('error').textContent")
+    );
+    b.wait_for(
+        "(() => { const i = document.getElementById('result'); return !i.hidden && i.complete && i.naturalWidth > 0 && !i.src.includes('/preview'); })()",
+        20,
+        "the image to load",
+    );
+}
+
 #[test]
 fn the_web_page_generates_in_headless_chromium() {
     let Some(exe) = chromium() else { return };
@@ -206,24 +222,9 @@ fn the_web_page_generates_in_headless_chromium() {
         ],
     );
     b.eval("document.getElementById('generate').click(); true");
-    b.wait_for(
-        "['done', 'error'].includes(document.body.dataset.state)",
-        60,
-        "the generation",
-    );
-    assert_eq!(
-        b.state(),
-        "done",
-        "{}",
-        b.eval("document.getElementById('error').textContent")
-    );
+    wait_done_with_image(&mut b, "the generation");
     let p = b.eval("[document.getElementById('progress').value, document.getElementById('progress').max]");
     assert_eq!(p, json!([6, 6]));
-    b.wait_for(
-        "(() => { const i = document.getElementById('result'); return !i.hidden && i.complete && i.naturalWidth > 0; })()",
-        20,
-        "the image to load",
-    );
     let size =
         b.eval("[document.getElementById('result').naturalWidth, document.getElementById('result').naturalHeight]");
     assert_eq!(size, json!([320, 192]));
@@ -259,10 +260,21 @@ fn the_web_page_generates_in_headless_chromium() {
     let err = b.eval("document.getElementById('error').textContent");
     assert!(err.as_str().unwrap().contains("(steps)"), "{err}");
 
-    // 3. Cancel a long job from the page.
+    // 3. A long job shows live previews (the checkbox is on by default); cancel it from the page.
     set_fields(&mut b, &[("steps", "1000"), ("width", "256"), ("height", "256")]);
     b.eval("document.getElementById('generate').click(); true");
     b.wait_for("document.getElementById('progress').value >= 1", 30, "progress");
+    b.wait_for(
+        "(() => { const i = document.getElementById('result'); return document.body.dataset.preview !== undefined \
+         && i.src.includes('/preview?step=') && i.complete && i.naturalWidth === 256; })()",
+        30,
+        "a live preview",
+    );
+    let caption = b.eval("document.getElementById('caption').textContent");
+    assert!(
+        caption.as_str().unwrap().starts_with("preview after step "),
+        "{caption}"
+    );
     b.eval("document.getElementById('cancel').click(); true");
     b.wait_for("document.body.dataset.state === 'cancelled'", 20, "the cancel");
     let status = b.eval("document.getElementById('status').textContent");
@@ -318,17 +330,7 @@ fn the_web_page_generates_in_headless_chromium() {
         ],
     );
     b.eval("document.getElementById('generate').click(); true");
-    b.wait_for(
-        "['done', 'error'].includes(document.body.dataset.state)",
-        60,
-        "the image-to-image generation",
-    );
-    assert_eq!(
-        b.state(),
-        "done",
-        "{}",
-        b.eval("document.getElementById('error').textContent")
-    );
+    wait_done_with_image(&mut b, "the image-to-image generation");
     let id = b.eval("document.body.dataset.job");
     let job = server.get(&format!("/v1/jobs/{}", id.as_str().unwrap())).json();
     assert_eq!(
@@ -372,20 +374,5 @@ fn the_web_page_asks_for_the_api_key() {
     );
     set_fields(&mut b, &[("prompt", "a red circle"), ("steps", "3"), ("seed", "5")]);
     b.eval("document.getElementById('generate').click(); true");
-    b.wait_for(
-        "['done', 'error'].includes(document.body.dataset.state)",
-        60,
-        "the generation",
-    );
-    assert_eq!(
-        b.state(),
-        "done",
-        "{}",
-        b.eval("document.getElementById('error').textContent")
-    );
-    b.wait_for(
-        "(() => { const i = document.getElementById('result'); return !i.hidden && i.complete && i.naturalWidth > 0; })()",
-        20,
-        "the image to load",
-    );
+    wait_done_with_image(&mut b, "the generation");
 }

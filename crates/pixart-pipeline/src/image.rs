@@ -40,6 +40,23 @@ fn png_error(e: impl std::fmt::Display) -> Error {
 }
 
 impl RgbImage {
+    /// `images` in one row, left to right, on the height of the first (rows below a shorter
+    /// image's bottom are black): a batch in one picture, as previews show it.
+    pub fn side_by_side(images: &[RgbImage]) -> RgbImage {
+        let height = images.first().map_or(0, |i| i.height);
+        let width: usize = images.iter().map(|i| i.width).sum();
+        let mut data = Vec::with_capacity(3 * width * height);
+        for y in 0..height {
+            for img in images {
+                match img.data.get(3 * y * img.width..3 * (y + 1) * img.width) {
+                    Some(row) => data.extend_from_slice(row),
+                    None => data.resize(data.len() + 3 * img.width, 0),
+                }
+            }
+        }
+        RgbImage { width, height, data }
+    }
+
     /// A `width × height` image filled with `rgb`.
     pub fn filled(width: usize, height: usize, rgb: [u8; 3]) -> Self {
         Self {
@@ -254,6 +271,15 @@ impl RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn side_by_side_puts_a_batch_in_one_row() {
+        let (a, b) = (RgbImage::filled(2, 2, [1, 2, 3]), RgbImage::filled(1, 1, [9, 9, 9]));
+        let row = RgbImage::side_by_side(&[a, b]);
+        assert_eq!((row.width, row.height), (3, 2));
+        assert_eq!(row.data, vec![1, 2, 3, 1, 2, 3, 9, 9, 9, 1, 2, 3, 1, 2, 3, 0, 0, 0]);
+        assert_eq!(RgbImage::side_by_side(&[]).data, Vec::<u8>::new());
+    }
 
     #[test]
     fn jpeg_with_a_comment() {

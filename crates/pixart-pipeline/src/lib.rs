@@ -38,6 +38,6 @@ pub use image_file::{encode_png, parameters_text, sampler_name, ImageFormat};
 pub use noise::{random_seed, NoiseSource, SeededNoise};
 pub use pipeline::{denoise_step, ensure_finite, generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{
-    GenerationRequest, InitImage, OutputKind, VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
-    MAX_IMAGES, MAX_SEQUENCE_LENGTH, MAX_SIDE,
+    GenerationRequest, InitImage, OutputKind, Previews, VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH,
+    DEFAULT_STRENGTH, MAX_IMAGES, MAX_SEQUENCE_LENGTH, MAX_SIDE,
 };

@@ -7,19 +7,20 @@
 //! (`pipelines/stable_diffusion_xl/pipeline_stable_diffusion_xl_inpaint.py`, the
 //! `num_channels_unet == 4` branch).
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use pixart_core::{Error, Result};
 use pixart_model::{Context, PixArtTransformer};
-use pixart_schedulers::{from_config, Sampler, SamplerKind, Scheduler};
+use pixart_schedulers::{from_config, CleanEstimate, Sampler, SamplerKind, Scheduler};
 use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
 
 use crate::aspect_bins::resize_and_crop;
 use crate::components::PipelineComponents;
 use crate::image::RgbImage;
 use crate::noise::NoiseSource;
-use crate::request::{InitImage, OutputKind, ValidatedRequest};
+use crate::request::{InitImage, OutputKind, Previews, ValidatedRequest};
 
 /// The stages of a generation, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ impl Stage {
 }
 
 /// Progress events.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Progress {
     /// A stage begins.
     Stage(Stage),
@@ -67,6 +68,13 @@ pub enum Progress {
     Step { done: usize, total: usize, seconds: f64 },
     /// VAE tile `done` of `total` decoded.
     DecodeTile { done: usize, total: usize },
+    /// A live preview after denoising step `done` of `total` ([`Previews`]): the images the
+    /// step's denoised estimate x̂0 decodes to, one per image of the batch, at the output size.
+    Preview {
+        done: usize,
+        total: usize,
+        images: Arc<Vec<RgbImage>>,
+    },
     /// A prompt (`negative: true`: the negative prompt) was cut to `limit` tokens (300, 120 for
     /// a PixArt-α pipeline); `dropped` tokens were lost (diffusers warns the same way).
     Truncated {
@@ -82,6 +90,8 @@ pub enum Progress {
 pub struct Timings {
     pub stages: Vec<(Stage, f64)>,
     pub steps: Vec<f64>,
+    /// Seconds each preview took (x̂0 decode and conversion), in order.
+    pub previews: Vec<f64>,
 }
 
 /// A finished generation.
@@ -173,6 +183,23 @@ pub fn denoise_step(
     guidance: Option<f64>,
     noise: Option<&Tensor>,
 ) -> Result<Tensor> {
+    Ok(denoise_step_estimating(model, ctx, scheduler, latents, i, guidance, noise, None)?.0)
+}
+
+/// [`denoise_step`], also returning the step's denoised estimate x̂0 (f32, (b, c, h, w)) when
+/// `estimate` is given: from the guided prediction and the model input, as
+/// [`CleanEstimate::x0`].
+#[allow(clippy::too_many_arguments)]
+fn denoise_step_estimating(
+    model: &PixArtTransformer,
+    ctx: &Context,
+    scheduler: &mut Sampler,
+    latents: &Tensor,
+    i: usize,
+    guidance: Option<f64>,
+    noise: Option<&Tensor>,
+    estimate: Option<&CleanEstimate>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let batch = latents.dim(0)?;
     let t = *scheduler.timesteps().get(i).ok_or_else(|| {
         Error::InvalidInput(format!(
@@ -215,7 +242,12 @@ pub fn denoise_step(
         None if keep < out_ch => out.narrow(1, 0, keep)?.contiguous()?, // (b, 2c, h, w) -> (b, c, h, w)
         None => out,
     };
-    scheduler.step(&eps, i, latents, noise)
+    let x0 = match estimate {
+        // The prediction channels of the guided output and the model input of the first b rows.
+        Some(e) => Some(e.x0(&eps.narrow(1, 0, in_ch)?, t, &x_in.narrow(0, 0, batch)?)?),
+        None => None,
+    };
+    Ok((scheduler.step(&eps, i, latents, noise)?, x0))
 }
 
 /// The latent channels the original PixArt code guides under its IDDPM sampler.
@@ -453,9 +485,15 @@ pub fn generate(
         })?,
     };
 
-    // 5. The denoising loop ([`denoise_step`]).
+    // 5. The denoising loop ([`denoise_step`]), with live previews when asked for.
     let total = scheduler.timesteps().len();
     let guidance = r.cfg.then_some(r.guidance);
+    let estimate = match r.previews {
+        Previews::Off => None,
+        _ => Some(CleanEstimate::new(&c.scheduler_config)?),
+    };
+    let mut preview_seconds = 0.0;
+    let mut last_preview: Option<f64> = None;
     (clock.progress)(Progress::Stage(Stage::Denoise));
     let denoise_start = Instant::now();
     for i in start..total {
@@ -465,16 +503,39 @@ pub fn generate(
             });
         }
         let step_start = Instant::now();
+        let (done, run) = (i + 1 - start, total - start);
+        // Whether this step ends with a preview (decided before it runs: the step then keeps
+        // its x̂0). Auto: the previews so far plus this one (as long as the last) within a
+        // quarter of the denoising time at the end of this step.
+        let preview = match r.previews {
+            Previews::Off => false,
+            Previews::Every(n) => done % n.max(1) == 0,
+            Previews::Auto => {
+                let denoised = denoise_start.elapsed().as_secs_f64() - preview_seconds
+                    + clock.timings.steps.last().copied().unwrap_or(0.0);
+                done < run && preview_seconds + last_preview.unwrap_or(0.0) <= PREVIEW_SHARE * denoised
+            }
+        };
         let step_noise = if scheduler.needs_noise() {
             Some(draw(noise, r.latent_shape, latents.dtype(), device)?)
         } else {
             None
         };
-        latents = denoise_step(model, &ctx, &mut scheduler, &latents, i, guidance, step_noise.as_ref())?;
+        let est = estimate.as_ref().filter(|_| preview);
+        let (next, x0) = denoise_step_estimating(
+            model,
+            &ctx,
+            &mut scheduler,
+            &latents,
+            i,
+            guidance,
+            step_noise.as_ref(),
+            est,
+        )?;
+        latents = next;
         if let Some(p) = &inpaint {
             latents = p.blend(&latents, &scheduler, i + 1)?;
         }
-        let (done, run) = (i + 1 - start, total - start);
         ensure_finite(&latents, || format!("the latents after step {done} of {run}"))
             .map_err(|e| Error::NonFinite(format!("{e} (a weight holds them, or the dtype overflowed)")))?;
         let seconds = step_start.elapsed().as_secs_f64();
@@ -484,6 +545,25 @@ pub fn generate(
             total: run,
             seconds,
         });
+        if let Some(x0) = x0 {
+            let preview_start = Instant::now();
+            // An inpainting preview shows the kept part as it will end: the image's own latents.
+            let x0 = match &inpaint {
+                Some(p) => p.blend(&x0.to_dtype(latents.dtype())?, &scheduler, total)?,
+                None => x0,
+            };
+            let decoded = vae_decode(c, r, &x0, &mut |_, _| {})?;
+            let (_, images) = postprocess(&decoded, r)?;
+            let took = preview_start.elapsed().as_secs_f64();
+            preview_seconds += took;
+            last_preview = Some(took);
+            clock.timings.previews.push(took);
+            (clock.progress)(Progress::Preview {
+                done,
+                total: run,
+                images: Arc::new(images),
+            });
+        }
     }
     clock
         .timings
@@ -506,54 +586,72 @@ pub fn generate(
     }
 
     // 6. Decode latents / scaling_factor with the VAE (tiled when large, or as requested).
-    let vae = &c.vae;
     let decoded = clock.run(Stage::Decode, |progress| {
-        let z = vae.unscale_latents(&latents.to_device(device)?.to_dtype(vae.dtype())?)?;
-        let image = vae.decode_with_progress(&z, r.vae_tiling.tiling(), &mut |done, total| {
+        vae_decode(c, r, &latents, &mut |done, total| {
             progress(Progress::DecodeTile { done, total })
-        })?;
-        let image = image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        ensure_finite(&image, || "the VAE's decoded pixels".into())?;
-        Ok(image)
+        })
     })?;
 
-    // 7. Back to the requested size when binned (bilinear resize + centre crop, in [-1, 1]),
-    //    then `clamp(x/2 + 0.5, 0, 1)` and `round(255 · x)` (diffusers' postprocess).
-    let (pixels, images) = clock.run(Stage::Postprocess, |_| {
-        let (b, ch, h, w) = decoded.dims4()?;
-        let (oh, ow) = (r.out_height, r.out_width);
-        let data = decoded.flatten_all()?.to_vec1::<f32>()?;
-        let data = if r.resolution_binning {
-            resize_and_crop(data, b * ch, (h, w), (oh, ow))
-        } else {
-            data
-        };
-        let (oh, ow) = if r.resolution_binning { (oh, ow) } else { (h, w) };
-        let data: Vec<f32> = data.iter().map(|&x| (x * 0.5 + 0.5).clamp(0.0, 1.0)).collect();
-        if data.len() != b * ch * oh * ow || ch != 3 {
-            return Err(Error::Shape(format!(
-                "decoded image has {ch} channels and {} values; expected 3 × {b} × {oh} × {ow}",
-                data.len()
-            )));
-        }
-        let plane = oh * ow;
-        let images = data
-            .chunks_exact(3 * plane)
-            .map(|img| RgbImage {
-                width: ow,
-                height: oh,
-                data: (0..plane)
-                    .flat_map(|p| (0..3).map(move |c| (img[c * plane + p] * 255.0).round() as u8))
-                    .collect(),
-            })
-            .collect();
-        let pixels = Tensor::from_vec(data, (b, ch, oh, ow), &Device::Cpu)?;
-        Ok((pixels, images))
-    })?;
+    // 7. Back to the requested size and 8-bit RGB ([`postprocess`]).
+    let (pixels, images) = clock.run(Stage::Postprocess, |_| postprocess(&decoded, r))?;
     Ok(Generated::Finished(Output {
         latents,
         pixels: Some(pixels),
         images,
         timings: clock.timings,
     }))
+}
+
+/// The share of the denoising time that [`Previews::Auto`] spends on previews.
+const PREVIEW_SHARE: f64 = 0.25;
+
+/// Diffusion latents (b, c, h, w) through the VAE: `latents / scaling_factor`, decoded (tiled
+/// when large, or as requested) into (b, 3, H, W) f32 on the CPU in [-1, 1].
+fn vae_decode(
+    c: &PipelineComponents,
+    r: &ValidatedRequest,
+    latents: &Tensor,
+    on_tile: &mut dyn FnMut(usize, usize),
+) -> Result<Tensor> {
+    let vae = &c.vae;
+    let z = vae.unscale_latents(&latents.to_device(&c.device)?.to_dtype(vae.dtype())?)?;
+    let image = vae.decode_with_progress(&z, r.vae_tiling.tiling(), on_tile)?;
+    let image = image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    ensure_finite(&image, || "the VAE's decoded pixels".into())?;
+    Ok(image)
+}
+
+/// Decoded pixels (b, 3, H, W) in [-1, 1] back to the requested size when binned (bilinear
+/// resize + centre crop, in [-1, 1]), then `clamp(x/2 + 0.5, 0, 1)` and `round(255 · x)`
+/// (diffusers' postprocess): the [0, 1] tensor and the 8-bit images.
+fn postprocess(decoded: &Tensor, r: &ValidatedRequest) -> Result<(Tensor, Vec<RgbImage>)> {
+    let (b, ch, h, w) = decoded.dims4()?;
+    let (oh, ow) = (r.out_height, r.out_width);
+    let data = decoded.flatten_all()?.to_vec1::<f32>()?;
+    let data = if r.resolution_binning {
+        resize_and_crop(data, b * ch, (h, w), (oh, ow))
+    } else {
+        data
+    };
+    let (oh, ow) = if r.resolution_binning { (oh, ow) } else { (h, w) };
+    let data: Vec<f32> = data.iter().map(|&x| (x * 0.5 + 0.5).clamp(0.0, 1.0)).collect();
+    if data.len() != b * ch * oh * ow || ch != 3 {
+        return Err(Error::Shape(format!(
+            "decoded image has {ch} channels and {} values; expected 3 × {b} × {oh} × {ow}",
+            data.len()
+        )));
+    }
+    let plane = oh * ow;
+    let images = data
+        .chunks_exact(3 * plane)
+        .map(|img| RgbImage {
+            width: ow,
+            height: oh,
+            data: (0..plane)
+                .flat_map(|p| (0..3).map(move |c| (img[c * plane + p] * 255.0).round() as u8))
+                .collect(),
+        })
+        .collect();
+    let pixels = Tensor::from_vec(data, (b, ch, oh, ow), &Device::Cpu)?;
+    Ok((pixels, images))
 }

@@ -77,6 +77,20 @@ pub const DEFAULT_STRENGTH: f64 = 0.8;
 /// inpainting default).
 pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
 
+/// Live previews: the image the denoised estimate x̂0 of a step decodes to, sent as
+/// [`crate::Progress::Preview`] while the loop runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Previews {
+    /// None.
+    #[default]
+    Off,
+    /// After every `n`-th step (the last step included when it is one of them).
+    Every(usize),
+    /// As often as keeps the previews' decoding within a quarter of the denoising time, the
+    /// first after step 1, none after the last step (the final image comes next).
+    Auto,
+}
+
 /// What [`crate::generate`] returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputKind {
@@ -120,6 +134,8 @@ pub struct GenerationRequest {
     pub latents: Option<Tensor>,
     /// Image-to-image: start from this picture instead of pure noise.
     pub init_image: Option<InitImage>,
+    /// Live previews while denoising.
+    pub previews: Previews,
 }
 
 impl Default for GenerationRequest {
@@ -141,6 +157,7 @@ impl Default for GenerationRequest {
             output: OutputKind::Image,
             latents: None,
             init_image: None,
+            previews: Previews::Off,
         }
     }
 }
@@ -172,6 +189,7 @@ pub struct ValidatedRequest {
     pub output: OutputKind,
     pub latents: Option<Tensor>,
     pub init_image: Option<InitImage>,
+    pub previews: Previews,
     /// The sampler step the loop starts at: `steps − int(steps · strength)` for image to image,
     /// else 0.
     pub start_step: usize,
@@ -225,6 +243,9 @@ impl GenerationRequest {
                     self.images_per_prompt
                 ))
             })?;
+        if self.previews == Previews::Every(0) {
+            return Err(invalid("previews every 0 steps: give at least 1"));
+        }
         let mut start_step = 0;
         if let Some(init) = &self.init_image {
             let s = init.strength;
@@ -330,6 +351,7 @@ impl GenerationRequest {
             output: self.output,
             latents: self.latents,
             init_image: self.init_image,
+            previews: self.previews,
             start_step,
             latent_shape,
         })

@@ -16,6 +16,8 @@
 //! - [`OriginalDpmSolver`], the original PixArt repository's default DPM-Solver (time-uniform
 //!   continuous steps on the interpolated discrete schedule).
 //!
+//! [`CleanEstimate`] gives the denoised sample a model output implies at any step (previews).
+//!
 //! [`SchedulerConfig`] reads diffusers' `scheduler/scheduler_config.json`; [`from_config`] builds
 //! the sampler that file (or a [`SamplerKind`] override) names. The update arithmetic is done in
 //! f32 with the same scalar operations, in the same order, as diffusers 0.42.1 on torch 2.15, and
@@ -27,6 +29,7 @@ pub mod ddim;
 pub mod ddpm;
 pub mod dpm_solver_original;
 pub mod dpm_solver_pp;
+pub mod estimate;
 pub mod euler_ancestral;
 pub mod factory;
 pub mod lcm;
@@ -44,6 +47,7 @@ pub use ddim::{Ddim, DdimConfig};
 pub use ddpm::{Ddpm, DdpmConfig, DdpmSpacing, VarianceType};
 pub use dpm_solver_original::{OriginalDpmSolver, OriginalDpmSolverConfig};
 pub use dpm_solver_pp::{DpmSolverConfig, DpmSolverPp};
+pub use estimate::CleanEstimate;
 pub use euler_ancestral::{EulerAncestral, EulerAncestralConfig};
 pub use factory::{
     default_guidance, default_steps, from_config, Sampler, SamplerKind, DEFAULT_GUIDANCE, DEFAULT_STEPS,

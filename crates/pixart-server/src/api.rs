@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 use base64::Engine as _;
 use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{
-    random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, RgbImage, VaeTiling,
+    random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, Previews, RgbImage, VaeTiling,
     ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::{default_guidance, default_steps, SamplerKind};
@@ -63,7 +63,7 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = 1000;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 16] = [
+pub const FIELDS: [&str; 17] = [
     "prompt",
     "n",
     "size",
@@ -80,6 +80,7 @@ pub const FIELDS: [&str; 16] = [
     "image",
     "strength",
     "mask",
+    "preview",
 ];
 
 /// The body as sent (types checked, ranges not yet).
@@ -111,6 +112,10 @@ pub struct GenerationBody {
     /// With `image`: inpainting, a picture of the image's size (base64 like `image`), white
     /// where it is repainted, black where it is kept.
     pub mask: Option<String>,
+    /// Live previews for the job API: while denoising, `GET /v1/jobs/{id}/preview` gives the
+    /// image the latest step's denoised estimate decodes to (within a quarter of the denoising
+    /// time; default false).
+    pub preview: Option<bool>,
 }
 
 /// Defaults when a field is absent (`steps`: 25 with `"scheduler": "sa-solver"`, 100 with
@@ -202,6 +207,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<GenerationBody, ApiError>
             "output_compression" => "an integer from 0 to 100",
             "seed" => "an integer from 0 to 18446744073709551615",
             "guidance_scale" | "strength" => "a number",
+            "preview" => "true or false",
             _ => "a string",
         };
         ApiError::invalid(&field, format!("`{field}` must be {want}, got {got}"))
@@ -449,6 +455,11 @@ pub fn validate_with(
         output: OutputKind::Image,
         latents: None,
         init_image,
+        previews: if body.preview == Some(true) {
+            Previews::Auto
+        } else {
+            Previews::Off
+        },
     }
     .validate(geometry)
     // The remaining checks are about the image geometry (aspect-ratio bins) and the steps that

@@ -60,6 +60,9 @@ pub struct JobState {
     pub error: Option<String>,
     /// The image files (PNG or JPEG), when succeeded.
     pub images: Arc<Vec<Vec<u8>>>,
+    /// The latest live preview (requests with `"preview": true`): the step it shows and a PNG
+    /// of the batch's images side by side.
+    pub preview: Option<(usize, Arc<Vec<u8>>)>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
 }
@@ -221,6 +224,7 @@ impl Jobs {
             cancel_requested: false,
             error: None,
             images: Arc::new(Vec::new()),
+            preview: None,
             started: None,
             finished: None,
         });

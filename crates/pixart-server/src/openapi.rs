@@ -149,6 +149,14 @@ pub fn document() -> Value {
                     "404": error_response("No such job or image"),
                     "409": error_response("The job has not succeeded")
                 }
+            }},
+            "/v1/jobs/{id}/preview": {"get": {
+                "summary": "The latest live preview of a job whose request had `\"preview\": true`: the image the denoised estimate of step `X-Preview-Step` decodes to (the batch side by side), as PNG. Previews are made while denoising, within a quarter of its time; the job's `preview.url` changes with each",
+                "parameters": [id_param()],
+                "responses": {
+                    "200": {"description": "PNG", "headers": {"X-Preview-Step": {"schema": {"type": "integer"}}}, "content": {"image/png": {}}},
+                    "404": error_response("No such job, or no preview yet")
+                }
             }}
         },
         "components": {"securitySchemes": {
@@ -174,7 +182,8 @@ pub fn document() -> Value {
                     "scheduler": {"type": "string", "enum": schedulers, "description": "Default: the model's scheduler_config.json; iddpm is PixArt's IDDPM sampler (the model's learned variance)"},
                     "image": {"type": "string", "contentEncoding": "base64", "description": "Image to image: the start picture, a base64 PNG, JPEG or WebP file or a data: URL (body up to /health's max_image_body_bytes). Default size: the image's"},
                     "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image. Default 0.8, 1 with a mask"},
-                    "mask": {"type": "string", "contentEncoding": "base64", "description": "With image: inpainting. A picture of the image's size (base64 like image), white where it is repainted, black where it is kept"}
+                    "mask": {"type": "string", "contentEncoding": "base64", "description": "With image: inpainting. A picture of the image's size (base64 like image), white where it is repainted, black where it is kept"},
+                    "preview": {"type": "boolean", "default": false, "description": "Live previews for the job API (GET /v1/jobs/{id}/preview) while denoising, within a quarter of the denoising time"}
                 }
             },
             "ImagesResponse": {
@@ -205,6 +214,10 @@ pub fn document() -> Value {
                     "steps": {"type": "integer"},
                     "guidance_scale": {"type": "number"},
                     "seed": {"type": "integer"},
+                    "strength": {"type": ["number", "null"]},
+                    "preview": {"type": ["object", "null"], "description": "The latest live preview, when the request asked for them", "properties": {
+                        "step": {"type": "integer"}, "url": {"type": "string"}
+                    }},
                     "error": {"type": ["string", "null"]},
                     "result": {"type": ["object", "null"], "properties": {"images": {"type": "array", "items": {"type": "object", "properties": {
                         "index": {"type": "integer"}, "url": {"type": "string"}, "seed": {"type": "integer"},

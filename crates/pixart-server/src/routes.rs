@@ -37,7 +37,7 @@ pub struct AppState {
 }
 
 /// Every route, for the router and the OpenAPI document's test.
-pub const ROUTES: [(&str, &str); 14] = [
+pub const ROUTES: [(&str, &str); 15] = [
     ("get", "/"),
     ("get", "/app.js"),
     ("get", "/style.css"),
@@ -52,6 +52,7 @@ pub const ROUTES: [(&str, &str); 14] = [
     ("delete", "/v1/jobs/{id}"),
     ("get", "/v1/jobs/{id}/events"),
     ("get", "/v1/jobs/{id}/images/{index}"),
+    ("get", "/v1/jobs/{id}/preview"),
 ];
 
 pub fn router(state: AppState) -> Router {
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(get_job).delete(delete_job))
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/jobs/{id}/images/{index}", get(job_image))
+        .route("/v1/jobs/{id}/preview", get(job_preview))
         .route_layer(axum::middleware::from_fn_with_state(
             state.api_key.clone(),
             auth::require,
@@ -320,6 +322,7 @@ fn form_value(name: &str, text: String) -> Value {
     let number = match name {
         "n" | "steps" | "seed" | "output_compression" => text.trim().parse::<u64>().ok().map(Value::from),
         "guidance_scale" | "strength" => text.trim().parse::<f64>().ok().map(Value::from),
+        "preview" => text.trim().parse::<bool>().ok().map(Value::from),
         _ => None,
     };
     number.unwrap_or(Value::String(text))
@@ -449,6 +452,10 @@ fn job_json(app: &AppState, job: &Job, s: &JobState, b64_images: bool) -> Value 
         "guidance_scale": r.guidance,
         "seed": job.params.seed,
         "strength": r.init_image.as_ref().map(|i| i.strength),
+        "preview": s.preview.as_ref().map(|(step, _)| json!({
+            "step": step,
+            "url": format!("/v1/jobs/{}/preview?step={step}", job.id),
+        })),
         "error": s.error,
         "result": result,
     })
@@ -538,6 +545,31 @@ async fn job_events(
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10))))
+}
+
+/// `GET /v1/jobs/{id}/preview`: the latest live preview (PNG, the batch side by side; the
+/// request had `"preview": true`), 404 before the first one. The `step` query of the job's
+/// preview URL only makes each preview a new URL for a browser's cache.
+async fn job_preview(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let job = find(&app, &id)?;
+    let s = job.snapshot();
+    let (step, png) = s.preview.ok_or_else(|| {
+        let why = if job.params.request.previews == pixart_pipeline::Previews::Off {
+            "the request did not ask for previews (`\"preview\": true`)"
+        } else {
+            "none yet"
+        };
+        ApiError::not_found(format!("job {} has no preview: {why}", job.id))
+    })?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png".to_string()),
+            (header::CACHE_CONTROL, "private, max-age=3600".to_string()),
+            (header::HeaderName::from_static("x-preview-step"), step.to_string()),
+        ],
+        png.as_ref().clone(),
+    )
+        .into_response())
 }
 
 /// `GET /v1/jobs/{id}/images/{index}`: the image (PNG or JPEG, as the request asked).

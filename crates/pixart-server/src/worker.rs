@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use pixart_pipeline::{generate, parameters_text, sampler_name, Generated, PipelineComponents, Progress, SeededNoise};
+use pixart_pipeline::{
+    encode_png, generate, parameters_text, sampler_name, Generated, PipelineComponents, Progress, RgbImage, SeededNoise,
+};
 
 use crate::jobs::{Job, Jobs, Status};
 
@@ -45,6 +47,10 @@ fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
                 st.step_seconds = Some(seconds);
             });
         }
+        Progress::Preview { done, images, .. } => match encode_png(&RgbImage::side_by_side(&images), "") {
+            Ok(png) => job.state.send_modify(|st| st.preview = Some((done, Arc::new(png)))),
+            Err(e) => eprintln!("{}: preview after step {done} not encoded: {e}", job.id),
+        },
         _ => {}
     };
     let mut noise = SeededNoise::new(job.params.seed);

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
     generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, InitImage,
-    OutputKind, PipelineComponents, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_INPAINT_STRENGTH,
+    OutputKind, PipelineComponents, Previews, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_INPAINT_STRENGTH,
     DEFAULT_STRENGTH,
 };
 use pixart_schedulers::{default_guidance, default_steps};
@@ -103,6 +103,15 @@ pub struct GenerateArgs {
     /// cpu, cuda, cuda:N or auto (the first GPU of a CUDA build when there is one, else the CPU).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Live preview: while denoising, write the image the current denoised estimate decodes to
+    /// (a PNG, the batch side by side; rewritten atomically each time, so an image viewer that
+    /// reloads shows the progress). By default as often as keeps the previews within a quarter
+    /// of the denoising time.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+    /// With --preview: after every N-th step instead (the VAE decodes each one).
+    #[arg(long = "preview-every", requires = "preview")]
+    preview_every: Option<usize>,
 }
 
 /// `OUT.png`, `OUT-1.png`, ... for image `k`.
@@ -194,6 +203,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
     output_folder_exists(&output)?;
+    let previews = match (&a.preview, a.preview_every) {
+        (None, _) => Previews::Off,
+        (Some(_), Some(0)) => return Err(UsageError("--preview-every must be at least 1".into()).into()),
+        (Some(_), Some(n)) => Previews::Every(n),
+        (Some(_), None) => Previews::Auto,
+    };
+    if let Some(p) = &a.preview {
+        let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase());
+        if !matches!(ext.as_deref(), None | Some("png")) {
+            return Err(UsageError(format!("{}: previews are PNG; name the file .png", p.display())).into());
+        }
+        output_folder_exists(p)?;
+        pixart_core::weights::check_output_path(p).map_err(usage)?;
+    }
     let format = match a.output_type {
         OutputType::Image => Some(image_format(&output, a.jpeg_quality)?),
         OutputType::Latent => None,
@@ -248,6 +271,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         output: output_kind,
         latents,
         init_image,
+        previews,
     };
     // Validate against the config files first, so that a bad request fails before loading.
     if let Ok(geometry) = resolved.geometry() {
@@ -301,6 +325,19 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 }
             } else {
                 eprintln!("step {done}/{total}: {seconds:.3} s");
+            }
+        }
+        Progress::Preview { done, total, images } => {
+            if let Some(path) = &a.preview {
+                let written = pixart_pipeline::encode_png(&RgbImage::side_by_side(&images), "")
+                    .map_err(anyhow::Error::from)
+                    .and_then(|png| Ok(pixart_core::weights::write_atomic(path, &png)?));
+                // A preview that cannot be written does not stop the generation.
+                match written {
+                    Err(e) => bar.suspend(|| eprintln!("warning: preview after step {done} not written: {e}")),
+                    Ok(()) if tty => bar.set_message(format!("preview at step {done}")),
+                    Ok(()) => eprintln!("preview after step {done}/{total}: {}", path.display()),
+                }
             }
         }
         Progress::Truncated {

@@ -60,7 +60,20 @@ function showResult(job, img) {
   $("caption").textContent = caption(job);
 }
 
+// The job's latest live preview in the image area, while it runs.
+function showPreview(job) {
+  if (job.status !== "running" || !job.preview) return;
+  if (document.body.dataset.preview === String(job.preview.step)) return;
+  document.body.dataset.preview = String(job.preview.step);
+  const r = $("result");
+  r.src = job.preview.url;
+  r.alt = `preview of ${job.prompt}`;
+  r.hidden = false;
+  $("caption").textContent = `preview after step ${job.preview.step}/${job.total_steps}`;
+}
+
 function update(job) {
+  showPreview(job);
   const p = $("progress");
   p.max = Math.max(job.total_steps, 1);
   p.value = job.step;
@@ -149,6 +162,7 @@ async function generate(ev) {
     guidance_scale: numberOrUndefined("guidance"),
     seed: numberOrUndefined("seed"),
     scheduler: $("scheduler").value || undefined,
+    preview: $("preview").checked,
   };
   const file = $("image").files[0];
   if (file) {
@@ -159,6 +173,7 @@ async function generate(ev) {
     if (mask) body.mask = await readDataUrl(mask);
   }
   setState("running");
+  delete document.body.dataset.preview;
   $("progress").value = 0;
   $("status").textContent = "submitting…";
   try {
