@@ -1023,3 +1023,85 @@ fn preview_file_is_written_while_denoising() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn prompts_file_runs_each_prompt_and_matches_one_batch() {
+    let dir = tempdir("prompts-file");
+    let file = dir.join("prompts.txt");
+    std::fs::write(&file, "# two prompts\na red boat\n\n  a small cat at night  \n").unwrap();
+    let common = [
+        "--width", "128", "--height", "96", "--steps", "3", "--seed", "5", "--batch", "2",
+    ];
+    let from_file = dir.join("file.png");
+    let o = generate(
+        &[
+            &common[..],
+            &[
+                "--prompts-file",
+                file.to_str().unwrap(),
+                "-o",
+                from_file.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("prompt 1/2: a red boat") && err.contains("prompt 2/2: a small cat at night"),
+        "{err}"
+    );
+    // T5 is loaded once, with the model, not for each prompt.
+    assert_eq!(err.matches("load text encoder").count(), 0, "{err}");
+    let together = dir.join("together.png");
+    let o = generate(
+        &[
+            &common[..],
+            &[
+                "-p",
+                "a red boat",
+                "-p",
+                "a small cat at night",
+                "-o",
+                together.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Image k of the file is image k of one run with both prompts: the same bytes,
+    // parameters (prompt, seed) included.
+    for k in 0..4 {
+        let name = |stem: &str| {
+            if k == 0 {
+                format!("{stem}.png")
+            } else {
+                format!("{stem}-{k}.png")
+            }
+        };
+        let (a, b) = (
+            std::fs::read(dir.join(name("file"))).unwrap(),
+            std::fs::read(dir.join(name("together"))).unwrap(),
+        );
+        assert!(a == b, "image {k} differs");
+    }
+    assert!(!dir.join("file-4.png").exists());
+
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "# nothing\n\n").unwrap();
+    for (args, needle) in [
+        (vec!["--prompts-file", empty.to_str().unwrap()], "holds no prompt"),
+        (
+            vec!["--prompts-file", "/nonexistent/prompts.txt"],
+            "/nonexistent/prompts.txt",
+        ),
+        (vec!["--prompts-file", dir.to_str().unwrap()], "is a folder"),
+        (vec!["--prompts-file", file.to_str().unwrap(), "-p", "x"], "--prompt"),
+        (vec![], "--prompt"),
+    ] {
+        let o = generate(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -581,12 +581,13 @@ fn bad_requests_get_json_errors_naming_the_field() {
 
 #[test]
 fn a_failing_generation_reports_no_paths() {
-    // A copy of the pipeline whose T5 weights vanish after start-up (the encoder is read per
-    // generation): the failure is logged with its path, the client sees a generic 500.
+    // A copy of the pipeline whose T5 weights vanish after start-up (with
+    // --offload-text-encoder the encoder is read for each job): the failure is logged with
+    // its path, the client sees a generic 500.
     let dir = std::env::temp_dir().join(format!("pixart-serve-broken-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     copy_dir(&pipeline(), &dir);
-    let s = Server::start_with_model(&dir, &[]);
+    let s = Server::start_with_model(&dir, &["--offload-text-encoder"]);
     std::fs::remove_file(dir.join("text_encoder/model.safetensors")).unwrap();
     let r = s.post("/v1/images/generations", &json!({"prompt": "a cat", "steps": 2}));
     assert_eq!(r.status, 500, "{}", r.text());
@@ -741,6 +742,10 @@ fn health_metrics_openapi_and_page() {
         (Some("ok"), Some("pipeline"), Some("256x256"), Some(3))
     );
     assert_eq!(h["defaults"]["scheduler"], "dpm++");
+    assert_eq!(
+        (h["auth"].as_str(), h["text_encoder"].as_str()),
+        (Some("none"), Some("kept"))
+    );
     let r = s.post(
         "/v1/images/generations",
         &json!({"prompt": "a cat", "steps": 4, "seed": 1}),
@@ -1146,4 +1151,16 @@ fn jobs_with_preview_show_the_denoising_as_it_goes() {
     let e = error_of(&r);
     assert_eq!(e["param"], "preview");
     assert!(e["message"].as_str().unwrap().contains("true or false"), "{e}");
+}
+
+#[test]
+fn offloaded_text_encoder_gives_the_same_images() {
+    let body = json!({"prompt": "a lighthouse", "steps": 3, "seed": 9, "size": "128x128"});
+    let kept = Server::start(&[]);
+    let want = generations_png(&kept, &body).pixels;
+    let s = Server::start(&["--offload-text-encoder"]);
+    assert_eq!(s.get("/health").json()["text_encoder"], "per_job");
+    // A new text loads T5 for the job; the same one again comes from the cache.
+    assert_eq!(generations_png(&s, &body).pixels, want);
+    assert_eq!(generations_png(&s, &body).pixels, want);
 }

@@ -6,6 +6,7 @@
 //! The transformer and the VAE are loaded by [`PipelineComponents::load`]; the T5 encoder (the
 //! largest part by far) is only located there and is loaded by [`crate::generate`] for the
 //! text-encoding step, then dropped before denoising.
+use crate::text::TextFeatures;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
@@ -48,6 +49,9 @@ pub struct ComponentOptions {
     pub kv_compress: Option<Option<KvCompressConfig>>,
     /// LoRA adapters merged into the transformer.
     pub loras: Vec<pixart_model::lora::LoraSpec>,
+    /// Load the T5 encoder now and keep it, instead of loading it for each generation and
+    /// dropping it before denoising ([`crate::text`]).
+    pub keep_text_encoder: bool,
 }
 
 impl Default for ComponentOptions {
@@ -57,6 +61,7 @@ impl Default for ComponentOptions {
             dtype: DType::F32,
             kv_compress: None,
             loras: Vec::new(),
+            keep_text_encoder: false,
         }
     }
 }
@@ -141,6 +146,8 @@ pub struct PipelineComponents {
     pub dtype: DType,
     /// The T5 encoder's dtype.
     pub text_dtype: DType,
+    /// The T5 encoder when kept, and the features of recent texts.
+    pub text: TextFeatures,
 }
 
 impl std::fmt::Debug for PipelineComponents {
@@ -337,7 +344,7 @@ impl ComponentPaths {
 
 impl PipelineComponents {
     /// Resolves and loads everything but the T5 encoder (whose folder and weights are checked
-    /// to exist).
+    /// to exist), unless [`ComponentOptions::keep_text_encoder`].
     pub fn load(paths: &ComponentPaths, opts: &ComponentOptions) -> Result<Self> {
         Self::load_resolved(paths.resolve()?, opts)
     }
@@ -384,6 +391,14 @@ impl PipelineComponents {
         } else {
             DType::BF16
         };
+        let resident = match opts.keep_text_encoder {
+            true => Some(pixart_text::load_text_encoder(
+                &paths.text_encoder,
+                text_dtype,
+                &opts.device,
+            )?),
+            false => None,
+        };
         Ok(Self {
             transformer,
             vae,
@@ -393,6 +408,7 @@ impl PipelineComponents {
             device: opts.device.clone(),
             dtype: opts.dtype,
             text_dtype,
+            text: TextFeatures::new(resident),
         })
     }
 

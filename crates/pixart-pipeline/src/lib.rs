@@ -27,6 +27,7 @@ pub mod image_file;
 pub mod noise;
 pub mod pipeline;
 pub mod request;
+pub mod text;
 
 pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{
@@ -41,3 +42,4 @@ pub use request::{
     GenerationRequest, InitImage, OutputKind, Previews, VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH,
     DEFAULT_STRENGTH, MAX_IMAGES, MAX_SEQUENCE_LENGTH, MAX_SIDE,
 };
+pub use text::{TextFeatures, CACHED_TEXTS};

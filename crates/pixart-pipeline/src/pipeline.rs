@@ -436,18 +436,35 @@ pub fn generate(
             limit,
         });
     }
-    let (ids, mask) = to_tensors(&encodings, device)?;
+    let (_, mask) = to_tensors(&encodings, device)?;
 
     // 2. T5-encode the texts, each at its own valid length (texts of equal length together),
     //    zero-padded back to 300: the valid positions are what diffusers computes on the padded
     //    batch with the mask, the padded ones are masked out in the cross-attention anyway, and
-    //    a text's features do not depend on which texts share the batch. The encoder is
-    //    dropped right after, before denoising.
-    let t5 = clock.run(Stage::LoadTextEncoder, |_| {
-        load_text_encoder(&c.paths.text_encoder, c.text_dtype, device)
+    //    a text's features do not depend on which texts share the batch. Texts seen recently
+    //    come from the cache ([`crate::text`]); the encoder is loaded only when some text is
+    //    new and none is kept, and then dropped right after, before denoising.
+    let cached = c.text.lookup(&encodings);
+    let loaded = if cached.iter().any(Option::is_none) && c.text.resident().is_none() {
+        Some(clock.run(Stage::LoadTextEncoder, |_| {
+            load_text_encoder(&c.paths.text_encoder, c.text_dtype, device)
+        })?)
+    } else {
+        None
+    };
+    let hidden = clock.run(Stage::EncodeText, |_| {
+        c.text.assemble(&encodings, cached, |missing| {
+            let t5 = c
+                .text
+                .resident()
+                .or(loaded.as_ref())
+                .ok_or_else(|| Error::InvalidInput("no text encoder loaded".into()))?;
+            let owned: Vec<_> = missing.iter().map(|e| (*e).clone()).collect();
+            let (ids, mask) = to_tensors(&owned, device)?;
+            t5.forward_valid(&ids, &mask)
+        })
     })?;
-    let hidden = clock.run(Stage::EncodeText, |_| t5.forward_valid(&ids, &mask))?;
-    drop(t5);
+    drop(loaded);
 
     // 3. The caption projection and the cross-attention K/V of every block, once for the whole
     //    run. Batch rows: [uncond × batch, cond × batch] with CFG, [cond × batch] without; image

@@ -133,6 +133,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         let a = l.local_addr()?;
         Ok::<_, ServeError>((l, a))
     })?;
+    let text_encoder_kept = engine.components.text.resident().is_some();
     let worker = worker::spawn(jobs.clone(), engine)?;
     let state = routes::AppState {
         jobs: jobs.clone(),
@@ -144,6 +145,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         model_name: Arc::new(model_name),
         default_sampler: Arc::new(default_sampler),
         api_key: opts.api_key.clone(),
+        text_encoder_kept,
     };
     let app = routes::router(state);
     let grace = opts.shutdown_grace;

@@ -227,6 +227,8 @@ pub fn document() -> Value {
             },
             "Health": {"type": "object", "properties": {
                 "status": {"type": "string", "enum": ["ok", "shutting_down"]},
+                "auth": {"type": "string", "enum": ["api_key", "none"], "description": "Whether /v1 needs an API key"},
+                "text_encoder": {"type": "string", "enum": ["kept", "per_job"], "description": "Whether T5 stays loaded between jobs (--offload-text-encoder: per_job)"},
                 "model": {"type": "string"},
                 "queue_length": {"type": "integer"},
                 "max_queue": {"type": "integer"},

@@ -34,6 +34,8 @@ pub struct AppState {
     pub default_sampler: Arc<String>,
     /// Required by the `/v1/…` routes when set.
     pub api_key: Option<ApiKey>,
+    /// Whether the T5 encoder stays loaded between jobs (else each job with a new text loads it).
+    pub text_encoder_kept: bool,
 }
 
 /// Every route, for the router and the OpenAPI document's test.
@@ -150,6 +152,7 @@ async fn health(State(app): State<AppState>) -> Response {
                 "max_image_body_bytes": l.max_image_body_bytes, "max_prompt_chars": l.max_prompt_chars,
             },
             "auth": if app.api_key.is_some() { "api_key" } else { "none" },
+            "text_encoder": if app.text_encoder_kept { "kept" } else { "per_job" },
             "schedulers": SamplerKind::ALL.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "scheduler_steps": SamplerKind::ALL.iter().map(|k| (k.name().to_string(), json!(k.default_steps()))).collect::<serde_json::Map<_, _>>(),
         }),

@@ -185,9 +185,11 @@ impl EvalSettings {
                 batch: self.batch,
                 sampler,
             },
+            // Every batch of prompts is a generation: T5 is kept between them.
             component_opts: ComponentOptions {
                 device: dev,
                 dtype: dt,
+                keep_text_encoder: true,
                 ..ComponentOptions::default()
             },
         })

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
-    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, InitImage,
-    OutputKind, PipelineComponents, Previews, Progress, RgbImage, SeededNoise, VaeTiling, DEFAULT_INPAINT_STRENGTH,
-    DEFAULT_STRENGTH,
+    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, InitImage, Output,
+    OutputKind, PipelineComponents, Previews, Progress, RgbImage, SeededNoise, VaeTiling, ValidatedRequest,
+    DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::{default_guidance, default_steps};
 
@@ -25,14 +25,20 @@ pub enum OutputType {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "With --batch N > 1 (or several --prompt), images are written as OUT.png, OUT-1.png, \
-OUT-2.png, ... (image k uses seed SEED+k). Each PNG carries the generation parameters in a tEXt chunk \
-named `parameters`. Ctrl-C stops between steps and writes nothing."
+    after_help = "With --batch N > 1 (or several --prompt, or --prompts-file), images are written as \
+OUT.png, OUT-1.png, OUT-2.png, ... (image k uses seed SEED+k). Each PNG carries the generation \
+parameters in a tEXt chunk named `parameters`. Ctrl-C stops between steps and writes nothing of the \
+run in progress."
 )]
 pub struct GenerateArgs {
-    /// The prompt (repeat for several prompts).
-    #[arg(short = 'p', long = "prompt", required = true)]
+    /// The prompt (repeat for several prompts, denoised together as one batch).
+    #[arg(short = 'p', long = "prompt", required_unless_present = "prompts_file")]
     prompt: Vec<String>,
+    /// A text file of prompts, one per line (blank lines and lines starting with # skipped),
+    /// generated one after the other with the model loaded once (--batch images each); image k
+    /// of the whole file uses seed SEED+k, so it is what one run of all the prompts would make.
+    #[arg(long = "prompts-file", conflicts_with = "prompt")]
+    prompts_file: Option<PathBuf>,
     /// The negative prompt (used when --guidance > 1).
     #[arg(short = 'n', long = "negative-prompt", default_value = "")]
     negative_prompt: String,
@@ -84,7 +90,7 @@ pub struct GenerateArgs {
     #[arg(long = "keep-case")]
     keep_case: bool,
     /// Initial noise x_T from a safetensors file (tensor `latents`, (batch, 4, h/8, w/8)).
-    #[arg(long, conflicts_with = "image")]
+    #[arg(long, conflicts_with_all = ["image", "prompts_file"])]
     latents: Option<PathBuf>,
     /// Image to image: start from this picture (PNG, JPEG or WebP) instead of pure noise. It is
     /// resized to cover the generation size and centre-cropped; the default size is its own.
@@ -255,8 +261,16 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         OutputType::Image => OutputKind::Image,
         OutputType::Latent => OutputKind::Latent,
     };
-    let request = GenerationRequest {
-        prompts: a.prompt.clone(),
+    // The runs: every --prompt as one batch, or each prompt of --prompts-file on its own (the
+    // model loaded once, T5 kept between runs). Run r starts at image `first` of the whole, so
+    // its seed is SEED + first and image k of the whole uses SEED + k either way.
+    let groups: Vec<Vec<String>> = match &a.prompts_file {
+        Some(f) => read_prompts(f)?.into_iter().map(|p| vec![p]).collect(),
+        None => vec![a.prompt.clone()],
+    };
+    let many = groups.len() > 1;
+    let request_for = |prompts: Vec<String>, seed: u64| GenerationRequest {
+        prompts,
         negative_prompt: a.negative_prompt.clone(),
         width: a.width,
         height: a.height,
@@ -269,28 +283,106 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         keep_case: a.keep_case,
         vae_tiling,
         output: output_kind,
-        latents,
-        init_image,
+        latents: latents.clone(),
+        init_image: init_image.clone(),
         previews,
     };
     // Validate against the config files first, so that a bad request fails before loading.
     if let Ok(geometry) = resolved.geometry() {
-        request.clone().validate(&geometry).map_err(usage)?;
-    }
-    // Every image's path, so that none fails after the work (a folder named out-1.png).
-    if output_kind == OutputKind::Image {
-        let images = a.prompt.len().saturating_mul(a.batch).min(pixart_pipeline::MAX_IMAGES);
-        for k in 1..images {
-            pixart_core::weights::check_output_path(&numbered(&output, k)).map_err(usage)?;
+        for g in &groups {
+            request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
         }
+    }
+    // Every output's path, so that none fails after the work (a folder named out-1.png).
+    let outputs = match output_kind {
+        OutputKind::Image => groups.iter().map(|g| g.len().saturating_mul(a.batch)).sum::<usize>(),
+        OutputKind::Latent => groups.len(),
+    };
+    for k in 1..outputs.min(100_000) {
+        pixart_core::weights::check_output_path(&numbered(&output, k)).map_err(usage)?;
     }
 
     let start = std::time::Instant::now();
     eprintln!("loading {} on {}", model.display(), device_name(&options.device));
+    let options = pixart_pipeline::ComponentOptions {
+        keep_text_encoder: many,
+        ..options
+    };
     let components = PipelineComponents::load_resolved(resolved, &options).map_err(usage)?;
     let load_seconds = start.elapsed().as_secs_f64();
-    let request = request.validate(&components.geometry()).map_err(usage)?;
-    let sampler_name = sampler_name(&components, sampler);
+    let runs = groups.len();
+    let mut first = 0usize;
+    for (r, prompts) in groups.into_iter().enumerate() {
+        if many {
+            eprintln!("prompt {}/{runs}: {}", r + 1, prompts[0]);
+        }
+        let request = request_for(prompts, seed.wrapping_add(first as u64))
+            .validate(&components.geometry())
+            .map_err(usage)?;
+        let written = if many {
+            format!(
+                " of prompt {}/{runs} ({first} image(s) of the earlier prompts were written)",
+                r + 1
+            )
+        } else {
+            String::new()
+        };
+        let out = run_one(&a, &components, &request, &cancel, &written)?;
+        match output_kind {
+            OutputKind::Latent => {
+                let path = numbered(&output, r);
+                let map = std::collections::HashMap::from([("latents".to_string(), out.latents.clone())]);
+                pixart_core::weights::save_safetensors(&map, &path)?;
+                eprintln!("wrote {}", path.display());
+            }
+            OutputKind::Image => {
+                let model_label = model.display().to_string();
+                let sampler_name = sampler_name(&components, sampler);
+                for (k, img) in out.images.iter().enumerate() {
+                    let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
+                    let path = numbered(&output, first + k);
+                    let bytes = format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
+                    pixart_core::weights::write_atomic(&path, &bytes)?;
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+        }
+        first += request.batch;
+        summary(&out, load_seconds, start);
+    }
+    Ok(())
+}
+
+/// `--prompts-file`: one prompt per line; blank lines and lines starting with `#` are skipped.
+fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    if path.is_dir() {
+        return Err(UsageError(format!("{}: is a folder, not a prompts file", path.display())).into());
+    }
+    let bytes = std::fs::read(path).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let text = String::from_utf8(bytes).map_err(|e| UsageError(format!("{}: not UTF-8 text ({e})", path.display())))?;
+    let prompts: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if prompts.is_empty() {
+        return Err(UsageError(format!("{}: holds no prompt (one per line)", path.display())).into());
+    }
+    Ok(prompts)
+}
+
+/// One generation of the run loop, with its progress display; a Ctrl-C stop is [`Cancelled`]
+/// (`written` says what earlier runs left).
+fn run_one(
+    a: &GenerateArgs,
+    components: &PipelineComponents,
+    request: &ValidatedRequest,
+    cancel: &std::sync::atomic::AtomicBool,
+    written: &str,
+) -> Result<Output> {
+    let seed = request.seed;
+    let sampler_name = sampler_name(components, request.sampler);
     let steps = match &request.init_image {
         Some(init) => format!(
             "{} of {} steps ({}, strength {})",
@@ -358,38 +450,22 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         _ => {}
     };
     let mut noise = SeededNoise::new(seed);
-    let generated = generate(&components, &request, &mut noise, &mut on_progress, &cancel).map_err(usage)?;
-    let out = match generated {
-        Generated::Finished(o) => o,
+    let generated = generate(components, request, &mut noise, &mut on_progress, cancel).map_err(usage)?;
+    match generated {
+        Generated::Finished(o) => Ok(o),
         Generated::Cancelled { completed_steps } => {
             bar.abandon();
-            return Err(Cancelled(format!(
-                "cancelled after {completed_steps} of {} steps; nothing written",
+            Err(Cancelled(format!(
+                "cancelled after {completed_steps} of {} steps; nothing written{written}",
                 request.steps_to_run()
             ))
-            .into());
-        }
-    };
-
-    match output_kind {
-        OutputKind::Latent => {
-            let map = std::collections::HashMap::from([("latents".to_string(), out.latents.clone())]);
-            pixart_core::weights::save_safetensors(&map, &output)?;
-            eprintln!("wrote {}", output.display());
-        }
-        OutputKind::Image => {
-            let model_label = model.display().to_string();
-            for (k, img) in out.images.iter().enumerate() {
-                let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
-                let path = numbered(&output, k);
-                let bytes = format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
-                pixart_core::weights::write_atomic(&path, &bytes)?;
-                eprintln!("wrote {}", path.display());
-            }
+            .into())
         }
     }
+}
 
-    // Summary: time per stage and peak memory.
+/// The time per stage and the peak memory of one run.
+fn summary(out: &Output, load_seconds: f64, start: std::time::Instant) {
     let mut parts = vec![format!("load {load_seconds:.2} s")];
     parts.extend(out.timings.stages.iter().map(|(s, t)| format!("{} {t:.2} s", s.name())));
     let n = out.timings.steps.len().max(1) as f64;
@@ -402,5 +478,4 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         parts.join(", "),
         start.elapsed().as_secs_f64()
     );
-    Ok(())
 }

@@ -123,6 +123,7 @@ impl ModelArgs {
                 dtype,
                 kv_compress,
                 loras,
+                keep_text_encoder: false,
             },
         })
     }
