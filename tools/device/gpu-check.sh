@@ -87,7 +87,9 @@ if has generate; then
   for dt in f32 bf16; do
     gen --device cuda --dtype $dt --output-type latent -o "$OUT/gen-builtin-cuda-$dt.safetensors" >> "$OUT/gen-builtin.log" 2>&1
   done
-  gen --device cuda -o "$OUT/gen-builtin-cuda.png" >> "$OUT/gen-builtin.log" 2>&1 || echo "PNG run failed" >> "$OUT/gen-builtin.log"
+  # The PNG run also writes live previews (x0 decoded on the device every 2 steps).
+  gen --device cuda -o "$OUT/gen-builtin-cuda.png" --preview "$OUT/gen-builtin-cuda-preview.png" --preview-every 2 \
+    >> "$OUT/gen-builtin.log" 2>&1 || echo "PNG run failed" >> "$OUT/gen-builtin.log"
   # Image to image and inpainting (VAE encode, add_noise, mask blending on the device), f32.
   init=fixtures/golden/pipeline/img2img_init.png
   for mode in img2img inpaint; do
@@ -120,7 +122,7 @@ for mode in ("img2img", "inpaint"):
     rel = ((got - ref).norm() / ref.norm()).item()
     print(f"generate builtin {mode} cuda f32 vs cpu f32: rel L2 {rel:.3e} {'ok' if rel <= 1e-3 else 'FAIL'} (tolerance 1e-03)")
 PY
-  note "generate builtin PNG: $(ls "$OUT/gen-builtin-cuda.png" 2>/dev/null || echo missing)"
+  note "generate builtin PNG: $(ls "$OUT/gen-builtin-cuda.png" 2>/dev/null || echo missing); previews: $(grep -c 'preview after step' "$OUT/gen-builtin.log") ($(ls "$OUT/gen-builtin-cuda-preview.png" 2>/dev/null || echo missing))"
   # Full size at 1024 px: XL/2 transformer, SDXL VAE, XXL-width T5 (2 layers), random weights.
   if tools/device/make-random-pipeline.sh "$PIX" /tmp/sigma-random bf16 > "$OUT/random-pipeline.log" 2>&1; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$OUT/gen-mem.txt" 2>/dev/null &

@@ -746,6 +746,23 @@ fn health_metrics_openapi_and_page() {
         (h["auth"].as_str(), h["text_encoder"].as_str()),
         (Some("none"), Some("kept"))
     );
+    // OpenAI's model list: the one model, by its folder name.
+    let m = s.get("/v1/models").json();
+    assert_eq!(
+        (m["object"].as_str(), m["data"].as_array().map(Vec::len)),
+        (Some("list"), Some(1))
+    );
+    assert_eq!(
+        (m["data"][0]["id"].as_str(), m["data"][0]["object"].as_str()),
+        (Some("pipeline"), Some("model"))
+    );
+    assert_eq!(s.get("/v1/models/pipeline").json()["id"], "pipeline");
+    let other = s.get("/v1/models/dall-e-3");
+    assert_eq!(other.status, 404);
+    assert!(error_of(&other)["message"]
+        .as_str()
+        .unwrap()
+        .contains("this server runs \"pipeline\""));
     let r = s.post(
         "/v1/images/generations",
         &json!({"prompt": "a cat", "steps": 4, "seed": 1}),
@@ -1047,6 +1064,9 @@ fn api_key_guards_the_v1_routes() {
             assert_eq!(r.header("www-authenticate"), Some("Bearer"));
             let e = error_of(&r);
             assert_eq!(e["code"], "invalid_api_key");
+            let wrong = headers.contains("Bearer") || headers.contains("Cookie");
+            let want = if wrong { "incorrect API key" } else { "needs an API key" };
+            assert!(e["message"].as_str().unwrap().contains(want), "{headers:?}: {e}");
             assert!(!r.text().contains(key));
         }
     }

@@ -331,16 +331,31 @@ fn the_web_page_generates_in_headless_chromium() {
     );
     b.eval("document.getElementById('generate').click(); true");
     wait_done_with_image(&mut b, "the image-to-image generation");
+    assert_eq!(image_job(&mut b, &server), (Some(0.5), Some(2), Some("128x96".into())));
+
+    // 7. "Use as start image": the result on show becomes the start picture, at its size.
+    b.eval("document.getElementById('image').value = ''; document.getElementById('width').value = 256; true");
+    b.eval("document.getElementById('reuse').click(); true");
+    b.wait_for(
+        "document.getElementById('image').files.length === 1 && document.getElementById('width').value === '128'",
+        20,
+        "the start image from the result",
+    );
+    set_fields(&mut b, &[("seed", "2"), ("steps", "6")]);
+    b.eval("document.getElementById('generate').click(); true");
+    wait_done_with_image(&mut b, "the generation from the reused image");
+    assert_eq!(image_job(&mut b, &server), (Some(0.5), Some(3), Some("128x96".into())));
+}
+
+/// The strength, steps run and size of the page's last job, as the server has it.
+fn image_job(b: &mut Browser, server: &Server) -> (Option<f64>, Option<u64>, Option<String>) {
     let id = b.eval("document.body.dataset.job");
     let job = server.get(&format!("/v1/jobs/{}", id.as_str().unwrap())).json();
-    assert_eq!(
-        (
-            job["strength"].as_f64(),
-            job["total_steps"].as_u64(),
-            job["size"].as_str()
-        ),
-        (Some(0.5), Some(2), Some("128x96"))
-    );
+    (
+        job["strength"].as_f64(),
+        job["total_steps"].as_u64(),
+        job["size"].as_str().map(String::from),
+    )
 }
 
 #[test]

@@ -39,6 +39,22 @@ impl ApiKey {
         Ok(Self(key.to_string()))
     }
 
+    /// Whether `headers` carry some key (a bearer token or the page's cookie), right or not.
+    pub fn offered(headers: &HeaderMap) -> bool {
+        let bearer = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split_once(' ').is_some_and(|(s, _)| s.eq_ignore_ascii_case("bearer")));
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .any(|c| c.trim().split_once('=').is_some_and(|(n, _)| n == COOKIE));
+        bearer || cookie
+    }
+
     /// Whether `headers` carry this key, as a bearer token or in the page's cookie.
     pub fn admits(&self, headers: &HeaderMap) -> bool {
         let bearer = headers
@@ -78,7 +94,7 @@ fn same(a: &str, b: &str) -> bool {
 pub async fn require(State(key): State<Option<ApiKey>>, request: Request, next: Next) -> Response {
     match &key {
         Some(k) if !k.admits(request.headers()) => {
-            let mut resp = ApiError::unauthorized().into_response();
+            let mut resp = ApiError::unauthorized(ApiKey::offered(request.headers())).into_response();
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             resp

@@ -111,13 +111,19 @@ impl ApiError {
         .param("origin")
     }
 
-    /// 401: `--api-key` is set and the request does not carry it (OpenAI's `invalid_api_key`).
-    pub fn unauthorized() -> Self {
+    /// 401: `--api-key` is set and the request does not carry it (OpenAI's `invalid_api_key`);
+    /// `given`: it carried another key.
+    pub fn unauthorized(given: bool) -> Self {
+        let message = if given {
+            "incorrect API key"
+        } else {
+            "this server needs an API key: send `Authorization: Bearer KEY`"
+        };
         Self::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
             "invalid_api_key",
-            "this server needs an API key: send `Authorization: Bearer KEY`",
+            message,
         )
         .param("authorization")
     }

@@ -146,6 +146,10 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         default_sampler: Arc::new(default_sampler),
         api_key: opts.api_key.clone(),
         text_encoder_kept,
+        started: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     };
     let app = routes::router(state);
     let grace = opts.shutdown_grace;

@@ -150,6 +150,20 @@ pub fn document() -> Value {
                     "409": error_response("The job has not succeeded")
                 }
             }},
+            "/v1/models": {"get": {
+                "summary": "OpenAI's model list: the one model this server runs (`id` is its folder name or hub id)",
+                "responses": {"200": {"description": "The list", "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "object": {"const": "list"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}}
+                }}}}}}
+            }},
+            "/v1/models/{model}": {"get": {
+                "summary": "The model, when `model` is its id",
+                "parameters": [{"name": "model", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {
+                    "200": {"description": "The model", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Model"}}}},
+                    "404": error_response("Another model")
+                }
+            }},
             "/v1/jobs/{id}/preview": {"get": {
                 "summary": "The latest live preview of a job whose request had `\"preview\": true`: the image the denoised estimate of step `X-Preview-Step` decodes to (the batch side by side), as PNG. Previews are made while denoising, within a quarter of its time; the job's `preview.url` changes with each",
                 "parameters": [id_param()],
@@ -193,6 +207,9 @@ pub fn document() -> Value {
                     "data": {"type": "array", "items": {"type": "object", "properties": {"b64_json": {"type": "string"}, "seed": {"type": "integer"}}}}
                 }
             },
+            "Model": {"type": "object", "properties": {
+                "id": {"type": "string"}, "object": {"const": "model"}, "created": {"type": "integer"}, "owned_by": {"type": "string"}
+            }},
             "Job": {
                 "type": "object",
                 "properties": {

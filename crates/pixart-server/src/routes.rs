@@ -36,16 +36,20 @@ pub struct AppState {
     pub api_key: Option<ApiKey>,
     /// Whether the T5 encoder stays loaded between jobs (else each job with a new text loads it).
     pub text_encoder_kept: bool,
+    /// Unix seconds when the server started (the model's `created` in `/v1/models`).
+    pub started: u64,
 }
 
 /// Every route, for the router and the OpenAPI document's test.
-pub const ROUTES: [(&str, &str); 15] = [
+pub const ROUTES: [(&str, &str); 17] = [
     ("get", "/"),
     ("get", "/app.js"),
     ("get", "/style.css"),
     ("get", "/health"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/v1/models"),
+    ("get", "/v1/models/{model}"),
     ("post", "/v1/images/generations"),
     ("post", "/v1/images/edits"),
     ("post", "/v1/jobs"),
@@ -68,6 +72,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi_json));
     // `route_layer`: the key is checked on matched routes only, so an unknown path is still 404.
     let v1 = Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/v1/images/generations", post(generations))
         .route(
             "/v1/images/edits",
@@ -263,6 +269,28 @@ pub fn metrics_text(jobs: &Jobs) -> String {
         &[("", sums.jobs as f64)],
     );
     out
+}
+
+/// The served model as OpenAI's model object.
+fn model_object(app: &AppState) -> Value {
+    json!({"id": app.model_name.as_str(), "object": "model", "created": app.started, "owned_by": "pixart-rs"})
+}
+
+/// `GET /v1/models`: OpenAI's model list, the one model this server runs.
+async fn models(State(app): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &json!({"object": "list", "data": [model_object(&app)]}))
+}
+
+/// `GET /v1/models/{model}`: the model, or 404 for any other name.
+async fn model(State(app): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
+    if name != *app.model_name {
+        return Err(ApiError::not_found(format!(
+            "no model {:?}; this server runs {:?}",
+            truncate(&name, 64),
+            app.model_name.as_str()
+        )));
+    }
+    Ok(json_response(StatusCode::OK, &model_object(&app)))
 }
 
 async fn openapi_json() -> Response {

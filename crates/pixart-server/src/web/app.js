@@ -58,6 +58,19 @@ function showResult(job, img) {
   r.alt = job.prompt;
   r.hidden = false;
   $("caption").textContent = caption(job);
+  $("reuse").hidden = false;
+}
+
+// The image on show becomes the start image (image to image from a result), at its size.
+async function reuse() {
+  const r = $("result");
+  const blob = await (await fetch(r.src)).blob();
+  const dt = new DataTransfer();
+  dt.items.add(new File([blob], "start.png", { type: blob.type || "image/png" }));
+  $("image").files = dt.files;
+  $("width").value = r.naturalWidth;
+  $("height").value = r.naturalHeight;
+  $("status").textContent = "start image set: lower the strength to keep more of it";
 }
 
 // The job's latest live preview in the image area, while it runs.
@@ -65,6 +78,7 @@ function showPreview(job) {
   if (job.status !== "running" || !job.preview) return;
   if (document.body.dataset.preview === String(job.preview.step)) return;
   document.body.dataset.preview = String(job.preview.step);
+  $("reuse").hidden = true;
   const r = $("result");
   r.src = job.preview.url;
   r.alt = `preview of ${job.prompt}`;
@@ -247,6 +261,9 @@ async function init() {
   $("form").addEventListener("submit", generate);
   $("cancel").addEventListener("click", cancel);
   $("auth").addEventListener("submit", saveKey);
+  $("reuse").addEventListener("click", () =>
+    reuse().catch((e) => showError({ message: `cannot use the image: ${e}` })),
+  );
   try {
     const h = await (await fetch("/health")).json();
     $("model").textContent = `model: ${h.model}`;
