@@ -1105,3 +1105,64 @@ fn prompts_file_runs_each_prompt_and_matches_one_batch() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn from_an_image_repeats_its_generation() {
+    let dir = tempdir("from");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let settings = [
+        "-p",
+        "a boat\non a lake",
+        "-n",
+        "fog, rain",
+        "--steps",
+        "3",
+        "--guidance",
+        "3.5",
+        "--seed",
+        "4",
+        "--scheduler",
+        "ddim",
+        "--width",
+        "128",
+        "--height",
+        "96",
+    ];
+    let o = generate(&[&settings[..], &["-o", &p("a.png")]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = generate(&[&settings[..], &["-o", &p("a.jpg")]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Everything from the PNG (the model too: its label is the fixture's path): the same file.
+    let o = bin()
+        .args(["generate", "--from", &p("a.png"), "-o", &p("b.png")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("settings from"), "{}", stderr(&o));
+    assert!(std::fs::read(dir.join("a.png")).unwrap() == std::fs::read(dir.join("b.png")).unwrap());
+    // From the JPEG's comment, with the seed overridden: what the flags alone make.
+    let o = generate(&["--from", &p("a.jpg"), "--seed", "5", "-o", &p("c.png")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut direct = settings.to_vec();
+    direct[9] = "5";
+    let o = generate(&[&direct[..], &["-o", &p("d.png")]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(dir.join("c.png")).unwrap() == std::fs::read(dir.join("d.png")).unwrap());
+
+    // A picture without parameters, a missing file, a folder.
+    std::fs::write(
+        dir.join("plain.png"),
+        pixart_pipeline::RgbImage::filled(4, 4, [0, 0, 0]).to_png(None).unwrap(),
+    )
+    .unwrap();
+    for (from, needle) in [
+        (p("plain.png"), "holds no generation parameters"),
+        (p("missing.png"), "missing.png"),
+        (p(""), "is a folder"),
+    ] {
+        let o = generate(&["--from", &from]);
+        assert_eq!(o.status.code(), Some(2), "{from}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{from}: {}", stderr(&o));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -25,6 +25,7 @@ pub mod hub;
 pub mod image;
 pub mod image_file;
 pub mod noise;
+pub mod parameters;
 pub mod pipeline;
 pub mod request;
 pub mod text;
@@ -37,6 +38,7 @@ pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
 pub use image_file::{encode_png, parameters_text, sampler_name, ImageFormat};
 pub use noise::{random_seed, NoiseSource, SeededNoise};
+pub use parameters::{read_parameters, Parameters};
 pub use pipeline::{denoise_step, ensure_finite, generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{
     GenerationRequest, InitImage, OutputKind, Previews, VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH,

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
-    generate, parameters_text, random_seed, sampler_name, Generated, GenerationRequest, ImageFormat, InitImage, Output,
-    OutputKind, PipelineComponents, Previews, Progress, RgbImage, SeededNoise, VaeTiling, ValidatedRequest,
-    DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
+    generate, parameters_text, random_seed, read_parameters, sampler_name, Generated, GenerationRequest, ImageFormat,
+    InitImage, Output, OutputKind, Parameters, PipelineComponents, Previews, Progress, RgbImage, SeededNoise,
+    VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::{default_guidance, default_steps};
 
@@ -32,16 +32,21 @@ run in progress."
 )]
 pub struct GenerateArgs {
     /// The prompt (repeat for several prompts, denoised together as one batch).
-    #[arg(short = 'p', long = "prompt", required_unless_present = "prompts_file")]
+    #[arg(short = 'p', long = "prompt", required_unless_present_any = ["prompts_file", "from"])]
     prompt: Vec<String>,
     /// A text file of prompts, one per line (blank lines and lines starting with # skipped),
     /// generated one after the other with the model loaded once (--batch images each); image k
     /// of the whole file uses seed SEED+k, so it is what one run of all the prompts would make.
     #[arg(long = "prompts-file", conflicts_with = "prompt")]
     prompts_file: Option<PathBuf>,
+    /// Take the prompt and settings from an image this program (or a tool writing the same
+    /// `parameters` text) made: a PNG, JPEG or WebP. Flags given as well override its values
+    /// (e.g. --seed for a variation); without --model, its model when that can be found.
+    #[arg(long, conflicts_with = "prompts_file")]
+    from: Option<PathBuf>,
     /// The negative prompt (used when --guidance > 1).
-    #[arg(short = 'n', long = "negative-prompt", default_value = "")]
-    negative_prompt: String,
+    #[arg(short = 'n', long = "negative-prompt")]
+    negative_prompt: Option<String>,
     /// Image width in pixels (default: the model's native size, e.g. 1024).
     #[arg(long)]
     width: Option<usize>,
@@ -76,9 +81,9 @@ pub struct GenerateArgs {
     /// JPEG quality (1–100) when the output name ends in .jpg or .jpeg.
     #[arg(long = "jpeg-quality", default_value_t = 95)]
     jpeg_quality: u8,
-    /// Transformer dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
+    /// Transformer dtype: f32, bf16 or f16 (default f32).
+    #[arg(long)]
+    dtype: Option<String>,
     /// VAE tiled decoding: auto (large images only), on or off.
     #[arg(long = "vae-tiling", default_value = "auto")]
     vae_tiling: String,
@@ -192,11 +197,59 @@ fn initial_latents(path: &Path) -> Result<candle_core::Tensor> {
     Ok(t.clone())
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
+/// `--from`: the settings of the image fill every flag not given.
+fn apply_from(a: &mut GenerateArgs) -> Result<()> {
+    let Some(path) = a.from.clone() else {
+        return Ok(());
+    };
+    let what = path.display().to_string();
+    if path.is_dir() {
+        return Err(UsageError(format!("{what}: is a folder, not an image")).into());
+    }
+    let bytes = std::fs::read(&path).map_err(|e| UsageError(format!("{what}: {e}")))?;
+    let text = read_parameters(&bytes, &what)
+        .map_err(usage)?
+        .ok_or_else(|| UsageError(format!("{what}: holds no generation parameters")))?;
+    let p = Parameters::parse(&text).map_err(|e| UsageError(format!("{what}: {e}")))?;
+    if a.prompt.is_empty() {
+        a.prompt = vec![p.prompt.clone()];
+    }
+    a.negative_prompt = a.negative_prompt.take().or(Some(p.negative_prompt.clone()));
+    a.steps = a.steps.or(p.steps);
+    a.guidance = a.guidance.or(p.guidance);
+    a.scheduler = a.scheduler.take().or(p.sampler.clone());
+    a.seed = a.seed.or(p.seed);
+    a.width = a.width.or(p.width);
+    a.height = a.height.or(p.height);
+    a.dtype = a.dtype.take().or(p.dtype.clone());
+    a.no_resolution_binning |= p.resolution_binning == Some(false);
+    if a.image.is_some() {
+        a.strength = a.strength.or(p.strength);
+    } else if let Some(s) = p.strength {
+        let what_kind = if p.inpainting { "inpainting" } else { "image to image" };
+        eprintln!("note: {what} was made by {what_kind} (strength {s}); give --image (and --mask) to do the same");
+    }
+    // Its model, when that names one here: the built-in model, a folder that exists, or a hub
+    // id (owner/name); else the model given or the default one, with a note.
+    if let Some(m) = p.model.as_deref().filter(|_| a.model.model.is_none()) {
+        let hub_like = m.split('/').count() == 2 && !m.starts_with(['/', '.', '~']) && !Path::new(m).exists();
+        if pixart_pipeline::is_builtin(m) || Path::new(m).exists() || hub_like {
+            a.model.model = Some(PathBuf::from(m));
+        } else {
+            eprintln!("note: {what} was made with model {m:?}, which is not here; using the default model");
+        }
+    }
+    eprintln!("settings from {what}");
+    Ok(())
+}
+
+pub fn run(mut a: GenerateArgs) -> Result<()> {
+    apply_from(&mut a)?;
     // Parse and check everything the user typed before loading anything.
     let sampler = sampler(a.scheduler.as_deref())?;
     let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
-    let dt = dtype(&a.dtype)?;
+    let dtype_name = a.dtype.clone().unwrap_or_else(|| "f32".to_string());
+    let dt = dtype(&dtype_name)?;
     let dev = device(&a.device)?;
     if a.steps == Some(0) {
         return Err(UsageError("--steps must be at least 1".into()).into());
@@ -271,7 +324,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let many = groups.len() > 1;
     let request_for = |prompts: Vec<String>, seed: u64| GenerationRequest {
         prompts,
-        negative_prompt: a.negative_prompt.clone(),
+        negative_prompt: a.negative_prompt.clone().unwrap_or_default(),
         width: a.width,
         height: a.height,
         steps,
@@ -339,7 +392,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 let model_label = model.display().to_string();
                 let sampler_name = sampler_name(&components, sampler);
                 for (k, img) in out.images.iter().enumerate() {
-                    let params = parameters_text(&request, k, img, &sampler_name, &model_label, &a.dtype);
+                    let params = parameters_text(&request, k, img, &sampler_name, &model_label, &dtype_name);
                     let path = numbered(&output, first + k);
                     let bytes = format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
                     pixart_core::weights::write_atomic(&path, &bytes)?;
