@@ -526,7 +526,7 @@ fn bad_requests_get_json_errors_naming_the_field() {
         (br#"{"prompt": "a cat", "guidance_scale": 1e400}"#, 400, "body"),
         (br#"{"prompt": "a cat", "scheduler": "lms"}"#, 422, "scheduler"),
         (
-            br#"{"prompt": "a cat", "response_format": "url"}"#,
+            br#"{"prompt": "a cat", "response_format": "base64"}"#,
             422,
             "response_format",
         ),
@@ -565,10 +565,10 @@ fn bad_requests_get_json_errors_naming_the_field() {
     );
     let r = s.post_raw(
         "/v1/images/generations",
-        br#"{"prompt": "a cat", "response_format": "url"}"#,
+        br#"{"prompt": "a cat", "response_format": "base64"}"#,
     );
     let m = error_of(&r)["message"].as_str().unwrap().to_string();
-    assert!(m.ends_with("(for image URLs use POST /v1/jobs)"), "{m}");
+    assert_eq!(m, "`response_format` must be \"b64_json\" or \"url\", got \"base64\"");
     let r = s.post_raw("/v1/jobs", br#"{"prompt": "a cat", "n": -1}"#);
     assert_eq!(error_of(&r)["message"], "`n` must be a positive integer, got -1");
     let r = s.get("/v1/jobs/job-does-not-exist");
@@ -1183,4 +1183,35 @@ fn offloaded_text_encoder_gives_the_same_images() {
     // A new text loads T5 for the job; the same one again comes from the cache.
     assert_eq!(generations_png(&s, &body).pixels, want);
     assert_eq!(generations_png(&s, &body).pixels, want);
+}
+
+#[test]
+fn response_format_url_answers_with_image_urls() {
+    let s = Server::start(&[]);
+    let body = json!({"prompt": "a boat", "steps": 2, "seed": 8, "n": 2, "size": "128x96", "response_format": "url"});
+    let r = s.post("/v1/images/generations", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let data = r.json()["data"].as_array().unwrap().clone();
+    assert_eq!(data.len(), 2);
+    let prefix = format!("http://{}/v1/jobs/", s.addr);
+    for (k, item) in data.iter().enumerate() {
+        assert!(item.get("b64_json").is_none());
+        assert_eq!(item["seed"].as_u64(), Some(8 + k as u64));
+        let url = item["url"].as_str().unwrap();
+        assert!(
+            url.starts_with(&prefix) && url.ends_with(&format!("/images/{k}")),
+            "{url}"
+        );
+        // The URL serves the image: the same PNG a b64_json answer carries.
+        let png = s.get(&url[format!("http://{}", s.addr).len()..]);
+        assert_eq!((png.status, png.header("content-type")), (200, Some("image/png")));
+        let mut b64_body = body.clone();
+        b64_body["response_format"] = json!("b64_json");
+        if k == 0 {
+            let inline = s.post("/v1/images/generations", &b64_body).json();
+            assert_eq!(png.body, b64(&inline["data"][0]["b64_json"]));
+        }
+    }
+    // The job is kept for its URLs (the b64_json one is not).
+    assert_eq!(s.metric("pixart_jobs_kept"), 1.0);
 }

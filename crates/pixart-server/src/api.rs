@@ -131,6 +131,9 @@ pub struct JobParams {
     pub seed: u64,
     /// How the images are encoded (`output_format`).
     pub format: ImageFormat,
+    /// `response_format: "url"`: the OpenAI routes answer with image URLs (the job is kept
+    /// for them) instead of base64.
+    pub urls: bool,
 }
 
 /// JPEG quality of `output_format: "jpeg"`.
@@ -381,14 +384,16 @@ pub fn validate_with(
             ),
         ));
     }
-    if let Some(f) = &body.response_format {
-        if f != "b64_json" {
+    let urls = match body.response_format.as_deref() {
+        None | Some("b64_json") => false,
+        Some("url") => true,
+        Some(f) => {
             return Err(ApiError::invalid(
                 "response_format",
-                format!("`response_format` must be \"b64_json\", got {f:?} (for image URLs use POST /v1/jobs)"),
-            ));
+                format!("`response_format` must be \"b64_json\" or \"url\", got {f:?}"),
+            ))
         }
-    }
+    };
     // OpenAI's `output_compression` (0-100, default 100) is the JPEG quality here (at least 1);
     // PNG and WebP (lossless) ignore it.
     let quality = match body.output_compression {
@@ -478,7 +483,12 @@ pub fn validate_with(
             msg.replace("--strength", "`strength`").replace("--steps", "`steps`"),
         )
     })?;
-    Ok(JobParams { request, seed, format })
+    Ok(JobParams {
+        request,
+        seed,
+        format,
+        urls,
+    })
 }
 
 #[cfg(test)]
@@ -567,7 +577,11 @@ mod tests {
             (r#"{"prompt": "a", "guidance_scale": 51}"#, 422, "guidance_scale"),
             (r#"{"prompt": "a", "seed": -3}"#, 422, "seed"),
             (r#"{"prompt": "a", "scheduler": "plms"}"#, 422, "scheduler"),
-            (r#"{"prompt": "a", "response_format": "url"}"#, 422, "response_format"),
+            (
+                r#"{"prompt": "a", "response_format": "base64"}"#,
+                422,
+                "response_format",
+            ),
             (r#"{"prompt": "a", "output_format": "gif"}"#, 422, "output_format"),
             (r#"{"prompt": "a", "output_format": 1}"#, 422, "output_format"),
         ];

@@ -291,7 +291,7 @@ mod tests {
         for msg in [
             "no such route (see /openapi.json)",
             "method not allowed on this route (see /openapi.json)",
-            "`response_format` must be \"b64_json\", got \"url\" (for image URLs use POST /v1/jobs)",
+            "`response_format` \"url\" gives URLs such as /v1/jobs/job-1/images/0",
             "poll /v1/jobs/job-12ab/images/0, then GET /health; see /",
         ] {
             assert_eq!(scrub(msg), msg);

@@ -184,7 +184,7 @@ pub fn document() -> Value {
                     "prompt": {"type": "string", "minLength": 1},
                     "n": {"type": "integer", "minimum": 1, "default": 1, "description": "Images; at most the server's max_n (see /health)"},
                     "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$", "description": "WIDTHxHEIGHT; default the model's native size; each side within /health's limits. Generated at the nearest aspect-ratio bin, then resized and cropped"},
-                    "response_format": {"type": "string", "enum": ["b64_json"], "default": "b64_json"},
+                    "response_format": {"type": "string", "enum": ["b64_json", "url"], "default": "b64_json"},
                     "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "default": "png", "description": "The images' format; JPEG at quality 95 (or output_compression), WebP lossless"},
                     "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "description": "The JPEG quality (default 95); PNG and WebP are lossless"},
                     "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
@@ -204,7 +204,7 @@ pub fn document() -> Value {
                 "type": "object",
                 "properties": {
                     "created": {"type": "integer"},
-                    "data": {"type": "array", "items": {"type": "object", "properties": {"b64_json": {"type": "string"}, "seed": {"type": "integer"}}}}
+                    "data": {"type": "array", "items": {"type": "object", "properties": {"b64_json": {"type": "string", "description": "With response_format b64_json"}, "url": {"type": "string", "description": "With response_format url: GET /v1/jobs/{id}/images/{k} on this server, kept as long as the job (--keep-jobs, --job-ttl)"}, "seed": {"type": "integer"}}}}
                 }
             },
             "Model": {"type": "object", "properties": {

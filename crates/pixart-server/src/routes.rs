@@ -303,11 +303,29 @@ async fn openapi_json() -> Response {
 struct DiscardOnDrop {
     jobs: Arc<Jobs>,
     id: String,
+    /// Set once the answer carries URLs of the job's images: the job then stays (until
+    /// `--keep-jobs` / `--job-ttl` drop it).
+    keep: bool,
 }
 
 impl Drop for DiscardOnDrop {
     fn drop(&mut self) {
-        self.jobs.discard(&self.id);
+        if !self.keep {
+            self.jobs.discard(&self.id);
+        }
+    }
+}
+
+/// `scheme://host` of the request as the client addressed it (`Host`, and `X-Forwarded-Proto`
+/// behind a proxy), for absolute image URLs; empty (relative URLs) without a `Host`.
+fn origin_of(headers: &HeaderMap) -> String {
+    let value = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).map(str::trim);
+    match value("host") {
+        Some(host) if !host.is_empty() && !host.contains(['/', ' ', '@']) => {
+            let proto = value("x-forwarded-proto").filter(|p| *p == "https").unwrap_or("http");
+            format!("{proto}://{host}")
+        }
+        _ => String::new(),
     }
 }
 
@@ -327,7 +345,7 @@ fn b64(bytes: &[u8]) -> String {
 /// `POST /v1/images/generations`: queues the job and answers when it is done.
 async fn generations(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let params = read_request(&app, &headers, body).await?;
-    answer_images(app, params).await
+    answer_images(app, params, &headers).await
 }
 
 /// Refuses a request that a web page of another origin sent (its `Origin` is not this host).
@@ -407,24 +425,36 @@ async fn edits(
     let body = api::parse_value(Value::Object(fields))?;
     let images = api::edit_images(&image, mask.as_deref())?;
     let params = api::validate_with(body, Some(images), &app.limits, &app.geometry)?;
-    answer_images(app, params).await
+    answer_images(app, params, &headers).await
 }
 
-/// Queues `params` and answers with the images (`b64_json`) when the job is done.
-async fn answer_images(app: AppState, params: api::JobParams) -> Result<Response, ApiError> {
+/// Queues `params` and answers with the images when the job is done: `b64_json`, or with
+/// `response_format: "url"` the URLs of `GET /v1/jobs/{id}/images/{k}` (absolute, from the
+/// request's `Host`), the job kept for them.
+async fn answer_images(app: AppState, params: api::JobParams, headers: &HeaderMap) -> Result<Response, ApiError> {
     let job = app.jobs.submit(params)?;
-    let _guard = DiscardOnDrop {
+    let mut guard = DiscardOnDrop {
         jobs: app.jobs.clone(),
         id: job.id.clone(),
+        keep: false,
     };
     let state = wait_terminal(&job).await;
     match state.status {
         Status::Succeeded => {
+            let origin = origin_of(headers);
+            guard.keep = job.params.urls;
             let data: Vec<Value> = state
                 .images
                 .iter()
                 .enumerate()
-                .map(|(k, png)| json!({"b64_json": b64(png), "seed": job.params.seed.wrapping_add(k as u64)}))
+                .map(|(k, png)| {
+                    let seed = job.params.seed.wrapping_add(k as u64);
+                    if job.params.urls {
+                        json!({"url": format!("{origin}/v1/jobs/{}/images/{k}", job.id), "seed": seed})
+                    } else {
+                        json!({"b64_json": b64(png), "seed": seed})
+                    }
+                })
                 .collect();
             Ok(json_response(
                 StatusCode::OK,
