@@ -395,6 +395,26 @@ fn bad_inputs_of_the_training_commands_fail_up_front() {
         "run.toml: line 11, column 6: train.lr: invalid type",
     );
 
+    // train: a feature shard cut short (a copy interrupted, a full disk) is a usage error
+    // naming the file, before any step.
+    let feats = tempdir("bad-inputs-features");
+    setup(&feats);
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(feats.join("features/index.json")).unwrap()).unwrap();
+    let shard = feats
+        .join("features")
+        .join(index["shards"][0]["file"].as_str().unwrap());
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    let cfg = write_config(&feats, "run", 3);
+    fails(
+        bin().arg("train").arg("--config").arg(&cfg).output().unwrap(),
+        2,
+        "not a readable shard",
+    );
+    assert!(!feats.join("run").exists());
+    std::fs::remove_dir_all(&feats).unwrap();
+
     // demo-data: a damaged dataset.json is named as such.
     let demo = dir.join("demo");
     std::fs::create_dir_all(&demo).unwrap();

@@ -21,14 +21,6 @@ pub struct TrainArgs {
     resume: bool,
 }
 
-fn usage(e: pixart_core::Error) -> anyhow::Error {
-    match e {
-        pixart_core::Error::InvalidInput(m) => UsageError(m).into(),
-        e @ pixart_core::Error::Config { .. } => UsageError(e.to_string()).into(),
-        other => other.into(),
-    }
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
     if a.config.is_dir() {
         return Err(UsageError(format!(
@@ -40,11 +32,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if !a.config.is_file() {
         return Err(UsageError(format!("--config {}: no such config file", a.config.display())).into());
     }
-    let cfg = TrainConfig::from_file(&a.config).map_err(usage)?;
+    let cfg = TrainConfig::from_file(&a.config).map_err(super::usage)?;
     super::output_folder_ok(&cfg.output.dir)?;
-    let data = pixart_data::FeatureDataset::open(&cfg.data.features).map_err(usage)?;
+    let data = pixart_data::FeatureDataset::open(&cfg.data.features).map_err(super::usage)?;
     let total = cfg.train.steps;
-    let mut trainer = Trainer::new(cfg, a.resume).map_err(usage)?;
+    let mut trainer = Trainer::new(cfg, a.resume).map_err(super::usage)?;
     eprintln!(
         "training {} parameters on {} samples ({} layers, hidden {}, sample_size {}), from step {}",
         trainer.trainable_parameters(),
