@@ -1015,11 +1015,7 @@ fn preview_file_is_written_while_denoising() {
         (vec!["--preview", "p.jpg"], "previews are PNG"),
         (vec!["--preview-every", "2"], "--preview"),
     ] {
-        let mut all = vec!["-p", "a boat", "--steps", "2"];
-        all.extend(args.iter().copied());
-        let o = generate(&all);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+        usage_error_with(&args, needle);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1165,4 +1161,96 @@ fn from_an_image_repeats_its_generation() {
         assert!(stderr(&o).contains(needle), "{from}: {}", stderr(&o));
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn upscale_is_image_to_image_at_the_larger_size() {
+    let dir = tempdir("upscale");
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    let first = [
+        "-p", "a boat", "--width", "128", "--height", "96", "--steps", "3", "--seed", "2",
+    ];
+    let o = generate(
+        &[
+            &first[..],
+            &["--upscale", "2", "--upscale-strength", "0.5", "-o", &p("up.png")],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("upscale 1/1: 128x96 to 256x192"), "{}", stderr(&o));
+    // By hand: the first pass, then image to image at twice the size without binning.
+    let o = generate(&[&first[..], &["-o", &p("small.png")]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = generate(&[
+        "-p",
+        "a boat",
+        "--image",
+        &p("small.png"),
+        "--width",
+        "256",
+        "--height",
+        "192",
+        "--no-resolution-binning",
+        "--strength",
+        "0.5",
+        "--steps",
+        "3",
+        "--seed",
+        "2",
+        "-o",
+        &p("manual.png"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rgb = |name: &str| image::open(dir.join(name)).unwrap().to_rgb8();
+    let up = rgb("up.png");
+    assert_eq!(up.dimensions(), (256, 192));
+    assert!(
+        up == rgb("manual.png"),
+        "the upscaled image differs from the two commands'"
+    );
+    // Its parameters name both passes, so --from repeats them.
+    let text = pixart_pipeline::read_parameters(&std::fs::read(dir.join("up.png")).unwrap(), "up.png")
+        .unwrap()
+        .unwrap();
+    assert!(
+        text.contains("Size: 128x96") && text.ends_with("Hires upscale: 2, Hires steps: 3, Hires strength: 0.5"),
+        "{text}"
+    );
+    let o = bin()
+        .args(["generate", "--from", &p("up.png"), "-o", &p("again.png")])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(std::fs::read(dir.join("up.png")).unwrap() == std::fs::read(dir.join("again.png")).unwrap());
+
+    for (args, needle) in [
+        (vec!["--upscale", "1"], "--upscale 1 must be above 1"),
+        (vec!["--upscale", "8"], "at most 4"),
+        (
+            vec!["--upscale", "2", "--upscale-strength", "0"],
+            "--upscale-strength must be in (0, 1]",
+        ),
+        (
+            vec!["--upscale", "2", "--output-type", "latent"],
+            "--output-type latent",
+        ),
+        (vec!["--upscale-strength", "0.5"], "--upscale"),
+        (
+            vec!["--upscale", "4", "--width", "4096", "--height", "4096"],
+            "--upscale",
+        ),
+    ] {
+        usage_error_with(&args, needle);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `generate -p "a boat" --steps 2 ARGS` must be a usage error whose message holds `needle`.
+fn usage_error_with(args: &[&str], needle: &str) {
+    let mut all = vec!["-p", "a boat", "--steps", "2"];
+    all.extend(args.iter().copied());
+    let o = generate(&all);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
 }

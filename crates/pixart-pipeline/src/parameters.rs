@@ -26,6 +26,11 @@ pub struct Parameters {
     /// Image to image: the strength, and whether a mask was used.
     pub strength: Option<f64>,
     pub inpainting: bool,
+    /// Two-pass upscaling (`pixart generate --upscale`): the factor, the second pass's steps
+    /// and strength.
+    pub upscale: Option<f64>,
+    pub upscale_steps: Option<usize>,
+    pub upscale_strength: Option<f64>,
 }
 
 fn bad(what: &str, msg: impl std::fmt::Display) -> Error {
@@ -158,6 +163,9 @@ impl Parameters {
                 "Resolution binning" => p.resolution_binning = Some(v == "true"),
                 "Denoising strength" => p.strength = Some(v.parse().map_err(|_| num("Denoising strength"))?),
                 "Inpainting" => p.inpainting = v == "true",
+                "Hires upscale" => p.upscale = Some(v.parse().map_err(|_| num("Hires upscale"))?),
+                "Hires steps" => p.upscale_steps = Some(v.parse().map_err(|_| num("Hires steps"))?),
+                "Hires strength" => p.upscale_strength = Some(v.parse().map_err(|_| num("Hires strength"))?),
                 _ => {}
             }
         }
@@ -166,7 +174,10 @@ impl Parameters {
 }
 
 /// The settings keys of more than one word.
-const KEYS: [&str; 4] = [
+const KEYS: [&str; 7] = [
+    "Hires upscale",
+    "Hires steps",
+    "Hires strength",
     "CFG scale",
     "Resolution binning",
     "Denoising strength",
@@ -180,7 +191,8 @@ mod tests {
 
     const TEXT: &str = "a red fox\nin the snow\nNegative prompt: blurry, low quality\nSteps: 25, Sampler: sa-solver, \
 CFG scale: 4.5, Seed: 18446744073709551615, Size: 1024x768, Model: PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, \
-Dtype: bf16, Resolution binning: true, Denoising strength: 0.6, Inpainting: true";
+Dtype: bf16, Resolution binning: true, Denoising strength: 0.6, Inpainting: true, Hires upscale: 1.5, \
+Hires steps: 12, Hires strength: 0.4";
 
     #[test]
     fn parses_every_setting() {
@@ -201,6 +213,9 @@ Dtype: bf16, Resolution binning: true, Denoising strength: 0.6, Inpainting: true
                 resolution_binning: Some(true),
                 strength: Some(0.6),
                 inpainting: true,
+                upscale: Some(1.5),
+                upscale_steps: Some(12),
+                upscale_strength: Some(0.4),
             }
         );
         // A model name with a comma stays whole; no negative prompt line is an empty one.

@@ -120,6 +120,19 @@ pub struct GenerateArgs {
     /// of the denoising time.
     #[arg(long)]
     preview: Option<PathBuf>,
+    /// Two-pass upscaling ("hires fix"): each image made is then enlarged FACTOR times
+    /// (1 < FACTOR ≤ 4; sides rounded to the model's multiple of 16 px) and run through image to
+    /// image at that size with --upscale-strength: the composition stays, detail is added at
+    /// the larger size. The upscaled images are written.
+    #[arg(long, conflicts_with_all = ["image", "latents"])]
+    upscale: Option<f64>,
+    /// With --upscale: the share of the second pass's schedule that runs, in (0, 1] (default 0.5).
+    #[arg(long = "upscale-strength", requires = "upscale")]
+    upscale_strength: Option<f64>,
+    /// With --upscale: the second pass's steps (default: those of the first; it runs
+    /// int(steps x strength) of them).
+    #[arg(long = "upscale-steps", requires = "upscale")]
+    upscale_steps: Option<usize>,
     /// With --preview: after every N-th step instead (the VAE decodes each one).
     #[arg(long = "preview-every", requires = "preview")]
     preview_every: Option<usize>,
@@ -223,6 +236,11 @@ fn apply_from(a: &mut GenerateArgs) -> Result<()> {
     a.height = a.height.or(p.height);
     a.dtype = a.dtype.take().or(p.dtype.clone());
     a.no_resolution_binning |= p.resolution_binning == Some(false);
+    if a.image.is_none() && a.latents.is_none() {
+        a.upscale = a.upscale.or(p.upscale);
+        a.upscale_steps = a.upscale_steps.or(p.upscale_steps);
+        a.upscale_strength = a.upscale_strength.or(p.upscale_strength);
+    }
     if a.image.is_some() {
         a.strength = a.strength.or(p.strength);
     } else if let Some(s) = p.strength {
@@ -279,6 +297,25 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     let format = match a.output_type {
         OutputType::Image => Some(image_format(&output, a.jpeg_quality)?),
         OutputType::Latent => None,
+    };
+    let hires = match a.upscale {
+        None => None,
+        Some(f) => {
+            if !(f.is_finite() && f > 1.0 && f <= MAX_UPSCALE) {
+                return Err(UsageError(format!("--upscale {f} must be above 1 and at most {MAX_UPSCALE}")).into());
+            }
+            if a.output_type == OutputType::Latent {
+                return Err(UsageError("--upscale makes images; it cannot go with --output-type latent".into()).into());
+            }
+            let strength = a.upscale_strength.unwrap_or(DEFAULT_UPSCALE_STRENGTH);
+            if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
+                return Err(UsageError(format!("--upscale-strength must be in (0, 1], got {strength}")).into());
+            }
+            if a.upscale_steps == Some(0) {
+                return Err(UsageError("--upscale-steps must be at least 1".into()).into());
+            }
+            Some((f, strength))
+        }
     };
     let latents = match &a.latents {
         Some(p) => Some(initial_latents(p)?),
@@ -340,10 +377,45 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         init_image: init_image.clone(),
         previews,
     };
+    // The second pass of --upscale for one image: image to image at the enlarged size, exactly
+    // (no binning), with the image's own seed.
+    let hires_steps = a.upscale_steps.unwrap_or(steps);
+    let hires_for = |prompt: String, seed: u64, image: RgbImage, factor: f64, strength: f64, multiple: usize| {
+        let (w, h) = upscaled(image.width, image.height, factor, multiple);
+        GenerationRequest {
+            prompts: vec![prompt],
+            negative_prompt: a.negative_prompt.clone().unwrap_or_default(),
+            width: Some(w),
+            height: Some(h),
+            steps: hires_steps,
+            guidance,
+            seed,
+            images_per_prompt: 1,
+            sampler,
+            resolution_binning: false,
+            keep_case: a.keep_case,
+            vae_tiling,
+            output: OutputKind::Image,
+            latents: None,
+            init_image: Some(InitImage {
+                image,
+                strength,
+                mask: None,
+            }),
+            previews,
+        }
+    };
     // Validate against the config files first, so that a bad request fails before loading.
     if let Ok(geometry) = resolved.geometry() {
         for g in &groups {
-            request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
+            let first = request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
+            if let Some((f, strength)) = hires {
+                let stand_in = RgbImage::filled(first.out_width, first.out_height, [0; 3]);
+                let multiple = geometry.vae_factor * geometry.patch_size;
+                hires_for(g[0].clone(), seed, stand_in, f, strength, multiple)
+                    .validate(&geometry)
+                    .map_err(|e| UsageError(format!("--upscale: {e}")))?;
+            }
         }
     }
     // Every output's path, so that none fails after the work (a folder named out-1.png).
@@ -381,6 +453,37 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
             String::new()
         };
         let out = run_one(&a, &components, &request, &cancel, &written)?;
+        // --upscale: each image through the second pass; the parameters keep the first pass's
+        // settings and name the second's, so that --from repeats both.
+        let (images, hires_note) = match hires {
+            None => (out.images.clone(), String::new()),
+            Some((f, strength)) => {
+                let geometry = components.geometry();
+                let multiple = geometry.vae_factor * geometry.patch_size;
+                let mut up = Vec::with_capacity(out.images.len());
+                for (k, img) in out.images.iter().enumerate() {
+                    let prompt = request.prompts[k / request.images_per_prompt.max(1)].clone();
+                    let seed_k = request.seed.wrapping_add(k as u64);
+                    let second = hires_for(prompt, seed_k, img.clone(), f, strength, multiple)
+                        .validate(&geometry)
+                        .map_err(|e| UsageError(format!("--upscale: {e}")))?;
+                    eprintln!(
+                        "upscale {}/{}: {}x{} to {}x{}",
+                        k + 1,
+                        out.images.len(),
+                        img.width,
+                        img.height,
+                        second.out_width,
+                        second.out_height
+                    );
+                    up.extend(run_one(&a, &components, &second, &cancel, &written)?.images);
+                }
+                (
+                    up,
+                    format!(", Hires upscale: {f}, Hires steps: {hires_steps}, Hires strength: {strength}"),
+                )
+            }
+        };
         match output_kind {
             OutputKind::Latent => {
                 let path = numbered(&output, r);
@@ -391,8 +494,10 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
             OutputKind::Image => {
                 let model_label = model.display().to_string();
                 let sampler_name = sampler_name(&components, sampler);
-                for (k, img) in out.images.iter().enumerate() {
-                    let params = parameters_text(&request, k, img, &sampler_name, &model_label, &dtype_name);
+                for (k, img) in images.iter().enumerate() {
+                    let first_pass = out.images.get(k).unwrap_or(img);
+                    let params = parameters_text(&request, k, first_pass, &sampler_name, &model_label, &dtype_name)
+                        + &hires_note;
                     let path = numbered(&output, first + k);
                     let bytes = format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
                     pixart_core::weights::write_atomic(&path, &bytes)?;
@@ -404,6 +509,17 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         summary(&out, load_seconds, start);
     }
     Ok(())
+}
+
+/// The largest `--upscale`.
+const MAX_UPSCALE: f64 = 4.0;
+/// `--upscale-strength` by default: half the second pass's schedule.
+const DEFAULT_UPSCALE_STRENGTH: f64 = 0.5;
+
+/// `(width, height)` times `factor`, each rounded to a multiple of `multiple` (at least one).
+fn upscaled(width: usize, height: usize, factor: f64, multiple: usize) -> (usize, usize) {
+    let side = |s: usize| ((s as f64 * factor / multiple as f64).round() as usize).max(1) * multiple;
+    (side(width), side(height))
 }
 
 /// `--prompts-file`: one prompt per line; blank lines and lines starting with `#` are skipped.
