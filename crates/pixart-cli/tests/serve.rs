@@ -1151,6 +1151,8 @@ fn jobs_with_preview_show_the_denoising_as_it_goes() {
     // The batch side by side, at the output size.
     let png = decode_png(&p.body);
     assert_eq!((png.width, png.height), (256, 96));
+    // (Events may coalesce two previews into one update: at least as many as seen.)
+    assert!(s.metric("pixart_previews_total") >= seen.len() as f64);
 
     // Without "preview": none, and the 404 says why.
     let r = s.post("/v1/jobs", &json!({"prompt": "a boat", "steps": 2, "seed": 3}));
@@ -1180,9 +1182,12 @@ fn offloaded_text_encoder_gives_the_same_images() {
     let want = generations_png(&kept, &body).pixels;
     let s = Server::start(&["--offload-text-encoder"]);
     assert_eq!(s.get("/health").json()["text_encoder"], "per_job");
-    // A new text loads T5 for the job; the same one again comes from the cache.
+    // A new text loads T5 for the job; the same one again comes from the cache: the prompt and
+    // the empty negative prompt are encoded once, then found.
     assert_eq!(generations_png(&s, &body).pixels, want);
     assert_eq!(generations_png(&s, &body).pixels, want);
+    assert_eq!(s.metric("pixart_text_cache_total{result=\"miss\"}"), 2.0);
+    assert_eq!(s.metric("pixart_text_cache_total{result=\"hit\"}"), 2.0);
 }
 
 #[test]

@@ -459,8 +459,7 @@ pub fn generate(
                 .resident()
                 .or(loaded.as_ref())
                 .ok_or_else(|| Error::InvalidInput("no text encoder loaded".into()))?;
-            let owned: Vec<_> = missing.iter().map(|e| (*e).clone()).collect();
-            let (ids, mask) = to_tensors(&owned, device)?;
+            let (ids, mask) = to_tensors(missing, device)?;
             t5.forward_valid(&ids, &mask)
         })
     })?;

@@ -9,7 +9,8 @@
 //! text at its own length, independently of the others in the batch (its golden test checks
 //! the bits), and the cache keeps those rows.
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use candle_core::Tensor;
 use pixart_core::{Error, Result};
@@ -22,11 +23,19 @@ pub const CACHED_TEXTS: usize = 64;
 /// A text as the encoder sees it: its ids and attention mask.
 type Key = (Vec<u32>, Vec<u32>);
 
+/// Texts looked up in the cache: found, or encoded.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
 /// The encoder (when kept) and the feature cache.
 pub struct TextFeatures {
     resident: Option<T5Encoder>,
     /// Most recently used last: (text, its valid rows (1, n, d) in the encoder's dtype).
     cache: Mutex<VecDeque<(Key, Tensor)>>,
+    stats: Arc<CacheStats>,
 }
 
 impl std::fmt::Debug for TextFeatures {
@@ -58,7 +67,13 @@ impl TextFeatures {
         Self {
             resident,
             cache: Mutex::new(VecDeque::new()),
+            stats: Arc::default(),
         }
+    }
+
+    /// The lookup counts (shared: a server reads them for `/metrics` while the worker runs).
+    pub fn stats(&self) -> Arc<CacheStats> {
+        self.stats.clone()
     }
 
     /// The kept encoder, if any.
@@ -74,7 +89,7 @@ impl TextFeatures {
     /// recently used).
     pub fn lookup(&self, texts: &[Encoded]) -> Vec<Option<Tensor>> {
         let mut cache = self.lock();
-        texts
+        let found: Vec<Option<Tensor>> = texts
             .iter()
             .map(|e| {
                 let k = key(e);
@@ -84,7 +99,13 @@ impl TextFeatures {
                 cache.push_back(entry);
                 Some(t)
             })
-            .collect()
+            .collect();
+        let hits = found.iter().filter(|f| f.is_some()).count() as u64;
+        self.stats.hits.fetch_add(hits, Ordering::Relaxed);
+        self.stats
+            .misses
+            .fetch_add(found.len() as u64 - hits, Ordering::Relaxed);
+        found
     }
 
     /// Keeps `features` (1, l, d) of `text` (its valid positions).
@@ -112,14 +133,14 @@ impl TextFeatures {
         &self,
         texts: &[Encoded],
         cached: Vec<Option<Tensor>>,
-        encode: impl FnOnce(&[&Encoded]) -> Result<Tensor>,
+        encode: impl FnOnce(&[Encoded]) -> Result<Tensor>,
     ) -> Result<Tensor> {
         let l = texts.first().map_or(0, |e| e.ids.len());
-        let missing: Vec<&Encoded> = texts
+        let missing: Vec<Encoded> = texts
             .iter()
             .zip(&cached)
             .filter(|(_, c)| c.is_none())
-            .map(|(e, _)| e)
+            .map(|(e, _)| e.clone())
             .collect();
         let fresh = if missing.is_empty() {
             None
@@ -176,7 +197,7 @@ mod tests {
 
     /// A stand-in encoder: row i of text t is (first id, position) in every feature, zero past
     /// the valid length.
-    fn fake(texts: &[&Encoded]) -> Result<Tensor> {
+    fn fake(texts: &[Encoded]) -> Result<Tensor> {
         let (l, d) = (texts[0].ids.len(), 3);
         let mut v = Vec::new();
         for t in texts {
@@ -198,9 +219,16 @@ mod tests {
         let first = f.assemble(&all, f.lookup(&all), fake).unwrap();
         assert_eq!(
             first.to_vec3::<f32>().unwrap(),
-            fake(&[&a, &b]).unwrap().to_vec3::<f32>().unwrap()
+            fake(&[a.clone(), b.clone()]).unwrap().to_vec3::<f32>().unwrap()
         );
         assert_eq!(f.cached(), 2);
+        let counts = |f: &TextFeatures| {
+            (
+                f.stats().hits.load(Ordering::Relaxed),
+                f.stats().misses.load(Ordering::Relaxed),
+            )
+        };
+        assert_eq!(counts(&f), (0, 2));
         // All cached: the encoder is not called.
         let again = f
             .assemble(&all, f.lookup(&all), |_| panic!("encoded a cached text"))
@@ -217,9 +245,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             got.to_vec3::<f32>().unwrap(),
-            fake(&[&c, &a]).unwrap().to_vec3::<f32>().unwrap()
+            fake(&[c.clone(), a.clone()]).unwrap().to_vec3::<f32>().unwrap()
         );
         assert_eq!(got.dtype(), DType::F32);
+        // Hits and misses over the three lookups: 0 + 2 + 1 found, 2 + 0 + 1 encoded.
+        assert_eq!(counts(&f), (3, 3));
     }
 
     #[test]

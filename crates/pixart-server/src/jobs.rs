@@ -94,6 +94,8 @@ pub struct Metrics {
     pub cancelled: AtomicU64,
     pub rejected_queue_full: AtomicU64,
     pub images: AtomicU64,
+    /// Live previews made (requests with `"preview": true`).
+    pub previews: AtomicU64,
     sums: Mutex<Sums>,
 }
 

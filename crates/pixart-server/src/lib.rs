@@ -134,6 +134,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         Ok::<_, ServeError>((l, a))
     })?;
     let text_encoder_kept = engine.components.text.resident().is_some();
+    let text_cache = engine.components.text.stats();
     let worker = worker::spawn(jobs.clone(), engine)?;
     let state = routes::AppState {
         jobs: jobs.clone(),
@@ -146,6 +147,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         default_sampler: Arc::new(default_sampler),
         api_key: opts.api_key.clone(),
         text_encoder_kept,
+        text_cache,
         started: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

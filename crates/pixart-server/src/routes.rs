@@ -38,6 +38,8 @@ pub struct AppState {
     pub text_encoder_kept: bool,
     /// Unix seconds when the server started (the model's `created` in `/v1/models`).
     pub started: u64,
+    /// The text-feature cache's counts (the worker's components hold the cache).
+    pub text_cache: Arc<pixart_pipeline::text::CacheStats>,
 }
 
 /// Every route, for the router and the OpenAPI document's test.
@@ -168,13 +170,13 @@ async fn health(State(app): State<AppState>) -> Response {
 async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        metrics_text(&app.jobs),
+        metrics_text(&app.jobs, &app.text_cache),
     )
         .into_response()
 }
 
 /// The Prometheus text exposition of the counters.
-pub fn metrics_text(jobs: &Jobs) -> String {
+pub fn metrics_text(jobs: &Jobs, text_cache: &pixart_pipeline::text::CacheStats) -> String {
     use std::fmt::Write;
     use std::sync::atomic::Ordering::Relaxed;
     let m = &jobs.metrics;
@@ -255,6 +257,21 @@ pub fn metrics_text(jobs: &Jobs) -> String {
         "gauge",
         "Mean seconds per denoising step.",
         &[("", mean_step)],
+    );
+    metric(
+        "pixart_previews_total",
+        "counter",
+        "Live previews made (requests with \"preview\": true).",
+        &[("", m.previews.load(Relaxed) as f64)],
+    );
+    metric(
+        "pixart_text_cache_total",
+        "counter",
+        "Texts looked up in the T5 feature cache, by result (a miss is encoded).",
+        &[
+            ("{result=\"hit\"}", text_cache.hits.load(Relaxed) as f64),
+            ("{result=\"miss\"}", text_cache.misses.load(Relaxed) as f64),
+        ],
     );
     metric(
         "pixart_job_seconds_sum",

@@ -48,7 +48,10 @@ fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
             });
         }
         Progress::Preview { done, images, .. } => match encode_png(&RgbImage::side_by_side(&images), "") {
-            Ok(png) => job.state.send_modify(|st| st.preview = Some((done, Arc::new(png)))),
+            Ok(png) => {
+                jobs.metrics.previews.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                job.state.send_modify(|st| st.preview = Some((done, Arc::new(png))))
+            }
             Err(e) => eprintln!("{}: preview after step {done} not encoded: {e}", job.id),
         },
         _ => {}
