@@ -77,7 +77,17 @@ pub fn bench_denoise(spec: &DenoiseBenchSpec, mut on_step: impl FnMut(usize, f64
     let mut step_seconds = Vec::with_capacity(spec.steps);
     for i in 0..spec.steps {
         let s0 = Instant::now();
-        latents = denoise_step(&model, &ctx, &mut scheduler, &latents, i, Some(spec.guidance), None)?;
+        latents = denoise_step(
+            &model,
+            &ctx,
+            &mut scheduler,
+            &latents,
+            i,
+            Some(spec.guidance),
+            None,
+            None,
+        )?
+        .0;
         dev.synchronize()?;
         let s = s0.elapsed().as_secs_f64();
         step_seconds.push(s);

@@ -174,23 +174,10 @@ fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &D
 /// the original `PixArtMS.forward_with_cfg` does (PixArt-alpha/PixArt-sigma@1ce521a,
 /// diffusion/model/nets/PixArtMS.py: `eps, rest = model_out[:, :3], model_out[:, 3:]`): only the
 /// first three latent channels; the fourth, like the variance, is the conditional prediction.
-pub fn denoise_step(
-    model: &PixArtTransformer,
-    ctx: &Context,
-    scheduler: &mut Sampler,
-    latents: &Tensor,
-    i: usize,
-    guidance: Option<f64>,
-    noise: Option<&Tensor>,
-) -> Result<Tensor> {
-    Ok(denoise_step_estimating(model, ctx, scheduler, latents, i, guidance, noise, None)?.0)
-}
-
-/// [`denoise_step`], also returning the step's denoised estimate x̂0 (f32, (b, c, h, w)) when
-/// `estimate` is given: from the guided prediction and the model input, as
-/// [`CleanEstimate::x0`].
+/// With `estimate`, also the step's denoised estimate x̂0 (f32, (b, c, h, w)), from the guided
+/// prediction and the model input as [`CleanEstimate::x0`] (live previews).
 #[allow(clippy::too_many_arguments)]
-fn denoise_step_estimating(
+pub fn denoise_step(
     model: &PixArtTransformer,
     ctx: &Context,
     scheduler: &mut Sampler,
@@ -538,7 +525,7 @@ pub fn generate(
             None
         };
         let est = estimate.as_ref().filter(|_| preview);
-        let (next, x0) = denoise_step_estimating(
+        let (next, x0) = denoise_step(
             model,
             &ctx,
             &mut scheduler,

@@ -383,18 +383,11 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     let hires_for = |prompt: String, seed: u64, image: RgbImage, factor: f64, strength: f64, multiple: usize| {
         let (w, h) = upscaled(image.width, image.height, factor, multiple);
         GenerationRequest {
-            prompts: vec![prompt],
-            negative_prompt: a.negative_prompt.clone().unwrap_or_default(),
             width: Some(w),
             height: Some(h),
             steps: hires_steps,
-            guidance,
-            seed,
             images_per_prompt: 1,
-            sampler,
             resolution_binning: false,
-            keep_case: a.keep_case,
-            vae_tiling,
             output: OutputKind::Image,
             latents: None,
             init_image: Some(InitImage {
@@ -402,7 +395,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
                 strength,
                 mask: None,
             }),
-            previews,
+            ..request_for(vec![prompt], seed)
         }
     };
     // Validate against the config files first, so that a bad request fails before loading.
