@@ -50,7 +50,7 @@ def main():
     mask[0, 0] = 1
     mask[1, :valid] = 1
     scheduler = DPMSolverMultistepScheduler.from_config(PIXART)
-    scheduler.set_timesteps(a.steps)
+    scheduler.set_timesteps(a.steps, device=dev)  # timesteps on the model's device
     latents = (torch.randn(1, 4, lat, lat, device=dev) * scheduler.init_noise_sigma).to(dtype)
     steps = []
     with torch.inference_mode():

@@ -1,6 +1,7 @@
 // Shared by pixart's CUDA kernels: the headers (or the host emulation), the dynamic shared
-// memory declaration, f32 conversions of the element types, 32/128-bit copies and the
-// mma.sync.m16n8k16 tensor-core instruction.
+// memory declaration, f32 conversions of the element types, 32/128-bit copies, the asynchronous
+// global → shared copies (cp.async), the mma.sync.m16n8k16 tensor-core instruction and the
+// ldmatrix fragment loads.
 #pragma once
 #ifdef PIXART_CUDA_EMULATE
 #include "emulate.hpp"
@@ -61,6 +62,37 @@ __device__ __forceinline__ void copy16(void *dst, const void *src) {
 #endif
 }
 
+// Asynchronous 16-byte copies from global to shared memory (sm_80 and newer; PTX ISA "Data
+// Movement and Conversion Instructions: cp.async", "cp.async.commit_group", "cp.async.wait_group"):
+// - cp_async16(dst, src) starts copying the 16 bytes at src (global, 16-byte aligned) to dst
+//   (shared, 16-byte aligned): `cp.async.cg.shared.global [dst], [src], 16`, cached in L2 only.
+//   Until it is waited for, dst holds undefined bytes and must be neither read nor written.
+// - cp_async_commit() closes this thread's copies issued since the previous commit into a group
+//   (an empty group when there were none).
+// - cp_async_wait<N>() blocks until at most the N most recent groups of this thread are still
+//   pending: every older group's copies are then complete and visible to this thread. Other
+//   threads see them only after a barrier (__syncthreads) that follows the wait.
+// Each is a compiler memory barrier ("memory" clobber), so no shared-memory access moves across it.
+#ifdef PIXART_CUDA_EMULATE
+inline void cp_async16(void *smem_dst, const void *gmem_src) { emu::cp_async16(smem_dst, gmem_src); }
+inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+  emu::cp_async_wait(N);
+}
+#else
+__device__ __forceinline__ void cp_async16(void *smem_dst, const void *gmem_src) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  const size_t s = __cvta_generic_to_global(gmem_src);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(s) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
 // d += A·B on the tensor cores for one warp (mma.sync.aligned.m16n8k16.row.col, f32
 // accumulators): A 16×16 row-major in a[4], B 16×8 column-major in b[2], d 16×8, each in the
 // fragment layout of the PTX ISA (groupID = lane / 4, t = lane % 4): a[0] = A[g][2t, 2t+1],
@@ -94,6 +126,30 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+#endif
+
+// Four 8×8 matrices of 16-bit elements from shared memory into the fragment layout of the
+// mma operands, for one warp (ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16, PTX ISA
+// "Warp-level matrix load instruction: ldmatrix"): lanes 8i..8i+7 give the addresses of rows
+// 0..7 of matrix i (`row`: this lane's row, 8 contiguous elements, 16-byte aligned); r[i] gets
+// matrix i. Without .trans, lane L gets M_i[L/4][2(L%4), 2(L%4)+1] (row L/4, the low half the
+// first column); with .trans, the transposed pair M_i[2(L%4)][L/4], M_i[2(L%4)+1][L/4].
+#ifdef PIXART_CUDA_EMULATE
+inline void ldmatrix_x4(uint32_t (&r)[4], const void *row) { emu::ldmatrix_x4<false>(r, row); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void *row) { emu::ldmatrix_x4<true>(r, row); }
+#else
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void *row) {
+  const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
 }
 #endif
 

@@ -6,9 +6,15 @@
 // instruction mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16} is emulated with the fragment
 // layouts of the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type"): each
 // lane hands in its registers, the lanes meet, and each computes the four accumulator elements
-// the layout gives it. Shared memory starts filled with 0xFF bytes (NaN in f32, bf16 and f16), so
-// a read of memory the kernel never wrote shows up in the results; 32- and 128-bit accesses check
-// their alignment.
+// the layout gives it. ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 likewise: each lane posts
+// its row address, the lanes meet, and each assembles its registers from the posted rows. Shared
+// memory starts filled with 0xFF bytes (NaN in f32, bf16 and f16), so a read of memory the kernel
+// never wrote shows up in the results; 32- and 128-bit accesses and ldmatrix rows check their
+// alignment. cp.async (16 bytes, commit_group, wait_group) is per thread, as in the PTX ISA: a copy
+// may land at any time between its issue and the wait that covers it, and the emulation takes both
+// extremes: the issue fills the destination with 0xFF bytes (NaN) and the wait does the copy. So a
+// read of the destination before the wait and a barrier, by any thread, sees NaN, and so does a
+// warp still reading a buffer that another thread has started refilling.
 //
 // Not a CUDA implementation: no memory model beyond the barriers, no occupancy or timing.
 #pragma once
@@ -20,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <deque>
 #include <thread>
 #include <vector>
 
@@ -79,6 +86,7 @@ struct Block {
   std::vector<std::unique_ptr<std::barrier<>>> warp_bars;
   std::vector<float> shfl;
   std::vector<uint32_t> mma_a, mma_b;  // per thread: the A (4) and B (2) registers of an mma
+  std::vector<const void *> ldm_rows;  // per thread: the row address handed to an ldmatrix
   unsigned char *smem = nullptr;
 };
 inline thread_local Block *current = nullptr;
@@ -86,6 +94,26 @@ inline thread_local Block *current = nullptr;
 inline unsigned char *dynamic_smem() { return current->smem; }
 inline unsigned lane() { return threadIdx.x % 32; }
 inline void warp_barrier() { current->warp_bars[threadIdx.x / 32]->arrive_and_wait(); }
+
+// This thread's cp.async copies: those issued since the last commit, and the committed groups,
+// oldest first, whose copies are not done yet.
+struct AsyncCopy {
+  void *dst;
+  const void *src;
+};
+struct AsyncCopies {
+  std::vector<AsyncCopy> open;
+  std::deque<std::vector<AsyncCopy>> groups;
+};
+inline thread_local AsyncCopies async_copies;
+
+// A thread must not end with copies it never waited for (their data would never be used).
+inline void cp_async_check_drained() {
+  bool pending = !async_copies.open.empty();
+  for (const auto &g : async_copies.groups) pending |= !g.empty();
+  if (pending) fail("a thread ended with cp.async copies it never waited for");
+  async_copies.groups.clear();
+}
 
 // Runs `kernel()` for every thread of a grid of 1-D blocks of `threads` threads.
 template <class F>
@@ -102,6 +130,7 @@ void launch(dim3 grid, unsigned threads, size_t smem_bytes, F kernel) {
         b.shfl.assign(threads, 0.0f);
         b.mma_a.assign(threads * 4, 0);
         b.mma_b.assign(threads * 2, 0);
+        b.ldm_rows.assign(threads, nullptr);
         std::memset(smem, 0xff, alloc);
         b.smem = smem;
         std::vector<std::thread> ts;
@@ -113,6 +142,7 @@ void launch(dim3 grid, unsigned threads, size_t smem_bytes, F kernel) {
             gridDim = grid;
             current = &b;
             kernel();
+            cp_async_check_drained();
           });
         for (auto &t : ts) t.join();
       }
@@ -182,6 +212,54 @@ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 template <size_t N>
 void check_aligned(const void *p) {
   if (reinterpret_cast<uintptr_t>(p) % N != 0) fail("misaligned vector access");
+}
+
+// cp.async.cg.shared.global [dst], [src], 16 (both 16-byte aligned): dst is undefined (0xFF bytes)
+// until a cp.async.wait_group covers the copy.
+inline void cp_async16(void *dst, const void *src) {
+  check_aligned<16>(dst);
+  check_aligned<16>(src);
+  std::memset(dst, 0xff, 16);
+  async_copies.open.push_back({dst, src});
+}
+// cp.async.commit_group: the copies issued since the last commit form a group (maybe empty).
+inline void cp_async_commit() {
+  async_copies.groups.push_back(std::move(async_copies.open));
+  async_copies.open.clear();
+}
+// cp.async.wait_group n: completes all but the n most recent groups of this thread. Copies issued
+// but not committed are not waited for (as in the PTX ISA).
+inline void cp_async_wait(int n) {
+  auto &gs = async_copies.groups;
+  while (gs.size() > size_t(n)) {
+    for (const auto &c : gs.front()) std::memcpy(c.dst, c.src, 16);
+    gs.pop_front();
+  }
+}
+
+// ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16 for one warp: lane 8i + j gives the address of
+// row j of matrix i (8 elements of 16 bits, 16-byte aligned). Without TRANS, lane L gets
+// r[i] = M_i[L/4][2(L%4)] | M_i[L/4][2(L%4) + 1] << 16; with TRANS, M_i[2(L%4)][L/4] |
+// M_i[2(L%4) + 1][L/4] << 16.
+template <bool TRANS>
+void ldmatrix_x4(uint32_t (&r)[4], const void *row) {
+  check_aligned<16>(row);
+  Block &blk = *current;
+  const unsigned me = threadIdx.x, base = me & ~31u;
+  const int l = int(me % 32);
+  blk.ldm_rows[me] = row;
+  warp_barrier();
+  auto at = [&](int i, int rr, int c) {  // M_i[rr][c]
+    uint16_t x;
+    std::memcpy(&x, static_cast<const unsigned char *>(blk.ldm_rows[base + 8 * i + rr]) + 2 * c, 2);
+    return uint32_t(x);
+  };
+  uint32_t out[4];
+  for (int i = 0; i < 4; ++i)
+    out[i] = TRANS ? at(i, 2 * (l % 4), l / 4) | at(i, 2 * (l % 4) + 1, l / 4) << 16
+                   : at(i, l / 4, 2 * (l % 4)) | at(i, l / 4, 2 * (l % 4) + 1) << 16;
+  warp_barrier();
+  for (int i = 0; i < 4; ++i) r[i] = out[i];
 }
 
 }  // namespace emu

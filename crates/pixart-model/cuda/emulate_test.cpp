@@ -5,9 +5,15 @@
 // flash_attention.cu: random Q, K, V rounded to the kernel's input type, strides for the
 // (b, h, n, d) or (b, n, h, d) layout, optional per-batch valid key counts; the reference is
 // softmax(scale·QKᵀ)V over the valid keys in double on the same rounded inputs. The kernel rounds
-// the probabilities and the output to the input type, so the tolerance is about an ulp.
+// the probabilities and the output to the input type, so the tolerance is about an ulp. Every case
+// runs on the four kernels of its head dim: 16 or 32 queries per warp, each plain and pipelined
+// (cp.async double buffering of K and V, whose emulation leaves the destination NaN until the
+// wait: a kernel that reads a block before waiting for it, or refills a buffer that a warp still
+// reads, gets NaN).
 // fused_ops.cu: LayerNorm + modulation and the gated residual, with the modulation read from a
-// (b, 6, c) tensor as the transformer block does; one rounding of the f32 result.
+// (b, 6, c) tensor as the transformer block does; one rounding of the f32 result. The KV
+// compression conv (depthwise r×r, stride r) with averaging and random weights, on grids that r
+// divides and grids it crops.
 #define PIXART_CUDA_EMULATE 1
 #include "flash_attention.cu"
 #include "fused_ops.cu"
@@ -57,6 +63,11 @@ double ulp() {
     pixart_add_gated_##SUFFIX(static_cast<const T *>(p.x), static_cast<const T *>(p.y),                   \
                               static_cast<const T *>(p.gate), static_cast<T *>(p.out), p.total, p.per_batch, \
                               p.gate_sb, p.c);                                                             \
+  }                                                                                                        \
+  void kv_conv_kernel(const pixart_ops::KvConvParams &p, T *) {                                           \
+    pixart_kv_conv_##SUFFIX(static_cast<const T *>(p.x), static_cast<const T *>(p.weight),                \
+                            static_cast<const T *>(p.bias), static_cast<T *>(p.out), p.total, p.h, p.w,    \
+                            p.h2, p.w2, p.c, p.r);                                                         \
   }
 PIXART_EMULATED_FUSED(f32, float)
 PIXART_EMULATED_FUSED(bf16, __nv_bfloat16)
@@ -105,18 +116,68 @@ bool run_fused(const char *name, int b, int n, int c, std::mt19937 &rng) {
   return ok;
 }
 
-// The kernel for the padded head dim, as the Rust launcher picks it.
+// The KV compression conv on b batch rows of an (h, w) grid of c channels, ratio r; `averaging`:
+// every weight 1/r² and a zero bias (the "Conv Avg Init"), else random weights and bias.
+template <typename T>
+bool run_kv_conv(const char *name, int b, int h, int w, int c, int r, bool averaging, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const int h2 = h / r, w2 = w / r;
+  const long long total = (long long)b * h2 * w2 * c;
+  std::vector<T> x(size_t(b) * h * w * c), weight(size_t(r) * r * c), bias(c), out(total, round_to<T>(NAN));
+  for (auto &e : x) e = round_to<T>(1.0f + normal(rng));
+  for (auto &e : weight) e = round_to<T>(averaging ? 1.0f / float(r * r) : 0.5f * normal(rng));
+  for (auto &e : bias) e = round_to<T>(averaging ? 0.0f : normal(rng));
+  pixart_ops::KvConvParams p{x.data(), weight.data(), bias.data(), out.data(), total, h, w, h2, w2, c, r};
+  // Fewer threads than outputs: the grid-stride loop runs more than once.
+  emu::launch(dim3{3, 1, 1}, 256, 0, [&] { kv_conv_kernel(p, static_cast<T *>(nullptr)); });
+
+  double worst = 0.0;
+  bool finite = true;
+  for (int bi = 0; bi < b; ++bi)
+    for (int i = 0; i < h2; ++i)
+      for (int j = 0; j < w2; ++j)
+        for (int ch = 0; ch < c; ++ch) {
+          double want = back(bias[ch]), mag = std::abs(want);
+          for (int ky = 0; ky < r; ++ky)
+            for (int kx = 0; kx < r; ++kx) {
+              const double t = double(back(weight[(size_t(ky) * r + kx) * c + ch])) *
+                               back(x[((size_t(bi) * h + i * r + ky) * w + j * r + kx) * c + ch]);
+              want += t;
+              mag += std::abs(t);
+            }
+          const double got = back(out[((size_t(bi) * h2 + i) * w2 + j) * c + ch]);
+          finite &= std::isfinite(got);
+          // One rounding to T of the result, plus f32 accumulation (r² + 1 terms, relative to the
+          // terms' magnitudes).
+          const double tol = ulp<T>() * std::abs(want) + (r * r + 1) * 1.2e-7 * mag + 1e-6;
+          worst = std::max(worst, std::abs(got - want) / tol);
+        }
+  const bool ok = finite && worst <= 1.0;
+  std::printf("%-44s %s worst error / tolerance %.3f%s\n", name, ok ? "ok  " : "FAIL", worst,
+              finite ? "" : " non-finite output");
+  return ok;
+}
+
+// The kernel for the padded head dim, the queries per warp (16 or 32: MT = 1 or 2) and the
+// pipelining, as the Rust launcher picks it.
+#define PIXART_EMULATED_FA_DP(SUFFIX, DP)                                   \
+  case DP:                                                                  \
+    if (mt == 1 && !pipe) pixart_flash_attention_##SUFFIX##_d##DP(p);       \
+    else if (mt == 1) pixart_flash_attention_##SUFFIX##_d##DP##_pipe(p);    \
+    else if (!pipe) pixart_flash_attention_##SUFFIX##_d##DP##_q32(p);       \
+    else pixart_flash_attention_##SUFFIX##_d##DP##_q32_pipe(p);             \
+    break;
 #define PIXART_EMULATED_FA(SUFFIX, T)                                       \
-  void kernel(const pixart_fa::Params &p, int dp, T *) {                    \
+  void kernel(const pixart_fa::Params &p, int dp, int mt, bool pipe, T *) { \
     switch (dp) {                                                           \
-      case 16: pixart_flash_attention_##SUFFIX##_d16(p); break;             \
-      case 32: pixart_flash_attention_##SUFFIX##_d32(p); break;             \
-      case 48: pixart_flash_attention_##SUFFIX##_d48(p); break;             \
-      case 64: pixart_flash_attention_##SUFFIX##_d64(p); break;             \
-      case 80: pixart_flash_attention_##SUFFIX##_d80(p); break;             \
-      case 96: pixart_flash_attention_##SUFFIX##_d96(p); break;             \
-      case 112: pixart_flash_attention_##SUFFIX##_d112(p); break;           \
-      case 128: pixart_flash_attention_##SUFFIX##_d128(p); break;           \
+      PIXART_EMULATED_FA_DP(SUFFIX, 16)                                     \
+      PIXART_EMULATED_FA_DP(SUFFIX, 32)                                     \
+      PIXART_EMULATED_FA_DP(SUFFIX, 48)                                     \
+      PIXART_EMULATED_FA_DP(SUFFIX, 64)                                     \
+      PIXART_EMULATED_FA_DP(SUFFIX, 80)                                     \
+      PIXART_EMULATED_FA_DP(SUFFIX, 96)                                     \
+      PIXART_EMULATED_FA_DP(SUFFIX, 112)                                    \
+      PIXART_EMULATED_FA_DP(SUFFIX, 128)                                    \
       default: emu::fail("head dim out of range");                          \
     }                                                                       \
   }
@@ -124,7 +185,7 @@ PIXART_EMULATED_FA(bf16, __nv_bfloat16)
 PIXART_EMULATED_FA(f16, __half)
 
 template <typename T>
-bool run(const Case &c, std::mt19937 &rng) {
+bool run(const Case &c, int mt, bool pipe, std::mt19937 &rng) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   const int b = c.b, h = c.h, n = c.n, m = c.m, d = c.d;
   std::vector<T> q(size_t(b) * h * n * d), k(size_t(b) * h * m * d), v(size_t(b) * h * m * d);
@@ -160,10 +221,10 @@ bool run(const Case &c, std::mt19937 &rng) {
   // 16-byte copies when d and every stride are multiples of 8 (the vectors' data is 16-byte aligned).
   p.vec8 = !c.scalar_copies && d % 8 == 0 && q_sh % 8 == 0 && q_sn % 8 == 0 && q_sb % 8 == 0;
 
-  const int dp = (d + 15) / 16 * 16;
-  dim3 grid{unsigned((n + 63) / 64), unsigned(h), unsigned(b)};
-  const size_t smem = pixart_fa::smem_bytes(dp, 2);
-  emu::launch(grid, 128, smem, [&] { kernel(p, dp, static_cast<T *>(nullptr)); });
+  const int dp = (d + 15) / 16 * 16, bq = pixart_fa::block_queries(mt);
+  dim3 grid{unsigned((n + bq - 1) / bq), unsigned(h), unsigned(b)};
+  const size_t smem = pixart_fa::smem_bytes(dp, 2, mt, pipe);
+  emu::launch(grid, 128, smem, [&] { kernel(p, dp, mt, pipe, static_cast<T *>(nullptr)); });
 
   double max_err = 0.0, max_ref = 0.0;
   bool finite = true;
@@ -195,8 +256,9 @@ bool run(const Case &c, std::mt19937 &rng) {
   // each): 1.5 × 2^-8 (bf16) or 1.5 × 2^-11 (f16) of the largest output, at least of 1.
   const double tol = (c.f16 ? 7.5e-4 : 6e-3) * std::max(1.0, max_ref);
   const bool ok = finite && max_err <= tol;
-  std::printf("%-44s %s max|err| %.3e (tolerance %.1e, max|ref| %.3f)%s\n", c.name, ok ? "ok  " : "FAIL", max_err,
-              tol, max_ref, finite ? "" : " non-finite output");
+  const std::string name = std::string(c.name) + (mt == 1 ? ", 16 q/warp" : ", 32 q/warp") + (pipe ? ", pipelined" : "");
+  std::printf("%-64s %s max|err| %.3e (tolerance %.1e, max|ref| %.3f)%s\n", name.c_str(), ok ? "ok  " : "FAIL",
+              max_err, tol, max_ref, finite ? "" : " non-finite output");
   return ok;
 }
 
@@ -215,15 +277,27 @@ int main(int argc, char **argv) {
       {"bf16 d128 wide scores, 4 key blocks", false, 1, 2, 17, 250, 128, false, {}, 40.0f},
       {"f16 d16 one key block", true, 1, 2, 64, 20, 16, false, {}, 4.0f},
       {"f16 d72 kv_lens 1/64/65", true, 3, 1, 65, 65, 72, true, {1, 64, 65}, 8.0f},
+      // 4, 3 and 0 key blocks (the double buffer alternates, the last block has 8 or 1 keys; no
+      // key at all gives zeros).
+      {"f16 d64 m=200, kv_lens 200/129/0", true, 3, 1, 70, 200, 64, false, {200, 129, 0}, 8.0f},
       // The tiny test models' head dim; a head dim that is not a multiple of 8 (element copies).
       {"bf16 d8 (padded to 16)", false, 2, 2, 33, 40, 8, false, {}, 4.0f},
       {"bf16 d20 (padded to 32)", false, 1, 2, 40, 70, 20, true, {}, 4.0f},
+      // Full key blocks only (no per-element mask), Q fragments re-read from shared memory at
+      // 32 queries per warp; n = 200: a second block of 128 queries, partly beyond n.
+      {"f16 d96 n=200, m=128 (full key blocks)", true, 1, 1, 200, 128, 96, false, {}, 8.0f},
+      // Padded to 112 with element-wise copies; fewer queries than one warp's 32.
+      {"bf16 d100 (padded to 112) n=9", false, 1, 2, 9, 90, 100, false, {}, 4.0f},
   };
   bool all = true;
-  for (const auto &c : cases) {
-    if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
-    all &= c.f16 ? run<__half>(c, rng) : run<__nv_bfloat16>(c, rng);
-  }
+  // Each case at 16 and 32 queries per warp (the kernels _d<DP> and _d<DP>_q32), each plain and
+  // pipelined (_pipe).
+  for (const auto &c : cases)
+    for (int pipe = 0; pipe <= 1; ++pipe)
+      for (int mt = 1; mt <= 2; ++mt) {
+        if (!only.empty() && std::string(c.name).find(only) == std::string::npos) continue;
+        all &= c.f16 ? run<__half>(c, mt, pipe, rng) : run<__nv_bfloat16>(c, mt, pipe, rng);
+      }
   struct Fused {
     const char *name;
     int type;  // 0 f32, 1 bf16, 2 f16
@@ -239,6 +313,27 @@ int main(int argc, char **argv) {
     all &= f.type == 0   ? run_fused<float>(f.name, f.b, f.n, f.c, rng)
            : f.type == 1 ? run_fused<__nv_bfloat16>(f.name, f.b, f.n, f.c, rng)
                          : run_fused<__half>(f.name, f.b, f.n, f.c, rng);
+  }
+  struct KvConv {
+    const char *name;
+    int type;  // 0 f32, 1 bf16, 2 f16
+    int b, h, w, c, r;
+    bool averaging;
+  };
+  const std::vector<KvConv> kv = {
+      {"kv conv f32 r=2 8x6, c=1152, random", 0, 2, 8, 6, 1152, 2, false},
+      {"kv conv f32 r=2 5x7 (cropped), averaging", 0, 2, 5, 7, 100, 2, true},
+      {"kv conv bf16 r=2 5x7 (cropped), random", 1, 2, 5, 7, 300, 2, false},
+      {"kv conv bf16 r=3 9x6, averaging", 1, 2, 9, 6, 72, 3, true},
+      {"kv conv f16 r=3 7x8 (cropped), random", 2, 2, 7, 8, 40, 3, false},
+      {"kv conv f16 r=2 4x4, averaging", 2, 2, 4, 4, 260, 2, true},
+      {"kv conv f32 r=3 10x11 (cropped), random", 0, 2, 10, 11, 33, 3, false},
+  };
+  for (const auto &k : kv) {
+    if (!only.empty() && std::string(k.name).find(only) == std::string::npos) continue;
+    all &= k.type == 0   ? run_kv_conv<float>(k.name, k.b, k.h, k.w, k.c, k.r, k.averaging, rng)
+           : k.type == 1 ? run_kv_conv<__nv_bfloat16>(k.name, k.b, k.h, k.w, k.c, k.r, k.averaging, rng)
+                         : run_kv_conv<__half>(k.name, k.b, k.h, k.w, k.c, k.r, k.averaging, rng);
   }
   std::printf(all ? "all cases passed\n" : "some cases FAILED\n");
   return all ? 0 : 1;

@@ -3,11 +3,18 @@
 //
 //   ln_modulate: out = LayerNorm(x) · (1 + scale[b]) + shift[b]   (no affine, f32 statistics)
 //   add_gated:   out = x + y · gate[b]
+//   kv_conv:     out[b, i·w2 + j] = bias + Σ_{ky, kx < r} weight[ky, kx] · x[b, (i·r + ky)·w + j·r + kx]
 //
 // x, y, out: (rows, c) contiguous, rows = b · rows_per_batch; shift, scale, gate: one c-vector
 // per batch row at element stride `mod_sb` (views into the block's (b, 6, c) modulation).
 // Arithmetic in f32, one rounding to the element type at the end. Composed from candle ops the
 // layer norm alone was about ten kernels over the activations.
+//
+// kv_conv is the depthwise r×r, stride-r conv of PixArt-Σ's KV token compression (arXiv
+// 2403.04692, "KV Token Compression"), per channel: x (b, h·w, c) tokens on an (h, w) grid,
+// weight (r, r, c), bias (c), out (b, h2·w2, c) with h2 = h / r, w2 = w / r; rows and columns
+// beyond h2·r, w2·r are never read (the conv's floor). Its LayerNorm + affine is ln_modulate
+// with scale = norm weight − 1, shift = norm bias.
 //
 // Compiles on the host against emulate.hpp too (tests/cuda_emulated.rs).
 #include "common.cuh"
@@ -50,6 +57,17 @@ __device__ __forceinline__ float block_sum(float v, float *red) {
   return t;
 }
 
+struct KvConvParams {
+  const void *x;
+  const void *weight;
+  const void *bias;
+  void *out;
+  long long total;  // b · h2 · w2 · c, the output's elements
+  int h, w;         // x's token grid
+  int h2, w2;       // the output's: h / r, w / r
+  int c, r;
+};
+
 // One block per row.
 template <typename T>
 __device__ void ln_modulate(const LnParams &p) {
@@ -89,9 +107,36 @@ __device__ void add_gated(const GateParams &p) {
   }
 }
 
+// Grid-stride over the output elements, channels fastest: a warp reads 32 consecutive channels
+// of one input token per tap.
+template <typename T>
+__device__ void kv_conv(const KvConvParams &p) {
+  const T *x = static_cast<const T *>(p.x);
+  const T *weight = static_cast<const T *>(p.weight);
+  const T *bias = static_cast<const T *>(p.bias);
+  T *out = static_cast<T *>(p.out);
+  const int c = p.c, r = p.r;
+  const long long step = (long long)gridDim.x * blockDim.x;
+  for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < p.total; o += step) {
+    const int ch = int(o % c);
+    const long long tok = o / c;  // (bi · h2 + i) · w2 + j
+    const int j = int(tok % p.w2);
+    const long long bi_i = tok / p.w2;  // bi · h2 + i
+    const int i = int(bi_i % p.h2);
+    const long long bi = bi_i / p.h2;
+    // Input token (i·r, j·r) of batch row bi, the window's top left, at channel ch.
+    const T *win = x + ((bi * p.h + (long long)i * r) * p.w + (long long)j * r) * c + ch;
+    float acc = to_f32(bias[ch]);
+    for (int ky = 0; ky < r; ++ky)
+      for (int kx = 0; kx < r; ++kx)
+        acc += to_f32(weight[(ky * r + kx) * c + ch]) * to_f32(win[((long long)ky * p.w + kx) * c]);
+    out[o] = from_f32<T>(acc);
+  }
+}
+
 }  // namespace pixart_ops
 
-// ln_modulate: grid (rows), block 256. add_gated: any 1-D grid, block 256.
+// ln_modulate: grid (rows), block 256. add_gated, kv_conv: any 1-D grid, block 256.
 #define PIXART_FUSED_OPS(SUFFIX, T)                                                                     \
   extern "C" __global__ void pixart_ln_modulate_##SUFFIX(const T *x, const T *shift, const T *scale, T *out, \
                                                          long long mod_sb, int c, int rows_per_batch,       \
@@ -102,6 +147,11 @@ __device__ void add_gated(const GateParams &p) {
                                                        long long total, long long per_batch,               \
                                                        long long gate_sb, int c) {                         \
     pixart_ops::add_gated<T>(pixart_ops::GateParams{x, y, gate, out, total, per_batch, gate_sb, c});         \
+  }                                                                                                     \
+  extern "C" __global__ void pixart_kv_conv_##SUFFIX(const T *x, const T *weight, const T *bias, T *out,    \
+                                                     long long total, int h, int w, int h2, int w2, int c,  \
+                                                     int r) {                                               \
+    pixart_ops::kv_conv<T>(pixart_ops::KvConvParams{x, weight, bias, out, total, h, w, h2, w2, c, r});       \
   }
 PIXART_FUSED_OPS(f32, float)
 PIXART_FUSED_OPS(bf16, __nv_bfloat16)

@@ -8,11 +8,13 @@
 //! stage `kernels`). Prints one line per check and JSON lines for the timings; exit status 1 when
 //! a check fails. Without the `cuda` feature it compiles (CI lints it) and exits at once.
 use candle_core::{DType, Device, Tensor};
-use pixart_model::cuda::{add_gated, flash_attention, layer_norm_modulate};
+use pixart_model::cuda::{add_gated, flash_attention_variant, layer_norm_modulate};
 use pixart_model::ops::{chunked_attention, layer_norm_composed, modulate};
 use std::time::Instant;
 
 const BUDGET: usize = pixart_model::attention::MAX_SCORE_ELEMENTS_GPU;
+/// The attention kernel's variants: (queries per warp, K/V prefetch with cp.async).
+const VARIANTS: [(usize, bool); 4] = [(16, false), (32, false), (16, true), (32, true)];
 
 /// Seconds per call of `f` on the GPU: one warm-up call, then `iters` between synchronisations.
 fn seconds_per_call(
@@ -115,22 +117,29 @@ fn main() -> candle_core::Result<()> {
         let k = Tensor::randn(0f32, 1.0, (*b, *h, *m, *d), &dev)?.to_dtype(*dtype)?;
         let v = Tensor::randn(0f32, 1.0, (*b, *h, *m, *d), &dev)?.to_dtype(*dtype)?;
         let scale = 1.0 / (*d as f64).sqrt();
-        let got = flash_attention(&heads(&q)?, &k, &v, scale, lens.as_deref())?.to_dtype(DType::F32)?;
         let want = reference(&heads(&q)?, &k, &v, lens.as_deref())?;
-        let diff = (&got - &want)?;
-        let max_abs = diff.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        let rel_l2 = (diff.sqr()?.sum_all()?.to_scalar::<f32>()? / want.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
-        // One rounding of the probabilities and of the output to the input type.
-        let tol = if *dtype == DType::F16 { 2e-3 } else { 1e-2 };
-        let ok = rel_l2.is_finite() && rel_l2 <= tol && got.dims() == want.dims();
-        failed += usize::from(!ok);
-        println!(
-            "flash attention {name:<32} {dtype:?} rel L2 {rel_l2:.3e} max|diff| {max_abs:.3e} (tol {tol:.0e}) {}",
-            if ok { "ok" } else { "FAIL" }
-        );
+        for (rows, pipeline) in VARIANTS {
+            let got = flash_attention_variant(&heads(&q)?, &k, &v, scale, lens.as_deref(), rows, pipeline)?
+                .to_dtype(DType::F32)?;
+            let diff = (&got - &want)?;
+            let max_abs = diff.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            let rel_l2 =
+                (diff.sqr()?.sum_all()?.to_scalar::<f32>()? / want.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
+            // One rounding of the probabilities and of the output to the input type.
+            let tol = if *dtype == DType::F16 { 2e-3 } else { 1e-2 };
+            let ok = rel_l2.is_finite() && rel_l2 <= tol && got.dims() == want.dims();
+            failed += usize::from(!ok);
+            println!(
+                "flash attention {name:<32} {dtype:?} rows {rows} pipeline {} rel L2 {rel_l2:.3e} max|diff| {max_abs:.3e} (tol {tol:.0e}) {}",
+                u8::from(pipeline),
+                if ok { "ok" } else { "FAIL" }
+            );
+        }
     }
 
-    // Timing at the 1024 px and 2048 px self-attention shapes, bf16.
+    // Timing at the 1024 px and 2048 px self-attention shapes, bf16, every kernel variant; the
+    // fastest at 2048 px is printed last as `attention-best` (gpu-check.sh runs the rest with it).
+    let mut best: Option<(f64, usize, bool)> = None;
     for (n, iters) in [(4096usize, 20usize), (16_384, 3)] {
         let (b, h, d) = (2usize, 16usize, 72usize);
         let q = Tensor::randn(0f32, 1.0, (b, n, h, d), &dev)?.to_dtype(DType::BF16)?;
@@ -140,16 +149,29 @@ fn main() -> candle_core::Result<()> {
         let qh = heads(&q)?;
         let qc = qh.contiguous()?;
         let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| seconds_per_call(&dev, iters, f);
-        let flash = time(&|| flash_attention(&qh, &k, &v, scale, None))?;
         let composed = time(&|| chunked_attention(&qc, &k, &v, None, None, scale, BUDGET))?;
         let flop = 4.0 * (b * h * n * n * d) as f64;
+        for (rows, pipeline) in VARIANTS {
+            let flash = time(&|| flash_attention_variant(&qh, &k, &v, scale, None, rows, pipeline))?;
+            println!(
+                "{{\"bench\": \"attention\", \"dtype\": \"bf16\", \"b\": {b}, \"heads\": {h}, \"n\": {n}, \"m\": {n}, \"d\": {d}, \
+                 \"rows\": {rows}, \"pipeline\": {pipeline}, \"flash_ms\": {:.3}, \"composed_ms\": {:.3}, \
+                 \"flash_tflops\": {:.1}, \"composed_tflops\": {:.1}}}",
+                flash * 1e3,
+                composed * 1e3,
+                flop / flash / 1e12,
+                flop / composed / 1e12
+            );
+            if n == 16_384 && best.is_none_or(|(t, ..)| flash < t) {
+                best = Some((flash, rows, pipeline));
+            }
+        }
+    }
+    if let Some((t, rows, pipeline)) = best {
         println!(
-            "{{\"bench\": \"attention\", \"dtype\": \"bf16\", \"b\": {b}, \"heads\": {h}, \"n\": {n}, \"m\": {n}, \"d\": {d}, \
-             \"flash_ms\": {:.3}, \"composed_ms\": {:.3}, \"flash_tflops\": {:.1}, \"composed_tflops\": {:.1}}}",
-            flash * 1e3,
-            composed * 1e3,
-            flop / flash / 1e12,
-            flop / composed / 1e12
+            "{{\"bench\": \"attention-best\", \"rows\": {rows}, \"pipeline\": {}, \"flash_ms\": {:.3}}}",
+            u8::from(pipeline),
+            t * 1e3
         );
     }
     // Fused LayerNorm + modulation and gated residual at the 1024 px block's shape.
@@ -199,6 +221,153 @@ fn main() -> candle_core::Result<()> {
                 fused_g * 1e3,
                 composed_g * 1e3
             );
+        }
+    }
+
+    // The Linear layers through cuBLASLt (bias, and bias + GELU in the epilogue) at the MLP's
+    // up projection at 1024 px, against candle's matmul + broadcast add (+ the tanh GELU formula)
+    // in f32 on the same bf16-rounded inputs.
+    {
+        let (m, k, n) = (2 * 4096usize, 1152usize, 4608usize);
+        let x = Tensor::randn(0f32, 1.0, (2, m / 2, k), &dev)?.to_dtype(DType::BF16)?;
+        let w = (Tensor::randn(0f32, 1.0, (n, k), &dev)? * (1.0 / (k as f64).sqrt()))?.to_dtype(DType::BF16)?;
+        let bias = Tensor::randn(0f32, 0.5, n, &dev)?.to_dtype(DType::BF16)?;
+        let f32_of = |t: &Tensor| t.to_dtype(DType::F32);
+        let plain = f32_of(&x)?
+            .broadcast_matmul(&f32_of(&w)?.t()?)?
+            .broadcast_add(&f32_of(&bias)?)?;
+        // GELU(tanh) = 0.5·y·(1 + tanh(√(2/π)·(y + 0.044715·y³))), written out.
+        let inner = ((&plain + (plain.powf(3.0)? * 0.044715)?)? * (2.0 / std::f64::consts::PI).sqrt())?;
+        let want_gelu = ((&plain * 0.5)? * (inner.tanh()? + 1.0)?)?;
+        let want_erf = plain.gelu_erf()?;
+        for (what, gelu, want) in [("bias", false, &plain), ("bias + gelu", true, &want_gelu)] {
+            let got = f32_of(&pixart_model::cuda::linear(&x, &w, Some(&bias), gelu)?)?;
+            let diff = (&got - want)?;
+            let rel_l2 =
+                (diff.sqr()?.sum_all()?.to_scalar::<f32>()? / want.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
+            let tol = 1e-2; // one rounding of the output to bf16, plus the f32-accumulation order
+            let ok = rel_l2.is_finite() && rel_l2 <= tol && got.dims() == want.dims();
+            failed += usize::from(!ok);
+            println!(
+                "cuBLASLt linear {what:<12} bf16 (8192, 1152) x (4608, 1152)^T rel L2 {rel_l2:.3e} (tol {tol:.0e}) {}",
+                if ok { "ok" } else { "FAIL" }
+            );
+            if gelu {
+                // Which GELU the epilogue computes. The two differ by at most ~1e-3, below the
+                // output's bf16 rounding, so a largest difference cannot tell them apart (it did
+                // not on 2026-11-27); the mean squared difference over 38 M outputs can: rounding
+                // adds the same variance to both, the wrong formula adds its squared bias.
+                let mse = |w: &Tensor| -> candle_core::Result<f64> {
+                    Ok((&got - w)?.sqr()?.mean_all()?.to_scalar::<f32>()? as f64)
+                };
+                let (tanh, erf) = (mse(&want_gelu)?, mse(&want_erf)?);
+                let ok = tanh < erf;
+                failed += usize::from(!ok);
+                println!(
+                    "cuBLASLt GELU epilogue: mean squared difference to tanh GELU {tanh:.4e}, to erf GELU {erf:.4e}: {}",
+                    if ok { "tanh, ok" } else { "not the tanh GELU PixArt uses: FAIL" }
+                );
+            }
+        }
+        let iters = 50;
+        let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| seconds_per_call(&dev, iters, f);
+        let fused = time(&|| pixart_model::cuda::linear(&x, &w, Some(&bias), true))?;
+        let fused_bias = time(&|| pixart_model::cuda::linear(&x, &w, Some(&bias), false))?;
+        let composed = time(&|| x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?.gelu())?;
+        let matmul = time(&|| x.reshape((m, k))?.matmul(&w.t()?))?;
+        let flop = 2.0 * (m * n * k) as f64;
+        println!(
+            "{{\"bench\": \"linear\", \"dtype\": \"bf16\", \"m\": {m}, \"k\": {k}, \"n\": {n}, \
+             \"cublaslt_bias_gelu_ms\": {:.4}, \"cublaslt_bias_ms\": {:.4}, \"candle_matmul_bias_gelu_ms\": {:.4}, \
+             \"candle_matmul_only_ms\": {:.4}, \"cublaslt_tflops\": {:.1}}}",
+            fused * 1e3,
+            fused_bias * 1e3,
+            composed * 1e3,
+            matmul * 1e3,
+            flop / fused / 1e12
+        );
+    }
+
+    // KV token compression (PixArt-Σ, arXiv 2403.04692): `KvCompress::forward`, on a GPU the
+    // depthwise conv kernel + LayerNorm + affine as ln_modulate, against the composed ops
+    // (broadcast multiply, two strided sums, the LayerNorm, the affine) in f32 on the same
+    // rounded inputs, at 1024 px and 2048 px (64² and 128² tokens, r = 2); then timed against the
+    // composed path in bf16 at 4096 px (256² tokens).
+    {
+        use pixart_model::attention::KvCompress;
+        use pixart_model::KvSampling;
+        let (b, c, r) = (2usize, 1152usize, 2usize);
+        // The composed compression as `KvCompress::forward` without the kernels (cw: (1, 1, r, 1, r, c)).
+        let composed = |x: &Tensor, side: usize, [cw, cb, nw, nb]: [&Tensor; 4]| -> candle_core::Result<Tensor> {
+            let s2 = side / r;
+            let y = x
+                .reshape((b, s2, r, s2, r, c))? // (b, h2, ky, w2, kx, c)
+                .broadcast_mul(cw)?
+                .sum(4)?
+                .sum(2)? // (b, h2, w2, c)
+                .broadcast_add(cb)?
+                .reshape((b, s2 * s2, c))?; // (b, n', c)
+            layer_norm_composed(&y, 1e-5)?.broadcast_mul(nw)?.broadcast_add(nb)
+        };
+        for (side, dtype) in [
+            (64usize, DType::F32),
+            (64, DType::BF16),
+            (128, DType::F32),
+            (128, DType::BF16),
+            (256, DType::BF16),
+        ] {
+            let conv_w = ((Tensor::randn(0f32, 0.2, (c, 1, r, r), &dev)? + 1.0 / (r * r) as f64)?).to_dtype(dtype)?;
+            let conv_b = Tensor::randn(0f32, 0.1, c, &dev)?.to_dtype(dtype)?;
+            let norm_w = (Tensor::randn(0f32, 0.1, c, &dev)? + 1.0)?.to_dtype(dtype)?;
+            let norm_b = Tensor::randn(0f32, 0.1, c, &dev)?.to_dtype(dtype)?;
+            let vb = candle_nn::VarBuilder::from_tensors(
+                [
+                    ("conv.weight", &conv_w),
+                    ("conv.bias", &conv_b),
+                    ("norm.weight", &norm_w),
+                    ("norm.bias", &norm_b),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+                dtype,
+                &dev,
+            );
+            let (kv, _) = KvCompress::new(KvSampling::Conv, r, c, vb)?;
+            // (c, 1, ky, kx) -> (1, 1, ky, 1, kx, c), as KvCompress stores it.
+            let cw = conv_w
+                .reshape((c, r, r))?
+                .permute((1, 2, 0))?
+                .reshape((1, 1, r, 1, r, c))?
+                .contiguous()?;
+            let x = Tensor::randn(0f32, 1.0, (b, side * side, c), &dev)?.to_dtype(dtype)?;
+            if side < 256 {
+                let f = |t: &Tensor| t.to_dtype(DType::F32);
+                let want = composed(&f(&x)?, side, [&f(&cw)?, &f(&conv_b)?, &f(&norm_w)?, &f(&norm_b)?])?;
+                let got = f(&kv.forward(&x, side, side)?)?;
+                let diff = (&got - &want)?;
+                let rel_l2 =
+                    (diff.sqr()?.sum_all()?.to_scalar::<f32>()? / want.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
+                let tol = if dtype == DType::F32 { 1e-5 } else { 1e-2 };
+                let ok = rel_l2.is_finite() && rel_l2 <= tol && got.dims() == want.dims();
+                failed += usize::from(!ok);
+                println!(
+                    "kv compression {dtype:?} (2, {side}x{side}, 1152) r 2 rel L2 {rel_l2:.3e} (tol {tol:.0e}) {}",
+                    if ok { "ok" } else { "FAIL" }
+                );
+            } else {
+                let iters = 20;
+                let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| seconds_per_call(&dev, iters, f);
+                let kernels = time(&|| kv.forward(&x, side, side))?;
+                let candle = time(&|| composed(&x, side, [&cw, &conv_b, &norm_w, &norm_b]))?;
+                println!(
+                    "{{\"bench\": \"kv-compress\", \"dtype\": \"bf16\", \"shape\": [{b}, {}, {c}], \"r\": {r}, \
+                     \"kernels_ms\": {:.4}, \"composed_ms\": {:.4}}}",
+                    side * side,
+                    kernels * 1e3,
+                    candle * 1e3
+                );
+            }
         }
     }
 

@@ -2,12 +2,12 @@
 //! KV token compression in self-attention.
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 use pixart_gemm::{linear_b, Linear};
 
 use crate::config::KvSampling;
-use crate::ops::{chunked_attention, layer_norm_no_affine};
+use crate::ops::{chunked_attention, layer_norm_no_affine, linear_forward};
 use crate::profile::stage;
 
 /// Score elements one attention chunk may hold at once on the CPU (f32: 128 MiB).
@@ -27,6 +27,11 @@ pub struct KvCompress {
     conv: Option<(Tensor, Tensor)>,
     /// conv mode: LayerNorm(c, eps 1e-5) weight and bias.
     norm: Option<(Tensor, Tensor)>,
+    /// conv mode on a GPU: the norm weight minus 1 as (1, 1, c), the `scale` of the fused
+    /// LayerNorm + modulation kernel (`LN(y)·(1 + scale) + shift`), when 1 + (w − 1) gives every
+    /// weight back exactly in the weights' dtype (always for weights in [0.5, 2], e.g. the
+    /// averaging init); else `None` and the composed LayerNorm runs.
+    ln_scale: Option<Tensor>,
 }
 
 /// Whether a conv-mode compression module was read from the weights or initialised to
@@ -48,6 +53,7 @@ impl KvCompress {
                     ratio,
                     conv: None,
                     norm: None,
+                    ln_scale: None,
                 },
                 KvInit::ParameterFree,
             ));
@@ -83,6 +89,7 @@ impl KvCompress {
                 sampling,
                 ratio,
                 conv: Some((w, b)),
+                ln_scale: exact_ln_scale(&nw)?,
                 norm: Some((nw, nb)),
             },
             init,
@@ -109,6 +116,22 @@ impl KvCompress {
         let (h2, w2) = self.out_grid(h, w);
         if h2 == 0 || w2 == 0 {
             candle_core::bail!("kv compression: a {h}x{w} token grid is smaller than the ratio {r}");
+        }
+        if let (Some((cw, cb)), Some((nw, nb))) = (&self.conv, &self.norm) {
+            if crate::cuda::kv_conv_applies(x, cw, cb) && !nw.track_op() && !nb.track_op() {
+                // One kernel for the conv (it skips the cropped rows and columns), one for the
+                // LayerNorm + affine as ln_modulate: LN(y)·(1 + (nw − 1)) + nb.
+                let y = crate::cuda::kv_conv(x, h, w, r, cw, cb)?; // (b, n', c)
+                if let Some(scale) = &self.ln_scale {
+                    let shift = nb.reshape((1, 1, c))?.broadcast_as((b, 1, c))?; // (b, 1, c)
+                    let scale = scale.broadcast_as((b, 1, c))?; // (b, 1, c)
+                    if crate::cuda::fused_applies(&y, &[&shift, &scale]) {
+                        return crate::cuda::layer_norm_modulate(&y, &shift, &scale, 1e-5);
+                    }
+                }
+                let y = layer_norm_no_affine(&y, 1e-5)?;
+                return y.broadcast_mul(nw)?.broadcast_add(nb);
+            }
         }
         let mut g = x.reshape((b, h, w, c))?; // (b, h, w, c)
         if h2 * r != h {
@@ -138,6 +161,20 @@ impl KvCompress {
 }
 
 /// Multi-head attention with separate q/k/v projections (`to_q`, `to_k`, `to_v`, `to_out.0`).
+/// `nw − 1` as (1, 1, c) in nw's dtype, for the fused LayerNorm + modulation kernel, which adds the
+/// 1 back in f32: only on a CUDA device, and only when that gives every weight back exactly (a
+/// small weight such as 0.01 would lose its low bits in bf16's `−0.99`). Read once, at load.
+fn exact_ln_scale(nw: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    if !cfg!(feature = "cuda") || !nw.device().is_cuda() || nw.track_op() {
+        return Ok(None);
+    }
+    let w32 = nw.to_dtype(DType::F32)?;
+    let scale = w32.affine(1.0, -1.0)?.to_dtype(nw.dtype())?;
+    let back = (scale.to_dtype(DType::F32)? + 1.0)?;
+    let err = (back - &w32)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    (err == 0.0).then(|| scale.reshape((1, 1, nw.elem_count()))).transpose() // (1, 1, c)
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     to_q: Linear,
@@ -218,7 +255,7 @@ impl Attention {
         labels: [&'static str; 2],
     ) -> candle_core::Result<Tensor> {
         let o = stage(labels[0], q.device(), || self.attention_core(q, k, v, bias, key_lens))?;
-        stage(labels[1], q.device(), || self.to_out.forward(&o))
+        stage(labels[1], q.device(), || linear_forward(&self.to_out, &o, false))
     }
 
     /// softmax(q·kᵀ/√d + bias)·v with the heads merged back: q (b, n, h*d) -> (b, n, h*d).
@@ -250,7 +287,11 @@ impl Attention {
     pub fn forward_self(&self, x: &Tensor, grid: (usize, usize)) -> candle_core::Result<Tensor> {
         let dev = x.device();
         let (q, mut k, mut v) = stage("self-attn q, k, v", dev, || {
-            Ok::<_, candle_core::Error>((self.to_q.forward(x)?, self.to_k.forward(x)?, self.to_v.forward(x)?))
+            Ok::<_, candle_core::Error>((
+                linear_forward(&self.to_q, x, false)?,
+                linear_forward(&self.to_k, x, false)?,
+                linear_forward(&self.to_v, x, false)?,
+            ))
         })?;
         if let Some(kv) = &self.kv_compress {
             (k, v) = stage("self-attn kv compression", dev, || {
@@ -270,8 +311,8 @@ impl Attention {
     /// Projects context tokens to keys and values. y: (b, l, c); key_lens: see [`CrossKv`].
     pub fn cross_kv(&self, y: &Tensor, key_lens: Option<Arc<[usize]>>) -> candle_core::Result<CrossKv> {
         Ok(CrossKv {
-            k: self.split_heads(&self.to_k.forward(y)?)?,
-            v: self.split_heads(&self.to_v.forward(y)?)?,
+            k: self.split_heads(&linear_forward(&self.to_k, y, false)?)?,
+            v: self.split_heads(&linear_forward(&self.to_v, y, false)?)?,
             key_lens,
         })
     }
@@ -279,7 +320,7 @@ impl Attention {
     /// Cross-attention from x (b, n, c) to precomputed keys/values; `bias` (b, 1, 1, l) is
     /// added to the scores (0 keep, -10000 drop, as diffusers).
     pub fn forward_cross(&self, x: &Tensor, kv: &CrossKv, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let q = stage("cross-attn q", x.device(), || self.to_q.forward(x))?;
+        let q = stage("cross-attn q", x.device(), || linear_forward(&self.to_q, x, false))?;
         let bias = match bias {
             Some(b) => Some(b.to_dtype(q.dtype())?),
             None => None,

@@ -72,6 +72,10 @@ pub struct BenchResult {
     pub seconds: Vec<f64>,
     /// CPU seconds (all threads) of each timed forward, when the OS reports them.
     pub cpu_seconds: Vec<f64>,
+    /// Seconds until each timed forward call returned, before the device synchronisation: on a
+    /// GPU the host's share (kernel launches, library calls); close to `seconds` means the GPU
+    /// waited on the host (or something synchronised inside the forward).
+    pub enqueue_seconds: Vec<f64>,
     pub flops: f64,
     pub build_seconds: f64,
     /// With `profile`: (stage, seconds per forward, calls per forward), in the order first run.
@@ -132,6 +136,7 @@ pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) 
     let mask = Tensor::ones((spec.batch, spec.tokens), DType::F32, dev)?;
     let mut seconds = Vec::with_capacity(spec.iters);
     let mut cpu_seconds = Vec::with_capacity(spec.iters);
+    let mut enqueue_seconds = Vec::with_capacity(spec.iters);
     for i in 0..spec.warmup + spec.iters {
         if i == spec.warmup && spec.profile {
             crate::profile::take();
@@ -141,10 +146,12 @@ pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) 
         let cpu0 = process_cpu_seconds();
         let start = Instant::now();
         let out = model.forward(&x, &t, &y, Some(&mask))?;
+        let enqueued = start.elapsed().as_secs_f64();
         dev.synchronize()?;
         drop(out);
         let s = start.elapsed().as_secs_f64();
         if i >= spec.warmup {
+            enqueue_seconds.push(enqueued);
             if let (Some(a), Some(b)) = (cpu0, process_cpu_seconds()) {
                 cpu_seconds.push(b - a);
             }
@@ -164,6 +171,7 @@ pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) 
     Ok(BenchResult {
         seconds,
         cpu_seconds,
+        enqueue_seconds,
         flops: forward_flops(&spec.config, spec.batch, lat, lat, spec.tokens),
         build_seconds,
         profile,

@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 use pixart_gemm::{linear, Linear};
 
 use crate::attention::{Attention, CrossKv};
-use crate::ops::{add_gated, layer_norm_modulate};
+use crate::ops::{add_gated, layer_norm_modulate, linear_forward};
 use crate::profile::stage;
 
 /// `ff`: Linear -> GELU(tanh) -> Linear (`ff.net.0.proj`, `ff.net.2`).
@@ -28,9 +28,13 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dev = x.device();
-        let h = stage("mlp up", dev, || self.proj_in.forward(x))?;
-        let h = stage("mlp gelu", dev, || crate::kernels::gelu(&h))?;
-        stage("mlp down", dev, || self.proj_out.forward(&h))
+        // On a GPU (bf16/f16) the GELU runs in the up projection's epilogue.
+        let fused = crate::cuda::linear_applies(x, self.proj_in.weight(), self.proj_in.bias());
+        let mut h = stage("mlp up", dev, || linear_forward(&self.proj_in, x, fused))?;
+        if !fused {
+            h = stage("mlp gelu", dev, || crate::kernels::gelu(&h))?;
+        }
+        stage("mlp down", dev, || linear_forward(&self.proj_out, &h, false))
     }
 }
 

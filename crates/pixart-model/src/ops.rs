@@ -139,6 +139,25 @@ fn per_batch(t: &Tensor, b: usize, c: usize) -> candle_core::Result<Vec<f32>> {
         .to_vec1::<f32>()
 }
 
+/// A Linear layer's `x·Wᵀ + b`, followed by GELU (tanh) when `gelu`. On a GPU, in bf16/f16
+/// without gradients, one cuBLASLt call with the bias and GELU in its epilogue
+/// ([`crate::cuda::linear`]); elsewhere the layer's own forward and [`crate::kernels::gelu`].
+pub fn linear_forward(layer: &pixart_gemm::Linear, x: &Tensor, gelu: bool) -> candle_core::Result<Tensor> {
+    if crate::cuda::linear_applies(x, layer.weight(), layer.bias()) {
+        match crate::cuda::linear(x, layer.weight(), layer.bias(), gelu) {
+            Ok(y) => return Ok(y),
+            // E.g. no cuBLASLt algorithm for a shape: candle's path below gives the same result.
+            Err(e) => crate::cuda::warn_once("cuBLASLt linear", &e),
+        }
+    }
+    let y = candle_core::Module::forward(layer, x)?;
+    if gelu {
+        crate::kernels::gelu(&y)
+    } else {
+        Ok(y)
+    }
+}
+
 /// `modulate(layer_norm_no_affine(x, eps), shift, scale)` as one parallel pass on the CPU:
 /// statistics in f32 (two passes over the row, as [`layer_norm_no_affine`]), one rounding to
 /// the output dtype (PyTorch rounds after the norm and after each of the two ops). On a GPU the

@@ -345,6 +345,7 @@ fn transformer(b: TransformerBench) -> Result<()> {
         "seconds_per_forward": median,
         "seconds_min": sorted[0],
         "cpu_seconds_per_forward": median_of(&res.cpu_seconds),
+        "enqueue_seconds_per_forward": median_of(&res.enqueue_seconds),
         "gflop_per_forward": res.flops / 1e9,
         "gflops": res.flops / 1e9 / median,
         "build_seconds": res.build_seconds,

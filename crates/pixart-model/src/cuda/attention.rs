@@ -7,6 +7,7 @@
 //! 470 GB/s of score traffic and made the 1024 px forward 8.9× slower than diffusers' SDPA
 //! (docs/performance.md).
 use candle_core::{DType, Tensor};
+use std::sync::OnceLock;
 
 /// Whether [`flash_attention`] serves a query tensor of this kind: a CUDA build, a CUDA tensor in
 /// bf16 or f16 that no gradient tracks, a head dim ≤ 128, and the project's kernels switched on.
@@ -16,7 +17,8 @@ pub fn applies(q: &Tensor, head_dim: usize) -> bool {
 
 /// softmax(scale · q·kᵀ) · v over each batch row's first `kv_lens[i]` keys (all when `None`).
 /// q: (b, h, n, d), k and v: (b, h, m, d), any strides with a contiguous last dim (e.g. the
-/// (b, n, h, d) projections transposed); returns (b, n, h, d), contiguous.
+/// (b, n, h, d) projections transposed); returns (b, n, h, d), contiguous. Each warp of the
+/// kernel owns [`rows_per_warp`] queries, and the K/V prefetch is on when [`pipelined`] says so.
 pub fn flash_attention(
     q: &Tensor,
     k: &Tensor,
@@ -24,6 +26,29 @@ pub fn flash_attention(
     scale: f64,
     kv_lens: Option<&[usize]>,
 ) -> candle_core::Result<Tensor> {
+    flash_attention_variant(q, k, v, scale, kv_lens, rows_per_warp(), pipelined())
+}
+
+/// [`flash_attention`] with a chosen kernel variant, for timing them all: `rows` (16 or 32)
+/// queries per warp, i.e. `pixart_flash_attention_<type>_d<DP>` (16: 64 queries per block) or
+/// `..._q32` (32: 128 per block, each K/V fragment read from shared memory feeding two m16
+/// tiles); `pipeline`: the `..._pipe` kernel of that variant, which copies the next 64-key K/V
+/// block into a second shared-memory buffer with `cp.async` while it computes on the current one
+/// (1.5× the shared memory: 102 KiB per block at head dim 128 and 32 rows). Where 16-byte copies
+/// do not apply (a head dim or stride not a multiple of 8 elements, a misaligned view), the
+/// pipelined kernel copies element-wise and synchronously: correct, but nothing is overlapped.
+pub fn flash_attention_variant(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    kv_lens: Option<&[usize]>,
+    rows: usize,
+    pipeline: bool,
+) -> candle_core::Result<Tensor> {
+    if rows != 16 && rows != 32 {
+        candle_core::bail!("flash attention: {rows} queries per warp, not 16 or 32");
+    }
     let kv_lens = kv_lens.map(|l| {
         l.iter()
             .map(|&x| i32::try_from(x).unwrap_or(i32::MAX))
@@ -35,14 +60,35 @@ pub fn flash_attention(
         &FlashAttention {
             scale: scale as f32,
             kv_lens,
+            m_tiles: rows / 16,
+            pipeline,
         },
     )
+}
+
+/// Queries per warp of the attention kernel: `PIXART_FA_ROWS` (16 or 32, read once per process),
+/// 32 by default.
+pub fn rows_per_warp() -> usize {
+    static ROWS: OnceLock<usize> = OnceLock::new();
+    *ROWS.get_or_init(|| super::env_choice("PIXART_FA_ROWS", 32, &[("16", 16), ("32", 32)]))
+}
+
+/// Whether the attention kernel prefetches K/V blocks with `cp.async` (the `..._pipe` kernels):
+/// `PIXART_FA_PIPELINE` (0 or 1, read once per process), on by default: the fastest variant on
+/// an H100 (2026-11-27: 0.73 against 1.16 ms at 1024 px, 11.1 against 14.9 ms at 2048 px).
+pub fn pipelined() -> bool {
+    static PIPE: OnceLock<bool> = OnceLock::new();
+    *PIPE.get_or_init(|| super::env_choice("PIXART_FA_PIPELINE", true, &[("0", false), ("1", true)]))
 }
 
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct FlashAttention {
     scale: f32,
     kv_lens: Option<Vec<i32>>,
+    /// m16 tiles of queries per warp (MT of the kernel): 1 or 2.
+    m_tiles: usize,
+    /// The `_pipe` kernel (cp.async double buffering of K and V).
+    pipeline: bool,
 }
 
 super::cuda_only_op3!(FlashAttention, "pixart-flash-attention", gpu::forward);
@@ -88,10 +134,16 @@ mod gpu {
     // SAFETY: plain-old-data with the C layout of the kernel's parameter struct.
     unsafe impl DeviceRepr for Params {}
 
-    /// Bytes of dynamic shared memory (`pixart_fa::smem_bytes`): Q, K and V tiles of 64 rows of
-    /// DP + 8 elements.
-    fn smem_bytes(dp: usize, elem: usize) -> usize {
-        3 * 64 * (dp + 8) * elem
+    /// Queries per block for `m_tiles` m16 tiles per warp (`pixart_fa::block_queries`): 4 warps.
+    fn block_queries(m_tiles: usize) -> usize {
+        16 * m_tiles * 4
+    }
+
+    /// Bytes of dynamic shared memory (`pixart_fa::smem_bytes`): the Q tile (block_queries rows)
+    /// and the K and V tiles (64 rows each; two of each when pipelined), rows of DP + 8 elements.
+    fn smem_bytes(dp: usize, elem: usize, m_tiles: usize, pipeline: bool) -> usize {
+        let kv_tiles = if pipeline { 4 } else { 2 };
+        (block_queries(m_tiles) + kv_tiles * 64) * (dp + 8) * elem
     }
 
     /// (batch, head, row) element strides of a 4-D layout whose last dim is contiguous.
@@ -234,8 +286,11 @@ mod gpu {
                         && rows_aligned(params.v, [v_sb, v_sh, v_sn]),
                 );
                 let dp = d.div_ceil(16) * 16;
-                let smem = smem_bytes(dp, elem);
-                let kernel = format!("pixart_flash_attention_{dtype}_d{dp}");
+                let mt = self.op.m_tiles;
+                let smem = smem_bytes(dp, elem, mt, self.op.pipeline);
+                let variant = if mt == 2 { "_q32" } else { "" };
+                let pipe = if self.op.pipeline { "_pipe" } else { "" };
+                let kernel = format!("pixart_flash_attention_{dtype}_d{dp}{variant}{pipe}");
                 let func = dev.get_or_load_custom_func(&kernel, "pixart_flash_attention", PTX)?;
                 func.set_attribute(
                     CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -243,7 +298,7 @@ mod gpu {
                 )
                 .w()?;
                 let cfg = LaunchConfig {
-                    grid_dim: (n.div_ceil(64) as u32, h as u32, b as u32),
+                    grid_dim: (n.div_ceil(block_queries(mt)) as u32, h as u32, b as u32),
                     block_dim: (128, 1, 1),
                     shared_mem_bytes: smem as u32,
                 };

@@ -4,6 +4,9 @@
 //! Composed from candle ops the norm and modulation were about a dozen kernels over the
 //! activations (a cast to f32, two means, the centring, the division, the cast back, then the
 //! modulation), each a full pass through device memory.
+//!
+//! Also the depthwise conv of PixArt-Σ's KV token compression ([`kv_conv`]), which composed was
+//! a broadcast multiply and two strided sums over the keys or values.
 use candle_core::Tensor;
 
 /// Whether the fused kernels serve x (b, n, c) with per-batch vectors `mods` (each (b, 1, c)).
@@ -48,6 +51,50 @@ pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> candle_core::Result<T
         .apply_op3_no_bwd(&y.contiguous()?, &channels_contiguous(gate)?, &AddGated)
 }
 
+/// Whether [`kv_conv`] serves x (b, n, c) with this weight and bias: a CUDA tensor, all three
+/// f32, bf16 or f16 alike, none tracking gradients.
+pub fn kv_conv_applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
+    x.dims3().is_ok()
+        && super::usable(x)
+        && matches!(
+            x.dtype(),
+            candle_core::DType::F32 | candle_core::DType::BF16 | candle_core::DType::F16
+        )
+        && [weight, bias].iter().all(|t| !t.track_op() && t.dtype() == x.dtype())
+}
+
+/// The depthwise r×r, stride-r conv of KV token compression (PixArt-Σ, arXiv 2403.04692), one
+/// kernel: x (b, h·w, c) tokens on an (h, w) grid -> (b, (h/r)·(w/r), c), f32 accumulation, one
+/// rounding. The rows and columns of a grid that r does not divide are dropped (not read).
+/// weight: r·r·c elements laid out (ky, kx, c), e.g. the (1, 1, r, 1, r, c) tensor of
+/// [`crate::attention::KvCompress`]; bias: c elements.
+pub fn kv_conv(
+    x: &Tensor,
+    h: usize,
+    w: usize,
+    r: usize,
+    weight: &Tensor,
+    bias: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (b, n, c) = x.dims3()?;
+    if n != h * w || r == 0 || h / r == 0 || w / r == 0 {
+        candle_core::bail!("kv_conv: {n} tokens, a {h}x{w} grid, ratio {r}");
+    }
+    if weight.elem_count() != r * r * c || bias.elem_count() != c {
+        candle_core::bail!(
+            "kv_conv: weight {:?} and bias {:?} for {c} channels at ratio {r}",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    // The kernel reads x as (b, h, w, c) and writes (b, h/r, w/r, c).
+    let x = x.contiguous()?.reshape((b, h, w, c))?;
+    let weight = weight.contiguous()?.reshape((r, r, c))?;
+    let bias = bias.contiguous()?.reshape(c)?;
+    x.apply_op3_no_bwd(&weight, &bias, &KvConv)?
+        .reshape((b, (h / r) * (w / r), c)) // (b, n', c)
+}
+
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct LnModulate {
     eps: f32,
@@ -55,12 +102,15 @@ struct LnModulate {
 
 struct AddGated;
 
+struct KvConv;
+
 super::cuda_only_op3!(LnModulate, "pixart-ln-modulate", gpu::ln_modulate);
 super::cuda_only_op3!(AddGated, "pixart-add-gated", gpu::add_gated);
+super::cuda_only_op3!(KvConv, "pixart-kv-conv", gpu::kv_conv);
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{AddGated, LnModulate};
+    use super::{AddGated, KvConv, LnModulate};
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
     use candle_core::{CudaStorage, Layout, Shape};
@@ -83,10 +133,12 @@ mod gpu {
     }
 
     /// Runs `<kernel>_<dtype>` over three same-typed inputs on `blocks` blocks of THREADS threads;
-    /// the kernel's parameters are the three input views, the output (x's shape) and `scalars`.
+    /// the kernel's parameters are the three input views, the output (`shape`, contiguous) and
+    /// `scalars`.
     fn run3(
         [a, b, c]: [&CudaStorage; 3],
         [al, bl, cl]: [&Layout; 3],
+        shape: &Shape,
         kernel: &str,
         blocks: u32,
         scalars: &[&dyn Scalar],
@@ -96,15 +148,16 @@ mod gpu {
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
+        #[allow(clippy::too_many_arguments)]
         fn go<T: DeviceRepr>(
             dev: &CudaDevice,
             [a, b, c]: [&CudaSlice<T>; 3],
             [al, bl, cl]: [&Layout; 3],
+            len: usize,
             name: &str,
             cfg: LaunchConfig,
             scalars: &[&dyn Scalar],
         ) -> candle_core::Result<CudaSlice<T>> {
-            let len = al.shape().elem_count();
             // SAFETY: the kernel writes every element.
             let mut out = unsafe { dev.alloc::<T>(len)? };
             if len == 0 {
@@ -130,16 +183,25 @@ mod gpu {
         }
         let dev = &a.device;
         let layouts = [al, bl, cl];
+        let len = shape.elem_count();
         let slice = match (&a.slice, &b.slice, &c.slice) {
-            (CudaStorageSlice::F32(x), CudaStorageSlice::F32(y), CudaStorageSlice::F32(z)) => {
-                CudaStorageSlice::F32(go(dev, [x, y, z], layouts, &format!("{kernel}_f32"), cfg, scalars)?)
-            }
+            (CudaStorageSlice::F32(x), CudaStorageSlice::F32(y), CudaStorageSlice::F32(z)) => CudaStorageSlice::F32(
+                go(dev, [x, y, z], layouts, len, &format!("{kernel}_f32"), cfg, scalars)?,
+            ),
             (CudaStorageSlice::BF16(x), CudaStorageSlice::BF16(y), CudaStorageSlice::BF16(z)) => {
-                CudaStorageSlice::BF16(go(dev, [x, y, z], layouts, &format!("{kernel}_bf16"), cfg, scalars)?)
+                CudaStorageSlice::BF16(go(
+                    dev,
+                    [x, y, z],
+                    layouts,
+                    len,
+                    &format!("{kernel}_bf16"),
+                    cfg,
+                    scalars,
+                )?)
             }
-            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(y), CudaStorageSlice::F16(z)) => {
-                CudaStorageSlice::F16(go(dev, [x, y, z], layouts, &format!("{kernel}_f16"), cfg, scalars)?)
-            }
+            (CudaStorageSlice::F16(x), CudaStorageSlice::F16(y), CudaStorageSlice::F16(z)) => CudaStorageSlice::F16(
+                go(dev, [x, y, z], layouts, len, &format!("{kernel}_f16"), cfg, scalars)?,
+            ),
             _ => candle_core::bail!("{kernel}: the inputs must all be f32, all bf16 or all f16"),
         };
         Ok((
@@ -147,7 +209,7 @@ mod gpu {
                 slice,
                 device: dev.clone(),
             },
-            al.shape().clone(),
+            shape.clone(),
         ))
     }
 
@@ -180,6 +242,7 @@ mod gpu {
         run3(
             [x, shift, scale],
             [xl, sl, cl],
+            xl.shape(),
             "pixart_ln_modulate",
             (b * n) as u32,
             &[&mod_sb, &c32, &n32, &op.eps],
@@ -210,9 +273,47 @@ mod gpu {
         run3(
             [x, y, gate],
             [xl, yl, gl],
+            xl.shape(),
             "pixart_add_gated",
             blocks,
             &[&total, &per_batch, &gate_sb, &c32],
+        )
+    }
+
+    pub(super) fn kv_conv(
+        _: &KvConv,
+        x: &CudaStorage,
+        xl: &Layout,
+        weight: &CudaStorage,
+        wl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (b, h, w, c) = xl.shape().dims4()?;
+        let (r, r2, wc) = wl.shape().dims3()?;
+        if r != r2 || wc != c || r == 0 || bl.dims() != [c] {
+            candle_core::bail!(
+                "kv_conv: weight {:?} and bias {:?} for x {:?}",
+                wl.dims(),
+                bl.dims(),
+                xl.dims()
+            );
+        }
+        if !xl.is_contiguous() || !wl.is_contiguous() || !bl.is_contiguous() {
+            candle_core::bail!("kv_conv: x, weight and bias must be contiguous");
+        }
+        let (h2, w2) = (h / r, w / r);
+        let shape = Shape::from((b, h2, w2, c));
+        let total = shape.elem_count() as i64;
+        let blocks = (total as u64).div_ceil(THREADS as u64).clamp(1, 1 << 20) as u32;
+        let [h, w, h2, w2, c, r] = [h, w, h2, w2, c, r].map(|v| v as i32);
+        run3(
+            [x, weight, bias],
+            [xl, wl, bl],
+            &shape,
+            "pixart_kv_conv",
+            blocks,
+            &[&total, &h, &w, &h2, &w2, &c, &r],
         )
     }
 }

@@ -1,5 +1,6 @@
 //! The project's own CUDA kernels (crates/pixart-model/cuda/*.cu, compiled to PTX by build.rs with
-//! the `cuda` feature): fused attention and the fused element-wise ops of the transformer block.
+//! the `cuda` feature): fused attention and the fused element-wise ops of the transformer block;
+//! and the Linear layers as one cuBLASLt call each, bias and GELU in the GEMM's epilogue.
 //! Inference only (tensors that track gradients take candle's composed ops, which have a
 //! backward).
 //!
@@ -51,26 +52,82 @@ macro_rules! cuda_only_op3 {
 }
 use cuda_only_op3;
 
+/// `impl CustomOp2` for an op of two tensors that runs on CUDA only (as [`cuda_only_op3`]).
+macro_rules! cuda_only_op2 {
+    ($ty:ty, $name:literal, $fwd:path) => {
+        impl candle_core::CustomOp2 for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn cpu_fwd(
+                &self,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+                _: &candle_core::CpuStorage,
+                _: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+                candle_core::bail!(concat!($name, " runs on CUDA only"))
+            }
+
+            #[cfg(feature = "cuda")]
+            fn cuda_fwd(
+                &self,
+                a: &candle_core::CudaStorage,
+                al: &candle_core::Layout,
+                b: &candle_core::CudaStorage,
+                bl: &candle_core::Layout,
+            ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
+                $fwd(self, a, al, b, bl)
+            }
+        }
+    };
+}
+use cuda_only_op2;
+
 mod attention;
 mod fused;
+mod linear;
 
-pub use attention::{applies as attention_applies, flash_attention};
+pub use attention::{applies as attention_applies, flash_attention, flash_attention_variant, pipelined, rows_per_warp};
 pub use fused::{add_gated, applies as fused_applies, layer_norm_modulate};
+pub use fused::{kv_conv, kv_conv_applies};
+pub use linear::{applies as linear_applies, linear};
 
 /// Whether `PIXART_CUDA_KERNELS` leaves the project's kernels on (read once per process).
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| match std::env::var("PIXART_CUDA_KERNELS") {
-        Err(_) => true,
-        Ok(v) => match v.trim() {
-            "" | "pixart" => true,
-            "candle" => false,
-            other => {
-                eprintln!("PIXART_CUDA_KERNELS={other:?} is not pixart or candle; using pixart");
-                true
-            }
-        },
-    })
+    *ON.get_or_init(|| env_choice("PIXART_CUDA_KERNELS", true, &[("pixart", true), ("candle", false)]))
+}
+
+/// The value of the environment variable `name` among `choices`: `default` when it is unset or
+/// empty, and with a warning when it is none of them.
+fn env_choice<T: Copy>(name: &str, default: T, choices: &[(&str, T)]) -> T {
+    let Ok(v) = std::env::var(name) else {
+        return default;
+    };
+    let v = v.trim();
+    if v.is_empty() {
+        return default;
+    }
+    match choices.iter().find(|(k, _)| *k == v) {
+        Some(&(_, t)) => t,
+        None => {
+            let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+            eprintln!("{name}={v:?} is not one of {names:?}; using the default");
+            default
+        }
+    }
+}
+
+/// Prints, once per process and `what`, that a kernel failed and candle's ops took over.
+pub fn warn_once(what: &'static str, err: &dyn std::fmt::Display) {
+    static SEEN: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if !seen.contains(&what) {
+        seen.push(what);
+        eprintln!("warning: {what} failed ({err}); using candle's ops instead");
+    }
 }
 
 /// A CUDA build, a CUDA tensor that no gradient tracks, the kernels switched on.
