@@ -103,10 +103,12 @@ pub fn enabled() -> bool {
 /// The value of the environment variable `name` among `choices`: `default` when it is unset or
 /// empty, and with a warning when it is none of them.
 fn env_choice<T: Copy>(name: &str, default: T, choices: &[(&str, T)]) -> T {
-    let Ok(v) = std::env::var(name) else {
-        return default;
-    };
-    let v = v.trim();
+    choice(name, std::env::var(name).ok().as_deref(), default, choices)
+}
+
+/// [`env_choice`] on the variable's value (`None`: unset).
+fn choice<T: Copy>(name: &str, value: Option<&str>, default: T, choices: &[(&str, T)]) -> T {
+    let v = value.unwrap_or("").trim();
     if v.is_empty() {
         return default;
     }
@@ -133,4 +135,33 @@ pub fn warn_once(what: &'static str, err: &dyn std::fmt::Display) {
 /// A CUDA build, a CUDA tensor that no gradient tracks, the kernels switched on.
 fn usable(x: &Tensor) -> bool {
     cfg!(feature = "cuda") && x.device().is_cuda() && !x.track_op() && enabled()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_reads_known_values_and_falls_back_to_the_default() {
+        let choices = [("16", 16usize), ("32", 32)];
+        let pick = |v: Option<&str>| choice("PIXART_FA_ROWS", v, 32, &choices);
+        assert_eq!(pick(None), 32, "unset: the default");
+        assert_eq!(pick(Some(" 16 ")), 16, "a known value, trimmed");
+        assert_eq!(pick(Some("32")), 32);
+        assert_eq!(pick(Some("")), 32, "empty: the default");
+        assert_eq!(pick(Some("64")), 32, "unknown: the default");
+    }
+
+    #[test]
+    fn nothing_applies_on_the_cpu() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::zeros((2, 8, 16), candle_core::DType::BF16, &dev)?;
+        let w = Tensor::zeros((4, 16), candle_core::DType::BF16, &dev)?;
+        let b = Tensor::zeros(4, candle_core::DType::BF16, &dev)?;
+        assert!(!linear_applies(&x, &w, Some(&b)));
+        assert!(!attention_applies(&x, 8));
+        assert!(!fused_applies(&x, &[]));
+        assert!(!kv_conv_applies(&x, &w, &b));
+        Ok(())
+    }
 }
