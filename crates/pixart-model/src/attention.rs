@@ -129,8 +129,7 @@ impl KvCompress {
                         return crate::cuda::layer_norm_modulate(&y, &shift, &scale, 1e-5);
                     }
                 }
-                let y = layer_norm_no_affine(&y, 1e-5)?;
-                return y.broadcast_mul(nw)?.broadcast_add(nb);
+                return norm_affine(&y, nw, nb);
             }
         }
         let mut g = x.reshape((b, h, w, c))?; // (b, h, w, c)
@@ -149,8 +148,7 @@ impl KvCompress {
                     .sum(2)? // (b, h2, w2, c)
                     .broadcast_add(cb)?
                     .reshape((b, h2 * w2, c))?; // (b, n', c)
-                let y = layer_norm_no_affine(&y, 1e-5)?;
-                y.broadcast_mul(nw)?.broadcast_add(nb)
+                norm_affine(&y, nw, nb)
             }
             _ => g
                 .narrow(2, 0, 1)?
@@ -161,6 +159,11 @@ impl KvCompress {
 }
 
 /// Multi-head attention with separate q/k/v projections (`to_q`, `to_k`, `to_v`, `to_out.0`).
+/// The compression's LayerNorm (eps 1e-5) and affine `· nw + nb`, composed from tensor ops.
+fn norm_affine(y: &Tensor, nw: &Tensor, nb: &Tensor) -> candle_core::Result<Tensor> {
+    layer_norm_no_affine(y, 1e-5)?.broadcast_mul(nw)?.broadcast_add(nb)
+}
+
 /// `nw − 1` as (1, 1, c) in nw's dtype, for the fused LayerNorm + modulation kernel, which adds the
 /// 1 back in f32: only on a CUDA device, and only when that gives every weight back exactly (a
 /// small weight such as 0.01 would lose its low bits in bf16's `−0.99`). Read once, at load.
