@@ -12,10 +12,15 @@
 # 1024 px bench stages also run, for comparison. PIXART_FA_ROWS=16|32 and PIXART_FA_PIPELINE=0|1
 # pick the attention kernel's variant (query rows per warp, cp.async prefetch of K/V); unless set,
 # the later stages use the variant the kernels stage found fastest, and the 1024 px bench runs all four.
+# PIXART_LT_GATED=0|1 picks how the gated residuals run (0: a separate kernel; 1: in the output
+# projection's cuBLASLt GEMM, see src/cuda/linear.rs); unless set, the later stages use 1 when
+# the kernels stage found it to match the composed ops. The kernels stage also times
+# PyTorch's SDPA backends at the attention bench's shapes (skipped with SKIP_TORCH=1).
 # Shorter bench (a device call's time is scarce): BENCH_SIZES="2048 4096" (default "1024 2048 4096"),
 # ITERS_4K=1 (timed 4096 px forwards, default 2), SKIP_TORCH=1 (no diffusers runs at 2048/4096 px),
 # SKIP_DENOISE=1, PROFILES="" or PROFILES=pixart (stage profiles: default with and without the kernels);
-# GOLDEN_DTYPES="bf16" (the golden passes to run; default "f32 bf16 bf16-candle").
+# GOLDEN_DTYPES="bf16" (the golden passes to run; default "f32 bf16 bf16-candle"), FA_VARIANTS=0 (no
+# other attention variants at 1024 px), SKIP_CANDLE=1 (no candle-ops run at 1024 px).
 set -uo pipefail
 OUT="${OUT:-/tmp/pixart-gpu}"
 mkdir -p "$OUT"
@@ -74,7 +79,45 @@ stage_kernels() {
     read -r PIXART_FA_ROWS PIXART_FA_PIPELINE < <(python3 -c "import json,sys; r=json.loads(sys.argv[1]); print(r['rows'], r['pipeline'])" "$best")
     note "attention variant for the later stages: PIXART_FA_ROWS=$PIXART_FA_ROWS PIXART_FA_PIPELINE=$PIXART_FA_PIPELINE"
   fi
+  # The gated-residual fusion when it matched the composed ops (0: off), unless chosen.
+  local gated
+  gated=$(grep '"lt-gated-best"' "$OUT/kernels.txt" | tail -n 1)
+  if [ "$rc" = 0 ] && [ -n "$gated" ] && [ -z "${PIXART_LT_GATED:-}" ]; then
+    export PIXART_LT_GATED
+    PIXART_LT_GATED=$(python3 -c "import json,sys; print(json.loads(sys.argv[1])['mode'])" "$gated")
+    note "gated residual in the GEMM epilogue for the later stages: PIXART_LT_GATED=$PIXART_LT_GATED"
+  fi
   grep -v "^all CUDA kernel checks passed" "$OUT/kernels.txt" >> "$summary"
+  # PyTorch's SDPA at the attention bench's shapes, each backend alone: what diffusers' attention
+  # costs on this GPU, next to the kernel's flash_ms above.
+  [ "${SKIP_TORCH:-0}" = 1 ] || python3 - >> "$summary" 2>&1 <<'PY'
+import json, torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+import torch.nn.functional as F
+for n in (4096, 16384):
+    q, k, v = (torch.randn(2, 16, n, 72, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    row = {"bench": "torch-sdpa", "n": n, "d": 72}
+    for name, be in [("default", None), ("flash", SDPBackend.FLASH_ATTENTION),
+                     ("efficient", SDPBackend.EFFICIENT_ATTENTION), ("cudnn", SDPBackend.CUDNN_ATTENTION)]:
+        try:
+            run = (lambda: F.scaled_dot_product_attention(q, k, v)) if be is None else None
+            if be is not None:
+                def run(be=be):
+                    with sdpa_kernel([be]):
+                        return F.scaled_dot_product_attention(q, k, v)
+            run(); torch.cuda.synchronize()
+            it = 20
+            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            s.record()
+            for _ in range(it):
+                run()
+            e.record(); torch.cuda.synchronize()
+            row[name + "_ms"] = round(s.elapsed_time(e) / it, 4)
+        except Exception as err:
+            row[name + "_ms"] = None
+            row[name + "_error"] = str(err).splitlines()[0][:120]
+    print(json.dumps(row))
+PY
 }
 
 stage_golden() {
@@ -176,20 +219,25 @@ stage_bench() {
     kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
     local mib
     mib=$(sort -n "$OUT/mem.txt" | tail -n 1)
-    [ -n "$line" ] && python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['gpu_peak_bytes']=int(sys.argv[2] or 0)*2**20; r['kernels']=sys.argv[3]; r['fa_rows']=sys.argv[4]; r['fa_pipeline']=sys.argv[5]; print(json.dumps(r))" "$line" "${mib:-0}" "${PIXART_CUDA_KERNELS:-pixart}" "${PIXART_FA_ROWS:-default}" "${PIXART_FA_PIPELINE:-default}"
+    [ -n "$line" ] && python3 -c "import json,sys; r=json.loads(sys.argv[1]); r['gpu_peak_bytes']=int(sys.argv[2] or 0)*2**20; r['kernels']=sys.argv[3]; r['fa_rows']=sys.argv[4]; r['fa_pipeline']=sys.argv[5]; r['lt_gated']=sys.argv[6]; print(json.dumps(r))" "$line" "${mib:-0}" "${PIXART_CUDA_KERNELS:-pixart}" "${PIXART_FA_ROWS:-default}" "${PIXART_FA_PIPELINE:-default}" "${PIXART_LT_GATED:-default}"
   }
   run_torch() { timeout "$1" python3 tools/bench/transformer.py --device cuda --dtype bf16 --size "$2" --warmup "$3" --iters "$4" 2>>"$OUT/bench.err" | tail -n 1; }
   has_size() { [[ " ${BENCH_SIZES:-1024 2048 4096} " == *" $1 "* ]]; }
   {
     if has_size 1024; then
       run_torch 90 1024 3 10; run_rust 90 1024 3 10
-      # The attention kernel's other variants (query rows per warp, cp.async K/V prefetch) at 1024 px.
-      for variant in "16 0" "32 0" "16 1" "32 1"; do
-        read -r rows pipe <<< "$variant"
-        [ "$rows $pipe" = "${PIXART_FA_ROWS:-32} ${PIXART_FA_PIPELINE:-1}" ] && continue
-        PIXART_FA_ROWS=$rows PIXART_FA_PIPELINE=$pipe run_rust 60 1024 3 10
-      done
-      PIXART_CUDA_KERNELS=candle run_rust 90 1024 3 10
+      # The attention kernel's other variants (query rows per warp, cp.async K/V prefetch) at
+      # 1024 px (FA_VARIANTS=0 skips them), the gated residuals as separate kernels when they ran
+      # in the GEMM epilogue, and candle's ops (SKIP_CANDLE=1 skips them).
+      if [ "${FA_VARIANTS:-1}" = 1 ]; then
+        for variant in "16 0" "32 0" "16 1" "32 1"; do
+          read -r rows pipe <<< "$variant"
+          [ "$rows $pipe" = "${PIXART_FA_ROWS:-32} ${PIXART_FA_PIPELINE:-1}" ] && continue
+          PIXART_FA_ROWS=$rows PIXART_FA_PIPELINE=$pipe run_rust 60 1024 3 10
+        done
+      fi
+      [ "${PIXART_LT_GATED:-1}" = 0 ] || PIXART_LT_GATED=0 run_rust 60 1024 3 10
+      [ -n "${SKIP_CANDLE:-}" ] || PIXART_CUDA_KERNELS=candle run_rust 90 1024 3 10
     fi
     if has_size 2048; then
       [ -n "${SKIP_TORCH:-}" ] || run_torch 90 2048 2 4
@@ -225,10 +273,10 @@ PY
   python3 - "$OUT/bench.jsonl" >> "$summary" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
-print(f"{'impl':28} {'size':>5} {'kv':>14} {'s/forward':>10} {'GPU peak GiB':>13} {'host RSS GiB':>13}")
+print(f"{'impl':38} {'size':>5} {'kv':>14} {'s/forward':>10} {'GPU peak GiB':>13} {'host RSS GiB':>13}")
 for r in rows:
-    impl = "diffusers (SDPA)" if r["bench"].endswith("pytorch") else f"pixart-rs ({r.get('kernels', '?')}, fa {r.get('fa_rows', '?')}/{r.get('fa_pipeline', '?')})"
-    print(f"{impl:28} {r['size']:>5} {str(r.get('kv_compress')):>14} {r['seconds_per_forward']:>10.4f} "
+    impl = "diffusers (SDPA)" if r["bench"].endswith("pytorch") else f"pixart-rs ({r.get('kernels', '?')}, fa {r.get('fa_rows', '?')}/{r.get('fa_pipeline', '?')}, gated {r.get('lt_gated', '?')})"
+    print(f"{impl:38} {r['size']:>5} {str(r.get('kv_compress')):>14} {r['seconds_per_forward']:>10.4f} "
           f"{r.get('gpu_peak_bytes', 0)/2**30:>13.2f} {r['peak_rss_bytes']/2**30:>13.2f}")
 PY
 }

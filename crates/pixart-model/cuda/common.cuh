@@ -93,6 +93,46 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 #endif
 
+// 2^x in one instruction, subnormal inputs and results flushed to zero (PTX ISA
+// "ex2.approx.ftz.f32", maximum relative error 2^-22). exp2f without --use_fast_math is the
+// non-ftz ex2 wrapped in a range check and two predicated multiplies (4 instructions instead of
+// 1, seen in the SASS); a softmax probability below 2^-126 is 0 to every consumer here.
+#ifdef PIXART_CUDA_EMULATE
+inline float exp2_ftz(float x) {
+  const float r = std::exp2(x);
+  return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
+}
+#else
+__device__ __forceinline__ float exp2_ftz(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(r) : "f"(x));
+  return r;
+}
+#endif
+
+// Writes 16 zero bytes at dst (16-byte aligned, shared or global memory): one 128-bit store.
+__device__ __forceinline__ void zero16(void *dst) {
+#ifdef PIXART_CUDA_EMULATE
+  emu::check_aligned<16>(dst);
+  std::memset(dst, 0, 16);
+#else
+  *static_cast<uint4 *>(dst) = make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+
+// Writes 1 then seven zeros of T (16 bytes, 16-byte aligned): one 128-bit store.
+template <typename T>
+__device__ __forceinline__ void one_then_zeros16(void *dst) {
+  const uint32_t lo = pack2(from_f32<T>(1.0f), from_f32<T>(0.0f));
+#ifdef PIXART_CUDA_EMULATE
+  emu::check_aligned<16>(dst);
+  const uint32_t w[4] = {lo, 0u, 0u, 0u};
+  std::memcpy(dst, w, 16);
+#else
+  *static_cast<uint4 *>(dst) = make_uint4(lo, 0u, 0u, 0u);
+#endif
+}
+
 // d += A·B on the tensor cores for one warp (mma.sync.aligned.m16n8k16.row.col, f32
 // accumulators): A 16×16 row-major in a[4], B 16×8 column-major in b[2], d 16×8, each in the
 // fragment layout of the PTX ISA (groupID = lane / 4, t = lane % 4): a[0] = A[g][2t, 2t+1],

@@ -162,6 +162,24 @@ inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   return r;
 }
 
+inline float __shfl_sync(unsigned, float v, int src_lane) {
+  auto &s = emu::current->shfl;
+  s[threadIdx.x] = v;
+  emu::warp_barrier();
+  float r = s[(threadIdx.x & ~31u) | (unsigned(src_lane) & 31u)];
+  emu::warp_barrier();
+  return r;
+}
+inline int __any_sync(unsigned, int pred) {
+  auto &s = emu::current->shfl;
+  s[threadIdx.x] = pred ? 1.0f : 0.0f;
+  emu::warp_barrier();
+  int any = 0;
+  for (unsigned l = 0; l < 32; ++l) any |= s[(threadIdx.x & ~31u) | l] != 0.0f;
+  emu::warp_barrier();
+  return any;
+}
+
 namespace emu {
 
 inline uint16_t bits_of(__nv_bfloat16 x) { return x.bits; }

@@ -68,6 +68,11 @@ double ulp() {
     pixart_kv_conv_##SUFFIX(static_cast<const T *>(p.x), static_cast<const T *>(p.weight),                \
                             static_cast<const T *>(p.bias), static_cast<T *>(p.out), p.total, p.h, p.w,    \
                             p.h2, p.w2, p.c, p.r);                                                         \
+  }                                                                                                        \
+  void scale_rows_kernel(const pixart_ops::ScaleRowsParams &p, T *) {                                     \
+    pixart_scale_rows_##SUFFIX(static_cast<const T *>(p.w), static_cast<const T *>(p.gate),               \
+                               static_cast<const T *>(p.bias), static_cast<T *>(p.out), p.per_batch,       \
+                               p.bias_off, p.gate_sb, p.b, p.rows, p.cols, p.vec8);                        \
   }
 PIXART_EMULATED_FUSED(f32, float)
 PIXART_EMULATED_FUSED(bf16, __nv_bfloat16)
@@ -113,6 +118,37 @@ bool run_fused(const char *name, int b, int n, int c, std::mt19937 &rng) {
   const bool ok = finite && worst_ln <= 1.25 && worst_g <= 1.25;
   std::printf("%-44s %s worst error / (ulp·|ref| + 1e-5): ln_modulate %.3f, add_gated %.3f (tolerance 1.25)%s\n", name,
               ok ? "ok  " : "FAIL", worst_ln, worst_g, finite ? "" : " non-finite output");
+  return ok;
+}
+
+// The per-batch scaled weights and bias of a gated output projection: w (rows, cols), gate (b, rows)
+// at batch stride 6·rows (a view into the block's modulation), bias (rows); `vec8`: 8 elements per step.
+template <typename T>
+bool run_scale_rows(const char *name, int b, int rows, int cols, bool vec8, std::mt19937 &rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const long long per_batch = (long long)rows * cols, bias_off = (b * per_batch + 127) / 128 * 128;
+  std::vector<T> w(per_batch), gate(size_t(b) * 6 * rows), bias(rows), out(bias_off + b * rows, round_to<T>(NAN));
+  for (auto &e : w) e = round_to<T>(normal(rng));
+  for (auto &e : gate) e = round_to<T>(0.5f * normal(rng));
+  for (auto &e : bias) e = round_to<T>(normal(rng));
+  pixart_ops::ScaleRowsParams p{w.data(), gate.data(), bias.data(), out.data(), per_batch, bias_off, 6LL * rows, b,
+                                rows, cols, vec8 ? 1 : 0};
+  // Fewer threads than pieces: the grid-stride loops run more than once.
+  emu::launch(dim3{2, 1, 1}, 256, 0, [&] { scale_rows_kernel(p, static_cast<T *>(nullptr)); });
+  double worst = 0.0;
+  bool finite = true;
+  for (int bi = 0; bi < b; ++bi)
+    for (int r = 0; r < rows; ++r) {
+      const double g = back(gate[size_t(bi) * 6 * rows + r]);
+      for (int c = 0; c <= cols; ++c) {  // c == cols: the bias
+        const double want = c < cols ? back(w[size_t(r) * cols + c]) * g : back(bias[r]) * g;
+        const double got = back(c < cols ? out[bi * per_batch + size_t(r) * cols + c] : out[bias_off + bi * rows + r]);
+        finite &= std::isfinite(got);
+        worst = std::max(worst, std::abs(got - want) / (ulp<T>() * std::abs(want) + 1e-30));
+      }
+    }
+  const bool ok = finite && worst <= 1.0;
+  std::printf("%-44s %s worst error / ulp %.3f%s\n", name, ok ? "ok  " : "FAIL", worst, finite ? "" : " non-finite output");
   return ok;
 }
 
@@ -334,6 +370,23 @@ int main(int argc, char **argv) {
     all &= k.type == 0   ? run_kv_conv<float>(k.name, k.b, k.h, k.w, k.c, k.r, k.averaging, rng)
            : k.type == 1 ? run_kv_conv<__nv_bfloat16>(k.name, k.b, k.h, k.w, k.c, k.r, k.averaging, rng)
                          : run_kv_conv<__half>(k.name, k.b, k.h, k.w, k.c, k.r, k.averaging, rng);
+  }
+  struct ScaleRows {
+    const char *name;
+    int type;  // 0 f32, 1 bf16, 2 f16
+    int b, rows, cols;
+    bool vec8;
+  };
+  const std::vector<ScaleRows> sr = {
+      {"scale rows bf16 2x(24, 64), 8 per step", 1, 2, 24, 64, true},
+      {"scale rows f16 2x(10, 40), 8 per step", 2, 2, 10, 40, true},
+      {"scale rows f32 3x(7, 13), one per step", 0, 3, 7, 13, false},
+  };
+  for (const auto &k : sr) {
+    if (!only.empty() && std::string(k.name).find(only) == std::string::npos) continue;
+    all &= k.type == 0   ? run_scale_rows<float>(k.name, k.b, k.rows, k.cols, k.vec8, rng)
+           : k.type == 1 ? run_scale_rows<__nv_bfloat16>(k.name, k.b, k.rows, k.cols, k.vec8, rng)
+                         : run_scale_rows<__half>(k.name, k.b, k.rows, k.cols, k.vec8, rng);
   }
   std::printf(all ? "all cases passed\n" : "some cases FAILED\n");
   return all ? 0 : 1;

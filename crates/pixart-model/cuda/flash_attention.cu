@@ -44,6 +44,8 @@
 namespace pixart_fa {
 
 constexpr int BK = 64;    // keys per inner step
+// A warp moves its rows to a new max only when one grew by more than this (base 2), see below.
+constexpr float RESCALE_LOG2 = 8.0f;
 constexpr int WARPS = 4;  // 16·MT queries each
 constexpr int THREADS = 32 * WARPS;
 
@@ -54,11 +56,14 @@ using pixart_cuda::copy16;
 using pixart_cuda::cp_async16;
 using pixart_cuda::cp_async_commit;
 using pixart_cuda::cp_async_wait;
+using pixart_cuda::exp2_ftz;
 using pixart_cuda::from_f32;
 using pixart_cuda::ldmatrix_x4;
 using pixart_cuda::ldmatrix_x4_trans;
 using pixart_cuda::mma_16816;
 using pixart_cuda::pack2;
+using pixart_cuda::one_then_zeros16;
+using pixart_cuda::zero16;
 
 struct Params {
   const void *q;
@@ -71,7 +76,7 @@ struct Params {
   long long k_sb, k_sh, k_sn;
   long long v_sb, v_sh, v_sn;
   long long o_sb, o_sh, o_sn;
-  float scale_log2;  // scale · log2(e): the softmax is taken in base 2
+  float scale_log2;  // scale · log2(e) > 0: the softmax is taken in base 2
   int vec8;          // 16-byte copies (see above)
 };
 
@@ -83,28 +88,73 @@ struct Params {
 __host__ __device__ constexpr int row_stride(int dp) { return dp + 8; }
 
 // Copies `valid_rows` rows of d elements (row stride `sn`) into a ROWS × DPS tile, zero in the
-// columns d..DP-1 and in the rows beyond `valid_rows`. ASYNC: the 16-byte copies are cp.async
-// (the caller commits and waits for them); the zeros and the element-wise copies are plain stores.
+// columns d..DP-1 and in the rows beyond `valid_rows`, except column `ones_col` (when ≥ 0) of the
+// valid rows, which gets 1 (the V tile's row-sum column, see flash_attention). ASYNC: the 16-byte
+// copies are cp.async (the caller commits and waits for them); the padding and the element-wise
+// copies are plain stores. With `vec8`, thread i owns the 16-byte column piece i % V of rows
+// i / V + RP·j (RP = THREADS / V rows per pass; the last THREADS − RP·V threads idle), so its
+// source and destination advance by a constant each pass: a few instructions per 16 bytes, where
+// a flat index i → (row, column) cost a division and a 64-bit multiply per piece.
+// `padded`: the tile's padding columns are in place already (see pad_tile), and a full tile
+// (valid_rows ≥ ROWS) with 16-byte copies then copies the data columns only: the common case of
+// the key loop, straight-line code with no per-piece branches.
 template <typename T, int DP, int ROWS, bool ASYNC = false>
-__device__ __forceinline__ void load_tile(T *dst, const T *src, long long sn, int valid_rows, int d, bool vec8) {
+__device__ __forceinline__ void load_tile(T *dst, const T *src, long long sn, int valid_rows, int d, bool vec8,
+                                          int ones_col = -1, bool padded = false) {
   constexpr int DPS = row_stride(DP);
   if (vec8) {
-    constexpr int V = DP / 8;  // 16-byte pieces per padded row
-    for (int i = threadIdx.x; i < ROWS * V; i += THREADS) {
-      const int r = i / V, c = (i - r * V) * 8;
-      if (r < valid_rows && c < d) {
-        if constexpr (ASYNC) cp_async16(dst + r * DPS + c, src + r * sn + c);
-        else copy16(dst + r * DPS + c, src + r * sn + c);
+    constexpr int V = DP / 8;        // 16-byte pieces per padded row
+    constexpr int RP = THREADS / V;  // rows per pass
+    constexpr int PASSES = (ROWS + RP - 1) / RP;
+    const int i = threadIdx.x;
+    if (i >= RP * V) return;
+    const int r0 = i / V, c = (i - r0 * V) * 8;
+    const bool data = c < d, ones = c == ones_col;  // ones_col is a multiple of 8 here (d is)
+    const T *sp = src + r0 * sn + c;
+    T *dp = dst + r0 * DPS + c;
+    if (padded && valid_rows >= ROWS) {
+      if (!data) return;
+#pragma unroll
+      for (int j = 0; j < PASSES; ++j, sp += RP * sn, dp += RP * DPS) {
+        if (ROWS % RP != 0 && r0 + j * RP >= ROWS) break;
+        if constexpr (ASYNC) cp_async16(dp, sp);
+        else copy16(dp, sp);
+      }
+      return;
+    }
+#pragma unroll
+    for (int j = 0; j < PASSES; ++j, sp += RP * sn, dp += RP * DPS) {
+      const int r = r0 + j * RP;
+      if (ROWS % RP != 0 && r >= ROWS) break;
+      if (r < valid_rows && data) {
+        if constexpr (ASYNC) cp_async16(dp, sp);
+        else copy16(dp, sp);
+      } else if (r < valid_rows && ones) {
+        one_then_zeros16<T>(dp);
       } else {
-        const T z = from_f32<T>(0.0f);
-        for (int e = 0; e < 8; ++e) dst[r * DPS + c + e] = z;
+        zero16(dp);
       }
     }
   } else {
+    const T one = from_f32<T>(1.0f), zero = from_f32<T>(0.0f);
     for (int i = threadIdx.x; i < ROWS * DP; i += THREADS) {
       const int r = i / DP, c = i - r * DP;
-      dst[r * DPS + c] = r < valid_rows && c < d ? src[r * sn + c] : from_f32<T>(0.0f);
+      dst[r * DPS + c] = r < valid_rows && c < d ? src[r * sn + c] : (r < valid_rows && c == ones_col ? one : zero);
     }
+  }
+}
+
+// Writes the padding columns d..DP-1 of every row of a ROWS × DPS tile: zeros, and 1 in column
+// `ones_col` (when ≥ 0). Only for 16-byte copies (vec8: d is a multiple of 8); the copies into the
+// tile write columns < d only, so the padding stays in place for every later key block.
+template <typename T, int DP, int ROWS>
+__device__ __forceinline__ void pad_tile(T *dst, int d, int ones_col) {
+  constexpr int DPS = row_stride(DP), V = DP / 8;
+  for (int i = threadIdx.x; i < ROWS * V; i += THREADS) {
+    const int r = i / V, c = (i - r * V) * 8;
+    if (c < d) continue;
+    if (c == ones_col) one_then_zeros16<T>(dst + r * DPS + c);
+    else zero16(dst + r * DPS + c);
   }
 }
 
@@ -129,6 +179,12 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
   const int bi = blockIdx.z, hi = blockIdx.y, q0 = blockIdx.x * BQ;
   const int kv_len = p.kv_lens ? min(p.kv_lens[bi], p.m) : p.m;
   const bool vec8 = p.vec8 != 0;
+  // Where the head dim leaves a padded column (d < DP), V's column d is 1 in shared memory, so the
+  // P·V product accumulates each row's sum of probabilities in output column d, on the tensor
+  // cores, of exactly the rounded probabilities the numerator uses; else the sums are added up
+  // in f32 per element.
+  const bool sum_col = p.d < DP;
+  const int ones_col = sum_col ? p.d : -1;
   const T *q = static_cast<const T *>(p.q) + bi * p.q_sb + hi * p.q_sh + q0 * p.q_sn;
   const T *k = static_cast<const T *>(p.k) + bi * p.k_sb + hi * p.k_sh;
   const T *v = static_cast<const T *>(p.v) + bi * p.v_sb + hi * p.v_sh;
@@ -145,13 +201,22 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
   const int a_off = (8 * (li & 1) + lr) * DPS + 8 * (li >> 1);
   const int k_off = (8 * (li >> 1) + lr) * DPS + 8 * (li & 1);
 
+  // The K and V tiles' padding columns, once (plain stores, seen by all warps after the barrier
+  // before the first key block's compute).
+  if (vec8) {
+#pragma unroll
+    for (int buf = 0; buf < (PIPE ? 2 : 1); ++buf) {
+      pad_tile<T, DP, BK>(ks + buf * KV_BUF, p.d, -1);
+      pad_tile<T, DP, BK>(vs + buf * KV_BUF, p.d, ones_col);
+    }
+  }
   if constexpr (PIPE) {
     // Group 0: the Q tile; group 1: key block 0 into buffer 0. Wait for group 0 only.
     load_tile<T, DP, BQ, true>(qs, q, p.q_sn, min(BQ, p.n - q0), p.d, vec8);
     cp_async_commit();
     const int valid = min(BK, kv_len);
-    load_tile<T, DP, BK, true>(ks, k, p.k_sn, valid, p.d, vec8);
-    load_tile<T, DP, BK, true>(vs, v, p.v_sn, valid, p.d, vec8);
+    load_tile<T, DP, BK, true>(ks, k, p.k_sn, valid, p.d, vec8, -1, true);
+    load_tile<T, DP, BK, true>(vs, v, p.v_sn, valid, p.d, vec8, ones_col, true);
     cp_async_commit();
     cp_async_wait<1>();
   } else {
@@ -192,8 +257,9 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
       const int k1 = k0 + BK;
       if (k1 < kv_len) {
         const int valid = min(BK, kv_len - k1);
-        load_tile<T, DP, BK, true>(ks + (cur ^ 1) * KV_BUF, k + k1 * p.k_sn, p.k_sn, valid, p.d, vec8);
-        load_tile<T, DP, BK, true>(vs + (cur ^ 1) * KV_BUF, v + k1 * p.v_sn, p.v_sn, valid, p.d, vec8);
+        load_tile<T, DP, BK, true>(ks + (cur ^ 1) * KV_BUF, k + k1 * p.k_sn, p.k_sn, valid, p.d, vec8, -1, true);
+        load_tile<T, DP, BK, true>(vs + (cur ^ 1) * KV_BUF, v + k1 * p.v_sn, p.v_sn, valid, p.d, vec8, ones_col,
+                                   true);
       }
       cp_async_commit();
       cp_async_wait<1>();
@@ -201,8 +267,8 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
     } else {
       __syncthreads();  // every warp is done with the previous K and V tiles
       const int valid = min(BK, kv_len - k0);
-      load_tile<T, DP, BK>(ks, k + k0 * p.k_sn, p.k_sn, valid, p.d, vec8);
-      load_tile<T, DP, BK>(vs, v + k0 * p.v_sn, p.v_sn, valid, p.d, vec8);
+      load_tile<T, DP, BK>(ks, k + k0 * p.k_sn, p.k_sn, valid, p.d, vec8, -1, true);
+      load_tile<T, DP, BK>(vs, v + k0 * p.v_sn, p.v_sn, valid, p.d, vec8, ones_col, true);
       __syncthreads();
     }
 
@@ -239,8 +305,20 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
     }
 
     // Online softmax in base 2. Element e of tile j: row g + 8·(e / 2), key k0 + 8j + 2t + e % 2.
-    // Only the last block can hold keys ≥ kv_len: the others skip the per-element mask.
+    // Only the last block can hold keys ≥ kv_len: the others skip the per-element mask. The row
+    // max is kept in raw score units (scale_log2 > 0, so the max commutes with the scaling), and
+    // each probability is one FFMA and one ex2: 2^(s·scale_log2 − max·scale_log2), the
+    // subtraction folded as in FlashAttention-2's softmax (arXiv 2307.08691, section 3.1).
+    // The max a row's probabilities are taken against may be stale: the warp moves its rows to
+    // their new maxima (and rescales O and the sums) only when some row's max grew by more than
+    // RESCALE_LOG2 in base-2 units, so a probability is at most 2^RESCALE_LOG2 = 256, which f32
+    // sums and bf16/f16 probabilities hold exactly as well as values ≤ 1; the result, O / sum
+    // against the same max, is unchanged. Most key blocks after the first few then skip the
+    // rescaling (FlashAttention-4's conditional rescaling, Dao et al. 2025, written for this
+    // project).
     const bool full = k0 + BK <= kv_len;
+    float m_new[MT][2];
+    bool grow = false;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       float blk_max[2] = {-INFINITY, -INFINITY};
@@ -248,48 +326,63 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
 #pragma unroll
         for (int j = 0; j < ST; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            s[mt][j][e] *= p.scale_log2;
-            blk_max[e >> 1] = fmaxf(blk_max[e >> 1], s[mt][j][e]);
-          }
+          for (int e = 0; e < 4; ++e) blk_max[e >> 1] = fmaxf(blk_max[e >> 1], s[mt][j][e]);
       } else {
 #pragma unroll
         for (int j = 0; j < ST; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const bool keep = k0 + 8 * j + 2 * t + (e & 1) < kv_len;
-            s[mt][j][e] = keep ? s[mt][j][e] * p.scale_log2 : -INFINITY;
+            s[mt][j][e] = keep ? s[mt][j][e] : -INFINITY;
             blk_max[e >> 1] = fmaxf(blk_max[e >> 1], s[mt][j][e]);
           }
       }
-      float alpha[2], m_sub[2];
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         // The 4 lanes of a group hold the same two rows.
         blk_max[r] = fmaxf(blk_max[r], __shfl_xor_sync(0xffffffffu, blk_max[r], 1));
         blk_max[r] = fmaxf(blk_max[r], __shfl_xor_sync(0xffffffffu, blk_max[r], 2));
-        const float m_new = fmaxf(row_max[mt][r], blk_max[r]);
-        // A row with no valid key so far keeps factor 1 (its sums are 0), and takes exp2(s - 0)
-        // of its scores, all -inf: 0.
-        alpha[r] = m_new == -INFINITY ? 1.0f : exp2f(row_max[mt][r] - m_new);
-        m_sub[r] = m_new == -INFINITY ? 0.0f : m_new;
-        row_max[mt][r] = m_new;
-        row_sum[mt][r] *= alpha[r];
+        m_new[mt][r] = fmaxf(row_max[mt][r], blk_max[r]);
+        // From -inf to a finite max: +inf > threshold; -inf to -inf (no valid key yet): NaN, false.
+        grow |= (m_new[mt][r] - row_max[mt][r]) * p.scale_log2 > RESCALE_LOG2;
       }
+    }
+    if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        float alpha[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          // A row with no valid key so far keeps factor 1 (its sums are 0).
+          alpha[r] = m_new[mt][r] == -INFINITY ? 1.0f : exp2_ftz((row_max[mt][r] - m_new[mt][r]) * p.scale_log2);
+          row_max[mt][r] = m_new[mt][r];
+          row_sum[mt][r] *= alpha[r];
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          o[mt][j][0] *= alpha[0];
+          o[mt][j][1] *= alpha[0];
+          o[mt][j][2] *= alpha[1];
+          o[mt][j][3] *= alpha[1];
+        }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      // A row with no valid key so far takes exp2(-inf · scale_log2 - 0) of its scores: 0.
+      const float m_sub[2] = {row_max[mt][0] == -INFINITY ? 0.0f : row_max[mt][0] * p.scale_log2,
+                              row_max[mt][1] == -INFINITY ? 0.0f : row_max[mt][1] * p.scale_log2};
 #pragma unroll
       for (int j = 0; j < ST; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float pr = exp2f(s[mt][j][e] - m_sub[e >> 1]);  // masked keys: exp2(-inf) = 0
-          s[mt][j][e] = pr;
-          row_sum[mt][e >> 1] += pr;
-        }
+        for (int e = 0; e < 4; ++e)
+          // Masked keys: fma(-inf, scale_log2, -m) = -inf, exp2(-inf) = 0.
+          s[mt][j][e] = exp2_ftz(fmaf(s[mt][j][e], p.scale_log2, -m_sub[e >> 1]));
+      if (!sum_col) {
 #pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        o[mt][j][0] *= alpha[0];
-        o[mt][j][1] *= alpha[0];
-        o[mt][j][2] *= alpha[1];
-        o[mt][j][3] *= alpha[1];
+        for (int j = 0; j < ST; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) row_sum[mt][e >> 1] += s[mt][j][e];
       }
     }
 
@@ -332,9 +425,22 @@ __device__ void flash_attention(const Params &p, unsigned char *smem) {
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float sum = row_sum[mt][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      float sum;
+      if (sum_col) {
+        // Column d of O: tile d / 8, held by the lane of the group with t = (d % 8) / 2.
+        float mine = 0.0f;
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          // Values, not a choice between two array elements (that would put O in local memory).
+          const float even = o[mt][j][2 * r], odd = o[mt][j][2 * r + 1];
+          if (j == p.d / 8) mine = (p.d & 1) ? odd : even;
+        }
+        sum = __shfl_sync(0xffffffffu, mine, (lane & ~3) | ((p.d % 8) / 2));
+      } else {
+        sum = row_sum[mt][r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      }
       const int qi = q0 + (warp * MT + mt) * 16 + g + 8 * r;
       if (qi >= p.n) continue;
       const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;

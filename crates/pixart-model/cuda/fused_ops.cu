@@ -4,6 +4,7 @@
 //   ln_modulate: out = LayerNorm(x) · (1 + scale[b]) + shift[b]   (no affine, f32 statistics)
 //   add_gated:   out = x + y · gate[b]
 //   kv_conv:     out[b, i·w2 + j] = bias + Σ_{ky, kx < r} weight[ky, kx] · x[b, (i·r + ky)·w + j·r + kx]
+//   scale_rows:  out[b, r, :] = w[r, :] · gate[b, r], then at bias_off out[b, r] = bias[r] · gate[b, r]
 //
 // x, y, out: (rows, c) contiguous, rows = b · rows_per_batch; shift, scale, gate: one c-vector
 // per batch row at element stride `mod_sb` (views into the block's (b, 6, c) modulation).
@@ -16,11 +17,15 @@
 // beyond h2·r, w2·r are never read (the conv's floor). Its LayerNorm + affine is ln_modulate
 // with scale = norm weight − 1, shift = norm bias.
 //
+// scale_rows makes the per-batch weights and bias of an output projection whose gated residual
+// x + gate ⊙ (y·Wᵀ + b) runs in the GEMM's epilogue (src/cuda/linear.rs): (W ⊙ gate_b)·y + gate_b ⊙ b.
+//
 // Compiles on the host against emulate.hpp too (tests/cuda_emulated.rs).
 #include "common.cuh"
 
 namespace pixart_ops {
 
+using pixart_cuda::copy16;
 using pixart_cuda::from_f32;
 using pixart_cuda::to_f32;
 
@@ -67,6 +72,50 @@ struct KvConvParams {
   int h2, w2;       // the output's: h / r, w / r
   int c, r;
 };
+
+struct ScaleRowsParams {
+  const void *w;     // (rows, cols)
+  const void *gate;  // (b, rows) at batch stride gate_sb
+  const void *bias;  // (rows)
+  void *out;         // (b, rows, cols), then (b, rows) at element bias_off
+  long long per_batch;  // rows · cols
+  long long bias_off;
+  long long gate_sb;
+  int b, rows, cols;
+  int vec8;  // cols a multiple of 8, w and out 16-byte aligned: 8 elements per step
+};
+
+// Grid-stride over the output's pieces of 8 elements (or single elements without vec8).
+template <typename T>
+__device__ void scale_rows(const ScaleRowsParams &p) {
+  const T *w = static_cast<const T *>(p.w);
+  const T *gate = static_cast<const T *>(p.gate);
+  const T *bias = static_cast<const T *>(p.bias);
+  T *out = static_cast<T *>(p.out);
+  const long long step = (long long)gridDim.x * blockDim.x;
+  const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const int v = p.vec8 ? 8 : 1;
+  const long long pieces = p.per_batch / v;  // per batch row
+  for (long long i = first; i < p.b * pieces; i += step) {
+    const long long bi = i / pieces, e = (i - bi * pieces) * v;
+    const float g = to_f32(gate[bi * p.gate_sb + e / p.cols]);  // one row for all v elements
+    T *o = out + bi * p.per_batch + e;
+    if (p.vec8) {
+      alignas(16) T piece[8];
+      copy16(piece, w + e);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) piece[k] = from_f32<T>(to_f32(piece[k]) * g);
+      copy16(o, piece);
+    } else {
+      o[0] = from_f32<T>(to_f32(w[e]) * g);
+    }
+  }
+  for (long long i = first; i < (long long)p.b * p.rows; i += step) {
+    const long long bi = i / p.rows;
+    const int r = int(i - bi * p.rows);
+    out[p.bias_off + i] = from_f32<T>(to_f32(bias[r]) * to_f32(gate[bi * p.gate_sb + r]));
+  }
+}
 
 // One block per row.
 template <typename T>
@@ -136,7 +185,7 @@ __device__ void kv_conv(const KvConvParams &p) {
 
 }  // namespace pixart_ops
 
-// ln_modulate: grid (rows), block 256. add_gated, kv_conv: any 1-D grid, block 256.
+// ln_modulate: grid (rows), block 256. add_gated, kv_conv, scale_rows: any 1-D grid, block 256.
 #define PIXART_FUSED_OPS(SUFFIX, T)                                                                     \
   extern "C" __global__ void pixart_ln_modulate_##SUFFIX(const T *x, const T *shift, const T *scale, T *out, \
                                                          long long mod_sb, int c, int rows_per_batch,       \
@@ -152,6 +201,13 @@ __device__ void kv_conv(const KvConvParams &p) {
                                                      long long total, int h, int w, int h2, int w2, int c,  \
                                                      int r) {                                               \
     pixart_ops::kv_conv<T>(pixart_ops::KvConvParams{x, weight, bias, out, total, h, w, h2, w2, c, r});       \
+  }                                                                                                     \
+  extern "C" __global__ void pixart_scale_rows_##SUFFIX(const T *w, const T *gate, const T *bias, T *out,    \
+                                                        long long per_batch, long long bias_off,            \
+                                                        long long gate_sb, int b, int rows, int cols,       \
+                                                        int vec8) {                                         \
+    pixart_ops::scale_rows<T>(                                                                          \
+        pixart_ops::ScaleRowsParams{w, gate, bias, out, per_batch, bias_off, gate_sb, b, rows, cols, vec8});  \
   }
 PIXART_FUSED_OPS(f32, float)
 PIXART_FUSED_OPS(bf16, __nv_bfloat16)

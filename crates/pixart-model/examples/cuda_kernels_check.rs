@@ -288,6 +288,74 @@ fn main() -> candle_core::Result<()> {
         );
     }
 
+    // The output projections with their residual in cuBLASLt's epilogue (`linear_residual`) at
+    // the MLP's down projection at 1024 px: `r + x·Wᵀ + b`, and `r + g ⊙ (x·Wᵀ + b)` (per-batch
+    // scaled weights and bias, `scale_rows`, then one batched GEMM), against the f32 composed ops
+    // on the same bf16 inputs. The error is measured against the part the GEMM adds (want − r).
+    // The gated one failing only switches that fusion off (gpu-check.sh reads `lt-gated-best`:
+    // 1 on, 0 off), so it does not fail the check.
+    {
+        let (b, n, k, out) = (2usize, 4096usize, 4608usize, 1152usize);
+        let x = (Tensor::randn(0f32, 1.0, (b, n, k), &dev)? * 0.5)?.to_dtype(DType::BF16)?;
+        let w = (Tensor::randn(0f32, 1.0, (out, k), &dev)? * (1.0 / (k as f64).sqrt()))?.to_dtype(DType::BF16)?;
+        let bias = Tensor::randn(0f32, 0.5, out, &dev)?.to_dtype(DType::BF16)?;
+        let r = Tensor::randn(0f32, 1.0, (b, n, out), &dev)?.to_dtype(DType::BF16)?;
+        // The gate as the block passes it: a (b, 1, c) view into a (b, 6, c) modulation.
+        let mods = Tensor::randn(0f32, 0.5, (b, 6, out), &dev)?.to_dtype(DType::BF16)?;
+        let gate = mods.narrow(1, 2, 1)?;
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let y = f(&x)?.broadcast_matmul(&f(&w)?.t()?)?.broadcast_add(&f(&bias)?)?; // (b, n, out)
+        let rel = |got: &Tensor, add: &Tensor| -> candle_core::Result<f32> {
+            let diff = ((f(got)? - f(&r)?)? - add)?;
+            Ok((diff.sqr()?.sum_all()?.to_scalar::<f32>()? / add.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt())
+        };
+        let tol = 2e-2; // the output's bf16 rounding, relative to the added part (≈ r's size)
+        let e = rel(&pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, None)?, &y)?;
+        let ok = e.is_finite() && e <= tol;
+        failed += usize::from(!ok);
+        println!(
+            "cuBLASLt linear + residual        bf16 ({b}, {n}, {k}) -> {out} rel L2 {e:.3e} (tol {tol:.0e}) {}",
+            if ok { "ok" } else { "FAIL" }
+        );
+        let gated = pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, Some(&gate));
+        let gated_ok =
+            match &gated {
+                Ok(got) => {
+                    let e = rel(got, &y.broadcast_mul(&f(&gate)?)?)?;
+                    let ok = e.is_finite() && e <= tol;
+                    println!(
+                    "cuBLASLt linear + gated residual  bf16 ({b}, {n}, {k}) -> {out} rel L2 {e:.3e} (tol {tol:.0e}) {}",
+                    if ok { "ok" } else { "no match: the gated residual stays a separate kernel" }
+                );
+                    ok
+                }
+                Err(err) => {
+                    println!("cuBLASLt linear + gated residual: error {err}; it stays a separate kernel");
+                    false
+                }
+            };
+        println!("{{\"bench\": \"lt-gated-best\", \"mode\": {}}}", u8::from(gated_ok));
+        let iters = 50;
+        let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| seconds_per_call(&dev, iters, f);
+        let plain = time(&|| pixart_model::cuda::linear(&x, &w, Some(&bias), false))?;
+        let separate = time(&|| add_gated(&r, &pixart_model::cuda::linear(&x, &w, Some(&bias), false)?, &gate))?;
+        let residual = time(&|| pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, None))?;
+        let fused_gated = if gated_ok {
+            time(&|| pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, Some(&gate)))? * 1e3
+        } else {
+            f64::NAN
+        };
+        println!(
+            "{{\"bench\": \"linear-residual\", \"dtype\": \"bf16\", \"m\": {}, \"k\": {k}, \"n\": {out}, \
+             \"linear_ms\": {:.4}, \"linear_then_add_gated_ms\": {:.4}, \"fused_residual_ms\": {:.4}, \
+             \"fused_gated_ms\": {fused_gated:.4}}}",
+            b * n,
+            plain * 1e3,
+            separate * 1e3,
+            residual * 1e3,
+        );
+    }
+
     // KV token compression (PixArt-Σ, arXiv 2403.04692): `KvCompress::forward`, on a GPU the
     // depthwise conv kernel + LayerNorm + affine as ln_modulate, against the composed ops
     // (broadcast multiply, two strided sums, the LayerNorm, the affine) in f32 on the same

@@ -7,7 +7,7 @@ use candle_nn::VarBuilder;
 use pixart_gemm::{linear_b, Linear};
 
 use crate::config::KvSampling;
-use crate::ops::{chunked_attention, layer_norm_no_affine, linear_forward};
+use crate::ops::{chunked_attention, layer_norm_no_affine, linear_forward, linear_residual};
 use crate::profile::stage;
 
 /// Score elements one attention chunk may hold at once on the CPU (f32: 128 MiB).
@@ -247,7 +247,9 @@ impl Attention {
         crate::cuda::attention_applies(x, self.head_dim) && (bias.is_none() || key_lens.is_some())
     }
 
-    /// The attention core and the output projection; `labels`: the profile stages of the two.
+    /// The attention core, then the output projection added to `residual` (scaled by `gate`
+    /// when there is one); `labels`: the profile stages of the two.
+    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         q: &Tensor,
@@ -255,10 +257,13 @@ impl Attention {
         v: &Tensor,
         bias: Option<&Tensor>,
         key_lens: Option<&[usize]>,
+        (residual, gate): (&Tensor, Option<&Tensor>),
         labels: [&'static str; 2],
     ) -> candle_core::Result<Tensor> {
         let o = stage(labels[0], q.device(), || self.attention_core(q, k, v, bias, key_lens))?;
-        stage(labels[1], q.device(), || linear_forward(&self.to_out, &o, false))
+        stage(labels[1], q.device(), || {
+            linear_residual(&self.to_out, &o, residual, gate)
+        })
     }
 
     /// softmax(q·kᵀ/√d + bias)·v with the heads merged back: q (b, n, h*d) -> (b, n, h*d).
@@ -286,8 +291,15 @@ impl Attention {
         o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim)) // (b, n, h*d)
     }
 
-    /// Self-attention over an (h, w) token grid. x: (b, h*w, c) -> (b, h*w, c).
-    pub fn forward_self(&self, x: &Tensor, grid: (usize, usize)) -> candle_core::Result<Tensor> {
+    /// `residual + gate ⊙ SelfAttention(x)` over an (h, w) token grid (no gate: a plain sum).
+    /// x, residual: (b, h*w, c); gate: (b, 1, c) -> (b, h*w, c).
+    pub fn forward_self(
+        &self,
+        x: &Tensor,
+        grid: (usize, usize),
+        residual: &Tensor,
+        gate: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let dev = x.device();
         let (q, mut k, mut v) = stage("self-attn q, k, v", dev, || {
             Ok::<_, candle_core::Error>((
@@ -308,7 +320,15 @@ impl Attention {
                 Ok::<_, candle_core::Error>((self.split_heads(&k)?, self.split_heads(&v)?))
             })?
         };
-        self.attend(&q, &k, &v, None, None, ["self-attn core", "self-attn out"])
+        self.attend(
+            &q,
+            &k,
+            &v,
+            None,
+            None,
+            (residual, gate),
+            ["self-attn core", "self-attn out + residual"],
+        )
     }
 
     /// Projects context tokens to keys and values. y: (b, l, c); key_lens: see [`CrossKv`].
@@ -320,8 +340,8 @@ impl Attention {
         })
     }
 
-    /// Cross-attention from x (b, n, c) to precomputed keys/values; `bias` (b, 1, 1, l) is
-    /// added to the scores (0 keep, -10000 drop, as diffusers).
+    /// `x + CrossAttention(x)` from x (b, n, c) to precomputed keys/values; `bias` (b, 1, 1, l)
+    /// is added to the scores (0 keep, -10000 drop, as diffusers).
     pub fn forward_cross(&self, x: &Tensor, kv: &CrossKv, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
         let q = stage("cross-attn q", x.device(), || linear_forward(&self.to_q, x, false))?;
         let bias = match bias {
@@ -334,7 +354,8 @@ impl Attention {
             &kv.v,
             bias.as_ref(),
             kv.key_lens.as_deref(),
-            ["cross-attn core", "cross-attn out"],
+            (x, None),
+            ["cross-attn core", "cross-attn out + residual"],
         )
     }
 }

@@ -235,7 +235,9 @@ mod tests {
             ("self-attn core", 3.0),
             ("cross-attn core", 3.0),
             ("norm + modulate", 6.0),
-            ("gated residual", 6.0),
+            ("self-attn out + residual", 3.0),
+            ("cross-attn out + residual", 3.0),
+            ("mlp down + residual", 3.0),
             ("mlp gelu", 3.0),
             ("final layer", 2.0),
         ] {

@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 use pixart_gemm::{linear, Linear};
 
 use crate::attention::{Attention, CrossKv};
-use crate::ops::{add_gated, layer_norm_modulate, linear_forward};
+use crate::ops::{layer_norm_modulate, linear_forward, linear_residual};
 use crate::profile::stage;
 
 /// `ff`: Linear -> GELU(tanh) -> Linear (`ff.net.0.proj`, `ff.net.2`).
@@ -25,8 +25,17 @@ impl FeedForward {
     }
 }
 
-impl Module for FeedForward {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl FeedForward {
+    /// `residual + gate ⊙ FF(x)`: x, residual (b, n, c); gate (b, 1, c).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.hidden(x)?;
+        stage("mlp down + residual", x.device(), || {
+            linear_residual(&self.proj_out, &h, residual, Some(gate))
+        })
+    }
+
+    /// GELU(x·W₀ᵀ + b₀), the up projection.
+    fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let dev = x.device();
         // On a GPU (bf16/f16) the GELU runs in the up projection's epilogue.
         let fused = crate::cuda::linear_applies(x, self.proj_in.weight(), self.proj_in.bias());
@@ -34,7 +43,14 @@ impl Module for FeedForward {
         if !fused {
             h = stage("mlp gelu", dev, || crate::kernels::gelu(&h))?;
         }
-        stage("mlp down", dev, || linear_forward(&self.proj_out, &h, false))
+        Ok(h)
+    }
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let h = self.hidden(x)?;
+        stage("mlp down", x.device(), || linear_forward(&self.proj_out, &h, false))
     }
 }
 
@@ -90,16 +106,12 @@ impl TransformerBlock {
         let a = stage("norm + modulate", dev, || {
             layer_norm_modulate(x, &shift_msa, &scale_msa, self.eps)
         })?;
-        let a = self.attn1.forward_self(&a, grid)?;
-        let x = stage("gated residual", dev, || add_gated(x, &a, &gate_msa))?;
-
-        let c = self.attn2.forward_cross(&x, cross, bias)?;
-        let x = stage("residual", dev, || &x + c)?;
-
+        // Each output projection adds its residual itself (in the GEMM's epilogue on a GPU).
+        let x = self.attn1.forward_self(&a, grid, x, Some(&gate_msa))?;
+        let x = self.attn2.forward_cross(&x, cross, bias)?;
         let f = stage("norm + modulate", dev, || {
             layer_norm_modulate(&x, &shift_mlp, &scale_mlp, self.eps)
         })?;
-        let f = self.ff.forward(&f)?;
-        stage("gated residual", dev, || add_gated(&x, &f, &gate_mlp))
+        self.ff.forward_residual(&f, &x, &gate_mlp)
     }
 }

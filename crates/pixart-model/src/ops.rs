@@ -158,6 +158,30 @@ pub fn linear_forward(layer: &pixart_gemm::Linear, x: &Tensor, gelu: bool) -> ca
     }
 }
 
+/// `residual + gate ⊙ (x·Wᵀ + b)` (`residual + x·Wᵀ + b` without a gate): an output projection of
+/// the block together with its residual. On a GPU (bf16/f16) one cuBLASLt call, the residual and
+/// the gate in the GEMM's epilogue ([`crate::cuda::linear_residual`]); elsewhere the projection
+/// ([`linear_forward`]) and then [`add_gated`] or an add, as diffusers' block does them.
+/// x: (b, n, k); residual: (b, n, out); gate: (b, 1, out).
+pub fn linear_residual(
+    layer: &pixart_gemm::Linear,
+    x: &Tensor,
+    residual: &Tensor,
+    gate: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    if crate::cuda::residual_applies(x, layer.weight(), layer.bias(), residual, gate) {
+        match crate::cuda::linear_residual(x, layer.weight(), layer.bias(), residual, gate) {
+            Ok(y) => return Ok(y),
+            Err(e) => crate::cuda::warn_once("cuBLASLt linear with residual", &e),
+        }
+    }
+    let y = linear_forward(layer, x, false)?;
+    match gate {
+        Some(gate) => add_gated(residual, &y, gate),
+        None => residual + y,
+    }
+}
+
 /// `modulate(layer_norm_no_affine(x, eps), shift, scale)` as one parallel pass on the CPU:
 /// statistics in f32 (two passes over the row, as [`layer_norm_no_affine`]), one rounding to
 /// the output dtype (PyTorch rounds after the norm and after each of the two ops). On a GPU the
@@ -505,6 +529,32 @@ mod tests {
             max_diff(&got_g, &want_g) < 0.05,
             "bf16 gated add {}",
             max_diff(&got_g, &want_g)
+        );
+    }
+
+    #[test]
+    fn output_projection_with_residual_is_the_projection_then_the_residual() {
+        let dev = Device::Cpu;
+        let (b, n, k, out) = (2, 5, 12, 7);
+        let vs = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vs, DType::F32, &dev);
+        let layer = pixart_gemm::linear(k, out, vb.pp("proj")).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (b, n, k), &dev).unwrap();
+        let r = Tensor::randn(0f32, 1.0, (b, n, out), &dev).unwrap();
+        let mods = Tensor::randn(0f32, 0.5, (b, 3, out), &dev).unwrap();
+        let gate = mods.narrow(1, 2, 1).unwrap(); // (b, 1, out), a strided view as in the block
+        let y = (x.broadcast_matmul(&layer.weight().t().unwrap()).unwrap())
+            .broadcast_add(layer.bias().unwrap())
+            .unwrap();
+        let plain = linear_residual(&layer, &x, &r, None).unwrap();
+        let want = (&r + &y).unwrap();
+        assert!(max_diff(&plain, &want) < 1e-5, "residual {}", max_diff(&plain, &want));
+        let gated = linear_residual(&layer, &x, &r, Some(&gate)).unwrap();
+        let want = (&r + y.broadcast_mul(&gate).unwrap()).unwrap();
+        assert!(
+            max_diff(&gated, &want) < 1e-5,
+            "gated residual {}",
+            max_diff(&gated, &want)
         );
     }
 }

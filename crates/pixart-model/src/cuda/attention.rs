@@ -49,6 +49,10 @@ pub fn flash_attention_variant(
     if rows != 16 && rows != 32 {
         candle_core::bail!("flash attention: {rows} queries per warp, not 16 or 32");
     }
+    if !(scale > 0.0 && scale.is_finite()) {
+        // The kernel keeps the row max of the unscaled scores, which needs scale > 0.
+        candle_core::bail!("flash attention: scale {scale} is not a positive number");
+    }
     let kv_lens = kv_lens.map(|l| {
         l.iter()
             .map(|&x| i32::try_from(x).unwrap_or(i32::MAX))

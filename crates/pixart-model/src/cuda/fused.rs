@@ -51,6 +51,30 @@ pub fn add_gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> candle_core::Result<T
         .apply_op3_no_bwd(&y.contiguous()?, &channels_contiguous(gate)?, &AddGated)
 }
 
+/// Elements before the bias part of [`scale_rows`]'s output: the weights' count rounded up to
+/// 128 elements, so that the bias view starts 256-byte aligned, as cuBLASLt's bias pointer wants.
+fn bias_offset(weights: usize) -> usize {
+    weights.div_ceil(128) * 128
+}
+
+/// The weights and bias of an output projection scaled per batch row and output channel by a
+/// gate: w (rows, cols), gate (b, 1, rows), bias (rows) -> (w ⊙ gate (b, rows, cols),
+/// bias ⊙ gate (b, rows)), f32 products, one rounding; one kernel. With them the gated residual
+/// `x + gate ⊙ (y·Wᵀ + b)` is one batched GEMM with x in its epilogue
+/// ([`super::linear_residual`]). All three of one dtype, on the GPU.
+pub fn scale_rows(w: &Tensor, gate: &Tensor, bias: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    let (rows, cols) = w.dims2()?;
+    let (b, _, _) = gate.dims3()?;
+    let flat = w
+        .contiguous()?
+        .apply_op3_no_bwd(&channels_contiguous(gate)?, &bias.contiguous()?, &ScaleRows)?;
+    let weights = b * rows * cols;
+    Ok((
+        flat.narrow(0, 0, weights)?.reshape((b, rows, cols))?, // (b, rows, cols)
+        flat.narrow(0, bias_offset(weights), b * rows)?.reshape((b, rows))?, // (b, rows)
+    ))
+}
+
 /// Whether [`kv_conv`] serves x (b, n, c) with this weight and bias: a CUDA tensor, all three
 /// f32, bf16 or f16 alike, none tracking gradients.
 pub fn kv_conv_applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
@@ -104,13 +128,16 @@ struct AddGated;
 
 struct KvConv;
 
+struct ScaleRows;
+
 super::cuda_only_op3!(LnModulate, "pixart-ln-modulate", gpu::ln_modulate);
 super::cuda_only_op3!(AddGated, "pixart-add-gated", gpu::add_gated);
 super::cuda_only_op3!(KvConv, "pixart-kv-conv", gpu::kv_conv);
+super::cuda_only_op3!(ScaleRows, "pixart-scale-rows", gpu::scale_rows);
 
 #[cfg(feature = "cuda")]
 mod gpu {
-    use super::{AddGated, KvConv, LnModulate};
+    use super::{AddGated, KvConv, LnModulate, ScaleRows};
     use candle_core::cuda_backend::cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::{CudaDevice, CudaStorageSlice, WrapErr};
     use candle_core::{CudaStorage, Layout, Shape};
@@ -213,6 +240,12 @@ mod gpu {
         ))
     }
 
+    /// Blocks of THREADS threads for a grid-stride loop over `items`: one item per thread, at most
+    /// 2^20 blocks (the loops cover the rest).
+    fn grid_stride_blocks(items: usize) -> u32 {
+        (items as u64).div_ceil(THREADS as u64).clamp(1, 1 << 20) as u32
+    }
+
     /// A kernel scalar argument.
     trait Scalar {
         fn push<'a>(&'a self, b: &mut candle_core::cuda_backend::cudarc::driver::LaunchArgs<'a>);
@@ -268,7 +301,7 @@ mod gpu {
         }
         let total = xl.shape().elem_count() as i64;
         let per_batch = (n * c).max(1) as i64;
-        let blocks = (total as u64).div_ceil(THREADS as u64).clamp(1, 1 << 20) as u32;
+        let blocks = grid_stride_blocks(total as usize);
         let c32 = c.max(1) as i32;
         run3(
             [x, y, gate],
@@ -305,7 +338,7 @@ mod gpu {
         let (h2, w2) = (h / r, w / r);
         let shape = Shape::from((b, h2, w2, c));
         let total = shape.elem_count() as i64;
-        let blocks = (total as u64).div_ceil(THREADS as u64).clamp(1, 1 << 20) as u32;
+        let blocks = grid_stride_blocks(total as usize);
         let [h, w, h2, w2, c, r] = [h, w, h2, w2, c, r].map(|v| v as i32);
         run3(
             [x, weight, bias],
@@ -314,6 +347,48 @@ mod gpu {
             "pixart_kv_conv",
             blocks,
             &[&total, &h, &w, &h2, &w2, &c, &r],
+        )
+    }
+
+    pub(super) fn scale_rows(
+        _: &ScaleRows,
+        w: &CudaStorage,
+        wl: &Layout,
+        gate: &CudaStorage,
+        gl: &Layout,
+        bias: &CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, cols) = wl.shape().dims2()?;
+        let (b, one, gr) = gl.shape().dims3()?;
+        if one != 1 || gr != rows || bl.dims() != [rows] || (rows > 1 && gl.stride()[2] != 1) {
+            candle_core::bail!(
+                "scale_rows: gate {:?} and bias {:?} for weights {:?}",
+                gl.dims(),
+                bl.dims(),
+                wl.dims()
+            );
+        }
+        if !wl.is_contiguous() || !bl.is_contiguous() {
+            candle_core::bail!("scale_rows: the weights and the bias must be contiguous");
+        }
+        let per_batch = rows * cols;
+        let bias_off = super::bias_offset(b * per_batch);
+        let shape = Shape::from(bias_off + b * rows);
+        // 16-byte pieces: the output starts at its allocation, the weights where their view does.
+        let vec8 = i32::from(cols % 8 == 0 && wl.start_offset() % 8 == 0);
+        let pieces = (b * per_batch) / if vec8 == 1 { 8 } else { 1 };
+        let blocks = grid_stride_blocks(pieces.max(b * rows));
+        let gate_sb = gl.stride()[0] as i64;
+        let (per_batch, bias_off) = (per_batch as i64, bias_off as i64);
+        let [b, rows, cols] = [b, rows, cols].map(|v| v as i32);
+        run3(
+            [w, gate, bias],
+            [wl, gl, bl],
+            &shape,
+            "pixart_scale_rows",
+            blocks,
+            &[&per_batch, &bias_off, &gate_sb, &b, &rows, &cols, &vec8],
         )
     }
 }

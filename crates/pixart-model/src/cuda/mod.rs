@@ -92,7 +92,7 @@ mod linear;
 pub use attention::{applies as attention_applies, flash_attention, flash_attention_variant, pipelined, rows_per_warp};
 pub use fused::{add_gated, applies as fused_applies, layer_norm_modulate};
 pub use fused::{kv_conv, kv_conv_applies};
-pub use linear::{applies as linear_applies, linear};
+pub use linear::{applies as linear_applies, gated_in_gemm, linear, linear_residual, residual_applies};
 
 /// Whether `PIXART_CUDA_KERNELS` leaves the project's kernels on (read once per process).
 pub fn enabled() -> bool {
