@@ -343,6 +343,8 @@ int main(int argc, char **argv) {
       {"fused ops f32 c=1152 (PixArt-Σ's width)", 0, 1, 2, 1152},
       {"fused ops bf16 c=200, 2 batch rows", 1, 2, 3, 200},
       {"fused ops f16 c=40 (fewer channels than threads)", 2, 2, 2, 40},
+      {"fused ops bf16 c=36 (not a multiple of 8: element-wise)", 1, 2, 3, 36},
+      {"fused ops f32 c=4104 (more than 16 per thread: element-wise)", 0, 1, 2, 4104},
   };
   for (const auto &f : fused) {
     if (!only.empty() && std::string(f.name).find(only) == std::string::npos) continue;
