@@ -23,9 +23,7 @@ impl FeedForward {
             proj_out: linear(inner, dim, net.pp("2"))?,
         })
     }
-}
 
-impl FeedForward {
     /// `residual + gate ⊙ FF(x)`: x, residual (b, n, c); gate (b, 1, c).
     pub fn forward_residual(&self, x: &Tensor, residual: &Tensor, gate: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.hidden(x)?;
