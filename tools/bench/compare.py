@@ -10,7 +10,14 @@ Cases (default: all, about an hour on 2 cores): transformer-{256,512,1024}-{f32,
 vae-{512,1024} (decode), vae-encode-{512,1024}, t5-large-bf16, t5-xxl-bf16 (2 × 300 tokens), denoise-512-{f32,bf16} (20 steps,
 CFG) and denoise-512-bf16-20tok (the prompt has 20 valid tokens, as a typical one).
 The Rust binary: PIXART_BIN or target/release/pixart (built with cargo build --release).
+
+    python3 tools/bench/compare.py --against-bin OLD/pixart --rounds 3 --cases transformer-512-bf16
+
+compares two pixart binaries instead (e.g. before and after a change): the same `pixart bench`
+arguments, the two alternated within each round, the median of the rounds in the table (no
+Python reference needed).
 """
+import statistics
 import argparse
 import json
 import os
@@ -86,7 +93,11 @@ def main():
     ap.add_argument("--cases", default="all", help="comma-separated case names, or all")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", help="also write every result here")
+    ap.add_argument("--against-bin", help="another pixart binary to compare with instead of PyTorch")
+    ap.add_argument("--rounds", type=int, default=1, help="alternated rounds per case (table: medians)")
     a = ap.parse_args()
+    if a.against_bin:
+        return against(a)
     py = os.environ.get("PIXART_REF_PYTHON", os.path.join(ROOT, "..", "pixart-ref-venv", "bin", "python"))
     if not os.access(py, os.X_OK):
         raise SystemExit(f"no reference python at {py} (set PIXART_REF_PYTHON or run tools/golden/setup.sh)")
@@ -121,6 +132,41 @@ def main():
         print(f"| {name} | {rs:.2f} | {ps:.2f} | {rs / ps:.2f} | {gib(r)} | {gib(p)} | {rate(rs)} | {rate(ps)} |",
               flush=True)
         results.append({"case": name, "rust": r, "torch": p, "gflop": gflop})
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+def against(a):
+    """Two pixart binaries on the same cases, alternated, `a.rounds` times each."""
+    binary = os.environ.get("PIXART_BIN", os.path.join(ROOT, "target", "release", "pixart"))
+    for b in (binary, a.against_bin):
+        if not os.access(b, os.X_OK):
+            raise SystemExit(f"no pixart binary at {b}")
+    all_cases = cases(a.threads)
+    names = list(all_cases) if a.cases == "all" else a.cases.split(",")
+    unknown = [n for n in names if n not in all_cases]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(all_cases)}")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    print(f"threads {a.threads}; {binary} (new) against {a.against_bin} (old), {a.rounds} rounds", file=sys.stderr)
+    print("| case | new s (median) | old s (median) | new/old | new runs | old runs |")
+    print("|---|---|---|---|---|---|")
+    results = []
+    for name in names:
+        rust_args, _, key, _ = all_cases[name]
+        times = {"new": [], "old": []}
+        for r in range(a.rounds):
+            runs = [("new", binary), ("old", a.against_bin)]
+            if r % 2:
+                runs.reverse()
+            for who, b in runs:
+                print(f"{name} round {r + 1}: {who} ...", file=sys.stderr, flush=True)
+                times[who].append(last_json([b] + rust_args, env)[key])
+        n, o = statistics.median(times["new"]), statistics.median(times["old"])
+        fmt = lambda ts: " ".join(f"{t:.3f}" for t in ts)  # noqa: E731
+        print(f"| {name} | {n:.3f} | {o:.3f} | {n / o:.3f} | {fmt(times['new'])} | {fmt(times['old'])} |", flush=True)
+        results.append({"case": name, "new": times["new"], "old": times["old"]})
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

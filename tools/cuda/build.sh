@@ -46,7 +46,7 @@ cargo build --locked --release --features cuda
 # (the whole workspace, all `cuda` features). Building `-p pixart-core` alone would unify
 # features differently (syn without "full"), rebuild the proc macros, and with them rerun
 # candle-kernels' nvcc build (~15 min here).
-feats=pixart-cli/cuda,pixart-model/cuda,pixart-core/cuda
+feats=pixart-cli/cuda,pixart-model/cuda,pixart-kernels/cuda,pixart-core/cuda
 cargo build --locked --release --workspace --features "$feats" --examples
 if [[ $TESTS == 1 ]]; then
   cargo test --locked --release --workspace --features "$feats" --no-run

@@ -1,4 +1,4 @@
-//! GPU check of the project's CUDA kernels (`pixart_model::cuda`): the fused attention
+//! GPU check of the project's CUDA kernels (`pixart_kernels::cuda`): the fused attention
 //! (cuda/flash_attention.cu) and the fused LayerNorm + modulation and gated residual
 //! (cuda/fused_ops.cu), each compared with candle's composed ops in f32 on the same GPU at
 //! PixArt-Σ's shapes, then timed against the composed path in bf16 (for attention:
@@ -8,11 +8,11 @@
 //! stage `kernels`). Prints one line per check and JSON lines for the timings; exit status 1 when
 //! a check fails. Without the `cuda` feature it compiles (CI lints it) and exits at once.
 use candle_core::{DType, Device, Tensor};
-use pixart_model::cuda::{add_gated, flash_attention_variant, layer_norm_modulate};
-use pixart_model::ops::{chunked_attention, layer_norm_composed, modulate};
+use pixart_kernels::cuda::{add_gated, flash_attention_variant, layer_norm_modulate};
+use pixart_kernels::ops::{chunked_attention, layer_norm_composed, modulate};
 use std::time::Instant;
 
-const BUDGET: usize = pixart_model::attention::MAX_SCORE_ELEMENTS_GPU;
+const BUDGET: usize = pixart_kernels::ops::MAX_SCORE_ELEMENTS_GPU;
 /// The attention kernel's variants: (queries per warp, K/V prefetch with cp.async).
 const VARIANTS: [(usize, bool); 4] = [(16, false), (32, false), (16, true), (32, true)];
 
@@ -241,7 +241,7 @@ fn main() -> candle_core::Result<()> {
         let want_gelu = ((&plain * 0.5)? * (inner.tanh()? + 1.0)?)?;
         let want_erf = plain.gelu_erf()?;
         for (what, gelu, want) in [("bias", false, &plain), ("bias + gelu", true, &want_gelu)] {
-            let got = f32_of(&pixart_model::cuda::linear(&x, &w, Some(&bias), gelu)?)?;
+            let got = f32_of(&pixart_kernels::cuda::linear(&x, &w, Some(&bias), gelu)?)?;
             let diff = (&got - want)?;
             let rel_l2 =
                 (diff.sqr()?.sum_all()?.to_scalar::<f32>()? / want.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt();
@@ -271,8 +271,8 @@ fn main() -> candle_core::Result<()> {
         }
         let iters = 50;
         let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| seconds_per_call(&dev, iters, f);
-        let fused = time(&|| pixart_model::cuda::linear(&x, &w, Some(&bias), true))?;
-        let fused_bias = time(&|| pixart_model::cuda::linear(&x, &w, Some(&bias), false))?;
+        let fused = time(&|| pixart_kernels::cuda::linear(&x, &w, Some(&bias), true))?;
+        let fused_bias = time(&|| pixart_kernels::cuda::linear(&x, &w, Some(&bias), false))?;
         let composed = time(&|| x.broadcast_matmul(&w.t()?)?.broadcast_add(&bias)?.gelu())?;
         let matmul = time(&|| x.reshape((m, k))?.matmul(&w.t()?))?;
         let flop = 2.0 * (m * n * k) as f64;
@@ -310,14 +310,17 @@ fn main() -> candle_core::Result<()> {
             Ok((diff.sqr()?.sum_all()?.to_scalar::<f32>()? / add.sqr()?.sum_all()?.to_scalar::<f32>()?).sqrt())
         };
         let tol = 2e-2; // the output's bf16 rounding, relative to the added part (≈ r's size)
-        let e = rel(&pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, None)?, &y)?;
+        let e = rel(
+            &pixart_kernels::cuda::linear_residual(&x, &w, Some(&bias), &r, None)?,
+            &y,
+        )?;
         let ok = e.is_finite() && e <= tol;
         failed += usize::from(!ok);
         println!(
             "cuBLASLt linear + residual        bf16 ({b}, {n}, {k}) -> {out} rel L2 {e:.3e} (tol {tol:.0e}) {}",
             if ok { "ok" } else { "FAIL" }
         );
-        let gated = pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, Some(&gate));
+        let gated = pixart_kernels::cuda::linear_residual(&x, &w, Some(&bias), &r, Some(&gate));
         let gated_ok =
             match &gated {
                 Ok(got) => {
@@ -337,11 +340,11 @@ fn main() -> candle_core::Result<()> {
         println!("{{\"bench\": \"lt-gated-best\", \"mode\": {}}}", u8::from(gated_ok));
         let iters = 50;
         let time = |f: &dyn Fn() -> candle_core::Result<Tensor>| seconds_per_call(&dev, iters, f);
-        let plain = time(&|| pixart_model::cuda::linear(&x, &w, Some(&bias), false))?;
-        let separate = time(&|| add_gated(&r, &pixart_model::cuda::linear(&x, &w, Some(&bias), false)?, &gate))?;
-        let residual = time(&|| pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, None))?;
+        let plain = time(&|| pixart_kernels::cuda::linear(&x, &w, Some(&bias), false))?;
+        let separate = time(&|| add_gated(&r, &pixart_kernels::cuda::linear(&x, &w, Some(&bias), false)?, &gate))?;
+        let residual = time(&|| pixart_kernels::cuda::linear_residual(&x, &w, Some(&bias), &r, None))?;
         let fused_gated = if gated_ok {
-            time(&|| pixart_model::cuda::linear_residual(&x, &w, Some(&bias), &r, Some(&gate)))? * 1e3
+            time(&|| pixart_kernels::cuda::linear_residual(&x, &w, Some(&bias), &r, Some(&gate)))? * 1e3
         } else {
             f64::NAN
         };

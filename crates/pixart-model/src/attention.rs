@@ -4,16 +4,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
-use pixart_gemm::{linear_b, Linear};
+use pixart_kernels::ops::{attention, kv_conv_norm, linear, linear_residual, ln_scale_of, norm_affine, split_heads};
+use pixart_kernels::profile::stage;
+use pixart_kernels::{linear_b, Linear};
 
 use crate::config::KvSampling;
-use crate::ops::{chunked_attention, layer_norm_no_affine, linear_forward, linear_residual};
-use crate::profile::stage;
-
-/// Score elements one attention chunk may hold at once on the CPU (f32: 128 MiB).
-pub const MAX_SCORE_ELEMENTS: usize = 1 << 25;
-/// The same on a GPU, where fewer, larger chunks keep kernel launches few (f32: 1 GiB).
-pub const MAX_SCORE_ELEMENTS_GPU: usize = 1 << 28;
 
 /// KV token compression (`AttentionKVCompress.downsample_2d`, PixArt-alpha/PixArt-sigma@1ce521af
 /// `diffusion/model/nets/PixArt_blocks.py`). Keys and values, after their projections, are
@@ -89,7 +84,7 @@ impl KvCompress {
                 sampling,
                 ratio,
                 conv: Some((w, b)),
-                ln_scale: exact_ln_scale(&nw)?,
+                ln_scale: ln_scale_of(&nw)?,
                 norm: Some((nw, nb)),
             },
             init,
@@ -108,7 +103,7 @@ impl KvCompress {
 
     /// x: (b, h*w, c) -> (b, (h/R)*(w/R), c).
     pub fn forward(&self, x: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
+        let (_, n, _) = x.dims3()?;
         if n != h * w {
             candle_core::bail!("kv compression: {n} tokens do not form a {h}x{w} grid");
         }
@@ -118,20 +113,19 @@ impl KvCompress {
             candle_core::bail!("kv compression: a {h}x{w} token grid is smaller than the ratio {r}");
         }
         if let (Some((cw, cb)), Some((nw, nb))) = (&self.conv, &self.norm) {
-            if crate::cuda::kv_conv_applies(x, cw, cb) && !nw.track_op() && !nb.track_op() {
-                // One kernel for the conv (it skips the cropped rows and columns), one for the
-                // LayerNorm + affine as ln_modulate: LN(y)·(1 + (nw − 1)) + nb.
-                let y = crate::cuda::kv_conv(x, h, w, r, cw, cb)?; // (b, n', c)
-                if let Some(scale) = &self.ln_scale {
-                    let shift = nb.reshape((1, 1, c))?.broadcast_as((b, 1, c))?; // (b, 1, c)
-                    let scale = scale.broadcast_as((b, 1, c))?; // (b, 1, c)
-                    if crate::cuda::fused_applies(&y, &[&shift, &scale]) {
-                        return crate::cuda::layer_norm_modulate(&y, &shift, &scale, 1e-5);
-                    }
-                }
-                return norm_affine(&y, nw, nb);
-            }
+            // The kernels' conv + norm where they apply (a GPU), else the definition below.
+            return kv_conv_norm(x, (h, w), r, (cw, cb), (nw, nb), self.ln_scale.as_ref(), || {
+                self.downsample(x, (h, w))
+            });
         }
+        self.downsample(x, (h, w))
+    }
+
+    /// The compression composed from tensor ops: x (b, h*w, c) -> (b, n', c).
+    fn downsample(&self, x: &Tensor, (h, w): (usize, usize)) -> candle_core::Result<Tensor> {
+        let (b, _, c) = x.dims3()?;
+        let r = self.ratio;
+        let (h2, w2) = self.out_grid(h, w);
         let mut g = x.reshape((b, h, w, c))?; // (b, h, w, c)
         if h2 * r != h {
             g = g.narrow(1, 0, h2 * r)?;
@@ -159,25 +153,6 @@ impl KvCompress {
 }
 
 /// Multi-head attention with separate q/k/v projections (`to_q`, `to_k`, `to_v`, `to_out.0`).
-/// The compression's LayerNorm (eps 1e-5) and affine `· nw + nb`, composed from tensor ops.
-fn norm_affine(y: &Tensor, nw: &Tensor, nb: &Tensor) -> candle_core::Result<Tensor> {
-    layer_norm_no_affine(y, 1e-5)?.broadcast_mul(nw)?.broadcast_add(nb)
-}
-
-/// `nw − 1` as (1, 1, c) in nw's dtype, for the fused LayerNorm + modulation kernel, which adds the
-/// 1 back in f32: only on a CUDA device, and only when that gives every weight back exactly (a
-/// small weight such as 0.01 would lose its low bits in bf16's `−0.99`). Read once, at load.
-fn exact_ln_scale(nw: &Tensor) -> candle_core::Result<Option<Tensor>> {
-    if !cfg!(feature = "cuda") || !nw.device().is_cuda() || nw.track_op() {
-        return Ok(None);
-    }
-    let w32 = nw.to_dtype(DType::F32)?;
-    let scale = w32.affine(1.0, -1.0)?.to_dtype(nw.dtype())?;
-    let back = (scale.to_dtype(DType::F32)? + 1.0)?;
-    let err = (back - &w32)?.abs()?.max_all()?.to_scalar::<f32>()?;
-    (err == 0.0).then(|| scale.reshape((1, 1, nw.elem_count()))).transpose() // (1, 1, c)
-}
-
 #[derive(Debug, Clone)]
 pub struct Attention {
     to_q: Linear,
@@ -226,25 +201,9 @@ impl Attention {
         self.kv_compress.as_ref()
     }
 
-    /// (b, n, h*d) -> (b, h, n, d)
+    /// (b, n, h*d) -> (b, h, n, d), laid out for the attention kernel that will read it.
     fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.heads, self.head_dim))? // (b, n, h, d)
-            .transpose(1, 2)? // (b, h, n, d)
-            .contiguous()
-    }
-
-    /// (b, n, h*d) -> (b, h, n, d) as a strided view, for the fused CUDA kernel.
-    fn heads_view(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, n, _) = x.dims3()?;
-        x.reshape((b, n, self.heads, self.head_dim))? // (b, n, h, d)
-            .transpose(1, 2) // (b, h, n, d), not copied
-    }
-
-    /// Whether the fused CUDA attention serves these inputs (see [`crate::cuda`]);
-    /// a bias that is not a prefix mask (no `key_lens`) takes the composed path.
-    fn fused_cuda(&self, x: &Tensor, bias: Option<&Tensor>, key_lens: Option<&[usize]>) -> bool {
-        crate::cuda::attention_applies(x, self.head_dim) && (bias.is_none() || key_lens.is_some())
+        split_heads(x, self.heads)
     }
 
     /// The attention core, then the output projection added to `residual` (scaled by `gate`
@@ -275,20 +234,8 @@ impl Attention {
         bias: Option<&Tensor>,
         key_lens: Option<&[usize]>,
     ) -> candle_core::Result<Tensor> {
-        let (b, n, _) = q.dims3()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if self.fused_cuda(q, bias, key_lens) && !k.track_op() && !v.track_op() {
-            let o = crate::cuda::flash_attention(&self.heads_view(q)?, k, v, scale, key_lens)?; // (b, n, h, d)
-            return o.reshape((b, n, self.heads * self.head_dim)); // (b, n, h*d)
-        }
-        let q = self.split_heads(q)?;
-        let budget = if q.device().is_cpu() {
-            MAX_SCORE_ELEMENTS
-        } else {
-            MAX_SCORE_ELEMENTS_GPU
-        };
-        let o = chunked_attention(&q, k, v, bias, key_lens, scale, budget)?; // (b, h, n, d)
-        o.transpose(1, 2)?.reshape((b, n, self.heads * self.head_dim)) // (b, n, h*d)
+        attention(q, k, v, self.heads, bias, key_lens, scale)
     }
 
     /// `residual + gate ⊙ SelfAttention(x)` over an (h, w) token grid (no gate: a plain sum).
@@ -302,24 +249,16 @@ impl Attention {
     ) -> candle_core::Result<Tensor> {
         let dev = x.device();
         let (q, mut k, mut v) = stage("self-attn q, k, v", dev, || {
-            Ok::<_, candle_core::Error>((
-                linear_forward(&self.to_q, x, false)?,
-                linear_forward(&self.to_k, x, false)?,
-                linear_forward(&self.to_v, x, false)?,
-            ))
+            Ok::<_, candle_core::Error>((linear(&self.to_q, x)?, linear(&self.to_k, x)?, linear(&self.to_v, x)?))
         })?;
         if let Some(kv) = &self.kv_compress {
             (k, v) = stage("self-attn kv compression", dev, || {
                 Ok::<_, candle_core::Error>((kv.forward(&k, grid.0, grid.1)?, kv.forward(&v, grid.0, grid.1)?))
             })?;
         }
-        let (k, v) = if self.fused_cuda(&q, None, None) {
-            (self.heads_view(&k)?, self.heads_view(&v)?)
-        } else {
-            stage("self-attn head split", dev, || {
-                Ok::<_, candle_core::Error>((self.split_heads(&k)?, self.split_heads(&v)?))
-            })?
-        };
+        let (k, v) = stage("self-attn head split", dev, || {
+            Ok::<_, candle_core::Error>((self.split_heads(&k)?, self.split_heads(&v)?))
+        })?;
         self.attend(
             &q,
             &k,
@@ -334,8 +273,8 @@ impl Attention {
     /// Projects context tokens to keys and values. y: (b, l, c); key_lens: see [`CrossKv`].
     pub fn cross_kv(&self, y: &Tensor, key_lens: Option<Arc<[usize]>>) -> candle_core::Result<CrossKv> {
         Ok(CrossKv {
-            k: self.split_heads(&linear_forward(&self.to_k, y, false)?)?,
-            v: self.split_heads(&linear_forward(&self.to_v, y, false)?)?,
+            k: self.split_heads(&linear(&self.to_k, y)?)?,
+            v: self.split_heads(&linear(&self.to_v, y)?)?,
             key_lens,
         })
     }
@@ -343,7 +282,7 @@ impl Attention {
     /// `x + CrossAttention(x)` from x (b, n, c) to precomputed keys/values; `bias` (b, 1, 1, l)
     /// is added to the scores (0 keep, -10000 drop, as diffusers).
     pub fn forward_cross(&self, x: &Tensor, kv: &CrossKv, bias: Option<&Tensor>) -> candle_core::Result<Tensor> {
-        let q = stage("cross-attn q", x.device(), || linear_forward(&self.to_q, x, false))?;
+        let q = stage("cross-attn q", x.device(), || linear(&self.to_q, x))?;
         let bias = match bias {
             Some(b) => Some(b.to_dtype(q.dtype())?),
             None => None,

@@ -2,11 +2,11 @@
 //! `norm_type="ada_norm_single"`, `models/attention.py` v0.42.1).
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
-use pixart_gemm::{linear, Linear};
+use pixart_kernels::ops::{layer_norm_modulate, linear, linear_gelu, linear_residual};
+use pixart_kernels::profile::stage;
+use pixart_kernels::Linear;
 
 use crate::attention::{Attention, CrossKv};
-use crate::ops::{layer_norm_modulate, linear_forward, linear_residual};
-use crate::profile::stage;
 
 /// `ff`: Linear -> GELU(tanh) -> Linear (`ff.net.0.proj`, `ff.net.2`).
 #[derive(Debug, Clone)]
@@ -19,8 +19,8 @@ impl FeedForward {
     pub fn new(dim: usize, inner: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         let net = vb.pp("net");
         Ok(Self {
-            proj_in: linear(dim, inner, net.pp("0").pp("proj"))?,
-            proj_out: linear(inner, dim, net.pp("2"))?,
+            proj_in: pixart_kernels::linear(dim, inner, net.pp("0").pp("proj"))?,
+            proj_out: pixart_kernels::linear(inner, dim, net.pp("2"))?,
         })
     }
 
@@ -32,23 +32,17 @@ impl FeedForward {
         })
     }
 
-    /// GELU(x·W₀ᵀ + b₀), the up projection.
+    /// GELU(x·W₀ᵀ + b₀), the up projection (on a GPU, bf16/f16, the GELU runs in the
+    /// projection's epilogue).
     fn hidden(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let dev = x.device();
-        // On a GPU (bf16/f16) the GELU runs in the up projection's epilogue.
-        let fused = crate::cuda::linear_applies(x, self.proj_in.weight(), self.proj_in.bias());
-        let mut h = stage("mlp up", dev, || linear_forward(&self.proj_in, x, fused))?;
-        if !fused {
-            h = stage("mlp gelu", dev, || crate::kernels::gelu(&h))?;
-        }
-        Ok(h)
+        stage("mlp up + gelu", x.device(), || linear_gelu(&self.proj_in, x))
     }
 }
 
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let h = self.hidden(x)?;
-        stage("mlp down", x.device(), || linear_forward(&self.proj_out, &h, false))
+        stage("mlp down", x.device(), || linear(&self.proj_out, &h))
     }
 }
 

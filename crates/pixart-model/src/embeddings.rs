@@ -5,7 +5,7 @@
 //! `PixArtAlphaTextProjection`) and `models/normalization.py` (`AdaLayerNormSingle`).
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use pixart_gemm::{linear, Linear};
+use pixart_kernels::{linear, Linear};
 
 /// `pos_embed.proj`: a k×k stride-k conv from the latent channels to the hidden size, done as
 /// one matmul over non-overlapping patches (works for every dtype on every device).
@@ -200,6 +200,6 @@ impl Module for CaptionProjection {
     /// y: (b, l, caption_channels) -> (b, l, c)
     fn forward(&self, y: &Tensor) -> candle_core::Result<Tensor> {
         self.linear_2
-            .forward(&crate::kernels::gelu(&self.linear_1.forward(y)?)?)
+            .forward(&pixart_kernels::ops::gelu(&self.linear_1.forward(y)?)?)
     }
 }

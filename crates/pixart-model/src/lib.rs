@@ -8,26 +8,25 @@
 //!   to the diffusers one, and conversion between them.
 //! - [`init`]: fresh weights for training from scratch, initialised as PixArt does.
 //! - [`loading`]: building a model from a folder or file, checking every tensor.
+//!
+//! All compute beyond candle's ops goes through `pixart_kernels::ops` (the dispatch layer).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![forbid(unsafe_code)]
 
 pub mod attention;
 pub mod bench;
 pub mod block;
-pub mod checkpointing;
 pub mod config;
-pub mod cuda;
 pub mod embeddings;
-pub mod grad_ops;
 pub mod init;
-pub mod kernels;
 pub mod loading;
 pub mod lora;
-pub mod ops;
 pub mod original;
-pub mod profile;
 pub mod transformer;
 
 pub use config::{KvCompressConfig, KvSampling, TransformerConfig};
 pub use embeddings::AddedCond;
 pub use loading::{load_transformer, LoadOptions, LoadedTransformer};
+/// Where checkpointed blocks put parameter gradients ([`PixArtTransformer::with_gradient_checkpointing`]).
+pub use pixart_kernels::checkpoint::GradSink;
 pub use transformer::{BuildReport, Context, PixArtTransformer, Trace};

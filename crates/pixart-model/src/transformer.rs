@@ -5,15 +5,15 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use pixart_core::{Error, Result};
-use pixart_gemm::{linear, Linear};
+use pixart_kernels::{linear, Linear};
 
 use crate::attention::{mask_to_bias, CrossKv, KvCompress, KvInit};
 use crate::block::TransformerBlock;
-use crate::checkpointing::{checkpointed_block, GradSink};
 use crate::config::TransformerConfig;
 use crate::embeddings::{sincos_pos_embed, AdaLayerNormSingle, AddedCond, CaptionProjection, PatchEmbed};
-use crate::ops::layer_norm_modulate;
-use crate::profile::stage;
+use pixart_kernels::checkpoint::GradSink;
+use pixart_kernels::ops::layer_norm_modulate;
+use pixart_kernels::profile::stage;
 
 /// Weight name of the first micro-condition tensor; its presence turns micro-conditions on.
 pub const MICRO_COND_PROBE: &str = "adaln_single.emb.resolution_embedder.linear_1.weight";
@@ -298,7 +298,7 @@ impl PixArtTransformer {
 
     /// Turns gradient checkpointing per block on: blocks keep no activations for the
     /// backward pass and recompute them; parameter gradients computed inside the blocks go to
-    /// `sink` (see [`crate::checkpointing`]).
+    /// `sink` (see [`pixart_kernels::checkpoint`]).
     pub fn with_gradient_checkpointing(mut self, sink: Arc<GradSink>) -> Self {
         self.checkpointing = Some(sink);
         self
@@ -421,6 +421,31 @@ impl PixArtTransformer {
             .reshape((b, oc, h * p, w * p))?; // (b, c, H, W)
         Ok(out)
     }
+}
+
+/// `block` as one checkpoint over its tracked inputs: the hidden states, the modulation `t0`
+/// and the cross-attention keys and values stacked (2, b, heads, l, d)
+/// ([`pixart_kernels::checkpoint`]).
+fn checkpointed_block(
+    block: &TransformerBlock,
+    x: &Tensor,
+    grid: (usize, usize),
+    t0: &Tensor,
+    cross: &CrossKv,
+    bias: Option<&Tensor>,
+    sink: &Arc<GradSink>,
+) -> candle_core::Result<Tensor> {
+    let kv = Tensor::stack(&[&cross.k, &cross.v], 0)?; // (2, b, heads, l, d)
+    let (block, bias) = (block.clone(), bias.map(|b| b.detach()));
+    let f = move |x: &Tensor, t0: &Tensor, kv: &Tensor| {
+        let cross = CrossKv {
+            k: kv.get(0)?,
+            v: kv.get(1)?,
+            key_lens: None, // the mask bias, as the backward's composed ops use
+        };
+        block.forward(x, grid, t0, &cross, bias.as_ref())
+    };
+    pixart_kernels::checkpoint::checkpoint(x, t0, &kv, Arc::new(f), sink)
 }
 
 #[cfg(test)]

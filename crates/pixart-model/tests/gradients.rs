@@ -116,7 +116,7 @@ fn tracked_forward_matches_the_fast_forward() {
 
 #[test]
 fn gradient_checkpointing_gives_the_same_gradients() {
-    use pixart_model::checkpointing::GradSink;
+    use pixart_model::GradSink;
     let cfg = tiny_config();
     let init = init_tensors(&cfg);
     let varmap = candle_nn::VarMap::new();

@@ -3,7 +3,6 @@
 //! - [`config`]: `text_encoder/config.json` ([`T5Config`], with [`T5Config::xxl`]).
 //! - [`t5`]: the encoder ([`T5Encoder`]), one struct per transformers module, with the
 //!   padding mask applied to the attention scores.
-//! - [`fused`]: fused bf16 CPU kernels for its RMS norms and gated GELU.
 //! - [`loading`]: building it from a folder (single or sharded safetensors, every tensor
 //!   checked), with random weights, and the calls the CLI makes ([`run_text_encoder`],
 //!   [`bench_text_encoder`]).
@@ -12,10 +11,13 @@
 //! - [`training`]: training a T5-style Unigram tokenizer on captions ([`train_tokenizer`]).
 //! - [`init`]: a T5 encoder folder with weights initialised as transformers does
 //!   ([`init_text_encoder`]).
+//!
+//! Compute beyond candle's ops (the fused bf16 RMS norm, gated GELU and attention) goes through
+//! `pixart_kernels::ops::t5`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
 pub mod config;
-pub mod fused;
 pub mod init;
 pub mod loading;
 pub mod t5;

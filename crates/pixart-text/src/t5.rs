@@ -6,13 +6,13 @@
 //! `eager_attention_forward`, `T5LayerSelfAttention`, `T5Block`, `T5Stack`, `T5EncoderModel`):
 //! no 1/sqrt(d) score scaling, relative position bias computed by block 0 and shared by every
 //! block, padded keys masked with an additive `finfo.min` bias, RMS norms in f32.
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Device, Module, Tensor};
 use std::sync::Arc;
 
 use candle_nn::{linear_no_bias, Embedding, Linear, VarBuilder};
 use pixart_core::{Error, Result};
-use pixart_gemm::attention::{attention_bf16, ScoreBias};
-use pixart_gemm::PackedLinear;
+use pixart_kernels::ops::t5::{self as ops, ScoreBias};
+use pixart_kernels::PackedLinear;
 
 use crate::config::{Activation, FeedForward, T5Config};
 
@@ -33,13 +33,7 @@ impl T5LayerNorm {
 
     /// x: (b, l, d) -> (b, l, d) in the weight's dtype.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if crate::fused::applies(x) && self.weight.dtype() == DType::BF16 {
-            return crate::fused::rms_norm_bf16(x, &self.weight, self.eps);
-        }
-        let xf = x.to_dtype(DType::F32)?;
-        let variance = xf.sqr()?.mean_keepdim(D::Minus1)?; // (b, l, 1)
-        let normed = xf.broadcast_mul(&(variance + self.eps)?.sqrt()?.recip()?)?;
-        normed.to_dtype(self.weight.dtype())?.broadcast_mul(&self.weight)
+        ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -117,8 +111,8 @@ impl DenseReluDense {
     /// x: (b, l, d) -> (b, l, d).
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let gate = self.wi_0.forward(x)?; // (b, l, f)
-        if let (Some(wi_1), Activation::GeluTanh, true) = (&self.wi_1, self.act, crate::fused::applies(&gate)) {
-            return self.wo.forward(&crate::fused::gelu_mul_bf16(&gate, &wi_1.forward(x)?)?);
+        if let (Some(wi_1), Activation::GeluTanh) = (&self.wi_1, self.act) {
+            return self.wo.forward(&ops::gelu_tanh_mul(&gate, &wi_1.forward(x)?)?);
         }
         let h = activate(&gate, self.act)?; // (b, l, f)
         let h = match &self.wi_1 {
@@ -257,7 +251,7 @@ impl T5Attention {
         // No 1/sqrt(d_kv) scaling in T5. Scores, bias and softmax in f32.
         let out = match &bias.native {
             Some(native) if dtype == DType::BF16 && !q.track_op() => {
-                attention_bf16(&q, &k, &v, native.clone(), 1.0)? // (b, h, l, dk)
+                ops::attention(&q, &k, &v, native.clone(), 1.0)? // (b, h, l, dk)
             }
             _ => {
                 let scores = q.matmul(&k.t()?)?.to_dtype(DType::F32)?; // (b, h, l, l)
@@ -275,7 +269,7 @@ impl T5Attention {
 
 /// The score bias every encoder block adds: block 0's relative position bias with the padding
 /// mask folded in, as a tensor, and for a bf16 model on the native GEMM the same values
-/// flattened once per forward for [`attention_bf16`].
+/// flattened once per forward for [`ops::attention`].
 #[derive(Debug, Clone)]
 pub struct AttentionBias {
     /// (1 or b, heads, l, l) f32.
@@ -506,7 +500,7 @@ impl T5Encoder {
             let additive = keep.where_cond(&zeros, &mins)?.reshape((b, 1, 1, l))?; // (b, 1, 1, l_k)
             bias = bias.broadcast_add(&additive)?; // (b, h, l_q, l_k)
         }
-        let native = self.dtype() == DType::BF16 && dev.is_cpu() && pixart_gemm::bf16::native_available();
+        let native = ops::fused_attention_applies(self.dtype(), &dev);
         let bias = AttentionBias::new(bias, native)?;
 
         let mut x = self.shared.forward(&ids)?; // (b, l, d)

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use pixart_model::checkpointing::GradSink;
+use pixart_model::GradSink;
 use pixart_model::{PixArtTransformer, TransformerConfig};
 use pixart_train::diffusion::GaussianDiffusion;
 

@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
-use crate::ops;
+use pixart_kernels::ops::vae as ops;
 
 /// The epsilon of every GroupNorm in the KL autoencoders (`resnet_eps=1e-6`).
 pub const NORM_EPS: f64 = 1e-6;

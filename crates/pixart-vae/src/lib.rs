@@ -3,8 +3,6 @@
 //! - [`config`]: `vae/config.json` ([`AutoencoderKlConfig`], with [`AutoencoderKlConfig::sdxl`]).
 //! - [`blocks`], [`model`]: the model, one struct per diffusers module, fields named as the
 //!   checkpoint keys ([`AutoencoderKl`], [`DiagonalGaussian`]).
-//! - [`ops`]: GroupNorm (+ fused SiLU), a GEMM-based 3×3 conv (+ fused nearest upsample), and
-//!   query-chunked attention, written for candle's CPU backend.
 //! - [`tiling`]: tiled decode/encode with linear blending, for images of any size
 //!   ([`Tiling`], [`TileConfig`]).
 //! - [`loading`]: [`load_vae`] from a diffusers folder; legacy attention names are mapped.
@@ -14,13 +12,15 @@
 //!
 //! The functions below are what the CLI calls: [`run_vae_decode`], [`run_vae_encode`] and
 //! [`bench_vae_decode`].
+//!
+//! GroupNorm (+ SiLU), the convolutions and the attention go through `pixart_kernels::ops::vae`.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![forbid(unsafe_code)]
 
 pub mod blocks;
 pub mod config;
 pub mod loading;
 pub mod model;
-pub mod ops;
 pub mod tiling;
 pub mod training;
 

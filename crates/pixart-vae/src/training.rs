@@ -2,7 +2,7 @@
 //! training-mode model over them, the posterior sample, the loss, and the diffusers-layout save.
 //!
 //! The model is built in [`Mode::Training`]: every layer is composed from candle ops that have
-//! a backward (the fast CPU kernels of [`crate::ops`] would cut the autograd graph).
+//! a backward (the fast CPU kernels of `pixart_kernels::ops::vae` would cut the autograd graph).
 //!
 //! The loss follows LDM's `LPIPSWithDiscriminator` without the perceptual and adversarial terms
 //! (CompVis/latent-diffusion `ldm/modules/losses/contperceptual.py`) and diffusers'

@@ -133,7 +133,7 @@ pub fn warn_once(what: &'static str, err: &dyn std::fmt::Display) {
 }
 
 /// A CUDA build, a CUDA tensor that no gradient tracks, the kernels switched on.
-fn usable(x: &Tensor) -> bool {
+pub(crate) fn usable(x: &Tensor) -> bool {
     cfg!(feature = "cuda") && x.device().is_cuda() && !x.track_op() && enabled()
 }
 

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Module, Tensor};
-use pixart_gemm::sgemm;
+use pixart_kernels::cpu::sgemm;
 
 /// CPU time of all this process's threads (Linux: /proc/self/task/*/schedstat), in seconds;
 /// on a machine shared with other jobs, flops per CPU-second is the fairer figure.
@@ -34,7 +34,7 @@ fn time(reps: usize, mut f: impl FnMut()) -> (f64, f64) {
 fn main() -> candle_core::Result<()> {
     let m: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(512);
     let dev = Device::Cpu;
-    println!("native AVX512-BF16: {}", pixart_gemm::bf16::native_available());
+    println!("native AVX512-BF16: {}", pixart_kernels::cpu::bf16::native_available());
     println!("GFLOP/s by wall time (GFLOP/s per CPU-second in brackets)");
     println!(
         "{:>6} {:>6} {:>6} {:>18} {:>18} {:>18} {:>18}",
@@ -49,7 +49,7 @@ fn main() -> candle_core::Result<()> {
             w.to_dtype(DType::BF16)?,
             b.to_dtype(DType::BF16)?,
         );
-        let native = pixart_gemm::Linear::new(wb.clone(), Some(bb.clone()));
+        let native = pixart_kernels::Linear::new(wb.clone(), Some(bb.clone()));
         let cand_b = candle_nn::Linear::new(wb, Some(bb));
         let cand_f = candle_nn::Linear::new(w.clone(), Some(b.clone()));
         let flops = 2.0 * (m * n * k) as f64;

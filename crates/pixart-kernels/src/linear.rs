@@ -1,6 +1,6 @@
 //! A drop-in for `candle_nn::Linear` (same weight names, same `forward`) that runs bf16 inputs
-//! on the CPU through the native GEMM in [`crate::bf16`] and f32 inputs through the AVX-512
-//! f32 GEMM in [`crate::sgemm`] (reading the weight in place: no second copy; f16 inputs and
+//! on the CPU through the native GEMM in [`crate::cpu::bf16`] and f32 inputs through the AVX-512
+//! f32 GEMM in [`crate::cpu::sgemm`] (reading the weight in place: no second copy; f16 inputs and
 //! weights too, widened on the way in), with the bias fused into the epilogue, and everything
 //! else (other dtypes and devices, CPUs without AVX-512, anything tracking gradients) through
 //! candle.
@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 use half::bf16;
 use rayon::prelude::*;
 
-use crate::bf16::{matmul_nt_packed, native_available, PackedB};
+use crate::cpu::bf16::{matmul_nt_packed, native_available, PackedB};
 
 /// `y = x·Wᵀ + b` with `W` of shape (out, in), as `candle_nn::Linear`.
 ///
@@ -69,7 +69,7 @@ impl Linear {
             && self.bias().is_none_or(|b| b.dims() == [w.dims()[0]])
             && match dtype {
                 DType::BF16 => native_available(),
-                DType::F32 | DType::F16 => crate::sgemm::native_available(),
+                DType::F32 | DType::F16 => crate::cpu::sgemm::native_available(),
                 _ => false,
             }
     }
@@ -141,7 +141,7 @@ fn flat_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::R
         && x2.device().is_cpu()
         && x2.dtype() == DType::F32
         && w.dtype() == DType::F32
-        && crate::sgemm::native_available()
+        && crate::cpu::sgemm::native_available()
     {
         x2.apply_op2(&w.contiguous()?, TrainedLinear)? // (m, n), with a backward on the native GEMM
     } else {
@@ -157,7 +157,7 @@ fn flat_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::R
     y.reshape(out_dims) // (m, n) -> (..., n)
 }
 
-/// `x·Wᵀ` for x (m, k) and W (n, k), f32 on the CPU, on [`crate::sgemm`] forward and backward:
+/// `x·Wᵀ` for x (m, k) and W (n, k), f32 on the CPU, on [`crate::cpu::sgemm`] forward and backward:
 /// dx = dy·W and dW = dyᵀ·x (dy transposed once into a buffer, m·n values against the product's
 /// m·n·k). candle's matmul runs the `gemm` crate's AVX2 kernel here (a third of a training step
 /// of the built-in model).
@@ -171,7 +171,7 @@ enum LinearGrad {
     Weight,
 }
 
-fn gemm_err(e: crate::bf16::GemmError) -> candle_core::Error {
+fn gemm_err(e: crate::cpu::bf16::GemmError) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
 }
 
@@ -216,10 +216,10 @@ impl CustomOp2 for LinearGrad {
         os: &CpuStorage,
         ol: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use crate::sgemm::{gemm, Lhs, Output, Rhs};
+        use crate::cpu::sgemm::{gemm, Lhs, Output, Rhs};
         let (m, n) = gl.shape().dims2()?;
-        let dy = crate::contiguous_data::<f32>(gs, gl, self.name())?;
-        let other = crate::contiguous_data::<f32>(os, ol, self.name())?;
+        let dy = crate::cpu::contiguous_data::<f32>(gs, gl, self.name())?;
+        let other = crate::cpu::contiguous_data::<f32>(os, ol, self.name())?;
         match self {
             LinearGrad::Input => {
                 let (wn, k) = ol.shape().dims2()?;
@@ -283,8 +283,8 @@ impl CustomOp2 for RowBias {
         bs: &CpuStorage,
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = crate::contiguous_data::<f32>(ys, yl, self.name())?;
-        let b = crate::contiguous_data::<f32>(bs, bl, self.name())?;
+        let y = crate::cpu::contiguous_data::<f32>(ys, yl, self.name())?;
+        let b = crate::cpu::contiguous_data::<f32>(bs, bl, self.name())?;
         let n = b.len();
         if yl.dims().last() != Some(&n) {
             candle_core::bail!("row-bias: a bias of {n} for rows of {:?}", yl.dims());
@@ -319,7 +319,7 @@ impl CustomOp1 for ColumnSums {
     }
 
     fn cpu_fwd(&self, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = crate::contiguous_data::<f32>(gs, gl, self.name())?;
+        let g = crate::cpu::contiguous_data::<f32>(gs, gl, self.name())?;
         let n = gl.dims().last().copied().unwrap_or(1).max(1);
         // One partial sum per block of rows (about 64 K elements), then their sum.
         let rows = (65_536 / n).max(1);
@@ -345,7 +345,7 @@ impl CustomOp1 for ColumnSums {
     }
 }
 
-/// `x·Wᵀ + b` on [`crate::sgemm`] for f32 or f16 x and W (n, k), the weight read in place.
+/// `x·Wᵀ + b` on [`crate::cpu::sgemm`] for f32 or f16 x and W (n, k), the weight read in place.
 ///
 /// f16: every f16 value is exact in f32, the products are accumulated in f32 and the result
 /// (bias added in f32) is rounded to f16 once, as PyTorch's CPU f16 Linear does. The weight
@@ -382,7 +382,7 @@ impl candle_core::CustomOp2 for LinearF32 {
         w: &CpuStorage,
         wl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        use crate::sgemm::{gemm, Bias, Lhs, Output, Rhs, KC, NR};
+        use crate::cpu::sgemm::{gemm, Bias, Lhs, Output, Rhs, KC, NR};
         use half::f16;
         use half::slice::HalfFloatSliceExt;
         /// Rows per task of the f16 conversions.
@@ -397,8 +397,8 @@ impl candle_core::CustomOp2 for LinearF32 {
             out.bias = Bias::Cols(b);
         }
         if let (CpuStorage::F16(_), CpuStorage::F16(_)) = (x, w) {
-            let xs = crate::contiguous_data::<f16>(x, xl, "pixart-linear-f16: x")?;
-            let ws = crate::contiguous_data::<f16>(w, wl, "pixart-linear-f16: w")?;
+            let xs = crate::cpu::contiguous_data::<f16>(x, xl, "pixart-linear-f16: x")?;
+            let ws = crate::cpu::contiguous_data::<f16>(w, wl, "pixart-linear-f16: w")?;
             let mut xf = vec![0f32; m * k];
             xf.par_chunks_mut(ROWS * k.max(1))
                 .zip(xs.par_chunks(ROWS * k.max(1)))
@@ -426,8 +426,8 @@ impl candle_core::CustomOp2 for LinearF32 {
                 .for_each(|(d, s)| d.convert_from_f32_slice(s));
             return Ok((CpuStorage::F16(yh), Shape::from((m, n))));
         }
-        let xs = crate::contiguous_data::<f32>(x, xl, "pixart-linear-f32: x")?;
-        let ws = crate::contiguous_data::<f32>(w, wl, "pixart-linear-f32: w")?;
+        let xs = crate::cpu::contiguous_data::<f32>(x, xl, "pixart-linear-f32: x")?;
+        let ws = crate::cpu::contiguous_data::<f32>(w, wl, "pixart-linear-f32: w")?;
         let lhs = Lhs::rows(xs, m, k, k).map_err(gemm_err)?;
         gemm(lhs, Rhs::Nk { w: ws, ld: k }, n, out, true).map_err(gemm_err)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
@@ -653,7 +653,7 @@ mod tests {
     /// path (with gradients) when the weight is a variable.
     #[test]
     fn f16_linear_is_the_f32_product_rounded_once() {
-        if !crate::sgemm::native_available() {
+        if !crate::cpu::sgemm::native_available() {
             return; // candle's f16 path, tested by candle
         }
         let dev = Device::Cpu;

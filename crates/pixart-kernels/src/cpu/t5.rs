@@ -6,18 +6,13 @@
 //! - [`gelu_mul_bf16`]: the gated FFN's `bf16(gelu_tanh(a)) · b` (`T5DenseGatedActDense`:
 //!   `act(wi_0(x)) * wi_1(x)`), GELU in f32 as PyTorch computes it for bf16 tensors.
 //!
-//! Forward only, bf16 only: the callers keep candle's ops for other dtypes and for tensors that
-//! track gradients.
+//! Forward only, bf16 only: [`crate::ops::t5`] keeps candle's ops for other dtypes and for
+//! tensors that track gradients.
+use crate::cpu::bf16::round_to_bf16;
+use crate::cpu::vector::gelu_tanh_in_place;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use half::bf16;
-use pixart_gemm::bf16::round_to_bf16;
-use pixart_gemm::vector::gelu_tanh_in_place;
 use rayon::prelude::*;
-
-/// Whether the fused kernels apply: bf16 on the CPU, no gradient tracking.
-pub fn applies(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == candle_core::DType::BF16 && !x.track_op()
-}
 
 fn bf16_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> candle_core::Result<&'a [bf16]> {
     match (s, l.contiguous_offsets()) {

@@ -7,38 +7,14 @@
 //! 30 cycles an element; 11 % of a training step of the built-in model with the bias sums of the
 //! linear layers), here one parallel pass. f32 on the CPU; other dtypes and devices keep the
 //! composed ops.
+use crate::cpu::contiguous_data;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use pixart_gemm::contiguous_data;
 use rayon::prelude::*;
 
-/// Rows per parallel task: about 16 K elements.
-fn rows_per_task(dim: usize) -> usize {
-    (16_384 / dim.max(1)).max(1)
-}
-
-/// Applies `f(out_row, a_row, b_row)` over `dim`-long rows in parallel.
-fn zip_rows(a: &[f32], b: &[f32], dim: usize, f: impl Fn(&mut [f32], &[f32], &[f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let n = rows_per_task(dim) * dim;
-    out.par_chunks_mut(n)
-        .zip(a.par_chunks(n).zip(b.par_chunks(n)))
-        .for_each(|(o, (a, b))| {
-            for ((o, a), b) in o.chunks_mut(dim).zip(a.chunks(dim)).zip(b.chunks(dim)) {
-                f(o, a, b);
-            }
-        });
-    out
-}
-
-fn map_rows(a: &[f32], dim: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
-    let mut out = vec![0f32; a.len()];
-    let n = rows_per_task(dim) * dim;
-    out.par_chunks_mut(n).zip(a.par_chunks(n)).for_each(|(o, a)| {
-        for (o, a) in o.chunks_mut(dim).zip(a.chunks(dim)) {
-            f(o, a);
-        }
-    });
-    out
+/// `f(row, other row)` over the `dim`-long rows of `a` (and `b`) in parallel, the result left
+/// in `row` ([`super::map_rows`]).
+fn rows(a: &[f32], b: Option<&[f32]>, dim: usize, f: impl Fn(&mut [f32], &[f32]) + Sync) -> Vec<f32> {
+    super::map_rows(a, b, dim, |_, row, other| f(row, other))
 }
 
 fn last_dim(l: &Layout) -> usize {
@@ -66,9 +42,9 @@ impl CustomOp1 for Gelu {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_data::<f32>(s, l, self.name())?;
         // 0.5·x·(1 + tanh(u)) = x·σ(2u), u = K·(x + C·x³)
-        let out = map_rows(x, 4096, |o, x| {
-            for (o, &x) in o.iter_mut().zip(x) {
-                *o = x * sigmoid(2.0 * K * (x + C * x * x * x));
+        let out = rows(x, None, 4096, |x, _| {
+            for x in x.iter_mut() {
+                *x *= sigmoid(2.0 * K * (*x + C * *x * *x * *x));
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -96,8 +72,9 @@ impl CustomOp2 for GeluGrad {
         let x = contiguous_data::<f32>(s1, l1, self.name())?;
         let g = contiguous_data::<f32>(s2, l2, self.name())?;
         // d/dx x·σ(2u) = σ + x·σ(1−σ)·2u',  u' = K·(1 + 3C·x²)
-        let out = zip_rows(x, g, 4096, |o, x, g| {
-            for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+        let out = rows(x, Some(g), 4096, |x, g| {
+            for (o, &g) in x.iter_mut().zip(g) {
+                let x = *o;
                 let s = sigmoid(2.0 * K * (x + C * x * x * x));
                 let du = K * (1.0 + 3.0 * C * x * x);
                 *o = g * (s + x * s * (1.0 - s) * 2.0 * du);
@@ -119,11 +96,11 @@ impl CustomOp1 for Softmax {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_data::<f32>(s, l, self.name())?;
-        let out = map_rows(x, last_dim(l), |o, x| {
-            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let out = rows(x, None, last_dim(l), |o, _| {
+            let max = o.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0f32;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - max).exp();
+            for o in o.iter_mut() {
+                *o = (*o - max).exp();
                 sum += *o;
             }
             let inv = 1.0 / sum;
@@ -154,10 +131,10 @@ impl CustomOp2 for SoftmaxGrad {
         let y = contiguous_data::<f32>(s1, l1, self.name())?;
         let g = contiguous_data::<f32>(s2, l2, self.name())?;
         // dx = y ⊙ (g − Σ g·y)
-        let out = zip_rows(y, g, last_dim(l1), |o, y, g| {
+        let out = rows(y, Some(g), last_dim(l1), |y, g| {
             let dot: f32 = y.iter().zip(g).map(|(a, b)| a * b).sum();
-            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
-                *o = y * (g - dot);
+            for (o, &g) in y.iter_mut().zip(g) {
+                *o *= g - dot;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -190,10 +167,10 @@ impl CustomOp1 for LayerNorm {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_data::<f32>(s, l, self.name())?;
         let eps = self.eps;
-        let out = map_rows(x, last_dim(l), |o, x| {
+        let out = rows(x, None, last_dim(l), |x, _| {
             let (mean, inv) = moments(x, eps);
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - mean) * inv;
+            for v in x.iter_mut() {
+                *v = (*v - mean) * inv;
             }
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
@@ -223,7 +200,7 @@ impl CustomOp2 for LayerNormGrad {
         let g = contiguous_data::<f32>(s2, l2, self.name())?;
         let eps = self.eps;
         // x̂ = (x − μ)/σ;  dx = (g − mean(g) − x̂·mean(g·x̂)) / σ
-        let out = zip_rows(x, g, last_dim(l1), |o, x, g| {
+        let out = rows(x, Some(g), last_dim(l1), |x, g| {
             let n = x.len() as f32;
             let (mean, inv) = moments(x, eps);
             let mut gm = 0f32;
@@ -234,8 +211,8 @@ impl CustomOp2 for LayerNormGrad {
             }
             gm /= n;
             gx /= n;
-            for ((o, &v), &gv) in o.iter_mut().zip(x).zip(g) {
-                *o = (gv - gm - (v - mean) * inv * gx) * inv;
+            for (v, &gv) in x.iter_mut().zip(g) {
+                *v = (gv - gm - (*v - mean) * inv * gx) * inv;
             }
         });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
@@ -275,31 +252,23 @@ fn batch_dims(x: &Layout, vecs: &[&Layout], what: &str) -> candle_core::Result<(
 
 /// out[b, i, :] = x[b, i, :] · a[b, :] (+ s[b, :]), in parallel over blocks of rows.
 fn affine_rows(x: &[f32], a: &[f32], s: Option<&[f32]>, n: usize, c: usize) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
-    let rows = rows_per_task(c);
-    out.par_chunks_mut(rows * c)
-        .zip(x.par_chunks(rows * c))
-        .enumerate()
-        .for_each(|(task, (o, x))| {
-            for (r, (o, x)) in o.chunks_mut(c).zip(x.chunks(c)).enumerate() {
-                let bi = (task * rows + r) / n.max(1);
-                let a = &a[bi * c..(bi + 1) * c];
-                match s {
-                    Some(s) => {
-                        let s = &s[bi * c..(bi + 1) * c];
-                        for (((o, x), a), s) in o.iter_mut().zip(x).zip(a).zip(s) {
-                            *o = x * a + s;
-                        }
-                    }
-                    None => {
-                        for ((o, x), a) in o.iter_mut().zip(x).zip(a) {
-                            *o = x * a;
-                        }
-                    }
+    super::map_rows(x, None, c, |r, row, _| {
+        let bi = r / n.max(1);
+        let a = &a[bi * c..(bi + 1) * c];
+        match s {
+            Some(s) => {
+                let s = &s[bi * c..(bi + 1) * c];
+                for ((v, a), s) in row.iter_mut().zip(a).zip(s) {
+                    *v = *v * a + s;
                 }
             }
-        });
-    out
+            None => {
+                for (v, a) in row.iter_mut().zip(a) {
+                    *v *= a;
+                }
+            }
+        }
+    })
 }
 
 /// (b, c): Σ over the n tokens of g (times y when given), one task per batch row.

@@ -26,7 +26,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 /// Rows per micro-tile.
-pub const MR: usize = 8;
+pub use crate::cpu::lhs::MR;
 /// Columns per micro-tile (three 16-lane f32 vectors).
 pub const NR: usize = 48;
 const NV: usize = NR / 16;
@@ -61,7 +61,7 @@ fn err<T>(msg: String) -> Result<T> {
 pub fn native_available() -> bool {
     use std::sync::OnceLock;
     static NATIVE: OnceLock<bool> = OnceLock::new();
-    *NATIVE.get_or_init(|| cpu_has_avx512bf16() && !crate::fallback_forced())
+    *NATIVE.get_or_init(|| cpu_has_avx512bf16() && !crate::cpu::fallback_forced())
 }
 
 fn cpu_has_avx512bf16() -> bool {
@@ -100,14 +100,9 @@ pub(crate) fn check_matrix(what: &str, len: usize, rows: usize, cols: usize, ld:
     Ok(())
 }
 
-/// The left operand packed in panels of [`MR`] rows (reusable: packing again keeps the
-/// allocation).
-#[derive(Debug, Clone, Default)]
-pub struct PackedA {
-    data: Vec<u32>,
-    m: usize,
-    kp: usize,
-}
+/// The left operand packed in panels of [`MR`] rows of bf16 pairs (reusable: packing again
+/// keeps the allocation); `k` counts pairs.
+pub type PackedA = crate::cpu::lhs::PackedLhs<u32>;
 
 /// A source element that becomes bf16 bits when packed.
 trait ToBf16Bits: Copy + Send + Sync {
@@ -147,28 +142,15 @@ fn pack_a_panel<T: ToBf16Bits>(dst: &mut [u32], src: &[T], rows: usize, k: usize
 }
 
 impl PackedA {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Rows of the packed matrix.
-    pub fn rows(&self) -> usize {
-        self.m
-    }
-
     /// `k` pairs (`ceil(k / 2)`).
     pub fn kpairs(&self) -> usize {
-        self.kp
+        self.k
     }
 
     fn pack<T: ToBf16Bits>(&mut self, a: &[T], m: usize, k: usize, lda: usize, par: bool) -> Result<()> {
         check_matrix("A", a.len(), m, k, lda)?;
         let kp = k.div_ceil(2);
-        let panels = m.div_ceil(MR);
-        self.m = m;
-        self.kp = kp;
-        self.data.clear();
-        self.data.resize(panels * kp * MR, 0);
+        let data = self.reset(m, kp);
         if kp == 0 {
             return Ok(());
         }
@@ -178,9 +160,9 @@ impl PackedA {
             pack_a_panel(dst, &a[r0 * lda..], rows, k, lda, kp);
         };
         if par && m * k >= 1 << 15 {
-            self.data.par_chunks_mut(kp * MR).enumerate().for_each(job);
+            data.par_chunks_mut(kp * MR).enumerate().for_each(job);
         } else {
-            self.data.chunks_mut(kp * MR).enumerate().for_each(job);
+            data.chunks_mut(kp * MR).enumerate().for_each(job);
         }
         Ok(())
     }
@@ -198,14 +180,9 @@ impl PackedA {
 
 /// The left operand as the micro-kernel reads it: either packed panels or a row-major bf16
 /// matrix read in place (no copy; needs an even `k` and leading dimension); `k` counts pairs.
-pub type Lhs<'a> = crate::lhs::LhsOf<'a, u32>;
+pub type Lhs<'a> = crate::cpu::lhs::LhsOf<'a, u32>;
 
 impl<'a> Lhs<'a> {
-    /// A packed matrix.
-    pub fn packed(a: &'a PackedA) -> Self {
-        Self::from_parts(a.data.as_ptr(), a.m, a.kp, a.kp * MR, 1, MR)
-    }
-
     /// A row-major bf16 `m × k` matrix with leading dimension `lda`, read in place; `k` and
     /// `lda` must be even.
     pub fn rows(a: &'a [bf16], m: usize, k: usize, lda: usize) -> Result<Self> {
@@ -346,12 +323,6 @@ struct RawOut {
     n: usize,
 }
 
-// SAFETY: the tasks of one `gemm` call write disjoint blocks of the output and only read the
-// bias; the caller's borrows outlive the call.
-unsafe impl Send for RawOut {}
-// SAFETY: as above.
-unsafe impl Sync for RawOut {}
-
 /// One micro-tile job: where its A and B panels start, its f32 staging tile and its place in
 /// the output.
 #[derive(Clone, Copy)]
@@ -419,9 +390,11 @@ pub fn gemm(a: Lhs<'_>, b: &PackedB, out: Output<'_>, par: bool) -> Result<()> {
     let (mt, nt) = (m.div_ceil(MC), n.div_ceil(NC));
     let work = (m * n).saturating_mul(a.k.max(1));
     if par && mt * nt > 1 && work >= 1 << 18 {
-        (0..mt * nt)
-            .into_par_iter()
-            .for_each_init(Vec::new, |buf, t| run_block(&a, b, t / nt, t % nt, &raw, buf, kernels));
+        // Each task writes its own MC × NC block of C, borrowed for the whole call.
+        let shared = super::Shared::new(raw);
+        (0..mt * nt).into_par_iter().for_each_init(Vec::new, |buf, t| {
+            run_block(&a, b, t / nt, t % nt, &shared.get(), buf, kernels)
+        });
     } else {
         let mut buf = Vec::new();
         for t in 0..mt * nt {
@@ -706,7 +679,7 @@ pub fn round_to_bf16(src: &[f32], dst: &mut [bf16]) {
 }
 
 /// `dst = round_bf16(softmax(row))` (the shorter length of the two); `row` is scratch. The
-/// same values, bit for bit, as [`crate::vector::softmax_in_place`] followed by
+/// same values, bit for bit, as [`crate::cpu::vector::softmax_in_place`] followed by
 /// [`round_to_bf16`], except that a probability below 2^-126 (an f32 subnormal) becomes 0:
 /// where the CPU has AVX512-BF16 it is three passes over the row instead of five, the last
 /// rounding with `vcvtneps2bf16` (the attention's softmax of every score block).
@@ -722,14 +695,14 @@ pub fn softmax_to_bf16(row: &mut [f32], dst: &mut [bf16]) {
         }
         return;
     }
-    crate::vector::softmax_in_place(row);
+    crate::cpu::vector::softmax_in_place(row);
     round_to_bf16(row, dst);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,fma")]
 unsafe fn exp_sum_avx512(row: &mut [f32]) -> f32 {
-    crate::vector::exp_sum::<crate::vector::Fused>(row)
+    crate::cpu::vector::exp_sum::<crate::cpu::vector::Fused>(row)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -971,7 +944,7 @@ mod tests {
         for n in [1, 15, 16, 17, 72, 300, 4096] {
             let row: Vec<f32> = (0..n).map(|i| rng.next() * (1 + i % 9) as f32).collect();
             let mut want_f = row.clone();
-            crate::vector::softmax_in_place(&mut want_f);
+            crate::cpu::vector::softmax_in_place(&mut want_f);
             let mut want = vec![bf16::ZERO; n];
             round_to_bf16(&want_f, &mut want);
             let (mut scratch, mut got) = (row.clone(), vec![bf16::NAN; n + 1]);

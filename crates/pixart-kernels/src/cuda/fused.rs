@@ -91,7 +91,7 @@ pub fn kv_conv_applies(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
 /// kernel: x (b, h·w, c) tokens on an (h, w) grid -> (b, (h/r)·(w/r), c), f32 accumulation, one
 /// rounding. The rows and columns of a grid that r does not divide are dropped (not read).
 /// weight: r·r·c elements laid out (ky, kx, c), e.g. the (1, 1, r, 1, r, c) tensor of
-/// [`crate::attention::KvCompress`]; bias: c elements.
+/// [`crate::cpu::attention::KvCompress`]; bias: c elements.
 pub fn kv_conv(
     x: &Tensor,
     h: usize,

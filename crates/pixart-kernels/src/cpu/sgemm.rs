@@ -8,7 +8,7 @@
 //!
 //! Written for this project; the structure is the usual GotoBLAS/BLIS one (K. Goto and R. van
 //! de Geijn, "Anatomy of high-performance matrix multiplication", ACM TOMS 34(3), 2008), as in
-//! [`crate::bf16`], with two differences:
+//! [`crate::cpu::bf16`], with two differences:
 //!
 //! - B can be given unpacked ([`Rhs::Nk`], [`Rhs::Kn`], [`Rhs::Panels`]): each task then packs
 //!   the `KC × NC` block it needs into a buffer of its own, so a Linear layer keeps one copy of
@@ -26,10 +26,10 @@
 //! [`native_available`] first.
 use rayon::prelude::*;
 
-use crate::bf16::{check_matrix, GemmError};
+use crate::cpu::bf16::{check_matrix, GemmError};
 
 /// Rows per micro-tile.
-pub const MR: usize = 8;
+pub use crate::cpu::lhs::MR;
 /// Columns per micro-tile (three 16-lane vectors).
 pub const NR: usize = 48;
 const NV: usize = NR / 16;
@@ -50,7 +50,7 @@ fn err<T>(msg: String) -> Result<T> {
 pub fn native_available() -> bool {
     use std::sync::OnceLock;
     static NATIVE: OnceLock<bool> = OnceLock::new();
-    *NATIVE.get_or_init(|| cpu_has_avx512f() && !crate::fallback_forced())
+    *NATIVE.get_or_init(|| cpu_has_avx512f() && !crate::cpu::fallback_forced())
 }
 
 fn cpu_has_avx512f() -> bool {
@@ -65,29 +65,17 @@ fn cpu_has_avx512f() -> bool {
 }
 
 /// The left operand packed in panels of [`MR`] rows: `panel[p][r] = a[r, p]`.
-#[derive(Debug, Clone, Default)]
-pub struct PackedA {
-    data: Vec<f32>,
-    m: usize,
-    k: usize,
-}
+pub type PackedA = crate::cpu::lhs::PackedLhs<f32>;
 
 impl PackedA {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Packs a row-major `m × k` matrix with leading dimension `lda` (rows past `m` are zero).
     pub fn pack(&mut self, a: &[f32], m: usize, k: usize, lda: usize) -> Result<()> {
         check_matrix("A", a.len(), m, k, lda)?;
-        self.m = m;
-        self.k = k;
-        self.data.clear();
-        self.data.resize(m.div_ceil(MR) * k * MR, 0.0);
+        let data = self.reset(m, k);
         if k == 0 {
             return Ok(());
         }
-        for (i, dst) in self.data.chunks_mut(k * MR).enumerate() {
+        for (i, dst) in data.chunks_mut(k * MR).enumerate() {
             for r in 0..MR.min(m - i * MR) {
                 let row = &a[(i * MR + r) * lda..(i * MR + r) * lda + k];
                 for (p, v) in row.iter().enumerate() {
@@ -100,14 +88,9 @@ impl PackedA {
 }
 
 /// The left operand as the micro-kernel reads it.
-pub type Lhs<'a> = crate::lhs::LhsOf<'a, f32>;
+pub type Lhs<'a> = crate::cpu::lhs::LhsOf<'a, f32>;
 
 impl<'a> Lhs<'a> {
-    /// A packed matrix.
-    pub fn packed(a: &'a PackedA) -> Self {
-        Self::from_parts(a.data.as_ptr(), a.m, a.k, a.k * MR, 1, MR)
-    }
-
     /// A row-major `m × k` matrix with leading dimension `lda`, read in place.
     pub fn rows(a: &'a [f32], m: usize, k: usize, lda: usize) -> Result<Self> {
         check_matrix("A", a.len(), m, k, lda)?;
@@ -282,12 +265,6 @@ struct RawOut {
     n: usize,
 }
 
-// SAFETY: the tasks of one `gemm` call write disjoint tiles of the output and only read the
-// bias; the caller's borrows outlive the call.
-unsafe impl Send for RawOut {}
-// SAFETY: as above.
-unsafe impl Sync for RawOut {}
-
 /// One micro-tile over one `k` block.
 #[derive(Clone, Copy)]
 struct Tile {
@@ -397,9 +374,19 @@ fn run(a: Lhs<'_>, b: Rhs<'_>, raw: RawOut, par: bool, kernels: Kernels) {
     };
     let per = mp.div_ceil(groups);
     let tasks = nt * mp.div_ceil(per);
+    // Each task writes its own column block × row-panel group of C, borrowed for the whole call.
+    let shared = super::Shared::new(raw);
     let task = |buf: &mut Vec<f32>, t: usize| {
         let (jc, g) = (t % nt, t / nt);
-        run_task(&a, &b, jc, g * per..((g + 1) * per).min(mp), &raw, buf, kernels);
+        run_task(
+            &a,
+            &b,
+            jc,
+            g * per..((g + 1) * per).min(mp),
+            &shared.get(),
+            buf,
+            kernels,
+        );
     };
     if par && tasks > 1 {
         (0..tasks).into_par_iter().for_each_init(Vec::new, task);

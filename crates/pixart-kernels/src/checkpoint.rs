@@ -1,19 +1,16 @@
-//! Gradient checkpointing per transformer block (candle has none; candle issue #1423).
+//! Gradient checkpointing (candle has none; candle issue #1423), used per transformer block.
 //!
-//! A checkpointed block is one `CustomOp3` over its tracked inputs — the hidden states
-//! (b, n, c), the modulation `t0` (b, 6c) and the block's cross-attention keys and values
-//! stacked (2, b, heads, l, d). Its forward runs the block and keeps only the output, so the
-//! graph holds no activations inside the block. Its backward runs the block again on fresh
-//! `Var`s, backpropagates `sum(out · grad_out)` locally, returns the input gradients and
-//! adds the gradients of the model's parameters to a [`GradSink`], which the trainer merges
-//! with the outer backward's gradients.
+//! A checkpointed function of three tracked tensors (for a block: the hidden states (b, n, c),
+//! the modulation `t0` (b, 6c) and the cross-attention keys and values stacked
+//! (2, b, heads, l, d)) is one `CustomOp3`. Its forward runs the function and keeps only the
+//! output, so the graph holds no activations inside it. Its backward runs the function again
+//! on fresh `Var`s, backpropagates `sum(out · grad_out)` locally, returns the input gradients
+//! and adds the gradients of the model's parameters to a [`GradSink`], which the trainer
+//! merges with the outer backward's gradients.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor, TensorId, Var};
-
-use crate::attention::CrossKv;
-use crate::block::TransformerBlock;
 
 /// Gradients of parameters that checkpointed blocks computed in their own backward.
 pub struct GradSink {
@@ -60,10 +57,11 @@ impl GradSink {
     }
 }
 
-struct BlockOp {
-    block: TransformerBlock,
-    grid: (usize, usize),
-    bias: Option<Tensor>,
+/// The function a checkpoint recomputes: three tensors in, one out.
+pub type Checkpointed = Arc<dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync>;
+
+struct CheckpointOp {
+    f: Checkpointed,
     sink: Arc<GradSink>,
 }
 
@@ -71,13 +69,13 @@ struct BlockOp {
 fn tensor_of(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
     let (start, end) = l
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("checkpointed block: input not contiguous".into()))?;
+        .ok_or_else(|| candle_core::Error::Msg("checkpoint: input not contiguous".into()))?;
     let shape = l.shape().clone();
     match s {
         CpuStorage::F32(v) => Tensor::from_slice(&v[start..end], shape, &Device::Cpu),
         CpuStorage::BF16(v) => Tensor::from_slice(&v[start..end], shape, &Device::Cpu),
         CpuStorage::F16(v) => Tensor::from_slice(&v[start..end], shape, &Device::Cpu),
-        _ => Err(candle_core::Error::Msg("checkpointed block: unsupported dtype".into())),
+        _ => Err(candle_core::Error::Msg("checkpoint: unsupported dtype".into())),
     }
 }
 
@@ -87,28 +85,13 @@ fn storage_of(t: &Tensor) -> candle_core::Result<CpuStorage> {
         DType::F32 => CpuStorage::F32(t.to_vec1()?),
         DType::BF16 => CpuStorage::BF16(t.to_vec1()?),
         DType::F16 => CpuStorage::F16(t.to_vec1()?),
-        d => {
-            return Err(candle_core::Error::Msg(format!(
-                "checkpointed block: unsupported dtype {d:?}"
-            )))
-        }
+        d => return Err(candle_core::Error::Msg(format!("checkpoint: unsupported dtype {d:?}"))),
     })
 }
 
-impl BlockOp {
-    fn run(&self, x: &Tensor, t0: &Tensor, kv: &Tensor) -> candle_core::Result<Tensor> {
-        let cross = CrossKv {
-            k: kv.get(0)?,
-            v: kv.get(1)?,
-            key_lens: None, // the mask bias, as the backward's composed ops use
-        };
-        self.block.forward(x, self.grid, t0, &cross, self.bias.as_ref())
-    }
-}
-
-impl CustomOp3 for BlockOp {
+impl CustomOp3 for CheckpointOp {
     fn name(&self) -> &'static str {
-        "checkpointed-transformer-block"
+        "checkpoint"
     }
 
     fn cpu_fwd(
@@ -120,7 +103,7 @@ impl CustomOp3 for BlockOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let out = self.run(&tensor_of(s1, l1)?, &tensor_of(s2, l2)?, &tensor_of(s3, l3)?)?;
+        let out = (self.f)(&tensor_of(s1, l1)?, &tensor_of(s2, l2)?, &tensor_of(s3, l3)?)?;
         Ok((storage_of(&out)?, out.shape().clone()))
     }
 
@@ -137,7 +120,7 @@ impl CustomOp3 for BlockOp {
             Var::from_tensor(&t0.detach())?,
             Var::from_tensor(&kv.detach())?,
         );
-        let out = self.run(xv.as_tensor(), tv.as_tensor(), kvv.as_tensor())?;
+        let out = (self.f)(xv.as_tensor(), tv.as_tensor(), kvv.as_tensor())?;
         let s = out
             .to_dtype(DType::F32)?
             .mul(&grad.detach().to_dtype(DType::F32)?)?
@@ -153,25 +136,18 @@ impl CustomOp3 for BlockOp {
     }
 }
 
-/// Runs `block` checkpointed (see the module docs); CPU only.
-pub fn checkpointed_block(
-    block: &TransformerBlock,
-    x: &Tensor,
-    grid: (usize, usize),
-    t0: &Tensor,
-    cross: &CrossKv,
-    bias: Option<&Tensor>,
+/// `f(a, b, c)` checkpointed (see the module docs): the graph keeps the three inputs and the
+/// output only; the parameters' gradients of the recomputation go to `sink`. CPU only.
+pub fn checkpoint(
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    f: Checkpointed,
     sink: &Arc<GradSink>,
 ) -> candle_core::Result<Tensor> {
-    if !x.device().is_cpu() {
+    if !a.device().is_cpu() {
         candle_core::bail!("gradient checkpointing runs on the CPU only");
     }
-    let kv = Tensor::stack(&[&cross.k, &cross.v], 0)?.contiguous()?; // (2, b, heads, l, d)
-    let op = BlockOp {
-        block: block.clone(),
-        grid,
-        bias: bias.map(|b| b.detach()),
-        sink: sink.clone(),
-    };
-    x.contiguous()?.apply_op3(&t0.contiguous()?, &kv, op)
+    let op = CheckpointOp { f, sink: sink.clone() };
+    a.contiguous()?.apply_op3(&b.contiguous()?, &c.contiguous()?, op)
 }

@@ -26,22 +26,22 @@ fn main() -> candle_core::Result<()> {
     time("linear c->c", 5, || lin.forward(&x));
     time("linear c->4c", 5, || lin4.forward(&x));
     time("gelu (b,n,4c) candle", 5, || h.gelu());
-    time("gelu (b,n,4c) pixart kernel", 5, || pixart_model::kernels::gelu(&h));
+    time("gelu (b,n,4c) pixart kernel", 5, || pixart_kernels::ops::gelu(&h));
     time("layer_norm_no_affine", 5, || {
-        pixart_model::ops::layer_norm_no_affine(&x, 1e-6)
+        pixart_kernels::ops::layer_norm_no_affine(&x, 1e-6)
     });
-    time("modulate", 5, || pixart_model::ops::modulate(&x, &sh, &sh));
+    time("modulate", 5, || pixart_kernels::ops::modulate(&x, &sh, &sh));
     time("broadcast_mul gate + add", 5, || &x + x.broadcast_mul(&sh)?);
     let q = Tensor::randn(0f32, 1.0, (b, 16, n, 72), &dev)?;
     time("attention n=1024", 5, || {
-        pixart_model::ops::chunked_attention(&q, &q, &q, None, None, 0.1, 1 << 25)
+        pixart_kernels::ops::chunked_attention(&q, &q, &q, None, None, 0.1, 1 << 25)
     });
     let kt = q.t()?;
     time("  qk^T", 5, || q.matmul(&kt));
     let s = q.matmul(&kt)?;
     time("  softmax_last_dim candle", 5, || candle_nn::ops::softmax_last_dim(&s));
     time("  softmax_last_dim pixart kernel", 5, || {
-        pixart_model::kernels::softmax_last_dim(&s)
+        pixart_kernels::ops::softmax_last_dim(&s)
     });
     time("  p v", 5, || s.matmul(&q));
     time("  q * scale", 5, || &q * 0.1);

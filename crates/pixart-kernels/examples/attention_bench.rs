@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use pixart_gemm::attention::{attention_bf16, attention_f32, ScoreBias};
+use pixart_kernels::cpu::attention::{attention_bf16, attention_f32, ScoreBias};
 
 /// `attention_bf16` or `attention_f32`.
 type Attention = fn(&Tensor, &Tensor, &Tensor, ScoreBias, f32) -> candle_core::Result<Tensor>;
@@ -44,8 +44,8 @@ fn main() -> candle_core::Result<()> {
 /// One thread, one block of 64 queries against `n` keys: the time of each piece.
 fn pieces(n: usize, d: usize) -> candle_core::Result<()> {
     use half::bf16;
-    use pixart_gemm::bf16::{gemm, Lhs, Output, PackedB};
-    let e = |e: pixart_gemm::bf16::GemmError| candle_core::Error::Msg(e.to_string());
+    use pixart_kernels::cpu::bf16::{gemm, Lhs, Output, PackedB};
+    let e = |e: pixart_kernels::cpu::bf16::GemmError| candle_core::Error::Msg(e.to_string());
     let rows = 64;
     let val = |i: usize| bf16::from_f32(((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5);
     let q: Vec<bf16> = (0..rows * d).map(val).collect();
@@ -80,7 +80,7 @@ fn pieces(n: usize, d: usize) -> candle_core::Result<()> {
     })?;
     let soft = time(&mut || {
         for (row, prow) in scores.chunks_mut(n).zip(probs.chunks_mut(n)) {
-            pixart_gemm::bf16::softmax_to_bf16(row, prow);
+            pixart_kernels::cpu::bf16::softmax_to_bf16(row, prow);
         }
         Ok(())
     })?;

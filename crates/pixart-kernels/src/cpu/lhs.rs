@@ -1,8 +1,45 @@
-//! The left operand of the GEMMs as their micro-kernels read it: panels of `MR` rows, either
-//! packed or read in place from a row-major matrix. Shared by the f32 GEMM ([`crate::sgemm`],
-//! elements f32) and the bf16 one ([`crate::bf16`], elements bf16 pairs as `u32`); each module
-//! has its constructors.
+//! The left operand of the GEMMs as their micro-kernels read it: panels of [`MR`] rows, either
+//! packed ([`PackedLhs`]) or read in place from a row-major matrix ([`LhsOf`]). Shared by the
+//! f32 GEMM ([`crate::cpu::sgemm`], elements f32) and the bf16 one ([`crate::cpu::bf16`],
+//! elements bf16 pairs as `u32`); each module has its packing and in-place constructors.
 use std::marker::PhantomData;
+
+/// Rows per panel of the left operand, in both GEMMs (their micro-kernels' tile height).
+pub const MR: usize = 8;
+
+/// The left operand packed in panels of [`MR`] rows: `panel[p][r] = a[r, p]` in elements of
+/// `E` (rows past `m` are zero). Reusable: packing again keeps the allocation.
+#[derive(Debug, Clone, Default)]
+pub struct PackedLhs<E> {
+    pub(crate) data: Vec<E>,
+    pub(crate) m: usize,
+    /// Columns, in elements of `E`.
+    pub(crate) k: usize,
+}
+
+impl<E: Copy + Default> PackedLhs<E> {
+    pub fn new() -> Self {
+        Self {
+            data: Vec::new(),
+            m: 0,
+            k: 0,
+        }
+    }
+
+    /// Rows of the packed matrix.
+    pub fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// Makes room for an `m × k` matrix (zeros) and returns the panels, each `k × MR`.
+    pub(crate) fn reset(&mut self, m: usize, k: usize) -> &mut [E] {
+        self.m = m;
+        self.k = k;
+        self.data.clear();
+        self.data.resize(m.div_ceil(MR) * k * MR, E::default());
+        &mut self.data
+    }
+}
 
 #[derive(Clone, Copy)]
 pub struct LhsOf<'a, E> {
@@ -42,6 +79,11 @@ impl<'a, E> LhsOf<'a, E> {
             k_stride,
             _borrow: PhantomData,
         }
+    }
+
+    /// A packed matrix.
+    pub fn packed(a: &'a PackedLhs<E>) -> Self {
+        Self::from_parts(a.data.as_ptr(), a.m, a.k, a.k * MR, 1, MR)
     }
 
     /// Pointers to the MR rows of panel `i` at column `p0`; rows past `m` repeat the last row
