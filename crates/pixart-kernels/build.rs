@@ -2,13 +2,40 @@
 //! for the compute capability in CUDA_COMPUTE_CAP (default 90: H100 / H200), embedded in the
 //! library and JIT-compiled by the driver when first used. The CPU build runs nothing.
 //! nvcc: $NVCC, else $CUDA_HOME/bin/nvcc, else `nvcc` on PATH (tools/cuda/build.sh sets NVCC).
+//!
+//! It also tells the tests what this machine lacks, so that a test that cannot run shows as
+//! ignored in the summary instead of passing without checking: `no_cxx` (no C++ compiler for
+//! the CUDA host emulation), `no_avx512` (the native f32 GEMM is not there to compare). Under
+//! `CI` it sets neither: there every test runs, and fails if what it needs is missing.
 use std::path::PathBuf;
 use std::process::Command;
 
 const KERNELS: &[&str] = &["flash_attention", "fused_ops"];
 
+/// `cfg(name)` for the tests when `missing` and not under CI.
+fn lacks(name: &str, missing: bool) {
+    println!("cargo::rustc-check-cfg=cfg({name})");
+    if missing && std::env::var_os("CI").is_none() {
+        println!("cargo:rustc-cfg={name}");
+    }
+}
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CI");
+    println!("cargo:rerun-if-env-changed=CXX");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    lacks(
+        "no_cxx",
+        !Command::new(&cxx)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    );
+    #[cfg(target_arch = "x86_64")]
+    lacks("no_avx512", !std::arch::is_x86_feature_detected!("avx512f"));
+    #[cfg(not(target_arch = "x86_64"))]
+    lacks("no_avx512", true);
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");

@@ -652,10 +652,12 @@ mod tests {
     /// The f32 path (sgemm, weight read in place) against candle's f32 Linear, and candle's
     /// path (with gradients) when the weight is a variable.
     #[test]
+    #[cfg_attr(no_avx512, ignore = "no AVX-512: f16 takes candle's path, tested by candle")]
     fn f16_linear_is_the_f32_product_rounded_once() {
-        if !crate::cpu::sgemm::native_available() {
-            return; // candle's f16 path, tested by candle
-        }
+        assert!(
+            crate::cpu::sgemm::native_available(),
+            "the native f32 GEMM is off (no AVX-512, or PIXART_GEMM=fallback)"
+        );
         let dev = Device::Cpu;
         // k past one 384-deep block, n off the 48-column panels, a strided x.
         for (dims, n, bias) in [

@@ -4,11 +4,13 @@
 //! machines with no GPU; speed and the real tensor cores are checked on a GPU
 //! (examples/cuda_attention_check.rs, tools/device/gpu-check.sh).
 //!
-//! Needs a C++20 compiler (`c++`, or $CXX); where there is none the test says SKIPPED.
+//! Needs a C++20 compiler (`c++`, or $CXX); where build.rs found none the test is ignored
+//! (under CI it runs, and fails).
 use std::path::Path;
 use std::process::Command;
 
 #[test]
+#[cfg_attr(no_cxx, ignore = "no C++ compiler (c++ or $CXX) for the host emulation")]
 fn flash_attention_kernel_matches_the_reference_under_emulation() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -22,10 +24,7 @@ fn flash_attention_kernel_matches_the_reference_under_emulation() {
         .output()
     {
         Ok(out) => out,
-        Err(e) => {
-            eprintln!("SKIPPED: no C++ compiler ({cxx}: {e})");
-            return;
-        }
+        Err(e) => panic!("no C++ compiler ({cxx}: {e}): the CUDA kernels' host emulation cannot run"),
     };
     assert!(
         built.status.success(),

@@ -452,37 +452,16 @@ mod tests {
         let x = (Tensor::randn(0f32, 3.0, (3, 5, 333), &dev).unwrap() - 1.0).unwrap();
         let a = softmax_last_dim(&x).unwrap();
         let b = candle_nn::ops::softmax(&x, Dim::Minus1).unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&a, &b);
         assert!(d < 1e-6, "softmax {d}");
         let a = gelu(&x).unwrap();
         let b = x.gelu().unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&a, &b);
         assert!(d < 2e-6, "gelu {d}");
         let xb = x.to_dtype(candle_core::DType::BF16).unwrap();
         let a = gelu(&xb).unwrap().to_dtype(candle_core::DType::F32).unwrap();
         let b = xb.to_dtype(candle_core::DType::F32).unwrap().gelu().unwrap();
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = max_diff(&a, &b);
         assert!(d < 5e-2, "gelu bf16 {d}");
     }
 }

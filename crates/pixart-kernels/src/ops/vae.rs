@@ -17,6 +17,7 @@
 use candle_core::{DType, Tensor, D};
 
 use crate::cpu;
+pub use crate::cpu::vae::im2col;
 /// GroupNorm over `x` (b, c, *spatial) with `groups` groups and per-channel `weight`, `bias`
 /// (c); with `silu`, SiLU is applied to the result. Computed in f32 whatever the input dtype.
 pub fn group_norm(
@@ -227,48 +228,6 @@ pub fn attention_single_head(
         Tensor::cat(&outs, 1)?
     };
     out.to_dtype(dtype)
-}
-
-/// The im2col matrix of `x` (b, c_in, h, w) for a kh × kw window with `stride` and zero
-/// `padding`: (b, c_in·kh·kw, ho·wo), rows in the (ci, ky, kx) order of a conv weight. Built
-/// from `pad`/`narrow`/`stack`/`reshape`, so it has a backward.
-pub fn im2col(x: &Tensor, kh: usize, kw: usize, stride: usize, padding: usize) -> candle_core::Result<Tensor> {
-    let (b, c_in, h, w) = x.dims4()?;
-    let (hp, wp) = (h + 2 * padding, w + 2 * padding);
-    if stride == 0 || hp < kh || wp < kw {
-        candle_core::bail!(
-            "im2col: a {kh}x{kw} window (stride {stride}, padding {padding}) does not fit {:?}",
-            x.dims()
-        );
-    }
-    let (ho, wo) = ((hp - kh) / stride + 1, (wp - kw) / stride + 1);
-    // Zero padding, plus trailing zeros so that every tap's strided window of
-    // stride·ho rows (stride·wo columns) fits; the extra ones are never picked.
-    let (eh, ew) = (
-        (kh - 1 + stride * ho).saturating_sub(hp),
-        (kw - 1 + stride * wo).saturating_sub(wp),
-    );
-    let xp = x
-        .pad_with_zeros(2, padding, padding + eh)?
-        .pad_with_zeros(3, padding, padding + ew)?;
-    let mut taps = Vec::with_capacity(kh * kw);
-    for ky in 0..kh {
-        for kx in 0..kw {
-            let t = xp.narrow(2, ky, stride * ho)?.narrow(3, kx, stride * wo)?;
-            let t = if stride > 1 {
-                // (b, c_in, ho·s, wo·s) -> (b, c_in, ho, s, wo, s) -> every s-th row and column
-                t.reshape((b, c_in, ho, stride, wo, stride))?
-                    .narrow(3, 0, 1)?
-                    .narrow(5, 0, 1)?
-            } else {
-                t
-            };
-            // -> (b, c_in, ho·wo)
-            taps.push(t.reshape((b, c_in, ho * wo))?);
-        }
-    }
-    // (b, c_in, kh·kw, ho·wo) -> (b, c_in·kh·kw, ho·wo), rows in the weight's (ci, ky, kx) order
-    Tensor::stack(&taps, 2)?.reshape((b, c_in * kh * kw, ho * wo))
 }
 
 /// The training conv: 3×3, stride 1, padding 1 convolutions of f32 CPU tensors run the fast
