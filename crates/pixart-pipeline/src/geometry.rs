@@ -1,6 +1,6 @@
 //! [`ModelGeometry`]: what request validation needs to know about the models, from the loaded
-//! components or, before loading, from their config files. Both [`crate::components`] and
-//! [`crate::request`] use it; it depends on neither.
+//! components or, before loading, from their config files. Both the components and the
+//! request modules use it; it depends on neither.
 use pixart_model::TransformerConfig;
 use pixart_schedulers::{SamplerKind, SchedulerConfig};
 

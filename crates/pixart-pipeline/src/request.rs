@@ -271,7 +271,13 @@ impl GenerationRequest {
         let steps = self.steps.unwrap_or(default_steps);
         check_steps(Field::Steps, steps)?;
         let guidance = self.guidance.unwrap_or(default_guidance);
-        if !(guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&guidance)) {
+        if !guidance.is_finite() {
+            return Err(invalid(
+                Field::Guidance,
+                format!("must be a finite number, got {guidance}"),
+            ));
+        }
+        if !(0.0..=MAX_GUIDANCE).contains(&guidance) {
             return Err(invalid(
                 Field::Guidance,
                 format!("must be between 0 and {MAX_GUIDANCE}, got {guidance}"),
@@ -325,7 +331,7 @@ impl GenerationRequest {
                     return Err(invalid(
                         Field::Mask,
                         format!(
-                            "is {}x{} but the image is {}x{}; they must be the same size",
+                            "does not fit: the mask is {}x{} but the image is {}x{}; they must be the same size",
                             m.width, m.height, init.image.width, init.image.height
                         ),
                     ));
@@ -481,8 +487,13 @@ pub(crate) fn check_model_fit(
             ));
         }
     }
-    let mut scheduler =
-        from_config(&g.scheduler, sampler).map_err(|e| invalid(Field::Sampler, format!("cannot run: {e}")))?;
+    let mut scheduler = match from_config(&g.scheduler, sampler) {
+        Ok(s) => s,
+        // The model's own sampler that cannot be built is its config file's fault, reported
+        // against the file when the model is loaded.
+        Err(_) if sampler.is_none() && g.scheduler.class().is_some() => return Ok(()),
+        Err(e) => return Err(invalid(Field::Sampler, format!("cannot run: {e}"))),
+    };
     scheduler
         .set_timesteps(steps)
         .map_err(|e| invalid(Field::Steps, format!("{steps} cannot run: {e}")))?;
@@ -490,7 +501,7 @@ pub(crate) fn check_model_fit(
         return Err(invalid(
             Field::Sampler,
             format!(
-                "{} uses the variance the transformer predicts, but this transformer has out_channels {} (a learned-sigma model has 2 x in_channels = {}); choose another sampler",
+                "{0} cannot run: sampler {0} uses the variance the transformer predicts, but this transformer has out_channels {1} (a learned-sigma model has 2 x in_channels = {2}); choose another sampler",
                 scheduler.kind(),
                 g.out_channels,
                 2 * g.in_channels
@@ -696,7 +707,7 @@ mod tests {
         };
         assert!(with(Some(1000), Some(50.0)).validate(&g).is_ok());
         assert!(with(None, Some(0.0)).validate(&g).is_ok());
-        for bad in [-3.0, 50.5, 1e30, f64::NAN, f64::INFINITY] {
+        for bad in [-3.0, 50.5, 1e30, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
             assert_eq!(field_of(with(None, Some(bad)), &g), Field::Guidance, "{bad}");
         }
         assert_eq!(field_of(with(Some(0), None), &g), Field::Steps);

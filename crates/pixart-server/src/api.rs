@@ -759,7 +759,8 @@ mod tests {
         let e = validate(parse_body(body.as_bytes()).unwrap(), &Limits::default(), &no_sigma).unwrap_err();
         assert_eq!((e.status.as_u16(), e.param.as_deref()), (422, Some("scheduler")));
         assert!(
-            e.message.starts_with("`scheduler` iddpm uses the variance"),
+            e.message
+                .starts_with("`scheduler` iddpm cannot run: sampler iddpm uses the variance"),
             "{}",
             e.message
         );

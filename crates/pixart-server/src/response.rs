@@ -1,4 +1,4 @@
-//! Plain JSON responses (the error bodies of [`crate::error`] too).
+//! Plain JSON responses (the error bodies too); it depends on no other module here.
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 

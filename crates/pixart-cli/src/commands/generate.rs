@@ -355,10 +355,16 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     };
     // Validate against the config files first (the KV compression as it will be loaded), so
     // that a bad request, its upscaling included, fails before loading.
-    if let Ok(geometry) = resolved.geometry_with(options.kv_compress.as_ref()) {
-        for g in &groups {
-            request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
+    match resolved.geometry_with(options.kv_compress.as_ref()) {
+        Ok(geometry) => {
+            for g in &groups {
+                request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
+            }
         }
+        // --kv-compress naming layers the model lacks.
+        Err(e @ pixart_core::Error::InvalidRequest { .. }) => return Err(usage(e)),
+        // No config files to check against (an original checkpoint): checked once loaded.
+        Err(_) => {}
     }
     // Every output's path, so that none fails after the work (a folder named out-1.png).
     let outputs = match output_kind {
