@@ -368,8 +368,12 @@ fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 /// string, which the type check then names), the others as strings.
 fn form_value(name: &str, text: String) -> Value {
     let number = match name {
-        "n" | "steps" | "seed" | "output_compression" => text.trim().parse::<u64>().ok().map(Value::from),
-        "guidance_scale" | "strength" => text.trim().parse::<f64>().ok().map(Value::from),
+        "n" | "steps" | "seed" | "output_compression" | "upscale_steps" => {
+            text.trim().parse::<u64>().ok().map(Value::from)
+        }
+        "guidance_scale" | "strength" | "upscale" | "upscale_strength" => {
+            text.trim().parse::<f64>().ok().map(Value::from)
+        }
         "preview" => text.trim().parse::<bool>().ok().map(Value::from),
         _ => None,
     };
