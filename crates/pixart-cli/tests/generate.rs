@@ -196,6 +196,19 @@ fn usage_errors_exit_2_with_one_line() {
         (vec!["-p", "x", "--scheduler", "lms", "-o", o], "unknown sampler"),
         (vec!["-p", "x", "--steps", "0", "-o", o], "steps"),
         (vec!["-p", "x", "--guidance", "nan", "-o", o], "finite"),
+        // The engine's range, the server's too (it used to run with any finite guidance).
+        (
+            vec!["-p", "x", "--guidance", "-3", "-o", o],
+            "--guidance must be between 0 and 50, got -3",
+        ),
+        (
+            vec!["-p", "x", "--guidance", "1e30", "-o", o],
+            "--guidance must be between 0 and 50",
+        ),
+        (
+            vec!["-p", "x", "--steps", "1001", "-o", o],
+            "--steps 1001 is more than 1000",
+        ),
         (
             vec![
                 "-p",

@@ -101,7 +101,7 @@ pub fn check_parameters(parameters: u128) -> std::result::Result<(), String> {
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text =
         serde_json::to_string_pretty(value).map_err(|e| Error::config(path, format!("cannot serialise: {e}")))?;
-    crate::weights::write_atomic(path, text.as_bytes())
+    crate::files::write_atomic(path, text.as_bytes())
 }
 
 #[cfg(test)]

@@ -28,6 +28,11 @@ pub enum Error {
     /// A request or argument that cannot be honoured.
     #[error("{0}")]
     InvalidInput(String),
+    /// A generation request whose `field` cannot be honoured. `message` follows the field's
+    /// name (`"must be at least 1"`), so that each front-end names the field its own way: the
+    /// CLI as its flag (`--steps must be at least 1`), the server as its JSON field.
+    #[error("{} {message}", field.name())]
+    InvalidRequest { field: Field, message: String },
     /// The Hugging Face hub could not be reached or refused a download (a run-time failure,
     /// unlike a hub id that does not exist, which is [`Error::InvalidInput`]).
     #[error("{0}")]
@@ -39,6 +44,78 @@ pub enum Error {
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// The fields of a generation request, for [`Error::InvalidRequest`]: what the caller set,
+/// named by the library ([`Field::name`]); front-ends map them to their own names in one
+/// table each (a CLI flag, a JSON field). Not `non_exhaustive` on purpose: a new field does not
+/// compile until every front-end's table names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Field {
+    Prompt,
+    NegativePrompt,
+    /// The image width.
+    Width,
+    /// The image height.
+    Height,
+    /// Width and height together (e.g. too small for the model's KV compression).
+    Size,
+    /// Images per prompt.
+    Batch,
+    Steps,
+    Guidance,
+    Seed,
+    Sampler,
+    /// Image to image: the start picture.
+    Image,
+    Strength,
+    /// Inpainting: the mask picture.
+    Mask,
+    /// Initial latents.
+    Latents,
+    Previews,
+    /// The KV compression spec (`SAMPLING[:R[:LAYERS]]`).
+    KvCompress,
+    /// Two-pass upscaling: the factor, the second pass's strength and steps.
+    Upscale,
+    UpscaleStrength,
+    UpscaleSteps,
+    /// What the run makes (images or latents).
+    Output,
+}
+
+impl Field {
+    /// The library's name for the field (`steps`, `upscale_strength`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Prompt => "prompt",
+            Self::NegativePrompt => "negative_prompt",
+            Self::Width => "width",
+            Self::Height => "height",
+            Self::Size => "size",
+            Self::Batch => "batch",
+            Self::Steps => "steps",
+            Self::Guidance => "guidance",
+            Self::Seed => "seed",
+            Self::Sampler => "sampler",
+            Self::Image => "image",
+            Self::Strength => "strength",
+            Self::Mask => "mask",
+            Self::Latents => "latents",
+            Self::Previews => "previews",
+            Self::KvCompress => "kv_compress",
+            Self::Upscale => "upscale",
+            Self::UpscaleStrength => "upscale_strength",
+            Self::UpscaleSteps => "upscale_steps",
+            Self::Output => "output",
+        }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The problems a message lists before it only counts the rest.
@@ -74,6 +151,14 @@ impl Error {
         }
     }
 
+    /// An [`Error::InvalidRequest`]: `message` follows the field's name.
+    pub fn request(field: Field, message: impl Into<String>) -> Self {
+        Error::InvalidRequest {
+            field,
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::Weights`] for `path` with one problem.
     pub fn weights(path: impl Into<PathBuf>, problem: impl Into<String>) -> Self {
         Error::Weights {
@@ -86,6 +171,19 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_error_reads_as_its_field_then_the_message() {
+        let e = Error::request(Field::UpscaleSteps, "must be at least 1");
+        assert_eq!(e.to_string(), "upscale_steps must be at least 1");
+        assert!(matches!(
+            e,
+            Error::InvalidRequest {
+                field: Field::UpscaleSteps,
+                ..
+            }
+        ));
+    }
 
     #[test]
     fn weight_problems_are_listed_up_to_a_count() {

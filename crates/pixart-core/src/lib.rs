@@ -5,6 +5,7 @@
 //!   named tensors, and [`weights::CheckedWeights`], a `VarBuilder` backend that checks a file
 //!   against what a model asks for and reports every missing, mis-shaped and unexpected tensor
 //!   at once.
+//! - [`files`]: atomic writes (temp file + rename), also re-exported from [`weights`].
 //! - [`config`]: reading JSON config files with errors that name the file.
 //! - [`mem`]: peak resident memory, for benchmarks.
 //! - [`mask`]: reading tokenizer attention masks (prefix lengths).
@@ -13,9 +14,10 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod mask;
 pub mod mem;
 pub mod testing;
 pub mod weights;
 
-pub use error::{Error, Result};
+pub use error::{Error, Field, Result};

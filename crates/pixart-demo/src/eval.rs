@@ -82,8 +82,8 @@ pub struct EvalItem {
 fn request(records: &[EvalRecord], start: usize, opts: &EvalOptions) -> GenerationRequest {
     GenerationRequest {
         prompts: records.iter().map(|r| opts.caption.prompt(r).to_string()).collect(),
-        steps: opts.steps,
-        guidance: opts.guidance,
+        steps: Some(opts.steps),
+        guidance: Some(opts.guidance),
         seed: opts.seed.wrapping_add(start as u64),
         sampler: opts.sampler,
         // Native size: no width/height, no binning (the demo model's sizes have no bin table).

@@ -134,37 +134,10 @@ pub struct KvCompressConfig {
 }
 
 impl KvCompressConfig {
-    /// Parses the CLI form `SAMPLING[:R[:LAYERS]]`, e.g. `conv`, `conv:2`, `uniform:2:14-27`,
-    /// `conv:2:0,3,10-12`. R defaults to 2 and the layers to the deeper half of `num_layers`;
-    /// the result is checked against a model of `num_layers` blocks.
-    /// `none` or `off` gives `None`.
+    /// Parses the CLI form `SAMPLING[:R[:LAYERS]]` ([`KvCompressSpec::parse`]) and fits it to a
+    /// model of `num_layers` blocks ([`KvCompressSpec::resolve`]). `none` or `off` gives `None`.
     pub fn parse_spec(spec: &str, num_layers: usize) -> std::result::Result<Option<Self>, String> {
-        let spec = spec.trim();
-        if spec == "none" || spec == "off" {
-            return Ok(None);
-        }
-        let mut parts = spec.splitn(3, ':');
-        let sampling_s = parts.next().unwrap_or_default();
-        let sampling = KvSampling::parse(sampling_s).ok_or_else(|| {
-            format!("unknown KV compression sampling `{sampling_s}` (expected conv, uniform, ave or none)")
-        })?;
-        let scale_factor = match parts.next() {
-            None => 2,
-            Some(r) => r
-                .parse::<usize>()
-                .map_err(|_| format!("KV compression ratio `{r}` is not a whole number"))?,
-        };
-        let layers = match parts.next() {
-            None => (num_layers / 2..num_layers).collect(),
-            Some(list) => parse_layer_list(list, num_layers)?,
-        };
-        let kv = Self {
-            sampling,
-            scale_factor,
-            layers,
-        };
-        kv.check(num_layers)?;
-        Ok(Some(kv))
+        KvCompressSpec::parse(spec)?.resolve(num_layers)
     }
 
     /// Checks the values against a model with `num_layers` blocks.
@@ -197,9 +170,121 @@ fn out_of_range(layer: usize, num_layers: usize) -> String {
 /// The largest KV compression ratio (the paper uses 2; a token grid is at most 1024 wide).
 pub const MAX_KV_RATIO: usize = 64;
 
-/// `2,5,14-27`: sorted, without repeats; every layer below `num_layers` (checked before a
-/// range is expanded, so `0-1000000000000` is refused rather than allocated).
-fn parse_layer_list(list: &str, num_layers: usize) -> std::result::Result<Vec<usize>, String> {
+/// A KV compression setting as the CLI spells it, parsed without the model:
+/// `SAMPLING[:R[:LAYERS]]` (`conv`, `conv:2`, `uniform:2:14-27`, `conv:2:0,3,10-12`), or `none` /
+/// `off`. R defaults to 2 and the layers to the deeper half of the model; which layers those
+/// are, and whether the listed ones exist, is settled by [`Self::resolve`] against the model's
+/// depth when it is opened ([`crate::loading::open_checkpoint`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvCompressSpec {
+    /// `none` / `off`: no compression, also on a checkpoint that has it.
+    Off,
+    /// Compress K and V of the given layers.
+    On {
+        sampling: KvSampling,
+        /// R, in `1..=MAX_KV_RATIO`.
+        scale_factor: usize,
+        layers: KvLayers,
+    },
+}
+
+/// The layers of a [`KvCompressSpec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvLayers {
+    /// `num_layers / 2 .. num_layers` (the paper's choice for PixArt-Σ: the deeper half).
+    DeeperHalf,
+    /// Inclusive ranges as listed (`5` is `(5, 5)`), each with start ≤ end.
+    Listed(Vec<(usize, usize)>),
+}
+
+impl From<Option<KvCompressConfig>> for KvCompressSpec {
+    /// A resolved setting as a spec (`None`: off).
+    fn from(kv: Option<KvCompressConfig>) -> Self {
+        match kv {
+            None => Self::Off,
+            Some(kv) => Self::On {
+                sampling: kv.sampling,
+                scale_factor: kv.scale_factor,
+                layers: KvLayers::Listed(kv.layers.iter().map(|&l| (l, l)).collect()),
+            },
+        }
+    }
+}
+
+impl KvCompressSpec {
+    /// Parses `SAMPLING[:R[:LAYERS]]` or `none` / `off`; the message says what is wrong.
+    pub fn parse(spec: &str) -> std::result::Result<Self, String> {
+        let spec = spec.trim();
+        if spec == "none" || spec == "off" {
+            return Ok(Self::Off);
+        }
+        let mut parts = spec.splitn(3, ':');
+        let sampling_s = parts.next().unwrap_or_default();
+        let sampling = KvSampling::parse(sampling_s).ok_or_else(|| {
+            format!("unknown KV compression sampling `{sampling_s}` (expected conv, uniform, ave or none)")
+        })?;
+        let scale_factor = match parts.next() {
+            None => 2,
+            Some(r) => r
+                .parse::<usize>()
+                .map_err(|_| format!("KV compression ratio `{r}` is not a whole number"))?,
+        };
+        if !(1..=MAX_KV_RATIO).contains(&scale_factor) {
+            return Err(format!(
+                "kv_compress.scale_factor must be between 1 and {MAX_KV_RATIO}, got {scale_factor}"
+            ));
+        }
+        let layers = match parts.next() {
+            None => KvLayers::DeeperHalf,
+            Some(list) => KvLayers::Listed(parse_layer_list(list)?),
+        };
+        Ok(Self::On {
+            sampling,
+            scale_factor,
+            layers,
+        })
+    }
+
+    /// The setting for a model of `num_layers` blocks (`None`: off); fails when a listed layer
+    /// is not in the model (the message follows the setting's name: `names layer 30, ...`) (checked before a range is expanded, so `0-1000000000000` is
+    /// refused rather than allocated).
+    pub fn resolve(&self, num_layers: usize) -> std::result::Result<Option<KvCompressConfig>, String> {
+        let Self::On {
+            sampling,
+            scale_factor,
+            layers,
+        } = self
+        else {
+            return Ok(None);
+        };
+        let layers = match layers {
+            KvLayers::DeeperHalf => (num_layers / 2..num_layers).collect(),
+            KvLayers::Listed(ranges) => {
+                if let Some(&(_, b)) = ranges.iter().find(|(_, b)| *b >= num_layers) {
+                    return Err(format!(
+                        "names layer {b}, but the model has {num_layers} layers (0..{})",
+                        num_layers.saturating_sub(1)
+                    ));
+                }
+                let mut out: Vec<usize> = ranges.iter().flat_map(|&(a, b)| a..=b).collect();
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        };
+        let kv = KvCompressConfig {
+            sampling: *sampling,
+            scale_factor: *scale_factor,
+            layers,
+        };
+        kv.check(num_layers)?;
+        Ok(Some(kv))
+    }
+}
+
+/// `2,5,14-27` as inclusive ranges, in the order given (a range's end below its start is
+/// refused); whether the layers exist is [`KvCompressSpec::resolve`]'s to check.
+fn parse_layer_list(list: &str) -> std::result::Result<Vec<(usize, usize)>, String> {
     let mut out = Vec::new();
     for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let num = |s: &str| {
@@ -213,22 +298,14 @@ fn parse_layer_list(list: &str, num_layers: usize) -> std::result::Result<Vec<us
                 if a > b {
                     return Err(format!("empty layer range `{part}`"));
                 }
-                if b >= num_layers {
-                    return Err(out_of_range(b, num_layers));
-                }
-                out.extend(a..=b);
+                out.push((a, b));
             }
             None => {
                 let l = num(part)?;
-                if l >= num_layers {
-                    return Err(out_of_range(l, num_layers));
-                }
-                out.push(l);
+                out.push((l, l));
             }
         }
     }
-    out.sort_unstable();
-    out.dedup();
     Ok(out)
 }
 
@@ -410,6 +487,29 @@ mod tests {
         let e = KvCompressConfig::parse_spec("conv:1000000000000", 28).unwrap_err();
         assert!(e.contains("between 1 and 64"), "{e}");
         assert!(KvCompressConfig::parse_spec("conv:2:28", 28).is_err());
+    }
+
+    #[test]
+    fn kv_specs_parse_without_the_model_and_resolve_against_its_depth() {
+        // The default layers are the deeper half of whatever model the spec meets.
+        let spec = KvCompressSpec::parse("conv:3").unwrap();
+        assert_eq!(spec.resolve(28).unwrap().unwrap().layers, (14..28).collect::<Vec<_>>());
+        assert_eq!(spec.resolve(2).unwrap().unwrap().layers, vec![1]);
+        // Listed layers are checked only against a model: 9 is fine for 28 blocks, not for 2.
+        let spec = KvCompressSpec::parse("conv:2:9").unwrap();
+        assert_eq!(spec.resolve(28).unwrap().unwrap().layers, vec![9]);
+        let e = spec.resolve(2).unwrap_err();
+        assert!(e.contains("names layer 9, but the model has 2 layers"), "{e}");
+        assert_eq!(KvCompressSpec::parse(" off ").unwrap(), KvCompressSpec::Off);
+        assert_eq!(KvCompressSpec::Off.resolve(28).unwrap(), None);
+        // Syntax and ratio errors need no model.
+        assert!(KvCompressSpec::parse("conv:2:5-3").is_err());
+        assert!(KvCompressSpec::parse("conv:0")
+            .unwrap_err()
+            .contains("between 1 and 64"));
+        // A resolved config round-trips through the spec.
+        let kv = KvCompressConfig::parse_spec("uniform:3:0,2-4", 28).unwrap();
+        assert_eq!(KvCompressSpec::from(kv.clone()).resolve(28).unwrap(), kv);
     }
 
     #[test]

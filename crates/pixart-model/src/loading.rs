@@ -6,9 +6,9 @@ use std::sync::Arc;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use pixart_core::weights::{CheckedWeights, FileKind, Recording, Shared, WeightFile};
-use pixart_core::{Error, Result};
+use pixart_core::{Error, Field, Result};
 
-use crate::config::{KvCompressConfig, TransformerConfig};
+use crate::config::{KvCompressSpec, TransformerConfig};
 use crate::lora::{lora_deltas, LoraMerge};
 use crate::original;
 use crate::transformer::{BuildReport, PixArtTransformer};
@@ -18,8 +18,9 @@ use crate::transformer::{BuildReport, PixArtTransformer};
 pub struct LoadOptions {
     pub dtype: DType,
     pub device: Device,
-    /// `Some(x)`: replace the config's KV compression by `x` (`Some(None)` turns it off).
-    pub kv_compress: Option<Option<KvCompressConfig>>,
+    /// Replace the config's KV compression ([`KvCompressSpec::Off`] turns it off); the spec is
+    /// fitted to the model's depth here, where its config is read.
+    pub kv_compress: Option<KvCompressSpec>,
     /// Replace the PE interpolation scale.
     pub interpolation_scale: Option<f64>,
     /// For an original checkpoint without config.json: number of heads (default hidden/72).
@@ -128,8 +129,10 @@ pub fn open_checkpoint(path: &Path, opts: &LoadOptions) -> Result<(WeightFile, T
     if config.kv_compress.is_none() {
         config.kv_compress = original::kv_compress_from_weights(file.infos());
     }
-    if let Some(kv) = &opts.kv_compress {
-        config.kv_compress = kv.clone();
+    if let Some(spec) = &opts.kv_compress {
+        config.kv_compress = spec
+            .resolve(config.num_layers)
+            .map_err(|m| Error::request(Field::KvCompress, m))?;
     }
     if let Some(s) = opts.interpolation_scale {
         config.interpolation_scale = Some(s);

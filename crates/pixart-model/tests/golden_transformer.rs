@@ -171,7 +171,7 @@ fn original_layout_without_config_is_inferred() {
 #[test]
 fn kv_compress_added_to_a_checkpoint_without_it_starts_from_averaging() {
     // base has no KV weights: asking for conv compression initialises it (weak-to-strong).
-    let kv = pixart_model::KvCompressConfig::parse_spec("conv:2:1", 2).unwrap();
+    let kv = pixart_model::config::KvCompressSpec::parse("conv:2:1").unwrap();
     let opts = LoadOptions {
         kv_compress: Some(kv),
         ..opts()
@@ -203,7 +203,7 @@ fn kv_compress_added_to_a_checkpoint_without_it_starts_from_averaging() {
 #[test]
 fn kv_compress_can_be_turned_off_on_a_compressed_checkpoint() {
     let opts = LoadOptions {
-        kv_compress: Some(None),
+        kv_compress: Some(pixart_model::config::KvCompressSpec::Off),
         ..opts()
     };
     let loaded = load_transformer(&case_dir("kv_conv"), &opts).unwrap();

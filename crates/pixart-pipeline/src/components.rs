@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use pixart_core::{Error, Result};
-use pixart_model::{load_transformer, KvCompressConfig, LoadOptions, PixArtTransformer, TransformerConfig};
+use pixart_model::config::KvCompressSpec;
+use pixart_model::{load_transformer, LoadOptions, PixArtTransformer, TransformerConfig};
 use pixart_schedulers::SchedulerConfig;
 use pixart_text::T5Tokenizer;
 use pixart_vae::{load_vae, AutoencoderKl};
 
+use crate::geometry::ModelGeometry;
 use crate::hub::{DownloadProgress, HubConfig};
 use crate::request::MAX_SEQUENCE_LENGTH;
 
@@ -45,8 +47,9 @@ pub struct ComponentOptions {
     /// Transformer dtype (and VAE dtype off the CPU). The T5 encoder runs in f32 when this is
     /// f32 and in bf16 otherwise (f16 overflows in T5 v1.1); the VAE runs in f32 on the CPU.
     pub dtype: DType,
-    /// Replace the transformer config's KV compression (`Some(None)` turns it off).
-    pub kv_compress: Option<Option<KvCompressConfig>>,
+    /// Replace the transformer config's KV compression ([`KvCompressSpec::Off`] turns it
+    /// off); fitted to the model's depth when it is loaded.
+    pub kv_compress: Option<KvCompressSpec>,
     /// LoRA adapters merged into the transformer.
     pub loras: Vec<pixart_model::lora::LoraSpec>,
     /// Load the T5 encoder now and keep it, instead of loading it for each generation and
@@ -96,21 +99,7 @@ fn max_sequence_length_of(dir: &Path) -> usize {
     }
 }
 
-/// What request validation needs to know about the models.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelGeometry {
-    /// Transformer `sample_size` (latent side at the native resolution).
-    pub sample_size: usize,
-    pub patch_size: usize,
-    /// Latent channels the transformer takes.
-    pub in_channels: usize,
-    /// Image pixels per latent pixel.
-    pub vae_factor: usize,
-}
-
 impl ResolvedPaths {
-    /// The geometry from the config files alone (no weights read), to validate a request before
-    /// loading. Fails for a transformer without `config.json` (an original checkpoint).
     /// The sampler the model's `scheduler_config.json` names, if it is readable and names one
     /// (for defaults before loading; loading reports a bad file).
     pub fn scheduler_kind(&self) -> Option<pixart_schedulers::SamplerKind> {
@@ -120,18 +109,27 @@ impl ResolvedPaths {
             .map(pixart_schedulers::SamplerKind::of_class)
     }
 
+    /// The geometry from the config files alone (no weights read), to validate a request before
+    /// loading. Fails for a transformer without `config.json` (an original checkpoint).
     pub fn geometry(&self) -> Result<ModelGeometry> {
+        self.geometry_with(None)
+    }
+
+    /// [`Self::geometry`] of the model as it will be loaded with the KV compression `kv`
+    /// ([`ComponentOptions::kv_compress`]).
+    pub fn geometry_with(&self, kv: Option<&KvCompressSpec>) -> Result<ModelGeometry> {
         let (_, cfg) = pixart_model::loading::locate(&self.transformer)?;
         let cfg = cfg.ok_or_else(|| Error::config(&self.transformer, "no config.json"))?;
-        let t = TransformerConfig::from_file(&cfg)?;
+        let mut t = TransformerConfig::from_file(&cfg)?;
+        if let Some(spec) = kv {
+            t.kv_compress = spec
+                .resolve(t.num_layers)
+                .map_err(|m| Error::request(pixart_core::Field::KvCompress, m))?;
+        }
         let vae_cfg = pixart_vae::loading::vae_dir(&self.vae)?.join("config.json");
         let v = pixart_vae::AutoencoderKlConfig::from_file(&vae_cfg)?;
-        Ok(ModelGeometry {
-            sample_size: t.sample_size,
-            patch_size: t.patch_size,
-            in_channels: t.in_channels,
-            vae_factor: v.downsample_factor(),
-        })
+        let scheduler = SchedulerConfig::from_file(&self.scheduler_config)?;
+        Ok(ModelGeometry::new(&t, v.downsample_factor(), scheduler))
     }
 }
 
@@ -419,13 +417,11 @@ impl PipelineComponents {
 
     /// What request validation needs.
     pub fn geometry(&self) -> ModelGeometry {
-        let t = self.transformer_config();
-        ModelGeometry {
-            sample_size: t.sample_size,
-            patch_size: t.patch_size,
-            in_channels: t.in_channels,
-            vae_factor: self.vae_factor(),
-        }
+        ModelGeometry::new(
+            self.transformer_config(),
+            self.vae_factor(),
+            self.scheduler_config.clone(),
+        )
     }
 
     /// Image pixels per latent pixel (8 for the SDXL VAE).

@@ -42,15 +42,27 @@ pub fn parameters_text(
             format!(", Denoising strength: {}{mask}", i.strength)
         })
         .unwrap_or_default();
+    // Two-pass upscaling: the first pass's settings and size, then the second's, so that
+    // `--from` repeats both.
+    let (size, hires) = match &r.upscale {
+        Some(u) => (
+            (r.out_width, r.out_height),
+            format!(
+                ", Hires upscale: {}, Hires steps: {}, Hires strength: {}",
+                u.factor, u.steps, u.strength
+            ),
+        ),
+        None => ((image.width, image.height), String::new()),
+    };
     format!(
         "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, \
-         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}{strength}",
+         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}{strength}{hires}",
         r.negative_prompt,
         r.steps,
         r.guidance,
         r.seed.wrapping_add(k as u64),
-        image.width,
-        image.height,
+        size.0,
+        size.1,
         r.resolution_binning
     )
 }

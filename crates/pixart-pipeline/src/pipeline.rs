@@ -19,8 +19,8 @@ use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
 use crate::aspect_bins::resize_and_crop;
 use crate::components::PipelineComponents;
 use crate::image::RgbImage;
-use crate::noise::NoiseSource;
-use crate::request::{InitImage, OutputKind, Previews, ValidatedRequest};
+use crate::noise::{NoiseSource, SeededNoise};
+use crate::request::{check_model_fit, InitImage, OutputKind, Previews, ValidatedRequest};
 
 /// The stages of a generation, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,18 @@ pub enum Progress {
         done: usize,
         total: usize,
         images: Arc<Vec<RgbImage>>,
+    },
+    /// Two-pass upscaling: the second pass of image `image` (of `of`) begins, from the first
+    /// pass's `from` (width, height) to `to`, with seed `seed`, running `steps_to_run` of its
+    /// `steps` steps; its own events follow.
+    Upscale {
+        image: usize,
+        of: usize,
+        from: (usize, usize),
+        to: (usize, usize),
+        seed: u64,
+        steps: usize,
+        steps_to_run: usize,
     },
     /// A prompt (`negative: true`: the negative prompt) was cut to `limit` tokens (300, 120 for
     /// a PixArt-α pipeline); `dropped` tokens were lost (diffusers warns the same way).
@@ -359,7 +371,69 @@ fn latent_mask(mask: &RgbImage, (gh, gw): (usize, usize), (lh, lw): (usize, usiz
 /// Generates `request` with `components`. `noise` supplies the initial latents (unless the
 /// request carries them) and the per-step noise of samplers that need it; `progress` receives
 /// [`Progress`] events; `cancel` is checked between steps (set it from a signal handler).
+///
+/// With two-pass upscaling ([`ValidatedRequest::upscale`]) each image of this first pass then
+/// goes through its second pass ([`ValidatedRequest::upscale_pass`]), which draws its noise
+/// from [`SeededNoise`] with the image's own seed (`seed + k`, as a one-image run with that
+/// seed), announced by [`Progress::Upscale`]. The output holds the upscaled images (their
+/// latents and pixels stacked), and the timings of every pass.
 pub fn generate(
+    components: &PipelineComponents,
+    request: &ValidatedRequest,
+    noise: &mut dyn NoiseSource,
+    progress: &mut dyn FnMut(Progress),
+    cancel: &AtomicBool,
+) -> Result<Generated> {
+    let first = match generate_pass(components, request, noise, progress, cancel)? {
+        Generated::Finished(out) => out,
+        cancelled => return Ok(cancelled),
+    };
+    if request.upscale.is_none() {
+        return Ok(Generated::Finished(first));
+    }
+    let geometry = components.geometry();
+    let of = first.images.len();
+    let mut timings = first.timings;
+    let (mut latents, mut pixels, mut images) = (Vec::new(), Vec::new(), Vec::with_capacity(of));
+    for (k, image) in first.images.into_iter().enumerate() {
+        let from = (image.width, image.height);
+        let second = request.upscale_pass(k, image, &geometry)?;
+        progress(Progress::Upscale {
+            image: k,
+            of,
+            from,
+            to: (second.out_width, second.out_height),
+            seed: second.seed,
+            steps: second.steps,
+            steps_to_run: second.steps_to_run(),
+        });
+        let mut noise = SeededNoise::new(second.seed);
+        match generate_pass(components, &second, &mut noise, progress, cancel)? {
+            Generated::Finished(out) => {
+                timings.stages.extend(out.timings.stages);
+                timings.steps.extend(out.timings.steps);
+                timings.previews.extend(out.timings.previews);
+                latents.push(out.latents);
+                pixels.extend(out.pixels);
+                images.extend(out.images);
+            }
+            cancelled => return Ok(cancelled),
+        }
+    }
+    Ok(Generated::Finished(Output {
+        latents: Tensor::cat(&latents, 0)?,
+        pixels: if pixels.is_empty() {
+            None
+        } else {
+            Some(Tensor::cat(&pixels, 0)?)
+        },
+        images,
+        timings,
+    }))
+}
+
+/// One pass of [`generate`]: the request as it is, without its upscaling.
+fn generate_pass(
     components: &PipelineComponents,
     request: &ValidatedRequest,
     noise: &mut dyn NoiseSource,
@@ -374,34 +448,11 @@ pub fn generate(
         progress,
         timings: Timings::default(),
     };
-    // KV compression pools R×R windows of the token grid: the grid must hold one.
-    let tc = c.transformer_config();
-    if let Some(kv) = tc
-        .kv_compress
-        .as_ref()
-        .filter(|k| k.scale_factor > 1 && !k.layers.is_empty())
-    {
-        let step = c.vae_factor() * tc.patch_size;
-        let (gh, gw) = (r.gen_height / step, r.gen_width / step);
-        if gh.min(gw) < kv.scale_factor {
-            return Err(Error::InvalidInput(format!(
-                "KV compression with ratio {0} needs a token grid of at least {0}x{0}; a {1}x{2} image has {3}x{4} tokens",
-                kv.scale_factor, r.gen_width, r.gen_height, gw, gh
-            )));
-        }
-    }
-
-    // The sampler, before any heavy work: a bad sampler setting fails at once.
+    // The request's checks that need the model ([`crate::request`]), in case it was validated
+    // against other components; then the sampler, before any heavy work.
+    check_model_fit(&c.geometry(), r.sampler, r.steps, r.gen_width, r.gen_height)?;
     let mut scheduler = from_config(&c.scheduler_config, r.sampler)?;
     scheduler.set_timesteps(r.steps)?;
-    if scheduler.model_variance() && tc.out_channels() != 2 * tc.in_channels {
-        return Err(Error::InvalidInput(format!(
-            "sampler {} uses the variance the transformer predicts, but this transformer has out_channels {} (a learned-sigma model has 2 x in_channels = {}); choose another sampler",
-            scheduler.kind(),
-            tc.out_channels(),
-            2 * tc.in_channels
-        )));
-    }
 
     // 1. Preprocess the prompts (strip, lower-case unless keep_case; diffusers'
     //    `_text_preprocessing` with `clean_caption=False`) and tokenise them: 300 tokens (120 for a

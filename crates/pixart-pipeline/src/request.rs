@@ -2,12 +2,12 @@
 //! the only form [`crate::generate`] accepts. Every check on user input happens in
 //! [`GenerationRequest::validate`], before any compute.
 use candle_core::Tensor;
-use pixart_core::{Error, Result};
-use pixart_schedulers::SamplerKind;
+use pixart_core::{Error, Field, Result};
+use pixart_schedulers::{default_guidance, default_steps, from_config, SamplerKind, Scheduler};
 use pixart_vae::{TileConfig, Tiling};
 
 use crate::aspect_bins;
-use crate::components::ModelGeometry;
+use crate::geometry::ModelGeometry;
 use crate::image::RgbImage;
 
 /// Largest accepted image side in pixels.
@@ -21,6 +21,16 @@ pub const MAX_PIXELS: usize = MAX_SIDE * MAX_SIDE;
 
 /// Tokens per prompt (PixArt-Σ's `max_sequence_length`).
 pub const MAX_SEQUENCE_LENGTH: usize = 300;
+
+/// The most denoising steps a request runs.
+pub const MAX_STEPS: usize = 1000;
+/// The largest guidance scale (CFG at 50 is far past anything useful; more is a typo).
+pub const MAX_GUIDANCE: f64 = 50.0;
+
+/// The largest two-pass upscaling factor.
+pub const MAX_UPSCALE: f64 = 4.0;
+/// The second pass's strength by default: half its schedule runs.
+pub const DEFAULT_UPSCALE_STRENGTH: f64 = 0.5;
 
 /// Whether the VAE decodes in tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,6 +87,36 @@ pub const DEFAULT_STRENGTH: f64 = 0.8;
 /// inpainting default).
 pub const DEFAULT_INPAINT_STRENGTH: f64 = 1.0;
 
+/// Two-pass upscaling ("hires fix") as asked for: each image of the first pass is enlarged
+/// `factor` times and run through image to image at that size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Upscale {
+    /// In (1, [`MAX_UPSCALE`]]; the sides are rounded to the model's pixel multiple.
+    pub factor: f64,
+    /// The second pass's strength, in (0, 1]; `None`: [`DEFAULT_UPSCALE_STRENGTH`].
+    pub strength: Option<f64>,
+    /// The second pass's steps (it runs `int(steps · strength)` of them); `None`: those of the
+    /// first pass.
+    pub steps: Option<usize>,
+}
+
+/// [`Upscale`] checked, with its defaults resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpscalePlan {
+    pub factor: f64,
+    pub strength: f64,
+    pub steps: usize,
+    /// The size of the upscaled images, pixels.
+    pub width: usize,
+    pub height: usize,
+}
+
+/// `(width, height)` times `factor`, each rounded to a multiple of `multiple` (at least one).
+pub fn upscaled_size(width: usize, height: usize, factor: f64, multiple: usize) -> (usize, usize) {
+    let side = |s: usize| ((s as f64 * factor / multiple as f64).round() as usize).max(1) * multiple;
+    (side(width), side(height))
+}
+
 /// Live previews: the image the denoised estimate x̂0 of a step decodes to, sent as
 /// [`crate::Progress::Preview`] while the loop runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,10 +152,12 @@ pub struct GenerationRequest {
     /// (1024 for the 1024 model).
     pub width: Option<usize>,
     pub height: Option<usize>,
-    /// Denoising steps (> 0).
-    pub steps: usize,
-    /// CFG scale; CFG is skipped when it is ≤ 1 (as diffusers does).
-    pub guidance: f64,
+    /// Denoising steps, 1 to [`MAX_STEPS`]; `None`: the default of the sampler that runs
+    /// (`default_steps`: 20, 25 for sa-solver, 100 for iddpm, 4 for lcm).
+    pub steps: Option<usize>,
+    /// CFG scale in 0..=[`MAX_GUIDANCE`]; CFG is skipped when it is ≤ 1 (as diffusers does).
+    /// `None`: the default of the sampler that runs (4.5; 0 for lcm).
+    pub guidance: Option<f64>,
     /// Image `k` of the batch draws its noise from seed `seed + k`.
     pub seed: u64,
     /// Images per prompt.
@@ -136,18 +178,21 @@ pub struct GenerationRequest {
     pub init_image: Option<InitImage>,
     /// Live previews while denoising.
     pub previews: Previews,
+    /// Two-pass upscaling of every image made.
+    pub upscale: Option<Upscale>,
 }
 
 impl Default for GenerationRequest {
-    /// The diffusers `PixArtSigmaPipeline.__call__` defaults (20 steps, guidance 4.5, binning).
+    /// The diffusers `PixArtSigmaPipeline.__call__` defaults (binning; steps and guidance those
+    /// of the sampler that runs).
     fn default() -> Self {
         Self {
             prompts: Vec::new(),
             negative_prompt: String::new(),
             width: None,
             height: None,
-            steps: 20,
-            guidance: 4.5,
+            steps: None,
+            guidance: None,
             seed: 0,
             images_per_prompt: 1,
             sampler: None,
@@ -158,6 +203,7 @@ impl Default for GenerationRequest {
             latents: None,
             init_image: None,
             previews: Previews::Off,
+            upscale: None,
         }
     }
 }
@@ -195,6 +241,8 @@ pub struct ValidatedRequest {
     pub start_step: usize,
     /// Latent shape (batch, channels, h, w).
     pub latent_shape: [usize; 4],
+    /// Two-pass upscaling ([`crate::generate`] runs the second passes).
+    pub upscale: Option<UpscalePlan>,
 }
 
 impl ValidatedRequest {
@@ -205,31 +253,38 @@ impl ValidatedRequest {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> Error {
-    Error::InvalidInput(msg.into())
+fn invalid(field: Field, msg: impl Into<String>) -> Error {
+    Error::request(field, msg)
 }
 
 impl GenerationRequest {
-    /// Checks the request against the model's geometry (from [`crate::PipelineComponents::geometry`],
-    /// or, before loading, [`crate::ResolvedPaths::geometry`]) and resolves sizes.
+    /// Checks the request against the model (from [`crate::PipelineComponents::geometry`], or,
+    /// before loading, [`crate::ResolvedPaths::geometry`]) and resolves its defaults and sizes.
+    /// Every failure is an [`Error::InvalidRequest`] naming the field at fault.
     pub fn validate(self, geometry: &ModelGeometry) -> Result<ValidatedRequest> {
         if self.prompts.is_empty() {
-            return Err(invalid("no prompt given"));
+            return Err(invalid(Field::Prompt, "is missing: give at least one"));
         }
-        if self.steps == 0 {
-            return Err(invalid("--steps must be at least 1"));
+        // Steps and guidance default to those of the sampler that runs: the requested one,
+        // else the one the model's scheduler_config.json names (an LCM model: 4 steps, no CFG).
+        let (default_steps, default_guidance) = request_defaults(self.sampler, geometry);
+        let steps = self.steps.unwrap_or(default_steps);
+        check_steps(Field::Steps, steps)?;
+        let guidance = self.guidance.unwrap_or(default_guidance);
+        if !guidance.is_finite() {
+            return Err(invalid(
+                Field::Guidance,
+                format!("must be a finite number, got {guidance}"),
+            ));
         }
-        if self.steps > 1000 {
-            return Err(invalid(format!("--steps {} is more than 1000", self.steps)));
-        }
-        if !self.guidance.is_finite() {
-            return Err(invalid(format!(
-                "guidance must be a finite number, got {}",
-                self.guidance
-            )));
+        if !(0.0..=MAX_GUIDANCE).contains(&guidance) {
+            return Err(invalid(
+                Field::Guidance,
+                format!("must be between 0 and {MAX_GUIDANCE}, got {guidance}"),
+            ));
         }
         if self.images_per_prompt == 0 {
-            return Err(invalid("--batch must be at least 1"));
+            return Err(invalid(Field::Batch, "must be at least 1"));
         }
         let batch = self
             .prompts
@@ -237,47 +292,56 @@ impl GenerationRequest {
             .checked_mul(self.images_per_prompt)
             .filter(|n| *n <= MAX_IMAGES)
             .ok_or_else(|| {
-                invalid(format!(
-                    "{} prompt(s) × --batch {} is more than {MAX_IMAGES} images in one run",
-                    self.prompts.len(),
-                    self.images_per_prompt
-                ))
+                invalid(
+                    Field::Batch,
+                    format!(
+                        "{} × {} prompt(s) is more than {MAX_IMAGES} images in one run",
+                        self.images_per_prompt,
+                        self.prompts.len()
+                    ),
+                )
             })?;
         if self.previews == Previews::Every(0) {
-            return Err(invalid("previews every 0 steps: give at least 1"));
+            return Err(invalid(Field::Previews, "every 0 steps: give at least 1"));
         }
         let mut start_step = 0;
         if let Some(init) = &self.init_image {
             let s = init.strength;
             if !(s.is_finite() && s > 0.0 && s <= 1.0) {
-                return Err(invalid(format!("--strength must be in (0, 1], got {s}")));
+                return Err(invalid(Field::Strength, format!("must be in (0, 1], got {s}")));
             }
             // diffusers' `get_timesteps`: int(num_inference_steps · strength) steps run.
-            let run = ((self.steps as f64 * s) as usize).min(self.steps);
+            let run = ((steps as f64 * s) as usize).min(steps);
             if run == 0 {
-                return Err(invalid(format!(
-                    "--strength {s} of {} steps leaves no step to run (steps x strength must be at least 1)",
-                    self.steps
-                )));
+                return Err(invalid(
+                    Field::Strength,
+                    format!("{s} of {steps} steps leaves no step to run (steps x strength must be at least 1)"),
+                ));
             }
             if self.latents.is_some() {
-                return Err(invalid("initial latents and an init image cannot both be given"));
+                return Err(invalid(Field::Latents, "cannot go with an init image"));
             }
-            init.image.check()?;
+            init.image
+                .check()
+                .map_err(|e| invalid(Field::Image, format!("is unusable: {e}")))?;
             if let Some(m) = &init.mask {
-                m.check()?;
+                m.check()
+                    .map_err(|e| invalid(Field::Mask, format!("is unusable: {e}")))?;
                 if (m.width, m.height) != (init.image.width, init.image.height) {
-                    return Err(invalid(format!(
-                        "the mask is {}x{} but the image is {}x{}; they must be the same size",
-                        m.width, m.height, init.image.width, init.image.height
-                    )));
+                    return Err(invalid(
+                        Field::Mask,
+                        format!(
+                            "does not fit: the mask is {}x{} but the image is {}x{}; they must be the same size",
+                            m.width, m.height, init.image.width, init.image.height
+                        ),
+                    ));
                 }
             }
-            start_step = self.steps - run;
+            start_step = steps - run;
         }
         let g = geometry;
         let f = g.vae_factor;
-        let multiple = f * g.patch_size;
+        let multiple = g.pixel_multiple();
         let default_side = g.sample_size * f;
         let (default_w, default_h) = match &self.init_image {
             Some(init) => (init.image.width, init.image.height),
@@ -285,9 +349,9 @@ impl GenerationRequest {
         };
         let out_height = self.height.unwrap_or(default_h);
         let out_width = self.width.unwrap_or(default_w);
-        for (what, v) in [("height", out_height), ("width", out_width)] {
+        for (field, v) in [(Field::Height, out_height), (Field::Width, out_width)] {
             if v == 0 || v > MAX_SIDE {
-                return Err(invalid(format!("--{what} {v} must be between 1 and {MAX_SIDE}")));
+                return Err(invalid(field, format!("{v} must be between 1 and {MAX_SIDE}")));
             }
         }
         // Binning needs diffusers' table for this sample_size (32, 64, 128 or 256); a model
@@ -299,7 +363,7 @@ impl GenerationRequest {
         };
         let binned = table.is_some();
         let (gen_height, gen_width) = if let Some(table) = table {
-            aspect_bins::classify(out_height, out_width, table)?
+            aspect_bins::classify(out_height, out_width, table).map_err(|e| invalid(Field::Size, e.to_string()))?
         } else {
             if !out_height.is_multiple_of(multiple) || !out_width.is_multiple_of(multiple) {
                 let why = if self.resolution_binning {
@@ -307,31 +371,43 @@ impl GenerationRequest {
                 } else {
                     "with resolution binning off, ".to_string()
                 };
-                return Err(invalid(format!(
-                    "{why}width and height must be multiples of {multiple}, got {out_width}x{out_height}"
-                )));
+                return Err(invalid(
+                    Field::Size,
+                    format!("{out_width}x{out_height}: {why}width and height must be multiples of {multiple}"),
+                ));
             }
             (out_height, out_width)
         };
         let pixels = batch * gen_height.max(out_height) * gen_width.max(out_width);
         if pixels > MAX_PIXELS {
-            return Err(invalid(format!(
-                "{batch} image(s) of {out_width}x{out_height} is more than one run makes ({MAX_PIXELS} pixels in all, e.g. 64 images of 1024x1024)"
-            )));
+            return Err(invalid(
+                Field::Batch,
+                format!(
+                    "{batch} image(s) of {out_width}x{out_height} is more than one run makes ({MAX_PIXELS} pixels in all, e.g. 64 images of 1024x1024)"
+                ),
+            ));
         }
         let latent_shape = [batch, g.in_channels, gen_height / f, gen_width / f];
         if let Some(l) = &self.latents {
             if l.dims() != latent_shape {
-                return Err(invalid(format!(
-                    "initial latents have shape {:?}, this request needs {:?} (batch, channels, {}/{f}, {}/{f})",
-                    l.dims(),
-                    latent_shape,
-                    gen_height,
-                    gen_width
-                )));
+                return Err(invalid(
+                    Field::Latents,
+                    format!(
+                        "have shape {:?}; the initial latents of this request have shape {:?} (batch, channels, {}/{f}, {}/{f})",
+                        l.dims(),
+                        latent_shape,
+                        gen_height,
+                        gen_width
+                    ),
+                ));
             }
         }
-        Ok(ValidatedRequest {
+        check_model_fit(geometry, self.sampler, steps, gen_width, gen_height)?;
+        let upscale = match self.upscale {
+            None => None,
+            Some(u) => Some(check_upscale(u, steps, &self)?),
+        };
+        let mut validated = ValidatedRequest {
             prompts: self.prompts,
             negative_prompt: self.negative_prompt,
             images_per_prompt: self.images_per_prompt,
@@ -340,9 +416,9 @@ impl GenerationRequest {
             gen_width,
             out_height,
             out_width,
-            steps: self.steps,
-            guidance: self.guidance,
-            cfg: self.guidance > 1.0,
+            steps,
+            guidance,
+            cfg: guidance > 1.0,
             seed: self.seed,
             sampler: self.sampler,
             resolution_binning: binned,
@@ -354,6 +430,180 @@ impl GenerationRequest {
             previews: self.previews,
             start_step,
             latent_shape,
+            upscale,
+        };
+        // The second pass must be runnable too: checked now on a stand-in of the first pass's
+        // size, so that it cannot fail after the first pass's work.
+        if upscale.is_some() {
+            let stand_in = RgbImage::filled(out_width, out_height, [0; 3]);
+            let second = validated.upscale_pass(0, stand_in, geometry)?;
+            if let Some(plan) = &mut validated.upscale {
+                (plan.width, plan.height) = (second.out_width, second.out_height);
+            }
+        }
+        Ok(validated)
+    }
+}
+
+/// The steps and guidance of a request that gives neither: those of the sampler that runs,
+/// `sampler` or else the one the model's scheduler_config.json names (an LCM model: 4 steps, no
+/// CFG; 20 and 4.5 when neither is known).
+pub fn request_defaults(sampler: Option<SamplerKind>, geometry: &ModelGeometry) -> (usize, f64) {
+    let runs = sampler.or_else(|| geometry.model_sampler());
+    (default_steps(runs), default_guidance(runs))
+}
+
+/// `steps` of `field` in 1..=[`MAX_STEPS`].
+fn check_steps(field: Field, steps: usize) -> Result<()> {
+    if steps == 0 {
+        return Err(invalid(field, "must be at least 1"));
+    }
+    if steps > MAX_STEPS {
+        return Err(invalid(field, format!("{steps} is more than {MAX_STEPS}")));
+    }
+    Ok(())
+}
+
+/// The checks that need the model beyond its sizes: the sampler can be built from the model's
+/// scheduler config and run `steps` steps, it gets the variance it needs, and the token grid
+/// holds one window of the KV compression. [`crate::generate`] repeats them, for a request
+/// validated against other components.
+pub(crate) fn check_model_fit(
+    g: &ModelGeometry,
+    sampler: Option<SamplerKind>,
+    steps: usize,
+    gen_width: usize,
+    gen_height: usize,
+) -> Result<()> {
+    if let Some(r) = g.kv_ratio {
+        let step = g.pixel_multiple();
+        let (gh, gw) = (gen_height / step, gen_width / step);
+        if gh.min(gw) < r {
+            return Err(invalid(
+                Field::Size,
+                format!(
+                    "{gen_width}x{gen_height} has {gw}x{gh} tokens, fewer than the model's KV compression with ratio {r} needs ({r}x{r})"
+                ),
+            ));
+        }
+    }
+    let mut scheduler = match from_config(&g.scheduler, sampler) {
+        Ok(s) => s,
+        // The model's own sampler that cannot be built is its config file's fault, reported
+        // against the file when the model is loaded.
+        Err(_) if sampler.is_none() && g.scheduler.class().is_some() => return Ok(()),
+        Err(e) => return Err(invalid(Field::Sampler, format!("cannot run: {e}"))),
+    };
+    scheduler
+        .set_timesteps(steps)
+        .map_err(|e| invalid(Field::Steps, format!("{steps} cannot run: {e}")))?;
+    if scheduler.model_variance() && g.out_channels != 2 * g.in_channels {
+        return Err(invalid(
+            Field::Sampler,
+            format!(
+                "{0} cannot run: sampler {0} uses the variance the transformer predicts, but this transformer has out_channels {1} (a learned-sigma model has 2 x in_channels = {2}); choose another sampler",
+                scheduler.kind(),
+                g.out_channels,
+                2 * g.in_channels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// [`Upscale`] checked against the first pass, defaults resolved.
+fn check_upscale(u: Upscale, steps: usize, r: &GenerationRequest) -> Result<UpscalePlan> {
+    let f = u.factor;
+    if !(f.is_finite() && f > 1.0 && f <= MAX_UPSCALE) {
+        return Err(invalid(
+            Field::Upscale,
+            format!("{f} must be above 1 and at most {MAX_UPSCALE}"),
+        ));
+    }
+    if r.output == OutputKind::Latent {
+        return Err(invalid(
+            Field::Output,
+            "latent cannot go with upscaling, which makes images",
+        ));
+    }
+    if r.init_image.is_some() || r.latents.is_some() {
+        return Err(invalid(
+            Field::Upscale,
+            "upscales generated images; it cannot go with an init image or initial latents",
+        ));
+    }
+    let strength = u.strength.unwrap_or(DEFAULT_UPSCALE_STRENGTH);
+    if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
+        return Err(invalid(
+            Field::UpscaleStrength,
+            format!("must be in (0, 1], got {strength}"),
+        ));
+    }
+    let steps = u.steps.unwrap_or(steps);
+    check_steps(Field::UpscaleSteps, steps)?;
+    Ok(UpscalePlan {
+        factor: f,
+        strength,
+        steps,
+        // Set once the second pass is validated.
+        width: 0,
+        height: 0,
+    })
+}
+
+impl ValidatedRequest {
+    /// The second pass of two-pass upscaling for image `k` of this (first-pass) request, made
+    /// as `image`: image to image at the enlarged size exactly (no binning), with image k's
+    /// prompt and seed (`seed + k`) and the upscaling's strength and steps. Errors name
+    /// `upscale` (the factor makes a second pass that cannot run) unless they are about the
+    /// second pass's own strength or steps.
+    pub fn upscale_pass(&self, k: usize, image: RgbImage, geometry: &ModelGeometry) -> Result<ValidatedRequest> {
+        let Some(plan) = self.upscale else {
+            return Err(invalid(Field::Upscale, "is not set on this request"));
+        };
+        let (w, h) = upscaled_size(image.width, image.height, plan.factor, geometry.pixel_multiple());
+        let prompt = self
+            .prompts
+            .get(k / self.images_per_prompt.max(1))
+            .cloned()
+            .unwrap_or_default();
+        GenerationRequest {
+            prompts: vec![prompt],
+            negative_prompt: self.negative_prompt.clone(),
+            width: Some(w),
+            height: Some(h),
+            steps: Some(plan.steps),
+            guidance: Some(self.guidance),
+            seed: self.seed.wrapping_add(k as u64),
+            images_per_prompt: 1,
+            sampler: self.sampler,
+            resolution_binning: false,
+            keep_case: self.keep_case,
+            vae_tiling: self.vae_tiling,
+            output: OutputKind::Image,
+            latents: None,
+            init_image: Some(InitImage {
+                image,
+                strength: plan.strength,
+                mask: None,
+            }),
+            previews: self.previews,
+            upscale: None,
+        }
+        .validate(geometry)
+        .map_err(|e| match e {
+            Error::InvalidRequest {
+                field: Field::Strength,
+                message,
+            } => invalid(Field::UpscaleStrength, message),
+            Error::InvalidRequest {
+                field: Field::Steps,
+                message,
+            } => invalid(Field::UpscaleSteps, message),
+            other => invalid(
+                Field::Upscale,
+                format!("{}: the second pass ({w}x{h}) cannot run: {other}", plan.factor),
+            ),
         })
     }
 }
@@ -367,7 +617,10 @@ mod tests {
             sample_size,
             patch_size: 2,
             in_channels: 4,
+            out_channels: 8,
             vae_factor: 4,
+            kv_ratio: None,
+            scheduler: pixart_schedulers::SchedulerConfig::pixart_sigma(),
         }
     }
 
@@ -383,10 +636,8 @@ mod tests {
     #[test]
     fn image_counts_and_pixels_are_bounded() {
         let g = ModelGeometry {
-            sample_size: 16,
-            patch_size: 2,
-            in_channels: 4,
             vae_factor: 8,
+            ..geometry(16)
         };
         let ask = |n: usize, side: usize| {
             GenerationRequest {
@@ -428,5 +679,132 @@ mod tests {
             "{err}"
         );
         Ok(())
+    }
+
+    /// The field an invalid request names.
+    fn field_of(r: GenerationRequest, g: &ModelGeometry) -> Field {
+        match r.validate(g) {
+            Err(Error::InvalidRequest { field, .. }) => field,
+            other => panic!("expected an invalid request, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_sampler_that_runs_and_ranges_are_the_engines() {
+        let g = geometry(16);
+        let v = request(None, None).validate(&g).unwrap();
+        assert_eq!((v.steps, v.guidance, v.cfg), (20, 4.5, true));
+        let lcm = GenerationRequest {
+            sampler: Some(SamplerKind::Lcm),
+            ..request(None, None)
+        };
+        let v = lcm.validate(&g).unwrap();
+        assert_eq!((v.steps, v.guidance, v.cfg), (4, 0.0, false));
+        let with = |steps: Option<usize>, guidance: Option<f64>| GenerationRequest {
+            steps,
+            guidance,
+            ..request(None, None)
+        };
+        assert!(with(Some(1000), Some(50.0)).validate(&g).is_ok());
+        assert!(with(None, Some(0.0)).validate(&g).is_ok());
+        for bad in [-3.0, 50.5, 1e30, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(field_of(with(None, Some(bad)), &g), Field::Guidance, "{bad}");
+        }
+        assert_eq!(field_of(with(Some(0), None), &g), Field::Steps);
+        assert_eq!(field_of(with(Some(1001), None), &g), Field::Steps);
+        let e = with(None, Some(-3.0)).validate(&g).unwrap_err().to_string();
+        assert_eq!(e, "guidance must be between 0 and 50, got -3");
+    }
+
+    #[test]
+    fn model_checks_name_their_field_before_any_compute() {
+        // A sampler that takes the learned variance, on a model that predicts none.
+        let no_sigma = ModelGeometry {
+            out_channels: 4,
+            ..geometry(16)
+        };
+        let iddpm = GenerationRequest {
+            sampler: Some(SamplerKind::Iddpm),
+            ..request(None, None)
+        };
+        assert!(iddpm.clone().validate(&geometry(16)).is_ok());
+        let e = iddpm.validate(&no_sigma).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidRequest {
+                    field: Field::Sampler,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("out_channels 4"), "{e}");
+        // KV compression with ratio 4 needs a 4x4 token grid: 64 px / (4 x 2) = 8 tokens, 24
+        // px = 3 tokens.
+        let kv = ModelGeometry {
+            kv_ratio: Some(4),
+            ..geometry(16)
+        };
+        let small = GenerationRequest {
+            resolution_binning: false,
+            ..request(Some(24), Some(64))
+        };
+        assert!(request(None, None).validate(&kv).is_ok());
+        assert_eq!(field_of(small.clone(), &kv), Field::Size);
+        assert!(small.validate(&geometry(16)).is_ok());
+    }
+
+    #[test]
+    fn upscaling_is_checked_with_its_second_pass() {
+        let g = geometry(16);
+        let up = |factor: f64, strength: Option<f64>, steps: Option<usize>| GenerationRequest {
+            upscale: Some(Upscale {
+                factor,
+                strength,
+                steps,
+            }),
+            ..request(None, None)
+        };
+        let v = up(2.0, None, None).validate(&g).unwrap();
+        assert_eq!(
+            v.upscale,
+            Some(UpscalePlan {
+                factor: 2.0,
+                strength: DEFAULT_UPSCALE_STRENGTH,
+                steps: 20,
+                width: 128,
+                height: 128,
+            })
+        );
+        // The second pass: image k's seed and prompt, the enlarged size, image to image.
+        let second = v.upscale_pass(0, RgbImage::filled(64, 64, [0; 3]), &g).unwrap();
+        assert_eq!((second.out_width, second.out_height, second.seed), (128, 128, 0));
+        assert_eq!((second.steps, second.steps_to_run()), (20, 10));
+        assert!(second.upscale.is_none() && !second.resolution_binning);
+        for (bad, field) in [
+            (up(1.0, None, None), Field::Upscale),
+            (up(4.5, None, None), Field::Upscale),
+            (up(f64::NAN, None, None), Field::Upscale),
+            (up(2.0, Some(0.0), None), Field::UpscaleStrength),
+            (up(2.0, Some(1.5), None), Field::UpscaleStrength),
+            (up(2.0, None, Some(0)), Field::UpscaleSteps),
+            // 1 step x 0.5 leaves none to run in the second pass.
+            (up(2.0, None, Some(1)), Field::UpscaleStrength),
+        ] {
+            assert_eq!(field_of(bad, &g), field);
+        }
+        let latent = GenerationRequest {
+            output: OutputKind::Latent,
+            ..up(2.0, None, None)
+        };
+        assert_eq!(field_of(latent, &g), Field::Output);
+        // 4 x 4096 is past the largest side: the factor is at fault.
+        let big = GenerationRequest {
+            width: Some(4096),
+            height: Some(4096),
+            ..up(4.0, None, None)
+        };
+        assert_eq!(field_of(big, &g), Field::Upscale);
     }
 }

@@ -53,8 +53,8 @@ fn case_request(
         negative_prompt: case["negative_prompt"].as_str().unwrap().to_string(),
         width: Some(case["width"].as_u64().unwrap() as usize),
         height: Some(case["height"].as_u64().unwrap() as usize),
-        steps: case["steps"].as_u64().unwrap() as usize,
-        guidance: case["guidance"].as_f64().unwrap(),
+        steps: Some(case["steps"].as_u64().unwrap() as usize),
+        guidance: Some(case["guidance"].as_f64().unwrap()),
         images_per_prompt: case["per_prompt"].as_u64().unwrap() as usize,
         resolution_binning: case["binning"].as_bool().unwrap_or(false),
         latents: io.get(&format!("{name}.latents_in")).cloned(),
@@ -138,7 +138,7 @@ fn seeded_runs_are_reproducible_and_cancellable() {
             prompts: vec!["a cat".into()],
             width: Some(64),
             height: Some(48),
-            steps: 2,
+            steps: Some(2),
             seed,
             resolution_binning: false,
             output: OutputKind::Latent,
@@ -179,14 +179,18 @@ fn invalid_requests_are_refused_with_one_line() {
         ..Default::default()
     };
     let err = |r: GenerationRequest| r.validate(&c.geometry()).unwrap_err().to_string();
-    assert!(err(GenerationRequest { steps: 0, ..base() }).contains("steps"));
     assert!(err(GenerationRequest {
-        guidance: f64::NAN,
+        steps: Some(0),
+        ..base()
+    })
+    .contains("steps"));
+    assert!(err(GenerationRequest {
+        guidance: Some(f64::NAN),
         ..base()
     })
     .contains("finite"));
     assert!(err(GenerationRequest {
-        guidance: f64::INFINITY,
+        guidance: Some(f64::INFINITY),
         ..base()
     })
     .contains("finite"));

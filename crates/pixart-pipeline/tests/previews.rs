@@ -22,7 +22,7 @@ fn request(previews: Previews, steps: usize) -> GenerationRequest {
             "a large red circle at the top left on a blue background".into(),
             "a small white square at the center on a green background".into(),
         ],
-        steps,
+        steps: Some(steps),
         seed: 7,
         previews,
         ..Default::default()

@@ -24,7 +24,7 @@ fn builtin(keep: bool) -> PipelineComponents {
 fn run(c: &PipelineComponents, prompts: &[&str]) -> (Vec<RgbImage>, Vec<Stage>) {
     let req = GenerationRequest {
         prompts: prompts.iter().map(|p| p.to_string()).collect(),
-        steps: 4,
+        steps: Some(4),
         seed: 11,
         ..Default::default()
     }

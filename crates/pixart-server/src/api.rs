@@ -2,18 +2,21 @@
 //!
 //! The fields are OpenAI's images API (`prompt`, `n`, `size` "WxH", `response_format`; `model`
 //! and `user` are accepted and ignored, as OpenAI clients send them) plus ours
-//! (`negative_prompt`, `steps`, `guidance_scale`, `seed`, `scheduler`, and `image` + `strength`
-//! for image to image). Parsing goes in three
+//! (`negative_prompt`, `steps`, `guidance_scale`, `seed`, `scheduler`, `image` + `strength`
+//! for image to image, `upscale` for two-pass upscaling). Parsing goes in three
 //! stages so that every error names its field: JSON syntax (400), unknown fields (400), then
-//! types and ranges (422).
+//! types and ranges (422). The engine's own checks and defaults are the pipeline's
+//! ([`GenerationRequest::validate`]); its errors name a [`Field`], which [`json_field`] maps to
+//! this API's field.
 use axum::http::{header, HeaderMap};
 use base64::Engine as _;
+use pixart_core::Field;
 use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{
-    random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, Previews, RgbImage, VaeTiling,
-    ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
+    random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, Previews, RgbImage, Upscale,
+    VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
-use pixart_schedulers::{default_guidance, default_steps, SamplerKind};
+use pixart_schedulers::SamplerKind;
 use serde::Deserialize;
 
 use crate::error::ApiError;
@@ -37,10 +40,6 @@ pub struct Limits {
     pub max_image_body_bytes: usize,
     /// Longest prompt / negative prompt in characters.
     pub max_prompt_chars: usize,
-    /// The sampler the model's scheduler_config.json names: the defaults of `steps` and
-    /// `guidance_scale` follow it when a request names no `scheduler` (an LCM model: 4 steps,
-    /// no guidance).
-    pub model_sampler: Option<SamplerKind>,
 }
 
 impl Default for Limits {
@@ -54,16 +53,15 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_image_body_bytes: 16 * 1024 * 1024,
             max_prompt_chars: 4000,
-            model_sampler: None,
         }
     }
 }
 
 /// The engine's largest `steps` (`--max-steps` may not go above it).
-pub const MAX_STEPS: usize = 1000;
+pub const MAX_STEPS: usize = pixart_pipeline::MAX_STEPS;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 17] = [
+pub const FIELDS: [&str; 20] = [
     "prompt",
     "n",
     "size",
@@ -81,7 +79,49 @@ pub const FIELDS: [&str; 17] = [
     "strength",
     "mask",
     "preview",
+    "upscale",
+    "upscale_strength",
+    "upscale_steps",
 ];
+
+/// The request field of this API that a pipeline [`Field`] is (the library's `guidance` is
+/// `guidance_scale` here, `batch` is `n`, ...). Fields a request here cannot set (initial
+/// latents, the server's own KV compression, the output kind) keep the library's name.
+pub fn json_field(field: Field) -> &'static str {
+    match field {
+        Field::Prompt => "prompt",
+        Field::NegativePrompt => "negative_prompt",
+        Field::Width | Field::Height | Field::Size => "size",
+        Field::Batch => "n",
+        Field::Steps => "steps",
+        Field::Guidance => "guidance_scale",
+        Field::Seed => "seed",
+        Field::Sampler => "scheduler",
+        Field::Image => "image",
+        Field::Strength => "strength",
+        Field::Mask => "mask",
+        Field::Previews => "preview",
+        Field::Upscale => "upscale",
+        Field::UpscaleStrength => "upscale_strength",
+        Field::UpscaleSteps => "upscale_steps",
+        Field::Latents | Field::KvCompress | Field::Output => field.name(),
+    }
+}
+
+/// A pipeline error in checking a request: 422 naming the JSON field when it is about a field
+/// ([`pixart_core::Error::InvalidRequest`]), else a 500 (the details go to the log only).
+pub fn request_error(e: pixart_core::Error) -> ApiError {
+    match e {
+        pixart_core::Error::InvalidRequest { field, message } => {
+            let name = json_field(field);
+            ApiError::invalid(name, format!("`{name}` {message}"))
+        }
+        other => {
+            eprintln!("request check failed: {other}");
+            ApiError::generation_failed()
+        }
+    }
+}
 
 /// The body as sent (types checked, ranges not yet).
 #[derive(Debug, Clone, Deserialize)]
@@ -116,12 +156,14 @@ pub struct GenerationBody {
     /// image the latest step's denoised estimate decodes to (within a quarter of the denoising
     /// time; default false).
     pub preview: Option<bool>,
+    /// Two-pass upscaling: each image is then enlarged this many times (1 < upscale ≤ 4; sides
+    /// rounded to the model's pixel multiple) and run through image to image at that size.
+    pub upscale: Option<f64>,
+    /// With `upscale`: the second pass's strength, in (0, 1] (default 0.5).
+    pub upscale_strength: Option<f64>,
+    /// With `upscale`: the second pass's steps (default: those of the first).
+    pub upscale_steps: Option<u64>,
 }
-
-/// Defaults when a field is absent (`steps`: 25 with `"scheduler": "sa-solver"`, 100 with
-/// `"iddpm"`, as PixArt's own inference script).
-pub const DEFAULT_STEPS: usize = pixart_schedulers::DEFAULT_STEPS;
-pub const DEFAULT_GUIDANCE: f64 = pixart_schedulers::DEFAULT_GUIDANCE;
 
 /// A checked request, ready for the worker.
 #[derive(Debug, Clone)]
@@ -206,10 +248,10 @@ pub fn parse_value(value: serde_json::Value) -> Result<GenerationBody, ApiError>
             None => "nothing".to_string(),
         };
         let want = match field.as_str() {
-            "n" | "steps" => "a positive integer",
+            "n" | "steps" | "upscale_steps" => "a positive integer",
             "output_compression" => "an integer from 0 to 100",
             "seed" => "an integer from 0 to 18446744073709551615",
-            "guidance_scale" | "strength" => "a number",
+            "guidance_scale" | "strength" | "upscale" | "upscale_strength" => "a number",
             "preview" => "true or false",
             _ => "a string",
         };
@@ -427,30 +469,44 @@ pub fn validate_with(
             )
         })?),
     };
-    let runs = sampler.or(limits.model_sampler);
-    let steps = body.steps.unwrap_or(default_steps(runs) as u64);
+    // This server's own limit on `steps` (`--max-steps`); the engine's range and the defaults
+    // (by sampler) are the pipeline's.
     let max_steps = limits.max_steps.min(MAX_STEPS);
-    if steps == 0 || steps > max_steps as u64 {
-        return Err(ApiError::invalid(
-            "steps",
-            format!("`steps` must be between 1 and {max_steps}, got {steps}"),
-        ));
+    for (field, steps) in [("steps", body.steps), ("upscale_steps", body.upscale_steps)] {
+        if let Some(n) = steps.filter(|&n| n > max_steps as u64) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}` must be between 1 and {max_steps}, got {n}"),
+            ));
+        }
     }
-    let guidance = body.guidance_scale.unwrap_or_else(|| default_guidance(runs));
-    if !guidance.is_finite() || !(0.0..=50.0).contains(&guidance) {
-        return Err(ApiError::invalid(
-            "guidance_scale",
-            format!("`guidance_scale` must be between 0 and 50, got {guidance}"),
-        ));
-    }
+    let upscale = match body.upscale {
+        Some(factor) => Some(Upscale {
+            factor,
+            strength: body.upscale_strength,
+            steps: body.upscale_steps.map(|n| n as usize),
+        }),
+        None => {
+            if let Some(field) = [
+                ("upscale_strength", body.upscale_strength.is_some()),
+                ("upscale_steps", body.upscale_steps.is_some()),
+            ]
+            .iter()
+            .find_map(|(f, given)| given.then_some(*f))
+            {
+                return Err(ApiError::invalid(field, format!("`{field}` needs `upscale`")));
+            }
+            None
+        }
+    };
     let seed = body.seed.unwrap_or_else(random_seed);
     let request = GenerationRequest {
         prompts: vec![prompt],
         negative_prompt,
         width: Some(width),
         height: Some(height),
-        steps: steps as usize,
-        guidance,
+        steps: body.steps.map(|n| n as usize),
+        guidance: body.guidance_scale,
         seed,
         images_per_prompt: n as usize,
         sampler,
@@ -465,24 +521,22 @@ pub fn validate_with(
         } else {
             Previews::Off
         },
+        upscale,
     }
     .validate(geometry)
-    // The remaining checks are about the image geometry (aspect-ratio bins) and the steps that
-    // `strength` leaves.
-    .map_err(|e| {
-        let msg = e.to_string();
-        let field = if msg.contains("strength") {
-            "strength"
-        } else if msg.contains("the mask is") {
-            "mask"
-        } else {
-            "size"
-        };
-        ApiError::invalid(
-            field,
-            msg.replace("--strength", "`strength`").replace("--steps", "`steps`"),
-        )
-    })?;
+    .map_err(request_error)?;
+    // The defaults resolve to the server's limit at most (iddpm's 100 within the default 150).
+    for (field, steps) in [
+        ("steps", Some(request.steps)),
+        ("upscale_steps", request.upscale.map(|u| u.steps)),
+    ] {
+        if let Some(n) = steps.filter(|&n| n > max_steps) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}` must be between 1 and {max_steps}, got {n} (the default for this sampler); give a smaller `{field}`"),
+            ));
+        }
+    }
     Ok(JobParams {
         request,
         seed,
@@ -495,15 +549,21 @@ pub fn validate_with(
 mod tests {
     use super::*;
 
-    const GEOMETRY: ModelGeometry = ModelGeometry {
-        sample_size: 32,
-        patch_size: 2,
-        in_channels: 4,
-        vae_factor: 8,
-    };
+    /// A 256 px model (sample_size 32) predicting its variance, with PixArt-Σ's scheduler.
+    fn geometry() -> ModelGeometry {
+        ModelGeometry {
+            sample_size: 32,
+            patch_size: 2,
+            in_channels: 4,
+            out_channels: 8,
+            vae_factor: 8,
+            kv_ratio: None,
+            scheduler: pixart_schedulers::SchedulerConfig::pixart_sigma(),
+        }
+    }
 
     fn check(body: &str) -> Result<JobParams, ApiError> {
-        validate(parse_body(body.as_bytes())?, &Limits::default(), &GEOMETRY)
+        validate(parse_body(body.as_bytes())?, &Limits::default(), &geometry())
     }
 
     fn param(body: &str) -> (u16, String) {
@@ -518,12 +578,12 @@ mod tests {
         assert_eq!((r.out_width, r.out_height), (256, 256));
         assert_eq!((r.steps, r.guidance, r.batch), (20, 4.5, 1));
         // The defaults follow the sampler that runs: requested, else the model's own.
-        let lcm_model = Limits {
-            model_sampler: Some(SamplerKind::Lcm),
-            ..Limits::default()
+        let lcm_model = ModelGeometry {
+            scheduler: pixart_schedulers::SchedulerConfig::from_json(r#"{"_class_name": "LCMScheduler"}"#).unwrap(),
+            ..geometry()
         };
-        let run = |body: &str, limits: &Limits| {
-            let r = validate(parse_body(body.as_bytes()).unwrap(), limits, &GEOMETRY)
+        let run = |body: &str, g: &ModelGeometry| {
+            let r = validate(parse_body(body.as_bytes()).unwrap(), &Limits::default(), g)
                 .unwrap()
                 .request;
             (r.steps, r.guidance, r.cfg)
@@ -534,7 +594,7 @@ mod tests {
             (20, 4.5, true)
         );
         assert_eq!(
-            run(r#"{"prompt": "a", "scheduler": "iddpm"}"#, &Limits::default()),
+            run(r#"{"prompt": "a", "scheduler": "iddpm"}"#, &geometry()),
             (100, 4.5, true)
         );
         assert_eq!(
@@ -591,7 +651,7 @@ mod tests {
         let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(4001));
         assert_eq!(param(&long), (422, "prompt".into()));
         let msg = |body: &str, limits: &Limits| {
-            let e = validate(parse_body(body.as_bytes()).unwrap(), limits, &GEOMETRY).unwrap_err();
+            let e = validate(parse_body(body.as_bytes()).unwrap(), limits, &geometry()).unwrap_err();
             e.message
         };
         let msg_parse = |body: &str| parse_body(body.as_bytes()).unwrap_err().message;
@@ -617,6 +677,10 @@ mod tests {
         assert_eq!(m, "`size` 99999x99999: each side must be between 64 and 8192 pixels");
         let m = msg(r#"{"prompt": "a", "steps": 4000}"#, &wide);
         assert_eq!(m, "`steps` must be between 1 and 1000, got 4000");
+        let m = msg(r#"{"prompt": "a", "steps": 0}"#, &wide);
+        assert_eq!(m, "`steps` must be at least 1");
+        let m = msg(r#"{"prompt": "a", "guidance_scale": -3}"#, &wide);
+        assert_eq!(m, "`guidance_scale` must be between 0 and 50, got -3");
         // More images than one run makes, or more pixels than it can hold: `n` is at fault.
         let many = Limits {
             max_n: 1_000_000,
@@ -630,6 +694,114 @@ mod tests {
             m.starts_with("`n` 64 images of `size` 8192x8192 is more than one request makes"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn pipeline_errors_name_the_json_field_by_their_field_not_their_words() {
+        // The message mentions other words (`strength`, `steps`); the field decides.
+        let e = request_error(pixart_core::Error::request(
+            Field::Guidance,
+            "must be between 0 and 50 (steps and strength do not matter)",
+        ));
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (422, Some("guidance_scale")));
+        assert_eq!(
+            e.message,
+            "`guidance_scale` must be between 0 and 50 (steps and strength do not matter)"
+        );
+        for (field, json) in [
+            (Field::Batch, "n"),
+            (Field::Sampler, "scheduler"),
+            (Field::Width, "size"),
+            (Field::Size, "size"),
+            (Field::Previews, "preview"),
+            (Field::UpscaleStrength, "upscale_strength"),
+        ] {
+            assert_eq!(json_field(field), json);
+        }
+        // Every JSON name a field maps to is a request field, except for those a request here
+        // cannot set.
+        let settable = [
+            Field::Prompt,
+            Field::NegativePrompt,
+            Field::Width,
+            Field::Height,
+            Field::Size,
+            Field::Batch,
+            Field::Steps,
+            Field::Guidance,
+            Field::Seed,
+            Field::Sampler,
+            Field::Image,
+            Field::Strength,
+            Field::Mask,
+            Field::Previews,
+            Field::Upscale,
+            Field::UpscaleStrength,
+            Field::UpscaleSteps,
+        ];
+        for f in settable {
+            assert!(FIELDS.contains(&json_field(f)), "{f}");
+        }
+        // Anything else from the pipeline is the server's fault: 500, no details.
+        let e = request_error(pixart_core::Error::Shape("/srv/x: bad".into()));
+        assert_eq!(e.status.as_u16(), 500);
+        assert!(!e.message.contains("/srv"));
+    }
+
+    #[test]
+    fn checks_that_needed_the_model_are_422s_naming_the_field() {
+        let no_sigma = ModelGeometry {
+            out_channels: 4,
+            ..geometry()
+        };
+        let body = r#"{"prompt": "a", "scheduler": "iddpm"}"#;
+        assert!(check(body).is_ok());
+        let e = validate(parse_body(body.as_bytes()).unwrap(), &Limits::default(), &no_sigma).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (422, Some("scheduler")));
+        assert!(
+            e.message
+                .starts_with("`scheduler` iddpm cannot run: sampler iddpm uses the variance"),
+            "{}",
+            e.message
+        );
+        // KV compression with ratio 16 needs a 16x16 token grid: 256x256 has it, the 128x512
+        // bin of 64x2048 has 8x32 tokens.
+        let kv = ModelGeometry {
+            kv_ratio: Some(16),
+            ..geometry()
+        };
+        let run = |body: &str| validate(parse_body(body.as_bytes()).unwrap(), &Limits::default(), &kv);
+        assert!(run(r#"{"prompt": "a"}"#).is_ok());
+        let e = run(r#"{"prompt": "a", "size": "2048x64"}"#).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (422, Some("size")));
+    }
+
+    #[test]
+    fn upscale_fields_are_checked_by_the_pipeline_and_named() {
+        let p = check(r#"{"prompt": "a", "size": "256x256", "upscale": 2, "upscale_steps": 6}"#).unwrap();
+        let u = p.request.upscale.unwrap();
+        assert_eq!((u.factor, u.strength, u.steps), (2.0, 0.5, 6));
+        let cases: &[(&str, &str)] = &[
+            (r#"{"prompt": "a", "upscale": 1}"#, "upscale"),
+            (r#"{"prompt": "a", "upscale": 9}"#, "upscale"),
+            (r#"{"prompt": "a", "upscale": "big"}"#, "upscale"),
+            (
+                r#"{"prompt": "a", "upscale": 2, "upscale_strength": 0}"#,
+                "upscale_strength",
+            ),
+            (r#"{"prompt": "a", "upscale": 2, "upscale_steps": 0}"#, "upscale_steps"),
+            (
+                r#"{"prompt": "a", "upscale": 2, "upscale_steps": 151}"#,
+                "upscale_steps",
+            ),
+            (r#"{"prompt": "a", "upscale_strength": 0.5}"#, "upscale_strength"),
+            (r#"{"prompt": "a", "upscale_steps": 3}"#, "upscale_steps"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(param(body), (422, field.to_string()), "{body}");
+        }
+        let e = check(r#"{"prompt": "a", "upscale": 9}"#).unwrap_err();
+        assert_eq!(e.message, "`upscale` 9 must be above 1 and at most 4");
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut resp = crate::json_response(self.status, &self.body());
+        let mut resp = crate::response::json_response(self.status, &self.body());
         if let Some(s) = self.retry_after {
             if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -252,7 +252,7 @@ pub fn scrub(msg: &str) -> String {
 /// Whether `w` is one of this server's routes (`{id}`-style segments match any segment).
 fn is_route(w: &str) -> bool {
     let w = w.split(['?', '#']).next().unwrap_or(w);
-    crate::routes::ROUTES.iter().any(|(_, route)| {
+    crate::route_table::ROUTES.iter().any(|(_, route)| {
         let (mut a, mut b) = (route.split('/'), w.split('/'));
         loop {
             match (a.next(), b.next()) {

@@ -23,6 +23,8 @@ pub mod client;
 pub mod error;
 pub mod jobs;
 pub mod openapi;
+pub mod response;
+pub mod route_table;
 pub mod routes;
 pub mod web;
 pub mod worker;
@@ -31,13 +33,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 
 pub use api::Limits;
 pub use auth::ApiKey;
 pub use jobs::Retention;
+pub use response::json_response;
 pub use worker::Engine;
 
 /// How to serve.
@@ -76,11 +77,6 @@ pub struct Summary {
     pub rejected: u64,
 }
 
-/// A JSON response.
-pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response()
-}
-
 /// Waits for SIGTERM or SIGINT; returns its name.
 async fn shutdown_signal() -> &'static str {
     #[cfg(unix)]
@@ -116,11 +112,6 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         .build()?;
     let geometry = engine.components.geometry();
     let default_sampler = pixart_pipeline::sampler_name(&engine.components, None);
-    let model_sampler = engine
-        .components
-        .scheduler_config
-        .class()
-        .map(pixart_schedulers::SamplerKind::of_class);
     let model_name = engine.model_name.clone();
     let jobs = Arc::new(jobs::Jobs::new(opts.limits.max_queue, opts.retention));
     let (listener, addr) = rt.block_on(async {
@@ -138,11 +129,8 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let worker = worker::spawn(jobs.clone(), engine)?;
     let state = routes::AppState {
         jobs: jobs.clone(),
-        limits: Arc::new(Limits {
-            model_sampler,
-            ..opts.limits.clone()
-        }),
-        geometry,
+        limits: Arc::new(opts.limits.clone()),
+        geometry: Arc::new(geometry),
         model_name: Arc::new(model_name),
         default_sampler: Arc::new(default_sampler),
         api_key: opts.api_key.clone(),

@@ -197,7 +197,10 @@ pub fn document() -> Value {
                     "image": {"type": "string", "contentEncoding": "base64", "description": "Image to image: the start picture, a base64 PNG, JPEG or WebP file or a data: URL (body up to /health's max_image_body_bytes). Default size: the image's"},
                     "strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.8, "description": "With image: the share of the schedule that runs; low values keep more of the image. Default 0.8, 1 with a mask"},
                     "mask": {"type": "string", "contentEncoding": "base64", "description": "With image: inpainting. A picture of the image's size (base64 like image), white where it is repainted, black where it is kept"},
-                    "preview": {"type": "boolean", "default": false, "description": "Live previews for the job API (GET /v1/jobs/{id}/preview) while denoising, within a quarter of the denoising time"}
+                    "preview": {"type": "boolean", "default": false, "description": "Live previews for the job API (GET /v1/jobs/{id}/preview) while denoising, within a quarter of the denoising time"},
+                    "upscale": {"type": "number", "exclusiveMinimum": 1, "maximum": 4, "description": "Two-pass upscaling (\"hires fix\"): each image made is enlarged this many times (sides rounded to the model's multiple of 16 px) and run through image to image at that size: the composition stays, detail is added. The images returned are the upscaled ones. Not with image"},
+                    "upscale_strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5, "description": "With upscale: the share of the second pass's schedule that runs"},
+                    "upscale_steps": {"type": "integer", "minimum": 1, "description": "With upscale: the second pass's steps (default: those of the first; it runs int(steps x upscale_strength) of them; at most the server's max_steps)"}
                 }
             },
             "ImagesResponse": {
@@ -269,7 +272,7 @@ pub fn document() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::ROUTES;
+    use crate::route_table::ROUTES;
 
     #[test]
     fn documents_exactly_the_routes() {

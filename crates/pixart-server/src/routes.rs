@@ -21,14 +21,16 @@ use crate::api::{self, Limits};
 use crate::auth::{self, ApiKey};
 use crate::error::ApiError;
 use crate::jobs::{Job, JobState, Jobs, Status};
-use crate::{json_response, openapi, web};
+use crate::response::json_response;
+pub use crate::route_table::ROUTES;
+use crate::{openapi, web};
 
 /// What every handler sees.
 #[derive(Clone)]
 pub struct AppState {
     pub jobs: Arc<Jobs>,
     pub limits: Arc<Limits>,
-    pub geometry: ModelGeometry,
+    pub geometry: Arc<ModelGeometry>,
     /// A name, never a path.
     pub model_name: Arc<String>,
     pub default_sampler: Arc<String>,
@@ -41,27 +43,6 @@ pub struct AppState {
     /// The text-feature cache's counts (the worker's components hold the cache).
     pub text_cache: Arc<pixart_pipeline::text::CacheStats>,
 }
-
-/// Every route, for the router and the OpenAPI document's test.
-pub const ROUTES: [(&str, &str); 17] = [
-    ("get", "/"),
-    ("get", "/app.js"),
-    ("get", "/style.css"),
-    ("get", "/health"),
-    ("get", "/metrics"),
-    ("get", "/openapi.json"),
-    ("get", "/v1/models"),
-    ("get", "/v1/models/{model}"),
-    ("post", "/v1/images/generations"),
-    ("post", "/v1/images/edits"),
-    ("post", "/v1/jobs"),
-    ("get", "/v1/jobs"),
-    ("get", "/v1/jobs/{id}"),
-    ("delete", "/v1/jobs/{id}"),
-    ("get", "/v1/jobs/{id}/events"),
-    ("get", "/v1/jobs/{id}/images/{index}"),
-    ("get", "/v1/jobs/{id}/preview"),
-];
 
 pub fn router(state: AppState) -> Router {
     let upload_limit = state.limits.max_image_body_bytes.max(state.limits.max_body_bytes);
@@ -134,6 +115,7 @@ fn native_size(g: &ModelGeometry) -> usize {
 async fn health(State(app): State<AppState>) -> Response {
     let l = &app.limits;
     let native = native_size(&app.geometry);
+    let (default_steps, default_guidance) = pixart_pipeline::request_defaults(None, &app.geometry);
     let status = if app.jobs.is_closed() { "shutting_down" } else { "ok" };
     let code = if app.jobs.is_closed() {
         StatusCode::SERVICE_UNAVAILABLE
@@ -150,8 +132,8 @@ async fn health(State(app): State<AppState>) -> Response {
             "running": app.jobs.running(),
             "default_size": format!("{native}x{native}"),
             "defaults": {
-                "steps": pixart_schedulers::default_steps(l.model_sampler),
-                "guidance_scale": pixart_schedulers::default_guidance(l.model_sampler),
+                "steps": default_steps,
+                "guidance_scale": default_guidance,
                 "scheduler": app.default_sampler.as_str(),
             },
             "limits": {
@@ -386,8 +368,12 @@ fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 /// string, which the type check then names), the others as strings.
 fn form_value(name: &str, text: String) -> Value {
     let number = match name {
-        "n" | "steps" | "seed" | "output_compression" => text.trim().parse::<u64>().ok().map(Value::from),
-        "guidance_scale" | "strength" => text.trim().parse::<f64>().ok().map(Value::from),
+        "n" | "steps" | "seed" | "output_compression" | "upscale_steps" => {
+            text.trim().parse::<u64>().ok().map(Value::from)
+        }
+        "guidance_scale" | "strength" | "upscale" | "upscale_strength" => {
+            text.trim().parse::<f64>().ok().map(Value::from)
+        }
         "preview" => text.trim().parse::<bool>().ok().map(Value::from),
         _ => None,
     };
@@ -524,7 +510,10 @@ fn job_json(app: &AppState, job: &Job, s: &JobState, b64_images: bool) -> Value 
         "seconds": seconds(s.started, s.finished),
         "prompt": r.prompts.first(),
         "negative_prompt": r.negative_prompt,
-        "size": format!("{}x{}", r.out_width, r.out_height),
+        "size": match &r.upscale {
+            Some(u) => format!("{}x{}", u.width, u.height),
+            None => format!("{}x{}", r.out_width, r.out_height),
+        },
         "n": r.batch,
         "steps": r.steps,
         "guidance_scale": r.guidance,

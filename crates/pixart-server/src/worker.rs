@@ -39,6 +39,8 @@ fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
     }
     let mut on_progress = |p: Progress| match p {
         Progress::Stage(s) => job.state.send_modify(|st| st.stage = Some(s.name())),
+        // Two-pass upscaling: each second pass reports its own steps.
+        Progress::Upscale { .. } => job.state.send_modify(|st| st.stage = Some("upscale")),
         Progress::Step { done, total, seconds } => {
             jobs.metrics.observe_step(seconds);
             job.state.send_modify(|st| {

@@ -7,7 +7,7 @@ use pixart_model::{KvCompressConfig, TransformerConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::diffusion::LossWeighting;
-use crate::optim::{LrSchedule, OptimizerConfig};
+use crate::optim::{positive, LrSchedule, OptimizerConfig};
 
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,11 +254,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, before[start..].chars().count() + 1)
-}
-
-/// A finite value above zero.
-pub(crate) fn positive(v: f64) -> bool {
-    v.is_finite() && v > 0.0
 }
 
 impl TrainConfig {

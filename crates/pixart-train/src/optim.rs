@@ -42,6 +42,11 @@ pub enum OptimizerConfig {
     },
 }
 
+/// A finite value above zero (also the training config's checks use it).
+pub(crate) fn positive(v: f64) -> bool {
+    v.is_finite() && v > 0.0
+}
+
 fn default_betas2() -> [f64; 2] {
     [0.9, 0.999]
 }
@@ -78,7 +83,7 @@ impl OptimizerConfig {
                 if !betas.iter().all(|&b| beta_ok(b)) {
                     return Err(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
-                if !crate::config::positive(*eps) {
+                if !positive(*eps) {
                     return Err(format!("optimizer.eps must be positive, got {eps}"));
                 }
                 if weight_decay.is_nan() || *weight_decay < 0.0 {
@@ -93,7 +98,7 @@ impl OptimizerConfig {
                 if !betas.iter().all(|&b| beta_ok(b)) {
                     return Err(format!("optimizer.betas must be in [0, 1), got {betas:?}"));
                 }
-                if !eps.iter().all(|&e| crate::config::positive(e)) {
+                if !eps.iter().all(|&e| positive(e)) {
                     return Err(format!("optimizer.eps must be positive, got {eps:?}"));
                 }
                 if weight_decay.is_nan() || *weight_decay < 0.0 {

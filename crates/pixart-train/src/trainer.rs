@@ -183,7 +183,9 @@ impl Trainer {
             (None, Some(init)) => {
                 let (_, base_cfg, _) = pixart_model::loading::open_checkpoint(init, &LoadOptions::default())?;
                 let opts = LoadOptions {
-                    kv_compress: cfg.kv_override(base_cfg.num_layers)?,
+                    kv_compress: cfg
+                        .kv_override(base_cfg.num_layers)?
+                        .map(pixart_model::config::KvCompressSpec::from),
                     interpolation_scale: cfg.model.interpolation_scale,
                     ..LoadOptions::default()
                 };
@@ -594,8 +596,8 @@ impl Trainer {
         let comps = pixart_pipeline::PipelineComponents::load(&paths, &pixart_pipeline::ComponentOptions::default())?;
         let req = pixart_pipeline::GenerationRequest {
             prompts: o.sample_prompts.clone(),
-            steps: o.sample_steps,
-            guidance: o.sample_guidance,
+            steps: Some(o.sample_steps),
+            guidance: Some(o.sample_guidance),
             seed: o.sample_seed,
             // Samples at the size the model trains at: no aspect-ratio bins (small models have
             // no table for their sample_size).

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use pixart_model::loading::{to_diffusers, LoadOptions};
-use pixart_model::KvCompressConfig;
 
 use super::dtype;
 use crate::UsageError;
@@ -53,12 +52,12 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         interpolation_scale: a.interpolation_scale,
         ..LoadOptions::default()
     };
-    if let Some(spec) = &a.kv_compress {
-        let (_, cfg, _) = pixart_model::loading::open_checkpoint(&a.input, &opts).map_err(super::usage)?;
-        let kv = KvCompressConfig::parse_spec(spec, cfg.num_layers)
-            .map_err(|m| UsageError(format!("--kv-compress: {m}")))?;
-        opts.kv_compress = Some(kv);
-    }
+    // Parsed now; fitted to the checkpoint's depth when it is opened.
+    opts.kv_compress = a
+        .kv_compress
+        .as_deref()
+        .map(super::model::parse_kv_compress)
+        .transpose()?;
     let (tensors, config) = to_diffusers(&a.input, &opts).map_err(super::usage)?;
     pixart_model::loading::save_diffusers(&a.out, &tensors, &config)?;
     eprintln!(

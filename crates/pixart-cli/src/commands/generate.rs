@@ -6,10 +6,9 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use pixart_pipeline::{
     generate, parameters_text, random_seed, read_parameters, sampler_name, Generated, GenerationRequest, ImageFormat,
-    InitImage, Output, OutputKind, Parameters, PipelineComponents, Previews, Progress, RgbImage, SeededNoise,
+    InitImage, Output, OutputKind, Parameters, PipelineComponents, Previews, Progress, RgbImage, SeededNoise, Upscale,
     VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
-use pixart_schedulers::{default_guidance, default_steps};
 
 use super::model::{ModelArgs, ModelChoice};
 use super::{cancel_on_ctrl_c, device, dtype, output_folder_exists, progress_bar, read_inputs, sampler, take, usage};
@@ -269,12 +268,6 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     let dtype_name = a.dtype.clone().unwrap_or_else(|| "f32".to_string());
     let dt = dtype(&dtype_name)?;
     let dev = device(&a.device)?;
-    if a.steps == Some(0) {
-        return Err(UsageError("--steps must be at least 1".into()).into());
-    }
-    if let Some(g) = a.guidance.filter(|g| !g.is_finite()) {
-        return Err(UsageError(format!("--guidance must be a finite number, got {g}")).into());
-    }
     let output = a.output.clone().unwrap_or_else(|| match a.output_type {
         OutputType::Image => PathBuf::from("out.png"),
         OutputType::Latent => PathBuf::from("out.safetensors"),
@@ -298,25 +291,12 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         OutputType::Image => Some(image_format(&output, a.jpeg_quality)?),
         OutputType::Latent => None,
     };
-    let hires = match a.upscale {
-        None => None,
-        Some(f) => {
-            if !(f.is_finite() && f > 1.0 && f <= MAX_UPSCALE) {
-                return Err(UsageError(format!("--upscale {f} must be above 1 and at most {MAX_UPSCALE}")).into());
-            }
-            if a.output_type == OutputType::Latent {
-                return Err(UsageError("--upscale makes images; it cannot go with --output-type latent".into()).into());
-            }
-            let strength = a.upscale_strength.unwrap_or(DEFAULT_UPSCALE_STRENGTH);
-            if !(strength.is_finite() && strength > 0.0 && strength <= 1.0) {
-                return Err(UsageError(format!("--upscale-strength must be in (0, 1], got {strength}")).into());
-            }
-            if a.upscale_steps == Some(0) {
-                return Err(UsageError("--upscale-steps must be at least 1".into()).into());
-            }
-            Some((f, strength))
-        }
-    };
+    // --upscale, --upscale-strength and --upscale-steps are checked with the request.
+    let upscale = a.upscale.map(|factor| Upscale {
+        factor,
+        strength: a.upscale_strength,
+        steps: a.upscale_steps,
+    });
     let latents = match &a.latents {
         Some(p) => Some(initial_latents(p)?),
         None => None,
@@ -339,11 +319,6 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         options,
     } = a.model.resolve(dev, dt)?;
     let seed = a.seed.unwrap_or_else(random_seed);
-    // Steps and guidance default to those of the sampler that runs: the requested one, else
-    // the one the model's scheduler_config.json names (an LCM model: 4 steps, no CFG).
-    let runs = sampler.or_else(|| resolved.scheduler_kind());
-    let steps = a.steps.unwrap_or_else(|| default_steps(runs));
-    let guidance = a.guidance.unwrap_or_else(|| default_guidance(runs));
 
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
 
@@ -364,8 +339,8 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         negative_prompt: a.negative_prompt.clone().unwrap_or_default(),
         width: a.width,
         height: a.height,
-        steps,
-        guidance,
+        steps: a.steps,
+        guidance: a.guidance,
         seed,
         images_per_prompt: a.batch,
         sampler,
@@ -376,40 +351,20 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         latents: latents.clone(),
         init_image: init_image.clone(),
         previews,
+        upscale,
     };
-    // The second pass of --upscale for one image: image to image at the enlarged size, exactly
-    // (no binning), with the image's own seed.
-    let hires_steps = a.upscale_steps.unwrap_or(steps);
-    let hires_for = |prompt: String, seed: u64, image: RgbImage, factor: f64, strength: f64, multiple: usize| {
-        let (w, h) = upscaled(image.width, image.height, factor, multiple);
-        GenerationRequest {
-            width: Some(w),
-            height: Some(h),
-            steps: hires_steps,
-            images_per_prompt: 1,
-            resolution_binning: false,
-            output: OutputKind::Image,
-            latents: None,
-            init_image: Some(InitImage {
-                image,
-                strength,
-                mask: None,
-            }),
-            ..request_for(vec![prompt], seed)
-        }
-    };
-    // Validate against the config files first, so that a bad request fails before loading.
-    if let Ok(geometry) = resolved.geometry() {
-        for g in &groups {
-            let first = request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
-            if let Some((f, strength)) = hires {
-                let stand_in = RgbImage::filled(first.out_width, first.out_height, [0; 3]);
-                let multiple = geometry.vae_factor * geometry.patch_size;
-                hires_for(g[0].clone(), seed, stand_in, f, strength, multiple)
-                    .validate(&geometry)
-                    .map_err(|e| UsageError(format!("--upscale: {e}")))?;
+    // Validate against the config files first (the KV compression as it will be loaded), so
+    // that a bad request, its upscaling included, fails before loading.
+    match resolved.geometry_with(options.kv_compress.as_ref()) {
+        Ok(geometry) => {
+            for g in &groups {
+                request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
             }
         }
+        // --kv-compress naming layers the model lacks.
+        Err(e @ pixart_core::Error::InvalidRequest { .. }) => return Err(usage(e)),
+        // No config files to check against (an original checkpoint): checked once loaded.
+        Err(_) => {}
     }
     // Every output's path, so that none fails after the work (a folder named out-1.png).
     let outputs = match output_kind {
@@ -445,38 +400,9 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         } else {
             String::new()
         };
+        // With --upscale each image goes through its second pass too; the parameters keep the
+        // first pass's settings and name the second's, so that --from repeats both.
         let out = run_one(&a, &components, &request, &cancel, &written)?;
-        // --upscale: each image through the second pass; the parameters keep the first pass's
-        // settings and name the second's, so that --from repeats both.
-        let (images, hires_note) = match hires {
-            None => (out.images.clone(), String::new()),
-            Some((f, strength)) => {
-                let geometry = components.geometry();
-                let multiple = geometry.vae_factor * geometry.patch_size;
-                let mut up = Vec::with_capacity(out.images.len());
-                for (k, img) in out.images.iter().enumerate() {
-                    let prompt = request.prompts[k / request.images_per_prompt.max(1)].clone();
-                    let seed_k = request.seed.wrapping_add(k as u64);
-                    let second = hires_for(prompt, seed_k, img.clone(), f, strength, multiple)
-                        .validate(&geometry)
-                        .map_err(|e| UsageError(format!("--upscale: {e}")))?;
-                    eprintln!(
-                        "upscale {}/{}: {}x{} to {}x{}",
-                        k + 1,
-                        out.images.len(),
-                        img.width,
-                        img.height,
-                        second.out_width,
-                        second.out_height
-                    );
-                    up.extend(run_one(&a, &components, &second, &cancel, &written)?.images);
-                }
-                (
-                    up,
-                    format!(", Hires upscale: {f}, Hires steps: {hires_steps}, Hires strength: {strength}"),
-                )
-            }
-        };
         match output_kind {
             OutputKind::Latent => {
                 let path = numbered(&output, r);
@@ -487,10 +413,8 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
             OutputKind::Image => {
                 let model_label = model.display().to_string();
                 let sampler_name = sampler_name(&components, sampler);
-                for (k, img) in images.iter().enumerate() {
-                    let first_pass = out.images.get(k).unwrap_or(img);
-                    let params = parameters_text(&request, k, first_pass, &sampler_name, &model_label, &dtype_name)
-                        + &hires_note;
+                for (k, img) in out.images.iter().enumerate() {
+                    let params = parameters_text(&request, k, img, &sampler_name, &model_label, &dtype_name);
                     let path = numbered(&output, first + k);
                     let bytes = format.unwrap_or(ImageFormat::Png).encode(img, &params)?;
                     pixart_core::weights::write_atomic(&path, &bytes)?;
@@ -502,17 +426,6 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         summary(&out, load_seconds, start);
     }
     Ok(())
-}
-
-/// The largest `--upscale`.
-const MAX_UPSCALE: f64 = 4.0;
-/// `--upscale-strength` by default: half the second pass's schedule.
-const DEFAULT_UPSCALE_STRENGTH: f64 = 0.5;
-
-/// `(width, height)` times `factor`, each rounded to a multiple of `multiple` (at least one).
-fn upscaled(width: usize, height: usize, factor: f64, multiple: usize) -> (usize, usize) {
-    let side = |s: usize| ((s as f64 * factor / multiple as f64).round() as usize).max(1) * multiple;
-    (side(width), side(height))
 }
 
 /// `--prompts-file`: one prompt per line; blank lines and lines starting with `#` are skipped.
@@ -534,8 +447,8 @@ fn read_prompts(path: &Path) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// One generation of the run loop, with its progress display; a Ctrl-C stop is [`Cancelled`]
-/// (`written` says what earlier runs left).
+/// One generation of the run loop (with `--upscale`, each image's second pass too), with its
+/// progress display; a Ctrl-C stop is [`Cancelled`] (`written` says what earlier runs left).
 fn run_one(
     a: &GenerateArgs,
     components: &PipelineComponents,
@@ -564,13 +477,15 @@ fn run_one(
         request.batch, request.out_width, request.out_height, request.gen_width, request.gen_height, request.guidance
     );
 
-    let (bar, tty) = progress_bar(
-        request.steps_to_run(),
-        "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
-    );
+    let template = "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]";
+    let (bar, tty) = progress_bar(request.steps_to_run(), template);
+    // The pass that runs: its bar and its steps (a second pass of --upscale gets new ones).
+    let bar = std::cell::RefCell::new(bar);
+    let pass_steps = std::cell::Cell::new(request.steps_to_run());
     let mut on_progress = |p: Progress| match p {
         Progress::Stage(s) if !tty => eprintln!("{}", s.name()),
         Progress::Step { done, total, seconds } => {
+            let bar = bar.borrow();
             if tty {
                 bar.set_position(done as u64);
                 bar.set_message(format!("{seconds:.2} s/step"));
@@ -581,8 +496,27 @@ fn run_one(
                 eprintln!("step {done}/{total}: {seconds:.3} s");
             }
         }
+        Progress::Upscale {
+            image,
+            of,
+            from,
+            to,
+            seed,
+            steps,
+            steps_to_run,
+        } => {
+            let strength = request.upscale.map_or(0.0, |u| u.strength);
+            eprintln!("upscale {}/{of}: {}x{} to {}x{}", image + 1, from.0, from.1, to.0, to.1);
+            eprintln!(
+                "1 image(s) of {0}x{1} (generated at {0}x{1}), {steps_to_run} of {steps} steps (image to image, strength {strength}), guidance {2}, seed {seed}, sampler {sampler_name}",
+                to.0, to.1, request.guidance
+            );
+            pass_steps.set(steps_to_run);
+            *bar.borrow_mut() = progress_bar(steps_to_run, template).0;
+        }
         Progress::Preview { done, total, images } => {
             if let Some(path) = &a.preview {
+                let bar = bar.borrow();
                 let written = pixart_pipeline::encode_png(&RgbImage::side_by_side(&images), "")
                     .map_err(anyhow::Error::from)
                     .and_then(|png| Ok(pixart_core::weights::write_atomic(path, &png)?));
@@ -605,7 +539,7 @@ fn run_one(
             } else {
                 format!("prompt {}", prompt + 1)
             };
-            bar.suspend(|| {
+            bar.borrow().suspend(|| {
                 eprintln!("warning: {which} is longer than {limit} tokens; its last {dropped} tokens were dropped")
             });
         }
@@ -616,10 +550,10 @@ fn run_one(
     match generated {
         Generated::Finished(o) => Ok(o),
         Generated::Cancelled { completed_steps } => {
-            bar.abandon();
+            bar.borrow().abandon();
             Err(Cancelled(format!(
                 "cancelled after {completed_steps} of {} steps; nothing written{written}",
-                request.steps_to_run()
+                pass_steps.get()
             ))
             .into())
         }

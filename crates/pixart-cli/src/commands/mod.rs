@@ -89,12 +89,42 @@ pub fn write_outputs(path: &Path, outputs: &[(&str, &Tensor)]) -> Result<()> {
     Ok(())
 }
 
-/// A library error as a CLI error: invalid input, and config or weight files that cannot be
-/// used, are usage errors (exit code 2); I/O, hub and computation failures are not (1).
+/// The flag of a request field ([`pixart_core::Field`]), as `generate` (and `eval demo`,
+/// `serve`) spell it: the one table from the library's fields to the CLI's names.
+pub fn flag(field: pixart_core::Field) -> &'static str {
+    use pixart_core::Field as F;
+    match field {
+        F::Prompt => "--prompt",
+        F::NegativePrompt => "--negative-prompt",
+        F::Width => "--width",
+        F::Height => "--height",
+        F::Size => "--width/--height",
+        F::Batch => "--batch",
+        F::Steps => "--steps",
+        F::Guidance => "--guidance",
+        F::Seed => "--seed",
+        F::Sampler => "--scheduler",
+        F::Image => "--image",
+        F::Strength => "--strength",
+        F::Mask => "--mask",
+        F::Latents => "--latents",
+        F::Previews => "--preview-every",
+        F::KvCompress => "--kv-compress",
+        F::Upscale => "--upscale",
+        F::UpscaleStrength => "--upscale-strength",
+        F::UpscaleSteps => "--upscale-steps",
+        F::Output => "--output-type",
+    }
+}
+
+/// A library error as a CLI error: invalid input (a request field named by its flag), and
+/// config or weight files that cannot be used, are usage errors (exit code 2); I/O, hub and
+/// computation failures are not (1).
 pub fn usage(e: pixart_core::Error) -> anyhow::Error {
     use pixart_core::Error as E;
     match e {
         E::InvalidInput(m) => UsageError(m).into(),
+        E::InvalidRequest { field, message } => UsageError(format!("{} {message}", flag(field))).into(),
         e @ (E::Config { .. } | E::Weights { .. } | E::Shape(_)) => UsageError(e.to_string()).into(),
         other => other.into(),
     }
@@ -129,4 +159,25 @@ pub fn progress_bar(len: usize, template: &str) -> (indicatif::ProgressBar, bool
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     (bar, tty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pixart_core::{Error, Field};
+
+    #[test]
+    fn request_errors_are_usage_errors_naming_the_flag_by_field() {
+        // The message's words do not decide the flag: the field does.
+        let e = usage(Error::request(
+            Field::Guidance,
+            "must be between 0 and 50 (not --steps)",
+        ));
+        assert!(e.downcast_ref::<UsageError>().is_some());
+        assert_eq!(e.to_string(), "--guidance must be between 0 and 50 (not --steps)");
+        let e = usage(Error::request(Field::UpscaleSteps, "must be at least 1"));
+        assert_eq!(e.to_string(), "--upscale-steps must be at least 1");
+        assert_eq!(flag(Field::Sampler), "--scheduler");
+        assert_eq!(flag(Field::Batch), "--batch");
+    }
 }

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::{DType, Device};
 use clap::Args;
+use pixart_model::config::KvCompressSpec;
 use pixart_model::lora::LoraSpec;
-use pixart_model::KvCompressConfig;
 use pixart_pipeline::{ComponentOptions, ComponentPaths, DownloadProgress, HubConfig, ResolvedPaths};
 
 use super::usage;
@@ -101,20 +101,8 @@ impl ModelArgs {
                     other => usage(other),
                 }
             })?;
-        let kv_compress = match &self.kv_compress {
-            Some(spec) => {
-                let (_, cfg) = pixart_model::loading::locate(&resolved.transformer).map_err(usage)?;
-                let layers = match cfg {
-                    Some(c) => pixart_model::TransformerConfig::from_file(&c)?.num_layers,
-                    None => 28,
-                };
-                Some(
-                    KvCompressConfig::parse_spec(spec, layers)
-                        .map_err(|m| UsageError(format!("--kv-compress: {m}")))?,
-                )
-            }
-            None => None,
-        };
+        // Parsed here, without the model; fitted to its depth when it is loaded.
+        let kv_compress = self.kv_compress.as_deref().map(parse_kv_compress).transpose()?;
         Ok(ModelChoice {
             model,
             resolved,
@@ -127,6 +115,12 @@ impl ModelArgs {
             },
         })
     }
+}
+
+/// Parses `--kv-compress` (`SAMPLING[:R[:LAYERS]]` or `none`); whether its layers exist is
+/// checked when the model is opened.
+pub fn parse_kv_compress(spec: &str) -> Result<KvCompressSpec> {
+    KvCompressSpec::parse(spec).map_err(|m| UsageError(format!("--kv-compress: {m}")).into())
 }
 
 /// Hub downloads: a progress bar per file on a terminal; otherwise a line per file, and one per

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use candle_core::DType;
 use clap::{Args, Subcommand};
 use pixart_model::loading::{load_transformer, LoadOptions};
-use pixart_model::{AddedCond, KvCompressConfig};
+use pixart_model::AddedCond;
 
 use super::{device, dtype, output_folder_exists, read_inputs, take, usage, write_outputs, MAX_TOKENS};
 use crate::UsageError;
@@ -231,18 +231,12 @@ fn transformer(a: TransformerArgs) -> Result<()> {
         }
     }
     let inputs = read_inputs(&a.inputs)?;
-    // Validate the kv spec against the model's depth after reading its config.
-    let kv = match &a.kv_compress {
-        Some(spec) => {
-            let (_, cfg, _) =
-                pixart_model::loading::open_checkpoint(&a.model, &LoadOptions::default()).map_err(usage)?;
-            Some(
-                KvCompressConfig::parse_spec(spec, cfg.num_layers)
-                    .map_err(|m| UsageError(format!("--kv-compress: {m}")))?,
-            )
-        }
-        None => None,
-    };
+    // Parsed now; fitted to the model's depth when it is opened.
+    let kv = a
+        .kv_compress
+        .as_deref()
+        .map(super::model::parse_kv_compress)
+        .transpose()?;
     let opts = LoadOptions {
         dtype,
         device,

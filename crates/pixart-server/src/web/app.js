@@ -185,6 +185,10 @@ async function generate(ev) {
     body.strength = numberOrUndefined("strength");
     const mask = $("mask").files[0];
     if (mask) body.mask = await readDataUrl(mask);
+  } else {
+    // Two-pass upscaling of what is generated (not with a start image); 1 is off.
+    const upscale = numberOrUndefined("upscale");
+    if (upscale !== undefined && upscale !== 1) body.upscale = upscale;
   }
   setState("running");
   delete document.body.dataset.preview;
