@@ -88,6 +88,17 @@ def last_json(cmd, env):
     return json.loads(lines[-1])
 
 
+def selection(a):
+    """(every case, the names asked for, the environment with the thread counts)."""
+    all_cases = cases(a.threads)
+    names = list(all_cases) if a.cases == "all" else a.cases.split(",")
+    unknown = [n for n in names if n not in all_cases]
+    if unknown:
+        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(all_cases)}")
+    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    return all_cases, names, env
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="all", help="comma-separated case names, or all")
@@ -104,12 +115,7 @@ def main():
     binary = os.environ.get("PIXART_BIN", os.path.join(ROOT, "target", "release", "pixart"))
     if not os.access(binary, os.X_OK):
         raise SystemExit(f"no pixart binary at {binary}: cargo build --release -p pixart-cli (or set PIXART_BIN)")
-    all_cases = cases(a.threads)
-    names = list(all_cases) if a.cases == "all" else a.cases.split(",")
-    unknown = [n for n in names if n not in all_cases]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(all_cases)}")
-    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    all_cases, names, env = selection(a)
     print(f"threads {a.threads}; {binary} against {py}", file=sys.stderr)
     print("| case | pixart-rs s | PyTorch s | ratio | pixart-rs peak RSS GiB | PyTorch peak RSS GiB "
           "| pixart-rs GFLOP/s | PyTorch GFLOP/s |")
@@ -143,12 +149,7 @@ def against(a):
     for b in (binary, a.against_bin):
         if not os.access(b, os.X_OK):
             raise SystemExit(f"no pixart binary at {b}")
-    all_cases = cases(a.threads)
-    names = list(all_cases) if a.cases == "all" else a.cases.split(",")
-    unknown = [n for n in names if n not in all_cases]
-    if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; known: {', '.join(all_cases)}")
-    env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    all_cases, names, env = selection(a)
     print(f"threads {a.threads}; {binary} (new) against {a.against_bin} (old), {a.rounds} rounds", file=sys.stderr)
     print("| case | new s (median) | old s (median) | new/old | new runs | old runs |")
     print("|---|---|---|---|---|---|")
