@@ -140,6 +140,28 @@ fn png_batch_with_parameters() {
         assert!(params.text.contains(&format!("Seed: {seed}")), "{}", params.text);
     }
     assert!(!dir.join("cat-2.png").exists());
+
+    // `--seed -1` is a random seed (as A1111 takes it), printed and stored as a number.
+    let random = dir.join("random.png");
+    let o = generate(
+        &[
+            &request[..request.len() - 2],
+            &["--seed", "-1", "-o", random.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&random).unwrap()));
+    let reader = decoder.read_info().unwrap();
+    let params = &reader.info().uncompressed_latin1_text;
+    let text = &params.iter().find(|t| t.keyword == "parameters").unwrap().text;
+    let seed = text
+        .split("Seed: ")
+        .nth(1)
+        .and_then(|t| t.split([',', '\n']).next())
+        .unwrap();
+    assert!(seed.parse::<u64>().is_ok(), "{text}");
+    assert!(stderr(&o).contains(&format!("seed {seed}")), "{}", stderr(&o));
     // The same first image as a JPEG (by the name's extension, any case), the parameters in
     // a COM segment.
     let jpg = dir.join("cat.JPG");
@@ -235,6 +257,18 @@ fn usage_errors_exit_2_with_one_line() {
             "--jpeg-quality 0 must be between 1 and 100",
         ),
         (vec!["-p", "x", "--device", "tpu", "-o", o], "unknown device `tpu`"),
+        // Negative numbers are values, not unknown flags (they used to be read as flags).
+        (vec!["-p", "x", "--width", "-64", "-o", o], "'--width <WIDTH>'"),
+        (vec!["-p", "x", "--steps", "-3", "-o", o], "'--steps <STEPS>'"),
+        (
+            vec!["-p", "x", "--seed", "-2", "-o", o],
+            "give 0 to 18446744073709551615 or -1",
+        ),
+        // Latents under an image's name (they used to be written as safetensors named x.png).
+        (
+            vec!["-p", "x", "--output-type", "latent", "-o", o],
+            "--output-type latent writes safetensors, not an image; name the output .safetensors",
+        ),
         (
             vec!["-p", "x", "--device", "cuda:x", "-o", o],
             "unknown device `cuda:x`",

@@ -47,14 +47,14 @@ pub struct GenerateArgs {
     #[arg(short = 'n', long = "negative-prompt")]
     negative_prompt: Option<String>,
     /// Image width in pixels (default: the model's native size, e.g. 1024).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     width: Option<usize>,
     /// Image height in pixels (default: the model's native size).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     height: Option<usize>,
     /// Denoising steps (default 20; 25 for sa-solver and 100 for iddpm, as PixArt's own
     /// inference script, and 4 for lcm; the sampler is --scheduler or the model's own).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     steps: Option<usize>,
     /// Classifier-free guidance scale; ≤ 1 turns CFG off (default 4.5; 0 with the lcm sampler).
     #[arg(long, allow_negative_numbers = true)]
@@ -63,9 +63,10 @@ pub struct GenerateArgs {
     /// (default: the one scheduler_config.json names).
     #[arg(long)]
     scheduler: Option<String>,
-    /// Random seed (default: random, printed).
-    #[arg(long)]
-    seed: Option<u64>,
+    /// Random seed, 0 to 2^64 − 1; -1 (as A1111 and stable-diffusion.cpp take it) or none: a
+    /// random seed, printed and stored in the image.
+    #[arg(long, allow_negative_numbers = true, value_parser = parse_seed)]
+    seed: Option<Seed>,
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     batch: usize,
@@ -230,7 +231,7 @@ fn apply_from(a: &mut GenerateArgs) -> Result<()> {
     a.steps = a.steps.or(p.steps);
     a.guidance = a.guidance.or(p.guidance);
     a.scheduler = a.scheduler.take().or(p.sampler.clone());
-    a.seed = a.seed.or(p.seed);
+    a.seed = a.seed.or(p.seed.map(Seed::Fixed));
     a.width = a.width.or(p.width);
     a.height = a.height.or(p.height);
     a.dtype = a.dtype.take().or(p.dtype.clone());
@@ -260,6 +261,23 @@ fn apply_from(a: &mut GenerateArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--seed`: a number, or -1 for a random one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seed {
+    Fixed(u64),
+    Random,
+}
+
+fn parse_seed(s: &str) -> std::result::Result<Seed, String> {
+    match s.trim() {
+        "-1" => Ok(Seed::Random),
+        t => t
+            .parse::<u64>()
+            .map(Seed::Fixed)
+            .map_err(|_| format!("{t:?} is not a seed: give 0 to {} or -1 for a random one", u64::MAX)),
+    }
+}
+
 pub fn run(mut a: GenerateArgs) -> Result<()> {
     apply_from(&mut a)?;
     // Parse and check everything the user typed before loading anything.
@@ -273,6 +291,17 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
     output_folder_exists(&output)?;
+    // Latents are a safetensors file: never under an image's name.
+    let image_name = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
+        .iter()
+        .any(|e| has_extension(&output, e));
+    if a.output_type == OutputType::Latent && image_name {
+        return Err(UsageError(format!(
+            "{}: --output-type latent writes safetensors, not an image; name the output .safetensors",
+            output.display()
+        ))
+        .into());
+    }
     let previews = match (&a.preview, a.preview_every) {
         (None, _) => Previews::Off,
         (Some(_), Some(0)) => return Err(UsageError("--preview-every must be at least 1".into()).into()),
@@ -318,7 +347,10 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         resolved,
         options,
     } = a.model.resolve(dev, dt)?;
-    let seed = a.seed.unwrap_or_else(random_seed);
+    let seed = match a.seed {
+        Some(Seed::Fixed(s)) => s,
+        Some(Seed::Random) | None => random_seed(),
+    };
 
     let cancel = cancel_on_ctrl_c("stopping after the current step (Ctrl-C again to quit now)")?;
 
@@ -574,4 +606,24 @@ fn summary(out: &Output, load_seconds: f64, start: std::time::Instant) {
         parts.join(", "),
         start.elapsed().as_secs_f64()
     );
+}
+
+/// Whether `path` ends in `.ext` (any case).
+fn has_extension(path: &Path, ext: &str) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case(ext))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_minus_one_is_random_and_other_negatives_are_refused() {
+        assert_eq!(parse_seed("-1"), Ok(Seed::Random));
+        assert_eq!(parse_seed("0"), Ok(Seed::Fixed(0)));
+        assert_eq!(parse_seed(&u64::MAX.to_string()), Ok(Seed::Fixed(u64::MAX)));
+        for bad in ["-2", "abc", "1.5", "18446744073709551616", ""] {
+            assert!(parse_seed(bad).is_err(), "{bad}");
+        }
+    }
 }
