@@ -2,7 +2,7 @@
 //! libraries do the work.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod commands;
 
@@ -103,6 +103,18 @@ fn argument_error(e: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The command line, with the help texts that come from the code's own lists: the samplers of
+/// `--scheduler` and the routes of `serve`.
+fn command() -> clap::Command {
+    let sampler = |c: clap::Command| c.mut_arg("scheduler", |a| a.help(commands::sampler_help()));
+    Cli::command()
+        .mut_subcommand("generate", sampler)
+        .mut_subcommand("eval", |e| {
+            e.mut_subcommand("demo", sampler).mut_subcommand("curve", sampler)
+        })
+        .mut_subcommand("serve", |c| c.after_help(commands::serve::after_help()))
+}
+
 fn main() -> ExitCode {
     pixart_core::mem::tune_allocator();
     // candle attaches a backtrace to its errors when RUST_BACKTRACE is set, which would fold
@@ -110,7 +122,7 @@ fn main() -> ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let cli = match Cli::try_parse() {
+    let cli = match command().try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e) => return argument_error(e),
     };
@@ -151,6 +163,38 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--help` names every sampler and every route the code has (it listed six of the eight
+    /// samplers, and some of the routes, as hand-written text).
+    #[test]
+    fn help_lists_every_sampler_and_route() {
+        let mut cmd = command();
+        let help = |cmd: &mut clap::Command, path: &[&str]| {
+            let mut c = cmd.clone();
+            for p in path {
+                c = c.find_subcommand(p).cloned().unwrap();
+            }
+            c.render_long_help().to_string()
+        };
+        for path in [&["generate"][..], &["eval", "demo"], &["eval", "curve"]] {
+            let text = help(&mut cmd, path);
+            for k in pixart_schedulers::SamplerKind::ALL {
+                assert!(text.contains(k.name()), "{path:?} --help lacks {}:\n{text}", k.name());
+            }
+        }
+        let text = help(&mut cmd, &["serve"]);
+        for (method, route) in pixart_server::route_table::ROUTES {
+            assert!(
+                text.contains(&format!("{} {route}", method.to_uppercase())),
+                "serve --help lacks {route}"
+            );
         }
     }
 }

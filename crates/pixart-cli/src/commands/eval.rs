@@ -108,8 +108,8 @@ struct EvalSettings {
     /// The prompt: the short caption ("a red circle") or the long one (every attribute).
     #[arg(long, default_value = "long")]
     caption: String,
-    /// Sampler: dpm++, sa-solver, ddim, euler-a, iddpm (PixArt's IDDPM, learned variance) or ddpm
-    /// (default: the one scheduler_config.json names).
+    /// Sampler (the list in `--help` comes from the samplers the code knows, see
+    /// [`super::sampler_help`]).
     #[arg(long)]
     scheduler: Option<String>,
     /// Prompts per pipeline call.

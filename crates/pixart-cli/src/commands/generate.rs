@@ -59,8 +59,8 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale; ≤ 1 turns CFG off (default 4.5; 0 with the lcm sampler).
     #[arg(long, allow_negative_numbers = true)]
     guidance: Option<f64>,
-    /// Sampler: dpm++, sa-solver, ddim, euler-a, iddpm (PixArt's IDDPM, learned variance) or ddpm
-    /// (default: the one scheduler_config.json names).
+    /// Sampler (the list in `--help` comes from the samplers the code knows, see
+    /// [`super::sampler_help`]).
     #[arg(long)]
     scheduler: Option<String>,
     /// Random seed, 0 to 2^64 − 1; -1 (as A1111 and stable-diffusion.cpp take it) or none: a

@@ -38,6 +38,15 @@ pub fn device(s: &str) -> Result<Device> {
 }
 
 /// Parses `--scheduler` (`None`: the sampler the scheduler config names).
+/// The `--scheduler` help: every sampler the code knows ([`pixart_schedulers::SamplerKind::ALL`]).
+pub fn sampler_help() -> String {
+    let names: Vec<&str> = pixart_schedulers::SamplerKind::ALL.iter().map(|k| k.name()).collect();
+    format!(
+        "Sampler: {} (default: the one scheduler_config.json names; iddpm needs a learned-sigma model)",
+        names.join(", ")
+    )
+}
+
 pub fn sampler(s: Option<&str>) -> Result<Option<pixart_schedulers::SamplerKind>> {
     s.map(str::parse).transpose().map_err(usage)
 }

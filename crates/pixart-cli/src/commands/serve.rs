@@ -14,13 +14,21 @@ use super::model::{ModelArgs, ModelChoice};
 use super::{device, dtype, usage};
 use crate::UsageError;
 
+/// `serve --help`'s closing text: every route, from the server's own table.
+pub fn after_help() -> String {
+    let routes: Vec<String> = pixart_server::route_table::ROUTES
+        .iter()
+        .map(|(method, path)| format!("{} {path}", method.to_uppercase()))
+        .collect();
+    format!(
+        "Routes: {} (POST /v1/images/generations and /v1/images/edits: the OpenAI images API; / \
+         the web page). SIGTERM or Ctrl-C: queued jobs are cancelled, the running one gets \
+         --shutdown-grace seconds, then the server exits 0.",
+        routes.join(", ")
+    )
+}
+
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Routes: POST /v1/images/generations (OpenAI images API), POST /v1/jobs, \
-GET /v1/jobs/{id}, GET /v1/jobs/{id}/events, DELETE /v1/jobs/{id}, GET /health, GET /metrics, \
-GET /openapi.json, and the web page at /. SIGTERM or Ctrl-C: queued jobs are cancelled, the running \
-one gets --shutdown-grace seconds, then the server exits 0."
-)]
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
