@@ -61,7 +61,10 @@ pub fn run(a: DemoDataArgs) -> Result<()> {
     super::output_folder_ok(&a.out)?;
     check_dataset_json(&a.out)?;
     let start = std::time::Instant::now();
-    let (bar, tty) = progress_bar(a.count, "{bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]");
+    let (bar, tty) = progress_bar(
+        a.count,
+        "{wide_bar} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
+    );
     let mut last_line = 0;
     let mut on_progress = |done: usize, total: usize| {
         if tty {

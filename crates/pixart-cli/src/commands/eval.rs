@@ -209,7 +209,10 @@ impl Prepared {
         let components = PipelineComponents::load(paths, &self.component_opts).map_err(usage)?;
         validate(&components.geometry(), &self.records, &self.opts).map_err(usage)?;
         let total = self.records.len() * seeds.len();
-        let (bar, tty) = progress_bar(total, "{bar:40} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}]");
+        let (bar, tty) = progress_bar(
+            total,
+            "{wide_bar} {pos}/{len} prompts [{elapsed_precise}<{eta_precise}]",
+        );
         let mut all = Vec::with_capacity(total);
         for &seed in seeds {
             let before = all.len();
@@ -620,7 +623,7 @@ fn vae_ceiling(a: VaeEvalArgs) -> Result<()> {
     let vae = pixart_vae::load_vae(&dir, candle_core::DType::F32, &candle_core::Device::Cpu).map_err(usage)?;
     let (bar, tty) = progress_bar(
         records.len(),
-        "{bar:40} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
+        "{wide_bar} {pos}/{len} images [{elapsed_precise}<{eta_precise}]",
     );
     let (mut originals, mut recons, mut sheet) = (Vec::new(), Vec::new(), Vec::new());
     let (mut sq_err, mut values) = (0.0f64, 0usize);

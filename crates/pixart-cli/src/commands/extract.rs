@@ -110,7 +110,7 @@ pub fn run(a: ExtractArgs) -> Result<()> {
     if tty {
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} images {msg} [{elapsed_precise}<{eta_precise}]",
+                "{wide_bar} {pos}/{len} images {msg} [{elapsed_precise}<{eta_precise}]",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );

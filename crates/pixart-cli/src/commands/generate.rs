@@ -509,7 +509,7 @@ fn run_one(
         request.batch, request.out_width, request.out_height, request.gen_width, request.gen_height, request.guidance
     );
 
-    let template = "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]";
+    let template = super::STEP_BAR;
     let (bar, tty) = progress_bar(request.steps_to_run(), template);
     // The pass that runs: its bar and its steps (a second pass of --upscale gets new ones).
     let bar = std::cell::RefCell::new(bar);

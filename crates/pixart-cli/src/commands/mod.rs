@@ -170,6 +170,10 @@ pub fn progress_bar(len: usize, template: &str) -> (indicatif::ProgressBar, bool
     (bar, tty)
 }
 
+/// The step bar of `generate`: the bar takes the width the rest of the line leaves on the
+/// terminal (`wide_bar`), so the line never wraps (a fixed 40-column bar made it ~85 columns).
+pub const STEP_BAR: &str = "{wide_bar} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +192,26 @@ mod tests {
         assert_eq!(e.to_string(), "--upscale-steps must be at least 1");
         assert_eq!(flag(Field::Sampler), "--scheduler");
         assert_eq!(flag(Field::Batch), "--batch");
+    }
+
+    /// On an 80-column terminal the step bar's line stays within 80 columns, with the longest
+    /// message `generate` shows.
+    #[test]
+    fn the_step_bar_fits_an_80_column_terminal() {
+        let term = indicatif::InMemoryTerm::new(4, 80);
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(1000),
+            indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        bar.set_style(indicatif::ProgressStyle::with_template(STEP_BAR).unwrap());
+        bar.set_position(999);
+        bar.set_message("preview at step 999");
+        bar.force_draw();
+        // One line that ends the bar: a longer one would wrap onto a second row of the screen.
+        let screen = term.contents();
+        let lines: Vec<&str> = screen.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{screen:?}");
+        assert!(lines[0].contains("999/1000 steps preview at step 999"), "{screen:?}");
+        assert!(lines[0].trim_end().ends_with(']'), "{screen:?}");
     }
 }

@@ -139,7 +139,7 @@ impl DownloadProgress for DownloadDisplay {
             let bar = indicatif::ProgressBar::new(size);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} [{eta_precise}]",
+                    "{msg} {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} [{eta_precise}]",
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );

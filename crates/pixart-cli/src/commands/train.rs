@@ -62,7 +62,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let bar = if tty {
         let b = ProgressBar::new(total);
         b.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+            ProgressStyle::with_template("{wide_bar} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.set_position(trainer.step());

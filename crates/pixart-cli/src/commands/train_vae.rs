@@ -64,7 +64,7 @@ pub fn run(a: TrainVaeArgs) -> Result<()> {
     );
     let (bar, tty) = super::progress_bar(
         cfg.train.steps as usize,
-        "{bar:40} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
+        "{wide_bar} {pos}/{len} steps {msg} [{elapsed_precise}<{eta_precise}]",
     );
     let say = |msg: String| {
         if tty {
