@@ -214,6 +214,9 @@ fn usage_errors_exit_2_with_one_line() {
     let dir = tempdir("usage");
     let out = dir.join("x.png");
     let o = out.to_str().unwrap();
+    let lora = dir.join("style.safetensors");
+    std::fs::write(&lora, b"not read: the scale is wrong first").unwrap();
+    let lora_abc = format!("{}:abc", lora.display());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["-p", "x", "--scheduler", "lms", "-o", o], "unknown sampler"),
         (vec!["-p", "x", "--steps", "0", "-o", o], "steps"),
@@ -263,6 +266,14 @@ fn usage_errors_exit_2_with_one_line() {
         (
             vec!["-p", "x", "--seed", "-2", "-o", o],
             "give 0 to 18446744073709551615 or -1",
+        ),
+        // Output paths that used to fail only after the work.
+        (vec!["-p", "x", "-o", "newdir/"], "newdir/: names a folder"),
+        (vec!["-p", "x", "-o", "/proc/version"], "/proc/version"),
+        // A LoRA scale that is not a number (it used to be reported as a missing file).
+        (
+            vec!["-p", "x", "--lora", lora_abc.as_str(), "-o", o],
+            "the LoRA scale \"abc\" is not a number",
         ),
         // Latents under an image's name (they used to be written as safetensors named x.png).
         (

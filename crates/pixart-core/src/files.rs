@@ -140,7 +140,28 @@ fn umask() -> u32 {
 /// Checks, before any work, that the write functions here can write `path` (it is not a
 /// folder or a socket); the folder it is in is the caller's to check.
 pub fn check_output_path(path: &Path) -> Result<()> {
-    output_target(path).map(|_| ())
+    if path.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(Error::InvalidInput(format!(
+            "{}: names a folder; give the name of a file to write",
+            path.display()
+        )));
+    }
+    match output_target(path)? {
+        // Whether the folder takes a new file: the temporary file the atomic write would make
+        // (e.g. /proc refuses it), made and removed now, before the work.
+        Target::File(target) => {
+            let probe = temp_path(&target);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&probe)
+                .map_err(|e| Error::InvalidInput(format!("{}: cannot be written there ({e})", path.display())))?;
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Target::Stream(_) => Ok(()),
+    }
 }
 
 /// Writes `bytes` into a device or FIFO.
@@ -173,6 +194,26 @@ fn sync_parent(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Output paths that fail only when the work is done are refused before it: a folder name
+    /// (`-o newdir/`), a file in a folder that takes no new file (`-o /proc/version`).
+    #[test]
+    fn output_paths_that_cannot_be_written_are_refused_up_front() {
+        let dir = std::env::temp_dir().join(format!("pixart-check-output-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let slash = format!("{}/", dir.join("newdir").display());
+        let e = check_output_path(Path::new(&slash)).unwrap_err().to_string();
+        assert!(e.contains("names a folder"), "{e}");
+        if Path::new("/proc/version").exists() {
+            assert!(check_output_path(Path::new("/proc/version")).is_err());
+        }
+        let fine = dir.join("out.png");
+        check_output_path(&fine).unwrap();
+        // The probe leaves nothing behind.
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     use candle_core::{DType, Device};
 
     fn scratch(name: &str) -> PathBuf {

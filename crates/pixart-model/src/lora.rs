@@ -18,7 +18,9 @@ pub struct LoraSpec {
 }
 
 impl LoraSpec {
-    /// Parses `FILE[:scale]` (scale defaults to 1).
+    /// Parses `FILE[:scale]` (scale defaults to 1). A file whose own name holds a `:` is taken
+    /// whole; an existing `FILE` followed by a scale that is not a number is an error naming
+    /// the scale (it used to be read as a file name, and reported as a missing file).
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
         if let Some((p, sc)) = s.rsplit_once(':') {
             if let Ok(scale) = sc.parse::<f64>() {
@@ -29,6 +31,9 @@ impl LoraSpec {
                     path: PathBuf::from(p),
                     scale,
                 });
+            }
+            if !Path::new(s).exists() && Path::new(p).is_file() {
+                return Err(format!("{s}: the LoRA scale {sc:?} is not a number (FILE[:SCALE])"));
             }
         }
         Ok(Self {
@@ -173,5 +178,34 @@ impl<B: SimpleBackend> SimpleBackend for LoraMerge<B> {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.inner.contains_tensor(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `FILE:abc` with an existing FILE names the scale; it used to say "no such LoRA file".
+    #[test]
+    fn a_scale_that_is_not_a_number_is_named() {
+        let dir = std::env::temp_dir().join(format!("pixart-lora-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("style.safetensors");
+        std::fs::write(&file, b"x").unwrap();
+        let f = file.to_str().unwrap();
+        let e = LoraSpec::parse(&format!("{f}:abc")).unwrap_err();
+        assert!(e.contains("\"abc\" is not a number"), "{e}");
+        let ok = LoraSpec::parse(&format!("{f}:0.5")).unwrap();
+        assert_eq!((ok.path.as_path(), ok.scale), (file.as_path(), 0.5));
+        assert_eq!(LoraSpec::parse(f).unwrap().scale, 1.0);
+        // A file whose name holds a colon is taken whole.
+        let colon = dir.join("a:b.safetensors");
+        std::fs::write(&colon, b"x").unwrap();
+        let spec = LoraSpec::parse(colon.to_str().unwrap()).unwrap();
+        assert_eq!((spec.path.as_path(), spec.scale), (colon.as_path(), 1.0));
+        // Neither part exists: a path, reported later as a missing file.
+        assert!(LoraSpec::parse("missing.safetensors:abc").is_ok());
+        assert!(LoraSpec::parse(&format!("{f}:inf")).is_err());
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
