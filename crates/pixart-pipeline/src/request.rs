@@ -365,6 +365,19 @@ impl GenerationRequest {
         let (gen_height, gen_width) = if let Some(table) = table {
             aspect_bins::classify(out_height, out_width, table).map_err(|e| invalid(Field::Size, e.to_string()))?
         } else {
+            // The size of the start image, when no --width/--height was given: its fault.
+            let (field, what) = match &self.init_image {
+                Some(_) if self.width.is_none() && self.height.is_none() => (Field::Image, "the start image is "),
+                _ => (Field::Size, ""),
+            };
+            if out_height < multiple || out_width < multiple {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{what}{out_width}x{out_height}: smaller than the smallest image this model makes ({multiple}x{multiple} px)"
+                    ),
+                ));
+            }
             if !out_height.is_multiple_of(multiple) || !out_width.is_multiple_of(multiple) {
                 let why = if self.resolution_binning {
                     format!("this model (sample_size {}) has no resolution bins, so ", g.sample_size)
@@ -372,8 +385,8 @@ impl GenerationRequest {
                     "with resolution binning off, ".to_string()
                 };
                 return Err(invalid(
-                    Field::Size,
-                    format!("{out_width}x{out_height}: {why}width and height must be multiples of {multiple}"),
+                    field,
+                    format!("{what}{out_width}x{out_height}: {why}width and height must be multiples of {multiple}"),
                 ));
             }
             (out_height, out_width)
@@ -679,6 +692,41 @@ mod tests {
             "{err}"
         );
         Ok(())
+    }
+
+    /// A start image too small for the model is named as such, and as the image's fault when
+    /// no size was given (a 1×1 image was reported as "--width/--height 1x1: ... multiples of 8").
+    #[test]
+    fn a_start_image_too_small_is_named() {
+        let image = |w: usize, h: usize| InitImage {
+            image: crate::image::RgbImage {
+                width: w,
+                height: h,
+                data: vec![0; w * h * 3],
+            },
+            strength: 0.8,
+            mask: None,
+        };
+        let with = |w, h, size: Option<usize>| GenerationRequest {
+            init_image: Some(image(w, h)),
+            ..request(size, size)
+        };
+        let g = geometry(16);
+        match with(1, 1, None).validate(&g) {
+            Err(Error::InvalidRequest { field, message }) => {
+                assert_eq!(field, Field::Image);
+                assert!(
+                    message
+                        .contains("the start image is 1x1: smaller than the smallest image this model makes (8x8 px)"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(field_of(with(12, 8, None), &g), Field::Image);
+        // A size that is given is the size's fault.
+        assert_eq!(field_of(with(64, 64, Some(4)), &g), Field::Size);
+        assert!(with(16, 8, None).validate(&g).is_ok());
     }
 
     /// The field an invalid request names.
