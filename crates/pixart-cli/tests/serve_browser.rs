@@ -177,6 +177,13 @@ fn set_fields(b: &mut Browser, fields: &[(&str, &str)]) {
     }
 }
 
+/// Clicks Generate after clearing the page's state, so that a wait for `done` sees this job
+/// end, not the previous one: the page sets `running` only after reading the files of the
+/// form (asynchronously), and a wait that started before that saw the last job's `done`.
+fn click_generate(b: &mut Browser) {
+    b.eval("document.body.dataset.state = 'submitted'; document.getElementById('generate').click(); true");
+}
+
 /// Waits for the page's job to end, checks that it succeeded and that its image loaded.
 fn wait_done_with_image(b: &mut Browser, what: &str) {
     b.wait_for("['done', 'error'].includes(document.body.dataset.state)", 60, what);
@@ -227,7 +234,7 @@ fn the_web_page_generates_in_headless_chromium() {
             ("seed", "42"),
         ],
     );
-    b.eval("document.getElementById('generate').click(); true");
+    click_generate(&mut b);
     wait_done_with_image(&mut b, "the generation");
     let p = b.eval("[document.getElementById('progress').value, document.getElementById('progress').max]");
     assert_eq!(p, json!([6, 6]));
@@ -268,7 +275,7 @@ fn the_web_page_generates_in_headless_chromium() {
 
     // 3. A long job shows live previews (the checkbox is on by default); cancel it from the page.
     set_fields(&mut b, &[("steps", "1000"), ("width", "256"), ("height", "256")]);
-    b.eval("document.getElementById('generate').click(); true");
+    click_generate(&mut b);
     b.wait_for("document.getElementById('progress').value >= 1", 30, "progress");
     b.wait_for(
         "(() => { const i = document.getElementById('result'); return document.body.dataset.preview !== undefined \
@@ -335,7 +342,7 @@ fn the_web_page_generates_in_headless_chromium() {
             ("seed", "1"),
         ],
     );
-    b.eval("document.getElementById('generate').click(); true");
+    click_generate(&mut b);
     wait_done_with_image(&mut b, "the image-to-image generation");
     assert_eq!(image_job(&mut b, &server), (Some(0.5), Some(2), Some("128x96".into())));
 
@@ -348,7 +355,7 @@ fn the_web_page_generates_in_headless_chromium() {
         "the start image from the result",
     );
     set_fields(&mut b, &[("seed", "2"), ("steps", "6")]);
-    b.eval("document.getElementById('generate').click(); true");
+    click_generate(&mut b);
     wait_done_with_image(&mut b, "the generation from the reused image");
     assert_eq!(image_job(&mut b, &server), (Some(0.5), Some(3), Some("128x96".into())));
 }
@@ -398,6 +405,6 @@ fn the_web_page_asks_for_the_api_key() {
         "the page to accept the key",
     );
     set_fields(&mut b, &[("prompt", "a red circle"), ("steps", "3"), ("seed", "5")]);
-    b.eval("document.getElementById('generate').click(); true");
+    click_generate(&mut b);
     wait_done_with_image(&mut b, "the generation");
 }
