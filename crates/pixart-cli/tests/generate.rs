@@ -315,6 +315,19 @@ fn usage_errors_exit_2_with_one_line() {
     assert!(e.contains("no-such-model: no such model folder or file"), "{e}");
     assert!(!e.contains("--base"), "{e}");
     assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    // A file that is no checkpoint is named before the base is looked up for it.
+    let picture = dir.join("notimage.png");
+    std::fs::write(
+        &picture,
+        pixart_pipeline::RgbImage::filled(2, 2, [0; 3]).to_png(None).unwrap(),
+    )
+    .unwrap();
+    let r = offline(&picture);
+    let e = stderr(&r);
+    assert_eq!(r.status.code(), Some(2), "{e}");
+    assert!(e.contains("notimage.png: unknown weight file type"), "{e}");
+    assert!(!e.contains("--base"), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
     // A transformer-only folder without --base takes the rest from the default base, which is
     // not in an empty cache (offline: nothing is requested); the message names it.
     let r = offline(&pipeline().join("transformer"));
@@ -640,8 +653,9 @@ fn edit_tensor(file: &Path, name: &str, edit: impl FnOnce(&Tensor) -> Tensor) {
 }
 
 /// Broken inputs and model files are refused before the work, in one line naming the file at
-/// fault (exit 2); NaN spreading from a weight stops the run instead of writing a black image
-/// (exit 1). Nothing is written at the output path in any case.
+/// fault (exit 2); NaN spreading from a weight stops the run instead of writing a black image,
+/// naming the weight file and tensor that holds it (exit 2: the file is bad). Nothing is
+/// written at the output path in any case.
 #[test]
 fn broken_inputs_and_files_are_named() {
     let dir = tempdir("broken");
@@ -705,14 +719,38 @@ fn broken_inputs_and_files_are_named() {
         &["more than 64 images"],
     );
 
-    // A NaN weight: the denoising loop stops at the first step.
+    // A NaN weight: the denoising loop stops at the first step, and the file is named (it used
+    // to exit 1, as if the run had failed).
     let m = pipeline_copy(&dir, "nan-weight");
     edit_tensor(
         &m.join("transformer/diffusion_pytorch_model.safetensors"),
         "proj_out.bias",
         |t| t.affine(0.0, f64::NAN).unwrap(),
     );
-    check(run(&m, &[]), 1, &["the latents after step 1 of 2 hold NaN"]);
+    check(
+        run(&m, &[]),
+        2,
+        &[
+            "transformer/diffusion_pytorch_model.safetensors: tensor `proj_out.bias` holds NaN",
+            "the latents after step 1 of 2 hold NaN",
+        ],
+    );
+    // ... in the VAE's decoder: named when the decoded pixels turn NaN.
+    let m = pipeline_copy(&dir, "nan-vae");
+    edit_tensor(
+        &m.join("vae/diffusion_pytorch_model.safetensors"),
+        "decoder.conv_out.bias",
+        |t| t.affine(0.0, f64::NAN).unwrap(),
+    );
+    check(
+        run(&m, &[]),
+        2,
+        &["vae/diffusion_pytorch_model.safetensors: tensor `decoder.conv_out.bias` holds NaN"],
+    );
+    // A model_index.json that is not JSON: named, not ignored.
+    let m = pipeline_copy(&dir, "bad-index");
+    std::fs::write(m.join("model_index.json"), "{\"_class_name\": \"PixArtSigmaPipeline\",").unwrap();
+    check(run(&m, &[]), 2, &["model_index.json", "invalid config"]);
     // An integer weight.
     let m = pipeline_copy(&dir, "int-weight");
     edit_tensor(
@@ -1186,8 +1224,16 @@ fn from_an_image_repeats_its_generation() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = generate(&[&settings[..], &["-o", &p("a.jpg")]].concat());
     assert!(o.status.success(), "{}", stderr(&o));
-    // Everything from the PNG (the model too: its label is the fixture's path): the same file.
+    // The model is named as the server names it: the folder's name, never its path.
+    let text = pixart_pipeline::read_parameters(&std::fs::read(dir.join("a.png")).unwrap(), "a.png")
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("Model: pipeline, "), "{text}");
+    let full = pipeline().canonicalize().unwrap();
+    assert!(!text.contains(full.to_str().unwrap()), "{text}");
+    // Everything from the PNG (the model too: a folder of that name where it runs): the same file.
     let o = bin()
+        .current_dir(pipeline().parent().unwrap())
         .args(["generate", "--from", &p("a.png"), "-o", &p("b.png")])
         .output()
         .unwrap();
@@ -1275,7 +1321,9 @@ fn upscale_is_image_to_image_at_the_larger_size() {
         text.contains("Size: 128x96") && text.ends_with("Hires upscale: 2, Hires steps: 3, Hires strength: 0.5"),
         "{text}"
     );
+    // (The model is named by its folder's name: run where that folder is.)
     let o = bin()
+        .current_dir(pipeline().parent().unwrap())
         .args(["generate", "--from", &p("up.png"), "-o", &p("again.png")])
         .output()
         .unwrap();

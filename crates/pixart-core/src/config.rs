@@ -5,9 +5,108 @@ use serde::de::DeserializeOwned;
 
 use crate::{Error, Result};
 
-/// Reads and deserialises a JSON file; errors name the file and the offending key or line.
+/// The first key that an object of the JSON text `json` holds twice, as its path (`prompt`,
+/// `vae.block_out_channels`, `layers[2].name`); `None` when there is none, or when `json` is
+/// not JSON (the caller's parse reports that). serde_json keeps the last of duplicate keys
+/// silently, so a config or request saying two things would be read as one of them.
+pub fn duplicate_key(json: &[u8]) -> Option<String> {
+    let found = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let _ = serde::de::DeserializeSeed::deserialize(
+        DuplicateKeys {
+            path: String::new(),
+            found: &found,
+        },
+        &mut de,
+    );
+    found.into_inner()
+}
+
+/// A walk over any JSON value that stops at the first key an object holds twice.
+struct DuplicateKeys<'a> {
+    path: String,
+    found: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DuplicateKeys<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DuplicateKeys<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> std::result::Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> std::result::Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let mut i = 0usize;
+        while seq
+            .next_element_seed(DuplicateKeys {
+                path: format!("{}[{i}]", self.path),
+                found: self.found,
+            })?
+            .is_some()
+        {
+            i += 1;
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if !seen.insert(key) {
+                *self.found.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            map.next_value_seed(DuplicateKeys {
+                path,
+                found: self.found,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads and deserialises a JSON file; errors name the file and the offending key or line
+/// (a key given twice too: [`duplicate_key`]).
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    if let Some(key) = duplicate_key(text.as_bytes()) {
+        return Err(Error::config(
+            path,
+            format!("invalid config: key `{key}` is given twice"),
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let key = e.path().to_string();
@@ -107,6 +206,31 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_given_twice_are_found_and_refused() {
+        assert_eq!(duplicate_key(br#"{"a": 1, "b": 2, "a": 3}"#).as_deref(), Some("a"));
+        assert_eq!(
+            duplicate_key(br#"{"a": {"x": [1, {"k": 1, "k": 2}]}}"#).as_deref(),
+            Some("a.x[1].k")
+        );
+        // The same key in two objects, and no JSON at all, are not duplicates.
+        assert_eq!(
+            duplicate_key(br#"{"a": {"k": 1}, "b": {"k": [null, true, "s", 1.5, -2]}}"#),
+            None
+        );
+        assert_eq!(duplicate_key(b"{not json"), None);
+        let dir = std::env::temp_dir().join(format!("pixart-core-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("config.json");
+        std::fs::write(&p, r#"{"num_layers": 2, "num_layers": 28}"#).unwrap();
+        let e = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("config.json") && e.contains("key `num_layers` is given twice"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     const VAE: ConfigClass = ConfigClass {
         component: "a VAE",

@@ -175,6 +175,46 @@ fn write_stream(path: &Path, target: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Removes the temp files [`write_atomic`] and [`save_safetensors`] leave in `dir` when their
+/// process was killed (`.NAME.tmp-PID` whose PID runs no process, last written over a minute
+/// ago, so that a write in progress elsewhere on a shared folder is left alone); returns the
+/// files removed. Errors are ignored: this is tidying, not the work.
+pub fn remove_stale_temp_files(dir: &Path) -> Vec<PathBuf> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.rsplit_once(".tmp-"))
+            .filter(|(stem, _)| !stem.is_empty())
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let running = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age.as_secs() >= 60);
+        if !running && old && std::fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.path());
+        }
+    }
+    removed
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
@@ -278,5 +318,38 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "{left:?}");
         std::fs::remove_dir_all(&d).ok();
+    }
+
+    #[test]
+    fn temp_files_of_killed_writers_are_removed() {
+        let d = scratch("stale");
+        let dead = dead_pid();
+        let aged = |name: &str, seconds_ago: u64| {
+            let p = d.join(name);
+            let f = std::fs::File::create(&p).unwrap();
+            f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(seconds_ago))
+                .unwrap();
+            p
+        };
+        // Left by a preview write killed with SIGKILL: removed.
+        let stale = aged(&format!(".live.png.tmp-{dead}"), 3600);
+        // A running process's (ours), a fresh one, and files that only look alike: kept.
+        let ours = aged(&format!(".live.png.tmp-{}", std::process::id()), 3600);
+        let fresh = aged(&format!(".other.png.tmp-{dead}"), 0);
+        let user = aged("notes.tmp-12", 3600);
+        let odd = aged(&format!(".x.tmp-{dead}a"), 3600);
+        assert_eq!(remove_stale_temp_files(&d), vec![stale.clone()]);
+        assert!(!stale.exists());
+        for kept in [ours, fresh, user, odd] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        std::fs::remove_dir_all(&d).ok();
+    }
+
+    /// A PID no process has now.
+    fn dead_pid() -> u32 {
+        (4_000_000..u32::MAX)
+            .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+            .unwrap()
     }
 }

@@ -17,7 +17,7 @@ use candle_nn::var_builder::SimpleBackend;
 use crate::{Error, Result};
 
 // The atomic writers live in `files` (so `config` can use them without importing `weights`).
-pub use crate::files::{check_output_path, save_safetensors, write_atomic};
+pub use crate::files::{check_output_path, remove_stale_temp_files, save_safetensors, write_atomic};
 
 /// Name, shape and dtype of one stored tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -138,6 +138,24 @@ impl WeightFile {
     /// Every stored tensor with its shape and dtype, sorted by name.
     pub fn infos(&self) -> &BTreeMap<String, TensorInfo> {
         &self.infos
+    }
+
+    /// The first float tensor (by name) holding NaN or an infinity, if any: read one at a time
+    /// (for naming a broken file after a run turned NaN, not on every load).
+    pub fn first_non_finite(&self) -> Result<Option<String>> {
+        for (name, info) in &self.infos {
+            if !info.dtype.is_float() {
+                continue;
+            }
+            let t = self.load(name, &Device::Cpu)?;
+            // x − x is 0 for every finite x and NaN for NaN and ±∞.
+            #[allow(clippy::eq_op)]
+            let probe = (&t - &t)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+            if probe.is_nan() {
+                return Ok(Some(name.clone()));
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the file holds a tensor called `name`.

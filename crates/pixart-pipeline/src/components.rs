@@ -86,17 +86,18 @@ pub struct ResolvedPaths {
 pub const ALPHA_MAX_SEQUENCE_LENGTH: usize = 120;
 
 /// The caption length of the pipeline whose `model_index.json` is in `dir`: 120 for
-/// `PixArtAlphaPipeline`, else 300 (also when there is none or it cannot be read: loading
-/// reports broken files).
-fn max_sequence_length_of(dir: &Path) -> usize {
-    let class = std::fs::read_to_string(dir.join("model_index.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("_class_name").and_then(|c| c.as_str()).map(str::to_owned));
-    match class.as_deref() {
+/// `PixArtAlphaPipeline`, else 300 (also when there is none). A file that is not a JSON
+/// object is an error naming it (it used to be ignored, the caption length silently 300).
+fn max_sequence_length_of(dir: &Path) -> Result<usize> {
+    let path = dir.join("model_index.json");
+    if !path.is_file() {
+        return Ok(MAX_SEQUENCE_LENGTH);
+    }
+    let index: serde_json::Map<String, serde_json::Value> = pixart_core::config::read_json(&path)?;
+    Ok(match index.get("_class_name").and_then(|c| c.as_str()) {
         Some("PixArtAlphaPipeline") => ALPHA_MAX_SEQUENCE_LENGTH,
         _ => MAX_SEQUENCE_LENGTH,
-    }
+    })
 }
 
 impl ResolvedPaths {
@@ -225,6 +226,11 @@ impl ComponentPaths {
         if !model.exists() {
             return Err(no_such_model(&model));
         }
+        // So is a file that is no checkpoint (a picture given as --model): its header read,
+        // before any hub access for the base (which used to report a DNS failure instead).
+        if model.is_file() {
+            pixart_core::weights::WeightFile::open(&model)?;
+        }
         let from_base: Vec<&str> = wanted[1..]
             .iter()
             .filter(|c| !(model.is_dir() && model.join(c).is_dir()))
@@ -325,9 +331,11 @@ impl ComponentPaths {
         }
         // The pipeline class of the folder the transformer comes from, else of the base.
         let max_sequence_length = if model.is_dir() && model.join("model_index.json").is_file() {
-            max_sequence_length_of(model)
+            max_sequence_length_of(model)?
         } else {
-            self.base.as_deref().map_or(MAX_SEQUENCE_LENGTH, max_sequence_length_of)
+            self.base
+                .as_deref()
+                .map_or(Ok(MAX_SEQUENCE_LENGTH), max_sequence_length_of)?
         };
         Ok(ResolvedPaths {
             transformer,

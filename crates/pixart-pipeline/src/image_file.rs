@@ -67,6 +67,19 @@ pub fn parameters_text(
     )
 }
 
+/// `text` with every control character but the line feed and the tab (NUL, CR, ESC, DEL, the
+/// C1 range) replaced by U+FFFD: PNG text chunks may not hold NUL (nor, by the spec, other
+/// controls), XML (the WebP's XMP) none but tab, LF and CR, and a bare CR would split the
+/// `parameters` lines differently for other readers. Text without them is unchanged, so that
+/// `--from` repeats a generation byte for byte.
+pub fn printable_parameters(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    std::borrow::Cow::Owned(text.chars().map(|c| if bad(c) { '\u{FFFD}' } else { c }).collect())
+}
+
 /// An 8-bit RGB PNG of `image` with `parameters` in a `tEXt` chunk (`iTXt` when it has
 /// characters outside Latin-1).
 pub fn encode_png(image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
@@ -95,8 +108,10 @@ impl ImageFormat {
         }
     }
 
-    /// The file of `image` with the generation `parameters`.
+    /// The file of `image` with the generation `parameters` (its control characters but line
+    /// feeds and tabs written as U+FFFD: [`printable_parameters`]).
     pub fn encode(self, image: &RgbImage, parameters: &str) -> Result<Vec<u8>> {
+        let parameters = &printable_parameters(parameters);
         match self {
             Self::Png => image.to_png(Some(parameters)),
             Self::Jpeg { quality } => image.to_jpeg(quality, Some(parameters)),
@@ -108,6 +123,26 @@ impl ImageFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_of_a_prompt_are_not_written_raw() {
+        let image = RgbImage::filled(8, 8, [9, 9, 9]);
+        let text = "a\0cat\x07 in\r the\x1b[31m rain\u{85}\nNegative prompt: \tx\x7f\nSteps: 2";
+        let want =
+            "a\u{FFFD}cat\u{FFFD} in\u{FFFD} the\u{FFFD}[31m rain\u{FFFD}\nNegative prompt: \tx\u{FFFD}\nSteps: 2";
+        for format in [ImageFormat::Png, ImageFormat::Jpeg { quality: 90 }, ImageFormat::Webp] {
+            let bytes = format.encode(&image, text).unwrap();
+            let got = crate::parameters::read_parameters(&bytes, "x").unwrap();
+            assert_eq!(got.as_deref(), Some(want), "{format:?}");
+            let p = crate::parameters::Parameters::parse(want).unwrap();
+            assert_eq!(p.prompt, "a\u{FFFD}cat\u{FFFD} in\u{FFFD} the\u{FFFD}[31m rain\u{FFFD}");
+        }
+        // Plain text, tabs and line feeds included, is kept as it is.
+        assert!(matches!(
+            printable_parameters("a\tb\nc ü 猫"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 
     #[test]
     fn png_round_trip_keeps_pixels_and_parameters() {

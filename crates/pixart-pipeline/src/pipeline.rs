@@ -590,8 +590,12 @@ fn generate_pass(
         if let Some(p) = &inpaint {
             latents = p.blend(&latents, &scheduler, i + 1)?;
         }
-        ensure_finite(&latents, || format!("the latents after step {done} of {run}"))
-            .map_err(|e| Error::NonFinite(format!("{e} (a weight holds them, or the dtype overflowed)")))?;
+        ensure_finite(&latents, || format!("the latents after step {done} of {run}")).map_err(
+            |e| match blame_weights(&e, &[&c.paths.transformer, &c.paths.text_encoder]) {
+                Some(file_error) => file_error,
+                None => Error::NonFinite(format!("{e} (the dtype overflowed, or an input holds them)")),
+            },
+        )?;
         let seconds = step_start.elapsed().as_secs_f64();
         clock.timings.steps.push(seconds);
         (clock.progress)(Progress::Step {
@@ -671,8 +675,30 @@ fn vae_decode(
     let z = vae.unscale_latents(&latents.to_device(&c.device)?.to_dtype(vae.dtype())?)?;
     let image = vae.decode_with_progress(&z, r.vae_tiling.tiling(), on_tile)?;
     let image = image.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-    ensure_finite(&image, || "the VAE's decoded pixels".into())?;
+    ensure_finite(&image, || "the VAE's decoded pixels".into())
+        .map_err(|e| blame_weights(&e, &[&c.paths.vae]).unwrap_or(e))?;
     Ok(image)
+}
+
+/// When a run turned NaN (`e`): the weight file of `components` (folders or files) that holds
+/// NaN or infinite values, as an [`Error::Weights`] naming it and the tensor (a bad input
+/// file, not a failure of the run); `None` when every one is finite (the dtype overflowed).
+fn blame_weights(e: &Error, components: &[&std::path::Path]) -> Option<Error> {
+    for component in components {
+        let Ok((file, _)) = pixart_model::loading::locate(component) else {
+            continue;
+        };
+        let Ok(weights) = pixart_core::weights::WeightFile::open(&file) else {
+            continue;
+        };
+        if let Ok(Some(name)) = weights.first_non_finite() {
+            return Some(Error::weights(
+                &file,
+                format!("tensor `{name}` holds NaN or infinite values ({e})"),
+            ));
+        }
+    }
+    None
 }
 
 /// Decoded pixels (b, 3, H, W) in [-1, 1] back to the requested size when binned (bilinear

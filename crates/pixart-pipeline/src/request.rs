@@ -260,7 +260,8 @@ fn invalid(field: Field, msg: impl Into<String>) -> Error {
 impl GenerationRequest {
     /// Checks the request against the model (from [`crate::PipelineComponents::geometry`], or,
     /// before loading, [`crate::ResolvedPaths::geometry`]) and resolves its defaults and sizes.
-    /// Every failure is an [`Error::InvalidRequest`] naming the field at fault.
+    /// Every failure is an [`Error::InvalidRequest`] naming the field at fault. An empty prompt
+    /// is allowed, for the CLI and the server alike: unconditional generation, as in diffusers.
     pub fn validate(self, geometry: &ModelGeometry) -> Result<ValidatedRequest> {
         if self.prompts.is_empty() {
             return Err(invalid(Field::Prompt, "is missing: give at least one"));
@@ -727,6 +728,33 @@ mod tests {
         // A size that is given is the size's fault.
         assert_eq!(field_of(with(64, 64, Some(4)), &g), Field::Size);
         assert!(with(16, 8, None).validate(&g).is_ok());
+    }
+
+    #[test]
+    fn an_empty_prompt_is_unconditional_generation() {
+        let v = GenerationRequest {
+            prompts: vec![String::new()],
+            ..request(None, None)
+        }
+        .validate(&geometry(16))
+        .unwrap();
+        assert_eq!(v.prompts, vec![String::new()]);
+        let e = GenerationRequest {
+            prompts: vec![],
+            ..request(None, None)
+        }
+        .validate(&geometry(16))
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::InvalidRequest {
+                    field: Field::Prompt,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     /// The field an invalid request names.

@@ -223,6 +223,11 @@ pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
             e.column()
         ))
     })?;
+    // serde_json keeps the last of a key given twice: refused instead, naming it.
+    if let Some(key) = pixart_core::config::duplicate_key(body) {
+        let field = key.split(['.', '[']).next().unwrap_or_default().to_string();
+        return Err(ApiError::invalid(&field, format!("`{key}` is given twice")));
+    }
     parse_value(value)
 }
 
@@ -345,10 +350,9 @@ pub fn validate_with(
     limits: &Limits,
     geometry: &ModelGeometry,
 ) -> Result<JobParams, ApiError> {
+    // An empty prompt is unconditional generation, as on the command line (and in diffusers):
+    // what a prompt may be is `GenerationRequest::validate`'s to say, for both.
     let prompt = body.prompt;
-    if prompt.trim().is_empty() {
-        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
-    }
     let negative_prompt = body.negative_prompt.unwrap_or_default();
     for (field, text) in [("prompt", &prompt), ("negative_prompt", &negative_prompt)] {
         let chars = text.chars().count();
@@ -622,9 +626,11 @@ mod tests {
             ("[1, 2]", 400, "body"),
             (r#"{"prompt": "a", "colour": "red"}"#, 400, "colour"),
             (r#"{"n": 1}"#, 422, "prompt"),
-            (r#"{"prompt": "  "}"#, 422, "prompt"),
             (r#"{"prompt": 3}"#, 422, "prompt"),
             (r#"{"prompt": "a", "n": 5}"#, 422, "n"),
+            // A key given twice (serde_json would keep the last).
+            (r#"{"prompt": "a", "n": 1, "n": 2}"#, 422, "n"),
+            (r#"{"prompt": "a", "prompt": "b"}"#, 422, "prompt"),
             (r#"{"prompt": "a", "n": 0}"#, 422, "n"),
             (r#"{"prompt": "a", "n": -1}"#, 422, "n"),
             (r#"{"prompt": "a", "size": "big"}"#, 422, "size"),
@@ -647,6 +653,11 @@ mod tests {
         ];
         for (body, status, field) in cases {
             assert_eq!(param(body), (*status, field.to_string()), "{body}");
+        }
+        // An empty prompt is unconditional generation, as `pixart generate -p ""` (it was
+        // refused here and accepted there).
+        for body in [r#"{"prompt": ""}"#, r#"{"prompt": "  "}"#] {
+            assert_eq!(check(body).unwrap().request.prompts.len(), 1, "{body}");
         }
         let long = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(4001));
         assert_eq!(param(&long), (422, "prompt".into()));

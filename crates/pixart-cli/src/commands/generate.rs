@@ -291,6 +291,12 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         OutputType::Latent => PathBuf::from("out.safetensors"),
     });
     output_folder_exists(&output)?;
+    // Temp files of an earlier run killed mid-write (a preview, an image) are tidied away.
+    for p in std::iter::once(&output).chain(a.preview.as_ref()) {
+        for stale in pixart_core::weights::remove_stale_temp_files(p.parent().unwrap_or(Path::new(""))) {
+            eprintln!("removed {}, left by a process that was killed", stale.display());
+        }
+    }
     // Latents are a safetensors file: never under an image's name.
     let image_name = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"]
         .iter()
@@ -342,6 +348,8 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         }),
         None => None,
     };
+    // Named in the parameters as the server names it: `builtin`, a folder's name or a hub id.
+    let model_label = a.model.label();
     let ModelChoice {
         model,
         resolved,
@@ -443,7 +451,6 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
                 eprintln!("wrote {}", path.display());
             }
             OutputKind::Image => {
-                let model_label = model.display().to_string();
                 let sampler_name = sampler_name(&components, sampler);
                 for (k, img) in out.images.iter().enumerate() {
                     let params = parameters_text(&request, k, img, &sampler_name, &model_label, &dtype_name);

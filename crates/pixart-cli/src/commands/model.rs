@@ -59,6 +59,24 @@ impl ModelArgs {
         }
     }
 
+    /// How the model is named to clients and in the images' parameters: `builtin`, a folder's
+    /// (or file's) name or a hub id, never a path.
+    pub fn label(&self) -> String {
+        match self.model.as_deref() {
+            Some(m) if !m.to_str().is_some_and(pixart_pipeline::is_builtin) => {
+                if m.exists() {
+                    m.canonicalize()
+                        .ok()
+                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .unwrap_or_else(|| "model".into())
+                } else {
+                    m.to_string_lossy().into_owned()
+                }
+            }
+            _ => "builtin".to_string(),
+        }
+    }
+
     /// Parses the flags and finds every component: hub ids are downloaded here (what is missing
     /// from the cache, with progress on stderr), before anything is loaded. Usage errors for
     /// bad flags and unusable folders.

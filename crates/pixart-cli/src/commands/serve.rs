@@ -1,6 +1,5 @@
 //! `pixart serve`: the HTTP server (crates/pixart-server). Parsing and printing only.
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -83,19 +82,6 @@ pub struct ServeArgs {
     offload_text_encoder: bool,
 }
 
-/// How the model is named to clients and in PNG metadata: a folder's name or a hub id, never a
-/// path.
-fn model_name(spec: &Path) -> String {
-    if spec.exists() {
-        spec.canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| "model".into())
-    } else {
-        spec.to_string_lossy().into_owned()
-    }
-}
-
 pub fn run(a: ServeArgs) -> Result<()> {
     let dt = dtype(&a.dtype)?;
     let dev = device(&a.device)?;
@@ -138,10 +124,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .map(ApiKey::new)
         .transpose()
         .map_err(|e| UsageError(format!("--api-key: {e}")))?;
-    let name = match &a.model.model {
-        Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => model_name(m),
-        _ => "builtin".to_string(),
-    };
+    let name = a.model.label();
     let ModelChoice {
         model,
         resolved,
