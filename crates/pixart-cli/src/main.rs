@@ -115,6 +115,10 @@ fn command() -> clap::Command {
         .mut_subcommand("serve", |c| c.after_help(commands::serve::after_help()))
 }
 
+/// An allocation that fails ends the process with one line and exit status 2, not an abort.
+#[global_allocator]
+static ALLOCATOR: pixart_core::mem::ExitOnAllocFailure = pixart_core::mem::ExitOnAllocFailure;
+
 fn main() -> ExitCode {
     pixart_core::mem::tune_allocator();
     // candle attaches a backtrace to its errors when RUST_BACKTRACE is set, which would fold

@@ -1360,3 +1360,46 @@ fn usage_error_with(args: &[&str], needle: &str) {
     assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
 }
+
+/// `generate --width 8192 --height 8192` under a memory limit (`ulimit -v`): refused before the
+/// work with the figures (exit 2, one line), where it used to abort on a failed allocation
+/// with a backtrace (exit 134); an allocation that fails anyway (the estimate turned off with
+/// PIXART_MEMORY_CHECK=off) is one line and exit 2 too. Nothing is written in either case.
+#[test]
+fn large_work_under_a_memory_limit_is_refused_not_aborted() {
+    let dir = tempdir("memory-limit");
+    let out = dir.join("big.png");
+    let limited = |check: &str| {
+        Command::new("sh")
+            .args([
+                "-c",
+                "ulimit -v 3000000 && exec \"$@\"",
+                "sh",
+                env!("CARGO_BIN_EXE_pixart"),
+            ])
+            .args(["generate", "-p", "a red circle", "--width", "8192", "--height", "8192"])
+            .args(["--steps", "1", "-o", out.to_str().unwrap()])
+            .env("PIXART_MEMORY_CHECK", check)
+            .output()
+            .unwrap()
+    };
+    let o = limited("on");
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert_eq!(e.trim_end().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("1 image(s) of 8192x8192 need about ")
+            && e.contains("GiB this process may have (the address-space limit (ulimit -v))"),
+        "{e}"
+    );
+    assert!(!e.contains("loading"), "refused only after loading: {e}");
+
+    let o = limited("off");
+    let e = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    let last = e.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: out of memory: an allocation of "), "{e}");
+    assert!(!e.contains("backtrace") && !e.contains("panicked"), "{e}");
+    assert!(!out.exists());
+    std::fs::remove_dir_all(&dir).ok();
+}

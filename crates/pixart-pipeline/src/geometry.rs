@@ -54,3 +54,20 @@ impl ModelGeometry {
         self.vae_factor * self.patch_size
     }
 }
+
+#[cfg(test)]
+impl ModelGeometry {
+    /// The built-in model's geometry (2×2 patches, VAE factor 4, 4 → 8 channels) with
+    /// `sample_size`, for the tests of the modules that use it.
+    pub(crate) fn for_tests(sample_size: usize) -> Self {
+        Self {
+            sample_size,
+            patch_size: 2,
+            in_channels: 4,
+            out_channels: 8,
+            vae_factor: 4,
+            kv_ratio: None,
+            scheduler: SchedulerConfig::pixart_sigma(),
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub mod geometry;
 pub mod hub;
 pub mod image;
 pub mod image_file;
+pub mod memory;
 pub mod noise;
 pub mod parameters;
 pub mod pipeline;

@@ -627,15 +627,7 @@ mod tests {
     use super::*;
 
     fn geometry(sample_size: usize) -> ModelGeometry {
-        ModelGeometry {
-            sample_size,
-            patch_size: 2,
-            in_channels: 4,
-            out_channels: 8,
-            vae_factor: 4,
-            kv_ratio: None,
-            scheduler: pixart_schedulers::SchedulerConfig::pixart_sigma(),
-        }
+        ModelGeometry::for_tests(sample_size)
     }
 
     fn request(width: Option<usize>, height: Option<usize>) -> GenerationRequest {

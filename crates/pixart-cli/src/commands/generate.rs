@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
+use pixart_pipeline::memory::MemoryModel;
 use pixart_pipeline::{
     generate, parameters_text, random_seed, read_parameters, sampler_name, Generated, GenerationRequest, ImageFormat,
     InitImage, Output, OutputKind, Parameters, PipelineComponents, Previews, Progress, RgbImage, SeededNoise, Upscale,
@@ -282,7 +283,8 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     apply_from(&mut a)?;
     // Parse and check everything the user typed before loading anything.
     let sampler = sampler(a.scheduler.as_deref())?;
-    let vae_tiling = VaeTiling::parse(&a.vae_tiling).map_err(usage)?;
+    // A Cell: the memory check before loading may switch tiling on for every run.
+    let vae_tiling = std::cell::Cell::new(VaeTiling::parse(&a.vae_tiling).map_err(usage)?);
     let dtype_name = a.dtype.clone().unwrap_or_else(|| "f32".to_string());
     let dt = dtype(&dtype_name)?;
     let dev = device(&a.device)?;
@@ -386,7 +388,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         sampler,
         resolution_binning: !a.no_resolution_binning,
         keep_case: a.keep_case,
-        vae_tiling,
+        vae_tiling: vae_tiling.get(),
         output: output_kind,
         latents: latents.clone(),
         init_image: init_image.clone(),
@@ -397,8 +399,15 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     // that a bad request, its upscaling included, fails before loading.
     match resolved.geometry_with(options.kv_compress.as_ref()) {
         Ok(geometry) => {
+            // ... and against the memory the process may have (weights, the loop, the decode).
+            let memory = MemoryModel::from_paths(&resolved, &options)?;
+            let allowance = pixart_core::mem::allowance();
             for g in &groups {
-                request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
+                let mut r = request_for(g.clone(), seed).validate(&geometry).map_err(usage)?;
+                if let Some(note) = memory.check(&mut r, allowance).map_err(usage)? {
+                    eprintln!("note: {note}");
+                    vae_tiling.set(r.vae_tiling);
+                }
             }
         }
         // --kv-compress naming layers the model lacks.
@@ -429,9 +438,16 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         if many {
             eprintln!("prompt {}/{runs}: {}", r + 1, prompts[0]);
         }
-        let request = request_for(prompts, seed.wrapping_add(first as u64))
+        let mut request = request_for(prompts, seed.wrapping_add(first as u64))
             .validate(&components.geometry())
             .map_err(usage)?;
+        // Checked again with the weights loaded (an original checkpoint is checked only here).
+        if let Some(note) = MemoryModel::from_components(&components)?
+            .check(&mut request, pixart_core::mem::allowance())
+            .map_err(usage)?
+        {
+            eprintln!("note: {note}");
+        }
         let written = if many {
             format!(
                 " of prompt {}/{runs} ({first} image(s) of the earlier prompts were written)",
