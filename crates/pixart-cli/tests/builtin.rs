@@ -112,17 +112,36 @@ fn generate_without_a_model_draws_the_prompt() {
     assert_eq!(read(&out), read(&again));
 }
 
-/// A quick evaluation on the first 12 evaluation prompts (6 held-out, 6 seen), 20 steps: colour,
-/// background and position at most one miss in 6, shape at most three (the shipped model's shapes
-/// are still soft: 54 % held-out on 144 prompts; the full figures are in docs/builtin-model.md).
+/// The quick evaluation: the first 192 evaluation prompts of `pixart demo-data --eval-repeat 8`
+/// (96 held-out, 96 seen; validation data, never the test split of docs/builtin-model.md), 20
+/// steps, one seed. The shipped model scores there (release build, 2026-12-08) shape 75.0 %
+/// held-out and 69.8 % seen (72.4 % pooled), size 95.8 % pooled, colour, background and position
+/// 100 %. Thresholds: the measured figure less 5 points for shape and size (about 1.6 standard
+/// deviations of a 192-image proportion near 72 %), so a model 10 points worse fails (~95 %);
+/// colour, background and position at least 97 % in each set.
 #[test]
 fn quick_eval_of_the_builtin_model() {
     let root = tempdir("eval");
-    let data = eval_prompts(&root);
+    let data = root.join("data");
+    let o = bin()
+        .args([
+            "demo-data",
+            "--count",
+            "2",
+            "--size",
+            "64",
+            "--eval-repeat",
+            "8",
+            "--out",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
     let (sheet, json) = (root.join("sheet.png"), root.join("eval.json"));
     let o = bin()
-        .args(["eval", "demo", "--limit", "12", "--data"])
-        .arg(&data)
+        .args(["eval", "demo", "--limit", "192", "--data"])
+        .arg(data.join("eval.jsonl"))
         .arg("--out")
         .arg(&sheet)
         .arg("--json")
@@ -133,20 +152,22 @@ fn quick_eval_of_the_builtin_model() {
     assert!(o.status.success(), "{}\n{stdout}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&read(&json)).unwrap();
     let acc = |set: &str, attr: &str| j[set][attr].as_f64().unwrap_or_else(|| panic!("{set}.{attr} in {j}"));
-    assert_eq!(j["heldout"]["n"], 6, "{stdout}");
-    for (attr, lowest) in [
-        ("color", 5.0 / 6.0),
-        ("background", 5.0 / 6.0),
-        ("shape", 3.0 / 6.0),
-        ("position", 5.0 / 6.0),
-    ] {
+    assert_eq!(
+        (j["heldout"]["n"].as_u64(), j["seen"]["n"].as_u64()),
+        (Some(96), Some(96)),
+        "{stdout}"
+    );
+    for attr in ["color", "background", "position"] {
         for set in ["heldout", "seen"] {
-            assert!(
-                acc(set, attr) >= lowest - 1e-9,
-                "{set} {attr}: {}\n{stdout}",
-                acc(set, attr)
-            );
+            assert!(acc(set, attr) >= 0.97, "{set} {attr}: {}\n{stdout}", acc(set, attr));
         }
+    }
+    for (attr, measured) in [("shape", 0.724), ("size", 0.958)] {
+        let pooled = (acc("heldout", attr) + acc("seen", attr)) / 2.0;
+        assert!(
+            pooled >= measured - 0.05,
+            "{attr}: {pooled:.3} pooled, the shipped model measured {measured}\n{stdout}"
+        );
     }
     assert!(RgbImage::from_png(&read(&sheet), "sheet.png").is_ok());
 }
