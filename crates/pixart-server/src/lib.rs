@@ -7,6 +7,7 @@
 //!   API (`POST /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/events` as server-sent
 //!   events, `DELETE /v1/jobs/{id}`, `GET /v1/jobs/{id}/images/{k}`), `GET /health`,
 //!   `GET /metrics` (Prometheus text), `GET /openapi.json`, and the web page at `/` ([`web`]).
+//! - AUTOMATIC1111's API under `/sdapi/v1/…` ([`a1111`]), a mapping onto the same request.
 //! - Every request check is in [`api`]; every error body is JSON naming the field at fault,
 //!   without file paths ([`error`]).
 //! - SIGTERM / Ctrl-C: new jobs are refused (503), queued ones cancelled, the running one gets
@@ -17,6 +18,7 @@
 // The OpenAPI document is one `json!` literal.
 #![recursion_limit = "512"]
 
+pub mod a1111;
 pub mod api;
 pub mod auth;
 pub mod client;
@@ -113,6 +115,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let geometry = engine.components.geometry();
     let default_sampler = pixart_pipeline::sampler_name(&engine.components, None);
     let model_name = engine.model_name.clone();
+    let loras = engine.loras.clone();
     let jobs = Arc::new(jobs::Jobs::new(opts.limits.max_queue, opts.retention));
     let (listener, addr) = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(opts.addr)
@@ -131,8 +134,10 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         jobs: jobs.clone(),
         limits: Arc::new(opts.limits.clone()),
         geometry: Arc::new(geometry),
-        model_name: Arc::new(model_name),
+        model_name: Arc::new(model_name.clone()),
         default_sampler: Arc::new(default_sampler),
+        a1111: Arc::new(a1111::A1111::new(&model_name)),
+        loras: Arc::new(loras),
         api_key: opts.api_key.clone(),
         text_encoder_kept,
         text_cache,
@@ -145,6 +150,18 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let grace = opts.shutdown_grace;
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let jobs_for_signal = jobs.clone();
+    // Job-API jobs whose client is gone are cancelled (checked every second).
+    let jobs_for_reaper = jobs.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if jobs_for_reaper.is_closed() {
+                break;
+            }
+            jobs_for_reaper.reap_abandoned();
+        }
+    });
     let result = rt.block_on(async move {
         on_ready(addr);
         let graceful = async move {

@@ -19,6 +19,8 @@ pub struct Engine {
     pub model_name: String,
     /// The transformer dtype's name, for PNG metadata.
     pub dtype_name: String,
+    /// The LoRAs merged into the transformer at start: file names (never paths) and scales.
+    pub loras: Vec<(String, f64)>,
 }
 
 /// Starts the worker; it returns when [`Jobs::close`] was called and the queue is empty.
@@ -66,15 +68,19 @@ fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
     let sampler = sampler_name(c, r.sampler);
     match outcome {
         Ok(Ok(Generated::Finished(out))) => {
-            let pngs: Result<Vec<Vec<u8>>, _> = out
+            let texts: Vec<String> = out
                 .images
                 .iter()
                 .enumerate()
-                .map(|(k, img)| {
-                    let params = parameters_text(r, k, img, &sampler, &engine.model_name, &engine.dtype_name);
-                    job.params.format.encode(img, &params)
-                })
+                .map(|(k, img)| parameters_text(r, k, img, &sampler, &engine.model_name, &engine.dtype_name))
                 .collect();
+            let pngs: Result<Vec<Vec<u8>>, _> = out
+                .images
+                .iter()
+                .zip(&texts)
+                .map(|(img, params)| job.params.format.encode(img, params))
+                .collect();
+            job.state.send_modify(|st| st.infotexts = Arc::new(texts));
             match pngs {
                 Ok(pngs) => {
                     eprintln!(

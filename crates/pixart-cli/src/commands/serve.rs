@@ -44,9 +44,15 @@ pub struct ServeArgs {
     /// Largest `n` (images per request).
     #[arg(long = "max-n", default_value_t = 4)]
     max_n: usize,
-    /// Largest image side in pixels (64 to 8192).
-    #[arg(long = "max-side", default_value_t = 2048)]
-    max_side: usize,
+    /// Largest image side in pixels (64 to 8192). Default: from the model's native size N,
+    /// max(N, min(4·N, 2048)) (256 for the built-in 64 px model, 2048 for a 1024 px one).
+    #[arg(long = "max-side")]
+    max_side: Option<usize>,
+    /// The most work one request may ask for, in native-size image-steps (images × steps ×
+    /// pixels / the model's native pixels, both passes of an upscale counted); more is a 422
+    /// naming the field to lower. Default: --max-n × --max-steps (600).
+    #[arg(long = "max-cost")]
+    max_cost: Option<f64>,
     /// Largest `steps` (at most 1000).
     #[arg(long = "max-steps", default_value_t = 150)]
     max_steps: usize,
@@ -63,6 +69,10 @@ pub struct ServeArgs {
     /// Seconds a finished job is kept.
     #[arg(long = "job-ttl", default_value_t = 900)]
     job_ttl: u64,
+    /// Seconds a job of the job API (POST /v1/jobs) may wait or run with no client asking
+    /// about it (GET /v1/jobs/{id}, its events, preview or images); then it is cancelled.
+    #[arg(long = "abandon-after", default_value_t = 300)]
+    abandon_after: u64,
     /// Seconds the running job may go on after SIGTERM before it is cancelled.
     #[arg(long = "shutdown-grace", default_value_t = 10.0, allow_negative_numbers = true)]
     shutdown_grace: f64,
@@ -116,8 +126,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ))
         .into());
     }
-    if !(64..=MAX_SIDE).contains(&a.max_side) {
-        return Err(UsageError(format!("--max-side {} must be between 64 and {MAX_SIDE}", a.max_side)).into());
+    if let Some(side) = a.max_side.filter(|s| !(64..=MAX_SIDE).contains(s)) {
+        return Err(UsageError(format!("--max-side {side} must be between 64 and {MAX_SIDE}")).into());
+    }
+    if let Some(c) = a.max_cost.filter(|c| !(c.is_finite() && *c >= 1.0)) {
+        return Err(UsageError(format!("--max-cost {c} must be a number of at least 1")).into());
     }
     if a.max_steps > MAX_STEPS {
         return Err(UsageError(format!("--max-steps {} is more than {MAX_STEPS}", a.max_steps)).into());
@@ -150,17 +163,40 @@ pub fn run(a: ServeArgs) -> Result<()> {
     options.keep_text_encoder = !a.offload_text_encoder;
     eprintln!("loading {}", model.display());
     let components = PipelineComponents::load_resolved(resolved, &options).map_err(usage)?;
+    let loras = a
+        .model
+        .lora
+        .iter()
+        .filter_map(|s| pixart_model::lora::LoraSpec::parse(s).ok())
+        .map(|l| {
+            let name = l
+                .path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "lora".into());
+            (name, l.scale)
+        })
+        .collect();
     let engine = Engine {
         components,
         model_name: name,
         dtype_name: a.dtype.clone(),
+        loras,
     };
+    let native = {
+        let g = engine.components.geometry();
+        g.sample_size * g.vae_factor
+    };
+    let max_side = a
+        .max_side
+        .unwrap_or_else(|| native.max((4 * native).min(2048)).clamp(64, MAX_SIDE));
     let options = ServeOptions {
         addr: SocketAddr::new(a.host, a.port),
         limits: Limits {
             max_queue: a.max_queue,
             max_n: a.max_n,
-            max_side: a.max_side,
+            max_side,
+            max_cost: a.max_cost.unwrap_or((a.max_n * a.max_steps) as f64),
             max_steps: a.max_steps,
             max_body_bytes: a.max_body_bytes,
             max_image_body_bytes: a.max_image_body_bytes,
@@ -169,6 +205,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         retention: Retention {
             keep_jobs: a.keep_jobs,
             ttl: Duration::from_secs(a.job_ttl),
+            abandon_after: Duration::from_secs(a.abandon_after.max(1)),
         },
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
         api_key,
