@@ -385,3 +385,76 @@ fn a1111_lists_options_and_field_errors() {
     let r = s.post_raw("/sdapi/v1/txt2img", b"{\"prompt\": ");
     assert_eq!(error_param(&r), (400, "body".into()));
 }
+
+#[test]
+fn several_models_picked_by_the_request_and_loaded_on_first_use() {
+    // --models DIR: the built-in model (64 px) beside the default tiny pipeline (256 px); one
+    // loaded at a time, so each switch unloads the other.
+    let dir = std::env::temp_dir().join(format!("pixart-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let builtin = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/builtin")
+        .canonicalize()
+        .unwrap();
+    std::os::unix::fs::symlink(&builtin, dir.join("builtin")).unwrap();
+    let s = Server::start(&["--models", dir.to_str().unwrap(), "--max-loaded-models", "1"]);
+    let ids: Vec<String> = s.get("/v1/models").json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["pipeline", "builtin"]);
+    assert_eq!(s.get("/v1/models/builtin").status, 200);
+    let titles: Vec<Value> = s
+        .get("/sdapi/v1/sd-models")
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["title"].clone())
+        .collect();
+    assert_eq!(titles, [json!("pipeline"), json!("builtin")]);
+    let side = |body: Value| {
+        let r = s.post("/v1/images/generations", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        rgb(&b64(&r.json()["data"][0]["b64_json"])).dimensions()
+    };
+    assert_eq!(
+        side(json!({"prompt": "a red circle", "steps": 2, "model": "builtin"})),
+        (64, 64)
+    );
+    assert!(s.log().contains("unloading model pipeline"), "{}", s.log());
+    assert!(s.log().contains("loaded model builtin"), "{}", s.log());
+    assert_eq!(side(json!({"prompt": "a boat", "steps": 2})), (256, 256));
+    assert!(s.log().contains("loaded model pipeline"), "{}", s.log());
+    // An OpenAI client's model name runs the default.
+    assert_eq!(
+        side(json!({"prompt": "a boat", "steps": 2, "model": "dall-e-3"})),
+        (256, 256)
+    );
+    // A1111: sd_model_checkpoint switches the model of later requests; override_settings one.
+    let r = s.post("/sdapi/v1/options", &json!({"sd_model_checkpoint": "builtin"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let a1111_side = |body: Value| {
+        let r = s.post("/sdapi/v1/txt2img", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let info: Value = serde_json::from_str(r.json()["info"].as_str().unwrap()).unwrap();
+        (
+            rgb(&b64(&r.json()["images"][0])).dimensions(),
+            info["sd_model_name"].clone(),
+        )
+    };
+    assert_eq!(
+        a1111_side(json!({"prompt": "a red circle", "steps": 2})),
+        ((64, 64), json!("builtin"))
+    );
+    assert_eq!(
+        a1111_side(json!({"prompt": "a boat", "steps": 2, "override_settings": {"sd_model_checkpoint": "pipeline"}})),
+        ((256, 256), json!("pipeline"))
+    );
+    let r = s.post("/sdapi/v1/options", &json!({"sd_model_checkpoint": "sdxl"}));
+    assert_eq!(error_param(&r), (422, "sd_model_checkpoint".into()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -300,11 +300,11 @@ impl A1111 {
     }
 
     /// `POST /sdapi/v1/options`: checks every option first, then sets them all.
-    pub fn set_options(&self, body: &Value, model: &str) -> Result<(), ApiError> {
+    pub fn set_options(&self, body: &Value, models: &[String]) -> Result<(), ApiError> {
         let obj = body
             .as_object()
             .ok_or_else(|| ApiError::malformed("the body must be a JSON object of options"))?;
-        check_options(obj, model, "")?;
+        check_options(obj, models, "")?;
         let mut opts = lock(&self.options);
         for (k, v) in obj {
             if !v.is_null() {
@@ -334,7 +334,7 @@ impl A1111 {
 
 /// Checks options (`POST /sdapi/v1/options` or `override_settings`, whose field name goes in
 /// front: `override_settings.samples_format`).
-fn check_options(obj: &Map<String, Value>, model: &str, prefix: &str) -> Result<(), ApiError> {
+fn check_options(obj: &Map<String, Value>, models: &[String], prefix: &str) -> Result<(), ApiError> {
     for (key, kind) in OPTIONS {
         let Some(v) = obj.get(key) else { continue };
         let name = format!("{prefix}{key}");
@@ -345,12 +345,13 @@ fn check_options(obj: &Map<String, Value>, model: &str, prefix: &str) -> Result<
             ));
         }
         match (key, v) {
-            ("sd_model_checkpoint", Value::String(s)) if !model_matches(s, model) => {
+            ("sd_model_checkpoint", Value::String(s)) if !models.iter().any(|m| model_matches(s, m)) => {
                 return Err(ApiError::invalid(
                     &name,
                     format!(
-                        "no model {:?}; this server runs {model:?} (see /sdapi/v1/sd-models)",
-                        trunc(s)
+                        "no model {:?}; this server runs {} (see /sdapi/v1/sd-models)",
+                        trunc(s),
+                        models.join(", ")
                     ),
                 ))
             }
@@ -493,7 +494,7 @@ pub fn plan(
     options: &Map<String, Value>,
     limits: &Limits,
     geometry: &ModelGeometry,
-    model: &str,
+    models: &[String],
 ) -> Result<Plan, ApiError> {
     let obj = value
         .as_object()
@@ -516,7 +517,7 @@ pub fn plan(
     // Options: the server's, then this request's `override_settings`.
     let mut opts = options.clone();
     if let Some(Value::Object(o)) = get(obj, "override_settings") {
-        check_options(o, model, "override_settings.")?;
+        check_options(o, models, "override_settings.")?;
         for (k, v) in o {
             if !v.is_null() {
                 opts.insert(k.clone(), v.clone());
@@ -876,8 +877,13 @@ pub fn upscalers_json() -> Value {
 }
 
 /// `GET /sdapi/v1/sd-models`: the served model (a name, never a path).
-pub fn sd_models_json(model: &str) -> Value {
-    json!([{"title": model, "model_name": model, "hash": null, "sha256": null, "filename": model, "config": null}])
+pub fn sd_models_json(models: &[String]) -> Value {
+    Value::Array(
+        models
+            .iter()
+            .map(|m| json!({"title": m, "model_name": m, "hash": null, "sha256": null, "filename": m, "config": null}))
+            .collect(),
+    )
 }
 
 /// `GET /sdapi/v1/loras`: the LoRAs merged into the served model at start (`--lora`; by file
@@ -956,7 +962,14 @@ mod tests {
 
     fn run(mode: Mode, body: Value) -> Result<Plan, ApiError> {
         let a = A1111::new("builtin");
-        plan(mode, body, &a.options(), &Limits::default(), &geometry(), "builtin")
+        plan(
+            mode,
+            body,
+            &a.options(),
+            &Limits::default(),
+            &geometry(),
+            &["builtin".to_string()],
+        )
     }
 
     fn field(mode: Mode, body: Value) -> (u16, String) {
@@ -1090,19 +1103,28 @@ mod tests {
     #[test]
     fn options_are_checked_before_they_are_set() {
         let a = A1111::new("builtin");
+        let names = ["builtin".to_string(), "pipeline".to_string()];
         assert!(a
-            .set_options(&json!({"sd_model_checkpoint": "builtin [abc]"}), "builtin")
+            .set_options(&json!({"sd_model_checkpoint": "builtin [abc]"}), &names)
+            .is_ok());
+        assert!(a
+            .set_options(&json!({"sd_model_checkpoint": "Pipeline"}), &names)
             .is_ok());
         let e = a
             .set_options(
                 &json!({"samples_format": "jpg", "sd_model_checkpoint": "other"}),
-                "builtin",
+                &names,
             )
             .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("sd_model_checkpoint"));
+        assert!(
+            e.message.contains("this server runs builtin, pipeline"),
+            "{}",
+            e.message
+        );
         // Nothing of a refused body was set.
         assert_eq!(a.options()["samples_format"], "png");
-        a.set_options(&json!({"samples_format": "jpg", "some_ui_option": 3}), "builtin")
+        a.set_options(&json!({"samples_format": "jpg", "some_ui_option": 3}), &names)
             .unwrap();
         assert_eq!(a.options()["samples_format"], "jpg");
         assert_eq!(a.options()["some_ui_option"], 3);

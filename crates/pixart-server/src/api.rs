@@ -163,7 +163,8 @@ pub struct GenerationBody {
     pub output_format: Option<String>,
     /// OpenAI's `output_compression`: the JPEG quality (0-100).
     pub output_compression: Option<u64>,
-    /// Accepted and ignored (this server serves one model).
+    /// One of the served models by name (`GET /v1/models`); another name (an OpenAI client's
+    /// `dall-e-3`) runs the default model.
     pub model: Option<String>,
     /// Accepted and ignored.
     pub user: Option<String>,
@@ -226,6 +227,8 @@ pub struct JobParams {
     /// A job of the job API (`POST /v1/jobs`): cancelled when no client asks about it for
     /// [`Retention::abandon_after`](crate::jobs::Retention) while it waits or runs.
     pub job_api: bool,
+    /// Which of the server's models runs it (an index into its list; 0 is the default).
+    pub model: usize,
 }
 
 /// JPEG quality of `output_format: "jpeg"`.
@@ -625,6 +628,7 @@ pub fn validate_with(
         format,
         urls,
         job_api: false,
+        model: 0,
     })
 }
 

@@ -41,7 +41,7 @@ pub use api::Limits;
 pub use auth::ApiKey;
 pub use jobs::Retention;
 pub use response::json_response;
-pub use worker::Engine;
+pub use worker::{Engine, Loader, ModelEntry, Models};
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -107,6 +107,32 @@ async fn shutdown_signal() -> &'static str {
 /// Serves until SIGTERM / SIGINT. `on_ready` gets the bound address (port 0 picks a free one)
 /// once the server accepts connections. Blocks; runs its own tokio runtime.
 pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAddr)) -> Result<Summary, ServeError> {
+    let entry = ModelEntry {
+        name: engine.model_name.clone(),
+        geometry: engine.components.geometry(),
+        engine: Some(engine),
+        load: None,
+    };
+    serve_models(
+        opts,
+        Models {
+            entries: vec![entry],
+            max_loaded: 1,
+        },
+        on_ready,
+    )
+}
+
+/// [`serve`] with several models: the first (loaded) is the default; the others load on first
+/// use, at most `max_loaded` at once.
+pub fn serve_models(
+    opts: ServeOptions,
+    models: Models,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<Summary, ServeError> {
+    let Some(engine) = models.entries.first().and_then(|e| e.engine.as_ref()) else {
+        return Err(ServeError::Io(std::io::Error::other("the default model is not loaded")));
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("pixart-http")
@@ -116,6 +142,19 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let default_sampler = pixart_pipeline::sampler_name(&engine.components, None);
     let model_name = engine.model_name.clone();
     let loras = engine.loras.clone();
+    let infos: Vec<routes::ModelInfo> = models
+        .entries
+        .iter()
+        .map(|e| routes::ModelInfo {
+            name: e.name.clone(),
+            default_sampler: e
+                .geometry
+                .model_sampler()
+                .map(|k| k.name().to_string())
+                .unwrap_or_default(),
+            geometry: e.geometry.clone(),
+        })
+        .collect();
     let jobs = Arc::new(jobs::Jobs::new(opts.limits.max_queue, opts.retention));
     let (listener, addr) = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(opts.addr)
@@ -129,7 +168,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     })?;
     let text_encoder_kept = engine.components.text.resident().is_some();
     let text_cache = engine.components.text.stats();
-    let worker = worker::spawn(jobs.clone(), engine)?;
+    let worker = worker::spawn(jobs.clone(), models)?;
     let state = routes::AppState {
         jobs: jobs.clone(),
         limits: Arc::new(opts.limits.clone()),
@@ -138,6 +177,7 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
         default_sampler: Arc::new(default_sampler),
         a1111: Arc::new(a1111::A1111::new(&model_name)),
         loras: Arc::new(loras),
+        models: Arc::new(infos),
         api_key: opts.api_key.clone(),
         text_encoder_kept,
         text_cache,

@@ -26,6 +26,14 @@ use crate::response::json_response;
 pub use crate::route_table::ROUTES;
 use crate::{openapi, web};
 
+/// A served model as the handlers see it.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub geometry: ModelGeometry,
+    pub default_sampler: String,
+}
+
 /// What every handler sees.
 #[derive(Clone)]
 pub struct AppState {
@@ -47,6 +55,26 @@ pub struct AppState {
     pub a1111: Arc<A1111>,
     /// The LoRAs merged at start (names and scales).
     pub loras: Arc<Vec<(String, f64)>>,
+    /// Every served model, the default first (`geometry` and `model_name` are its).
+    pub models: Arc<Vec<ModelInfo>>,
+}
+
+impl AppState {
+    /// The served model a request names (by name, ignoring case, or A1111's `name [hash]`
+    /// title); the default model for no name or another (an OpenAI client's `dall-e-3`).
+    pub fn model_index(&self, name: Option<&str>) -> usize {
+        let Some(n) = name else { return 0 };
+        let n = n.trim();
+        let base = n.split(" [").next().unwrap_or(n).trim();
+        self.models
+            .iter()
+            .position(|m| m.name.eq_ignore_ascii_case(n) || m.name.eq_ignore_ascii_case(base))
+            .unwrap_or(0)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.name.clone()).collect()
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -130,7 +158,10 @@ async fn read_request(app: &AppState, headers: &HeaderMap, body: Body) -> Result
     if parsed.image.is_none() && bytes.len() > text_limit {
         return Err(ApiError::too_large(text_limit));
     }
-    api::validate(parsed, &app.limits, &app.geometry)
+    let k = app.model_index(parsed.model.as_deref());
+    let mut params = api::validate(parsed, &app.limits, &app.models[k].geometry)?;
+    params.model = k;
+    Ok(params)
 }
 
 /// A JSON body of at most `max_image_body_bytes` (and `max_body_bytes`).
@@ -168,6 +199,7 @@ async fn health(State(app): State<AppState>) -> Response {
         &json!({
             "status": status,
             "model": app.model_name.as_str(),
+            "models": app.names(),
             "queue_length": app.jobs.queue_len(),
             "max_queue": app.jobs.max_queue(),
             "running": app.jobs.running(),
@@ -319,25 +351,30 @@ pub fn metrics_text(jobs: &Jobs, text_cache: &pixart_pipeline::text::CacheStats)
 }
 
 /// The served model as OpenAI's model object.
-fn model_object(app: &AppState) -> Value {
-    json!({"id": app.model_name.as_str(), "object": "model", "created": app.started, "owned_by": "pixart-rs"})
+fn model_object(app: &AppState, name: &str) -> Value {
+    json!({"id": name, "object": "model", "created": app.started, "owned_by": "pixart-rs"})
 }
 
-/// `GET /v1/models`: OpenAI's model list, the one model this server runs.
+/// `GET /v1/models`: OpenAI's model list, every model this server runs (the default first).
 async fn models(State(app): State<AppState>) -> Response {
-    json_response(StatusCode::OK, &json!({"object": "list", "data": [model_object(&app)]}))
+    let data: Vec<Value> = app.models.iter().map(|m| model_object(&app, &m.name)).collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 /// `GET /v1/models/{model}`: the model, or 404 for any other name.
 async fn model(State(app): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    if name != *app.model_name {
+    if !app.models.iter().any(|m| m.name == name) {
         return Err(ApiError::not_found(format!(
-            "no model {:?}; this server runs {:?}",
+            "no model {:?}; this server runs {}",
             truncate(&name, 64),
-            app.model_name.as_str()
+            app.names()
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
-    Ok(json_response(StatusCode::OK, &model_object(&app)))
+    Ok(json_response(StatusCode::OK, &model_object(&app, &name)))
 }
 
 async fn openapi_json() -> Response {
@@ -475,7 +512,9 @@ async fn edits(
     let image = image.ok_or_else(|| ApiError::invalid("image", "`image` (a file) is required"))?;
     let body = api::parse_value(Value::Object(fields))?;
     let images = api::edit_images(&image, mask.as_deref())?;
-    let params = api::validate_with(body, Some(images), &app.limits, &app.geometry)?;
+    let k = app.model_index(body.model.as_deref());
+    let mut params = api::validate_with(body, Some(images), &app.limits, &app.models[k].geometry)?;
+    params.model = k;
     answer_images(app, params, &headers).await
 }
 
@@ -763,14 +802,26 @@ async fn sd_img2img(State(app): State<AppState>, headers: HeaderMap, body: Body)
 /// interrupt (`/sdapi/v1/interrupt`) ends the request with the images made so far.
 async fn sd_generate(app: AppState, mode: a1111::Mode, bytes: &[u8]) -> Result<Response, ApiError> {
     let value = api::parse_json(bytes)?;
-    let plan = a1111::plan(
+    let options = app.a1111.options();
+    // The model: this request's `override_settings`, else the options' `sd_model_checkpoint`.
+    let checkpoint = value
+        .get("override_settings")
+        .and_then(|o| o.get("sd_model_checkpoint"))
+        .and_then(Value::as_str)
+        .or_else(|| options.get("sd_model_checkpoint").and_then(Value::as_str));
+    let k = app.model_index(checkpoint);
+    let mut plan = a1111::plan(
         mode,
         value,
-        &app.a1111.options(),
+        &options,
         &app.limits,
-        &app.geometry,
-        &app.model_name,
+        &app.models[k].geometry,
+        &app.names(),
     )?;
+    for p in &mut plan.iterations {
+        p.model = k;
+    }
+    let model_name = app.models[k].name.clone();
     let interrupts = app.a1111.interrupt_count();
     let running = a1111::Running::start(&app.a1111);
     let started = std::time::Instant::now();
@@ -812,7 +863,7 @@ async fn sd_generate(app: AppState, mode: a1111::Mode, bytes: &[u8]) -> Result<R
         }
     }
     drop(running);
-    let info = a1111::info(&plan, &seeds, &texts, &app.model_name, created);
+    let info = a1111::info(&plan, &seeds, &texts, &model_name, created);
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -874,12 +925,12 @@ async fn sd_set_options(State(app): State<AppState>, headers: HeaderMap, body: B
         return Err(ApiError::too_large(app.limits.max_body_bytes));
     }
     let value = api::parse_json(&bytes)?;
-    app.a1111.set_options(&value, &app.model_name)?;
+    app.a1111.set_options(&value, &app.names())?;
     Ok(json_response(StatusCode::OK, &Value::Null))
 }
 
 async fn sd_models(State(app): State<AppState>) -> Response {
-    json_response(StatusCode::OK, &a1111::sd_models_json(&app.model_name))
+    json_response(StatusCode::OK, &a1111::sd_models_json(&app.names()))
 }
 
 async fn sd_loras(State(app): State<AppState>) -> Response {

@@ -12,7 +12,7 @@ use pixart_pipeline::{ComponentOptions, ComponentPaths, DownloadProgress, HubCon
 use super::usage;
 use crate::UsageError;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A diffusers PixArt-Σ pipeline folder, a hub id (owner/name[@revision], downloaded into the
     /// Hugging Face cache: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 uses the

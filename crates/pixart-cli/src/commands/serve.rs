@@ -69,6 +69,15 @@ pub struct ServeArgs {
     /// Seconds a finished job is kept.
     #[arg(long = "job-ttl", default_value_t = 900)]
     job_ttl: u64,
+    /// Serve every model in DIR too (each pipeline folder, transformer file or GGUF in it, by
+    /// its name); a request's `model` (or A1111's `sd_model_checkpoint`) picks one. The
+    /// default model is --model, else DIR's first.
+    #[arg(long = "models", value_name = "DIR")]
+    models: Option<std::path::PathBuf>,
+    /// The most models loaded at once (--models): loading another unloads the least recently
+    /// used.
+    #[arg(long = "max-loaded-models", default_value_t = 2)]
+    max_loaded_models: usize,
     /// Seconds a job of the job API (POST /v1/jobs) may wait or run with no client asking
     /// about it (GET /v1/jobs/{id}, its events, preview or images); then it is cancelled.
     #[arg(long = "abandon-after", default_value_t = 300)]
@@ -104,6 +113,36 @@ fn model_name(spec: &Path) -> String {
     } else {
         spec.to_string_lossy().into_owned()
     }
+}
+
+/// The models in a `--models` folder: every sub-folder (a pipeline or transformer folder) and
+/// weight file (`.safetensors`, `.pth`, `.pt`, `.bin`, `.gguf`), hidden ones skipped, by name.
+fn models_in(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| UsageError(format!("--models {}: {e}", dir.display())))?;
+    let mut out: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            !name.starts_with('.')
+                && (p.is_dir() || ["safetensors", "pth", "pt", "bin", "gguf"].contains(&ext.as_str()))
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(UsageError(format!(
+            "--models {}: no pipeline folder, transformer file or GGUF in it",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(out)
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -151,17 +190,71 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .map(ApiKey::new)
         .transpose()
         .map_err(|e| UsageError(format!("--api-key: {e}")))?;
-    let name = match &a.model.model {
+    if a.max_loaded_models == 0 {
+        return Err(UsageError("--max-loaded-models must be at least 1".into()).into());
+    }
+    // The models: --model (or the built-in one) first, unless only --models is given.
+    let mut specs: Vec<Option<std::path::PathBuf>> = Vec::new();
+    if a.model.model.is_some() || a.models.is_none() {
+        specs.push(a.model.model.clone());
+    }
+    if let Some(dir) = &a.models {
+        specs.extend(models_in(dir)?.into_iter().map(Some));
+    }
+    let spec_name = |m: &Option<std::path::PathBuf>| match m {
         Some(m) if !pixart_pipeline::is_builtin(&m.to_string_lossy()) => model_name(m),
         _ => "builtin".to_string(),
     };
+    let names: Vec<String> = specs.iter().map(spec_name).collect();
+    if let Some((i, n)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(UsageError(format!(
+            "two models are named {n:?} ({} and {}); rename one",
+            specs[names.iter().position(|m| m == n).unwrap_or(0)]
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            specs[i].as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        ))
+        .into());
+    }
+    let name = names[0].clone();
+    let mut more = Vec::new();
+    for (spec, n) in specs.iter().zip(&names).skip(1) {
+        let mut args = a.model.clone();
+        args.model = spec.clone();
+        let ModelChoice {
+            resolved, mut options, ..
+        } = args.resolve(dev.clone(), dt)?;
+        options.keep_text_encoder = !a.offload_text_encoder;
+        let geometry = resolved.geometry_with(options.kv_compress.as_ref()).map_err(usage)?;
+        let (model_name, dtype_name) = (n.clone(), a.dtype.clone());
+        let load: pixart_server::Loader = Box::new(move || {
+            PipelineComponents::load_resolved(resolved.clone(), &options)
+                .map(|components| Engine {
+                    components,
+                    model_name: model_name.clone(),
+                    dtype_name: dtype_name.clone(),
+                    loras: Vec::new(),
+                })
+                .map_err(|e| e.to_string())
+        });
+        more.push(pixart_server::ModelEntry {
+            name: n.clone(),
+            geometry,
+            engine: None,
+            load: Some(load),
+        });
+    }
+    let mut first_args = a.model.clone();
+    first_args.model = specs[0].clone();
     let ModelChoice {
         model,
         resolved,
         mut options,
-    } = a.model.resolve(dev, dt)?;
+    } = first_args.resolve(dev, dt)?;
     options.keep_text_encoder = !a.offload_text_encoder;
     eprintln!("loading {}", model.display());
+    let first_loader = (resolved.clone(), options.clone());
     let components = PipelineComponents::load_resolved(resolved, &options).map_err(usage)?;
     let loras = a
         .model
@@ -216,7 +309,35 @@ pub fn run(a: ServeArgs) -> Result<()> {
             a.host
         );
     }
-    let summary = pixart_server::serve(options, engine, |addr| {
+    let mut entries = vec![pixart_server::ModelEntry {
+        name: engine.model_name.clone(),
+        geometry: engine.components.geometry(),
+        load: (!more.is_empty()).then(|| {
+            let (resolved, opts) = first_loader;
+            let (model_name, dtype_name, loras) = (
+                engine.model_name.clone(),
+                engine.dtype_name.clone(),
+                engine.loras.clone(),
+            );
+            Box::new(move || {
+                PipelineComponents::load_resolved(resolved.clone(), &opts)
+                    .map(|components| Engine {
+                        components,
+                        model_name: model_name.clone(),
+                        dtype_name: dtype_name.clone(),
+                        loras: loras.clone(),
+                    })
+                    .map_err(|e| e.to_string())
+            }) as pixart_server::Loader
+        }),
+        engine: Some(engine),
+    }];
+    entries.extend(more);
+    let models = pixart_server::Models {
+        entries,
+        max_loaded: a.max_loaded_models,
+    };
+    let summary = pixart_server::serve_models(options, models, |addr| {
         // Tests and scripts read this line for the port.
         eprintln!("listening on http://{addr}");
     })?;
