@@ -4,6 +4,8 @@
 # against 127.0.0.1, then stops the server with SIGTERM. Results: docs/server.md.
 #
 #   tools/bench/serve_load.sh [REQUESTS] [STEPS] [SIZE] [MAX_QUEUE]
+#   (MODEL=builtin for the built-in model; ROUTES="openai jobs a1111" by default: each at
+#   1, 4 and 16 clients)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REQUESTS=${1:-48}
@@ -27,12 +29,12 @@ for _ in $(seq 1 600); do
 done
 [ -n "${ADDR:-}" ] || { cat "$LOG"; exit 1; }
 echo "server $ADDR, model $MODEL, max queue $MAX_QUEUE; $(nproc) CPUs"
-for C in 1 4 16; do
-    "$LOAD" --addr "$ADDR" --requests "$REQUESTS" --concurrency "$C" \
-        --steps "$STEPS" --size "$SIZE" --route openai
+for ROUTE in ${ROUTES:-openai jobs a1111}; do
+    for C in 1 4 16; do
+        "$LOAD" --addr "$ADDR" --requests "$REQUESTS" --concurrency "$C" \
+            --steps "$STEPS" --size "$SIZE" --route "$ROUTE"
+    done
 done
-"$LOAD" --addr "$ADDR" --requests "$REQUESTS" --concurrency 4 \
-    --steps "$STEPS" --size "$SIZE" --route jobs
 curl -s "http://$ADDR/metrics" 2>/dev/null | grep -E '^pixart_(jobs_total|jobs_rejected|step_seconds_mean|jobs_kept)' || true
 kill -TERM $SERVER
 wait $SERVER

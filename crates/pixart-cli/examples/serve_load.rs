@@ -3,13 +3,14 @@
 //!
 //! ```sh
 //! cargo run --release -p pixart-cli --example serve_load -- --addr 127.0.0.1:8080 \
-//!     --requests 64 --concurrency 4 --steps 4 --size 256x256 [--route openai|jobs]
+//!     --requests 64 --concurrency 4 --steps 4 --size 256x256 [--route openai|jobs|a1111]
 //! ```
 //! (tools/bench/serve_load.sh starts a server on the tiny test pipeline and runs this.)
 //!
 //! `openai` sends `POST /v1/images/generations` and times the answer; `jobs` sends
 //! `POST /v1/jobs` and follows `/v1/jobs/{id}/events` to the `done` event. Refusals (429) are
-//! counted, not retried. Prints a table and one JSON line.
+//! counted, not retried; `a1111` sends `POST /sdapi/v1/txt2img` (AUTOMATIC1111's API, the same
+//! request in its fields). Prints a table and one JSON line.
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,7 +47,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => a.concurrency = num(&v)?,
             "--steps" => a.steps = num(&v)?,
             "--size" => a.size = v,
-            "--route" if v == "openai" || v == "jobs" => a.route = v,
+            "--route" if ["openai", "jobs", "a1111"].contains(&v.as_str()) => a.route = v,
             _ => return Err(format!("unknown flag or value: {flag} {v}")),
         }
     }
@@ -76,18 +77,24 @@ struct Tally {
 }
 
 fn one(a: &Args, seed: usize) -> Result<(), String> {
-    let body = json!({"prompt": format!("load test {seed}"), "steps": a.steps, "size": a.size, "seed": seed});
+    let body = if a.route == "a1111" {
+        let (w, h) = a.size.split_once('x').unwrap_or(("256", "256"));
+        json!({"prompt": format!("load test {seed}"), "steps": a.steps, "seed": seed,
+               "width": w.parse::<u64>().unwrap_or(256), "height": h.parse::<u64>().unwrap_or(256)})
+    } else {
+        json!({"prompt": format!("load test {seed}"), "steps": a.steps, "size": a.size, "seed": seed})
+    };
     let body = body.to_string();
     let timeout = Duration::from_secs(600);
-    let path = if a.route == "openai" {
-        "/v1/images/generations"
-    } else {
-        "/v1/jobs"
+    let path = match a.route.as_str() {
+        "openai" => "/v1/images/generations",
+        "a1111" => "/sdapi/v1/txt2img",
+        _ => "/v1/jobs",
     };
     let r = client::request(a.addr, "POST", path, Some(body.as_bytes()), timeout).map_err(|e| e.to_string())?;
     match (a.route.as_str(), r.status) {
         (_, 429) => Err("429".into()),
-        ("openai", 200) => Ok(()),
+        ("openai" | "a1111", 200) => Ok(()),
         ("jobs", 202) => {
             let id = r.json()["id"].as_str().unwrap_or_default().to_string();
             let mut ev = Events::open(a.addr, &format!("/v1/jobs/{id}/events"), timeout).map_err(|e| e.to_string())?;

@@ -971,8 +971,14 @@ fn edits_route_takes_openai_multipart() {
         (&[("prompt", "", b"a boat")], 422, "image"),
         (&[img], 422, "prompt"),
         (
-            &[img, ("prompt", "", b"a boat"), ("quality", "", b"high")],
+            &[img, ("prompt", "", b"a boat"), ("style_preset", "", b"x")],
             400,
+            "style_preset",
+        ),
+        // gpt-image's `quality` is accepted (and ignored) when it is one of OpenAI's values.
+        (
+            &[img, ("prompt", "", b"a boat"), ("quality", "", b"ultra")],
+            422,
             "quality",
         ),
         (&[img, ("prompt", "", b"a boat"), ("n", "", b"two")], 422, "n"),
@@ -1312,4 +1318,72 @@ fn request_checks_that_need_the_model_are_422s_not_500s() {
     let r = s.post("/v1/images/generations", &json!({"prompt": "a", "steps": 2}));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(s.metric("pixart_jobs_total{status=\"failed\"}"), 0.0);
+}
+
+#[test]
+fn job_api_jobs_whose_client_is_gone_are_cancelled() {
+    let s = Server::start(&["--max-steps", "1000", "--abandon-after", "1"]);
+    // Watched: an open event stream keeps the job alive past the limit.
+    let watched = s.post("/v1/jobs", &slow_job()).json();
+    let wid = watched["id"].as_str().unwrap().to_string();
+    let events = s.events(&wid);
+    // Nobody asks about this one (queued behind the first): it is cancelled.
+    let lost = s.post("/v1/jobs", &slow_job()).json();
+    let lid = lost["id"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    s.wait_until(10, "the abandoned job to be cancelled", || {
+        s.metric("pixart_jobs_total{status=\"cancelled\"}") == 1.0
+    });
+    assert!(t.elapsed() >= Duration::from_millis(900), "{:?}", t.elapsed());
+    std::thread::sleep(Duration::from_millis(1500));
+    let j = s.get(&format!("/v1/jobs/{wid}")).json();
+    assert_eq!(j["status"], "running", "{j}");
+    let l = s.get(&format!("/v1/jobs/{lid}")).json();
+    assert_eq!(l["status"], "cancelled", "{l}");
+    assert!(l["error"].as_str().unwrap().starts_with("abandoned"), "{l}");
+    // Polling counts as asking too; closing the stream and going away ends the watched one.
+    drop(events);
+    s.wait_until(10, "the watched job to be cancelled once left", || {
+        s.metric("pixart_jobs_total{status=\"cancelled\"}") == 2.0
+    });
+    assert!(s.log().contains("no client asked about it for 1 s"));
+}
+
+#[test]
+fn retry_after_is_the_recent_jobs_mean_and_the_cost_budget_names_the_field() {
+    let s = Server::start(&["--max-queue", "1", "--max-steps", "1000", "--max-cost", "2000"]);
+    // A 64 px job per step: fast jobs make the moving average small.
+    for _ in 0..3 {
+        let r = s.post("/v1/images/generations", &json!({"prompt": "a", "steps": 2}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let running = s.post("/v1/jobs", &slow_job()).json();
+    s.wait_running(running["id"].as_str().unwrap());
+    let queued = s.post("/v1/jobs", &slow_job());
+    assert_eq!(queued.status, 202);
+    let r = s.post("/v1/jobs", &slow_job());
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        r.header("retry-after"),
+        Some("1"),
+        "the recent jobs took well under 1 s"
+    );
+    for id in s.get("/v1/jobs").json()["data"].as_array().unwrap() {
+        s.delete(&format!("/v1/jobs/{}", id["id"].as_str().unwrap()));
+    }
+    // The budget: 4 images of 600 steps at the native 256 px is 2400 > 2000: `n` is at fault.
+    let r = s.post("/v1/jobs", &json!({"prompt": "a", "steps": 600, "n": 4}));
+    assert_eq!(r.status, 422, "{}", r.text());
+    let e = error_of(&r);
+    assert_eq!(e["param"], "n", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("more than this server's limit of 2000"),
+        "{e}"
+    );
+    assert_eq!(s.get("/health").json()["limits"]["max_cost"], 2000.0);
+    // The default --max-side follows the model: 4 × 256 px.
+    assert_eq!(s.get("/health").json()["limits"]["max_side"], 1024);
 }

@@ -408,3 +408,75 @@ fn the_web_page_asks_for_the_api_key() {
     click_generate(&mut b);
     wait_done_with_image(&mut b, "the generation");
 }
+
+#[test]
+#[cfg_attr(
+    no_chromium,
+    ignore = "no chromium on PATH (tools/ci/install-chromium.sh installs it)"
+)]
+fn the_page_fits_1280x900_hides_the_key_box_and_shows_small_images_large() {
+    let exe = chromium();
+    let server = Server::start_with_model(Path::new("builtin"), &[]);
+    let url = format!("http://{}/", server.addr);
+    let mut b = Browser::open(&exe, &url);
+    b.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": false}),
+    );
+    b.wait_for(
+        "document.body && document.body.dataset.state === 'idle'",
+        30,
+        "the page",
+    );
+    // No key needed: the key box is not shown (`hidden` used to lose to `form { display: flex }`).
+    assert_eq!(
+        b.eval("getComputedStyle(document.getElementById('auth')).display"),
+        "none"
+    );
+    // A prompt the built-in model can draw.
+    let placeholder = b.eval("document.getElementById('prompt').placeholder");
+    assert_eq!(
+        placeholder,
+        "a large yellow triangle at the center on a blue background"
+    );
+    // Every control lies within its form and the window.
+    let cut = b.eval(
+        "(() => { const out = []; const W = document.documentElement.clientWidth;
+           for (const el of document.querySelectorAll('#form input, #form select, #form textarea, #form button')) {
+             const r = el.getBoundingClientRect(); const f = el.form.getBoundingClientRect();
+             if (r.width === 0) continue;
+             if (r.left < f.left - 0.5 || r.right > f.right + 0.5 || r.right > W) out.push(`${el.id}: ${r.left}-${r.right} in ${f.left}-${f.right}`);
+           }
+           if (document.documentElement.scrollWidth > W) out.push(`page ${document.documentElement.scrollWidth} > ${W}`);
+           return out; })()",
+    );
+    assert_eq!(cut, json!([]), "controls cut off at 1280x900");
+    // A 64 px image is shown scaled up, pixelated.
+    set_fields(
+        &mut b,
+        &[
+            ("prompt", "a large red circle at the center"),
+            ("steps", "4"),
+            ("seed", "1"),
+        ],
+    );
+    click_generate(&mut b);
+    wait_done_with_image(&mut b, "the generation");
+    let shown = b.eval(
+        "(() => { const i = document.getElementById('result'); return [i.naturalWidth, i.getBoundingClientRect().width, getComputedStyle(i).imageRendering]; })()",
+    );
+    assert_eq!(shown[0], 64, "{shown}");
+    assert!(shown[1].as_f64().unwrap() >= 256.0, "{shown}");
+    assert_eq!(shown[2], "pixelated", "{shown}");
+    // The running-jobs counter goes back to 0.
+    b.wait_for(
+        "document.getElementById('queue').textContent.includes('running 0')",
+        10,
+        "the counter back to 0",
+    );
+    let shot = b.call("Page.captureScreenshot", json!({"format": "png"}));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let _ = std::fs::write(Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page-1280.png"), png);
+}

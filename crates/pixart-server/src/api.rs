@@ -40,6 +40,29 @@ pub struct Limits {
     pub max_image_body_bytes: usize,
     /// Longest prompt / negative prompt in characters.
     pub max_prompt_chars: usize,
+    /// The most work one request may ask for, in native-size image-steps: images × steps ×
+    /// pixels / the model's native pixels, both passes of an upscale counted ([`cost`]).
+    pub max_cost: f64,
+}
+
+/// The default [`Limits::max_cost`]: 600 native-size image-steps (4 images of 150 steps, or 30
+/// images' worth of 20 steps): about a minute for a 1024 px model on a current GPU, seconds for
+/// the built-in model on a CPU; a 1024 × 1024 request of 20 steps on the 64 px built-in model
+/// (256 native images' worth of pixels, 5120) is refused instead of holding the worker for
+/// minutes.
+pub const DEFAULT_MAX_COST: f64 = 600.0;
+
+/// The work a request asks for, in native-size image-steps: for each pass, images × the steps
+/// that run × the pixels generated / the model's native pixels.
+pub fn cost(r: &ValidatedRequest, geometry: &ModelGeometry) -> f64 {
+    let native = (geometry.sample_size * geometry.vae_factor) as f64;
+    let area = native * native;
+    let first = (r.gen_width * r.gen_height) as f64 / area * r.steps_to_run() as f64;
+    let second = r
+        .upscale
+        .map(|u| (u.width * u.height) as f64 / area * (u.steps as f64 * u.strength).floor())
+        .unwrap_or(0.0);
+    r.batch as f64 * (first + second)
 }
 
 impl Default for Limits {
@@ -53,6 +76,7 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             max_image_body_bytes: 16 * 1024 * 1024,
             max_prompt_chars: 4000,
+            max_cost: DEFAULT_MAX_COST,
         }
     }
 }
@@ -61,8 +85,12 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = pixart_pipeline::MAX_STEPS;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 20] = [
+pub const FIELDS: [&str; 24] = [
     "prompt",
+    "quality",
+    "style",
+    "background",
+    "moderation",
     "n",
     "size",
     "response_format",
@@ -135,10 +163,21 @@ pub struct GenerationBody {
     pub output_format: Option<String>,
     /// OpenAI's `output_compression`: the JPEG quality (0-100).
     pub output_compression: Option<u64>,
-    /// Accepted and ignored (this server serves one model).
+    /// One of the served models by name (`GET /v1/models`); another name (an OpenAI client's
+    /// `dall-e-3`) runs the default model.
     pub model: Option<String>,
     /// Accepted and ignored.
     pub user: Option<String>,
+    /// OpenAI's `quality` (`auto`, `standard`, `hd`, `low`, `medium`, `high`): accepted and
+    /// ignored (the steps decide; [`OPENAI_CHOICES`]).
+    pub quality: Option<String>,
+    /// DALL·E 3's `style` (`vivid`, `natural`): accepted and ignored.
+    pub style: Option<String>,
+    /// gpt-image's `background` (`auto`, `opaque`, `transparent`): the images are opaque
+    /// whatever it says.
+    pub background: Option<String>,
+    /// gpt-image's `moderation` (`auto`, `low`): accepted and ignored (no moderation here).
+    pub moderation: Option<String>,
     pub negative_prompt: Option<String>,
     pub steps: Option<u64>,
     pub guidance_scale: Option<f64>,
@@ -165,6 +204,15 @@ pub struct GenerationBody {
     pub upscale_steps: Option<u64>,
 }
 
+/// The values OpenAI's images API takes for the fields this server accepts and ignores; others
+/// are 422s naming the field, as OpenAI answers them.
+pub const OPENAI_CHOICES: [(&str, &[&str]); 4] = [
+    ("quality", &["auto", "standard", "hd", "low", "medium", "high"]),
+    ("style", &["vivid", "natural"]),
+    ("background", &["auto", "opaque", "transparent"]),
+    ("moderation", &["auto", "low"]),
+];
+
 /// A checked request, ready for the worker.
 #[derive(Debug, Clone)]
 pub struct JobParams {
@@ -176,6 +224,11 @@ pub struct JobParams {
     /// `response_format: "url"`: the OpenAI routes answer with image URLs (the job is kept
     /// for them) instead of base64.
     pub urls: bool,
+    /// A job of the job API (`POST /v1/jobs`): cancelled when no client asks about it for
+    /// [`Retention::abandon_after`](crate::jobs::Retention) while it waits or runs.
+    pub job_api: bool,
+    /// Which of the server's models runs it (an index into its list; 0 is the default).
+    pub model: usize,
 }
 
 /// JPEG quality of `output_format: "jpeg"`.
@@ -210,7 +263,12 @@ fn json_type(v: &serde_json::Value) -> &'static str {
 /// Parses a body: JSON syntax (400), an object (400), known fields only (400), then the field
 /// types (422, naming the field).
 pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+    parse_value(parse_json(body)?)
+}
+
+/// A body's JSON (400 naming `body`, with the line and column, when it is not JSON).
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value = serde_json::from_slice(body).map_err(|e| {
         ApiError::malformed(format!(
             "the body is not valid JSON: {} at line {} column {}",
             match e.classify() {
@@ -228,7 +286,7 @@ pub fn parse_body(body: &[u8]) -> Result<GenerationBody, ApiError> {
         let field = key.split(['.', '[']).next().unwrap_or_default().to_string();
         return Err(ApiError::invalid(&field, format!("`{key}` is given twice")));
     }
-    parse_value(value)
+    Ok(value)
 }
 
 /// The typed stages of [`parse_body`] on a parsed value: an object (400), known fields only
@@ -266,7 +324,7 @@ pub fn parse_value(value: serde_json::Value) -> Result<GenerationBody, ApiError>
 
 /// The `image` or `mask` field: base64 (standard alphabet, padding optional) of a PNG, JPEG
 /// or WebP file, bare or as a `data:` URL.
-fn decode_image(field: &str, data: &str) -> Result<RgbImage, ApiError> {
+pub fn decode_image(field: &str, data: &str) -> Result<RgbImage, ApiError> {
     let b64 = match data.strip_prefix("data:") {
         Some(rest) => rest.split_once(";base64,").map(|(_, b)| b).ok_or_else(|| {
             ApiError::invalid(
@@ -352,6 +410,28 @@ pub fn validate_with(
 ) -> Result<JobParams, ApiError> {
     // An empty prompt is unconditional generation, as on the command line (and in diffusers):
     // what a prompt may be is `GenerationRequest::validate`'s to say, for both.
+    for (field, given) in [
+        ("quality", &body.quality),
+        ("style", &body.style),
+        ("background", &body.background),
+        ("moderation", &body.moderation),
+    ] {
+        let choices = OPENAI_CHOICES
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, c)| *c)
+            .unwrap_or_default();
+        if let Some(v) = given.as_deref().filter(|v| !choices.contains(v)) {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "`{field}` must be one of {}, got {:?}",
+                    choices.join(", "),
+                    v.chars().take(64).collect::<String>()
+                ),
+            ));
+        }
+    }
     let prompt = body.prompt;
     let negative_prompt = body.negative_prompt.unwrap_or_default();
     for (field, text) in [("prompt", &prompt), ("negative_prompt", &negative_prompt)] {
@@ -401,10 +481,15 @@ pub fn validate_with(
             Some(i) => (i.image.width, i.image.height),
             None => (native, native),
         },
+        // OpenAI's `"auto"`: the model's native size (of the start image, with one).
+        Some(s) if s.trim() == "auto" => match &init_image {
+            Some(i) => (i.image.width, i.image.height),
+            None => (native, native),
+        },
         Some(s) => parse_size(s).ok_or_else(|| {
             ApiError::invalid(
                 "size",
-                format!("`size` must be \"WIDTHxHEIGHT\" (e.g. \"{native}x{native}\"), got {s:?}"),
+                format!("`size` must be \"WIDTHxHEIGHT\" (e.g. \"{native}x{native}\") or \"auto\", got {s:?}"),
             )
         })?,
     };
@@ -541,12 +626,57 @@ pub fn validate_with(
             ));
         }
     }
+    check_cost(&request, limits, geometry)?;
     Ok(JobParams {
         request,
         seed,
         format,
         urls,
+        job_api: false,
+        model: 0,
     })
+}
+
+/// Refuses a request that costs more than `limits.max_cost` ([`cost`]), naming the field to
+/// lower: `n` when one image would fit, `upscale` when the first pass alone would, `size` when
+/// the native size would, else `steps`.
+fn check_cost(r: &ValidatedRequest, limits: &Limits, geometry: &ModelGeometry) -> Result<(), ApiError> {
+    let total = cost(r, geometry);
+    let budget = limits.max_cost;
+    if total <= budget {
+        return Ok(());
+    }
+    let n = r.batch.max(1) as f64;
+    let one = total / n;
+    let first_pass = ValidatedRequest {
+        upscale: None,
+        ..r.clone()
+    };
+    let first = cost(&first_pass, geometry) / n;
+    let field = if r.batch > 1 && one <= budget {
+        "n"
+    } else if r.upscale.is_some() && first * n <= budget {
+        "upscale"
+    } else if r.steps_to_run() as f64 <= budget {
+        "size"
+    } else {
+        "steps"
+    };
+    Err(ApiError::invalid(
+        field,
+        format!(
+            "the request is {total:.0} native-size image-steps of work ({} image(s), {} steps at {}x{}{}), \
+             more than this server's limit of {budget:.0} (see /health); lower `{field}`",
+            r.batch,
+            r.steps_to_run(),
+            r.out_width,
+            r.out_height,
+            match &r.upscale {
+                Some(u) => format!(", then upscaled to {}x{}", u.width, u.height),
+                None => String::new(),
+            }
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -813,6 +943,95 @@ mod tests {
         }
         let e = check(r#"{"prompt": "a", "upscale": 9}"#).unwrap_err();
         assert_eq!(e.message, "`upscale` 9 must be above 1 and at most 4");
+    }
+
+    #[test]
+    fn openai_fields_of_dall_e_3_and_gpt_image_are_accepted() {
+        let p = check(
+            r#"{"prompt": "a cat", "model": "dall-e-3", "quality": "hd", "style": "vivid", "size": "auto",
+                "background": "transparent", "moderation": "low", "user": "u-1", "output_format": "webp",
+                "output_compression": 50}"#,
+        )
+        .unwrap();
+        assert_eq!((p.request.out_width, p.request.out_height), (256, 256));
+        assert_eq!(p.format, ImageFormat::Webp);
+        for q in ["auto", "standard", "low", "medium", "high"] {
+            assert!(check(&format!(r#"{{"prompt": "a", "quality": "{q}"}}"#)).is_ok(), "{q}");
+        }
+        let cases: &[(&str, &str)] = &[
+            (r#"{"prompt": "a", "quality": "ultra"}"#, "quality"),
+            (r#"{"prompt": "a", "quality": 3}"#, "quality"),
+            (r#"{"prompt": "a", "style": "anime"}"#, "style"),
+            (r#"{"prompt": "a", "background": "green"}"#, "background"),
+            (r#"{"prompt": "a", "moderation": "none"}"#, "moderation"),
+            (r#"{"prompt": "a", "size": "automatic"}"#, "size"),
+        ];
+        for (body, field) in cases {
+            assert_eq!(param(body), (422, field.to_string()), "{body}");
+        }
+        assert_eq!(
+            check(r#"{"prompt": "a", "style": "anime"}"#).unwrap_err().message,
+            "`style` must be one of vivid, natural, got \"anime\""
+        );
+    }
+
+    #[test]
+    fn requests_past_the_cost_budget_are_422s_naming_what_to_lower() {
+        // A 64 px model without aspect-ratio bins (as the built-in one): it generates at the
+        // size asked for, so a 256x256 image is 16 native images' worth per step.
+        let tiny = ModelGeometry {
+            sample_size: 8,
+            ..geometry()
+        };
+        let limits = Limits {
+            max_cost: 100.0,
+            ..Limits::default()
+        };
+        let run = |body: &str| validate(parse_body(body.as_bytes()).unwrap(), &limits, &tiny);
+        let p = run(r#"{"prompt": "a", "steps": 20}"#).unwrap();
+        assert_eq!(cost(&p.request, &tiny), 20.0);
+        assert!(run(r#"{"prompt": "a", "steps": 20, "n": 4, "size": "64x64"}"#).is_ok());
+        assert!(run(r#"{"prompt": "a", "steps": 20, "size": "128x128"}"#).is_ok());
+        let field = |body: &str| run(body).unwrap_err().param.unwrap();
+        assert_eq!(field(r#"{"prompt": "a", "steps": 30, "n": 4}"#), "n");
+        assert_eq!(field(r#"{"prompt": "a", "steps": 20, "size": "256x256"}"#), "size");
+        assert_eq!(field(r#"{"prompt": "a", "steps": 120}"#), "steps");
+        assert_eq!(
+            field(r#"{"prompt": "a", "steps": 20, "upscale": 4, "upscale_strength": 1}"#),
+            "upscale"
+        );
+        let e = run(r#"{"prompt": "a", "steps": 20, "size": "256x256"}"#).unwrap_err();
+        assert_eq!(e.status.as_u16(), 422);
+        assert!(
+            e.message
+                .starts_with("the request is 320 native-size image-steps of work (1 image(s), 20 steps at 256x256)"),
+            "{}",
+            e.message
+        );
+        // Image to image counts the steps that run.
+        let png = pixart_pipeline::encode_png(
+            &RgbImage {
+                width: 64,
+                height: 64,
+                data: vec![9; 64 * 64 * 3],
+            },
+            "",
+        )
+        .unwrap();
+        let img = base64::engine::general_purpose::STANDARD.encode(png);
+        let p = run(&format!(
+            r#"{{"prompt": "a", "steps": 100, "strength": 0.5, "image": "{img}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(cost(&p.request, &tiny), 50.0);
+        // The default budget refuses the issue's 1024x1024 on the 64 px model.
+        let e = validate(
+            parse_body(br#"{"prompt": "a", "size": "1024x1024"}"#).unwrap(),
+            &Limits::default(),
+            &tiny,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("size"));
     }
 
     #[test]

@@ -63,6 +63,8 @@ pub struct JobState {
     /// The latest live preview (requests with `"preview": true`): the step it shows and a PNG
     /// of the batch's images side by side.
     pub preview: Option<(usize, Arc<Vec<u8>>)>,
+    /// The `parameters` text of each image (what its file carries), when succeeded.
+    pub infotexts: Arc<Vec<String>>,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
 }
@@ -78,11 +80,26 @@ pub struct Job {
     /// Checked by the pipeline between steps.
     pub cancel: AtomicBool,
     pub state: watch::Sender<JobState>,
+    /// When a client last asked about the job (job API).
+    last_seen: Mutex<Instant>,
+    /// Event streams open on the job: a client is there while one is.
+    pub watchers: AtomicU64,
 }
 
 impl Job {
     pub fn snapshot(&self) -> JobState {
         self.state.borrow().clone()
+    }
+
+    /// A client asked about the job.
+    pub fn touch(&self) {
+        *lock(&self.last_seen) = Instant::now();
+    }
+
+    /// Whether the job's client is gone: a job-API job with no event stream open and no
+    /// question for `after`.
+    pub fn abandoned(&self, after: Duration) -> bool {
+        self.params.job_api && self.watchers.load(Ordering::SeqCst) == 0 && lock(&self.last_seen).elapsed() > after
     }
 }
 
@@ -97,7 +114,12 @@ pub struct Metrics {
     /// Live previews made (requests with `"preview": true`).
     pub previews: AtomicU64,
     sums: Mutex<Sums>,
+    /// The times of the last [`RECENT_JOBS`] succeeded jobs, newest last.
+    recent: Mutex<VecDeque<f64>>,
 }
+
+/// How many recent jobs `Retry-After` averages over.
+pub const RECENT_JOBS: usize = 16;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Sums {
@@ -115,9 +137,23 @@ impl Metrics {
     }
 
     pub fn observe_job(&self, seconds: f64) {
-        let mut s = lock(&self.sums);
-        s.jobs += 1;
-        s.job_seconds += seconds;
+        {
+            let mut s = lock(&self.sums);
+            s.jobs += 1;
+            s.job_seconds += seconds;
+        }
+        let mut r = lock(&self.recent);
+        if r.len() == RECENT_JOBS {
+            r.pop_front();
+        }
+        r.push_back(seconds);
+    }
+
+    /// The mean time of the last [`RECENT_JOBS`] succeeded jobs (a moving average: a slow job
+    /// long ago no longer counts), `None` before the first.
+    pub fn recent_job_seconds(&self) -> Option<f64> {
+        let r = lock(&self.recent);
+        (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
     }
 
     pub fn sums(&self) -> Sums {
@@ -147,6 +183,9 @@ struct Store {
 pub struct Retention {
     pub keep_jobs: usize,
     pub ttl: Duration,
+    /// A job-API job that no client has asked about (`GET /v1/jobs/{id}`, its events, preview
+    /// or images) for this long while it waits or runs is cancelled: its client is gone.
+    pub abandon_after: Duration,
 }
 
 /// The job table and the queue.
@@ -194,7 +233,7 @@ impl Jobs {
     }
 
     /// Queues a job, or refuses when the queue is full (with a `Retry-After` estimate: the mean
-    /// job time so far, at least 1 s) or the server is shutting down.
+    /// time of the last [`RECENT_JOBS`] jobs, at least 1 s) or the server is shutting down.
     pub fn submit(&self, params: JobParams) -> Result<Arc<Job>, ApiError> {
         let mut st = lock(&self.store);
         if st.closed {
@@ -202,12 +241,8 @@ impl Jobs {
         }
         if st.queue.len() >= self.max_queue {
             self.metrics.rejected_queue_full.fetch_add(1, Ordering::Relaxed);
-            let sums = self.metrics.sums();
-            let mean = if sums.jobs > 0 {
-                sums.job_seconds / sums.jobs as f64
-            } else {
-                1.0
-            };
+            // A place frees when the running job ends: the recent jobs' mean time.
+            let mean = self.metrics.recent_job_seconds().unwrap_or(1.0);
             let retry_after = mean.ceil().max(1.0) as u64;
             return Err((Refused::QueueFull { retry_after }, self.max_queue).into());
         }
@@ -227,6 +262,7 @@ impl Jobs {
             error: None,
             images: Arc::new(Vec::new()),
             preview: None,
+            infotexts: Arc::new(Vec::new()),
             started: None,
             finished: None,
         });
@@ -240,6 +276,8 @@ impl Jobs {
             submitted: Instant::now(),
             cancel: AtomicBool::new(false),
             state,
+            last_seen: Mutex::new(Instant::now()),
+            watchers: AtomicU64::new(0),
         });
         st.jobs.insert(id, job.clone());
         st.queue.push_back(job.clone());
@@ -281,6 +319,34 @@ impl Jobs {
 
     pub fn queue_len(&self) -> usize {
         lock(&self.store).queue.len()
+    }
+
+    /// Cancels the job-API jobs (queued or running) whose client is gone
+    /// ([`Job::abandoned`]); returns how many.
+    pub fn reap_abandoned(&self) -> usize {
+        let after = self.retention.abandon_after;
+        let gone: Vec<String> = {
+            let st = lock(&self.store);
+            st.queue
+                .iter()
+                .chain(st.running.iter())
+                .filter(|j| !j.cancel.load(Ordering::SeqCst) && j.abandoned(after))
+                .map(|j| j.id.clone())
+                .collect()
+        };
+        for id in &gone {
+            eprintln!("{id}: no client asked about it for {} s; cancelled", after.as_secs());
+            self.cancel(
+                id,
+                &format!("abandoned: no client asked about the job for {} s", after.as_secs()),
+            );
+        }
+        gone.len()
+    }
+
+    /// The job on the worker, if any.
+    pub fn current(&self) -> Option<Arc<Job>> {
+        lock(&self.store).running.clone()
     }
 
     pub fn running(&self) -> usize {
@@ -417,5 +483,27 @@ impl Jobs {
 
     pub fn is_closed(&self) -> bool {
         lock(&self.store).closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_the_recent_jobs_not_the_all_time_mean() {
+        let m = Metrics::default();
+        assert_eq!(m.recent_job_seconds(), None);
+        // One 7-minute job, then many fast ones: it drops out of the window.
+        m.observe_job(420.0);
+        assert_eq!(m.recent_job_seconds(), Some(420.0));
+        for _ in 0..RECENT_JOBS {
+            m.observe_job(0.2);
+        }
+        let recent = m.recent_job_seconds().unwrap();
+        assert!((recent - 0.2).abs() < 1e-9, "{recent}");
+        // The all-time mean still holds it (for /metrics).
+        let s = m.sums();
+        assert!(s.job_seconds / s.jobs as f64 > 20.0);
     }
 }

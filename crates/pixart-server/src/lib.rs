@@ -7,6 +7,7 @@
 //!   API (`POST /v1/jobs`, `GET /v1/jobs/{id}`, `GET /v1/jobs/{id}/events` as server-sent
 //!   events, `DELETE /v1/jobs/{id}`, `GET /v1/jobs/{id}/images/{k}`), `GET /health`,
 //!   `GET /metrics` (Prometheus text), `GET /openapi.json`, and the web page at `/` ([`web`]).
+//! - AUTOMATIC1111's API under `/sdapi/v1/…` ([`a1111`]), a mapping onto the same request.
 //! - Every request check is in [`api`]; every error body is JSON naming the field at fault,
 //!   without file paths ([`error`]).
 //! - SIGTERM / Ctrl-C: new jobs are refused (503), queued ones cancelled, the running one gets
@@ -17,6 +18,7 @@
 // The OpenAPI document is one `json!` literal.
 #![recursion_limit = "512"]
 
+pub mod a1111;
 pub mod api;
 pub mod auth;
 pub mod client;
@@ -39,7 +41,7 @@ pub use api::Limits;
 pub use auth::ApiKey;
 pub use jobs::Retention;
 pub use response::json_response;
-pub use worker::Engine;
+pub use worker::{Engine, Loader, ModelEntry, Models};
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -105,6 +107,32 @@ async fn shutdown_signal() -> &'static str {
 /// Serves until SIGTERM / SIGINT. `on_ready` gets the bound address (port 0 picks a free one)
 /// once the server accepts connections. Blocks; runs its own tokio runtime.
 pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAddr)) -> Result<Summary, ServeError> {
+    let entry = ModelEntry {
+        name: engine.model_name.clone(),
+        geometry: engine.components.geometry(),
+        engine: Some(engine),
+        load: None,
+    };
+    serve_models(
+        opts,
+        Models {
+            entries: vec![entry],
+            max_loaded: 1,
+        },
+        on_ready,
+    )
+}
+
+/// [`serve`] with several models: the first (loaded) is the default; the others load on first
+/// use, at most `max_loaded` at once.
+pub fn serve_models(
+    opts: ServeOptions,
+    models: Models,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<Summary, ServeError> {
+    let Some(engine) = models.entries.first().and_then(|e| e.engine.as_ref()) else {
+        return Err(ServeError::Io(std::io::Error::other("the default model is not loaded")));
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("pixart-http")
@@ -113,6 +141,20 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let geometry = engine.components.geometry();
     let default_sampler = pixart_pipeline::sampler_name(&engine.components, None);
     let model_name = engine.model_name.clone();
+    let loras = engine.loras.clone();
+    let infos: Vec<routes::ModelInfo> = models
+        .entries
+        .iter()
+        .map(|e| routes::ModelInfo {
+            name: e.name.clone(),
+            default_sampler: e
+                .geometry
+                .model_sampler()
+                .map(|k| k.name().to_string())
+                .unwrap_or_default(),
+            geometry: e.geometry.clone(),
+        })
+        .collect();
     let jobs = Arc::new(jobs::Jobs::new(opts.limits.max_queue, opts.retention));
     let (listener, addr) = rt.block_on(async {
         let l = tokio::net::TcpListener::bind(opts.addr)
@@ -126,13 +168,16 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     })?;
     let text_encoder_kept = engine.components.text.resident().is_some();
     let text_cache = engine.components.text.stats();
-    let worker = worker::spawn(jobs.clone(), engine)?;
+    let worker = worker::spawn(jobs.clone(), models)?;
     let state = routes::AppState {
         jobs: jobs.clone(),
         limits: Arc::new(opts.limits.clone()),
         geometry: Arc::new(geometry),
-        model_name: Arc::new(model_name),
+        model_name: Arc::new(model_name.clone()),
         default_sampler: Arc::new(default_sampler),
+        a1111: Arc::new(a1111::A1111::new(&model_name)),
+        loras: Arc::new(loras),
+        models: Arc::new(infos),
         api_key: opts.api_key.clone(),
         text_encoder_kept,
         text_cache,
@@ -145,6 +190,18 @@ pub fn serve(opts: ServeOptions, engine: Engine, on_ready: impl FnOnce(SocketAdd
     let grace = opts.shutdown_grace;
     let (stopping_tx, mut stopping_rx) = watch::channel(false);
     let jobs_for_signal = jobs.clone();
+    // Job-API jobs whose client is gone are cancelled (checked every second).
+    let jobs_for_reaper = jobs.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if jobs_for_reaper.is_closed() {
+                break;
+            }
+            jobs_for_reaper.reap_abandoned();
+        }
+    });
     let result = rt.block_on(async move {
         on_ready(addr);
         let graceful = async move {

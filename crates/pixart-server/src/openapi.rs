@@ -31,7 +31,7 @@ fn request_body() -> Value {
 pub fn document() -> Value {
     let schedulers: Vec<&str> = pixart_schedulers::SamplerKind::ALL.iter().map(|k| k.name()).collect();
     let bad = error_response("Malformed JSON or an unknown field (400), or a field of the wrong type or out of range (422); `error.param` names the field");
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "pixart serve",
@@ -183,12 +183,16 @@ pub fn document() -> Value {
                 "properties": {
                     "prompt": {"type": "string", "minLength": 1},
                     "n": {"type": "integer", "minimum": 1, "default": 1, "description": "Images; at most the server's max_n (see /health)"},
-                    "size": {"type": "string", "pattern": "^[0-9]+x[0-9]+$", "description": "WIDTHxHEIGHT; default the model's native size; each side within /health's limits. Generated at the nearest aspect-ratio bin, then resized and cropped"},
+                    "size": {"type": "string", "pattern": "^([0-9]+x[0-9]+|auto)$", "description": "WIDTHxHEIGHT or auto; default the model's native size; each side within /health's limits. Generated at the nearest aspect-ratio bin, then resized and cropped"},
                     "response_format": {"type": "string", "enum": ["b64_json", "url"], "default": "b64_json"},
                     "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"], "default": "png", "description": "The images' format; JPEG at quality 95 (or output_compression), WebP lossless"},
                     "output_compression": {"type": "integer", "minimum": 0, "maximum": 100, "description": "The JPEG quality (default 95); PNG and WebP are lossless"},
                     "model": {"type": "string", "description": "Accepted and ignored (one model per server)"},
                     "user": {"type": "string", "description": "Accepted and ignored"},
+                    "quality": {"type": "string", "enum": ["auto", "standard", "hd", "low", "medium", "high"], "description": "Accepted and ignored"},
+                    "style": {"type": "string", "enum": ["vivid", "natural"], "description": "Accepted and ignored"},
+                    "background": {"type": "string", "enum": ["auto", "opaque", "transparent"], "description": "Accepted; the images are opaque"},
+                    "moderation": {"type": "string", "enum": ["auto", "low"], "description": "Accepted and ignored"},
                     "negative_prompt": {"type": "string", "default": ""},
                     "steps": {"type": "integer", "minimum": 1, "default": 20, "description": "Default: the sampler's (the requested one, else the model's): 20; 25 for sa-solver, 100 for iddpm, 4 for lcm"},
                     "guidance_scale": {"type": "number", "minimum": 0, "maximum": 50, "default": 4.5, "description": "Classifier-free guidance; ≤ 1 turns it off"},
@@ -266,7 +270,102 @@ pub fn document() -> Value {
                 "code": {"type": "string"}
             }}}}
         }}
-    })
+    });
+    add_a1111(&mut doc);
+    doc
+}
+
+/// An A1111 request schema: its fields and their JSON types (docs/server.md says which are
+/// used and which ignored).
+fn a1111_schema(fields: impl Iterator<Item = (&'static str, crate::a1111::Kind, crate::a1111::Use)>) -> Value {
+    use crate::a1111::{Kind, Use};
+    let props: serde_json::Map<String, Value> = fields
+        .map(|(name, kind, used)| {
+            let t = match kind {
+                Kind::Str => "string",
+                Kind::Int => "integer",
+                Kind::Num => "number",
+                Kind::Bool => "boolean",
+                Kind::Object => "object",
+                Kind::List => "array",
+            };
+            let mut v = json!({"type": [t, "null"]});
+            if used == Use::Ignored {
+                v["description"] = json!("Accepted and ignored");
+            }
+            (name.to_string(), v)
+        })
+        .collect();
+    json!({"type": "object", "additionalProperties": false, "properties": props})
+}
+
+/// AUTOMATIC1111's routes (`/sdapi/v1/…`, crate::a1111).
+fn add_a1111(doc: &mut Value) {
+    let ok = |what: &str| json!({"200": {"description": what, "content": {"application/json": {}}}});
+    let answer = json!({
+        "200": {"description": "A1111's TextToImageResponse", "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "images": {"type": "array", "items": {"type": "string", "contentEncoding": "base64"}},
+            "parameters": {"type": "object"},
+            "info": {"type": "string", "description": "JSON: seed, all_seeds, infotexts, ..."}
+        }}}}},
+        "400": error_response("Malformed JSON or an unknown field"),
+        "422": error_response("A field of the wrong type or out of range; `error.param` names the A1111 field"),
+        "429": error_response("Queue full")
+    });
+    let post = |summary: &str, schema: Value, responses: &Value| json!({"post": {"summary": summary, "requestBody": {"required": true, "content": {"application/json": {"schema": schema}}}, "responses": responses}});
+    let get = |summary: &str| json!({"get": {"summary": summary, "responses": ok(summary)}});
+    let paths = [
+        (
+            "/sdapi/v1/txt2img",
+            post(
+                "A1111 text to image",
+                a1111_schema(crate::a1111::txt2img_fields()),
+                &answer,
+            ),
+        ),
+        (
+            "/sdapi/v1/img2img",
+            post(
+                "A1111 image to image and inpainting",
+                a1111_schema(crate::a1111::img2img_fields()),
+                &answer,
+            ),
+        ),
+        (
+            "/sdapi/v1/progress",
+            json!({"get": {"summary": "Progress, ETA and live preview of the running job", "parameters": [{"name": "skip_current_image", "in": "query", "schema": {"type": "boolean"}}], "responses": ok("A1111's ProgressResponse")}}),
+        ),
+        (
+            "/sdapi/v1/interrupt",
+            json!({"post": {"summary": "Stop the running job and the rest of its request", "responses": ok("null")}}),
+        ),
+        (
+            "/sdapi/v1/skip",
+            json!({"post": {"summary": "Stop the running job; its request goes on with the next iteration", "responses": ok("null")}}),
+        ),
+        (
+            "/sdapi/v1/options",
+            json!({
+                "get": {"summary": "The options", "responses": ok("The options")},
+                "post": {"summary": "Set options (sd_model_checkpoint must name the served model)", "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}}, "responses": {"200": {"description": "null"}, "422": error_response("An option of the wrong type or value")}}
+            }),
+        ),
+        ("/sdapi/v1/sd-models", get("The served model")),
+        ("/sdapi/v1/samplers", get("The samplers by A1111 name")),
+        ("/sdapi/v1/schedulers", get("The schedulers (automatic)")),
+        ("/sdapi/v1/loras", get("The LoRAs merged at start")),
+        ("/sdapi/v1/upscalers", get("The upscalers")),
+        ("/sdapi/v1/scripts", get("No scripts")),
+        (
+            "/sdapi/v1/refresh-checkpoints",
+            json!({"post": {"summary": "Nothing to refresh", "responses": ok("null")}}),
+        ),
+    ];
+    if let Some(p) = doc["paths"].as_object_mut() {
+        for (path, item) in paths {
+            p.insert(path.to_string(), item);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! (a route in a message is not a path) and the OpenAPI document's test read too.
 
 /// Every route, for the router and the OpenAPI document's test.
-pub const ROUTES: [(&str, &str); 17] = [
+pub const ROUTES: [(&str, &str); 31] = [
     ("get", "/"),
     ("get", "/app.js"),
     ("get", "/style.css"),
@@ -20,4 +20,18 @@ pub const ROUTES: [(&str, &str); 17] = [
     ("get", "/v1/jobs/{id}/events"),
     ("get", "/v1/jobs/{id}/images/{index}"),
     ("get", "/v1/jobs/{id}/preview"),
+    ("post", "/sdapi/v1/txt2img"),
+    ("post", "/sdapi/v1/img2img"),
+    ("get", "/sdapi/v1/progress"),
+    ("post", "/sdapi/v1/interrupt"),
+    ("post", "/sdapi/v1/skip"),
+    ("get", "/sdapi/v1/options"),
+    ("post", "/sdapi/v1/options"),
+    ("get", "/sdapi/v1/sd-models"),
+    ("get", "/sdapi/v1/samplers"),
+    ("get", "/sdapi/v1/schedulers"),
+    ("get", "/sdapi/v1/loras"),
+    ("get", "/sdapi/v1/upscalers"),
+    ("get", "/sdapi/v1/scripts"),
+    ("post", "/sdapi/v1/refresh-checkpoints"),
 ];

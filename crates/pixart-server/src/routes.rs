@@ -17,6 +17,7 @@ use pixart_pipeline::ModelGeometry;
 use pixart_schedulers::SamplerKind;
 use serde_json::{json, Value};
 
+use crate::a1111::{self, A1111};
 use crate::api::{self, Limits};
 use crate::auth::{self, ApiKey};
 use crate::error::ApiError;
@@ -24,6 +25,14 @@ use crate::jobs::{Job, JobState, Jobs, Status};
 use crate::response::json_response;
 pub use crate::route_table::ROUTES;
 use crate::{openapi, web};
+
+/// A served model as the handlers see it.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub geometry: ModelGeometry,
+    pub default_sampler: String,
+}
 
 /// What every handler sees.
 #[derive(Clone)]
@@ -42,6 +51,30 @@ pub struct AppState {
     pub started: u64,
     /// The text-feature cache's counts (the worker's components hold the cache).
     pub text_cache: Arc<pixart_pipeline::text::CacheStats>,
+    /// The A1111 routes' options and running request.
+    pub a1111: Arc<A1111>,
+    /// The LoRAs merged at start (names and scales).
+    pub loras: Arc<Vec<(String, f64)>>,
+    /// Every served model, the default first (`geometry` and `model_name` are its).
+    pub models: Arc<Vec<ModelInfo>>,
+}
+
+impl AppState {
+    /// The served model a request names (by name, ignoring case, or A1111's `name [hash]`
+    /// title); the default model for no name or another (an OpenAI client's `dall-e-3`).
+    pub fn model_index(&self, name: Option<&str>) -> usize {
+        let Some(n) = name else { return 0 };
+        let n = n.trim();
+        let base = n.split(" [").next().unwrap_or(n).trim();
+        self.models
+            .iter()
+            .position(|m| m.name.eq_ignore_ascii_case(n) || m.name.eq_ignore_ascii_case(base))
+            .unwrap_or(0)
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.models.iter().map(|m| m.name.clone()).collect()
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -67,6 +100,37 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/jobs/{id}/images/{index}", get(job_image))
         .route("/v1/jobs/{id}/preview", get(job_preview))
+        .route("/sdapi/v1/txt2img", post(sd_txt2img))
+        .route(
+            "/sdapi/v1/img2img",
+            post(sd_img2img).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/sdapi/v1/progress", get(sd_progress))
+        .route("/sdapi/v1/interrupt", post(sd_interrupt))
+        .route("/sdapi/v1/skip", post(sd_skip))
+        .route("/sdapi/v1/options", get(sd_options).post(sd_set_options))
+        .route("/sdapi/v1/sd-models", get(sd_models))
+        .route(
+            "/sdapi/v1/samplers",
+            get(|| async { json_response(StatusCode::OK, &a1111::samplers_json()) }),
+        )
+        .route(
+            "/sdapi/v1/schedulers",
+            get(|| async { json_response(StatusCode::OK, &a1111::schedulers_json()) }),
+        )
+        .route(
+            "/sdapi/v1/upscalers",
+            get(|| async { json_response(StatusCode::OK, &a1111::upscalers_json()) }),
+        )
+        .route("/sdapi/v1/loras", get(sd_loras))
+        .route(
+            "/sdapi/v1/scripts",
+            get(|| async { json_response(StatusCode::OK, &json!({"txt2img": [], "img2img": []})) }),
+        )
+        .route(
+            "/sdapi/v1/refresh-checkpoints",
+            post(|| async { json_response(StatusCode::OK, &Value::Null) }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.api_key.clone(),
             auth::require,
@@ -89,7 +153,20 @@ async fn method_not_allowed() -> ApiError {
 /// it carries an `image`), then validates it.
 async fn read_request(app: &AppState, headers: &HeaderMap, body: Body) -> Result<api::JobParams, ApiError> {
     let text_limit = app.limits.max_body_bytes;
-    let limit = text_limit.max(app.limits.max_image_body_bytes);
+    let bytes = read_bytes(app, headers, body).await?;
+    let parsed = api::parse_body(&bytes)?;
+    if parsed.image.is_none() && bytes.len() > text_limit {
+        return Err(ApiError::too_large(text_limit));
+    }
+    let k = app.model_index(parsed.model.as_deref());
+    let mut params = api::validate(parsed, &app.limits, &app.models[k].geometry)?;
+    params.model = k;
+    Ok(params)
+}
+
+/// A JSON body of at most `max_image_body_bytes` (and `max_body_bytes`).
+async fn read_bytes(app: &AppState, headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = app.limits.max_body_bytes.max(app.limits.max_image_body_bytes);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -98,14 +175,9 @@ async fn read_request(app: &AppState, headers: &HeaderMap, body: Body) -> Result
         return Err(ApiError::too_large(limit));
     }
     api::check_headers(headers)?;
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::too_large(limit))?;
-    let parsed = api::parse_body(&bytes)?;
-    if parsed.image.is_none() && bytes.len() > text_limit {
-        return Err(ApiError::too_large(text_limit));
-    }
-    api::validate(parsed, &app.limits, &app.geometry)
+        .map_err(|_| ApiError::too_large(limit))
 }
 
 fn native_size(g: &ModelGeometry) -> usize {
@@ -127,10 +199,17 @@ async fn health(State(app): State<AppState>) -> Response {
         &json!({
             "status": status,
             "model": app.model_name.as_str(),
+            "models": app.names(),
             "queue_length": app.jobs.queue_len(),
             "max_queue": app.jobs.max_queue(),
             "running": app.jobs.running(),
             "default_size": format!("{native}x{native}"),
+            // The web page's placeholder: a prompt the model can draw.
+            "example_prompt": if app.model_name.as_str() == "builtin" {
+                "a large yellow triangle at the center on a blue background"
+            } else {
+                "a small cactus with a happy face in the Sahara desert"
+            },
             "defaults": {
                 "steps": default_steps,
                 "guidance_scale": default_guidance,
@@ -140,6 +219,7 @@ async fn health(State(app): State<AppState>) -> Response {
                 "max_n": l.max_n, "min_side": l.min_side, "max_side": l.max_side,
                 "max_steps": l.max_steps, "max_body_bytes": l.max_body_bytes,
                 "max_image_body_bytes": l.max_image_body_bytes, "max_prompt_chars": l.max_prompt_chars,
+                "max_cost": l.max_cost,
             },
             "auth": if app.api_key.is_some() { "api_key" } else { "none" },
             "text_encoder": if app.text_encoder_kept { "kept" } else { "per_job" },
@@ -271,25 +351,30 @@ pub fn metrics_text(jobs: &Jobs, text_cache: &pixart_pipeline::text::CacheStats)
 }
 
 /// The served model as OpenAI's model object.
-fn model_object(app: &AppState) -> Value {
-    json!({"id": app.model_name.as_str(), "object": "model", "created": app.started, "owned_by": "pixart-rs"})
+fn model_object(app: &AppState, name: &str) -> Value {
+    json!({"id": name, "object": "model", "created": app.started, "owned_by": "pixart-rs"})
 }
 
-/// `GET /v1/models`: OpenAI's model list, the one model this server runs.
+/// `GET /v1/models`: OpenAI's model list, every model this server runs (the default first).
 async fn models(State(app): State<AppState>) -> Response {
-    json_response(StatusCode::OK, &json!({"object": "list", "data": [model_object(&app)]}))
+    let data: Vec<Value> = app.models.iter().map(|m| model_object(&app, &m.name)).collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
 /// `GET /v1/models/{model}`: the model, or 404 for any other name.
 async fn model(State(app): State<AppState>, Path(name): Path<String>) -> Result<Response, ApiError> {
-    if name != *app.model_name {
+    if !app.models.iter().any(|m| m.name == name) {
         return Err(ApiError::not_found(format!(
-            "no model {:?}; this server runs {:?}",
+            "no model {:?}; this server runs {}",
             truncate(&name, 64),
-            app.model_name.as_str()
+            app.names()
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
-    Ok(json_response(StatusCode::OK, &model_object(&app)))
+    Ok(json_response(StatusCode::OK, &model_object(&app, &name)))
 }
 
 async fn openapi_json() -> Response {
@@ -337,7 +422,7 @@ async fn wait_terminal(job: &Job) -> JobState {
     state
 }
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -427,7 +512,9 @@ async fn edits(
     let image = image.ok_or_else(|| ApiError::invalid("image", "`image` (a file) is required"))?;
     let body = api::parse_value(Value::Object(fields))?;
     let images = api::edit_images(&image, mask.as_deref())?;
-    let params = api::validate_with(body, Some(images), &app.limits, &app.geometry)?;
+    let k = app.model_index(body.model.as_deref());
+    let mut params = api::validate_with(body, Some(images), &app.limits, &app.models[k].geometry)?;
+    params.model = k;
     answer_images(app, params, &headers).await
 }
 
@@ -530,7 +617,8 @@ fn job_json(app: &AppState, job: &Job, s: &JobState, b64_images: bool) -> Value 
 
 /// `POST /v1/jobs`: 202 with the job; its URL in `Location`.
 async fn create_job(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    let params = read_request(&app, &headers, body).await?;
+    let mut params = read_request(&app, &headers, body).await?;
+    params.job_api = true;
     let job = app.jobs.submit(params)?;
     let mut resp = json_response(StatusCode::ACCEPTED, &job_json(&app, &job, &job.snapshot(), false));
     if let Ok(v) = format!("/v1/jobs/{}", job.id).parse() {
@@ -549,10 +637,31 @@ async fn list_jobs(State(app): State<AppState>) -> Response {
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
+/// The job `id` (a client asked about it: [`Job::touch`]).
 fn find(app: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
-    app.jobs
+    let job = app
+        .jobs
         .get(id)
-        .ok_or_else(|| ApiError::not_found(format!("no job {:?}", truncate(id, 64))))
+        .ok_or_else(|| ApiError::not_found(format!("no job {:?}", truncate(id, 64))))?;
+    job.touch();
+    Ok(job)
+}
+
+/// Counts an open event stream on a job while it lives.
+struct Watching(Arc<Job>);
+
+impl Watching {
+    fn new(job: Arc<Job>) -> Self {
+        job.watchers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(job)
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.watchers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -593,9 +702,11 @@ async fn job_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = find(&app, &id)?;
     let rx = job.state.subscribe();
+    let watching = Arc::new(Watching::new(job.clone()));
     let stream = futures_util::stream::unfold((rx, true, false), move |(mut rx, first, ended)| {
         let app = app.clone();
         let job = job.clone();
+        let _watching = watching.clone();
         async move {
             if ended {
                 return None;
@@ -668,4 +779,160 @@ async fn job_image(
         bytes.clone(),
     )
         .into_response())
+}
+
+/// `POST /sdapi/v1/txt2img`: A1111's text to image ([`a1111`]).
+async fn sd_txt2img(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_bytes(&app, &headers, body).await?;
+    if bytes.len() > app.limits.max_body_bytes {
+        return Err(ApiError::too_large(app.limits.max_body_bytes));
+    }
+    sd_generate(app, a1111::Mode::Txt2Img, &bytes).await
+}
+
+/// `POST /sdapi/v1/img2img`: A1111's image to image and inpainting ([`a1111`]).
+async fn sd_img2img(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_bytes(&app, &headers, body).await?;
+    sd_generate(app, a1111::Mode::Img2Img, &bytes).await
+}
+
+/// Runs an A1111 request's iterations one job after the other and answers as A1111 does:
+/// `images` (base64), `parameters` (the request) and `info` (a JSON string with the seeds).
+/// A skipped iteration (`/sdapi/v1/skip`) gives no images and the next one runs; an
+/// interrupt (`/sdapi/v1/interrupt`) ends the request with the images made so far.
+async fn sd_generate(app: AppState, mode: a1111::Mode, bytes: &[u8]) -> Result<Response, ApiError> {
+    let value = api::parse_json(bytes)?;
+    let options = app.a1111.options();
+    // The model: this request's `override_settings`, else the options' `sd_model_checkpoint`.
+    let checkpoint = value
+        .get("override_settings")
+        .and_then(|o| o.get("sd_model_checkpoint"))
+        .and_then(Value::as_str)
+        .or_else(|| options.get("sd_model_checkpoint").and_then(Value::as_str));
+    let k = app.model_index(checkpoint);
+    let mut plan = a1111::plan(
+        mode,
+        value,
+        &options,
+        &app.limits,
+        &app.models[k].geometry,
+        &app.names(),
+    )?;
+    for p in &mut plan.iterations {
+        p.model = k;
+    }
+    let model_name = app.models[k].name.clone();
+    let interrupts = app.a1111.interrupt_count();
+    let running = a1111::Running::start(&app.a1111);
+    let started = std::time::Instant::now();
+    let n_iter = plan.iterations.len();
+    let (mut images, mut seeds, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut created = 0;
+    for (i, params) in plan.iterations.iter().enumerate() {
+        if app.a1111.interrupt_count() != interrupts {
+            break;
+        }
+        let job = match app.jobs.submit(params.clone()) {
+            Ok(job) => job,
+            // A later iteration that finds the queue full: the images so far.
+            Err(_) if i > 0 => break,
+            Err(e) => return Err(e),
+        };
+        let _guard = DiscardOnDrop {
+            jobs: app.jobs.clone(),
+            id: job.id.clone(),
+            keep: false,
+        };
+        if i == 0 {
+            created = job.created;
+        }
+        running.iteration(&job.id, i, n_iter, started, created);
+        let state = wait_terminal(&job).await;
+        match state.status {
+            Status::Succeeded => {
+                for (k, file) in state.images.iter().enumerate() {
+                    images.push(Value::String(b64(file)));
+                    seeds.push(job.params.seed.wrapping_add(k as u64));
+                    texts.push(state.infotexts.get(k).cloned().unwrap_or_default());
+                }
+            }
+            Status::Failed => return Err(ApiError::generation_failed()),
+            _ if app.jobs.is_closed() => return Err(ApiError::shutting_down()),
+            // Skipped or interrupted: the loop's check tells which.
+            _ => {}
+        }
+    }
+    drop(running);
+    let info = a1111::info(&plan, &seeds, &texts, &model_name, created);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "images": if plan.send_images { images } else { Vec::new() },
+            "parameters": plan.parameters,
+            "info": info,
+        }),
+    ))
+}
+
+/// `GET /sdapi/v1/progress[?skip_current_image=true]`: the running job's progress, ETA and
+/// live preview (`current_image`, base64 PNG).
+async fn sd_progress(State(app): State<AppState>, axum::extract::RawQuery(query): axum::extract::RawQuery) -> Response {
+    let skip = query.as_deref().unwrap_or("").split('&').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k == "skip_current_image" && (v == "true" || v == "True" || v == "1"))
+    });
+    let job = app.jobs.current();
+    let snapshot = job.as_ref().map(|j| j.snapshot());
+    let running = job.as_deref().zip(snapshot.as_ref());
+    json_response(
+        StatusCode::OK,
+        &a1111::progress(&app.a1111, running, app.jobs.queue_len(), skip),
+    )
+}
+
+/// Cancels the job on the worker (it stops after its step); `reason` goes in its error.
+fn cancel_running(app: &AppState, reason: &str) {
+    if let Some(job) = app.jobs.current() {
+        app.jobs.cancel(&job.id, reason);
+    }
+}
+
+/// `POST /sdapi/v1/interrupt`: the running job stops after its step, and an A1111 request
+/// runs no further iterations.
+async fn sd_interrupt(State(app): State<AppState>) -> Response {
+    app.a1111.interrupt();
+    cancel_running(&app, "interrupted");
+    json_response(StatusCode::OK, &Value::Null)
+}
+
+/// `POST /sdapi/v1/skip`: the running job stops after its step; an A1111 request goes on
+/// with its next iteration.
+async fn sd_skip(State(app): State<AppState>) -> Response {
+    cancel_running(&app, "skipped");
+    json_response(StatusCode::OK, &Value::Null)
+}
+
+async fn sd_options(State(app): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &Value::Object(app.a1111.options()))
+}
+
+/// `POST /sdapi/v1/options`: `sd_model_checkpoint` must name the served model (422 otherwise);
+/// `samples_format`, `jpeg_quality` and `live_previews_enable` apply to later A1111 requests;
+/// other options are kept and given back.
+async fn sd_set_options(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let bytes = read_bytes(&app, &headers, body).await?;
+    if bytes.len() > app.limits.max_body_bytes {
+        return Err(ApiError::too_large(app.limits.max_body_bytes));
+    }
+    let value = api::parse_json(&bytes)?;
+    app.a1111.set_options(&value, &app.names())?;
+    Ok(json_response(StatusCode::OK, &Value::Null))
+}
+
+async fn sd_models(State(app): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &a1111::sd_models_json(&app.names()))
+}
+
+async fn sd_loras(State(app): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &a1111::loras_json(&app.loras))
 }

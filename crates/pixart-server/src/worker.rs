@@ -19,13 +19,85 @@ pub struct Engine {
     pub model_name: String,
     /// The transformer dtype's name, for PNG metadata.
     pub dtype_name: String,
+    /// The LoRAs merged into the transformer at start: file names (never paths) and scales.
+    pub loras: Vec<(String, f64)>,
+}
+
+/// Loads a model's [`Engine`] (an error is a message for the log).
+pub type Loader = Box<dyn Fn() -> Result<Engine, String> + Send>;
+
+/// A served model: loaded (`engine`), or loaded on first use by `load`.
+pub struct ModelEntry {
+    /// Its name for requests (`model`, `sd_model_checkpoint`): a folder or file name.
+    pub name: String,
+    pub geometry: pixart_pipeline::ModelGeometry,
+    pub engine: Option<Engine>,
+    /// How to load it again after an eviction; `None`: it stays loaded.
+    pub load: Option<Loader>,
+}
+
+/// The models a server runs; the first is the default and is loaded at start.
+pub struct Models {
+    pub entries: Vec<ModelEntry>,
+    /// The most models loaded at once; loading one more evicts the least recently used.
+    pub max_loaded: usize,
 }
 
 /// Starts the worker; it returns when [`Jobs::close`] was called and the queue is empty.
-pub fn spawn(jobs: Arc<Jobs>, engine: Engine) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn(jobs: Arc<Jobs>, models: Models) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("pixart-worker".into()).spawn(move || {
+        let Models {
+            mut entries,
+            max_loaded,
+        } = models;
+        let mut last_used = vec![0u64; entries.len()];
+        let mut clock = 0u64;
         while let Some(job) = jobs.next() {
-            run_job(&jobs, &engine, &job);
+            let k = job.params.model.min(entries.len().saturating_sub(1));
+            clock += 1;
+            last_used[k] = clock;
+            if entries[k].engine.is_none() {
+                // Least recently used first, until there is room.
+                while entries.iter().filter(|e| e.engine.is_some()).count() >= max_loaded.max(1) {
+                    let victim = (0..entries.len())
+                        .filter(|&i| i != k && entries[i].engine.is_some() && entries[i].load.is_some())
+                        .min_by_key(|&i| last_used[i]);
+                    match victim {
+                        Some(i) => {
+                            eprintln!("unloading model {} (least recently used)", entries[i].name);
+                            entries[i].engine = None;
+                        }
+                        None => break,
+                    }
+                }
+                job.state.send_modify(|st| st.stage = Some("load model"));
+                let start = Instant::now();
+                let loaded = match &entries[k].load {
+                    Some(load) => load(),
+                    None => Err("no loader".into()),
+                };
+                match loaded {
+                    Ok(engine) => {
+                        eprintln!(
+                            "loaded model {} in {:.2} s",
+                            entries[k].name,
+                            start.elapsed().as_secs_f64()
+                        );
+                        entries[k].engine = Some(engine);
+                    }
+                    Err(e) => {
+                        fail(
+                            &jobs,
+                            &job,
+                            &format!("model {} could not be loaded: {e}", entries[k].name),
+                        );
+                        continue;
+                    }
+                }
+            }
+            if let Some(engine) = &entries[k].engine {
+                run_job(&jobs, engine, &job);
+            }
         }
     })
 }
@@ -66,15 +138,19 @@ fn run_job(jobs: &Jobs, engine: &Engine, job: &Arc<Job>) {
     let sampler = sampler_name(c, r.sampler);
     match outcome {
         Ok(Ok(Generated::Finished(out))) => {
-            let pngs: Result<Vec<Vec<u8>>, _> = out
+            let texts: Vec<String> = out
                 .images
                 .iter()
                 .enumerate()
-                .map(|(k, img)| {
-                    let params = parameters_text(r, k, img, &sampler, &engine.model_name, &engine.dtype_name);
-                    job.params.format.encode(img, &params)
-                })
+                .map(|(k, img)| parameters_text(r, k, img, &sampler, &engine.model_name, &engine.dtype_name))
                 .collect();
+            let pngs: Result<Vec<Vec<u8>>, _> = out
+                .images
+                .iter()
+                .zip(&texts)
+                .map(|(img, params)| job.params.format.encode(img, params))
+                .collect();
+            job.state.send_modify(|st| st.infotexts = Arc::new(texts));
             match pngs {
                 Ok(pngs) => {
                     eprintln!(

@@ -1,6 +1,6 @@
 //! The model flags `generate` and `serve` share (`--model`, `--base`, `--text-encoder`, `--vae`,
 //! `--lora`, `--kv-compress`), their parsing, and the hub downloads they may start.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use candle_core::{DType, Device};
@@ -12,7 +12,7 @@ use pixart_pipeline::{ComponentOptions, ComponentPaths, DownloadProgress, HubCon
 use super::usage;
 use crate::UsageError;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// A diffusers PixArt-Σ pipeline folder, a hub id (owner/name[@revision], downloaded into the
     /// Hugging Face cache: HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN; HF_HUB_OFFLINE=1 uses the
@@ -59,22 +59,9 @@ impl ModelArgs {
         }
     }
 
-    /// How the model is named to clients and in the images' parameters: `builtin`, a folder's
-    /// (or file's) name or a hub id, never a path.
+    /// How the model is named to clients and in the images' parameters ([`model_label`]).
     pub fn label(&self) -> String {
-        match self.model.as_deref() {
-            Some(m) if !m.to_str().is_some_and(pixart_pipeline::is_builtin) => {
-                if m.exists() {
-                    m.canonicalize()
-                        .ok()
-                        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                        .unwrap_or_else(|| "model".into())
-                } else {
-                    m.to_string_lossy().into_owned()
-                }
-            }
-            _ => "builtin".to_string(),
-        }
+        model_label(self.model.as_deref())
     }
 
     /// Parses the flags and finds every component: hub ids are downloaded here (what is missing
@@ -200,5 +187,23 @@ impl DownloadProgress for DownloadDisplay {
 
     fn note(&mut self, message: &str) {
         eprintln!("note: {message}");
+    }
+}
+
+/// How a model (`--model`, none: the built-in one) is named to clients and in the images'
+/// parameters: `builtin`, a folder's (or file's) name or a hub id, never a path.
+pub fn model_label(model: Option<&Path>) -> String {
+    match model {
+        Some(m) if !m.to_str().is_some_and(pixart_pipeline::is_builtin) => {
+            if m.exists() {
+                m.canonicalize()
+                    .ok()
+                    .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "model".into())
+            } else {
+                m.to_string_lossy().into_owned()
+            }
+        }
+        _ => "builtin".to_string(),
     }
 }

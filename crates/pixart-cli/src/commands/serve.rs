@@ -1,5 +1,6 @@
 //! `pixart serve`: the HTTP server (crates/pixart-server). Parsing and printing only.
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -43,9 +44,15 @@ pub struct ServeArgs {
     /// Largest `n` (images per request).
     #[arg(long = "max-n", default_value_t = 4)]
     max_n: usize,
-    /// Largest image side in pixels (64 to 8192).
-    #[arg(long = "max-side", default_value_t = 2048)]
-    max_side: usize,
+    /// Largest image side in pixels (64 to 8192). Default: from the model's native size N,
+    /// max(N, min(4·N, 2048)) (256 for the built-in 64 px model, 2048 for a 1024 px one).
+    #[arg(long = "max-side")]
+    max_side: Option<usize>,
+    /// The most work one request may ask for, in native-size image-steps (images × steps ×
+    /// pixels / the model's native pixels, both passes of an upscale counted); more is a 422
+    /// naming the field to lower. Default: --max-n × --max-steps (600).
+    #[arg(long = "max-cost")]
+    max_cost: Option<f64>,
     /// Largest `steps` (at most 1000).
     #[arg(long = "max-steps", default_value_t = 150)]
     max_steps: usize,
@@ -62,6 +69,19 @@ pub struct ServeArgs {
     /// Seconds a finished job is kept.
     #[arg(long = "job-ttl", default_value_t = 900)]
     job_ttl: u64,
+    /// Serve every model in DIR too (each pipeline folder, transformer file or GGUF in it, by
+    /// its name); a request's `model` (or A1111's `sd_model_checkpoint`) picks one. The
+    /// default model is --model, else DIR's first.
+    #[arg(long = "models", value_name = "DIR")]
+    models: Option<std::path::PathBuf>,
+    /// The most models loaded at once (--models): loading another unloads the least recently
+    /// used.
+    #[arg(long = "max-loaded-models", default_value_t = 2)]
+    max_loaded_models: usize,
+    /// Seconds a job of the job API (POST /v1/jobs) may wait or run with no client asking
+    /// about it (GET /v1/jobs/{id}, its events, preview or images); then it is cancelled.
+    #[arg(long = "abandon-after", default_value_t = 300)]
+    abandon_after: u64,
     /// Seconds the running job may go on after SIGTERM before it is cancelled.
     #[arg(long = "shutdown-grace", default_value_t = 10.0, allow_negative_numbers = true)]
     shutdown_grace: f64,
@@ -80,6 +100,36 @@ pub struct ServeArgs {
     /// text not seen recently pays the load.
     #[arg(long = "offload-text-encoder")]
     offload_text_encoder: bool,
+}
+
+/// The models in a `--models` folder: every sub-folder (a pipeline or transformer folder) and
+/// weight file (`.safetensors`, `.pth`, `.pt`, `.bin`, `.gguf`), hidden ones skipped, by name.
+fn models_in(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| UsageError(format!("--models {}: {e}", dir.display())))?;
+    let mut out: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase())
+                .unwrap_or_default();
+            !name.starts_with('.')
+                && (p.is_dir() || ["safetensors", "pth", "pt", "bin", "gguf"].contains(&ext.as_str()))
+        })
+        .collect();
+    out.sort();
+    if out.is_empty() {
+        return Err(UsageError(format!(
+            "--models {}: no pipeline folder, transformer file or GGUF in it",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(out)
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -102,8 +152,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         ))
         .into());
     }
-    if !(64..=MAX_SIDE).contains(&a.max_side) {
-        return Err(UsageError(format!("--max-side {} must be between 64 and {MAX_SIDE}", a.max_side)).into());
+    if let Some(side) = a.max_side.filter(|s| !(64..=MAX_SIDE).contains(s)) {
+        return Err(UsageError(format!("--max-side {side} must be between 64 and {MAX_SIDE}")).into());
+    }
+    if let Some(c) = a.max_cost.filter(|c| !(c.is_finite() && *c >= 1.0)) {
+        return Err(UsageError(format!("--max-cost {c} must be a number of at least 1")).into());
     }
     if a.max_steps > MAX_STEPS {
         return Err(UsageError(format!("--max-steps {} is more than {MAX_STEPS}", a.max_steps)).into());
@@ -124,26 +177,103 @@ pub fn run(a: ServeArgs) -> Result<()> {
         .map(ApiKey::new)
         .transpose()
         .map_err(|e| UsageError(format!("--api-key: {e}")))?;
-    let name = a.model.label();
+    if a.max_loaded_models == 0 {
+        return Err(UsageError("--max-loaded-models must be at least 1".into()).into());
+    }
+    // The models: --model (or the built-in one) first, unless only --models is given.
+    let mut specs: Vec<Option<std::path::PathBuf>> = Vec::new();
+    if a.model.model.is_some() || a.models.is_none() {
+        specs.push(a.model.model.clone());
+    }
+    if let Some(dir) = &a.models {
+        specs.extend(models_in(dir)?.into_iter().map(Some));
+    }
+    let spec_name = |m: &Option<std::path::PathBuf>| super::model::model_label(m.as_deref());
+    let names: Vec<String> = specs.iter().map(spec_name).collect();
+    if let Some((i, n)) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+        return Err(UsageError(format!(
+            "two models are named {n:?} ({} and {}); rename one",
+            specs[names.iter().position(|m| m == n).unwrap_or(0)]
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            specs[i].as_deref().map(|p| p.display().to_string()).unwrap_or_default()
+        ))
+        .into());
+    }
+    let name = names[0].clone();
+    let mut more = Vec::new();
+    for (spec, n) in specs.iter().zip(&names).skip(1) {
+        let mut args = a.model.clone();
+        args.model = spec.clone();
+        let ModelChoice {
+            resolved, mut options, ..
+        } = args.resolve(dev.clone(), dt)?;
+        options.keep_text_encoder = !a.offload_text_encoder;
+        let geometry = resolved.geometry_with(options.kv_compress.as_ref()).map_err(usage)?;
+        let (model_name, dtype_name) = (n.clone(), a.dtype.clone());
+        let load: pixart_server::Loader = Box::new(move || {
+            PipelineComponents::load_resolved(resolved.clone(), &options)
+                .map(|components| Engine {
+                    components,
+                    model_name: model_name.clone(),
+                    dtype_name: dtype_name.clone(),
+                    loras: Vec::new(),
+                })
+                .map_err(|e| e.to_string())
+        });
+        more.push(pixart_server::ModelEntry {
+            name: n.clone(),
+            geometry,
+            engine: None,
+            load: Some(load),
+        });
+    }
+    let mut first_args = a.model.clone();
+    first_args.model = specs[0].clone();
     let ModelChoice {
         model,
         resolved,
         mut options,
-    } = a.model.resolve(dev, dt)?;
+    } = first_args.resolve(dev, dt)?;
     options.keep_text_encoder = !a.offload_text_encoder;
     eprintln!("loading {}", model.display());
+    let first_loader = (resolved.clone(), options.clone());
     let components = PipelineComponents::load_resolved(resolved, &options).map_err(usage)?;
+    let loras = a
+        .model
+        .lora
+        .iter()
+        .filter_map(|s| pixart_model::lora::LoraSpec::parse(s).ok())
+        .map(|l| {
+            let name = l
+                .path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "lora".into());
+            (name, l.scale)
+        })
+        .collect();
     let engine = Engine {
         components,
         model_name: name,
         dtype_name: a.dtype.clone(),
+        loras,
     };
+    let native = {
+        let g = engine.components.geometry();
+        g.sample_size * g.vae_factor
+    };
+    let max_side = a
+        .max_side
+        .unwrap_or_else(|| native.max((4 * native).min(2048)).clamp(64, MAX_SIDE));
     let options = ServeOptions {
         addr: SocketAddr::new(a.host, a.port),
         limits: Limits {
             max_queue: a.max_queue,
             max_n: a.max_n,
-            max_side: a.max_side,
+            max_side,
+            max_cost: a.max_cost.unwrap_or((a.max_n * a.max_steps) as f64),
             max_steps: a.max_steps,
             max_body_bytes: a.max_body_bytes,
             max_image_body_bytes: a.max_image_body_bytes,
@@ -152,6 +282,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
         retention: Retention {
             keep_jobs: a.keep_jobs,
             ttl: Duration::from_secs(a.job_ttl),
+            abandon_after: Duration::from_secs(a.abandon_after.max(1)),
         },
         shutdown_grace: Duration::from_secs_f64(a.shutdown_grace),
         api_key,
@@ -162,7 +293,35 @@ pub fn run(a: ServeArgs) -> Result<()> {
             a.host
         );
     }
-    let summary = pixart_server::serve(options, engine, |addr| {
+    let mut entries = vec![pixart_server::ModelEntry {
+        name: engine.model_name.clone(),
+        geometry: engine.components.geometry(),
+        load: (!more.is_empty()).then(|| {
+            let (resolved, opts) = first_loader;
+            let (model_name, dtype_name, loras) = (
+                engine.model_name.clone(),
+                engine.dtype_name.clone(),
+                engine.loras.clone(),
+            );
+            Box::new(move || {
+                PipelineComponents::load_resolved(resolved.clone(), &opts)
+                    .map(|components| Engine {
+                        components,
+                        model_name: model_name.clone(),
+                        dtype_name: dtype_name.clone(),
+                        loras: loras.clone(),
+                    })
+                    .map_err(|e| e.to_string())
+            }) as pixart_server::Loader
+        }),
+        engine: Some(engine),
+    }];
+    entries.extend(more);
+    let models = pixart_server::Models {
+        entries,
+        max_loaded: a.max_loaded_models,
+    };
+    let summary = pixart_server::serve_models(options, models, |addr| {
         // Tests and scripts read this line for the port.
         eprintln!("listening on http://{addr}");
     })?;

@@ -52,6 +52,20 @@ function addToGallery(job) {
   }
 }
 
+// Small images are shown scaled up by a whole factor (to about 512 px, within the page), with
+// `image-rendering: pixelated`; larger ones at their size or the page's width.
+function fit(r) {
+  const side = Math.max(r.naturalWidth, r.naturalHeight);
+  if (side > 0 && side < 384) {
+    const k = Math.max(2, Math.floor(512 / side));
+    r.classList.add("small");
+    r.style.width = `${r.naturalWidth * k}px`;
+  } else {
+    r.classList.remove("small");
+    r.style.width = "";
+  }
+}
+
 function showResult(job, img) {
   const r = $("result");
   r.src = img.url;
@@ -106,6 +120,7 @@ function update(job) {
 function finish(job) {
   update(job);
   current = null;
+  refreshQueue();
   if (source) {
     source.close();
     source = null;
@@ -271,6 +286,8 @@ async function init() {
   try {
     const h = await (await fetch("/health")).json();
     $("model").textContent = `model: ${h.model}`;
+    if (h.example_prompt) $("prompt").placeholder = h.example_prompt;
+    $("result").addEventListener("load", () => fit($("result")));
     const [w, hh] = h.default_size.split("x");
     $("width").value = w;
     $("height").value = hh;
