@@ -304,3 +304,47 @@ fn push_nibbles(fifth_bit: bool, q: &[u8], out: &mut Vec<u8>) {
     }
     out.extend((0..16).map(|j| (q[j] & 0x0F) | (q[j + 16] << 4)));
 }
+
+/// An `float8_e4m3fn` value (1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no
+/// infinities, S.1111.111 is NaN) as f32, exactly (as torch's `.float()`).
+#[inline]
+pub fn f8_e4m3_to_f32(b: u8) -> f32 {
+    let sign = if b & 0x80 != 0 { -1.0f32 } else { 1.0 };
+    let (exp, man) = ((b >> 3) & 0x0F, b & 0x07);
+    if exp == 0x0F && man == 0x07 {
+        return f32::NAN;
+    }
+    if exp == 0 {
+        // Subnormal: man / 8 * 2^-6.
+        return sign * man as f32 * (1.0 / 512.0);
+    }
+    let bits = (u32::from(exp) + 127 - 7) << 23 | u32::from(man) << 20;
+    sign * f32::from_bits(bits)
+}
+
+/// An `float8_e5m2` value (IEEE-like: 1 sign, 5 exponent bits, 2 mantissa bits: the top byte
+/// of an f16) as f32, exactly.
+#[inline]
+pub fn f8_e5m2_to_f32(b: u8) -> f32 {
+    f16::from_bits(u16::from(b) << 8).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fp8_decoding_matches_the_formats() {
+        // e4m3fn: 0x38 = 2^0, 0x7e = 448 (the largest), 0x01 = 2^-9, 0xb8 = -1, 0x7f NaN.
+        assert_eq!(f8_e4m3_to_f32(0x38), 1.0);
+        assert_eq!(f8_e4m3_to_f32(0x7e), 448.0);
+        assert_eq!(f8_e4m3_to_f32(0x01), 2f32.powi(-9));
+        assert_eq!(f8_e4m3_to_f32(0x08), 2f32.powi(-6));
+        assert_eq!(f8_e4m3_to_f32(0xb8), -1.0);
+        assert!(f8_e4m3_to_f32(0x7f).is_nan());
+        // e5m2: 0x3c = 1, 0x7b = 57344, 0x7c = inf.
+        assert_eq!(f8_e5m2_to_f32(0x3c), 1.0);
+        assert_eq!(f8_e5m2_to_f32(0x7b), 57344.0);
+        assert_eq!(f8_e5m2_to_f32(0x7c), f32::INFINITY);
+    }
+}

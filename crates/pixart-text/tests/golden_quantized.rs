@@ -1,0 +1,122 @@
+//! T5 encoders from single quantized files against transformers 5.23.0 `T5EncoderModel` run on
+//! the weights as the reference dequantizes them (fixtures/golden/quant, made by
+//! tools/golden/gen_quant_t5.py): a llama.cpp-named GGUF written by gguf-py 0.19.0 (Q8_0 and
+//! Q4_K tensors, `t5.*` metadata) and a ComfyUI scaled-fp8 safetensors (float8_e4m3fn with
+//! `scale_weight`, one float8_e5m2 tensor, F16 embedding).
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use pixart_core::gguf::{GgufFile, GgufWriter};
+use pixart_core::testing::assert_close;
+use pixart_text::loading::load_text_encoder;
+use pixart_text::T5Config;
+
+/// Absolute tolerance against the reference on the same (dequantized) weights.
+const ATOL: f32 = 1e-5;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/quant")
+}
+
+fn io() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir().join("t5_io.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn rel_l2(a: &Tensor, b: &Tensor) -> f32 {
+    let d = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let n = b.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+    (d / n).sqrt()
+}
+
+fn run(path: &std::path::Path) -> (pixart_text::T5Encoder, Tensor) {
+    let t = io();
+    let model = load_text_encoder(path, DType::F32, &Device::Cpu).unwrap();
+    let out = model.forward(&t["input_ids"], Some(&t["attention_mask"])).unwrap();
+    (model, out)
+}
+
+fn tiny_config() -> T5Config {
+    T5Config {
+        vocab_size: 96,
+        d_model: 64,
+        d_kv: 16,
+        d_ff: 256,
+        num_layers: 2,
+        num_heads: 4,
+        feed_forward_proj: "gated-gelu".into(),
+        ..T5Config::xxl()
+    }
+}
+
+#[test]
+fn a_llama_cpp_gguf_runs_as_transformers_on_its_dequantized_weights() {
+    let t = io();
+    let (model, out) = run(&dir().join("t5_gguf.gguf"));
+    assert_eq!(model.config(), &tiny_config());
+    assert_close("gguf last_hidden_state", &out, &t["gguf.last_hidden_state"], ATOL);
+    // The quantization error (Q8_0 tensors; the Q4_K ones are the f32 model's weights).
+    let err = rel_l2(&out, &t["f32.last_hidden_state"]);
+    eprintln!("GGUF (Q8_0 + Q4_K) vs f32: relative L2 {err:.4}");
+    assert!(err > 1e-4 && err < 0.05, "relative L2 {err}");
+}
+
+#[test]
+fn a_gguf_without_metadata_gets_its_config_from_the_shapes() {
+    let file = GgufFile::open(&dir().join("t5_gguf.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for t in file.tensors() {
+        w.add_tensor(&t.name, &t.shape, t.dtype, file.data(&t.name).unwrap().to_vec())
+            .unwrap();
+    }
+    let tmp = std::env::temp_dir().join(format!("pixart-t5-nometa-{}.gguf", std::process::id()));
+    w.write(&tmp).unwrap();
+    let (model, out) = run(&tmp);
+    std::fs::remove_file(&tmp).unwrap();
+    assert_eq!(model.config(), &tiny_config());
+    assert_close("gguf (no metadata)", &out, &io()["gguf.last_hidden_state"], ATOL);
+}
+
+#[test]
+fn a_comfyui_scaled_fp8_file_runs_as_transformers_on_its_dequantized_weights() {
+    let t = io();
+    let (model, out) = run(&dir().join("t5_fp8.safetensors"));
+    assert_eq!(model.config(), &tiny_config());
+    assert_close("fp8 last_hidden_state", &out, &t["fp8.last_hidden_state"], ATOL);
+    let err = rel_l2(&out, &t["f32.last_hidden_state"]);
+    eprintln!("scaled fp8 (e4m3fn, one e5m2) vs f32: relative L2 {err:.4}");
+    assert!(err > 1e-3 && err < 0.3, "relative L2 {err}");
+}
+
+#[test]
+fn a_gguf_with_a_foreign_tensor_is_named() {
+    let file = GgufFile::open(&dir().join("t5_gguf.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for t in file.tensors() {
+        let name = if t.name == "enc.blk.1.attn_k.weight" {
+            "blk.1.attn_k.weight"
+        } else {
+            t.name.as_str()
+        };
+        w.add_tensor(name, &t.shape, t.dtype, file.data(&t.name).unwrap().to_vec())
+            .unwrap();
+    }
+    let tmp = std::env::temp_dir().join(format!("pixart-t5-foreign-{}.gguf", std::process::id()));
+    w.write(&tmp).unwrap();
+    let e = load_text_encoder(&tmp, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    std::fs::remove_file(&tmp).unwrap();
+    assert!(
+        e.contains("t5-foreign") && e.contains("tensor `blk.1.attn_k.weight`: not a T5 encoder tensor"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'), "{e}");
+}
