@@ -10,19 +10,37 @@
 //!   a weight with a `<name>.scale_weight` beside it is `weight.to(f32) * scale_weight` (ComfyUI
 //!   `comfy/ops.py`, `scaled_fp8`); the config is inferred from the shapes.
 //!
-//! Each tensor is decoded (pixart_kernels::cpu::quant) to f32 and then to the model's dtype as
-//! it is read, so at most one f32 tensor exists beside the model.
+//! The quantized matrices of a GGUF (the projections and the token embedding) stay quantized in
+//! memory ([`crate::t5::QuantWeights`]: dequantized slab by slab inside the GEMM, and only the
+//! looked-up rows of the embedding). Every other tensor is decoded (pixart_kernels::cpu::quant)
+//! to f32 and then to the model's dtype as it is read, so at most one f32 tensor exists beside
+//! the model.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use pixart_core::gguf::{GgufFile, MetaValue};
+use std::sync::Arc;
+
+use pixart_core::gguf::{GgmlType, GgufFile, MetaValue};
 use pixart_core::{Error, Result};
+use pixart_kernels::cpu::qgemm::QuantMatrix;
 use pixart_kernels::cpu::quant;
 
 use crate::config::T5Config;
-use crate::t5::T5Encoder;
+use crate::t5::{QuantWeights, T5Encoder};
+
+/// Shapes by checkpoint name, for [`infer_config`].
+pub type Shapes = HashMap<String, Vec<usize>>;
+
+/// What a single file holds: tensors decoded to the model's dtype, matrices kept quantized,
+/// every tensor's shape, and the config when the file states it.
+struct Loaded {
+    dense: HashMap<String, Tensor>,
+    quant: QuantWeights,
+    shapes: Shapes,
+    config: Option<T5Config>,
+}
 
 /// Whether `path` names a single-file text encoder (a `.gguf` or `.safetensors` file), as
 /// opposed to a transformers folder.
@@ -34,18 +52,25 @@ pub fn is_single_file(path: &Path) -> bool {
 /// Loads a T5 encoder from a `.gguf` or single-file `.safetensors` (see the module docs).
 pub fn load_text_encoder_file(path: &Path, dtype: DType, device: &Device) -> Result<T5Encoder> {
     let name = path.to_string_lossy().to_lowercase();
-    let (tensors, meta_config) = if name.ends_with(".gguf") {
-        gguf_tensors(path, dtype)?
+    let loaded = if name.ends_with(".gguf") {
+        gguf_tensors(path, dtype, device)?
     } else {
-        (safetensors_tensors(path, dtype)?, None)
+        let dense = safetensors_tensors(path, dtype)?;
+        let shapes = dense.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+        Loaded {
+            dense,
+            quant: QuantWeights::new(),
+            shapes,
+            config: None,
+        }
     };
-    let config = match meta_config {
+    let config = match loaded.config {
         Some(c) => c,
-        None => infer_config(&tensors).map_err(|e| Error::weights(path, e))?,
+        None => infer_config(&loaded.shapes).map_err(|e| Error::weights(path, e))?,
     };
     config.validate().map_err(|e| Error::weights(path, e))?;
-    let vb = VarBuilder::from_tensors(tensors, dtype, device);
-    T5Encoder::new(&config, vb).map_err(|e| Error::weights(path, e.to_string()))
+    let vb = VarBuilder::from_tensors(loaded.dense, dtype, device);
+    T5Encoder::with_quantized(&config, vb, &loaded.quant).map_err(|e| Error::weights(path, e.to_string()))
 }
 
 /// transformers' name of llama.cpp's T5 encoder tensor `name`; `gated`: whether the block has
@@ -76,11 +101,13 @@ pub fn transformers_name(name: &str, gated: bool) -> Option<String> {
     Some(format!("encoder.block.{block}.{tail}"))
 }
 
-/// The tensors of a llama.cpp T5 GGUF under transformers' names, and the config from its
-/// metadata when it has one.
-fn gguf_tensors(path: &Path, dtype: DType) -> Result<(HashMap<String, Tensor>, Option<T5Config>)> {
+/// The tensors of a llama.cpp T5 GGUF under transformers' names (the quantized matrices kept
+/// quantized on the CPU), and the config from its metadata when it has one.
+fn gguf_tensors(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     let file = GgufFile::open(path)?;
     let mut out = HashMap::new();
+    let mut quant = QuantWeights::new();
+    let mut shapes = Shapes::new();
     for t in file.tensors() {
         // The decoder half and LM head of a full T5 GGUF are not ours.
         if t.name.starts_with("dec.") || t.name == "output.weight" {
@@ -99,20 +126,33 @@ fn gguf_tensors(path: &Path, dtype: DType) -> Result<(HashMap<String, Tensor>, O
                 ),
             )
         })?;
+        shapes.insert(name.clone(), t.shape.clone());
+        let is_quantized = !matches!(t.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
+        if is_quantized && t.shape.len() == 2 && device.is_cpu() {
+            let q = QuantMatrix::new(t.dtype, t.shape[0], t.shape[1], file.data(&t.name)?.to_vec())
+                .map_err(|e| Error::weights(path, format!("tensor `{}`: {e}", t.name)))?;
+            quant.insert(name, Arc::new(q));
+            continue;
+        }
         let mut values = vec![0f32; t.elem_count()];
         quant::dequantize(t.dtype, file.data(&t.name)?, &mut values)
             .map_err(|e| Error::weights(path, format!("tensor `{}`: {e}", t.name)))?;
         let tensor = Tensor::from_vec(values, t.shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?;
         out.insert(name, tensor);
     }
-    let config = gguf_config(&file, &out).map_err(|e| Error::weights(path, e))?;
-    Ok((out, config))
+    let config = gguf_config(&file, &shapes).map_err(|e| Error::weights(path, e))?;
+    Ok(Loaded {
+        dense: out,
+        quant,
+        shapes,
+        config,
+    })
 }
 
 /// The config from `{arch}.*` metadata (`general.architecture` `t5` or `t5encoder`), with the
 /// vocabulary size and feed-forward kind from the tensors; `None` when the file has no such
 /// metadata.
-fn gguf_config(file: &GgufFile, tensors: &HashMap<String, Tensor>) -> std::result::Result<Option<T5Config>, String> {
+fn gguf_config(file: &GgufFile, shapes: &Shapes) -> std::result::Result<Option<T5Config>, String> {
     let arch = match file.meta("general.architecture").and_then(MetaValue::as_str) {
         Some(a) => a.to_string(),
         None => return Ok(None),
@@ -131,7 +171,7 @@ fn gguf_config(file: &GgufFile, tensors: &HashMap<String, Tensor>) -> std::resul
     let Some(num_layers) = int("block_count")? else {
         return Ok(None);
     };
-    let mut config = infer_config(tensors)?;
+    let mut config = infer_config(shapes)?;
     config.num_layers = num_layers;
     if let Some(v) = int("embedding_length")? {
         config.d_model = v;
@@ -162,13 +202,16 @@ fn gguf_config(file: &GgufFile, tensors: &HashMap<String, Tensor>) -> std::resul
 /// and width from `shared`, layers from the block count, heads from the position bias, key
 /// width from `q`, FFN width and kind from `wi_0`/`wi`. T5 v1.1 (gated) uses gated-gelu, the
 /// original T5 relu; ε is T5's 1e-6 and the buckets' maximum distance 128.
-pub fn infer_config(tensors: &HashMap<String, Tensor>) -> std::result::Result<T5Config, String> {
+pub fn infer_config(tensors: &Shapes) -> std::result::Result<T5Config, String> {
     let dims = |name: &str| -> std::result::Result<(usize, usize), String> {
-        tensors
+        match tensors
             .get(name)
             .ok_or_else(|| format!("tensor `{name}`: missing (needed to infer the config)"))?
-            .dims2()
-            .map_err(|_| format!("tensor `{name}`: not a matrix"))
+            .as_slice()
+        {
+            [r, c] => Ok((*r, *c)),
+            other => Err(format!("tensor `{name}`: shape {other:?} is not a matrix")),
+        }
     };
     let (vocab_size, d_model) = dims("shared.weight")?;
     let blocks: BTreeMap<usize, ()> = tensors

@@ -61,6 +61,8 @@ fn a_llama_cpp_gguf_runs_as_transformers_on_its_dequantized_weights() {
     let t = io();
     let (model, out) = run(&dir().join("t5_gguf.gguf"));
     assert_eq!(model.config(), &tiny_config());
+    // Every projection (2 blocks × q, k, v, o, wi_0, wi_1, wo) and the embedding stay quantized.
+    assert_eq!(model.quantized_weights(), 15);
     assert_close("gguf last_hidden_state", &out, &t["gguf.last_hidden_state"], ATOL);
     // The quantization error (Q8_0 tensors; the Q4_K ones are the f32 model's weights).
     let err = rel_l2(&out, &t["f32.last_hidden_state"]);
@@ -89,6 +91,7 @@ fn a_comfyui_scaled_fp8_file_runs_as_transformers_on_its_dequantized_weights() {
     let t = io();
     let (model, out) = run(&dir().join("t5_fp8.safetensors"));
     assert_eq!(model.config(), &tiny_config());
+    assert_eq!(model.quantized_weights(), 0);
     assert_close("fp8 last_hidden_state", &out, &t["fp8.last_hidden_state"], ATOL);
     let err = rel_l2(&out, &t["f32.last_hidden_state"]);
     eprintln!("scaled fp8 (e4m3fn, one e5m2) vs f32: relative L2 {err:.4}");
@@ -119,4 +122,58 @@ fn a_gguf_with_a_foreign_tensor_is_named() {
         "{e}"
     );
     assert!(!e.contains('\n'), "{e}");
+}
+
+/// The GGUF's tensors dequantized (our dequantizer, bit-exact with gguf-py's) under
+/// transformers' names, as a dense model in `dtype`.
+fn dense_model(dtype: DType) -> pixart_text::T5Encoder {
+    let file = GgufFile::open(&dir().join("t5_gguf.gguf")).unwrap();
+    let mut map = HashMap::new();
+    for t in file.tensors() {
+        let gated = t.name.contains("ffn_up");
+        let name = pixart_text::single_file::transformers_name(&t.name, gated).unwrap();
+        let mut v = vec![0f32; t.elem_count()];
+        pixart_kernels::cpu::quant::dequantize(t.dtype, file.data(&t.name).unwrap(), &mut v).unwrap();
+        map.insert(
+            name,
+            Tensor::from_vec(v, t.shape.as_slice(), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        );
+    }
+    let vb = candle_nn::VarBuilder::from_tensors(map, dtype, &Device::Cpu);
+    pixart_text::T5Encoder::new(&tiny_config(), vb).unwrap()
+}
+
+#[test]
+fn a_gguf_runs_in_bf16_on_its_quantized_weights() {
+    let t = io();
+    let (ids, mask) = (&t["input_ids"], Some(&t["attention_mask"]));
+    let model = load_text_encoder(&dir().join("t5_gguf.gguf"), DType::BF16, &Device::Cpu).unwrap();
+    assert_eq!(model.quantized_weights(), 15);
+    let out = model.forward(ids, mask).unwrap();
+    assert_eq!(out.dtype(), DType::BF16);
+    let out = out.to_dtype(DType::F32).unwrap();
+    // The same weights dequantized at load into a dense bf16 model: the same bf16 GEMM on the
+    // same bf16-rounded weights.
+    let dense = dense_model(DType::BF16)
+        .forward(ids, mask)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    assert_close("gguf bf16 vs dense bf16", &out, &dense, 1e-2);
+    // Against the f32 reference on the same weights: bf16 rounding only, as large as the dense
+    // bf16 model's.
+    let (err, dense_err) = (
+        rel_l2(&out, &t["gguf.last_hidden_state"]),
+        rel_l2(&dense, &t["gguf.last_hidden_state"]),
+    );
+    eprintln!(
+        "GGUF in bf16 vs the f32 reference on the same weights: relative L2 {err:.4} (dense bf16: {dense_err:.4})"
+    );
+    assert!(
+        err < 0.03 && err < 1.2 * dense_err,
+        "relative L2 {err}, dense {dense_err}"
+    );
 }
