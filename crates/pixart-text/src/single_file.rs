@@ -73,6 +73,63 @@ pub fn load_text_encoder_file(path: &Path, dtype: DType, device: &Device) -> Res
     T5Encoder::with_quantized(&config, vb, &loaded.quant).map_err(|e| Error::weights(path, e.to_string()))
 }
 
+/// The config of the single-file encoder at `path` (from its header only: GGUF metadata, or
+/// the shapes), e.g. to check a tokenizer against it before the weights are read.
+pub fn read_config(path: &Path) -> Result<T5Config> {
+    let name = path.to_string_lossy().to_lowercase();
+    let config = if name.ends_with(".gguf") {
+        let file = GgufFile::open(path)?;
+        let shapes = gguf_shapes(&file)?;
+        match gguf_config(&file, &shapes).map_err(|e| Error::weights(path, e))? {
+            Some(c) => c,
+            None => infer_config(&shapes).map_err(|e| Error::weights(path, e))?,
+        }
+    } else {
+        let st = pixart_core::weights::raw_safetensors(path)?;
+        let mut shapes: Shapes = st.tensors().into_iter().map(|(k, v)| (k, v.shape().to_vec())).collect();
+        if let Some(e) = shapes.get("encoder.embed_tokens.weight").cloned() {
+            shapes.entry("shared.weight".into()).or_insert(e);
+        }
+        infer_config(&shapes).map_err(|e| Error::weights(path, e))?
+    };
+    config.validate().map_err(|e| Error::weights(path, e))?;
+    Ok(config)
+}
+
+/// The transformers name of each T5 tensor of a llama.cpp GGUF (the decoder's skipped), or an
+/// error naming the first tensor that is not one.
+fn gguf_names(file: &GgufFile) -> Result<Vec<(String, &pixart_core::gguf::GgufTensor)>> {
+    let mut out = Vec::new();
+    for t in file.tensors() {
+        // The decoder half and LM head of a full T5 GGUF are not ours.
+        if t.name.starts_with("dec.") || t.name == "output.weight" {
+            continue;
+        }
+        let gated = t
+            .name
+            .strip_suffix("ffn_up.weight")
+            .is_some_and(|block| file.tensor(&format!("{block}ffn_gate.weight")).is_some());
+        let name = transformers_name(&t.name, gated).ok_or_else(|| {
+            Error::weights(
+                file.path(),
+                format!(
+                    "tensor `{}`: not a T5 encoder tensor (llama.cpp's names expected)",
+                    t.name
+                ),
+            )
+        })?;
+        out.push((name, t));
+    }
+    Ok(out)
+}
+
+fn gguf_shapes(file: &GgufFile) -> Result<Shapes> {
+    Ok(gguf_names(file)?
+        .into_iter()
+        .map(|(n, t)| (n, t.shape.clone()))
+        .collect())
+}
+
 /// transformers' name of llama.cpp's T5 encoder tensor `name`; `gated`: whether the block has
 /// an `ffn_gate` (then `ffn_up` is `wi_1`, else `wi`). `None` for a name that is not one.
 pub fn transformers_name(name: &str, gated: bool) -> Option<String> {
@@ -101,6 +158,34 @@ pub fn transformers_name(name: &str, gated: bool) -> Option<String> {
     Some(format!("encoder.block.{block}.{tail}"))
 }
 
+/// llama.cpp's name of the T5 encoder tensor `name` (transformers' key), the inverse of
+/// [`transformers_name`]; `None` for a key that is not one (the decoder's, the tied copy
+/// `encoder.embed_tokens.weight`).
+pub fn llama_cpp_name(name: &str) -> Option<String> {
+    match name {
+        "shared.weight" => return Some("token_embd.weight".into()),
+        "encoder.final_layer_norm.weight" => return Some("enc.output_norm.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("encoder.block.")?;
+    let (block, part) = rest.split_once('.')?;
+    block.parse::<usize>().ok()?;
+    let short = match part {
+        "layer.0.SelfAttention.q.weight" => "attn_q",
+        "layer.0.SelfAttention.k.weight" => "attn_k",
+        "layer.0.SelfAttention.v.weight" => "attn_v",
+        "layer.0.SelfAttention.o.weight" => "attn_o",
+        "layer.0.SelfAttention.relative_attention_bias.weight" => "attn_rel_b",
+        "layer.0.layer_norm.weight" => "attn_norm",
+        "layer.1.layer_norm.weight" => "ffn_norm",
+        "layer.1.DenseReluDense.wi_0.weight" => "ffn_gate",
+        "layer.1.DenseReluDense.wi_1.weight" | "layer.1.DenseReluDense.wi.weight" => "ffn_up",
+        "layer.1.DenseReluDense.wo.weight" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("enc.blk.{block}.{short}.weight"))
+}
+
 /// The tensors of a llama.cpp T5 GGUF under transformers' names (the quantized matrices kept
 /// quantized on the CPU), and the config from its metadata when it has one.
 fn gguf_tensors(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
@@ -108,24 +193,7 @@ fn gguf_tensors(path: &Path, dtype: DType, device: &Device) -> Result<Loaded> {
     let mut out = HashMap::new();
     let mut quant = QuantWeights::new();
     let mut shapes = Shapes::new();
-    for t in file.tensors() {
-        // The decoder half and LM head of a full T5 GGUF are not ours.
-        if t.name.starts_with("dec.") || t.name == "output.weight" {
-            continue;
-        }
-        let gated = t
-            .name
-            .strip_suffix("ffn_up.weight")
-            .is_some_and(|block| file.tensor(&format!("{block}ffn_gate.weight")).is_some());
-        let name = transformers_name(&t.name, gated).ok_or_else(|| {
-            Error::weights(
-                path,
-                format!(
-                    "tensor `{}`: not a T5 encoder tensor (llama.cpp's names expected)",
-                    t.name
-                ),
-            )
-        })?;
+    for (name, t) in gguf_names(&file)? {
         shapes.insert(name.clone(), t.shape.clone());
         let is_quantized = !matches!(t.dtype, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16);
         if is_quantized && t.shape.len() == 2 && device.is_cpu() {

@@ -177,3 +177,20 @@ fn a_gguf_runs_in_bf16_on_its_quantized_weights() {
         "relative L2 {err}, dense {dense_err}"
     );
 }
+
+#[test]
+fn configs_read_from_the_headers_and_names_map_both_ways() {
+    use pixart_text::single_file::{llama_cpp_name, read_config, transformers_name};
+    assert_eq!(read_config(&dir().join("t5_gguf.gguf")).unwrap(), tiny_config());
+    assert_eq!(read_config(&dir().join("t5_fp8.safetensors")).unwrap(), tiny_config());
+    let file = GgufFile::open(&dir().join("t5_gguf.gguf")).unwrap();
+    for t in file.tensors() {
+        let hf = transformers_name(&t.name, true).unwrap();
+        assert_eq!(llama_cpp_name(&hf).as_deref(), Some(t.name.as_str()));
+    }
+    assert_eq!(
+        transformers_name("enc.blk.3.ffn_up.weight", false).unwrap(),
+        "encoder.block.3.layer.1.DenseReluDense.wi.weight"
+    );
+    assert_eq!(llama_cpp_name("decoder.block.0.layer.0.SelfAttention.q.weight"), None);
+}
