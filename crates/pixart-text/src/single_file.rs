@@ -319,10 +319,27 @@ pub fn infer_config(tensors: &Shapes) -> std::result::Result<T5Config, String> {
 /// The tensors of a single-file safetensors T5 (transformers' names), decoded, scaled-fp8
 /// scales applied.
 fn safetensors_tensors(path: &Path, dtype: DType) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for_each_safetensor(path, |name, shape, values| {
+        let tensor = Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?;
+        out.insert(name.to_string(), tensor);
+        Ok(())
+    })?;
+    if let Some(e) = out.get("encoder.embed_tokens.weight").cloned() {
+        out.entry("shared.weight".into()).or_insert(e);
+    }
+    Ok(out)
+}
+
+/// Calls `f(name, shape, values)` for each T5 encoder tensor of a single-file safetensors,
+/// decoded to f32 with its scaled-fp8 scale applied, one tensor at a time.
+pub(crate) fn for_each_safetensor(
+    path: &Path,
+    mut f: impl FnMut(&str, &[usize], Vec<f32>) -> Result<()>,
+) -> Result<()> {
     use safetensors::Dtype;
     let st = pixart_core::weights::raw_safetensors(path)?;
     let views: BTreeMap<String, _> = st.tensors().into_iter().collect();
-    let mut out = HashMap::new();
     for (name, view) in &views {
         let bad = |msg: String| Error::weights(path, format!("tensor `{name}`: {msg}"));
         if name == "scaled_fp8" || name.ends_with(".scale_weight") || name.ends_with(".scale_input") {
@@ -379,11 +396,7 @@ fn safetensors_tensors(path: &Path, dtype: DType) -> Result<HashMap<String, Tens
             };
             values.iter_mut().for_each(|v| *v *= s);
         }
-        let tensor = Tensor::from_vec(values, view.shape(), &Device::Cpu)?.to_dtype(dtype)?;
-        out.insert(name.clone(), tensor);
+        f(name, view.shape(), values)?;
     }
-    if let Some(e) = out.get("encoder.embed_tokens.weight").cloned() {
-        out.entry("shared.weight".into()).or_insert(e);
-    }
-    Ok(out)
+    Ok(())
 }

@@ -194,3 +194,49 @@ fn configs_read_from_the_headers_and_names_map_both_ways() {
     );
     assert_eq!(llama_cpp_name("decoder.block.0.layer.0.SelfAttention.q.weight"), None);
 }
+
+#[test]
+fn quantize_writes_a_gguf_that_runs_like_the_folder() {
+    use pixart_core::gguf::GgmlType;
+    use pixart_text::quantize::quantize_text_encoder;
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/golden/text");
+    let t = candle_core::safetensors::load(text.join("io.safetensors"), &Device::Cpu).unwrap();
+    let (ids, mask) = (&t["input_ids"], Some(&t["attention_mask"]));
+    let folder = load_text_encoder(&text.join("text_encoder"), DType::F32, &Device::Cpu).unwrap();
+    let want = folder.forward(ids, mask).unwrap();
+    let tmp = std::env::temp_dir().join(format!("pixart-quantize-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // Bounds: the measured errors (F32 0, BF16 0.005, Q8_0 0.015, Q4_0 0.24 on this tiny random
+    // model, whose rows are one 32-block wide) with some room.
+    for (ty, max_err) in [
+        (GgmlType::F32, 1e-6),
+        (GgmlType::BF16, 0.02),
+        (GgmlType::Q8_0, 0.03),
+        (GgmlType::Q4_0, 0.35),
+    ] {
+        let out = tmp.join(format!("te-{ty}.gguf"));
+        let summary = quantize_text_encoder(&text.join("text_encoder"), &out, ty).unwrap();
+        let file = GgufFile::open(&out).unwrap();
+        assert_eq!(
+            file.meta("general.architecture").and_then(|v| v.as_str()),
+            Some("t5encoder")
+        );
+        // Norms and the position bias stay F32; the d_ff = 48 rows of `ffn_down` are not whole
+        // 32-blocks and go to BF16.
+        for t in file.tensors() {
+            let expected = pixart_text::quantize::storage_type(&t.name, &t.shape, ty);
+            assert_eq!(t.dtype, expected, "{}", t.name);
+        }
+        assert!(summary.quantized > 0 && summary.tensors == file.tensors().len());
+        let model = load_text_encoder(&out, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(model.config(), folder.config());
+        let got = model.forward(ids, mask).unwrap();
+        let err = rel_l2(&got, &want);
+        eprintln!(
+            "pixart quantize {ty}: relative L2 {err:.5} against the f32 folder ({} bytes of tensors)",
+            summary.bytes
+        );
+        assert!(err <= max_err, "{ty}: relative L2 {err}");
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
