@@ -313,16 +313,11 @@ impl GgufFile {
     /// Opens and maps `path` and reads its header. Every problem is an [`Error::Weights`]
     /// naming the file and the tensor or key at fault.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        // A file the user named: every failure is the file's (exit 2 in the CLI).
+        let file = std::fs::File::open(path).map_err(|e| Error::weights(path, format!("cannot open: {e}")))?;
         let len = file
             .metadata()
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
+            .map_err(|e| Error::weights(path, format!("cannot read: {e}")))?
             .len();
         if len < 24 {
             return Err(Error::weights(
@@ -333,10 +328,7 @@ impl GgufFile {
         // SAFETY: a read-only private mapping of a file we opened; like every memory-mapped
         // reader (candle's safetensors too) we rely on the file not being truncated while
         // mapped. Every access below is bounds-checked against the mapping's length.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::weights(path, format!("cannot map: {e}")))?;
         let header = parse_header(&map).map_err(|e| Error::weights(path, e))?;
         let index = header
             .tensors
