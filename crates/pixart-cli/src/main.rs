@@ -20,6 +20,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Write a diffusers-layout transformer folder from an original PixArt checkpoint.
     Convert(commands::convert::ConvertArgs),
+    /// Write a T5 encoder as a quantized GGUF (llama.cpp's names).
+    Quantize(commands::quantize::QuantizeArgs),
     /// Text to image with a diffusers PixArt-Σ pipeline folder.
     Generate(Box<commands::generate::GenerateArgs>),
     /// Benchmarks with random weights (no files needed); prints JSON lines.
@@ -133,6 +135,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => commands::run::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Generate(a) => commands::generate::run(*a),
         Command::TrainVae(a) => commands::train_vae::run(a),

@@ -567,3 +567,73 @@ fn outputs_and_flags_are_checked_up_front() {
     assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `pixart quantize` then `pixart run text-encoder --model FILE.gguf` on the golden tiny T5
+/// (fixtures/golden/text); the quantized files' bytes equal gguf-py's (checked by
+/// tools/golden/check_quantized_gguf.py and, per type, by pixart-kernels' gguf_golden test).
+#[test]
+fn quantize_then_run_the_text_encoder_from_the_gguf() {
+    let text = fixtures_root().join("golden/text");
+    let dir = tempdir("quantize");
+    let gguf = dir.join("te-q8_0.gguf");
+    let o = bin()
+        .args(["quantize", "--input"])
+        .arg(text.join("text_encoder"))
+        .arg("--out")
+        .arg(&gguf)
+        .args(["--type", "q8_0"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["type"], "Q8_0");
+    let out = dir.join("o.safetensors");
+    let o = bin()
+        .args(["run", "text-encoder", "--model"])
+        .arg(&gguf)
+        .arg("--inputs")
+        .arg(text.join("io.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let got = candle_core::safetensors::load(&out, &Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(text.join("io.safetensors"), &Device::Cpu).unwrap();
+    let (g, w) = (&got["last_hidden_state"], &want["last_hidden_state"]);
+    let rel = ((g - w)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / w.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+    .sqrt();
+    assert!(rel < 0.03, "Q8_0 relative L2 {rel}");
+    // A k-quant type is refused (not written yet), a truncated GGUF is the file's fault.
+    let o = bin()
+        .args(["quantize", "--input"])
+        .arg(text.join("text_encoder"))
+        .arg("--out")
+        .arg(dir.join("k.gguf"))
+        .args(["--type", "q4_k"])
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "Q4_K is not implemented yet");
+    let bytes = std::fs::read(&gguf).unwrap();
+    let cut = dir.join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() - 40]).unwrap();
+    let o = bin()
+        .args(["run", "text-encoder", "--model"])
+        .arg(&cut)
+        .arg("--inputs")
+        .arg(text.join("io.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 2, "cut.gguf: tensor `");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,6 +5,7 @@
 //!   named tensors, and [`weights::CheckedWeights`], a `VarBuilder` backend that checks a file
 //!   against what a model asks for and reports every missing, mis-shaped and unexpected tensor
 //!   at once.
+//! - [`gguf`]: GGUF files (v2, v3): a bounds-checked reader over a memory map, and a writer.
 //! - [`files`]: atomic writes (temp file + rename), also re-exported from [`weights`].
 //! - [`config`]: reading JSON config files with errors that name the file.
 //! - [`mem`]: peak resident memory, for benchmarks.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod files;
+pub mod gguf;
 pub mod mask;
 pub mod mem;
 pub mod testing;

@@ -210,6 +210,13 @@ fn release_pages(data: &[u8]) {
     let _ = data;
 }
 
+/// One safetensors file mapped as it is, for readers of dtypes candle does not load (fp8
+/// E5M2) and of files with a layout of their own (ComfyUI's scaled fp8): the raw bytes of each
+/// tensor with its safetensors dtype.
+pub fn raw_safetensors(path: &Path) -> Result<candle_core::safetensors::MmapedSafetensors> {
+    mmap_safetensors(&[path.to_path_buf()])
+}
+
 fn mmap_safetensors(paths: &[PathBuf]) -> Result<candle_core::safetensors::MmapedSafetensors> {
     for p in paths {
         if !p.is_file() {

@@ -13,6 +13,8 @@
 //!   and the Linear layers as cuBLASLt calls.
 //! - [`linear`]: [`Linear`], a drop-in for `candle_nn::Linear` on the native GEMMs, and the
 //!   inference-only [`PackedLinear`].
+//! - [`quant_linear`]: [`QuantLinear`] and [`QuantEmbedding`], layers whose weights stay
+//!   quantized (GGUF block formats) in memory.
 //! - [`checkpoint`]: gradient checkpointing (candle has none).
 //! - [`profile`]: per-stage timings of a forward.
 //!
@@ -27,6 +29,8 @@ pub mod cuda;
 pub mod linear;
 pub mod ops;
 pub mod profile;
+pub mod quant_linear;
 
 pub use cpu::contiguous_data;
 pub use linear::{linear, linear_b, linear_no_bias, Linear, PackedLinear};
+pub use quant_linear::{QuantEmbedding, QuantLinear};

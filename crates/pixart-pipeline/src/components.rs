@@ -29,7 +29,8 @@ pub struct ComponentPaths {
     pub model: PathBuf,
     /// A pipeline folder supplying whatever `model` lacks (text encoder, tokenizer, VAE, scheduler).
     pub base: Option<PathBuf>,
-    /// Overrides: a `text_encoder/` folder (or a folder holding one), a `tokenizer/` folder, a
+    /// Overrides: a `text_encoder/` folder (or a folder holding one, or one `.gguf` /
+    /// `.safetensors` file: see `pixart_text::single_file`), a `tokenizer/` folder, a
     /// `vae/` folder, a `scheduler/` folder or `scheduler_config.json`.
     pub text_encoder: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
@@ -358,12 +359,19 @@ impl PipelineComponents {
     /// [`PipelineComponents::load`] from components already found (by
     /// [`ComponentPaths::resolve_with`]).
     pub fn load_resolved(paths: ResolvedPaths, opts: &ComponentOptions) -> Result<Self> {
-        let text_dir = pixart_text::loading::text_encoder_dir(&paths.text_encoder)?;
-        pixart_text::loading::locate_weights(&text_dir)?;
+        // A folder (config.json + weights), or one file (GGUF, single-file safetensors) whose
+        // config comes from its header.
+        let (text_config, text_config_path) = if pixart_text::single_file::is_single_file(&paths.text_encoder) {
+            let config = pixart_text::single_file::read_config(&paths.text_encoder)?;
+            (config, paths.text_encoder.clone())
+        } else {
+            let text_dir = pixart_text::loading::text_encoder_dir(&paths.text_encoder)?;
+            pixart_text::loading::locate_weights(&text_dir)?;
+            let path = text_dir.join("config.json");
+            (pixart_text::T5Config::from_file(&path)?, path)
+        };
         let tokenizer = T5Tokenizer::from_dir(&paths.tokenizer)?;
         // Every id the tokenizer can produce must have an embedding row.
-        let text_config_path = text_dir.join("config.json");
-        let text_config = pixart_text::T5Config::from_file(&text_config_path)?;
         if tokenizer.vocab_size() > text_config.vocab_size {
             return Err(Error::config(
                 &text_config_path,

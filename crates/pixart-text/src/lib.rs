@@ -6,6 +6,10 @@
 //! - [`loading`]: building it from a folder (single or sharded safetensors, every tensor
 //!   checked), with random weights, and the calls the CLI makes ([`run_text_encoder`],
 //!   [`bench_text_encoder`]).
+//! - [`single_file`]: the encoder from one file: a llama.cpp GGUF (quantized) or a ComfyUI
+//!   single-file safetensors (F16/BF16/fp8, scaled fp8), config from metadata or the shapes.
+//! - [`quantize`]: `pixart quantize` for the encoder: a folder or single file to a llama.cpp-named
+//!   GGUF.
 //! - [`tokenizer`]: [`T5Tokenizer`] from `spiece.model` or `tokenizer.json`, [`tokenize`] and
 //!   [`preprocess_caption`].
 //! - [`training`]: training a T5-style Unigram tokenizer on captions ([`train_tokenizer`]).
@@ -20,6 +24,8 @@
 pub mod config;
 pub mod init;
 pub mod loading;
+pub mod quantize;
+pub mod single_file;
 pub mod t5;
 pub mod tokenizer;
 pub mod training;

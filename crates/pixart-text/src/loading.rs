@@ -65,8 +65,13 @@ fn ignorable(file: &WeightFile) -> Vec<String> {
 /// Loads a T5 encoder from a transformers `text_encoder/` folder (or a pipeline folder holding
 /// one): `config.json` plus `model.safetensors` or a sharded `model.safetensors.index.json`.
 /// Every missing, mis-shaped or unexpected tensor is reported in one error. `dtype` is f32 or
-/// bf16 (f16 is refused).
+/// bf16 (f16 is refused). A `.gguf` or `.safetensors` file is a single-file encoder
+/// ([`crate::single_file`]).
 pub fn load_text_encoder(path: &Path, dtype: DType, device: &Device) -> Result<T5Encoder> {
+    if crate::single_file::is_single_file(path) {
+        check_dtype(dtype)?;
+        return crate::single_file::load_text_encoder_file(path, dtype, device);
+    }
     let dir = text_encoder_dir(path)?;
     let config = T5Config::from_file(&dir.join("config.json"))?;
     let weights = locate_weights(&dir)?;

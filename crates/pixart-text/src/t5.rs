@@ -7,12 +7,14 @@
 //! no 1/sqrt(d) score scaling, relative position bias computed by block 0 and shared by every
 //! block, padded keys masked with an additive `finfo.min` bias, RMS norms in f32.
 use candle_core::{DType, Device, Module, Tensor};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_nn::{linear_no_bias, Embedding, Linear, VarBuilder};
 use pixart_core::{Error, Result};
+use pixart_kernels::cpu::qgemm::QuantMatrix;
 use pixart_kernels::ops::t5::{self as ops, ScoreBias};
-use pixart_kernels::PackedLinear;
+use pixart_kernels::{PackedLinear, QuantEmbedding, QuantLinear};
 
 use crate::config::{Activation, FeedForward, T5Config};
 
@@ -46,6 +48,28 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
     }
 }
 
+/// Weights kept quantized (from a GGUF file), by checkpoint name (`encoder.block.0.layer.0.
+/// SelfAttention.q.weight`, `shared.weight`): the projections and the embedding found here are
+/// built as [`QuantLinear`] / [`QuantEmbedding`] instead of being read from the `VarBuilder`.
+pub type QuantWeights = HashMap<String, Arc<QuantMatrix>>;
+
+/// The quantized weight `{vb's prefix}.weight` of `q`, checked to be `(rows, cols)`.
+fn quantized(
+    q: &QuantWeights,
+    vb: &VarBuilder,
+    rows: usize,
+    cols: usize,
+) -> candle_core::Result<Option<Arc<QuantMatrix>>> {
+    let name = format!("{}.weight", vb.prefix());
+    match q.get(&name) {
+        Some(w) if w.dims() != (rows, cols) => candle_core::bail!(
+            "tensor `{name}`: shape {:?}, the model expects [{rows}, {cols}]",
+            [w.dims().0, w.dims().1]
+        ),
+        found => Ok(found.cloned()),
+    }
+}
+
 /// A T5 projection (no bias): candle's `Linear`, or for a bf16 model on a CPU with
 /// AVX512-BF16 the native packed GEMM with the candle weight dropped once packed (one copy of
 /// the weights in memory; candle's bf16 matmul converts the weight to f32 on every call,
@@ -54,10 +78,15 @@ fn activate(x: &Tensor, act: Activation) -> candle_core::Result<Tensor> {
 pub enum T5Linear {
     Candle(Linear),
     Packed(Arc<PackedLinear>),
+    /// A weight kept quantized (GGUF), dequantized slab by slab inside the GEMM.
+    Quant(QuantLinear),
 }
 
 impl T5Linear {
-    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder, q: &QuantWeights) -> candle_core::Result<Self> {
+        if let Some(w) = quantized(q, &vb, out_dim, in_dim)? {
+            return Ok(Self::Quant(QuantLinear::new(w, None)?));
+        }
         Ok(match PackedLinear::pack(linear_no_bias(in_dim, out_dim, vb)?)? {
             Ok(p) => Self::Packed(Arc::new(p)),
             Err(l) => Self::Candle(l),
@@ -75,6 +104,7 @@ impl Module for T5Linear {
         match self {
             Self::Candle(l) => l.forward(x),
             Self::Packed(p) => p.forward(x),
+            Self::Quant(l) => l.forward(x),
         }
     }
 }
@@ -90,20 +120,20 @@ pub struct DenseReluDense {
 }
 
 impl DenseReluDense {
-    pub fn new(cfg: &T5Config, ff: FeedForward, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(cfg: &T5Config, ff: FeedForward, vb: VarBuilder, q: &QuantWeights) -> candle_core::Result<Self> {
         let (d, f) = (cfg.d_model, cfg.d_ff);
         let (wi_0, wi_1) = if ff.gated {
             (
-                T5Linear::new(d, f, vb.pp("wi_0"))?,
-                Some(T5Linear::new(d, f, vb.pp("wi_1"))?),
+                T5Linear::new(d, f, vb.pp("wi_0"), q)?,
+                Some(T5Linear::new(d, f, vb.pp("wi_1"), q)?),
             )
         } else {
-            (T5Linear::new(d, f, vb.pp("wi"))?, None)
+            (T5Linear::new(d, f, vb.pp("wi"), q)?, None)
         };
         Ok(Self {
             wi_0,
             wi_1,
-            wo: T5Linear::new(f, d, vb.pp("wo"))?,
+            wo: T5Linear::new(f, d, vb.pp("wo"), q)?,
             act: ff.activation,
         })
     }
@@ -132,9 +162,9 @@ pub struct T5LayerFF {
 }
 
 impl T5LayerFF {
-    pub fn new(cfg: &T5Config, ff: FeedForward, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(cfg: &T5Config, ff: FeedForward, vb: VarBuilder, q: &QuantWeights) -> candle_core::Result<Self> {
         Ok(Self {
-            dense_relu_dense: DenseReluDense::new(cfg, ff, vb.pp("DenseReluDense"))?,
+            dense_relu_dense: DenseReluDense::new(cfg, ff, vb.pp("DenseReluDense"), q)?,
             layer_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, vb.pp("layer_norm"))?,
         })
     }
@@ -192,7 +222,12 @@ pub struct T5Attention {
 }
 
 impl T5Attention {
-    pub fn new(cfg: &T5Config, has_relative_attention_bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        cfg: &T5Config,
+        has_relative_attention_bias: bool,
+        vb: VarBuilder,
+        q: &QuantWeights,
+    ) -> candle_core::Result<Self> {
         let inner = cfg.num_heads * cfg.d_kv;
         let relative_attention_bias = if has_relative_attention_bias {
             let w = vb
@@ -203,10 +238,10 @@ impl T5Attention {
             None
         };
         Ok(Self {
-            q: T5Linear::new(cfg.d_model, inner, vb.pp("q"))?,
-            k: T5Linear::new(cfg.d_model, inner, vb.pp("k"))?,
-            v: T5Linear::new(cfg.d_model, inner, vb.pp("v"))?,
-            o: T5Linear::new(inner, cfg.d_model, vb.pp("o"))?,
+            q: T5Linear::new(cfg.d_model, inner, vb.pp("q"), q)?,
+            k: T5Linear::new(cfg.d_model, inner, vb.pp("k"), q)?,
+            v: T5Linear::new(cfg.d_model, inner, vb.pp("v"), q)?,
+            o: T5Linear::new(inner, cfg.d_model, vb.pp("o"), q)?,
             relative_attention_bias,
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
@@ -304,9 +339,14 @@ pub struct T5LayerSelfAttention {
 }
 
 impl T5LayerSelfAttention {
-    pub fn new(cfg: &T5Config, has_relative_attention_bias: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        cfg: &T5Config,
+        has_relative_attention_bias: bool,
+        vb: VarBuilder,
+        q: &QuantWeights,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
-            self_attention: T5Attention::new(cfg, has_relative_attention_bias, vb.pp("SelfAttention"))?,
+            self_attention: T5Attention::new(cfg, has_relative_attention_bias, vb.pp("SelfAttention"), q)?,
             layer_norm: T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, vb.pp("layer_norm"))?,
         })
     }
@@ -324,11 +364,17 @@ pub struct T5Block {
 }
 
 impl T5Block {
-    pub fn new(cfg: &T5Config, ff: FeedForward, first: bool, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(
+        cfg: &T5Config,
+        ff: FeedForward,
+        first: bool,
+        vb: VarBuilder,
+        q: &QuantWeights,
+    ) -> candle_core::Result<Self> {
         let layer = vb.pp("layer");
         Ok(Self {
-            self_attention: T5LayerSelfAttention::new(cfg, first, layer.pp("0"))?,
-            ff: T5LayerFF::new(cfg, ff, layer.pp("1"))?,
+            self_attention: T5LayerSelfAttention::new(cfg, first, layer.pp("0"), q)?,
+            ff: T5LayerFF::new(cfg, ff, layer.pp("1"), q)?,
         })
     }
 
@@ -340,10 +386,27 @@ impl T5Block {
 /// The T5 encoder: `shared` embedding, `encoder.block.*`, `encoder.final_layer_norm`.
 #[derive(Debug, Clone)]
 pub struct T5Encoder {
-    shared: Embedding,
+    shared: T5Embedding,
     block: Vec<T5Block>,
     final_layer_norm: T5LayerNorm,
     config: T5Config,
+}
+
+/// The token embedding (`shared`): candle's, or a quantized table that dequantizes only the
+/// rows a forward looks up.
+#[derive(Debug, Clone)]
+pub enum T5Embedding {
+    Dense(Embedding),
+    Quant(QuantEmbedding),
+}
+
+impl Module for T5Embedding {
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Dense(e) => e.forward(ids),
+            Self::Quant(e) => e.forward(ids),
+        }
+    }
 }
 
 /// Intermediates of a traced forward: `(name, tensor)` in execution order
@@ -355,6 +418,12 @@ impl T5Encoder {
     /// or `encoder.embed_tokens.weight` when the file has no `shared.weight`. f16 is refused:
     /// T5 v1.1 activations overflow it.
     pub fn new(cfg: &T5Config, vb: VarBuilder) -> Result<Self> {
+        Self::with_quantized(cfg, vb, &QuantWeights::new())
+    }
+
+    /// [`Self::new`] with the weights of `q` kept quantized (see [`QuantWeights`]); the others
+    /// come from `vb`.
+    pub fn with_quantized(cfg: &T5Config, vb: VarBuilder, q: &QuantWeights) -> Result<Self> {
         if vb.dtype() == DType::F16 {
             return Err(Error::InvalidInput(
                 "the T5 encoder cannot run in f16 (its activations overflow); use bf16 or f32".into(),
@@ -366,10 +435,16 @@ impl T5Encoder {
         } else {
             vb.pp("shared")
         };
-        let shared = Embedding::new(emb_vb.get((cfg.vocab_size, cfg.d_model), "weight")?, cfg.d_model);
+        let shared = match quantized(q, &vb.pp("shared"), cfg.vocab_size, cfg.d_model)? {
+            Some(table) => T5Embedding::Quant(QuantEmbedding::new(table, vb.dtype())),
+            None => T5Embedding::Dense(Embedding::new(
+                emb_vb.get((cfg.vocab_size, cfg.d_model), "weight")?,
+                cfg.d_model,
+            )),
+        };
         let enc = vb.pp("encoder");
         let block = (0..cfg.num_layers)
-            .map(|i| T5Block::new(cfg, ff, i == 0, enc.pp("block").pp(i)))
+            .map(|i| T5Block::new(cfg, ff, i == 0, enc.pp("block").pp(i), q))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let final_layer_norm = T5LayerNorm::new(cfg.d_model, cfg.layer_norm_epsilon, enc.pp("final_layer_norm"))?;
         Ok(Self {
@@ -382,6 +457,26 @@ impl T5Encoder {
 
     pub fn config(&self) -> &T5Config {
         &self.config
+    }
+
+    /// How many weights are kept quantized ([`T5Encoder::with_quantized`]): projections and the
+    /// token embedding.
+    pub fn quantized_weights(&self) -> usize {
+        let linears = self.block.iter().flat_map(|b| {
+            let a = &b.self_attention.self_attention;
+            let f = &b.ff.dense_relu_dense;
+            [
+                Some(&a.q),
+                Some(&a.k),
+                Some(&a.v),
+                Some(&a.o),
+                Some(&f.wi_0),
+                f.wi_1.as_ref(),
+                Some(&f.wo),
+            ]
+        });
+        let n = linears.flatten().filter(|l| matches!(l, T5Linear::Quant(_))).count();
+        n + usize::from(matches!(self.shared, T5Embedding::Quant(_)))
     }
 
     /// The dtype of the weights.

@@ -7,6 +7,7 @@ pub mod extract;
 pub mod generate;
 pub mod init;
 pub mod model;
+pub mod quantize;
 pub mod run;
 pub mod serve;
 pub mod train;

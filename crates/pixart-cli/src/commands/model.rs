@@ -29,7 +29,8 @@ pub struct ModelArgs {
     /// --model lacks something].
     #[arg(long)]
     pub base: Option<PathBuf>,
-    /// T5 encoder folder (or hub id) override.
+    /// T5 encoder override: a folder (or hub id), or one file: a llama.cpp GGUF (`t5-v1_1-xxl-
+    /// encoder-Q8_0.gguf`) or a single-file safetensors (`t5xxl_fp16`, fp8, scaled fp8).
     #[arg(long = "text-encoder")]
     pub text_encoder: Option<PathBuf>,
     /// VAE folder (or hub id) override.

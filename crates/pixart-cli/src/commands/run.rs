@@ -37,8 +37,9 @@ enum Component {
 
 #[derive(Debug, Args)]
 struct TextEncoderArgs {
-    /// A transformers `text_encoder/` folder (config.json + model.safetensors or shards), or a
-    /// pipeline folder holding one.
+    /// A transformers `text_encoder/` folder (config.json + model.safetensors or shards), a
+    /// pipeline folder holding one, or one file: a llama.cpp GGUF (quantized weights stay
+    /// quantized) or a single-file safetensors (F16/BF16/fp8, ComfyUI's scaled fp8).
     #[arg(long)]
     model: PathBuf,
     #[arg(long)]

@@ -13,6 +13,10 @@
 //!   ops, parallel over rows.
 //! - [`t5`]: T5's RMS norm and gated GELU in bf16.
 //! - [`vae`]: the VAE's GroupNorm (+ SiLU), 3×3 and 1×1 convolutions.
+//! - [`quant`]: ggml's block formats (GGUF): dequantization of every type we read, quantization
+//!   of Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and BF16, bit for bit as gguf-py.
+//! - [`qgemm`]: [`qgemm::QuantMatrix`], a Linear weight kept quantized, multiplied by the bf16
+//!   or f32 GEMM on slabs dequantized inside each task.
 //! - [`grad`]: GELU, softmax, LayerNorm, modulation and the gated residual with a backward.
 //!
 //! Apart from [`grad`], forward only: these are custom ops without a backward, and the
@@ -21,6 +25,8 @@ pub mod attention;
 pub mod bf16;
 pub mod grad;
 pub mod lhs;
+pub mod qgemm;
+pub mod quant;
 pub mod rows;
 pub mod sgemm;
 pub mod t5;
