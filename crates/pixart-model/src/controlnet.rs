@@ -313,6 +313,67 @@ pub fn load_controlnet(
     })
 }
 
+/// A fresh adapter from a transformer's tensors (diffusers names), as the example's
+/// `PixArtControlNetAdapterModel.from_transformer` and the original `ControlT2IDitBlockHalf`
+/// make one: copy i is base block i, `before_proj` (first copy) and every `after_proj` zero, so
+/// that the ControlNet starts as the identity.
+pub fn adapter_from_transformer(
+    base: &std::collections::HashMap<String, Tensor>,
+    num_layers: usize,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut out = std::collections::HashMap::new();
+    for i in 0..num_layers {
+        let prefix = format!("transformer_blocks.{i}.");
+        let mut found = false;
+        for (name, t) in base.iter().filter(|(n, _)| n.starts_with(&prefix)) {
+            let rest = &name[prefix.len()..];
+            out.insert(format!("controlnet_blocks.{i}.transformer_block.{rest}"), t.clone());
+            found = true;
+        }
+        if !found {
+            return Err(Error::InvalidInput(format!(
+                "the transformer has no block {i} to copy into the ControlNet"
+            )));
+        }
+        let ss = base
+            .get(&format!("{prefix}scale_shift_table"))
+            .ok_or_else(|| Error::InvalidInput(format!("no `{prefix}scale_shift_table`")))?;
+        let c = ss.dim(1)?;
+        let projs: &[&str] = if i == 0 {
+            &["before_proj", "after_proj"]
+        } else {
+            &["after_proj"]
+        };
+        for proj in projs {
+            out.insert(
+                format!("controlnet_blocks.{i}.{proj}.weight"),
+                Tensor::zeros((c, c), ss.dtype(), ss.device())?,
+            );
+            out.insert(
+                format!("controlnet_blocks.{i}.{proj}.bias"),
+                Tensor::zeros(c, ss.dtype(), ss.device())?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Writes an adapter folder as the example saves one: `config.json` (`_class_name`,
+/// `num_layers`) and `diffusion_pytorch_model.safetensors`, each atomically.
+pub fn save_controlnet(
+    dir: &Path,
+    tensors: &std::collections::HashMap<String, Tensor>,
+    config: &ControlNetConfig,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    pixart_core::weights::save_safetensors(tensors, &dir.join("diffusion_pytorch_model.safetensors"))?;
+    let json = serde_json::json!({
+        "_class_name": "PixArtControlNetAdapterModel",
+        "num_layers": config.num_layers,
+    });
+    pixart_core::config::write_json(&dir.join("config.json"), &json)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
