@@ -637,3 +637,103 @@ fn quantize_then_run_the_text_encoder_from_the_gguf() {
     assert_one_line_error(&o, 2, "cut.gguf: tensor `");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `run transformer --controlnet` on the ControlNet goldens (fixtures/golden/controlnet, from
+/// diffusers' research example): `sample` with the adapter folder and the original `.pth`,
+/// `--control-scale 0.5` and `0`.
+#[test]
+fn run_transformer_with_controlnet_matches_golden() {
+    let dir = tempdir("controlnet");
+    let case = fixtures_root().join("golden/controlnet/base");
+    let want = candle_core::safetensors::load(case.join("io.safetensors"), &Device::Cpu).unwrap();
+    let run = |controlnet: &std::path::Path, extra: &[&str], name: &str| {
+        let out = dir.join(format!("{name}.safetensors"));
+        let o = bin()
+            .args(["run", "transformer", "--model"])
+            .arg(case.join("transformer"))
+            .arg("--controlnet")
+            .arg(controlnet)
+            .arg("--inputs")
+            .arg(case.join("io.safetensors"))
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        candle_core::safetensors::load(&out, &Device::Cpu)
+            .unwrap()
+            .remove("sample")
+            .unwrap()
+    };
+    let diff = |got: &Tensor, key: &str| {
+        (got - &want[key])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    let folder = run(&case.join("controlnet"), &[], "folder");
+    assert!(diff(&folder, "sample") < 1e-5, "{}", diff(&folder, "sample"));
+    let pth = run(&case.join("controlnet_original.pth"), &[], "pth");
+    assert!(diff(&pth, "sample") < 1e-5, "{}", diff(&pth, "sample"));
+    let half = run(&case.join("controlnet"), &["--control-scale", "0.5"], "half");
+    assert!(
+        diff(&half, "sample_scale_0.5") < 1e-5,
+        "{}",
+        diff(&half, "sample_scale_0.5")
+    );
+    let zero = run(&case.join("controlnet"), &["--control-scale", "0"], "zero");
+    assert!(diff(&zero, "sample_plain") < 1e-5, "{}", diff(&zero, "sample_plain"));
+    assert!(diff(&folder, "sample_plain") > 0.1, "the ControlNet changed nothing");
+}
+
+#[test]
+fn run_transformer_controlnet_bad_input() {
+    let dir = tempdir("controlnet-bad");
+    let case = fixtures_root().join("golden/controlnet/base");
+    let out = dir.join("o.safetensors");
+    let run = |model: &std::path::Path, inputs: &std::path::Path, extra: &[&str]| {
+        bin()
+            .args(["run", "transformer", "--model"])
+            .arg(model)
+            .arg("--inputs")
+            .arg(inputs)
+            .arg("--out")
+            .arg(&out)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let io = case.join("io.safetensors");
+    // --control-scale without --controlnet
+    let o = run(&case.join("transformer"), &io, &["--control-scale", "0.5"]);
+    assert_one_line_error(&o, 2, "--control-scale needs --controlnet");
+    // inputs without controlnet_cond
+    let no_cond = dir.join("no_cond.safetensors");
+    let mut t = candle_core::safetensors::load(&io, &Device::Cpu).unwrap();
+    t.remove("controlnet_cond");
+    candle_core::safetensors::save(&t, &no_cond).unwrap();
+    let cn = case.join("controlnet");
+    let o = run(
+        &case.join("transformer"),
+        &no_cond,
+        &["--controlnet", cn.to_str().unwrap()],
+    );
+    assert_one_line_error(&o, 2, "missing tensor `controlnet_cond`");
+    // a ControlNet with more blocks than the transformer takes (2 copies need 3 base blocks):
+    // the transformer golden `base` has 2 blocks of the same width
+    let o = run(&fixture("base"), &io, &["--controlnet", cn.to_str().unwrap()]);
+    assert_one_line_error(
+        &o,
+        2,
+        "the ControlNet has 2 blocks; a transformer of 2 blocks takes 1 to 1",
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("config.json"));
+    // a ControlNet that is not a weight file
+    let o = run(&case.join("transformer"), &io, &["--controlnet", io.to_str().unwrap()]);
+    assert_one_line_error(&o, 2, "io.safetensors");
+}

@@ -82,6 +82,10 @@ pub enum Field {
     UpscaleSteps,
     /// What the run makes (images or latents).
     Output,
+    /// ControlNet: the control picture.
+    Control,
+    /// ControlNet: the scale of its residuals.
+    ControlScale,
 }
 
 impl Field {
@@ -108,6 +112,8 @@ impl Field {
             Self::UpscaleStrength => "upscale_strength",
             Self::UpscaleSteps => "upscale_steps",
             Self::Output => "output",
+            Self::Control => "control_image",
+            Self::ControlScale => "controlnet_conditioning_scale",
         }
     }
 }

@@ -121,6 +121,18 @@ pub fn random_transformer(config: &TransformerConfig, dtype: DType, device: &Dev
     Ok(PixArtTransformer::new(config, vb)?.0)
 }
 
+/// A ControlNet adapter of `num_layers` block copies for `base`, with random weights (std
+/// 0.02): for timing the ControlNet's cost.
+pub fn random_controlnet(
+    num_layers: usize,
+    base: &TransformerConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<crate::PixArtControlNetAdapter> {
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), dtype, device.clone());
+    crate::PixArtControlNetAdapter::new(&crate::ControlNetConfig { num_layers }, base, vb)
+}
+
 /// Builds the model with random weights and times `iters` forwards after `warmup` ones.
 /// `on_iter(i, seconds)` is called after every timed forward.
 pub fn bench_transformer(spec: &BenchSpec, mut on_iter: impl FnMut(usize, f64)) -> Result<BenchResult> {

@@ -6,6 +6,8 @@
 //!   diffusers module, fields named as the checkpoint keys.
 //! - [`original`]: the original PixArt checkpoint layout (`blocks.{i}.attn.qkv`, ...) mapped
 //!   to the diffusers one, and conversion between them.
+//! - [`controlnet`]: PixArt-δ's ControlNet-Transformer (block copies feeding the first
+//!   blocks), its adapter folder and the original `.pth` layout.
 //! - [`init`]: fresh weights for training from scratch, initialised as PixArt does.
 //! - [`loading`]: building a model from a folder or file, checking every tensor.
 //!
@@ -17,6 +19,7 @@ pub mod attention;
 pub mod bench;
 pub mod block;
 pub mod config;
+pub mod controlnet;
 pub mod embeddings;
 pub mod init;
 pub mod loading;
@@ -25,8 +28,9 @@ pub mod original;
 pub mod transformer;
 
 pub use config::{KvCompressConfig, KvSampling, TransformerConfig};
+pub use controlnet::{load_controlnet, ControlNetConfig, LoadedControlNet, PixArtControlNetAdapter};
 pub use embeddings::AddedCond;
 pub use loading::{load_transformer, LoadOptions, LoadedTransformer};
 /// Where checkpointed blocks put parameter gradients ([`PixArtTransformer::with_gradient_checkpointing`]).
 pub use pixart_kernels::checkpoint::GradSink;
-pub use transformer::{BuildReport, Context, PixArtTransformer, Trace};
+pub use transformer::{BuildReport, Context, Control, PixArtTransformer, Trace};

@@ -10,6 +10,7 @@ use pixart_kernels::{linear, Linear};
 use crate::attention::{mask_to_bias, CrossKv, KvCompress, KvInit};
 use crate::block::TransformerBlock;
 use crate::config::TransformerConfig;
+use crate::controlnet::PixArtControlNetAdapter;
 use crate::embeddings::{sincos_pos_embed, AdaLayerNormSingle, AddedCond, CaptionProjection, PatchEmbed};
 use pixart_kernels::checkpoint::GradSink;
 use pixart_kernels::ops::layer_norm_modulate;
@@ -56,6 +57,20 @@ pub struct Context {
     pub cross: Vec<CrossKv>,
     pub bias: Option<Tensor>,
     pub batch: usize,
+    /// The ControlNet copies' own caption keys and values (empty without a ControlNet,
+    /// [`PixArtTransformer::encode_context_with_controlnet`]).
+    pub control_cross: Vec<CrossKv>,
+}
+
+/// A ControlNet applied to one forward: the adapter, the control latents (b, in, H, W) as the
+/// pipeline makes them (VAE posterior mean times the scaling factor) and the scale each copy's
+/// `after_proj` output is multiplied by (0: the ControlNet is skipped, the output is exactly
+/// the transformer's alone).
+#[derive(Debug, Clone, Copy)]
+pub struct Control<'a> {
+    pub adapter: &'a PixArtControlNetAdapter,
+    pub cond: &'a Tensor,
+    pub scale: f64,
 }
 
 /// Which caption positions matter, from the mask (b, l).
@@ -202,6 +217,16 @@ impl PixArtTransformer {
     /// Projects the caption and computes every block's cross-attention keys and values.
     /// y: (b, l, caption_channels); mask: (b, l), 1 = keep (any numeric dtype).
     pub fn encode_context(&self, y: &Tensor, mask: Option<&Tensor>) -> Result<Context> {
+        self.encode_context_with_controlnet(y, mask, None)
+    }
+
+    /// [`Self::encode_context`], plus the caption keys and values of `controlnet`'s copies.
+    pub fn encode_context_with_controlnet(
+        &self,
+        y: &Tensor,
+        mask: Option<&Tensor>,
+        controlnet: Option<&PixArtControlNetAdapter>,
+    ) -> Result<Context> {
         let (b, l, d) = y
             .dims3()
             .map_err(|_| shape_err(format!("encoder_hidden_states must be [B,L,D], got {:?}", y.dims())))?;
@@ -247,7 +272,20 @@ impl PixArtTransformer {
             .iter()
             .map(|blk| blk.attn2.cross_kv(&y, key_lens.clone()))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(Context { cross, bias, batch: b })
+        let control_cross = match controlnet {
+            Some(cn) => cn
+                .blocks()
+                .iter()
+                .map(|blk| blk.cross_kv(&y, key_lens.clone()))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        Ok(Context {
+            cross,
+            bias,
+            batch: b,
+            control_cross,
+        })
     }
 
     /// The (h*w, c) f32 position table for an (h, w) token grid, cached for the last grid.
@@ -319,20 +357,79 @@ impl PixArtTransformer {
         ctx: &Context,
         cond: Option<&AddedCond>,
     ) -> Result<Tensor> {
-        self.run(x, t, ctx, cond, None)
+        self.run(x, t, ctx, cond, None, None)
+    }
+
+    /// [`Self::forward_with_context`] with a ControlNet (`ctx` from
+    /// [`Self::encode_context_with_controlnet`] with the same adapter).
+    pub fn forward_with_control(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        ctx: &Context,
+        cond: Option<&AddedCond>,
+        control: Option<&Control>,
+    ) -> Result<Tensor> {
+        self.run(x, t, ctx, cond, control, None)
     }
 
     /// The forward, recording intermediates (`pos_embed`, `x_embed`, `temb`, `t0`,
-    /// `block.{i}`, `final_norm`, `proj_out`) for layer-by-layer comparisons.
+    /// `block.{i}`, `final_norm`, `proj_out`; with a ControlNet also `control.{j}.after_proj`
+    /// (before the scale) and `control.{j}.block`) for layer-by-layer comparisons.
     pub fn forward_traced(
         &self,
         x: &Tensor,
         t: &Tensor,
         ctx: &Context,
         cond: Option<&AddedCond>,
+        control: Option<&Control>,
         trace: &mut Trace,
     ) -> Result<Tensor> {
-        self.run(x, t, ctx, cond, Some(trace))
+        self.run(x, t, ctx, cond, control, Some(trace))
+    }
+
+    /// The patch embedding plus positions of latents (b, in, H, W) on an (h, w) token grid:
+    /// (b, h*w, c) in the model dtype (table added in f32, as diffusers does).
+    fn embed(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor> {
+        let pe = self.pos_embed_table(h, w)?;
+        let tokens = self.pos_embed.forward(x)?; // (b, n, c)
+        Ok(tokens
+            .to_dtype(DType::F32)?
+            .broadcast_add(&pe.unsqueeze(0)?)?
+            .to_dtype(self.dtype)?)
+    }
+
+    /// Checks a ControlNet's inputs against the latents (b, in, H, W) and the context.
+    fn check_control(&self, control: &Control, x: &Tensor, ctx: &Context) -> Result<()> {
+        if control.cond.dims() != x.dims() {
+            return Err(shape_err(format!(
+                "controlnet_cond must have the shape of hidden_states {:?}, got {:?}",
+                x.dims(),
+                control.cond.dims()
+            )));
+        }
+        let n = control.adapter.num_layers();
+        if ctx.control_cross.len() != n {
+            return Err(Error::InvalidInput(format!(
+                "the caption context holds {} ControlNet blocks, the ControlNet has {n}: encode it with \
+                 encode_context_with_controlnet",
+                ctx.control_cross.len()
+            )));
+        }
+        if n >= self.transformer_blocks.len() {
+            return Err(Error::InvalidInput(format!(
+                "the ControlNet has {n} blocks; a transformer of {} blocks takes at most {}",
+                self.transformer_blocks.len(),
+                self.transformer_blocks.len().saturating_sub(1)
+            )));
+        }
+        if !control.scale.is_finite() {
+            return Err(Error::InvalidInput(format!(
+                "the ControlNet scale must be a finite number, got {}",
+                control.scale
+            )));
+        }
+        Ok(())
     }
 
     fn run(
@@ -341,6 +438,7 @@ impl PixArtTransformer {
         t: &Tensor,
         ctx: &Context,
         cond: Option<&AddedCond>,
+        control: Option<&Control>,
         mut trace: Option<&mut Trace>,
     ) -> Result<Tensor> {
         let mut record = |name: &str, v: &Tensor| {
@@ -352,18 +450,26 @@ impl PixArtTransformer {
         let t = t.to_device(&self.device)?;
         let (b, h, w) = self.check_latents(&x, &t, ctx)?;
         let p = self.config.patch_size;
+        if let Some(c) = control {
+            self.check_control(c, &x, ctx)?;
+        }
+        // A zero scale skips the ControlNet: exactly the transformer alone.
+        let control = control.filter(|c| c.scale != 0.0);
 
         // 1. Patches + positions (table computed in f32, added in f32 as diffusers does).
         let pe = self.pos_embed_table(h, w)?;
         record("pos_embed", &pe);
-        let mut hs = stage("patch embedding", &self.device, || {
-            let tokens = self.pos_embed.forward(&x)?; // (b, n, c)
-            tokens
-                .to_dtype(DType::F32)?
-                .broadcast_add(&pe.unsqueeze(0)?)?
-                .to_dtype(self.dtype)
-        })?;
+        let mut hs = stage("patch embedding", &self.device, || self.embed(&x, h, w))?;
         record("x_embed", &hs);
+        // The control latents go through the transformer's own patch embedding and positions
+        // (the example's `self.transformer.pos_embed(controlnet_cond)`).
+        let mut control_states = match control {
+            Some(c) => {
+                let cond = c.cond.to_device(&self.device)?.to_dtype(self.dtype)?;
+                Some(stage("patch embedding", &self.device, || self.embed(&cond, h, w))?)
+            }
+            None => None,
+        };
 
         // 2. Timestep (and micro-conditions).
         let derived;
@@ -393,6 +499,31 @@ impl PixArtTransformer {
 
         // 3. Blocks.
         for (i, (blk, kv)) in self.transformer_blocks.iter().zip(&ctx.cross).enumerate() {
+            // Copy i-1 feeds base block i, for i in 1..=N (`block_index > 0 and block_index <=
+            // self.blocks_num` in the example; `ControlPixArtHalf.forward` in the original).
+            if let (Some(c), Some(states)) = (control, control_states.as_ref()) {
+                if i > 0 && i <= c.adapter.num_layers() {
+                    let j = i - 1;
+                    let (left, down) = stage("controlnet", &self.device, || {
+                        c.adapter.blocks()[j].forward(
+                            &hs,
+                            states,
+                            (h, w),
+                            &t0,
+                            &ctx.control_cross[j],
+                            ctx.bias.as_ref(),
+                        )
+                    })?;
+                    record(&format!("control.{j}.after_proj"), &left);
+                    record(&format!("control.{j}.block"), &down);
+                    hs = if c.scale == 1.0 {
+                        (hs + left)?
+                    } else {
+                        (hs + (left * c.scale)?)?
+                    };
+                    control_states = Some(down);
+                }
+            }
             hs = match &self.checkpointing {
                 Some(sink) if hs.track_op() => checkpointed_block(blk, &hs, (h, w), &t0, kv, ctx.bias.as_ref(), sink)?,
                 _ => blk.forward(&hs, (h, w), &t0, kv, ctx.bias.as_ref())?,

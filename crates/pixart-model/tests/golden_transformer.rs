@@ -55,7 +55,14 @@ fn check_model(case: &str, path: &std::path::Path, opts: &LoadOptions, layout: L
     });
     let mut trace = Vec::new();
     let out = m
-        .forward_traced(&t["hidden_states"], &t["timestep"], &ctx, cond.as_ref(), &mut trace)
+        .forward_traced(
+            &t["hidden_states"],
+            &t["timestep"],
+            &ctx,
+            cond.as_ref(),
+            None,
+            &mut trace,
+        )
         .unwrap();
     for (name, got) in &trace {
         let want = &t[&format!("trace.{name}")];

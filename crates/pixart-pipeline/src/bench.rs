@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use pixart_core::{Error, Result};
-use pixart_model::bench::{forward_flops, process_cpu_seconds, random_transformer};
+use pixart_model::bench::{forward_flops, process_cpu_seconds, random_controlnet, random_transformer};
 use pixart_model::TransformerConfig;
 use pixart_schedulers::{from_config, Scheduler, SchedulerConfig};
 
@@ -27,6 +27,9 @@ pub struct DenoiseBenchSpec {
     pub guidance: f64,
     pub dtype: DType,
     pub device: Device,
+    /// A ControlNet of this many block copies (random weights, scale 1) on random control
+    /// latents; `None`: without.
+    pub controlnet_layers: Option<usize>,
 }
 
 /// Timings of one loop.
@@ -54,6 +57,10 @@ pub fn bench_denoise(spec: &DenoiseBenchSpec, mut on_step: impl FnMut(usize, f64
     }
     let t0 = Instant::now();
     let model = random_transformer(&spec.config, spec.dtype, &spec.device)?;
+    let controlnet = spec
+        .controlnet_layers
+        .map(|n| random_controlnet(n, &spec.config, spec.dtype, &spec.device))
+        .transpose()?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let dev = &spec.device;
     let lat = spec.size / 8;
@@ -71,7 +78,14 @@ pub fn bench_denoise(spec: &DenoiseBenchSpec, mut on_step: impl FnMut(usize, f64
     dev.synchronize()?;
     let cpu0 = process_cpu_seconds();
     let start = Instant::now();
-    let ctx = model.encode_context(&y, Some(&mask))?;
+    let ctx = model.encode_context_with_controlnet(&y, Some(&mask), controlnet.as_ref())?;
+    // Control latents of the model batch (2: guidance).
+    let cond = Tensor::randn(0f32, 1.0, (2, spec.config.in_channels, lat, lat), dev)?.to_dtype(model.dtype())?;
+    let control = controlnet.as_ref().map(|adapter| pixart_model::Control {
+        adapter,
+        cond: &cond,
+        scale: 1.0,
+    });
     dev.synchronize()?;
     let context_seconds = start.elapsed().as_secs_f64();
     let mut step_seconds = Vec::with_capacity(spec.steps);
@@ -80,6 +94,7 @@ pub fn bench_denoise(spec: &DenoiseBenchSpec, mut on_step: impl FnMut(usize, f64
         latents = denoise_step(
             &model,
             &ctx,
+            control.as_ref(),
             &mut scheduler,
             &latents,
             i,

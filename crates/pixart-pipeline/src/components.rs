@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use pixart_core::{Error, Result};
 use pixart_model::config::KvCompressSpec;
-use pixart_model::{load_transformer, LoadOptions, PixArtTransformer, TransformerConfig};
+use pixart_model::{load_transformer, LoadOptions, PixArtControlNetAdapter, PixArtTransformer, TransformerConfig};
 use pixart_schedulers::SchedulerConfig;
 use pixart_text::T5Tokenizer;
 use pixart_vae::{load_vae, AutoencoderKl};
@@ -36,6 +36,10 @@ pub struct ComponentPaths {
     pub tokenizer: Option<PathBuf>,
     pub vae: Option<PathBuf>,
     pub scheduler: Option<PathBuf>,
+    /// A ControlNet-Transformer ([`pixart_model::controlnet`]): an adapter folder, a folder
+    /// holding `controlnet/`, an original `.pth`, or a hub id. Without it, a `controlnet/`
+    /// folder beside the model's other components is used when there is one.
+    pub controlnet: Option<PathBuf>,
     /// Whether the caller offers the override flags (`--text-encoder DIR`, `--vae DIR`): a
     /// missing component's error suggests them only then, and `--base DIR` always.
     pub override_hints: bool,
@@ -78,6 +82,8 @@ pub struct ResolvedPaths {
     pub tokenizer: PathBuf,
     pub vae: PathBuf,
     pub scheduler_config: PathBuf,
+    /// The ControlNet, given or found beside the model's components.
+    pub controlnet: Option<PathBuf>,
     /// Caption tokens: 300 (PixArt-Σ), or 120 when the pipeline folder's `model_index.json`
     /// names `PixArtAlphaPipeline` (PixArt-α and PixArt-LCM, as diffusers runs them).
     pub max_sequence_length: usize,
@@ -131,7 +137,9 @@ impl ResolvedPaths {
         let vae_cfg = pixart_vae::loading::vae_dir(&self.vae)?.join("config.json");
         let v = pixart_vae::AutoencoderKlConfig::from_file(&vae_cfg)?;
         let scheduler = SchedulerConfig::from_file(&self.scheduler_config)?;
-        Ok(ModelGeometry::new(&t, v.downsample_factor(), scheduler))
+        let mut g = ModelGeometry::new(&t, v.downsample_factor(), scheduler);
+        g.controlnet = self.controlnet.is_some();
+        Ok(g)
     }
 }
 
@@ -148,6 +156,8 @@ pub struct PipelineComponents {
     pub text_dtype: DType,
     /// The T5 encoder when kept, and the features of recent texts.
     pub text: TextFeatures,
+    /// The ControlNet-Transformer, when one was given or found.
+    pub controlnet: Option<PixArtControlNetAdapter>,
 }
 
 impl std::fmt::Debug for PipelineComponents {
@@ -211,6 +221,7 @@ impl ComponentPaths {
         let tokenizer = fetch(&self.tokenizer, &["tokenizer"])?;
         let vae = fetch(&self.vae, &["vae"])?;
         let scheduler = fetch(&self.scheduler, &["scheduler"])?;
+        let controlnet = fetch(&self.controlnet, &["controlnet"])?;
         let mut wanted = vec!["transformer"];
         for (name, given) in [
             ("text_encoder", &text_encoder),
@@ -250,6 +261,7 @@ impl ComponentPaths {
             tokenizer,
             vae,
             scheduler,
+            controlnet,
             override_hints: self.override_hints,
         };
         local.resolve_local()
@@ -270,6 +282,7 @@ impl ComponentPaths {
             ("--tokenizer", &self.tokenizer),
             ("--vae", &self.vae),
             ("--scheduler", &self.scheduler),
+            ("--controlnet", &self.controlnet),
         ] {
             if let Some(p) = p {
                 if !p.exists() {
@@ -330,6 +343,12 @@ impl ComponentPaths {
                 scheduler_config.display()
             )));
         }
+        // A ControlNet beside the model's own components (not the base's: a base pipeline's
+        // ControlNet belongs to its own transformer).
+        let controlnet = match &self.controlnet {
+            Some(p) => Some(p.clone()),
+            None => model.is_dir().then(|| sub(model, "controlnet")).flatten(),
+        };
         // The pipeline class of the folder the transformer comes from, else of the base.
         let max_sequence_length = if model.is_dir() && model.join("model_index.json").is_file() {
             max_sequence_length_of(model)?
@@ -344,6 +363,7 @@ impl ComponentPaths {
             tokenizer,
             vae,
             scheduler_config,
+            controlnet,
             max_sequence_length,
         })
     }
@@ -397,7 +417,12 @@ impl PipelineComponents {
             loras: opts.loras.clone(),
             ..LoadOptions::default()
         };
-        let transformer = load_transformer(&paths.transformer, &load_opts)?.model;
+        let loaded = load_transformer(&paths.transformer, &load_opts)?;
+        let controlnet = match &paths.controlnet {
+            Some(p) => Some(pixart_model::load_controlnet(p, &loaded.config, opts.dtype, &opts.device)?.adapter),
+            None => None,
+        };
+        let transformer = loaded.model;
         let vae_dtype = if opts.device.is_cpu() { DType::F32 } else { opts.dtype };
         let vae = load_vae(&paths.vae, vae_dtype, &opts.device)?;
         let text_dtype = if opts.dtype == DType::F32 {
@@ -423,6 +448,7 @@ impl PipelineComponents {
             dtype: opts.dtype,
             text_dtype,
             text: TextFeatures::new(resident),
+            controlnet,
         })
     }
 
@@ -433,11 +459,13 @@ impl PipelineComponents {
 
     /// What request validation needs.
     pub fn geometry(&self) -> ModelGeometry {
-        ModelGeometry::new(
+        let mut g = ModelGeometry::new(
             self.transformer_config(),
             self.vae_factor(),
             self.scheduler_config.clone(),
-        )
+        );
+        g.controlnet = self.controlnet.is_some();
+        g
     }
 
     /// Image pixels per latent pixel (8 for the SDXL VAE).

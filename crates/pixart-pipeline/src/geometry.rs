@@ -23,6 +23,8 @@ pub struct ModelGeometry {
     /// `scheduler_config.json`: the sampler it names (the default one) and the schedule the
     /// others are built from.
     pub scheduler: SchedulerConfig,
+    /// Whether a ControlNet comes with the model (a control image can be used).
+    pub controlnet: bool,
 }
 
 impl ModelGeometry {
@@ -40,6 +42,7 @@ impl ModelGeometry {
                 .filter(|k| k.scale_factor > 1 && !k.layers.is_empty())
                 .map(|k| k.scale_factor),
             scheduler,
+            controlnet: false,
         }
     }
 
@@ -68,6 +71,7 @@ impl ModelGeometry {
             vae_factor: 4,
             kv_ratio: None,
             scheduler: SchedulerConfig::pixart_sigma(),
+            controlnet: false,
         }
     }
 }

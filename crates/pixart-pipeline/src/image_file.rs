@@ -54,9 +54,26 @@ pub fn parameters_text(
         ),
         None => ((image.width, image.height), String::new()),
     };
+    let control = match &r.control {
+        Some(c) => {
+            let mut s = String::new();
+            if let Some(n) = &c.controlnet {
+                s.push_str(&format!(", ControlNet: {n}"));
+            }
+            if let Some(p) = &c.source {
+                s.push_str(&format!(", Control image: {p}"));
+            }
+            s.push_str(&format!(", Control scale: {}", c.scale));
+            if let Some(p) = &c.preprocess {
+                s.push_str(&format!(", Control preprocess: {p}"));
+            }
+            s
+        }
+        None => String::new(),
+    };
     format!(
         "{prompt}\nNegative prompt: {}\nSteps: {}, Sampler: {sampler}, CFG scale: {}, Seed: {}, \
-         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}{strength}{hires}",
+         Size: {}x{}, Model: {model}, Dtype: {dtype}, Resolution binning: {}{strength}{hires}{control}",
         r.negative_prompt,
         r.steps,
         r.guidance,

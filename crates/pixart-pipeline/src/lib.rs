@@ -24,6 +24,7 @@ pub mod aspect_bins;
 pub mod bench;
 pub mod builtin;
 pub mod components;
+pub mod control;
 pub mod geometry;
 pub mod hub;
 pub mod image;
@@ -37,6 +38,7 @@ pub mod text;
 
 pub use builtin::{builtin_model_dir, is_builtin};
 pub use components::{ComponentOptions, ComponentPaths, PipelineComponents, ResolvedPaths, DEFAULT_BASE};
+pub use control::ControlPreprocess;
 pub use geometry::ModelGeometry;
 pub use hub::{DownloadProgress, HubConfig};
 pub use image::RgbImage;
@@ -45,8 +47,8 @@ pub use noise::{random_seed, NoiseSource, SeededNoise};
 pub use parameters::{read_parameters, Parameters};
 pub use pipeline::{denoise_step, ensure_finite, generate, Generated, Output, Progress, Stage, Timings};
 pub use request::{
-    request_defaults, upscaled_size, GenerationRequest, InitImage, OutputKind, Previews, Upscale, UpscalePlan,
-    VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH, DEFAULT_UPSCALE_STRENGTH, MAX_GUIDANCE,
-    MAX_IMAGES, MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, MAX_UPSCALE,
+    request_defaults, upscaled_size, ControlImage, GenerationRequest, InitImage, OutputKind, Previews, Upscale,
+    UpscalePlan, VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH, DEFAULT_UPSCALE_STRENGTH,
+    MAX_CONTROL_SCALE, MAX_GUIDANCE, MAX_IMAGES, MAX_SEQUENCE_LENGTH, MAX_SIDE, MAX_STEPS, MAX_UPSCALE,
 };
 pub use text::{TextFeatures, CACHED_TEXTS};

@@ -31,6 +31,11 @@ pub struct Parameters {
     pub upscale: Option<f64>,
     pub upscale_steps: Option<usize>,
     pub upscale_strength: Option<f64>,
+    /// ControlNet: its name, the control picture's path, the scale and the preprocessing.
+    pub controlnet: Option<String>,
+    pub control_image: Option<String>,
+    pub control_scale: Option<f64>,
+    pub control_preprocess: Option<String>,
 }
 
 fn bad(what: &str, msg: impl std::fmt::Display) -> Error {
@@ -166,6 +171,10 @@ impl Parameters {
                 "Hires upscale" => p.upscale = Some(v.parse().map_err(|_| num("Hires upscale"))?),
                 "Hires steps" => p.upscale_steps = Some(v.parse().map_err(|_| num("Hires steps"))?),
                 "Hires strength" => p.upscale_strength = Some(v.parse().map_err(|_| num("Hires strength"))?),
+                "ControlNet" => p.controlnet = Some(v),
+                "Control image" => p.control_image = Some(v),
+                "Control scale" => p.control_scale = Some(v.parse().map_err(|_| num("Control scale"))?),
+                "Control preprocess" => p.control_preprocess = Some(v),
                 _ => {}
             }
         }
@@ -174,7 +183,10 @@ impl Parameters {
 }
 
 /// The settings keys of more than one word.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 10] = [
+    "Control image",
+    "Control scale",
+    "Control preprocess",
     "Hires upscale",
     "Hires steps",
     "Hires strength",
@@ -192,7 +204,8 @@ mod tests {
     const TEXT: &str = "a red fox\nin the snow\nNegative prompt: blurry, low quality\nSteps: 25, Sampler: sa-solver, \
 CFG scale: 4.5, Seed: 18446744073709551615, Size: 1024x768, Model: PixArt-alpha/PixArt-Sigma-XL-2-1024-MS, \
 Dtype: bf16, Resolution binning: true, Denoising strength: 0.6, Inpainting: true, Hires upscale: 1.5, \
-Hires steps: 12, Hires strength: 0.4";
+Hires steps: 12, Hires strength: 0.4, ControlNet: cn/canny, Control image: edges, v2.png, Control scale: 0.7, \
+Control preprocess: canny:100:200";
 
     #[test]
     fn parses_every_setting() {
@@ -216,6 +229,10 @@ Hires steps: 12, Hires strength: 0.4";
                 upscale: Some(1.5),
                 upscale_steps: Some(12),
                 upscale_strength: Some(0.4),
+                controlnet: Some("cn/canny".into()),
+                control_image: Some("edges, v2.png".into()),
+                control_scale: Some(0.7),
+                control_preprocess: Some("canny:100:200".into()),
             }
         );
         // A model name with a comma stays whole; no negative prompt line is an empty one.

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use pixart_core::{Error, Result};
-use pixart_model::{Context, PixArtTransformer};
+use pixart_model::{Context, Control, PixArtTransformer};
 use pixart_schedulers::{from_config, CleanEstimate, Sampler, SamplerKind, Scheduler};
 use pixart_text::{load_text_encoder, preprocess_caption, to_tensors};
 
@@ -35,6 +35,8 @@ pub enum Stage {
     PrepareLatents,
     /// Image to image: the init image through the VAE encoder, then noised.
     EncodeImage,
+    /// ControlNet: the control image through the VAE encoder.
+    EncodeControl,
     /// The denoising loop.
     Denoise,
     /// VAE decode.
@@ -52,6 +54,7 @@ impl Stage {
             Self::EncodeContext => "context",
             Self::PrepareLatents => "latents",
             Self::EncodeImage => "vae encode",
+            Self::EncodeControl => "control encode",
             Self::Denoise => "denoise",
             Self::Decode => "vae decode",
             Self::Postprocess => "postprocess",
@@ -188,10 +191,14 @@ fn draw(noise: &mut dyn NoiseSource, shape: [usize; 4], dtype: DType, device: &D
 /// first three latent channels; the fourth, like the variance, is the conditional prediction.
 /// With `estimate`, also the step's denoised estimate x̂0 (f32, (b, c, h, w)), from the guided
 /// prediction and the model input as [`CleanEstimate::x0`] (live previews).
+/// With `control`, the ControlNet runs in the model (its control latents have the model
+/// input's batch: 2b with guidance, the same control for both halves, as the reference
+/// pipeline's `torch.cat([image] * 2)`; `ctx` encoded with the ControlNet).
 #[allow(clippy::too_many_arguments)]
 pub fn denoise_step(
     model: &PixArtTransformer,
     ctx: &Context,
+    control: Option<&Control>,
     scheduler: &mut Sampler,
     latents: &Tensor,
     i: usize,
@@ -212,7 +219,7 @@ pub fn denoise_step(
     };
     let x_in = scheduler.scale_model_input(&x_in, i)?;
     let t_in = Tensor::full(t as f32, x_in.dim(0)?, latents.device())?;
-    let out = model.forward_with_context(&x_in, &t_in, ctx, None)?;
+    let out = model.forward_with_control(&x_in, &t_in, ctx, None, control)?;
     let (in_ch, out_ch) = (model.config().in_channels, model.config().out_channels());
     let learned_sigma = out_ch == 2 * in_ch;
     // The channels the sampler takes, and those of them that are guided.
@@ -331,6 +338,31 @@ fn init_latents(
             noise: fresh,
         }),
     ))
+}
+
+/// The control latents of a ControlNet run, as the reference pipeline makes them
+/// (diffusers@58eb52c, examples/research_projects/pixart/pipeline_pixart_alpha_controlnet.py:
+/// `prepare_image`, `prepare_image_latents`): the control image resized to the generation size
+/// (`PixArtImageProcessor.preprocess(image, height, width)`: a plain resize, no crop; Lanczos
+/// here through the `image` crate, PIL's Lanczos there), in [-1, 1], through the VAE encoder to
+/// its posterior **mean** (the reference draws a sample with the global RNG; the mean gives the
+/// same picture for the same seed) times the scaling factor; the same latents for every image
+/// of the batch, twice with guidance (unconditional rows first, as the model input).
+/// Returns (model batch, c, h, w) in the transformer's dtype.
+fn control_latents(c: &PipelineComponents, r: &ValidatedRequest, image: &RgbImage) -> Result<Tensor> {
+    let vae = &c.vae;
+    let (gh, gw) = (r.gen_height, r.gen_width);
+    let resized = image.resized(gw, gh)?;
+    let x = Tensor::from_vec(resized.to_planes(), (1, 3, gh, gw), &c.device)?.to_dtype(vae.dtype())?; // (1, 3, H, W)
+    let posterior = vae.encode(&x, r.vae_tiling.tiling())?;
+    let mean = posterior.mean.to_dtype(DType::F32)?;
+    ensure_finite(&mean, || "the VAE's encoding of the control image".into())?;
+    let z = vae.scale_latents(&mean)?; // (1, c, h, w)
+    let rows = if r.cfg { 2 * r.batch } else { r.batch };
+    let [_, ch, lh, lw] = r.latent_shape;
+    Ok(z.broadcast_as((rows, ch, lh, lw))?
+        .contiguous()?
+        .to_dtype(c.transformer.dtype())?) // (rows, c, h, w)
 }
 
 /// The inpainting mask at latent size, 1 = repaint: the mask picture's luma (PIL's
@@ -516,9 +548,30 @@ fn generate_pass(
         let rows = Tensor::new(rows.as_slice(), hidden.device())?;
         let y = hidden.index_select(&rows, 0)?;
         let m = mask.index_select(&rows.to_device(mask.device())?, 0)?;
-        model.encode_context(&y, Some(&m))
+        let controlnet = c.controlnet.as_ref().filter(|_| r.control.is_some());
+        model.encode_context_with_controlnet(&y, Some(&m), controlnet)
     })?;
     drop(hidden);
+
+    // 3b. ControlNet: the control latents, once ([`control_latents`]).
+    let control_cond = match (&r.control, &c.controlnet) {
+        (Some(control), Some(_)) => Some(clock.run(Stage::EncodeControl, |_| control_latents(c, r, &control.image))?),
+        (Some(_), None) => {
+            return Err(Error::request(
+                pixart_core::Field::Control,
+                "needs a ControlNet: none was given and the model has no controlnet/ folder",
+            ))
+        }
+        _ => None,
+    };
+    let control = match (&r.control, &c.controlnet, &control_cond) {
+        (Some(ci), Some(adapter), Some(cond)) => Some(Control {
+            adapter,
+            cond,
+            scale: ci.scale,
+        }),
+        _ => None,
+    };
 
     // 4. Initial latents: the given x_T, or standard normal noise per image (seed + k), drawn
     //    here rather than in the sampler; both times the sampler's init_noise_sigma. Image to
@@ -579,6 +632,7 @@ fn generate_pass(
         let (next, x0) = denoise_step(
             model,
             &ctx,
+            control.as_ref(),
             &mut scheduler,
             &latents,
             i,

@@ -81,6 +81,25 @@ pub struct InitImage {
     pub mask: Option<RgbImage>,
 }
 
+/// The ControlNet's input: a control picture (already preprocessed, e.g. Canny edges) and the
+/// scale of the ControlNet's residuals.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlImage {
+    /// Resized to the generation size as the reference pipeline does (stretched, no crop).
+    pub image: RgbImage,
+    /// Multiplies each ControlNet block's `after_proj` output, in 0..=[`MAX_CONTROL_SCALE`]
+    /// (0: the ControlNet is skipped).
+    pub scale: f64,
+    /// For the image's parameters ([`crate::parameters_text`]): the control picture's path, the
+    /// preprocessing applied to it (`canny:100:200`) and the ControlNet's name, where known.
+    pub source: Option<String>,
+    pub preprocess: Option<String>,
+    pub controlnet: Option<String>,
+}
+
+/// The largest ControlNet scale.
+pub const MAX_CONTROL_SCALE: f64 = 10.0;
+
 /// diffusers' image-to-image default `strength`.
 pub const DEFAULT_STRENGTH: f64 = 0.8;
 /// The default `strength` with a mask: the masked part is drawn anew (diffusers' SD
@@ -180,6 +199,8 @@ pub struct GenerationRequest {
     pub previews: Previews,
     /// Two-pass upscaling of every image made.
     pub upscale: Option<Upscale>,
+    /// ControlNet: one control picture for every image (needs a ControlNet with the model).
+    pub control: Option<ControlImage>,
 }
 
 impl Default for GenerationRequest {
@@ -204,6 +225,7 @@ impl Default for GenerationRequest {
             init_image: None,
             previews: Previews::Off,
             upscale: None,
+            control: None,
         }
     }
 }
@@ -243,6 +265,8 @@ pub struct ValidatedRequest {
     pub latent_shape: [usize; 4],
     /// Two-pass upscaling ([`crate::generate`] runs the second passes).
     pub upscale: Option<UpscalePlan>,
+    /// ControlNet input (checked: the model has a ControlNet).
+    pub control: Option<ControlImage>,
 }
 
 impl ValidatedRequest {
@@ -304,6 +328,25 @@ impl GenerationRequest {
             })?;
         if self.previews == Previews::Every(0) {
             return Err(invalid(Field::Previews, "every 0 steps: give at least 1"));
+        }
+        if let Some(control) = &self.control {
+            if !geometry.controlnet {
+                return Err(invalid(
+                    Field::Control,
+                    "needs a ControlNet: none was given and the model has no controlnet/ folder",
+                ));
+            }
+            control
+                .image
+                .check()
+                .map_err(|e| invalid(Field::Control, format!("is unusable: {e}")))?;
+            let s = control.scale;
+            if !(s.is_finite() && (0.0..=MAX_CONTROL_SCALE).contains(&s)) {
+                return Err(invalid(
+                    Field::ControlScale,
+                    format!("must be between 0 and {MAX_CONTROL_SCALE}, got {s}"),
+                ));
+            }
         }
         let mut start_step = 0;
         if let Some(init) = &self.init_image {
@@ -445,6 +488,7 @@ impl GenerationRequest {
             start_step,
             latent_shape,
             upscale,
+            control: self.control,
         };
         // The second pass must be runnable too: checked now on a stand-in of the first pass's
         // size, so that it cannot fail after the first pass's work.
@@ -603,6 +647,7 @@ impl ValidatedRequest {
             }),
             previews: self.previews,
             upscale: None,
+            control: self.control.clone(),
         }
         .validate(geometry)
         .map_err(|e| match e {

@@ -698,6 +698,9 @@ pub fn plan(
         upscale,
         upscale_strength: if enable_hr { denoising } else { None },
         upscale_steps: hr_steps,
+        // (A1111's ControlNet extension sends its units in `alwayson_scripts`; not mapped.)
+        control_image: None,
+        controlnet_conditioning_scale: None,
     };
     // An empty prompt is unconditional generation, as A1111, the other routes and the CLI do.
     let first = api::validate_with(body, images, limits, geometry).map_err(|e| rename(e, mode, enable_hr))?;
@@ -954,6 +957,7 @@ mod tests {
             vae_factor: 8,
             kv_ratio: None,
             scheduler: pixart_schedulers::SchedulerConfig::pixart_sigma(),
+            controlnet: false,
         }
     }
 

@@ -13,8 +13,8 @@ use base64::Engine as _;
 use pixart_core::Field;
 use pixart_pipeline::request::{MAX_IMAGES, MAX_PIXELS, MAX_SIDE};
 use pixart_pipeline::{
-    random_seed, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, Previews, RgbImage, Upscale,
-    VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
+    random_seed, ControlImage, GenerationRequest, ImageFormat, InitImage, ModelGeometry, OutputKind, Previews,
+    RgbImage, Upscale, VaeTiling, ValidatedRequest, DEFAULT_INPAINT_STRENGTH, DEFAULT_STRENGTH,
 };
 use pixart_schedulers::SamplerKind;
 use serde::Deserialize;
@@ -85,7 +85,7 @@ impl Default for Limits {
 pub const MAX_STEPS: usize = pixart_pipeline::MAX_STEPS;
 
 /// The fields a request may carry.
-pub const FIELDS: [&str; 24] = [
+pub const FIELDS: [&str; 26] = [
     "prompt",
     "quality",
     "style",
@@ -110,6 +110,8 @@ pub const FIELDS: [&str; 24] = [
     "upscale",
     "upscale_strength",
     "upscale_steps",
+    "control_image",
+    "controlnet_conditioning_scale",
 ];
 
 /// The request field of this API that a pipeline [`Field`] is (the library's `guidance` is
@@ -132,6 +134,8 @@ pub fn json_field(field: Field) -> &'static str {
         Field::Upscale => "upscale",
         Field::UpscaleStrength => "upscale_strength",
         Field::UpscaleSteps => "upscale_steps",
+        Field::Control => "control_image",
+        Field::ControlScale => "controlnet_conditioning_scale",
         Field::Latents | Field::KvCompress | Field::Output => field.name(),
     }
 }
@@ -202,6 +206,10 @@ pub struct GenerationBody {
     pub upscale_strength: Option<f64>,
     /// With `upscale`: the second pass's steps (default: those of the first).
     pub upscale_steps: Option<u64>,
+    /// ControlNet: the control picture, base64 like `image` (the server needs a ControlNet).
+    pub control_image: Option<String>,
+    /// With `control_image`: the scale of the ControlNet's residuals (default 1).
+    pub controlnet_conditioning_scale: Option<f64>,
 }
 
 /// The values OpenAI's images API takes for the fields this server accepts and ignores; others
@@ -588,6 +596,22 @@ pub fn validate_with(
             None
         }
     };
+    let control = match &body.control_image {
+        Some(data) => Some(ControlImage {
+            image: decode_image("control_image", data)?,
+            scale: body.controlnet_conditioning_scale.unwrap_or(1.0),
+            source: None,
+            preprocess: None,
+            controlnet: None,
+        }),
+        None if body.controlnet_conditioning_scale.is_some() => {
+            return Err(ApiError::invalid(
+                "controlnet_conditioning_scale",
+                "`controlnet_conditioning_scale` needs a `control_image`",
+            ));
+        }
+        None => None,
+    };
     let seed = body.seed.unwrap_or_else(random_seed);
     let request = GenerationRequest {
         prompts: vec![prompt],
@@ -611,6 +635,7 @@ pub fn validate_with(
             Previews::Off
         },
         upscale,
+        control,
     }
     .validate(geometry)
     .map_err(request_error)?;
@@ -693,6 +718,7 @@ mod tests {
             vae_factor: 8,
             kv_ratio: None,
             scheduler: pixart_schedulers::SchedulerConfig::pixart_sigma(),
+            controlnet: false,
         }
     }
 
@@ -747,6 +773,49 @@ mod tests {
         assert!(!r.cfg);
         assert_eq!(r.sampler, Some(SamplerKind::Ddim));
         assert_eq!(r.negative_prompt, "dark");
+    }
+
+    #[test]
+    fn control_image_and_its_scale() {
+        use base64::Engine;
+        let png = RgbImage::filled(16, 16, [255, 255, 255]).to_png(None).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(png);
+        let with_cn = ModelGeometry {
+            controlnet: true,
+            ..geometry()
+        };
+        let run =
+            |body: String, g: &ModelGeometry| validate(parse_body(body.as_bytes()).unwrap(), &Limits::default(), g);
+        let p = run(
+            format!(r#"{{"prompt": "a", "control_image": "{b64}", "controlnet_conditioning_scale": 0.5}}"#),
+            &with_cn,
+        )
+        .unwrap();
+        let c = p.request.control.as_ref().unwrap();
+        assert_eq!((c.image.width, c.scale), (16, 0.5));
+        let p = run(format!(r#"{{"prompt": "a", "control_image": "{b64}"}}"#), &with_cn).unwrap();
+        assert_eq!(p.request.control.as_ref().unwrap().scale, 1.0);
+        // No ControlNet on this server; a scale out of range; a scale without an image; not a picture.
+        let e = run(format!(r#"{{"prompt": "a", "control_image": "{b64}"}}"#), &geometry()).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (422, Some("control_image")));
+        let e = run(
+            format!(r#"{{"prompt": "a", "control_image": "{b64}", "controlnet_conditioning_scale": 11}}"#),
+            &with_cn,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("controlnet_conditioning_scale"));
+        let e = run(
+            r#"{"prompt": "a", "controlnet_conditioning_scale": 1}"#.into(),
+            &with_cn,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("controlnet_conditioning_scale"));
+        let e = run(
+            r#"{"prompt": "a", "control_image": "bm90IGFuIGltYWdl"}"#.into(),
+            &with_cn,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("control_image"));
     }
 
     #[test]
@@ -879,6 +948,8 @@ mod tests {
             Field::Upscale,
             Field::UpscaleStrength,
             Field::UpscaleSteps,
+            Field::Control,
+            Field::ControlScale,
         ];
         for f in settable {
             assert!(FIELDS.contains(&json_field(f)), "{f}");

@@ -204,7 +204,9 @@ pub fn document() -> Value {
                     "preview": {"type": "boolean", "default": false, "description": "Live previews for the job API (GET /v1/jobs/{id}/preview) while denoising, within a quarter of the denoising time"},
                     "upscale": {"type": "number", "exclusiveMinimum": 1, "maximum": 4, "description": "Two-pass upscaling (\"hires fix\"): each image made is enlarged this many times (sides rounded to the model's multiple of 16 px) and run through image to image at that size: the composition stays, detail is added. The images returned are the upscaled ones. Not with image"},
                     "upscale_strength": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.5, "description": "With upscale: the share of the second pass's schedule that runs"},
-                    "upscale_steps": {"type": "integer", "minimum": 1, "description": "With upscale: the second pass's steps (default: those of the first; it runs int(steps x upscale_strength) of them; at most the server's max_steps)"}
+                    "upscale_steps": {"type": "integer", "minimum": 1, "description": "With upscale: the second pass's steps (default: those of the first; it runs int(steps x upscale_strength) of them; at most the server's max_steps)"},
+                    "control_image": {"type": "string", "contentEncoding": "base64", "description": "ControlNet (the server's --controlnet, or a controlnet/ folder beside the pipeline): the control picture (base64 like image), resized to the generation size, for every image"},
+                    "controlnet_conditioning_scale": {"type": "number", "minimum": 0, "maximum": 10, "default": 1.0, "description": "With control_image: multiplies the ControlNet's residuals (0: without it)"}
                 }
             },
             "ImagesResponse": {

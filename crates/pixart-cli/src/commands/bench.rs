@@ -50,6 +50,10 @@ struct DenoiseBench {
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Also run a ControlNet-Transformer of this many block copies (PixArt-δ: 13), random
+    /// weights, on random control latents.
+    #[arg(long = "controlnet-layers")]
+    controlnet_layers: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -156,8 +160,18 @@ fn denoise(b: DenoiseBench) -> Result<()> {
             b.steps, b.tokens
         )));
     }
+    let config = sigma_config_for(b.size);
+    if let Some(n) = b.controlnet_layers {
+        if n == 0 || n >= config.num_layers {
+            bail!(UsageError(format!(
+                "--controlnet-layers must be 1 to {} (the transformer has {} blocks), got {n}",
+                config.num_layers - 1,
+                config.num_layers
+            )));
+        }
+    }
     let spec = pixart_pipeline::bench::DenoiseBenchSpec {
-        config: sigma_config_for(b.size),
+        config,
         size: b.size,
         steps: b.steps,
         tokens: b.tokens,
@@ -165,6 +179,7 @@ fn denoise(b: DenoiseBench) -> Result<()> {
         guidance: b.guidance,
         dtype: dtype(&b.dtype)?,
         device: device(&b.device)?,
+        controlnet_layers: b.controlnet_layers,
     };
     let r = pixart_pipeline::bench::bench_denoise(&spec, |i, s| {
         println!("{}", json!({"bench": "denoise", "step": i, "seconds": s}));
@@ -179,6 +194,7 @@ fn denoise(b: DenoiseBench) -> Result<()> {
             "device": b.device,
             "tokens": b.tokens,
             "valid_tokens": valid,
+            "controlnet_layers": b.controlnet_layers,
             "seconds": r.seconds,
             "cpu_seconds": r.cpu_seconds,
             "context_seconds": r.context_seconds,

@@ -137,6 +137,18 @@ pub struct GenerateArgs {
     /// With --preview: after every N-th step instead (the VAE decodes each one).
     #[arg(long = "preview-every", requires = "preview")]
     preview_every: Option<usize>,
+    /// ControlNet: the control picture (PNG, JPEG or WebP), one for every image, resized to the
+    /// generation size. Needs --controlnet (or a controlnet/ folder beside the pipeline's
+    /// components).
+    #[arg(long)]
+    control: Option<PathBuf>,
+    /// With --control: multiplies the ControlNet's residuals (default 1.0; 0 runs without it).
+    #[arg(long = "control-scale", requires = "control", allow_negative_numbers = true)]
+    control_scale: Option<f64>,
+    /// With --control: none (the picture is the control, e.g. an edge map), or canny[:LOW:HIGH]
+    /// (Canny edges of the picture, thresholds on the gradient magnitude, default 100:200).
+    #[arg(long = "control-preprocess", requires = "control")]
+    control_preprocess: Option<String>,
 }
 
 /// `OUT.png`, `OUT-1.png`, ... for image `k`.
@@ -237,6 +249,25 @@ fn apply_from(a: &mut GenerateArgs) -> Result<()> {
     a.height = a.height.or(p.height);
     a.dtype = a.dtype.take().or(p.dtype.clone());
     a.no_resolution_binning |= p.resolution_binning == Some(false);
+    // The control settings: the control image's path, when it is still there.
+    if a.control.is_none() {
+        if let Some(c) = &p.control_image {
+            if Path::new(c).is_file() {
+                a.control = Some(PathBuf::from(c));
+                a.control_scale = a.control_scale.or(p.control_scale);
+                a.control_preprocess = a.control_preprocess.take().or(p.control_preprocess.clone());
+                if a.model.controlnet.is_none() {
+                    a.model.controlnet = p
+                        .controlnet
+                        .as_deref()
+                        .filter(|m| Path::new(m).exists())
+                        .map(PathBuf::from);
+                }
+            } else {
+                eprintln!("note: {what} was made with the control image {c:?}, which is not here; give --control");
+            }
+        }
+    }
     if a.image.is_none() && a.latents.is_none() {
         a.upscale = a.upscale.or(p.upscale);
         a.upscale_steps = a.upscale_steps.or(p.upscale_steps);
@@ -352,11 +383,32 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
     };
     // Named in the parameters as the server names it: `builtin`, a folder's name or a hub id.
     let model_label = a.model.label();
+    let control = match &a.control {
+        Some(p) => {
+            let spec = a.control_preprocess.as_deref().unwrap_or("none");
+            let preprocess = pixart_pipeline::ControlPreprocess::parse(spec)
+                .map_err(|m| UsageError(format!("--control-preprocess {m}")))?;
+            Some(pixart_pipeline::ControlImage {
+                image: preprocess.apply(read_image(p)?),
+                scale: a.control_scale.unwrap_or(1.0),
+                source: Some(p.display().to_string()),
+                preprocess: Some(spec.to_string()).filter(|s| s != "none"),
+                controlnet: a.model.controlnet.as_ref().map(|c| c.display().to_string()),
+            })
+        }
+        None => None,
+    };
     let ModelChoice {
         model,
         resolved,
         options,
     } = a.model.resolve(dev, dt)?;
+    if control.is_some() && resolved.controlnet.is_none() {
+        return Err(UsageError(
+            "--control needs --controlnet DIR|ID (the model has no controlnet/ folder beside its components)".into(),
+        )
+        .into());
+    }
     let seed = match a.seed {
         Some(Seed::Fixed(s)) => s,
         Some(Seed::Random) | None => random_seed(),
@@ -394,6 +446,7 @@ pub fn run(mut a: GenerateArgs) -> Result<()> {
         init_image: init_image.clone(),
         previews,
         upscale,
+        control: control.clone(),
     };
     // Validate against the config files first (the KV compression as it will be loaded), so
     // that a bad request, its upscaling included, fails before loading.

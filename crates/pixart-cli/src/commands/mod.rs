@@ -124,6 +124,8 @@ pub fn flag(field: pixart_core::Field) -> &'static str {
         F::UpscaleStrength => "--upscale-strength",
         F::UpscaleSteps => "--upscale-steps",
         F::Output => "--output-type",
+        F::Control => "--control",
+        F::ControlScale => "--control-scale",
     }
 }
 

@@ -39,6 +39,11 @@ pub struct ModelArgs {
     /// KV token compression: SAMPLING[:R[:LAYERS]] (conv, uniform, ave) or none.
     #[arg(long = "kv-compress")]
     pub kv_compress: Option<String>,
+    /// A ControlNet-Transformer (PixArt-δ): the diffusers example's adapter folder, a folder
+    /// holding controlnet/, an original PixArt-ControlNet .pth, or a hub id. Without it a
+    /// controlnet/ folder beside the pipeline's components is used when there is one.
+    #[arg(long)]
+    pub controlnet: Option<PathBuf>,
 }
 
 /// [`ModelArgs`] checked and resolved to local folders.
@@ -75,8 +80,16 @@ impl ModelArgs {
             .iter()
             .map(|s| LoraSpec::parse(s).map_err(|m| UsageError(format!("--lora: {m}"))))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        if self.controlnet.as_deref().and_then(|p| p.to_str()) == Some("builtin") {
+            return Err(UsageError(
+                "--controlnet builtin: the built-in model has no ControlNet yet; give a ControlNet folder, file or hub id"
+                    .into(),
+            )
+            .into());
+        }
         let paths = ComponentPaths {
             model: model.clone(),
+            controlnet: self.controlnet.clone(),
             base: Some(
                 self.base
                     .clone()

@@ -19,7 +19,7 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 enum Component {
     /// The denoising transformer: `hidden_states`, `timestep`, `encoder_hidden_states`
-    /// [, `encoder_attention_mask`] -> `sample`.
+    /// [, `encoder_attention_mask`] [, `controlnet_cond` with --controlnet] -> `sample`.
     Transformer(TransformerArgs),
     /// The T5 text encoder: `input_ids` [B,L] i64, `attention_mask` [B,L] i64 ->
     /// `last_hidden_state` [B,L,D] f32.
@@ -124,6 +124,15 @@ struct TransformerArgs {
     /// KV token compression: SAMPLING[:R[:LAYERS]] (conv, uniform, ave) or none.
     #[arg(long)]
     kv_compress: Option<String>,
+    /// A ControlNet-Transformer (PixArt-δ): the diffusers example's adapter folder
+    /// (config.json + controlnet_blocks.*), a folder holding `controlnet/`, or an original
+    /// PixArt-ControlNet `.pth`. The inputs then hold `controlnet_cond` [B,C,H,W] f32 (the
+    /// control latents: VAE posterior mean times the scaling factor).
+    #[arg(long)]
+    controlnet: Option<PathBuf>,
+    /// Multiplies each ControlNet block's after_proj output (0: the transformer alone).
+    #[arg(long)]
+    control_scale: Option<f64>,
     /// f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -231,6 +240,13 @@ fn transformer(a: TransformerArgs) -> Result<()> {
             )));
         }
     }
+    match (a.control_scale, &a.controlnet) {
+        (Some(_), None) => bail!(UsageError("--control-scale needs --controlnet".into())),
+        (Some(s), Some(_)) if !s.is_finite() => {
+            bail!(UsageError(format!("--control-scale must be a finite number, got {s}")))
+        }
+        _ => {}
+    }
     let inputs = read_inputs(&a.inputs)?;
     // Parsed now; fitted to the model's depth when it is opened.
     let kv = a
@@ -258,9 +274,27 @@ fn transformer(a: TransformerArgs) -> Result<()> {
         }),
         _ => None,
     };
-    let ctx = model.encode_context(y, mask).map_err(|e| input_fault(&a.inputs, e))?;
+    let controlnet = match &a.controlnet {
+        Some(path) => Some(pixart_model::load_controlnet(path, &loaded.config, dtype, model.device()).map_err(usage)?),
+        None => None,
+    };
+    let control_cond = match controlnet {
+        Some(_) => Some(take(&inputs, &a.inputs, "controlnet_cond")?),
+        None => None,
+    };
+    let control = match (&controlnet, control_cond) {
+        (Some(cn), Some(cond)) => Some(pixart_model::Control {
+            adapter: &cn.adapter,
+            cond,
+            scale: a.control_scale.unwrap_or(1.0),
+        }),
+        _ => None,
+    };
+    let ctx = model
+        .encode_context_with_controlnet(y, mask, controlnet.as_ref().map(|c| &c.adapter))
+        .map_err(|e| input_fault(&a.inputs, e))?;
     let out = model
-        .forward_with_context(x, &t, &ctx, cond.as_ref())
+        .forward_with_control(x, &t, &ctx, cond.as_ref(), control.as_ref())
         .map_err(|e| input_fault(&a.inputs, e))?;
     write_outputs(&a.out, &[("sample", &out)])
 }

@@ -193,6 +193,12 @@ async function generate(ev) {
     scheduler: $("scheduler").value || undefined,
     preview: $("preview").checked,
   };
+  const control = $("control").files[0];
+  if (control) {
+    // ControlNet: the control picture as a data URL (the server needs --controlnet).
+    body.control_image = await readDataUrl(control);
+    body.controlnet_conditioning_scale = numberOrUndefined("control-scale");
+  }
   const file = $("image").files[0];
   if (file) {
     // Image to image: the file as a data URL; the size field still sets the output size.
