@@ -33,8 +33,8 @@ pub mod training;
 pub use config::T5Config;
 pub use init::{init_text_encoder, read_init_config, InitOptions};
 pub use loading::{
-    bench_text_encoder, bench_text_encoder_on, load_text_encoder, random_text_encoder, random_xxl, run_text_encoder,
-    BenchResult,
+    bench_quantized_text_encoder, bench_text_encoder, bench_text_encoder_on, load_text_encoder,
+    random_quantized_text_encoder, random_text_encoder, random_xxl, run_text_encoder, BenchResult,
 };
 pub use t5::T5Encoder;
 pub use tokenizer::{preprocess_caption, to_tensors, tokenize, Encoded, T5Tokenizer, DEFAULT_MAX_LENGTH};

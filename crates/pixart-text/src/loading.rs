@@ -11,7 +11,10 @@ use pixart_core::weights::{CheckedWeights, RandomWeights, Shared, WeightFile};
 use pixart_core::{Error, Result};
 
 use crate::config::T5Config;
-use crate::t5::T5Encoder;
+use crate::init::InitOptions;
+use crate::t5::{QuantWeights, T5Encoder};
+use pixart_core::gguf::GgmlType;
+use pixart_kernels::cpu::qgemm::QuantMatrix;
 
 /// Weight file names looked for in a text encoder folder, in order.
 const WEIGHT_NAMES: [&str; 4] = [
@@ -107,6 +110,36 @@ pub fn random_text_encoder(config: &T5Config, dtype: DType, device: &Device) -> 
     T5Encoder::new(config, vb)
 }
 
+/// [`random_text_encoder`] with the weights `pixart quantize` quantizes (every projection and
+/// the token embedding, [`crate::quantize::storage_type`]) drawn N(0, 0.02²) one tensor at a
+/// time and kept in `ty`'s blocks, so the full-precision model never exists in memory; norms and
+/// the position bias random in `dtype`, the activations in `dtype`. For benchmarks of the
+/// quantized T5 (CPU).
+pub fn random_quantized_text_encoder(config: &T5Config, ty: GgmlType, dtype: DType) -> Result<T5Encoder> {
+    check_dtype(dtype)?;
+    config.validate().map_err(Error::InvalidInput)?;
+    if !pixart_kernels::cpu::quant::can_quantize(ty) {
+        return Err(Error::InvalidInput(format!(
+            "quantizing to {ty} is not implemented yet (q8_0, q4_0, q4_1, q5_0, q5_1 are)"
+        )));
+    }
+    let mut q = QuantWeights::new();
+    for spec in crate::init::param_specs(config, &InitOptions::from(1.0))? {
+        let Some(llama) = crate::single_file::llama_cpp_name(&spec.name) else {
+            continue;
+        };
+        if crate::quantize::storage_type(&llama, &spec.shape, ty) != ty {
+            continue;
+        }
+        let (n, k) = (spec.shape[0], spec.shape[1]);
+        let w = Tensor::randn(0f32, 0.02f32, n * k, &Device::Cpu)?.to_vec1::<f32>()?;
+        let m = QuantMatrix::quantize(ty, &w, n, k).map_err(|e| Error::InvalidInput(format!("{}: {e}", spec.name)))?;
+        q.insert(spec.name, Arc::new(m));
+    }
+    let vb = VarBuilder::from_backend(Box::new(RandomWeights { std: 0.02 }), dtype, Device::Cpu);
+    T5Encoder::with_quantized(config, vb, &q)
+}
+
 /// The T5-XXL encoder (PixArt-Σ's) with random weights.
 pub fn random_xxl(dtype: DType, device: &Device) -> Result<T5Encoder> {
     random_text_encoder(&T5Config::xxl(), dtype, device)
@@ -156,11 +189,38 @@ pub fn bench_text_encoder_on(
     batch: usize,
     device: &Device,
 ) -> Result<BenchResult> {
+    bench_built(&config, tokens, batch, device, || {
+        random_text_encoder(&config, dtype, device)
+    })
+}
+
+/// [`bench_text_encoder`] of [`random_quantized_text_encoder`] (`ty` weights, `dtype`
+/// activations) on the CPU.
+pub fn bench_quantized_text_encoder(
+    config: T5Config,
+    ty: GgmlType,
+    dtype: DType,
+    tokens: usize,
+    batch: usize,
+) -> Result<BenchResult> {
+    bench_built(&config, tokens, batch, &Device::Cpu, || {
+        random_quantized_text_encoder(&config, ty, dtype)
+    })
+}
+
+/// Times `build` and then one forward of `batch` × `tokens` ids on `device`.
+fn bench_built(
+    config: &T5Config,
+    tokens: usize,
+    batch: usize,
+    device: &Device,
+    build: impl FnOnce() -> Result<T5Encoder>,
+) -> Result<BenchResult> {
     if tokens == 0 || batch == 0 {
         return Err(Error::InvalidInput("tokens and batch must be positive".into()));
     }
     let t0 = Instant::now();
-    let model = random_text_encoder(&config, dtype, device)?;
+    let model = build()?;
     device.synchronize()?;
     let build_seconds = t0.elapsed().as_secs_f64();
     let ids: Vec<u32> = (0..batch * tokens)
@@ -178,4 +238,37 @@ pub fn bench_text_encoder_on(
         build_seconds,
         peak_rss_bytes: pixart_core::mem::peak_rss_bytes(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's quantized encoder keeps every projection and the embedding in Q8_0 (the
+    /// shapes T5-XXL's are, scaled down: rows of whole blocks) and runs; an unwritable type is
+    /// refused by name before anything is built.
+    #[test]
+    fn random_quantized_encoder_keeps_its_weights_in_blocks() -> Result<()> {
+        let config = T5Config {
+            vocab_size: 96,
+            d_model: 64,
+            d_kv: 16,
+            d_ff: 128,
+            num_layers: 2,
+            num_heads: 4,
+            ..T5Config::xxl()
+        };
+        let model = random_quantized_text_encoder(&config, GgmlType::Q8_0, DType::BF16)?;
+        // 2 blocks × (q, k, v, o, wi_0, wi_1, wo) + the embedding.
+        assert_eq!(model.quantized_weights(), 2 * 7 + 1);
+        let ids = Tensor::new(&[[1u32, 5, 9, 2]], &Device::Cpu)?;
+        let out = model.forward(&ids, None)?;
+        assert_eq!(out.dims(), &[1, 4, 64]);
+        let refused = random_quantized_text_encoder(&config, GgmlType::Q4_K, DType::BF16)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("quantizing to Q4_K is not implemented"), "{refused}");
+        Ok(())
+    }
 }

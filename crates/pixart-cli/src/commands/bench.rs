@@ -71,7 +71,8 @@ struct TextEncoderBench {
     /// `xxl` (T5 v1.1 XXL, 4.76B) or the path of a config.json.
     #[arg(long, default_value = "xxl")]
     config: String,
-    /// f32 or bf16.
+    /// f32 or bf16, or a GGUF type the weights are kept in (q8_0, q4_0, q4_1, q5_0, q5_1: random
+    /// weights quantized at build as `pixart quantize` stores them, bf16 activations; CPU).
     #[arg(long, default_value = "bf16")]
     dtype: String,
     #[arg(long, default_value_t = 300)]
@@ -264,7 +265,19 @@ fn text_encoder(b: TextEncoderBench) -> Result<()> {
         "xxl" => pixart_text::T5Config::xxl(),
         path => pixart_text::T5Config::from_file(std::path::Path::new(path)).map_err(super::usage)?,
     };
-    let r = pixart_text::bench_text_encoder_on(config, dtype(&b.dtype)?, b.tokens, b.batch, &device(&b.device)?)?;
+    let r = match pixart_core::gguf::GgmlType::parse(&b.dtype.to_ascii_lowercase()) {
+        Some(ty) if !matches!(b.dtype.to_ascii_lowercase().as_str(), "f32" | "f16" | "bf16") => {
+            if b.device != "cpu" {
+                bail!(UsageError(format!(
+                    "--dtype {} runs on the CPU only (--device cpu)",
+                    b.dtype
+                )));
+            }
+            pixart_text::bench_quantized_text_encoder(config, ty, candle_core::DType::BF16, b.tokens, b.batch)
+                .map_err(|e| UsageError(format!("--dtype {}: {e}", b.dtype)))?
+        }
+        _ => pixart_text::bench_text_encoder_on(config, dtype(&b.dtype)?, b.tokens, b.batch, &device(&b.device)?)?,
+    };
     println!(
         "{}",
         json!({
