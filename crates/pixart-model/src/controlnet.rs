@@ -19,7 +19,7 @@ use std::sync::Arc;
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use pixart_core::config::{read_component_config, ConfigClass};
-use pixart_core::weights::{CheckedWeights, FileKind, Shared, Source, TensorInfo, WeightFile};
+use pixart_core::weights::{CheckedWeights, Shared, Source, TensorInfo, WeightFile};
 use pixart_core::{Error, Result};
 use pixart_kernels::{linear, Linear};
 use serde::Deserialize;
@@ -213,37 +213,12 @@ pub struct LoadedControlNet {
 /// Finds the adapter's weight file and config.json in `path`: a file, an adapter folder, or a
 /// pipeline folder holding `controlnet/`.
 pub fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
-    if path.is_file() {
-        let cfg = path.parent().map(|d| d.join("config.json")).filter(|c| c.is_file());
-        return Ok((path.to_path_buf(), cfg));
-    }
-    if !path.is_dir() {
-        return Err(Error::weights(path, "no such ControlNet file or folder"));
-    }
-    let dir = if !path.join("config.json").is_file() && path.join("controlnet").is_dir() {
-        path.join("controlnet")
-    } else {
-        path.to_path_buf()
-    };
-    let cfg = Some(dir.join("config.json")).filter(|c| c.is_file());
-    let named = ["diffusion_pytorch_model.safetensors", "model.safetensors"];
-    if let Some(w) = named.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
-        return Ok((w, cfg));
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io(&dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(FileKind::of(p), Some(FileKind::Safetensors | FileKind::Pth)))
-        .collect();
-    files.sort();
-    match files.len() {
-        1 => Ok((files.remove(0), cfg)),
-        0 => Err(Error::weights(
-            &dir,
-            "no ControlNet weight file (diffusion_pytorch_model.safetensors, *.safetensors or *.pth)",
-        )),
-        _ => Err(Error::weights(&dir, "several weight files; name the one to use")),
-    }
+    crate::loading::locate_component(
+        path,
+        "controlnet",
+        &["diffusion_pytorch_model.safetensors", "model.safetensors"],
+        "ControlNet ",
+    )
 }
 
 /// Loads a ControlNet adapter for the transformer `base`, from the diffusers example's folder

@@ -72,20 +72,28 @@ const WEIGHT_NAMES: [&str; 4] = [
 
 /// Finds the weight file and the config in `path` (a folder, a pipeline folder or a file).
 pub fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
+    locate_component(path, "transformer", &WEIGHT_NAMES, "")
+}
+
+/// Finds a component's weight file and `config.json` in `path`: a weight file (its folder's
+/// config.json, if any), a component folder, or a pipeline folder holding `sub/` (one without a
+/// config.json of its own). In a folder the files `names` are looked for in order, else the one
+/// `.safetensors` or `.pth` there. `what` (`""`, `"ControlNet "`) names the component in errors.
+pub fn locate_component(path: &Path, sub: &str, names: &[&str], what: &str) -> Result<(PathBuf, Option<PathBuf>)> {
     if path.is_file() {
         let cfg = path.parent().map(|d| d.join("config.json")).filter(|c| c.is_file());
         return Ok((path.to_path_buf(), cfg));
     }
     if !path.is_dir() {
-        return Err(Error::weights(path, "no such file or folder"));
+        return Err(Error::weights(path, format!("no such {what}file or folder")));
     }
-    let dir = if path.join("config.json").is_file() || !path.join("transformer").is_dir() {
-        path.to_path_buf()
+    let dir = if !path.join("config.json").is_file() && path.join(sub).is_dir() {
+        path.join(sub)
     } else {
-        path.join("transformer")
+        path.to_path_buf()
     };
     let cfg = Some(dir.join("config.json")).filter(|c| c.is_file());
-    if let Some(w) = WEIGHT_NAMES.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+    if let Some(w) = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
         return Ok((w, cfg));
     }
     // A single other weight file (e.g. an original `.pth` or `.safetensors`).
@@ -99,7 +107,7 @@ pub fn locate(path: &Path) -> Result<(PathBuf, Option<PathBuf>)> {
         1 => Ok((files.remove(0), cfg)),
         0 => Err(Error::weights(
             &dir,
-            "no weight file (diffusion_pytorch_model.safetensors, *.safetensors or *.pth)",
+            format!("no {what}weight file (diffusion_pytorch_model.safetensors, *.safetensors or *.pth)"),
         )),
         _ => Err(Error::weights(&dir, "several weight files; name the one to use")),
     }
